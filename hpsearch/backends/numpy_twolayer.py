@@ -1,0 +1,215 @@
+"""The assignment's two-layer network, written from scratch in NumPy.
+
+Conventions follow CS231n's ``classifiers/neural_net.py``: rows are samples, ``params`` and ``grads`` are dicts
+with the same keys, and ``loss`` returns scores when no labels are given.
+
+    input (D) -> fully connected (H) -> ReLU -> fully connected (C) -> softmax
+
+Named dimensions: N samples, D input features, H hidden units, C classes, B minibatch size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpsearch.backends.base import DivergedError, TrainResult
+from hpsearch.data import Dataset
+
+__all__ = ["CONFIG_MODEL", "NumpyConfig", "TwoLayerNet", "lr_at_epoch", "train"]
+
+
+class TwoLayerNet:
+    """A two-layer fully connected network with a ReLU and a softmax cross-entropy loss.
+
+    Parameters are stored in ``self.params``:
+      W1: first layer weights, shape (D, H)
+      b1: first layer biases, shape (H,)
+      W2: second layer weights, shape (H, C)
+      b2: second layer biases, shape (C,)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_classes: int,
+        std: float = 1e-4,
+        seed: int | np.random.SeedSequence | None = None,
+        dtype: Any = np.float64,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.dtype = np.dtype(dtype)
+        self.params: dict[str, np.ndarray] = {
+            "W1": (std * rng.standard_normal((input_size, hidden_size))).astype(self.dtype),
+            "b1": np.zeros(hidden_size, dtype=self.dtype),
+            "W2": (std * rng.standard_normal((hidden_size, num_classes))).astype(self.dtype),
+            "b2": np.zeros(num_classes, dtype=self.dtype),
+        }
+
+    def loss(
+        self, X: np.ndarray, y: np.ndarray | None = None, reg: float = 0.0
+    ) -> np.ndarray | tuple[float, dict[str, np.ndarray]]:
+        """Scores of shape (N, C) when ``y`` is None, else ``(loss, grads)``.
+
+        X: inputs, shape (N, D). y: integer labels in [0, C), shape (N,).
+        The loss is the mean softmax cross-entropy plus ``reg * (||W1||^2 + ||W2||^2)``; biases are not regularised.
+        """
+        W1, b1, W2, b2 = (self.params[k] for k in ("W1", "b1", "W2", "b2"))
+        z2 = X @ W1 + b1  # (N, H)
+        a2 = np.maximum(z2, 0)  # (N, H)
+        z3 = a2 @ W2 + b2  # (N, C)
+        if y is None:
+            return z3
+
+        n = X.shape[0]
+        shifted = z3 - z3.max(axis=1, keepdims=True)  # (N, C), max 0 per row: exp cannot overflow
+        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (N, 1)
+        log_probs = shifted - log_norm  # (N, C)
+        rows = np.arange(n)
+        data_loss = -log_probs[rows, y].mean()
+        loss = float(data_loss + reg * (np.sum(W1 * W1) + np.sum(W2 * W2)))
+
+        dz3 = np.exp(log_probs)  # softmax, (N, C)
+        dz3[rows, y] -= 1
+        dz3 /= n
+        dz2 = dz3 @ W2.T  # (N, H)
+        dz2 *= z2 > 0  # ReLU mask on the pre-activation z2
+        grads = {
+            "W1": X.T @ dz2 + 2 * reg * W1,  # (D, H)
+            "b1": dz2.sum(axis=0),  # (H,)
+            "W2": a2.T @ dz3 + 2 * reg * W2,  # (H, C)
+            "b2": dz3.sum(axis=0),  # (C,)
+        }
+        return loss, grads
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted labels, shape (N,)."""
+        return np.argmax(self.loss(X), axis=1)
+
+    def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
+        return float((self.predict(X) == y).mean())
+
+    def train(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        learning_rate: float = 1e-3,
+        learning_rate_decay: float = 0.95,
+        reg: float = 5e-6,
+        num_iters: int = 100,
+        batch_size: int = 200,
+        verbose: bool = False,
+        seed: int | np.random.SeedSequence | None = None,
+        on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> dict[str, list[float]]:
+        """Minibatch SGD with the learning rate decayed once per epoch.
+
+        An epoch is ``max(N // batch_size, 1)`` iterations. Each minibatch draws ``batch_size`` indices uniformly
+        with replacement (CS231n's sampling). After every epoch the minibatch (train) accuracy and the validation
+        accuracy are recorded and ``on_epoch(epoch, metrics)`` is called with ``loss`` (the epoch's mean),
+        ``step_losses`` (every iteration's loss in that epoch), ``train_acc``, ``val_acc``, ``lr`` (the rate used
+        during the epoch) and ``iteration``. A non-finite loss raises :class:`DivergedError` at once.
+        """
+        rng = np.random.default_rng(seed)
+        num_train = X.shape[0]
+        iterations_per_epoch = max(num_train // batch_size, 1)
+        history: dict[str, list[float]] = {"loss_history": [], "train_acc_history": [], "val_acc_history": []}
+        epoch_start = 0
+        for it in range(num_iters):
+            epoch = it // iterations_per_epoch
+            lr = lr_at_epoch(learning_rate, learning_rate_decay, epoch)
+            batch = rng.integers(0, num_train, size=batch_size)
+            X_batch, y_batch = X[batch], y[batch]  # (B, D), (B,)
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught just below
+                loss, grads = self.loss(X_batch, y_batch, reg=reg)
+            if not math.isfinite(loss):
+                raise DivergedError(it, loss)
+            history["loss_history"].append(loss)
+            for name, grad in grads.items():
+                self.params[name] -= lr * grad
+
+            if verbose and it % 100 == 0:
+                print(f"iteration {it} / {num_iters}: loss {loss:f}")
+            if (it + 1) % iterations_per_epoch == 0:
+                train_acc = self.accuracy(X_batch, y_batch)
+                val_acc = self.accuracy(X_val, y_val)
+                history["train_acc_history"].append(train_acc)
+                history["val_acc_history"].append(val_acc)
+                if on_epoch is not None:
+                    step_losses = history["loss_history"][epoch_start:]
+                    on_epoch(epoch, {
+                        "loss": float(np.mean(step_losses)),
+                        "step_losses": list(step_losses),
+                        "train_acc": train_acc,
+                        "val_acc": val_acc,
+                        "lr": lr,
+                        "iteration": it + 1,
+                    })
+                epoch_start = it + 1
+        return history
+
+
+def lr_at_epoch(learning_rate: float, learning_rate_decay: float, epoch: int) -> float:
+    """The step size during ``epoch`` (0-based): decayed once at the end of every finished epoch."""
+    return learning_rate * learning_rate_decay**epoch
+
+
+class NumpyConfig(BaseModel):
+    """The trainable's configuration: what a study searches over and its defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(50, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate_decay: float = Field(0.95, gt=0, le=1)
+    reg: float = Field(0.25, ge=0)
+    num_iters: int = Field(1000, gt=0)
+    batch_size: int = Field(200, gt=0)
+    std: float = Field(1e-4, gt=0)
+    dtype: str = Field("float32", pattern="^(float32|float64)$")
+
+
+CONFIG_MODEL = NumpyConfig
+
+
+def train(
+    config: dict[str, Any],
+    data: Dataset,
+    *,
+    seed: int,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train one network with ``config`` on ``data`` and score it on the validation split."""
+    cfg = NumpyConfig(**config)
+    dtype = np.dtype(cfg.dtype)
+    X_train, X_val = data.X_train.astype(dtype, copy=False), data.X_val.astype(dtype, copy=False)
+    init_seed, batch_seed = np.random.SeedSequence(seed).spawn(2)  # independent streams for weights and batches
+    start = time.perf_counter()
+    net = TwoLayerNet(X_train.shape[1], cfg.hidden_size, data.num_classes, std=cfg.std, seed=init_seed, dtype=dtype)
+    history = net.train(
+        X_train, data.y_train, X_val, data.y_val,
+        learning_rate=cfg.learning_rate,
+        learning_rate_decay=cfg.learning_rate_decay,
+        reg=cfg.reg,
+        num_iters=cfg.num_iters,
+        batch_size=cfg.batch_size,
+        seed=batch_seed,
+        on_epoch=on_epoch,
+    )
+    return TrainResult(
+        loss_history=history["loss_history"],
+        train_acc_history=history["train_acc_history"],
+        val_acc_history=history["val_acc_history"],
+        val_acc=net.accuracy(X_val, data.y_val),
+        train_acc=net.accuracy(X_train, data.y_train),
+        seconds=time.perf_counter() - start,
+        config=cfg.model_dump(),
+        model=net,
+    )

@@ -1,0 +1,13 @@
+"""Expected errors: the user can act on them, so the CLI prints one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a spec, an override, a data folder, a storage URL."""
+
+
+class SpecError(UserError):
+    """A study spec or an override that does not validate."""
+
+
+class DataError(UserError):
+    """A dataset that is missing, malformed or unsafe to load."""
