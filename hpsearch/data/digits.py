@@ -1,0 +1,32 @@
+"""scikit-learn's bundled 8x8 handwritten digits: 1,797 images, no download. The embedded default dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpsearch.data import Dataset, split_and_center
+
+NUM_TRAIN, NUM_VAL, NUM_TEST = 1197, 300, 300
+
+
+def load(
+    num_train: int | None = None,
+    num_val: int | None = None,
+    num_test: int | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> Dataset:
+    """Shuffle once with ``seed`` (the images come grouped by writer), then split train / val / test in order."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    order = np.random.default_rng(seed).permutation(len(bunch.target))
+    X, y = bunch.data[order], bunch.target[order]  # (1797, 64) pixel values 0..16, (1797,)
+    num_train = NUM_TRAIN if num_train is None else num_train
+    num_val = NUM_VAL if num_val is None else num_val
+    num_test = NUM_TEST if num_test is None else num_test
+    labelled = num_train + num_val
+    return split_and_center(
+        "digits", X[:labelled], y[:labelled], num_train, num_val,
+        X[labelled:], y[labelled:], num_test, num_classes=10, dtype=dtype, source="digits",
+    )

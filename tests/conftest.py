@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny datasets made here, and CIFAR-10 built from ../shared/data when that archive exists."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpsearch.data import Dataset, load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_BUILDER = REPO.parent / "shared" / "data" / "make_cifar10.py"
+
+
+@pytest.fixture
+def blobs() -> Dataset:
+    """Three separable classes in 20 dimensions: 500 train / 100 val / 100 test."""
+    return load_dataset("synthetic", seed=0)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder in the official layout: $HPSEARCH_CIFAR10 if set, else built from ../shared/data, else skip."""
+    given = os.environ.get("HPSEARCH_CIFAR10")
+    if given:
+        return Path(given)
+    if not CIFAR_BUILDER.exists():
+        pytest.skip(f"CIFAR-10 archive not found next to {CIFAR_BUILDER.parent}")
+    out = tmp_path_factory.mktemp("cifar10")
+    subprocess.run([sys.executable, str(CIFAR_BUILDER), str(out)], check=True, capture_output=True)
+    return out / "cifar-10-batches-py"

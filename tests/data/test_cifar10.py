@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpsearch.data import cifar10, load_dataset
+from hpsearch.errors import DataError
+
+
+def _write_batch(path: Path, data, labels) -> None:
+    with path.open("wb") as f:
+        pickle.dump({b"batch_label": b"test", b"labels": labels, b"data": data, b"filenames": []}, f, protocol=2)
+
+
+@pytest.fixture
+def small_cifar(tmp_path: Path) -> Path:
+    """Five tiny batches of 20 random images each, plus a 10-image test batch, in the official layout."""
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        _write_batch(tmp_path / f"data_batch_{i}", rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                     [int(v) for v in rng.integers(0, 10, 20)])
+    _write_batch(tmp_path / "test_batch", rng.integers(0, 256, (10, 3072), dtype=np.uint8), list(range(10)))
+    return tmp_path
+
+
+def test_split_mean_subtraction_and_layout(small_cifar):
+    data = load_dataset("cifar10", path=small_cifar, num_train=60, num_val=30, num_test=5, dtype="float64")
+    assert data.X_train.shape == (60, 3072) and data.X_val.shape == (30, 3072) and data.X_test.shape == (5, 3072)
+    np.testing.assert_allclose(data.X_train.mean(axis=0), 0, atol=1e-9)
+    # first rows train, next rows validate, in file order; HWC flattening like the assignment's loader
+    with (small_cifar / "data_batch_1").open("rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    images, _ = cifar10.load_batch(small_cifar / "data_batch_1")
+    assert images.shape == (20, 32, 32, 3)
+    assert images[0, 0, 0, 1] == raw[b"data"][0, 1024]  # green channel of the first pixel
+    assert list(data.y_train[:20]) == raw[b"labels"]
+    assert data.X_train.dtype == np.float64
+
+
+def test_directory_without_test_batch_serves_train_and_val(small_cifar):
+    (small_cifar / "test_batch").unlink()
+    data = load_dataset("cifar10", path=small_cifar, num_train=50, num_val=10)
+    assert data.X_test is None and data.X_train.dtype == np.float32
+
+
+def test_reduce_gadget_is_rejected_before_it_runs(small_cifar, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Gadget:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    with (small_cifar / "data_batch_2").open("wb") as f:
+        pickle.dump({b"data": Gadget(), b"labels": []}, f)
+    with pytest.raises(DataError, match=r"data_batch_2: rejected as unsafe.*pathlib"):
+        load_dataset("cifar10", path=small_cifar, num_train=60, num_val=10)
+    assert not marker.exists()
+
+
+def test_os_system_gadget_is_rejected(small_cifar, tmp_path):
+    payload = b"cos\nsystem\n(S'touch " + str(tmp_path / "x").encode() + b"'\ntR."
+    (small_cifar / "data_batch_1").write_bytes(payload)
+    with pytest.raises(DataError, match="os.system"):
+        load_dataset("cifar10", path=small_cifar, num_train=10, num_val=5)
+    assert not (tmp_path / "x").exists()
+
+
+def test_truncated_batch(small_cifar):
+    path = small_cifar / "data_batch_1"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DataError, match="data_batch_1: not a readable CIFAR-10 batch"):
+        load_dataset("cifar10", path=small_cifar, num_train=10, num_val=5)
+
+
+def test_wrong_shape_and_labels_out_of_range(small_cifar):
+    _write_batch(small_cifar / "data_batch_1", np.zeros((4, 100), dtype=np.uint8), [0, 1, 2, 3])
+    with pytest.raises(DataError, match=r"data_batch_1: 'data' must be a uint8 array of shape \(N, 3072\)"):
+        load_dataset("cifar10", path=small_cifar, num_train=10, num_val=5)
+    _write_batch(small_cifar / "data_batch_1", np.zeros((2, 3072), dtype=np.uint8), [0, 10])
+    with pytest.raises(DataError, match="labels must lie in 0..9"):
+        load_dataset("cifar10", path=small_cifar, num_train=10, num_val=5)
+
+
+def test_missing_folder_and_file(tmp_path, small_cifar):
+    with pytest.raises(DataError, match="CIFAR-10 folder not found"):
+        load_dataset("cifar10", path=tmp_path / "nope")
+    (small_cifar / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3: file not found"):
+        load_dataset("cifar10", path=small_cifar, num_train=60, num_val=10)
+
+
+def test_split_larger_than_the_data(small_cifar):
+    with pytest.raises(DataError, match="exceeds the 100 labelled examples"):
+        load_dataset("cifar10", path=small_cifar, num_train=95, num_val=10)
+
+
+@pytest.mark.cifar10
+def test_genuine_batches_load(cifar10_dir):
+    data = load_dataset("cifar10", path=cifar10_dir)
+    assert data.X_train.shape == (49000, 3072) and data.X_val.shape == (1000, 3072)
+    assert set(np.unique(data.y_train)) == set(range(10))
