@@ -1,0 +1,354 @@
+"""The study spec: one YAML file, validated here into typed objects. Nothing else reads the raw mapping.
+
+Errors name the file and the YAML path of the offending value, in one line:
+
+    studies/x.yaml: defaults.learning_rate must be greater than 0. Got -1 instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hpsearch.backends import BACKENDS
+from hpsearch.data import DATASETS
+from hpsearch.errors import SpecError
+
+__all__ = ["StudySpec", "PhaseSpec", "ParamSpec", "DerivedGrid", "load_spec", "parse_override", "yaml_load"]
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """Safe loading, with YAML 1.2 floats: ``1e-4`` and ``.5`` are numbers, as people mean them."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str, source: str) -> Any:
+    """Parse YAML text safely; any error (including ``!!python/...`` tags) becomes one line naming ``source``."""
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - _SpecLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{source}: invalid YAML{where}: {problem}.") from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataSpec(_Strict):
+    dataset: str = "digits"
+    path: str | None = None  # relative paths are relative to the spec file's folder
+    num_train: int | None = Field(None, gt=0)
+    num_val: int | None = Field(None, gt=0)
+    num_test: int | None = Field(None, ge=0)
+    dtype: Literal["float32", "float64"] = "float32"
+    seed: int = 0  # the shuffle of digits and the draw of synthetic data, not the training seed
+    options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific (synthetic: num_classes, num_features)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(f"must be one of {', '.join(DATASETS)}. Got {value!r} instead")
+        return value
+
+
+class ModelSpec(_Strict):
+    backend: str = "numpy"
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"must be one of {', '.join(BACKENDS)}. Got {value!r} instead")
+        return value
+
+
+class ObjectiveSpec(_Strict):
+    metric: Literal["val_acc"] = "val_acc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class TrackingSpec(_Strict):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class PrunerSpec(_Strict):
+    type: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+    min_resource: int | Literal["auto"] = "auto"
+    reduction_factor: int = Field(3, ge=2)
+
+
+class ParamSpec(_Strict):
+    """One searched parameter of a random or TPE phase."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"an {self.type} parameter needs 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"'low' ({self.low}) must not exceed 'high' ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scaled parameter needs 'low' > 0. Got {self.low} instead")
+        if self.log and self.step is not None:
+            raise ValueError("'step' and 'log' cannot be combined")
+        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError("an int parameter needs whole numbers for 'low', 'high' and 'step'")
+        return self
+
+
+class DerivedGrid(_Strict):
+    """A grid computed once from the best trials of an earlier phase."""
+
+    source: str = Field(alias="from")
+    top_k: int = Field(5, ge=1)
+    points: int = Field(4, ge=1)
+
+
+class PhaseSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    sampler: Literal["random", "tpe", "grid"]
+    n_trials: int | None = Field(None, gt=0)
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] | DerivedGrid | None = None
+    max_retries: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _sampler_fits(self) -> PhaseSpec:
+        if self.sampler == "grid":
+            if self.grid is None:
+                raise ValueError("a grid phase needs 'grid': a mapping of lists or {from: PHASE, top_k, points}")
+            if self.space:
+                raise ValueError("a grid phase takes 'grid', not 'space'")
+            if isinstance(self.grid, dict):
+                if not self.grid:
+                    raise ValueError("'grid' is empty: give at least one parameter with values")
+                empty = [name for name, values in self.grid.items() if not values]
+                if empty:
+                    raise ValueError(f"'grid.{empty[0]}' is an empty list: give at least one value")
+        else:
+            if self.grid is not None:
+                raise ValueError(f"a {self.sampler} phase takes 'space', not 'grid'")
+            if not self.space:
+                raise ValueError(f"a {self.sampler} phase needs a non-empty 'space'")
+            if self.n_trials is None:
+                raise ValueError(f"a {self.sampler} phase needs 'n_trials'")
+        return self
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    storage: str | None = None
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    phases: list[PhaseSpec] = Field(default_factory=list)
+
+    # where the spec came from; not part of the YAML
+    source: str = Field("<spec>", exclude=True)
+
+    @model_validator(mode="after")
+    def _phases_consistent(self) -> StudySpec:
+        seen: list[str] = []
+        for phase in self.phases:
+            if phase.name in seen:
+                raise ValueError(f"phase name {phase.name!r} is used twice")
+            if isinstance(phase.grid, DerivedGrid):
+                if phase.grid.source not in seen:
+                    raise ValueError(
+                        f"phase {phase.name!r} derives its grid from {phase.grid.source!r}, "
+                        "which must be an earlier phase"
+                    )
+            seen.append(phase.name)
+        return self
+
+    def phase(self, name: str) -> PhaseSpec:
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        raise SpecError(f"{self.source}: no phase named {name!r}; phases are {', '.join(p.name for p in self.phases)}.")
+
+    def config(self, **params: Any) -> dict[str, Any]:
+        """The full configuration for a trial: ``defaults`` overridden by ``params``."""
+        return {**self.defaults, **params}
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("dict[str,list[any]]", "DerivedGrid", "function-after[_sampler_fits(), PhaseSpec]"):
+            continue  # pydantic's names for union members, not part of the YAML path
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    path = _format_loc(tuple(error["loc"]))
+    message = error["msg"]
+    message = re.sub(r"^(Value error|Assertion failed), ", "", message)
+    if message.startswith("Input should be "):
+        message = "must be " + message[len("Input should be "):]
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {path!r}"
+    if error["type"] == "missing":
+        return f"{path} is required"
+    got = error.get("input")
+    shown = f" Got {got!r} instead." if error["type"] not in ("value_error",) and not isinstance(got, dict) else ""
+    return f"{path + ' ' if path else ''}{message}.{shown}".replace("..", ".")
+
+
+def validation_message(source: str, exc: ValidationError) -> str:
+    """One line for a pydantic error: the first problem, and how many more there are."""
+    errors = exc.errors()
+    # a union (explicit grid | derived grid) reports one error per member: keep those of the likelier member
+    first = _format_error(errors[0])
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{source}: {first}{more}"
+
+
+def parse_override(item: str) -> tuple[list[str | int], Any]:
+    """``KEY.PATH=VALUE`` -> (path, value), the value read as YAML so numbers and lists keep their types."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. defaults.hidden_size=100.")
+    path: list[str | int] = [int(part) if part.isdigit() else part for part in key.strip().split(".")]
+    return path, yaml_load(raw, f"--set {key}") if raw.strip() else None
+
+
+def apply_override(raw: dict[str, Any], path: list[str | int], value: Any, item: str) -> None:
+    node: Any = raw
+    for depth, part in enumerate(path[:-1]):
+        if isinstance(node, list) and isinstance(part, int):
+            if part >= len(node):
+                raise SpecError(f"--set {item}: index {part} is out of range (the list has {len(node)} items).")
+            node = node[part]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            where = ".".join(str(p) for p in path[:depth + 1])
+            raise SpecError(f"--set {item}: {where} is not a mapping or list.")
+    last = path[-1]
+    if isinstance(node, list) and isinstance(last, int) and last < len(node):
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise SpecError(f"--set {item}: cannot set {'.'.join(str(p) for p in path)}.")
+
+
+def _validate_backend_params(spec: StudySpec) -> None:
+    """Check defaults, searched names and grid values against the backend's own configuration model."""
+    from hpsearch.backends import get_backend
+
+    config_model = get_backend(spec.model.backend).CONFIG_MODEL
+    fields = set(config_model.model_fields)
+
+    def check(config: dict[str, Any], where: str) -> None:
+        try:
+            config_model(**config)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = ".".join(str(p) for p in error["loc"])
+            detail = _format_error({**error, "loc": ()})
+            raise SpecError(f"{spec.source}: {where}.{name} {detail}") from None
+
+    check(spec.defaults, "defaults")
+    for index, phase in enumerate(spec.phases):
+        names = list(phase.space) + (list(phase.grid) if isinstance(phase.grid, dict) else [])
+        unknown = [name for name in names if name not in fields]
+        if unknown:
+            raise SpecError(
+                f"{spec.source}: phases[{index}] ({phase.name}) searches unknown parameter {unknown[0]!r}; "
+                f"the {spec.model.backend} backend takes {', '.join(sorted(fields))}."
+            )
+        if isinstance(phase.grid, dict):
+            for name, values in phase.grid.items():
+                for value in values:
+                    check(spec.config(**{name: value}), f"phases[{index}].grid")
+        for name, param in phase.space.items():
+            probes = param.choices if param.type == "categorical" else [param.low, param.high]
+            for value in probes:
+                if param.type == "int" and value is not None:
+                    value = int(value)
+                check(spec.config(**{name: value}), f"phases[{index}].space")
+
+
+def build_spec(raw: Any, source: str, base_dir: Path) -> StudySpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a study spec must be a YAML mapping with at least 'name'.")
+    raw = copy.deepcopy(raw)
+    try:
+        spec = StudySpec(**raw, source=source)
+    except ValidationError as exc:
+        raise SpecError(validation_message(source, exc)) from None
+    if spec.data.path is not None and not Path(spec.data.path).expanduser().is_absolute():
+        spec.data.path = str((base_dir / spec.data.path).resolve())
+    _validate_backend_params(spec)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
+    """Read, override and validate a study spec. ``--set data.path=...`` is relative to the working directory."""
+    spec_path = Path(path)
+    source = str(path)
+    try:
+        text = spec_path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{source}: spec file not found.") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{source}: cannot read the spec ({exc.__class__.__name__}).") from None
+    raw = yaml_load(text, source)
+    if raw is None:
+        raise SpecError(f"{source}: the spec is empty.")
+    for item in overrides or []:
+        key_path, value = parse_override(item)
+        if key_path == ["data", "path"] and isinstance(value, str):
+            value = str(Path(value).expanduser().resolve())
+        if not isinstance(raw, dict):
+            break
+        apply_override(raw, key_path, value, item)
+    return build_spec(raw, source, spec_path.parent)

@@ -1,0 +1,47 @@
+"""One training run from a spec: load its data, resolve its configuration, call its backend.
+
+Shared by ``hpsearch train`` and the study driver; knows neither Optuna nor MLflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from hpsearch.backends import TrainResult, get_backend
+from hpsearch.data import Dataset, load_dataset
+from hpsearch.errors import SpecError
+from hpsearch.spec import StudySpec, validation_message
+
+
+def load_data(spec: StudySpec) -> Dataset:
+    """The spec's dataset, split and preprocessed."""
+    d = spec.data
+    return load_dataset(
+        d.dataset, path=d.path, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
+        dtype=d.dtype, seed=d.seed, **d.options,
+    )
+
+
+def train_once(
+    spec: StudySpec,
+    data: Dataset,
+    params: dict[str, Any] | None = None,
+    *,
+    seed: int | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train the spec's backend with ``defaults`` overridden by ``params``."""
+    backend = get_backend(spec.model.backend)
+    config = spec.config(**(params or {}))
+    try:
+        backend.CONFIG_MODEL(**config)
+    except ValidationError as exc:
+        raise SpecError(validation_message(spec.source, exc)) from None
+    batch_size = config.get("batch_size")
+    if isinstance(batch_size, int) and batch_size > len(data.y_train):
+        raise SpecError(
+            f"{spec.source}: batch_size {batch_size} is larger than the training split ({len(data.y_train)} samples)."
+        )
+    return backend.train(config, data, seed=spec.seed if seed is None else seed, on_epoch=on_epoch)
