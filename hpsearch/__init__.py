@@ -1,0 +1,8 @@
+"""hpsearch: hyperparameter search with experiment tracking."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("hpsearch")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"

@@ -105,6 +105,19 @@ class PrunerSpec(_Strict):
     reduction_factor: int = Field(3, ge=2)
 
 
+class HeartbeatSpec(_Strict):
+    """How often a running trial proves its process alive, and how long silence means it died."""
+
+    interval: int = Field(10, ge=1)
+    grace_period: int = Field(30, ge=2)
+
+    @model_validator(mode="after")
+    def _grace_exceeds_interval(self) -> HeartbeatSpec:
+        if self.grace_period <= self.interval:
+            raise ValueError(f"'grace_period' ({self.grace_period}) must exceed 'interval' ({self.interval})")
+        return self
+
+
 class ParamSpec(_Strict):
     """One searched parameter of a random or TPE phase."""
 
@@ -184,6 +197,8 @@ class StudySpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     phases: list[PhaseSpec] = Field(default_factory=list)
+    heartbeat: HeartbeatSpec = Field(default_factory=HeartbeatSpec)
+    provenance: dict[str, Any] | None = None  # written by `hpsearch best`: where a configuration came from
 
     # where the spec came from; not part of the YAML
     source: str = Field("<spec>", exclude=True)
@@ -293,6 +308,11 @@ def _validate_backend_params(spec: StudySpec) -> None:
         except ValidationError as exc:
             error = exc.errors()[0]
             name = ".".join(str(p) for p in error["loc"])
+            if error["type"] == "extra_forbidden":
+                raise SpecError(
+                    f"{spec.source}: {where}.{name} is not a parameter of the {spec.model.backend} backend; "
+                    f"it takes {', '.join(sorted(fields))}."
+                ) from None
             detail = _format_error({**error, "loc": ()})
             raise SpecError(f"{spec.source}: {where}.{name} {detail}") from None
 

@@ -1,0 +1,242 @@
+"""The study driver on a temporary SQLite storage: phases, derived grids, exactly-once, resume, NaN, budgets."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from hpsearch.driver import Budget, Driver
+from hpsearch.errors import SpecError, UserError
+from hpsearch.spec import load_spec
+from hpsearch.storage import StorageError
+
+BASE = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
+    "model": {"backend": "numpy"},
+    "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 20, "batch_size": 50, "std": 0.01},
+    "heartbeat": {"interval": 1, "grace_period": 3},
+    "phases": [
+        {"name": "random", "sampler": "random", "n_trials": 6,
+         "space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
+                   "hidden_size": {"type": "int", "low": 4, "high": 16, "step": 4}}},
+        {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 3, "points": 2}},
+    ],
+}
+
+
+def make_spec(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def driver_for(path: Path, tmp_path: Path, **kwargs) -> Driver:
+    return Driver(load_spec(path), f"sqlite:///{tmp_path / 'study.db'}", echo=lambda m: None, **kwargs)
+
+
+def phase_trials(tmp_path: Path, phase: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=f"tiny.{phase}", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
+
+
+def assert_exactly_once(trials, points: int) -> None:
+    finished = collections.Counter(t.user_attrs["point"] for t in trials
+                                   if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert sorted(finished) == list(range(points)), finished
+    assert set(finished.values()) == {1}, finished
+    assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+
+
+def test_random_then_derived_grid_then_resume_runs_nothing(tmp_path):
+    spec = make_spec(tmp_path)
+    summary = driver_for(spec, tmp_path).run()
+    assert summary["complete"]
+    random_status, grid_status = summary["phases"]
+    assert random_status["done"] == random_status["total"] == 6
+    grid = grid_status["grid"]
+    assert set(grid) == {"learning_rate", "hidden_size"} and grid_status["total"] == len(grid["learning_rate"]) * len(grid["hidden_size"])
+    assert_exactly_once(phase_trials(tmp_path, "grid"), grid_status["total"])
+    assert_exactly_once(phase_trials(tmp_path, "random"), 6)
+    best = summary["best"]
+    assert best["test_acc"] is not None and best["value"] == max(
+        t.value for p in ("random", "grid") for t in phase_trials(tmp_path, p) if t.value is not None
+        and t.state == optuna.trial.TrialState.COMPLETE)
+
+    messages = []
+    again = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append).run()
+    assert "already complete" in messages[0]
+    assert len(phase_trials(tmp_path, "grid")) == grid_status["total"] and again["best"] == best
+
+
+def test_derived_grid_is_stored_and_reused_when_the_source_grows(tmp_path):
+    spec = make_spec(tmp_path)
+    first = driver_for(spec, tmp_path).run()["phases"][1]["grid"]
+    raw = yaml.safe_load(spec.read_text())
+    raw["phases"][0]["n_trials"] = 9  # more random trials later must not change the stored grid
+    spec.write_text(yaml.safe_dump(raw))
+    summary = driver_for(spec, tmp_path).run()
+    assert summary["phases"][0]["done"] == 9 and summary["phases"][1]["grid"] == first
+
+
+def test_trials_are_reproducible_from_their_seed(tmp_path):
+    from hpsearch.training import load_data, train_once
+
+    spec = make_spec(tmp_path)
+    driver_for(spec, tmp_path).run()
+    trial = next(t for t in phase_trials(tmp_path, "grid") if t.state == optuna.trial.TrialState.COMPLETE)
+    loaded = load_spec(spec)
+    again = train_once(loaded, load_data(loaded), trial.params, seed=trial.user_attrs["seed"])
+    assert again.val_acc == trial.value
+
+
+def test_nan_configuration_never_becomes_best_and_the_study_continues(tmp_path):
+    spec = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 2,
+                                        "grid": {"learning_rate": [1e12, 0.05, 0.1]}}],
+                     defaults={**BASE["defaults"], "std": 1.0})
+    summary = driver_for(spec, tmp_path).run()
+    trials = phase_trials(tmp_path, "grid")
+    diverged = [t for t in trials if t.params["learning_rate"] == 1e12]
+    assert len(diverged) == 1 and diverged[0].state == optuna.trial.TrialState.PRUNED  # not retried
+    assert diverged[0].user_attrs["failure"].startswith("diverged: loss became")
+    assert summary["complete"] and summary["best"]["params"]["learning_rate"] != 1e12
+    assert_exactly_once(trials, 3)
+
+
+def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
+    from hpsearch import driver as driver_module
+
+    calls = collections.Counter()
+    real = driver_module.train_once
+
+    def flaky(spec, data, params=None, **kwargs):
+        calls[params["hidden_size"]] += 1
+        if params["hidden_size"] == 8 and calls[8] <= 1:
+            raise RuntimeError("transient")
+        if params["hidden_size"] == 4:
+            raise RuntimeError("always")
+        return real(spec, data, params, **kwargs)
+
+    monkeypatch.setattr(driver_module, "train_once", flaky)
+    spec = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 2,
+                                        "grid": {"hidden_size": [4, 8, 16]}}])
+    summary = driver_for(spec, tmp_path).run(only_phase="grid")
+    status = summary["phases"][0]
+    assert calls == {4: 3, 8: 2, 16: 1}  # 1 + max_retries attempts for the point that always fails
+    assert status["failed_points"] == [0] and status["done"] == 2 and status["state"] == "complete"
+
+
+def test_budget_stops_cleanly_and_a_later_run_resumes(tmp_path):
+    spec = make_spec(tmp_path)
+    summary = driver_for(spec, tmp_path).run(Budget(max_trials=4))
+    assert not summary["complete"] and summary["phases"][0]["done"] == 4
+    summary = driver_for(spec, tmp_path).run(Budget(max_trials=4))
+    assert summary["phases"][0]["done"] == 6 and summary["phases"][1]["done"] == 2
+    summary = driver_for(spec, tmp_path).run()
+    assert summary["complete"]
+    assert_exactly_once(phase_trials(tmp_path, "random"), 6)
+    assert_exactly_once(phase_trials(tmp_path, "grid"), summary["phases"][1]["total"])
+
+
+def test_changing_the_grid_is_refused_with_a_diff_and_the_storage_untouched(tmp_path):
+    spec = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8]}}])
+    driver_for(spec, tmp_path).run()
+    before = (tmp_path / "study.db").read_bytes()
+    changed = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 12]}}])
+    with pytest.raises(SpecError, match=r"phase 'grid' changed since it started: grid.hidden_size: \[4, 8\] -> \[4, 12\]"):
+        driver_for(changed, tmp_path).run()
+    assert (tmp_path / "study.db").read_bytes() == before
+    summary = driver_for(changed, tmp_path, force_new_phase=True).run()
+    assert summary["complete"] and summary["phases"][0]["grid"] == {"hidden_size": [4, 12]}
+    assert len(phase_trials(tmp_path, "grid")) == 2  # the old phase's trials are kept under their study
+
+
+def test_changing_the_defaults_is_refused(tmp_path):
+    spec = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4]}}])
+    driver_for(spec, tmp_path).run()
+    changed = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4]}}],
+                        defaults={**BASE["defaults"], "num_iters": 30})
+    with pytest.raises(SpecError, match=r"defaults.num_iters: 20 -> 30"):
+        driver_for(changed, tmp_path).run()
+
+
+def test_tpe_phase_runs_n_trials(tmp_path):
+    spec = make_spec(tmp_path, phases=[{**BASE["phases"][0], "name": "tpe", "sampler": "tpe", "n_trials": 5}])
+    summary = driver_for(spec, tmp_path).run()
+    assert summary["complete"] and summary["phases"][0]["complete"] + summary["phases"][0]["pruned"] == 5
+
+
+def test_pruning_reports_each_epoch(tmp_path):
+    spec = make_spec(tmp_path, pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                     defaults={**BASE["defaults"], "num_iters": 40},
+                     phases=[{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.3, 1e-5, 1e-5, 2e-5]}}])
+    driver_for(spec, tmp_path).run()
+    trials = phase_trials(tmp_path, "grid")
+    assert all(len(t.intermediate_values) >= 1 for t in trials)
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+
+
+def test_bad_storage_url(tmp_path):
+    from hpsearch.storage import resolve_storage_url
+
+    with pytest.raises(StorageError, match="is not a database URL"):
+        resolve_storage_url("not a url", None, "x")
+    with pytest.raises(StorageError, match="unsupported database 'redis'"):
+        resolve_storage_url("redis://localhost/0", None, "x")
+    with pytest.raises(StorageError, match=r"'postgresql://u:\*\*\*@127.0.0.1:1/db' cannot be opened") as caught:
+        Driver(load_spec(make_spec(tmp_path)), "postgresql://u:SECRET@127.0.0.1:1/db", echo=lambda m: None)
+    assert "SECRET" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_derived_grid_needs_complete_source_trials(tmp_path):
+    spec = make_spec(tmp_path)
+    with pytest.raises(UserError, match="cannot derive its grid"):
+        driver_for(spec, tmp_path).run(only_phase="grid")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL])
+def test_killed_driver_resumes_with_every_grid_point_exactly_once(tmp_path, sig):
+    """SIGKILL in the middle of the grid phase, resume: each point has exactly one finished trial, none RUNNING."""
+    spec = make_spec(tmp_path, defaults={**BASE["defaults"], "num_iters": 3000, "hidden_size": 64},
+                     phases=[{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]}}])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    command = [sys.executable, "-m", "hpsearch", "run", str(spec), "--storage", storage]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    killed_trial = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        try:
+            trials = phase_trials(tmp_path, "grid")
+        except KeyError:
+            continue
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "seed" in t.user_attrs]
+        if done >= 2 and running:
+            os.kill(proc.pid, sig)
+            killed_trial = running[0].number
+            break
+    proc.wait(timeout=30)
+    assert killed_trial is not None, "the driver finished before it could be killed; make trials longer"
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in phase_trials(tmp_path, "grid"))
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = phase_trials(tmp_path, "grid")
+    assert_exactly_once(trials, 6)
+    killed = trials[killed_trial]
+    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"] == "worker died"
+    retries = [t for t in trials if t.user_attrs["point"] == killed.user_attrs["point"]]
+    assert [t.state for t in retries] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
