@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -76,6 +76,191 @@ def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     typer.echo(f"seconds     {result.seconds:.2f}")
 
 
-def main() -> None:  # pragma: no cover - console script entry for `python -m hpsearch`
-    app()
-    sys.exit(0)
+
+
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option("--storage", help="Study storage URL (default: $HPSEARCH_STORAGE, the spec's, sqlite:///runs/NAME.db).",
+                 show_default=False),
+]
+
+
+class OutputFormat(str, Enum):
+    yaml = "yaml"
+    json = "json"
+
+
+def _driver(spec: Path, set_: list[str] | None, storage: str | None, **kwargs):
+    from hpsearch.driver import Driver
+    from hpsearch.spec import load_spec
+    from hpsearch.storage import resolve_storage_url
+
+    study = load_spec(spec, set_)
+    return Driver(study, resolve_storage_url(storage, study.storage, study.name), echo=_echo_err, **kwargs)
+
+
+def _echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def run(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    phase: Annotated[Optional[str], typer.Option(help="Run only this phase.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    max_trials: Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.")] = None,
+    force_new_phase: Annotated[
+        bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
+    ] = False,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run the study's phases in order; rerun the same command to resume after any interruption."""
+    from hpsearch.driver import Budget, Interrupted
+
+    try:
+        driver = _driver(spec, set_, storage, force_new_phase=force_new_phase)
+        summary = driver.run(Budget(timeout=timeout, max_trials=max_trials), only_phase=phase)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    except (KeyboardInterrupt, Interrupted):
+        typer.echo("Interrupted: the running trial was marked failed and will be retried. "
+                   "Rerun the same command to resume.", err=True)
+        raise typer.Exit(code=130) from None
+    if json_:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    _print_summary(summary, driver.spec)
+
+
+def _print_summary(summary: dict, spec) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"study {summary['study']}  ({summary['storage']})")
+    for column in ("phase", "state", "done/total", "complete", "pruned", "failed", "running", "best"):
+        table.add_column(column)
+    for p in summary["phases"]:
+        best = f"{p['best_value']:.4f} (trial {p['best_trial']})" if p["best_value"] is not None else "-"
+        table.add_row(p["phase"], p["state"], f"{p['done']}/{p['total'] if p['total'] is not None else '?'}",
+                      str(p["complete"]), str(p["pruned"]), str(p["failed"]), str(p["running"]), best)
+    console.print(table)
+    best = summary.get("best")
+    if best:
+        test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ", no test split"
+        console.print(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}"
+                      f"{test}")
+        console.print(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
+    for p in summary["phases"]:
+        if p["failed_points"]:
+            console.print(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
+    console.print(f"optuna-dashboard {summary['storage']}")
+
+
+@app.command()
+def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+    """Per phase: state, trials complete/pruned/failed/running, grid coverage and best value."""
+    try:
+        summary = _driver(spec, set_, storage).status()
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if json_:
+        typer.echo(json.dumps(summary, default=str))
+    else:
+        _print_summary(summary, None)
+
+
+@app.command()
+def best(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    format_: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.yaml,
+    output: Annotated[Optional[Path], typer.Option(help="Write to this file instead of stdout.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """The best configuration as a re-runnable spec: `hpsearch train` on it trains the winning trial again."""
+    import yaml
+
+    import hpsearch
+
+    try:
+        driver = _driver(spec, set_, storage)
+        found = driver.best()
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if found is None:
+        raise fail(f"{spec}: no complete trial yet; run the study first.")
+    study = driver.spec
+    fragment = {
+        "name": f"{study.name}-best",
+        "seed": found["seed"],
+        "data": study.data.model_dump(exclude_none=True),
+        "model": study.model.model_dump(),
+        "defaults": found["config"],
+        "objective": study.objective.model_dump(),
+        "provenance": {
+            "study": study.name, "phase": found["phase"], "trial": found["trial"],
+            found["metric"]: found["value"], "test_acc": found["test_acc"], "seed": found["seed"],
+            "data_fingerprint": found["data_fingerprint"], "hpsearch_version": hpsearch.__version__,
+        },
+    }
+    text = (json.dumps(fragment, indent=2) + "\n" if format_ == OutputFormat.json
+            else yaml.safe_dump(fragment, sort_keys=False))
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}", err=True)
+
+
+@app.command()
+def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+    """Validate the spec and print each phase's size and estimated run time, without touching the storage."""
+    from hpsearch.plan import plan as make_plan
+    from hpsearch.spec import load_spec
+    from hpsearch.training import load_data
+
+    try:
+        study = load_spec(spec, set_)
+        report = make_plan(study, load_data(study))
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if json_:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"study {report['study']}: probe training took {report['probe_seconds']:.2f}s")
+    for p in report["phases"]:
+        size = f"{'at most ' if p['trials_upper_bound'] else ''}{p['trials']} trials"
+        typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {p['estimated_seconds']:.0f}s")
+    typer.echo(f"  total ≈ {report['estimated_seconds']:.0f}s on one process")
+
+
+@app.command()
+def export(
+    spec: SpecArg,
+    output: Annotated[Path, typer.Option(help="FILE.csv or FILE.json.", show_default=False)],
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write every trial (phase, number, state, value, params, duration) to CSV or JSON."""
+    import csv
+
+    if output.suffix not in (".csv", ".json"):
+        raise fail(f"--output {output}: give a .csv or .json file.")
+    try:
+        rows = _driver(spec, set_, storage).trials()
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if output.suffix == ".json":
+        output.write_text(json.dumps(rows, indent=1, default=str))
+    else:
+        names = sorted({name for row in rows for name in row["params"]})
+        with output.open("w", newline="") as f:
+            writer = csv.writer(f)
+            columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
+            writer.writerow(columns + [f"param_{n}" for n in names])
+            for row in rows:
+                writer.writerow([row[c] for c in columns] + [row["params"].get(n, "") for n in names])
+    typer.echo(f"wrote {len(rows)} trials to {output}", err=True)

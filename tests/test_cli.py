@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from hpsearch.cli import app
@@ -67,3 +68,96 @@ def test_cifar10_default_config_matches_the_assignment(cifar10_dir):
                                  "--set", f"data.path={cifar10_dir}"])
     assert result.exit_code == 0, result.output
     assert 0.26 <= json.loads(result.output)["val_acc"] <= 0.33
+
+
+STUDY = """
+name: clistudy
+seed: 0
+data: {dataset: synthetic, num_train: 200, num_val: 60, num_test: 60}
+defaults: {hidden_size: 8, learning_rate: 0.05, num_iters: 20, batch_size: 50, std: 0.01}
+phases:
+  - name: random
+    sampler: random
+    n_trials: 4
+    space:
+      learning_rate: {type: float, low: 1.0e-3, high: 0.5, log: true}
+  - name: grid
+    sampler: grid
+    grid: {from: random, top_k: 2, points: 2}
+"""
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY)
+    return path
+
+
+def test_run_status_best_export_plan(study, tmp_path):
+    result = runner.invoke(app, ["run", str(study)])
+    assert result.exit_code == 0, result.output
+    assert "winner" in result.stdout and "optuna-dashboard sqlite:///runs/clistudy.db" in result.stdout
+    assert (tmp_path / "runs" / "clistudy.db").exists()  # the default storage, relative to the working directory
+
+    again = runner.invoke(app, ["run", str(study)])
+    assert again.exit_code == 0 and "already complete" in again.stderr
+
+    status = json.loads(runner.invoke(app, ["status", str(study), "--json"]).stdout)
+    assert status["complete"] and [p["state"] for p in status["phases"]] == ["complete", "complete"]
+    assert status["phases"][0]["done"] == 4
+
+    best_yaml = runner.invoke(app, ["best", str(study), "--format", "yaml", "--output", str(tmp_path / "best.yaml")])
+    assert best_yaml.exit_code == 0
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["provenance"]["val_acc"] == status["best"]["value"] and best["provenance"]["hpsearch_version"]
+    # the fragment is a spec: training it again reproduces the winning trial exactly
+    retrained = json.loads(runner.invoke(app, ["train", str(tmp_path / "best.yaml"), "--json"]).stdout)
+    assert retrained["val_acc"] == best["provenance"]["val_acc"]
+    assert json.loads(runner.invoke(app, ["best", str(study), "--format", "json"]).stdout)["seed"] == best["seed"]
+
+    assert runner.invoke(app, ["export", str(study), "--output", str(tmp_path / "t.csv")]).exit_code == 0
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert lines[0].startswith("phase,number,state,value") and "param_learning_rate" in lines[0]
+    assert len(lines) == 1 + 4 + status["phases"][1]["total"]
+    assert runner.invoke(app, ["export", str(study), "--output", str(tmp_path / "t.json")]).exit_code == 0
+    assert len(json.loads((tmp_path / "t.json").read_text())) == len(lines) - 1
+
+
+def test_plan_touches_no_storage(study, tmp_path):
+    result = runner.invoke(app, ["plan", str(study), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [p["trials"] for p in report["phases"]] == [4, 2] and report["phases"][1]["trials_upper_bound"]
+    assert report["estimated_seconds"] >= 0
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s + "colour: red\n", "unknown key 'colour'"),
+        (lambda s: s.replace("n_trials: 4", "n_trials: four"), "phases[0].n_trials must be a valid integer"),
+        (lambda s: s.replace("grid: {from: random, top_k: 2, points: 2}", "grid: {}"), "'grid' is empty"),
+        (lambda s: s.replace("grid: {from: random, top_k: 2, points: 2}", "grid: {hidden_size: []}"),
+         "'grid.hidden_size' is an empty list"),
+        (lambda s: s.replace("learning_rate: {type: float, low: 1.0e-3", "learning_rate: {type: float, low: -1.0"),
+         "phases[0].space.learning_rate"),
+        (lambda s: s.replace("dataset: synthetic", "dataset: cifar10, path: /nonexistent"), "CIFAR-10 folder not found"),
+        (lambda s: s + "storage: 'nonsense'\n", "is not a database URL"),
+        (lambda s: s + "storage: postgresql://me:SECRET@127.0.0.1:1/db\n", "cannot be opened"),
+    ],
+)
+def test_bad_specs_exit_2_with_one_line(study, edit, message):
+    study.write_text(edit(STUDY))
+    result = runner.invoke(app, ["run", str(study)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "SECRET" not in result.output
+
+
+def test_run_missing_spec_file(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "spec file not found" in result.stderr

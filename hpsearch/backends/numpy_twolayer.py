@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hpsearch.backends.base import DivergedError, TrainResult
 from hpsearch.data import Dataset
 
-__all__ = ["CONFIG_MODEL", "NumpyConfig", "TwoLayerNet", "lr_at_epoch", "train"]
+__all__ = ["CONFIG_MODEL", "NumpyConfig", "TwoLayerNet", "cost", "lr_at_epoch", "probe", "train"]
 
 
 class TwoLayerNet:
@@ -213,3 +213,16 @@ def train(
         config=cfg.model_dump(),
         model=net,
     )
+
+
+def cost(config: dict[str, Any], data: Dataset) -> float:
+    """Relative compute of training ``config``: multiply-adds of the SGD steps and the per-epoch validation passes."""
+    cfg = NumpyConfig(**config)
+    per_sample = data.input_size * cfg.hidden_size + cfg.hidden_size * data.num_classes
+    epochs = cfg.num_iters // max(len(data.y_train) // cfg.batch_size, 1)
+    return float(per_sample * (3 * cfg.num_iters * cfg.batch_size + epochs * len(data.y_val)))
+
+
+def probe(config: dict[str, Any]) -> dict[str, Any]:
+    """A short version of ``config`` whose measured time, divided by its cost, prices every other configuration."""
+    return {**config, "num_iters": min(int(config.get("num_iters", 1000)), 50)}
