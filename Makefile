@@ -14,7 +14,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 
 quickstart: install
-	$(BIN)/hpsearch train studies/quickstart.yaml
+	$(BIN)/hpsearch run studies/quickstart.yaml
 
 # torch is pinned to 2.13.0 (the CPU build) by the extra: no CUDA download on a CPU machine.
 test: $(BIN)/python
