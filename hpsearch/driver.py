@@ -19,6 +19,7 @@ seed and configuration would diverge again).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -38,38 +39,108 @@ from hpsearch import grid as grids
 from hpsearch.backends import DivergedError
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError, UserError
-from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
+from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec, best_fragment
 from hpsearch.storage import StorageError, mask_url, storage_lock
-from hpsearch.training import load_data, train_once
+from hpsearch.training import load_data, resolved_config, train_once
 
-__all__ = ["Budget", "Driver", "StudyListener"]
+__all__ = ["Budget", "Driver", "SharedState", "StudyListener", "StudyReport"]
 
 ATTR = "hpsearch:"
 POINT, ATTEMPT, OWNER = "point", "attempt", ATTR + "owner"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 INTERRUPTED = "interrupted"
 POLL_SECONDS = 2.0
+EPOCH_KEYS = ("loss", "train_acc", "val_acc", "lr", "iteration")  # kept per trial, so tracking can be rebuilt
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+class SharedState:
+    """Values a listener keeps in the study storage, visible to every process working on the study.
+
+    Picklable: it carries the storage URL, not a connection, so a tracking process can open its own.
+    """
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.url = url
+        self.study_name = study_name
+        self._registry: optuna.Study | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "study_name": self.study_name, "_registry": None}
+
+    def _study(self) -> optuna.Study:
+        if self._registry is None:
+            storage = optuna.storages.RDBStorage(self.url)
+            with storage_lock(self.url, f"{self.study_name}:registry"):
+                self._registry = optuna.create_study(study_name=self.study_name, storage=storage,
+                                                     load_if_exists=True)
+        return self._registry
+
+    def get_or_create(self, key: str, factory: Callable[[], Any]) -> Any:
+        """The value stored under ``key``, created by exactly one process (under the storage lock)."""
+        registry = self._study()
+        name = ATTR + "shared:" + key
+        value = registry.user_attrs.get(name)
+        if value is not None:
+            return value
+        with storage_lock(self.url, f"{self.study_name}:shared:{key}"):
+            value = registry.user_attrs.get(name)
+            if value is None:
+                value = factory()
+                registry.set_user_attr(name, value)
+            return value
+
+
 class StudyListener:
-    """Hooks the driver calls as a study runs; tracking implements them. Every method is optional."""
+    """Hooks the driver calls as a study runs; tracking implements them. Every method is optional.
+
+    ``trial`` arguments are Optuna ``FrozenTrial`` objects; ``progress`` is the phase's status (see
+    :meth:`Driver.status`) plus ``study_best_value``.
+    """
+
+    def on_study_start(self, spec: StudySpec, state: SharedState) -> None: ...
 
     def on_phase_start(self, phase: PhaseSpec, info: dict[str, Any]) -> None: ...
 
-    def on_trial_start(self, phase: PhaseSpec, trial: FrozenTrial, config: dict[str, Any], seed: int) -> None: ...
+    def on_trial_start(self, phase: PhaseSpec, trial: FrozenTrial, config: dict[str, Any], seed: int,
+                       replaces: FrozenTrial | None) -> None: ...
 
     def on_epoch(self, phase: PhaseSpec, trial: FrozenTrial, epoch: int, metrics: dict[str, Any]) -> None: ...
 
-    def on_trial_end(self, phase: PhaseSpec, trial: FrozenTrial, result: Any, reason: str | None) -> None: ...
+    def on_trial_end(self, phase: PhaseSpec, trial: FrozenTrial, result: Any, reason: str | None,
+                     progress: dict[str, Any]) -> None: ...
 
     def on_trial_reaped(self, phase: PhaseSpec, trial: FrozenTrial, reason: str) -> None: ...
 
     def on_phase_end(self, phase: PhaseSpec, status: dict[str, Any]) -> None: ...
 
-    def on_study_end(self, summary: dict[str, Any]) -> None: ...
+    def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None: ...
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Finish whatever is pending; called however the run ends."""
+
+
+@dataclass
+class StudyReport:
+    """Everything the plots and summaries of a finished study need, as plain data.
+
+    trials: rows of :meth:`Driver.trials`. spaces: per phase, the searched parameters and whether each is on a log
+    scale. importances: per phase, parameter importances (empty where they cannot be computed). best: see
+    :meth:`Driver.best`. best_result: the best trial retrained with its own seed (histories and model).
+    """
+
+    study: str
+    metric: str
+    direction: str
+    trials: list[dict[str, Any]]
+    spaces: dict[str, dict[str, bool]]
+    importances: dict[str, dict[str, float]]
+    best: dict[str, Any] | None
+    best_result: Any
+    best_fragment: dict[str, Any] | None
+    summary: dict[str, Any]
 
 
 @dataclass
@@ -99,13 +170,25 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _pid_namespace() -> str:
+    """This process's host and pid namespace: containers sharing a hostname must not judge each other's pids."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
 def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+            "pidns": _pid_namespace()}
 
 
 def _owner_is_dead(owner: dict[str, Any] | None) -> bool:
-    """True when the trial's process ran on this host and is gone (or its pid now belongs to another process)."""
+    """True when the trial's process ran in this pid namespace and is gone (or its pid was reused)."""
     if not owner or owner.get("host") != socket.gethostname():
+        return False
+    if not owner.get("pidns") or owner.get("pidns") != _pid_namespace():
         return False
     pid = owner.get("pid")
     if not isinstance(pid, int):
@@ -192,7 +275,8 @@ class Driver:
         self.force_new_phase = force_new_phase
         self._data: Dataset | None = None
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), storage_lock(storage_url, "schema"):
+                # under the lock: processes starting together on a fresh database would race creating its tables
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.storage = optuna.storages.RDBStorage(
                     storage_url,
@@ -251,9 +335,18 @@ class Driver:
                 "Restore it, or rerun with --force-new-phase to start every phase afresh (stored trials are kept)."
             )
         if changes:
-            registry.set_user_attr(ATTR + "context", current)
-            registry.set_user_attr(ATTR + "phases", {})
-            registry.set_user_attr(ATTR + "result", None)
+            with storage_lock(self.url, f"{self.spec.name}:phases"):
+                registry.set_user_attr(ATTR + "context", current)
+                registry.set_user_attr(ATTR + "phases", {p.name: self._next_version(p) for p in self.spec.phases})
+                registry.set_user_attr(ATTR + "result", None)
+
+    def _next_version(self, phase: PhaseSpec) -> str:
+        """A fresh Optuna study name for ``phase``: ``<study>.<phase>.v2``, ``.v3``, ..."""
+        names = self._study_names()
+        version = 2
+        while f"{self.spec.name}.{phase.name}.v{version}" in names:
+            version += 1
+        return f"{self.spec.name}.{phase.name}.v{version}"
 
     def _phase_study_name(self, registry: optuna.Study | None, phase: PhaseSpec) -> str:
         phases = (registry.user_attrs.get(ATTR + "phases") or {}) if registry else {}
@@ -297,10 +390,7 @@ class Driver:
                     study = existing
                     study.pruner = self._pruner()
                     return study
-                version = 2
-                while f"{self.spec.name}.{phase.name}.v{version}" in self._study_names():
-                    version += 1
-                name = f"{self.spec.name}.{phase.name}.v{version}"
+                name = self._next_version(phase)
             points_grid = self._points_grid(phase)  # derive before creating, so a failure leaves nothing behind
             study = optuna.create_study(
                 study_name=name, storage=self.storage, direction=self.spec.objective.direction,
@@ -361,8 +451,9 @@ class Driver:
     def _counts_as_failure(trial: FrozenTrial) -> bool:
         return trial.state == TrialState.FAIL and trial.user_attrs.get("failure") != INTERRUPTED
 
-    def _reconcile(self, phase: PhaseSpec, study: optuna.Study, points: list[dict[str, Any]]) -> None:
+    def _reconcile(self, phase: PhaseSpec, study: optuna.Study, points: list[dict[str, Any]]) -> int:
         """Enqueue every point that needs a trial; under the storage lock so no two processes enqueue one point."""
+        enqueued = 0
         with storage_lock(self.url, f"{study.study_name}:points"):
             by_point: dict[int, list[FrozenTrial]] = {}
             for trial in study.get_trials(deepcopy=False):
@@ -375,16 +466,30 @@ class Driver:
                 if failures > phase.max_retries:
                     continue  # exhausted: reported as failed
                 study.enqueue_trial(params, user_attrs={POINT: point, ATTEMPT: len(trials) + 1})
+                enqueued += 1
+        return enqueued
 
-    def _claim(self, study: optuna.Study) -> int | None:
-        """Move one WAITING trial to RUNNING; the storage guarantees that only one process succeeds."""
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            try:
-                if self.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                    return trial._trial_id
-            except UpdateFinishedTrialError:
-                continue
+    def _claim(self, study: optuna.Study, points: int) -> int | None:
+        """Move one WAITING trial of a point below ``points`` to RUNNING, marked with this process as its owner.
+
+        Under the storage lock: PostgreSQL's row lock would make the transition atomic by itself, SQLite's does not.
+        """
+        with storage_lock(self.url, f"{study.study_name}:claim"):
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                if trial.user_attrs.get(POINT, 0) >= points:
+                    continue  # queued before n_trials was lowered
+                try:
+                    if self.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                        self._own(trial._trial_id)
+                        return trial._trial_id
+                except UpdateFinishedTrialError:
+                    continue
         return None
+
+    def _own(self, trial_id: int) -> None:
+        """Mark a just-claimed trial as this process's, so it can be reaped if the process dies."""
+        self.storage.set_trial_user_attr(trial_id, OWNER, _owner())
+        self.storage.record_heartbeat(trial_id)
 
     def _reap(self, phase: PhaseSpec, study: optuna.Study) -> None:
         """Fail RUNNING trials whose process is gone: heartbeat older than the grace period, or dead pid here."""
@@ -392,11 +497,15 @@ class Driver:
         if not running:
             return
         stale = set(self.storage._get_stale_trial_ids(study._study_id))
+        grace = datetime.timedelta(seconds=self.spec.heartbeat.grace_period)
         for trial in running:
             if trial._trial_id in stale:
                 reason = "heartbeat lost"
             elif _owner_is_dead(trial.user_attrs.get(OWNER)):
                 reason = "worker died"
+            elif OWNER not in trial.user_attrs and trial.datetime_start is not None \
+                    and datetime.datetime.now() - trial.datetime_start > grace:
+                reason = "claimed by a process that never started it"
             else:
                 continue
             try:
@@ -428,19 +537,25 @@ class Driver:
     def _run_trial(self, phase: PhaseSpec, study: optuna.Study, trial: optuna.Trial) -> None:
         frozen = self.storage.get_trial(trial._trial_id)
         point = frozen.user_attrs.get(POINT, trial.number)
-        trial.set_user_attr(OWNER, _owner())
         seed = grids.trial_seed(self.spec.seed, phase.name, point)
-        trial.set_user_attr("seed", seed)
+        try:
+            trial.set_user_attr("seed", seed)
+        except UpdateFinishedTrialError:
+            return  # reaped between the claim and now: its point was handed on
         reason: str | None = None
         result = None
+        history: dict[str, list[Any]] = {}
         with _heartbeat(self.storage, trial._trial_id, self.spec.heartbeat.interval):
             try:
                 params = self._suggest(trial, phase, study)
-                config = self.spec.config(**params)
-                self.listener.on_trial_start(phase, self.storage.get_trial(trial._trial_id), config, seed)
+                config = resolved_config(self.spec, params)
+                frozen = self.storage.get_trial(trial._trial_id)
+                self.listener.on_trial_start(phase, frozen, config, seed, self._replaced(study, frozen))
 
                 def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
                     trial.report(metrics[self.spec.objective.metric], epoch)
+                    for key in EPOCH_KEYS:
+                        history.setdefault(key, []).append(metrics.get(key))
                     self.listener.on_epoch(phase, frozen, epoch, metrics)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -452,32 +567,47 @@ class Driver:
             except DivergedError as exc:
                 state, values, reason = TrialState.PRUNED, None, f"diverged: {exc}"
             except KeyboardInterrupt:
-                self._finish(phase, study, trial, TrialState.FAIL, None, None, INTERRUPTED)
+                self._finish(phase, study, trial, TrialState.FAIL, None, None, INTERRUPTED, history)
                 raise
             except Exception as exc:  # a failing trial must not stop the study; the point is retried
                 state, values, reason = TrialState.FAIL, None, f"{type(exc).__name__}: {exc}"
-        self._finish(phase, study, trial, state, values, result, reason)
+        self._finish(phase, study, trial, state, values, result, reason, history)
+
+    def _replaced(self, study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
+        """The latest earlier trial of the same point, which this one retries."""
+        point = trial.user_attrs.get(POINT)
+        if point is None:
+            return None
+        earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                   if t.user_attrs.get(POINT) == point and t.number < trial.number]
+        return earlier[-1] if earlier else None
 
     def _finish(self, phase: PhaseSpec, study: optuna.Study, trial: optuna.Trial, state: TrialState,
-                values: list[float] | None, result: Any, reason: str | None) -> None:
+                values: list[float] | None, result: Any, reason: str | None, history: dict[str, list[Any]]) -> None:
         try:
+            if history:
+                trial.set_user_attr("epoch_history", history)
             if result is not None:
                 trial.set_user_attr("train_acc", result.train_acc)
                 trial.set_user_attr("seconds", round(result.seconds, 3))
                 trial.set_user_attr("final_loss", result.loss)
             if reason:
                 trial.set_user_attr("failure", mask_url(reason))
+            if self.storage.get_trial(trial._trial_id).state.is_finished():
+                raise UpdateFinishedTrialError("already finished")
             study.tell(trial, values=values, state=state)
-        except (UpdateFinishedTrialError, ValueError):
+        except UpdateFinishedTrialError:
             self.echo(f"[{phase.name}] trial {trial.number}: result discarded, the trial was already failed "
                       "(its point was handed to another worker)")
             return
         finished = self.storage.get_trial(trial._trial_id)
-        self.listener.on_trial_end(phase, finished, result, reason)
-        self._report_trial(phase, study, finished)
-
-    def _report_trial(self, phase: PhaseSpec, study: optuna.Study, trial: FrozenTrial) -> None:
         status = self._phase_status(phase, study)
+        best = self._best_trial()
+        progress = {**status, "study_best_value": best[1].value if best else None}
+        self.listener.on_trial_end(phase, finished, result, reason, progress)
+        self._report_trial(phase, study, finished, status)
+
+    def _report_trial(self, phase: PhaseSpec, study: optuna.Study, trial: FrozenTrial, status: dict[str, Any]) -> None:
         if trial.state == TrialState.COMPLETE:
             score = f"{self.spec.objective.metric} {trial.value:.4f}"
         else:
@@ -498,11 +628,13 @@ class Driver:
             self._reconcile(phase, study, points)
             if budget.exhausted():
                 return False
-            trial_id = self._claim(study)
+            trial_id = self._claim(study, len(points))
             if trial_id is None:
                 if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     time.sleep(POLL_SECONDS)  # another process holds the last points
                     continue
+                if self._reconcile(phase, study, points):
+                    continue  # a trial failed since the last look: its retry was just queued
                 return True
             budget.trials += 1
             self._run_trial(phase, study, optuna.Trial(study, trial_id))
@@ -525,12 +657,27 @@ class Driver:
                 continue
             if budget.exhausted():
                 return False
+            trial = self._ask(phase, study)
+            if trial is None:
+                continue
             budget.trials += 1
-            study.sampler = self._sampler(phase, len(trials))  # a resumed phase must not replay its first draws
+            self._run_trial(phase, study, trial)
+
+    def _ask(self, phase: PhaseSpec, study: optuna.Study) -> optuna.Trial | None:
+        """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""
+        with storage_lock(self.url, f"{study.study_name}:claim"):
+            trials = study.get_trials(deepcopy=False)
+            taken = sum(t.state in FINISHED or t.state == TrialState.RUNNING for t in trials)
+            if taken >= phase.n_trials:
+                return None
+            # a resumed phase must not replay its first draws; parallel workers must not draw alike
+            parallel = any(t.state == TrialState.RUNNING for t in trials)
+            study.sampler = self._sampler(phase, len(trials) * 100_003 + (os.getpid() if parallel else 0))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "heartbeat is meant for optimize": we beat ourselves
                 trial = study.ask()
-            self._run_trial(phase, study, trial)
+            self._own(trial._trial_id)
+            return trial
 
     def run(self, budget: Budget | None = None, only_phase: str | None = None) -> dict[str, Any]:
         """Run the phases in order until done or out of budget. Returns the summary (see :meth:`status`)."""
@@ -543,16 +690,31 @@ class Driver:
         self._check_points(phases)
         registry = self._registry(create=True)
         self._check_context(registry)
+        self.listener.on_study_start(self.spec, SharedState(self.url, self.spec.name))
         changed = []
-        for phase in phases:
-            existing = self._load_phase(phase, registry)
-            if existing is not None and self._definition_changes(phase, existing):
-                changed.append(phase.name)
+        with storage_lock(self.url, f"{self.spec.name}:phases"):  # consistent with a concurrent _open_phase
+            for phase in phases:
+                existing = self._load_phase(phase, registry)
+                if existing is not None and self._definition_changes(phase, existing):
+                    changed.append(phase.name)
         before = self.status()
         if before["complete"] and not only_phase and not changed:
             self.echo(f"Study {self.spec.name!r} is already complete: nothing to run.")
             return before
-        complete = True
+        try:
+            complete = self._run_phases(registry, phases, budget)
+        except BaseException:
+            self.listener.close()  # an interrupted or failing run still sends what it has
+            raise
+        report = self._finalise(registry) if complete and not only_phase else None
+        summary = self.status()
+        if report is not None:
+            report.summary = summary
+        self.listener.on_study_end(summary, report)
+        return summary
+
+    def _run_phases(self, registry: optuna.Study, phases: list[PhaseSpec], budget: Budget) -> bool:
+        """Run ``phases`` in order; False when the budget ran out first."""
         with _signals_interrupt():
             for phase in phases:
                 study = self._open_phase(registry, phase)
@@ -563,14 +725,9 @@ class Driver:
                 status = self._phase_status(phase, study)
                 self.listener.on_phase_end(phase, status)
                 if not done:
-                    complete = False
                     self.echo(f"Budget reached during phase {phase.name!r}; rerun the same command to resume.")
-                    break
-        if complete and not only_phase:
-            self._finalise(registry)
-        summary = self.status()
-        self.listener.on_study_end(summary)
-        return summary
+                    return False
+        return True
 
     def _check_points(self, phases: list[PhaseSpec]) -> None:
         """Refuse, before anything runs, explicit points no trial could train with."""
@@ -603,25 +760,53 @@ class Driver:
                     best = (phase, trial)
         return best
 
-    def _finalise(self, registry: optuna.Study) -> None:
-        """Evaluate the winner once on the test split, by retraining it with its own seed, and store the result."""
-        found = self._best_trial()
-        if found is None:
-            return
-        phase, trial = found
-        stored = registry.user_attrs.get(ATTR + "result") or {}
-        if stored.get("phase") == phase.name and stored.get("trial") == trial.number:
-            return
-        result: dict[str, Any] = {"phase": phase.name, "trial": trial.number, "value": trial.value,
-                                  "test_acc": None, "data_fingerprint": self.data.fingerprint}
+    def _finalise(self, registry: optuna.Study) -> StudyReport | None:
+        """Retrain the winner with its own seed, evaluate it once on the test split, store and report the result."""
+        report = self.report()
+        if report is None or report.best is None:
+            return report
+        best, retrained = report.best, report.best_result
+        result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],
+                  "test_acc": None, "retrained_val_acc": retrained.val_acc,
+                  "data_fingerprint": self.data.fingerprint}
         if self.data.X_test is not None:
-            retrained = train_once(self.spec, self.data, trial.params, seed=trial.user_attrs["seed"])
             result["test_acc"] = retrained.model.accuracy(self.data.X_test, self.data.y_test)
-            result["retrained_val_acc"] = retrained.val_acc
-        registry.set_user_attr(ATTR + "result", result)
+        stored = registry.user_attrs.get(ATTR + "result") or {}
+        if {k: stored.get(k) for k in result} != result:
+            registry.set_user_attr(ATTR + "result", result)
+        report.best = self.best()
+        report.best_fragment = best_fragment(self.spec, report.best)
+        return report
+
+    def report(self, retrain: bool = True) -> StudyReport | None:
+        """Plain data for plots and summaries; retrains the best trial for its curves and model."""
+        registry = self._registry(create=False)
+        if registry is None:
+            return None
+        best = self.best()
+        best_result = None
+        if best is not None and retrain:
+            best_result = train_once(self.spec, self.data, best["params"], seed=best["seed"])
+        spaces: dict[str, dict[str, bool]] = {}
+        importances: dict[str, dict[str, float]] = {}
+        for phase in self.spec.phases:
+            study = self._load_phase(phase, registry)
+            if study is None:
+                continue
+            grid = study.user_attrs.get(ATTR + "grid")
+            spaces[phase.name] = ({name: p.log for name, p in phase.space.items()} if phase.space else
+                                  {name: _looks_logarithmic(values) for name, values in (grid or {}).items()
+                                   if len(values) > 1})
+            importances[phase.name] = _importances(study)
+        return StudyReport(
+            study=self.spec.name, metric=self.spec.objective.metric, direction=self.spec.objective.direction,
+            trials=self.trials(), spaces=spaces, importances=importances, best=best, best_result=best_result,
+            best_fragment=best_fragment(self.spec, best) if best else None, summary=self.status(),
+        )
 
     def _phase_status(self, phase: PhaseSpec, study: optuna.Study | None) -> dict[str, Any]:
         status: dict[str, Any] = {"phase": phase.name, "sampler": phase.sampler, "state": "pending",
+                                  "study_name": study.study_name if study is not None else None,
                                   "complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0,
                                   "done": 0, "total": None, "best_value": None, "best_trial": None,
                                   "failed_points": [], "grid": None}
@@ -645,6 +830,8 @@ class Driver:
             failures: dict[int, int] = {}
             for t in trials:
                 point = t.user_attrs.get(POINT)
+                if point is None or point >= len(points):
+                    continue
                 if t.state in FINISHED:
                     covered.add(point)
                 elif self._counts_as_failure(t):
@@ -687,7 +874,7 @@ class Driver:
         return {
             "phase": phase.name, "trial": trial.number, "value": trial.value,
             "metric": self.spec.objective.metric, "params": trial.params,
-            "config": self.spec.config(**trial.params), "seed": trial.user_attrs.get("seed"),
+            "config": resolved_config(self.spec, trial.params), "seed": trial.user_attrs.get("seed"),
             "test_acc": result.get("test_acc") if same else None,
             "data_fingerprint": result.get("data_fingerprint") if same else None,
         }
@@ -702,13 +889,33 @@ class Driver:
                 continue
             for t in study.get_trials(deepcopy=False):
                 rows.append({
-                    "phase": phase.name, "number": t.number, "state": t.state.name, "value": t.value,
+                    "phase": phase.name, "number": t.number, "state": t.state.name,
+                    "value": t.value if t.state == TrialState.COMPLETE else None,
                     "params": t.params, "duration_seconds": t.duration.total_seconds() if t.duration else None,
                     "point": t.user_attrs.get(POINT), "attempt": t.user_attrs.get(ATTEMPT),
                     "seed": t.user_attrs.get("seed"), "failure": t.user_attrs.get("failure"),
+                    "epoch_history": t.user_attrs.get("epoch_history"), "optuna_study": study.study_name,
                     "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
                 })
         return rows
+
+
+def _looks_logarithmic(values: list[Any]) -> bool:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return len(numbers) == len(values) and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
+
+
+def _importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances of the searched parameters; empty when too few trials vary."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError):  # a single distinct value, or no parameter varies
+        return {}
 
 
 def _format_seconds(seconds: float) -> str:

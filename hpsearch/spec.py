@@ -372,3 +372,22 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec
             break
         apply_override(raw, key_path, value, item)
     return build_spec(raw, source, spec_path.parent)
+
+
+def best_fragment(spec: StudySpec, best: dict[str, Any]) -> dict[str, Any]:
+    """The best trial as a spec that ``hpsearch train`` runs again: its full config, its seed, where it came from."""
+    import hpsearch
+
+    return {
+        "name": f"{spec.name}-best",
+        "seed": best["seed"],
+        "data": spec.data.model_dump(exclude_none=True),
+        "model": spec.model.model_dump(),
+        "defaults": best["config"],
+        "objective": spec.objective.model_dump(),
+        "provenance": {
+            "study": spec.name, "phase": best["phase"], "trial": best["trial"],
+            best["metric"]: best["value"], "test_acc": best["test_acc"], "seed": best["seed"],
+            "data_fingerprint": best["data_fingerprint"], "hpsearch_version": hpsearch.__version__,
+        },
+    }

@@ -50,7 +50,7 @@ def _check(url: str) -> None:
         parsed = make_url(url)
     except ArgumentError:
         raise StorageError(f"storage {mask_url(url)!r} is not a database URL (e.g. sqlite:///runs/study.db).") from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(
             f"storage {mask_url(url)!r}: unsupported database {parsed.get_backend_name()!r}; use sqlite or postgresql."
         )
@@ -79,12 +79,14 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
     """Hold an exclusive lock named ``name`` among all processes using the storage at ``url``.
 
     PostgreSQL: a session advisory lock, so processes on other machines take part. SQLite: an ``flock`` on a file
-    beside the database, since SQLite databases are local files anyway.
+    per lock name in ``.<database>.locks/`` beside the database, since SQLite databases are local files anyway.
     """
     key = zlib.crc32(name.encode())
     path = sqlite_path(url)
     if path is not None:
-        with open(f"{path}.lock", "a") as handle:
+        folder = path.parent / f".{path.name}.locks"
+        folder.mkdir(exist_ok=True)
+        with open(folder / f"{key}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

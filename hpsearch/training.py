@@ -24,6 +24,15 @@ def load_data(spec: StudySpec) -> Dataset:
     )
 
 
+def resolved_config(spec: StudySpec, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every setting the backend trains with: its own defaults, the spec's ``defaults``, then ``params``."""
+    config = spec.config(**(params or {}))
+    try:
+        return get_backend(spec.model.backend).CONFIG_MODEL(**config).model_dump()
+    except ValidationError as exc:
+        raise SpecError(validation_message(spec.source, exc)) from None
+
+
 def train_once(
     spec: StudySpec,
     data: Dataset,
@@ -34,11 +43,7 @@ def train_once(
 ) -> TrainResult:
     """Train the spec's backend with ``defaults`` overridden by ``params``."""
     backend = get_backend(spec.model.backend)
-    config = spec.config(**(params or {}))
-    try:
-        backend.CONFIG_MODEL(**config)
-    except ValidationError as exc:
-        raise SpecError(validation_message(spec.source, exc)) from None
+    config = resolved_config(spec, params)
     batch_size = config.get("batch_size")
     if isinstance(batch_size, int) and batch_size > len(data.y_train):
         raise SpecError(

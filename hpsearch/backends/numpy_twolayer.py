@@ -10,17 +10,22 @@ Named dimensions: N samples, D input features, H hidden units, C classes, B mini
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from threadpoolctl import threadpool_limits
 
 from hpsearch.backends.base import DivergedError, TrainResult
 from hpsearch.data import Dataset
 
-__all__ = ["CONFIG_MODEL", "NumpyConfig", "TwoLayerNet", "cost", "lr_at_epoch", "probe", "train"]
+__all__ = ["CONFIG_MODEL", "MODEL_SUFFIX", "NumpyConfig", "TwoLayerNet", "cost", "load_model", "lr_at_epoch",
+           "probe", "save_model", "train"]
 
 
 class TwoLayerNet:
@@ -193,16 +198,19 @@ def train(
     init_seed, batch_seed = np.random.SeedSequence(seed).spawn(2)  # independent streams for weights and batches
     start = time.perf_counter()
     net = TwoLayerNet(X_train.shape[1], cfg.hidden_size, data.num_classes, std=cfg.std, seed=init_seed, dtype=dtype)
-    history = net.train(
-        X_train, data.y_train, X_val, data.y_val,
-        learning_rate=cfg.learning_rate,
-        learning_rate_decay=cfg.learning_rate_decay,
-        reg=cfg.reg,
-        num_iters=cfg.num_iters,
-        batch_size=cfg.batch_size,
-        seed=batch_seed,
-        on_epoch=on_epoch,
-    )
+    threads = blas_threads(cfg.batch_size, X_train.shape[1], cfg.hidden_size)
+    limit = threadpool_limits(threads, user_api="blas") if threads else contextlib.nullcontext()
+    with limit:
+        history = net.train(
+            X_train, data.y_train, X_val, data.y_val,
+            learning_rate=cfg.learning_rate,
+            learning_rate_decay=cfg.learning_rate_decay,
+            reg=cfg.reg,
+            num_iters=cfg.num_iters,
+            batch_size=cfg.batch_size,
+            seed=batch_seed,
+            on_epoch=on_epoch,
+        )
     return TrainResult(
         loss_history=history["loss_history"],
         train_acc_history=history["train_acc_history"],
@@ -226,3 +234,29 @@ def cost(config: dict[str, Any], data: Dataset) -> float:
 def probe(config: dict[str, Any]) -> dict[str, Any]:
     """A short version of ``config`` whose measured time, divided by its cost, prices every other configuration."""
     return {**config, "num_iters": min(int(config.get("num_iters", 1000)), 50)}
+
+
+MODEL_SUFFIX = ".npz"
+
+
+def save_model(model: TwoLayerNet, config: dict[str, Any], path: str | Path) -> None:
+    """The parameters and the configuration that trained them, in one ``.npz`` (no pickle inside)."""
+    np.savez(path, **model.params, config=np.array(json.dumps(config)))
+
+
+def load_model(path: str | Path) -> tuple[TwoLayerNet, dict[str, Any]]:
+    with np.load(path, allow_pickle=False) as saved:
+        config = json.loads(str(saved["config"]))
+        W1, W2 = saved["W1"], saved["W2"]
+        net = TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1], dtype=W1.dtype)
+        net.params = {name: saved[name].copy() for name in ("W1", "b1", "W2", "b2")}
+    return net, config
+
+
+def blas_threads(batch_size: int, input_size: int, hidden_size: int) -> int | None:
+    """BLAS threads for a step of this size: one for small products, where threads cost more than they give.
+
+    On 2 cores, the digits network (B=100, D=64, H=120) steps twice as fast on one thread; CIFAR-10's
+    (B=200, D=3072, H=50) is faster on all of them. None means "leave the process's setting alone".
+    """
+    return 1 if batch_size * input_size * hidden_size < 2_000_000 else None
