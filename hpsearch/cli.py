@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -90,13 +91,29 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-def _driver(spec: Path, set_: list[str] | None, storage: str | None, **kwargs):
+TrackingOpt = Annotated[
+    Optional[str],
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec's, "
+                 "sqlite:///mlflow.db beside a SQLite storage).", show_default=False),
+]
+
+
+def _driver(spec: Path, set_: list[str] | None, storage: str | None, tracking_uri: str | None = None,
+            track: bool = False, **kwargs):
+    """The study's driver, with MLflow tracking attached when ``track`` and the spec leaves it enabled."""
     from hpsearch.driver import Driver
     from hpsearch.spec import load_spec
     from hpsearch.storage import resolve_storage_url
 
     study = load_spec(spec, set_)
-    return Driver(study, resolve_storage_url(storage, study.storage, study.name), echo=_echo_err, **kwargs)
+    url = resolve_storage_url(storage, study.storage, study.name)
+    listener = None
+    if track:
+        from hpsearch.tracking import MlflowTracker, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(study, url, tracking_uri)
+        listener = MlflowTracker(study, uri, echo=_echo_err) if uri else None
+    return Driver(study, url, echo=_echo_err, listener=listener, **kwargs)
 
 
 def _echo_err(message: str) -> None:
@@ -107,6 +124,7 @@ def _echo_err(message: str) -> None:
 def run(
     spec: SpecArg,
     storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
     phase: Annotated[Optional[str], typer.Option(help="Run only this phase.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
     max_trials: Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.")] = None,
@@ -118,23 +136,29 @@ def run(
 ) -> None:
     """Run the study's phases in order; rerun the same command to resume after any interruption."""
     from hpsearch.driver import Budget, Interrupted
+    from hpsearch.storage import mask_url
 
     try:
-        driver = _driver(spec, set_, storage, force_new_phase=force_new_phase)
+        driver = _driver(spec, set_, storage, tracking_uri, track=True, force_new_phase=force_new_phase)
+        started = time.perf_counter()
         summary = driver.run(Budget(timeout=timeout, max_trials=max_trials), only_phase=phase)
+        summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+        tracker = driver.listener
+        summary["tracking"] = ({"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
+                                "seconds": round(tracker.seconds, 3)} if hasattr(tracker, "uri") else None)
     except UserError as exc:
         raise fail(str(exc)) from None
     except (KeyboardInterrupt, Interrupted):
-        typer.echo("Interrupted: the running trial was marked failed and will be retried. "
+        typer.echo("Interrupted: a trial that was running is marked failed and will be retried. "
                    "Rerun the same command to resume.", err=True)
         raise typer.Exit(code=130) from None
     if json_:
         typer.echo(json.dumps(summary, default=str))
         return
-    _print_summary(summary, driver.spec)
+    _print_summary(summary)
 
 
-def _print_summary(summary: dict, spec) -> None:
+def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -156,7 +180,12 @@ def _print_summary(summary: dict, spec) -> None:
     for p in summary["phases"]:
         if p["failed_points"]:
             console.print(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
-    console.print(f"optuna-dashboard {summary['storage']}")
+    tracking = summary.get("tracking")
+    if tracking:
+        share = tracking["seconds"] / summary["wall_seconds"] if summary.get("wall_seconds") else 0
+        console.print(f"MLflow experiment {tracking['experiment']!r} ({share:.1%} of the wall time went to tracking):")
+        console.print(f"  mlflow ui --backend-store-uri {tracking['uri']}")
+    console.print(f"  optuna-dashboard {summary['storage']}")
 
 
 @app.command()
@@ -169,7 +198,7 @@ def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, json_
     if json_:
         typer.echo(json.dumps(summary, default=str))
     else:
-        _print_summary(summary, None)
+        _print_summary(summary)
 
 
 @app.command()
@@ -183,7 +212,7 @@ def best(
     """The best configuration as a re-runnable spec: `hpsearch train` on it trains the winning trial again."""
     import yaml
 
-    import hpsearch
+    from hpsearch.spec import best_fragment
 
     try:
         driver = _driver(spec, set_, storage)
@@ -192,20 +221,7 @@ def best(
         raise fail(str(exc)) from None
     if found is None:
         raise fail(f"{spec}: no complete trial yet; run the study first.")
-    study = driver.spec
-    fragment = {
-        "name": f"{study.name}-best",
-        "seed": found["seed"],
-        "data": study.data.model_dump(exclude_none=True),
-        "model": study.model.model_dump(),
-        "defaults": found["config"],
-        "objective": study.objective.model_dump(),
-        "provenance": {
-            "study": study.name, "phase": found["phase"], "trial": found["trial"],
-            found["metric"]: found["value"], "test_acc": found["test_acc"], "seed": found["seed"],
-            "data_fingerprint": found["data_fingerprint"], "hpsearch_version": hpsearch.__version__,
-        },
-    }
+    fragment = best_fragment(driver.spec, found)
     text = (json.dumps(fragment, indent=2) + "\n" if format_ == OutputFormat.json
             else yaml.safe_dump(fragment, sort_keys=False))
     if output is None:
@@ -264,3 +280,81 @@ def export(
             for row in rows:
                 writer.writerow([row[c] for c in columns] + [row["params"].get(n, "") for n in names])
     typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
+
+
+@app.command()
+def report(
+    spec: SpecArg,
+    out: Annotated[Path, typer.Option(help="Folder for the plots, best_config.yaml and summary.md.")],
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the comparison plots and a Markdown summary of the study to a folder, without MLflow."""
+    from hpsearch.report import write_report
+
+    try:
+        data = _driver(spec, set_, storage).report()
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if data is None or data.best is None:
+        raise fail(f"{spec}: no complete trial yet; run the study first.")
+    for path in write_report(data, out):
+        typer.echo(str(path))
+
+
+@app.command()
+def sync(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Rebuild in MLflow what it missed (runs of trials logged while it was down, runs left RUNNING)."""
+    from hpsearch.driver import SharedState
+
+    try:
+        driver = _driver(spec, set_, storage, tracking_uri, track=True)
+        if driver.listener.__class__.__name__ != "MlflowTracker":
+            raise fail(f"{spec}: tracking is disabled in the spec (tracking.enabled: false).")
+        status = driver.status()
+        phases = {p["phase"]: {"study_name": p["study_name"]} for p in status["phases"] if p.get("study_name")}
+        report = driver.report() if status["complete"] else None
+        counts = driver.listener.sync(SharedState(driver.url, driver.spec.name), driver.trials(), phases, report)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"synced {spec}: {counts['created']} runs created, {counts['ended']} runs ended")
+
+
+@app.command()
+def predict(
+    spec: SpecArg,
+    model: Annotated[Path, typer.Option(help="A model file saved by a study (MLflow artifact model/best_model.*).")],
+    split: Annotated[str, typer.Option(help="Which split of the spec's data to score: train, val or test.")] = "val",
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Reload a saved model and report its accuracy on a split of the spec's data."""
+    from hpsearch.backends import get_backend
+    from hpsearch.spec import load_spec
+    from hpsearch.training import load_data
+
+    if split not in ("train", "val", "test"):
+        raise fail(f"--split {split!r}: choose train, val or test.")
+    try:
+        study = load_spec(spec, set_)
+        data = load_data(study)
+        backend = get_backend(study.model.backend)
+        try:
+            net, config = backend.load_model(model)
+        except (OSError, ValueError, KeyError) as exc:
+            raise fail(f"{model}: not a {study.model.backend} model file ({exc}).") from None
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    X, y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
+    if X is None:
+        raise fail(f"{spec}: the dataset has no {split} split.")
+    accuracy = net.accuracy(X, y)
+    if json_:
+        typer.echo(json.dumps({"split": split, "accuracy": accuracy, "n": len(y), "config": config}))
+    else:
+        typer.echo(f"{split} accuracy {accuracy:.4f} on {len(y)} samples")

@@ -1,0 +1,570 @@
+"""MLflow tracking: the only module that talks to MLflow.
+
+One study run per study, one phase run nested under it per phase, one trial run nested under its phase per Optuna
+trial, created when the trial starts. Parent run ids live in the study storage (through the driver's
+``SharedState``), so a resumed run or another worker attaches to the same parents.
+
+MLflow being down or slow never stops a study: the first failure is reported once, tracking pauses for a minute and
+then tries again; what was missed is rebuilt from the Optuna storage, the source of truth, by ``hpsearch sync``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hpsearch.driver import SharedState, StudyListener, StudyReport
+from hpsearch.errors import UserError
+from hpsearch.spec import PhaseSpec, StudySpec
+from hpsearch.storage import mask_url, sqlite_path
+from hpsearch.training import resolved_config
+
+__all__ = ["MlflowLogger", "MlflowTracker", "TrackingError", "resolve_tracking_uri"]
+
+# A dead server must cost seconds, not MLflow's default minutes of retries; users can still override both.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+TRIAL_KEY = "hpsearch.trial_key"
+FLUSH_SECONDS = 2.0  # metrics of a running trial reach MLflow at least this often
+RETRY_SECONDS = 60.0  # after a failure, how long tracking pauses before trying MLflow again
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+class TrackingError(UserError):
+    """MLflow could not be reached when reaching it was the point (``hpsearch sync``)."""
+
+
+def resolve_tracking_uri(spec: StudySpec, storage_url: str, cli_uri: str | None = None) -> str | None:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the spec's, else ``sqlite:///`` beside the storage.
+
+    None when the spec turns tracking off.
+    """
+    if not spec.tracking.enabled:
+        return None
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec.tracking.uri
+    if uri:
+        return uri
+    database = sqlite_path(storage_url)
+    folder = database.parent if database is not None else Path("runs")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go in ``mlartifacts/`` beside it, whatever the working directory."""
+    database = sqlite_path(uri)
+    return (database.parent.resolve() / "mlartifacts").as_uri() if database is not None else None
+
+
+def _echo_err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MlflowLogger:
+    """Does the MLflow work of a study; runs inside the tracking process (and in `hpsearch sync`)."""
+
+    def __init__(self, spec: StudySpec, uri: str, echo: Callable[[str], None] = _echo_err) -> None:
+        self.spec = spec
+        self.uri = uri
+        self.echo = echo
+        self.experiment = spec.tracking.experiment or spec.name
+        self.seconds = 0.0  # time spent in MLflow calls, for the overhead figure
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        self._state: SharedState | None = None
+        self._down_until = 0.0
+        self._reported = False
+        self._phase_runs: dict[str, str] = {}
+        self._phase_studies: dict[str, str] = {}  # phase -> the Optuna study serving it
+        self._study_run: str | None = None
+        self._trial_runs: dict[int, str] = {}  # Optuna trial id -> run id
+        self._pending: dict[str, list[Any]] = {}  # run id -> metrics not yet sent
+        self._pending_params: dict[str, list[Any]] = {}
+        self._last_flush: dict[str, float] = {}
+        self._study_steps = 0
+
+    # ---- plumbing --------------------------------------------------------------------------------------------
+
+    def _safe(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run one MLflow call; a failure is reported once per process and pauses tracking, never raised."""
+        if time.monotonic() < self._down_until:
+            return None
+        start = time.perf_counter()
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - any MLflow or network error means "tracking unavailable"
+            self._failed(what, exc)
+            return None
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self._down_until = time.monotonic() + RETRY_SECONDS
+        if not self._reported:
+            self._reported = True
+            reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            self.echo(f"tracking: MLflow at {mask_url(self.uri)} failed while {what} ({reason[:200]}); the study "
+                      f"continues, and `hpsearch sync {self.spec.source}` fills MLflow in afterwards")
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+
+            database = sqlite_path(self.uri)
+            if database is not None:
+                database.parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _experiment(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=_artifact_location(self.uri))
+                except Exception:  # another worker created it first
+                    found = self.client.get_experiment_by_name(self.experiment)
+                    if found is None:
+                        raise
+                    self._experiment_id = found.experiment_id
+            else:
+                self._experiment_id = found.experiment_id
+        return self._experiment_id
+
+    def _key(self, name: str) -> str:
+        """Names of shared parent ids; they belong to one tracking server and experiment."""
+        where = hashlib.sha1(f"{self.uri}|{self.experiment}".encode()).hexdigest()[:10]
+        return f"mlflow:{where}:{name}"
+
+    def _create_run(self, name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self._experiment(), run_name=name, tags=tags)
+        return run.info.run_id
+
+    def _parent_run(self, name: str, kind: str, parent: str | None, extra: dict[str, str]) -> str | None:
+        state = self._state
+
+        def create() -> str:
+            tags = {"hpsearch.kind": kind, "hpsearch.study": self.spec.name, **extra}
+            if parent:
+                tags["mlflow.parentRunId"] = parent
+            return self._create_run(name, tags)
+
+        run_id = self._safe(f"creating the {kind} run", lambda: state.get_or_create(self._key(name), create))
+        if run_id:
+            self._safe("reopening a run", lambda: self.client.update_run(run_id, status="RUNNING"))
+        return run_id
+
+    def _send(self, run_id: str, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_flush.get(run_id, 0.0) < FLUSH_SECONDS:
+            return
+        metrics = self._pending.pop(run_id, [])
+        params = self._pending_params.pop(run_id, [])
+        self._last_flush[run_id] = time.monotonic()
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
+            chunk = metrics[start:start + 1000]
+            if not chunk and not params:
+                break
+            self._safe("logging metrics",
+                        lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk, params=params))
+            params = []
+
+    def _metric(self, run_id: str, key: str, value: Any, step: int) -> None:
+        from mlflow.entities import Metric
+
+        if value is None:
+            return
+        self._pending.setdefault(run_id, []).append(Metric(key, float(value), _now_ms(), int(step)))
+
+    @staticmethod
+    def _params(config: dict[str, Any]) -> list[Any]:
+        from mlflow.entities import Param
+
+        return [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in sorted(config.items())]
+
+    # ---- the hooks' work ---------------------------------------------------------------------------------------
+
+    def on_study_start(self, spec: StudySpec, state: SharedState) -> None:
+        self._state = state
+        self._phase_runs.clear()
+        self._study_run = self._parent_run(spec.name, "study", None, {})
+
+    def on_phase_start(self, phase: PhaseSpec, info: dict[str, Any]) -> None:
+        self._phase_studies[phase.name] = info["study_name"]
+        if self._study_run is None:
+            self._study_run = self._parent_run(self.spec.name, "study", None, {})
+        run_id = self._parent_run(f"{self.spec.name}/{phase.name}", "phase", self._study_run,
+                                  {"hpsearch.phase": phase.name, "optuna.study": info["study_name"]})
+        if run_id is None:
+            return
+        self._phase_runs[phase.name] = run_id
+        params = {"sampler": phase.sampler, "max_retries": phase.max_retries, "optuna_study": info["study_name"]}
+        if phase.n_trials:
+            params["n_trials"] = phase.n_trials
+        if info.get("grid"):
+            params["grid"] = json.dumps(info["grid"])[:6000]
+            self._safe("logging the grid", lambda: self.client.log_dict(run_id, info["grid"], "grid.json"))
+        self._safe("logging phase params", lambda: self.client.log_batch(run_id, params=self._params(params)))
+
+    def on_trial_start(self, phase: PhaseSpec, trial: Any, config: dict[str, Any], seed: int,
+                       replaces: Any) -> None:
+        optuna_study = self._phase_studies.get(phase.name, f"{self.spec.name}.{phase.name}")
+        tags = {
+            TRIAL_KEY: f"{optuna_study}/{trial.number}",
+            "hpsearch.kind": "trial", "phase": phase.name, "trial_number": str(trial.number),
+            "optuna_study": optuna_study, "grid_point": str(trial.user_attrs.get("point", "")),
+            "seed": str(seed), "backend": self.spec.model.backend, "state": "RUNNING",
+        }
+        if phase.name in self._phase_runs:
+            tags["mlflow.parentRunId"] = self._phase_runs[phase.name]
+        if replaces is not None:
+            tags["hpsearch.replaces_trial"] = str(replaces.number)
+            replaced = self._find_trial_run(f"{optuna_study}/{replaces.number}")
+            if replaced is not None:
+                tags["hpsearch.replaces_run_id"] = replaced
+        run_id = self._safe("creating a trial run", lambda: self._create_run(f"{phase.name}-{trial.number}", tags))
+        if run_id is None:
+            return
+        self._trial_runs[trial._trial_id] = run_id
+        self._pending_params[run_id] = self._params({**config, "seed": seed})
+        self._last_flush[run_id] = time.monotonic()
+
+    def _find_trial_run(self, key: str) -> str | None:
+        runs = self._safe("looking up a trial run", lambda: self.client.search_runs(
+            [self._experiment()], filter_string=f"tags.`{TRIAL_KEY}` = '{key}'", max_results=1))
+        return runs[0].info.run_id if runs else None
+
+    def on_epoch(self, phase: PhaseSpec, trial: Any, epoch: int, metrics: dict[str, Any]) -> None:
+        run_id = self._trial_runs.get(trial._trial_id)
+        if run_id is None:
+            return
+        losses = metrics.get("step_losses") or []
+        first = int(metrics.get("iteration", len(losses))) - len(losses)
+        for i, loss in enumerate(losses):
+            self._metric(run_id, "loss", loss, first + i)
+        if not losses:
+            self._metric(run_id, "loss", metrics.get("loss"), epoch)
+        for key in ("train_acc", "val_acc", "lr"):
+            self._metric(run_id, key, metrics.get(key), epoch)
+        self._send(run_id)
+
+    def on_trial_end(self, phase: PhaseSpec, trial: Any, result: Any, reason: str | None,
+                     progress: dict[str, Any]) -> None:
+        run_id = self._trial_runs.pop(trial._trial_id, None)
+        if run_id is not None:
+            if result is not None:
+                self._metric(run_id, "final_val_acc", result.val_acc, 0)
+                self._metric(run_id, "final_train_acc", result.train_acc, 0)
+                self._metric(run_id, "seconds", result.seconds, 0)
+            self._send(run_id, force=True)
+            self._end_trial_run(run_id, trial.state.name, reason)
+        self._log_progress(phase, progress)
+
+    def _end_trial_run(self, run_id: str, state: str, reason: str | None) -> None:
+        from mlflow.entities import RunTag
+
+        tags = [RunTag("state", state)]
+        if reason:
+            tags.append(RunTag("failure", mask_url(reason)[:5000]))
+        status = "KILLED" if reason == "interrupted" else STATUS.get(state, "FAILED")
+        self._safe("ending a trial run", lambda: self.client.log_batch(run_id, tags=tags))
+        self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=status))
+
+    def _log_progress(self, phase: PhaseSpec, progress: dict[str, Any]) -> None:
+        phase_run = self._phase_runs.get(phase.name)
+        if phase_run is not None:
+            self._metric(phase_run, "best_val_acc", progress.get("best_value"), progress.get("done", 0))
+            self._metric(phase_run, "trials_done", progress.get("done"), progress.get("done", 0))
+            self._send(phase_run)
+        if self._study_run is not None:
+            self._study_steps += 1
+            self._metric(self._study_run, "best_val_acc", progress.get("study_best_value"), self._study_steps)
+            self._send(self._study_run)
+
+    def on_trial_reaped(self, phase: PhaseSpec, trial: Any, reason: str) -> None:
+        optuna_study = self._phase_studies.get(phase.name, f"{self.spec.name}.{phase.name}")
+        run_id = self._find_trial_run(f"{optuna_study}/{trial.number}")
+        if run_id:
+            self._end_trial_run(run_id, "FAIL", reason)
+            self._safe("ending a dead trial's run", lambda: self.client.set_terminated(run_id, status="KILLED"))
+
+    def on_phase_end(self, phase: PhaseSpec, status: dict[str, Any]) -> None:
+        run_id = self._phase_runs.get(phase.name)
+        if run_id is None:
+            return
+        for key in ("complete", "pruned", "failed"):
+            self._metric(run_id, f"trials_{key}", status.get(key), status.get("done", 0))
+        self._send(run_id, force=True)
+        done = status["state"] == "complete"
+        self._safe("ending a phase run",
+                   lambda: self.client.set_terminated(run_id, status="FINISHED" if done else "KILLED"))
+
+    def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None:
+        run_id = self._study_run
+        if run_id is None:
+            return
+        self._send(run_id, force=True)
+        if report is not None:
+            self._log_study_artifacts(run_id, report)
+        self._safe("ending the study run", lambda: self.client.set_terminated(
+            run_id, status="FINISHED" if summary.get("complete") else "KILLED"))
+
+    def _log_study_artifacts(self, run_id: str, report: StudyReport) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        from hpsearch.backends import get_backend
+        from hpsearch.report import write_report
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "report"
+            write_report(report, folder)
+            self._safe("logging the plots", lambda: self.client.log_artifacts(run_id, str(folder)))
+            best = report.best
+            if best is None or report.best_result is None:
+                return
+            backend = get_backend(self.spec.model.backend)
+            model_file = Path(tmp) / f"best_model{backend.MODEL_SUFFIX}"
+            backend.save_model(report.best_result.model, report.best_result.config, model_file)
+            self._safe("logging the best model", lambda: self.client.log_artifact(run_id, str(model_file), "model"))
+            metrics = [Metric("best_val_acc_final", best["value"], _now_ms(), 0)]
+            if best.get("test_acc") is not None:
+                metrics.append(Metric("test_acc", best["test_acc"], _now_ms(), 0))
+            tags = [RunTag("best_phase", best["phase"]), RunTag("best_trial", str(best["trial"])),
+                    RunTag("best_config", json.dumps(best["config"])[:5000])]
+            self._safe("logging the result", lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags))
+        for phase_name, phase_run in self._phase_runs.items():
+            status = next((p for p in report.summary.get("phases", []) if p["phase"] == phase_name), None)
+            if status and status.get("best_value") is not None:
+                self._safe("logging a phase result", lambda phase_run=phase_run, status=status:
+                           self.client.log_batch(phase_run, metrics=[
+                               Metric("best_val_acc_final", status["best_value"], _now_ms(), 0)]))
+
+    # ---- reconciliation --------------------------------------------------------------------------------------
+
+    def sync(self, state: SharedState, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]],
+             report: StudyReport | None) -> dict[str, int]:
+        """Create the runs MLflow is missing and end the runs it left RUNNING, from the Optuna storage's rows.
+
+        Raises whatever MLflow raises: unlike a study, a sync exists to talk to MLflow.
+        """
+        self._state = state
+        self._reported = False
+        client = self.client
+        experiment = self._experiment()
+        study_run = state.get_or_create(self._key(self.spec.name), lambda: self._create_run(
+            self.spec.name, {"hpsearch.kind": "study", "hpsearch.study": self.spec.name}))
+        self._study_run = study_run
+        for name, info in phases.items():
+            self._phase_runs[name] = state.get_or_create(
+                self._key(f"{self.spec.name}/{name}"),
+                lambda name=name, info=info: self._create_run(f"{self.spec.name}/{name}", {
+                    "hpsearch.kind": "phase", "hpsearch.study": self.spec.name, "hpsearch.phase": name,
+                    "optuna.study": info["study_name"], "mlflow.parentRunId": study_run}))
+        existing: dict[str, Any] = {}
+        token = None
+        while True:
+            page = client.search_runs([experiment], filter_string="tags.`hpsearch.kind` = 'trial'",
+                                      max_results=1000, page_token=token)
+            for run in page:
+                existing[run.data.tags.get(TRIAL_KEY, "")] = run
+            token = page.token
+            if not token:
+                break
+        created = ended = 0
+        for row in trials:
+            key = f"{row['optuna_study']}/{row['number']}"
+            run = existing.get(key)
+            if run is None:
+                if row["state"] in ("RUNNING", "WAITING"):
+                    continue  # a live trial logs itself
+                self._rebuild_trial_run(row)
+                created += 1
+            elif run.info.status == "RUNNING" and row["state"] not in ("RUNNING", "WAITING"):
+                client.set_terminated(run.info.run_id, status=STATUS.get(row["state"], "FAILED"))
+                client.set_tag(run.info.run_id, "state", row["state"])
+                ended += 1
+        if report is not None and report.best is not None:
+            artifacts = {a.path for a in client.list_artifacts(study_run)}
+            if "best_config.yaml" not in artifacts:
+                self._log_study_artifacts(study_run, report)
+            client.set_terminated(study_run, status="FINISHED")
+            for phase_run in self._phase_runs.values():
+                client.set_terminated(phase_run, status="FINISHED")
+        if self._reported:
+            raise TrackingError(f"MLflow at {mask_url(self.uri)} failed during the sync; run it again when it is up.")
+        return {"created": created, "ended": ended}
+
+    def _rebuild_trial_run(self, row: dict[str, Any]) -> None:
+        phase = row["phase"]
+        tags = {
+            "mlflow.parentRunId": self._phase_runs[phase], TRIAL_KEY: f"{row['optuna_study']}/{row['number']}",
+            "hpsearch.kind": "trial", "phase": phase, "trial_number": str(row["number"]),
+            "optuna_study": row["optuna_study"], "grid_point": str(row.get("point", "")), "seed": str(row["seed"]),
+            "backend": self.spec.model.backend, "state": row["state"], "hpsearch.synced": "true",
+        }
+        if row.get("failure"):
+            tags["failure"] = mask_url(str(row["failure"]))[:5000]
+        run_id = self._create_run(f"{phase}-{row['number']}", tags)
+        history = row.get("epoch_history") or {}
+        iterations = history.get("iteration") or []
+        for epoch in range(len(history.get("val_acc") or [])):
+            for key in ("train_acc", "val_acc", "lr"):
+                self._metric(run_id, key, (history.get(key) or [None] * (epoch + 1))[epoch], epoch)
+            # only the epoch's mean loss survives in the storage; it is logged at the epoch's last iteration
+            step = iterations[epoch] if epoch < len(iterations) else epoch
+            self._metric(run_id, "loss", (history.get("loss") or [None] * (epoch + 1))[epoch], step)
+        if row["state"] == "COMPLETE":
+            self._metric(run_id, "final_val_acc", row["value"], 0)
+        if row.get("duration_seconds") is not None:
+            self._metric(run_id, "seconds", row["duration_seconds"], 0)
+        config = resolved_config(self.spec, row["params"])
+        self._pending_params[run_id] = self._params({**config, "seed": row["seed"]})
+        self._send(run_id, force=True)
+        self.client.set_terminated(run_id, status=STATUS.get(row["state"], "FAILED"))
+
+
+def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
+    """The tracking process: apply hook calls in order until told to stop or orphaned; messages go to outbox."""
+    logger.echo = outbox.put
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's to handle; this process drains and exits
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from hpsearch import report  # noqa: F401 - warm the plotting imports while the study trains
+    report._pyplot()
+    parent = os.getppid()
+    while True:
+        try:
+            message = inbox.get(timeout=5)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return  # the study process died; `hpsearch sync` rebuilds what is missing
+            continue
+        if message is None:
+            return
+        name, args = message
+        try:
+            getattr(logger, name)(*args)
+        except Exception as exc:  # noqa: BLE001 - a tracking bug must not leave the study waiting
+            logger._failed(name, exc)
+        finally:
+            seconds.value = logger.seconds
+
+
+class MlflowTracker(StudyListener):
+    """The driver's listener: hands every hook to a separate tracking process.
+
+    MLflow's client is slow (tens of milliseconds per call on a SQLite store) and holds the GIL; in its own process
+    it uses a spare core instead of the training loop's time, and a hung server cannot stall a trial.
+    """
+
+    def __init__(self, spec: StudySpec, uri: str, echo: Callable[[str], None] = print) -> None:
+        self.spec = spec
+        self.uri = uri
+        self.experiment = spec.tracking.experiment or spec.name
+        self.echo = echo
+        self._process: Any = None
+        self._inbox: Any = None
+        self._outbox: Any = None
+        self._seconds: Any = None
+        self._last_seconds = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """Time the tracking process spent in MLflow calls."""
+        return self._seconds.value if self._seconds is not None else self._last_seconds
+
+    def _send(self, name: str, *args: Any) -> None:
+        if self._process is None:
+            context = multiprocessing.get_context("spawn")
+            self._inbox, self._outbox = context.Queue(), context.Queue()
+            self._seconds = context.Value("d", self._last_seconds, lock=False)
+            logger = MlflowLogger(self.spec, self.uri)
+            self._process = context.Process(target=_serve, args=(logger, self._inbox, self._outbox, self._seconds),
+                                            name="hpsearch-tracking", daemon=True)
+            self._process.start()
+        self._inbox.put((name, args))
+        self._relay()
+
+    def _relay(self) -> None:
+        """Print what the tracking process had to say, from this process, so it lands with the study's output."""
+        while self._outbox is not None:
+            try:
+                self.echo(self._outbox.get_nowait())
+            except queue.Empty:
+                return
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Wait (at most ``timeout`` seconds) for the tracking process to send everything queued."""
+        if self._process is None:
+            return
+        self._inbox.put(None)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self.echo(f"tracking: MLflow did not take everything within {timeout:.0f}s; "
+                      f"run `hpsearch sync {self.spec.source}` to fill it in")
+            self._process.terminate()
+            self._process.join(5)
+        time.sleep(0.05)  # let the queue's feeder thread deliver the last message
+        self._relay()
+        self._last_seconds = self._seconds.value
+        for channel in (self._inbox, self._outbox):
+            channel.close()
+            channel.join_thread()
+        self._process = self._inbox = self._outbox = self._seconds = None
+
+    def on_study_start(self, spec: StudySpec, state: SharedState) -> None:
+        self._send("on_study_start", spec, state)
+
+    def on_phase_start(self, phase: PhaseSpec, info: dict[str, Any]) -> None:
+        self._send("on_phase_start", phase, info)
+
+    def on_trial_start(self, phase: PhaseSpec, trial: Any, config: dict[str, Any], seed: int, replaces: Any) -> None:
+        self._send("on_trial_start", phase, trial, config, seed, replaces)
+
+    def on_epoch(self, phase: PhaseSpec, trial: Any, epoch: int, metrics: dict[str, Any]) -> None:
+        self._send("on_epoch", phase, trial, epoch, metrics)
+
+    def on_trial_end(self, phase: PhaseSpec, trial: Any, result: Any, reason: str | None,
+                     progress: dict[str, Any]) -> None:
+        if result is not None:
+            result = dataclasses.replace(result, model=None)  # histories only; the model stays here
+        self._send("on_trial_end", phase, trial, result, reason, progress)
+
+    def on_trial_reaped(self, phase: PhaseSpec, trial: Any, reason: str) -> None:
+        self._send("on_trial_reaped", phase, trial, reason)
+
+    def on_phase_end(self, phase: PhaseSpec, status: dict[str, Any]) -> None:
+        self._send("on_phase_end", phase, status)
+
+    def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None:
+        self._send("on_study_end", summary, report)
+        self.close()
+
+    def sync(self, state: SharedState, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]],
+             report: StudyReport | None) -> dict[str, int]:
+        """See :meth:`MlflowLogger.sync`; runs in this process."""
+        try:
+            return MlflowLogger(self.spec, self.uri, echo=self.echo).sync(state, trials, phases, report)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MLflow and network errors vary; all mean "MLflow unusable now"
+            reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            raise TrackingError(f"sync to MLflow at {mask_url(self.uri)} failed: {reason[:300]}") from None

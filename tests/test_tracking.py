@@ -1,0 +1,157 @@
+"""MLflow tracking through the CLI, asserted through MlflowClient."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from hpsearch.cli import app
+
+runner = CliRunner()
+
+STUDY = """
+name: tracked
+seed: 0
+data: {dataset: synthetic, num_train: 200, num_val: 60, num_test: 60}
+defaults: {hidden_size: 8, learning_rate: 0.05, num_iters: 40, batch_size: 50, std: 0.01}
+phases:
+  - name: random
+    sampler: random
+    n_trials: 4
+    space:
+      learning_rate: {type: float, low: 1.0e-3, high: 0.5, log: true}
+      hidden_size: {type: int, low: 4, high: 16, step: 4}
+  - name: grid
+    sampler: grid
+    grid: {from: random, top_k: 2, points: 2}
+"""
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY)
+    return path
+
+
+def runs_by_kind(uri: str, experiment: str = "tracked") -> dict[str, list]:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    kinds = collections.defaultdict(list)
+    for run in client.search_runs([found.experiment_id], max_results=1000):
+        kinds[run.data.tags.get("hpsearch.kind")].append(run)
+    return kinds
+
+
+def optuna_trials(tmp_path: Path) -> list:
+    storage = f"sqlite:///{tmp_path / 'runs' / 'tracked.db'}"
+    return [t for phase in ("random", "grid")
+            for t in optuna.load_study(study_name=f"tracked.{phase}", storage=storage).trials]
+
+
+def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, tmp_path):
+    result = runner.invoke(app, ["run", str(study)])
+    assert result.exit_code == 0, result.output
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in result.stdout
+    kinds = runs_by_kind(uri)
+    (study_run,) = kinds["study"]
+    phases = {run.data.tags["hpsearch.phase"]: run for run in kinds["phase"]}
+    assert set(phases) == {"random", "grid"}
+    assert all(run.data.tags["mlflow.parentRunId"] == study_run.info.run_id for run in phases.values())
+    trials = optuna_trials(tmp_path)
+    assert len(kinds["trial"]) == len(trials) == 4 + len(json.loads(phases["grid"].data.params["grid"])["learning_rate"]) * len(json.loads(phases["grid"].data.params["grid"])["hidden_size"])
+    keys = collections.Counter(run.data.tags["hpsearch.trial_key"] for run in kinds["trial"])
+    assert set(keys.values()) == {1}  # one run per Optuna trial
+    client = MlflowClient(uri)
+    for run in kinds["trial"]:
+        phase = run.data.tags["phase"]
+        assert run.data.tags["mlflow.parentRunId"] == phases[phase].info.run_id
+        assert {"hidden_size", "learning_rate", "reg", "num_iters", "batch_size", "seed"} <= run.data.params.keys()
+        state = run.data.tags["state"]
+        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[state]
+        loss = client.get_metric_history(run.info.run_id, "loss")
+        val = client.get_metric_history(run.info.run_id, "val_acc")
+        assert len(loss) == 40 and [m.step for m in loss] == list(range(40))  # one point per iteration
+        assert len(val) == 10  # 200 samples / batch 50 = 4 iterations per epoch
+    assert study_run.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in phases.values())
+    artifacts = {a.path for a in client.list_artifacts(study_run.info.run_id)}
+    assert {"best_config.yaml", "val_acc_vs_params.png", "best_loss_curve.png", "best_accuracy_curves.png",
+            "optimization_history.png", "param_importances.png", "summary.md", "model"} <= artifacts
+    assert "grid.json" in {a.path for a in client.list_artifacts(phases["grid"].info.run_id)}
+    assert client.get_run(study_run.info.run_id).data.metrics["test_acc"] > 0
+
+    # the logged model reloads and scores what the best trial scored
+    model = client.download_artifacts(study_run.info.run_id, "model/best_model.npz", str(tmp_path))
+    scored = runner.invoke(app, ["predict", str(study), "--model", model, "--split", "val", "--json"])
+    best = json.loads(runner.invoke(app, ["status", str(study), "--json"]).stdout)["best"]
+    assert scored.exit_code == 0 and json.loads(scored.stdout)["accuracy"] == best["value"]
+
+    # rerunning the finished study adds no runs
+    again = runner.invoke(app, ["run", str(study)])
+    assert again.exit_code == 0 and "already complete" in again.stderr
+    assert sum(len(v) for v in runs_by_kind(uri).values()) == sum(len(v) for v in kinds.values())
+
+
+def test_unreachable_tracking_server_does_not_stop_the_study_and_sync_fills_mlflow(study, tmp_path):
+    result = runner.invoke(app, ["run", str(study), "--tracking-uri", "http://127.0.0.1:9"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("tracking:")]
+    assert len(warnings) == 1 and "hpsearch sync" in warnings[0]
+    assert json.loads(runner.invoke(app, ["status", str(study), "--json"]).stdout)["complete"]
+
+    failed = runner.invoke(app, ["sync", str(study), "--tracking-uri", "http://127.0.0.1:9"])
+    assert failed.exit_code == 2 and len(failed.stderr.strip().splitlines()) == 1
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    synced = runner.invoke(app, ["sync", str(study), "--tracking-uri", uri])
+    assert synced.exit_code == 0, synced.output
+    kinds = runs_by_kind(uri)
+    assert len(kinds["study"]) == 1 and len(kinds["phase"]) == 2
+    assert len(kinds["trial"]) == len(optuna_trials(tmp_path))
+    client = MlflowClient(uri)
+    complete = [r for r in kinds["trial"] if r.data.tags["state"] == "COMPLETE"]
+    assert complete and all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 10 for r in complete)
+    assert "best_config.yaml" in {a.path for a in client.list_artifacts(kinds["study"][0].info.run_id)}
+    # a second sync finds nothing missing
+    again = runner.invoke(app, ["sync", str(study), "--tracking-uri", uri])
+    assert "0 runs created" in again.stdout
+    assert len(runs_by_kind(uri)["trial"]) == len(kinds["trial"])
+
+
+def test_tracking_can_be_disabled(study, tmp_path):
+    study.write_text(STUDY + "tracking: {enabled: false}\n")
+    assert runner.invoke(app, ["run", str(study)]).exit_code == 0
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+def test_report_writes_plots_and_summary_without_mlflow(study, tmp_path):
+    study.write_text(STUDY + "tracking: {enabled: false}\n")
+    runner.invoke(app, ["run", str(study)])
+    result = runner.invoke(app, ["report", str(study), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    files = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"summary.md", "best_config.yaml", "val_acc_vs_params.png", "best_loss_curve.png"} <= files
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "**Winner:**" in summary and "| random | complete | 4/4 |" in summary
+    assert (tmp_path / "report" / "best_loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_credentials_never_reach_mlflow(study, tmp_path, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_STORAGE", f"sqlite:///{tmp_path / 'runs' / 'tracked.db'}?password=SECRET")
+    result = runner.invoke(app, ["run", str(study), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert result.exit_code == 0, result.output
+    assert "SECRET" not in result.output
+    for runs in runs_by_kind(f"sqlite:///{tmp_path / 'm.db'}").values():
+        for run in runs:
+            assert "SECRET" not in json.dumps([run.data.params, run.data.tags])
