@@ -240,3 +240,16 @@ def test_killed_driver_resumes_with_every_grid_point_exactly_once(tmp_path, sig)
     assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"] == "worker died"
     retries = [t for t in trials if t.user_attrs["point"] == killed.user_attrs["point"]]
     assert [t.state for t in retries] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+
+    # the killed trial's MLflow run was ended as KILLED, not left RUNNING; its retry links to it
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    runs = {r.data.tags["hpsearch.trial_key"]: r for r in client.search_runs(
+        [experiment], filter_string="tags.`hpsearch.kind` = 'trial'", max_results=100)}
+    assert len(runs) == len(trials)
+    assert runs[f"tiny.grid/{killed_trial}"].info.status == "KILLED"
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    retry = runs[f"tiny.grid/{retries[1].number}"]
+    assert retry.data.tags["hpsearch.replaces_run_id"] == runs[f"tiny.grid/{killed_trial}"].info.run_id
