@@ -120,21 +120,56 @@ def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")]
+MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.")]
+ForceOpt = Annotated[
+    bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
+]
+
+
 @app.command()
 def run(
     spec: SpecArg,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
-    phase: Annotated[Optional[str], typer.Option(help="Run only this phase.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
-    max_trials: Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.")] = None,
-    force_new_phase: Annotated[
-        bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
-    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes, one BLAS thread each.")] = 1,
+    phase: PhaseOpt = None,
+    timeout: TimeoutOpt = None,
+    max_trials: MaxTrialsOpt = None,
+    force_new_phase: ForceOpt = False,
     set_: SetOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Run the study's phases in order; rerun the same command to resume after any interruption."""
+    if workers > 1:
+        _run_local_workers(spec, workers, storage, tracking_uri, phase, timeout, max_trials, force_new_phase, set_,
+                           json_)
+        return
+    _work(spec, storage, tracking_uri, phase, timeout, max_trials, force_new_phase, set_, json_)
+
+
+@app.command()
+def worker(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    phase: PhaseOpt = None,
+    timeout: TimeoutOpt = None,
+    max_trials: MaxTrialsOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Join a study and work on whatever its current phase needs until the study is complete.
+
+    Start any number, on any number of machines, in any order, against one shared storage (PostgreSQL for several
+    machines; the URL can come from $HPSEARCH_STORAGE so that no password is on a command line).
+    """
+    _work(spec, storage, tracking_uri, phase, timeout, max_trials, False, set_, json_)
+
+
+def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str | None, timeout: float | None,
+          max_trials: int | None, force_new_phase: bool, set_: list[str] | None, json_: bool) -> None:
     from hpsearch.driver import Budget, Interrupted
     from hpsearch.storage import mask_url
 
@@ -156,6 +191,52 @@ def run(
         typer.echo(json.dumps(summary, default=str))
         return
     _print_summary(summary)
+
+
+def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_uri: str | None, phase: str | None,
+                       timeout: float | None, max_trials: int | None, force_new_phase: bool,
+                       set_: list[str] | None, json_: bool) -> None:
+    """``run --workers N``: N ``hpsearch worker`` processes on this machine, each on one BLAS/OpenMP thread."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from hpsearch.driver import Driver
+    from hpsearch.spec import load_spec
+    from hpsearch.storage import resolve_storage_url
+
+    try:
+        study = load_spec(spec, set_)
+        url = resolve_storage_url(storage, study.storage, study.name)
+        if force_new_phase:  # decide the new phases once, here, rather than in N racing workers
+            Driver(study, url, echo=_echo_err, force_new_phase=True).prepare()
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    command = [sys.executable, "-m", "hpsearch", "worker", str(spec)]
+    for item in set_ or []:
+        command += ["--set", item]
+    for flag, value in (("--tracking-uri", tracking_uri), ("--phase", phase), ("--timeout", timeout),
+                        ("--max-trials", max_trials)):
+        if value is not None:
+            command += [flag, str(value)]
+    env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) for _ in range(workers)]
+    try:
+        codes = [p.wait() for p in processes]
+    except KeyboardInterrupt:
+        for p in processes:
+            p.send_signal(signal.SIGINT)
+        for p in processes:
+            p.wait()
+        typer.echo("Interrupted: the workers stopped; rerun the same command to resume.", err=True)
+        raise typer.Exit(code=130) from None
+    if any(code == 2 for code in codes):
+        raise typer.Exit(code=2)  # each worker already said why, in one line
+    if any(code != 0 for code in codes):
+        raise fail(f"{sum(code != 0 for code in codes)} of {workers} workers failed (exit codes {codes}).")
+    status(spec, storage=url, set_=set_, json_=json_)
 
 
 def _print_summary(summary: dict) -> None:
@@ -182,8 +263,10 @@ def _print_summary(summary: dict) -> None:
             console.print(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
     tracking = summary.get("tracking")
     if tracking:
-        share = tracking["seconds"] / summary["wall_seconds"] if summary.get("wall_seconds") else 0
-        console.print(f"MLflow experiment {tracking['experiment']!r} ({share:.1%} of the wall time went to tracking):")
+        spent = ""
+        if tracking.get("seconds") is not None and summary.get("wall_seconds"):
+            spent = f" (the tracking process spent {tracking['seconds']:.1f}s in MLflow calls)"
+        console.print(f"MLflow experiment {tracking['experiment']!r}{spent}:")
         console.print(f"  mlflow ui --backend-store-uri {tracking['uri']}")
     console.print(f"  optuna-dashboard {summary['storage']}")
 
@@ -191,8 +274,15 @@ def _print_summary(summary: dict) -> None:
 @app.command()
 def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Per phase: state, trials complete/pruned/failed/running, grid coverage and best value."""
+    from hpsearch.storage import mask_url
+    from hpsearch.tracking import resolve_tracking_uri
+
     try:
-        summary = _driver(spec, set_, storage).status()
+        driver = _driver(spec, set_, storage)
+        summary = driver.status()
+        uri = resolve_tracking_uri(driver.spec, driver.url)
+        summary["tracking"] = ({"uri": mask_url(uri), "experiment": driver.spec.tracking.experiment or driver.spec.name}
+                               if uri else None)
     except UserError as exc:
         raise fail(str(exc)) from None
     if json_:

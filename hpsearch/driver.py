@@ -49,6 +49,8 @@ ATTR = "hpsearch:"
 POINT, ATTEMPT, OWNER = "point", "attempt", ATTR + "owner"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 INTERRUPTED = "interrupted"
+HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED = "heartbeat lost", "worker died", "claimed by a process that never started it"
+REAPED = (HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED)  # failures of trials whose process is gone
 POLL_SECONDS = 2.0
 EPOCH_KEYS = ("loss", "train_acc", "val_acc", "lr", "iteration")  # kept per trial, so tracking can be rebuilt
 
@@ -77,6 +79,10 @@ class SharedState:
                 self._registry = optuna.create_study(study_name=self.study_name, storage=storage,
                                                      load_if_exists=True)
         return self._registry
+
+    def trial(self, trial_id: int) -> FrozenTrial:
+        """A trial as the storage has it now."""
+        return self._study()._storage.get_trial(trial_id)
 
     def get_or_create(self, key: str, factory: Callable[[], Any]) -> Any:
         """The value stored under ``key``, created by exactly one process (under the storage lock)."""
@@ -500,12 +506,12 @@ class Driver:
         grace = datetime.timedelta(seconds=self.spec.heartbeat.grace_period)
         for trial in running:
             if trial._trial_id in stale:
-                reason = "heartbeat lost"
+                reason = HEARTBEAT_LOST
             elif _owner_is_dead(trial.user_attrs.get(OWNER)):
-                reason = "worker died"
+                reason = WORKER_DIED
             elif OWNER not in trial.user_attrs and trial.datetime_start is not None \
                     and datetime.datetime.now() - trial.datetime_start > grace:
-                reason = "claimed by a process that never started it"
+                reason = NEVER_STARTED
             else:
                 continue
             try:
@@ -729,6 +735,19 @@ class Driver:
                     return False
         return True
 
+    def prepare(self) -> None:
+        """Settle, once, which Optuna studies serve the phases: with --force-new-phase, give every changed phase a
+        fresh study. Workers started afterwards (without the flag) then find nothing changed."""
+        registry = self._registry(create=True)
+        self._check_context(registry)
+        with storage_lock(self.url, f"{self.spec.name}:phases"):
+            phases = dict(registry.user_attrs.get(ATTR + "phases") or {})
+            for phase in self.spec.phases:
+                existing = self._load_phase(phase, registry)
+                if existing is not None and self._definition_changes(phase, existing):
+                    phases[phase.name] = self._next_version(phase)
+            registry.set_user_attr(ATTR + "phases", phases)
+
     def _check_points(self, phases: list[PhaseSpec]) -> None:
         """Refuse, before anything runs, explicit points no trial could train with."""
         n = len(self.data.y_train)
@@ -761,7 +780,18 @@ class Driver:
         return best
 
     def _finalise(self, registry: optuna.Study) -> StudyReport | None:
-        """Retrain the winner with its own seed, evaluate it once on the test split, store and report the result."""
+        """Retrain the winner with its own seed, evaluate it once on the test split, store and report the result.
+
+        Once per study: of several workers finishing together, the first does it and the others return None.
+        """
+        with storage_lock(self.url, f"{self.spec.name}:finalise"):
+            found = self._best_trial()
+            stored = registry.user_attrs.get(ATTR + "result") or {}
+            if found is not None and (stored.get("phase"), stored.get("trial")) == (found[0].name, found[1].number):
+                return None
+            return self._finalise_once(registry)
+
+    def _finalise_once(self, registry: optuna.Study) -> StudyReport | None:
         report = self.report()
         if report is None or report.best is None:
             return report

@@ -10,6 +10,7 @@ then tries again; what was missed is rebuilt from the Optuna storage, the source
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hpsearch.driver import SharedState, StudyListener, StudyReport
+from hpsearch.driver import INTERRUPTED, REAPED, SharedState, StudyListener, StudyReport
 from hpsearch.errors import UserError
 from hpsearch.spec import PhaseSpec, StudySpec
-from hpsearch.storage import mask_url, sqlite_path
+from hpsearch.storage import mask_url, sqlite_path, storage_lock
 from hpsearch.training import resolved_config
 
 __all__ = ["MlflowLogger", "MlflowTracker", "TrackingError", "resolve_tracking_uri"]
@@ -84,6 +85,7 @@ class MlflowLogger:
         self.echo = echo
         self.experiment = spec.tracking.experiment or spec.name
         self.seconds = 0.0  # time spent in MLflow calls, for the overhead figure
+        self._lock_depth = 0
         self._client: Any = None
         self._experiment_id: str | None = None
         self._state: SharedState | None = None
@@ -106,12 +108,33 @@ class MlflowLogger:
             return None
         start = time.perf_counter()
         try:
-            return call()
+            with self._write_lock():
+                return call()
         except Exception as exc:  # noqa: BLE001 - any MLflow or network error means "tracking unavailable"
             self._failed(what, exc)
             return None
         finally:
             self.seconds += time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Any:
+        """Local workers share a SQLite MLflow store: one writer at a time, so none meets "database is locked".
+
+        Re-entrant: a call that makes further calls holds the lock once.
+        """
+        if sqlite_path(self.uri) is None or self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with storage_lock(self.uri, "mlflow-write"):
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
 
     def _failed(self, what: str, exc: Exception) -> None:
         self._down_until = time.monotonic() + RETRY_SECONDS
@@ -137,6 +160,14 @@ class MlflowLogger:
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
+            # workers starting together on a fresh MLflow database would race creating its tables
+            lock = storage_lock(self._state.url, "mlflow-init") if self._state else contextlib.nullcontext()
+            with lock:
+                self._find_or_create_experiment()
+        return self._experiment_id
+
+    def _find_or_create_experiment(self) -> None:
+        if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment)
             if found is None:
                 try:
@@ -149,7 +180,6 @@ class MlflowLogger:
                     self._experiment_id = found.experiment_id
             else:
                 self._experiment_id = found.experiment_id
-        return self._experiment_id
 
     def _key(self, name: str) -> str:
         """Names of shared parent ids; they belong to one tracking server and experiment."""
@@ -285,7 +315,8 @@ class MlflowLogger:
         tags = [RunTag("state", state)]
         if reason:
             tags.append(RunTag("failure", mask_url(reason)[:5000]))
-        status = "KILLED" if reason == "interrupted" else STATUS.get(state, "FAILED")
+        killed = reason in REAPED or reason == INTERRUPTED  # its process was stopped, it did not fail by itself
+        status = "KILLED" if killed else STATUS.get(state, "FAILED")
         self._safe("ending a trial run", lambda: self.client.log_batch(run_id, tags=tags))
         self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=status))
 
@@ -300,12 +331,36 @@ class MlflowLogger:
             self._metric(self._study_run, "best_val_acc", progress.get("study_best_value"), self._study_steps)
             self._send(self._study_run)
 
+    def orphaned(self) -> None:
+        """The study process died: end the runs of trials that finished, from the storage's record of them.
+
+        Trials still RUNNING there are left to the process that reaps them; `hpsearch sync` mends anything else.
+        """
+        for trial_id, run_id in list(self._trial_runs.items()):
+            if self._state is None:
+                return
+            trial = self._safe("reading a trial", lambda trial_id=trial_id: self._state.trial(trial_id))
+            if trial is None or not trial.state.is_finished():
+                continue
+            if trial.state.name == "COMPLETE":
+                self._metric(run_id, "final_val_acc", trial.value, 0)
+            self._send(run_id, force=True)
+            self._end_trial_run(run_id, trial.state.name, trial.user_attrs.get("failure"))
+
     def on_trial_reaped(self, phase: PhaseSpec, trial: Any, reason: str) -> None:
         optuna_study = self._phase_studies.get(phase.name, f"{self.spec.name}.{phase.name}")
         run_id = self._find_trial_run(f"{optuna_study}/{trial.number}")
         if run_id:
             self._end_trial_run(run_id, "FAIL", reason)
             self._safe("ending a dead trial's run", lambda: self.client.set_terminated(run_id, status="KILLED"))
+            return
+        if phase.name not in self._phase_runs:
+            return
+        # the dead process never got its run to MLflow: record the trial here, as `sync` would
+        row = {"phase": phase.name, "number": trial.number, "state": "FAIL", "value": None, "params": trial.params,
+               "point": trial.user_attrs.get("point"), "seed": trial.user_attrs.get("seed"), "failure": reason,
+               "optuna_study": optuna_study, "epoch_history": None, "duration_seconds": None}
+        self._safe("recording a dead trial", lambda: self._rebuild_trial_run(row, status="KILLED"))
 
     def on_phase_end(self, phase: PhaseSpec, status: dict[str, Any]) -> None:
         run_id = self._phase_runs.get(phase.name)
@@ -413,7 +468,7 @@ class MlflowLogger:
             raise TrackingError(f"MLflow at {mask_url(self.uri)} failed during the sync; run it again when it is up.")
         return {"created": created, "ended": ended}
 
-    def _rebuild_trial_run(self, row: dict[str, Any]) -> None:
+    def _rebuild_trial_run(self, row: dict[str, Any], status: str | None = None) -> None:
         phase = row["phase"]
         tags = {
             "mlflow.parentRunId": self._phase_runs[phase], TRIAL_KEY: f"{row['optuna_study']}/{row['number']}",
@@ -439,14 +494,13 @@ class MlflowLogger:
         config = resolved_config(self.spec, row["params"])
         self._pending_params[run_id] = self._params({**config, "seed": row["seed"]})
         self._send(run_id, force=True)
-        self.client.set_terminated(run_id, status=STATUS.get(row["state"], "FAILED"))
+        self.client.set_terminated(run_id, status=status or STATUS.get(row["state"], "FAILED"))
 
 
 def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
     """The tracking process: apply hook calls in order until told to stop or orphaned; messages go to outbox."""
     logger.echo = outbox.put
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's to handle; this process drains and exits
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from hpsearch import report  # noqa: F401 - warm the plotting imports while the study trains
     report._pyplot()
     parent = os.getppid()
@@ -455,7 +509,8 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
             message = inbox.get(timeout=5)
         except queue.Empty:
             if os.getppid() != parent:
-                return  # the study process died; `hpsearch sync` rebuilds what is missing
+                logger.orphaned()  # the study process died
+                return
             continue
         if message is None:
             return
@@ -547,6 +602,22 @@ class MlflowTracker(StudyListener):
         if result is not None:
             result = dataclasses.replace(result, model=None)  # histories only; the model stays here
         self._send("on_trial_end", phase, trial, result, reason, progress)
+
+    def orphaned(self) -> None:
+        """The study process died: end the runs of trials that finished, from the storage's record of them.
+
+        Trials still RUNNING there are left to the process that reaps them; `hpsearch sync` mends anything else.
+        """
+        for trial_id, run_id in list(self._trial_runs.items()):
+            if self._state is None:
+                return
+            trial = self._safe("reading a trial", lambda trial_id=trial_id: self._state.trial(trial_id))
+            if trial is None or not trial.state.is_finished():
+                continue
+            if trial.state.name == "COMPLETE":
+                self._metric(run_id, "final_val_acc", trial.value, 0)
+            self._send(run_id, force=True)
+            self._end_trial_run(run_id, trial.state.name, trial.user_attrs.get("failure"))
 
     def on_trial_reaped(self, phase: PhaseSpec, trial: Any, reason: str) -> None:
         self._send("on_trial_reaped", phase, trial, reason)

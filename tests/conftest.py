@@ -38,3 +38,29 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cifar10")
     subprocess.run([sys.executable, str(CIFAR_BUILDER), str(out)], check=True, capture_output=True)
     return out / "cifar-10-batches-py"
+
+
+PG_ADMIN = os.environ.get("HPSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh PostgreSQL database URL, dropped afterwards. Skips without a server, except under CI=true."""
+    import uuid
+
+    import sqlalchemy
+
+    name = f"hpsearch_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {PG_ADMIN} is required under CI=true: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}")
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

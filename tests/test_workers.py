@@ -1,0 +1,127 @@
+"""Several `hpsearch worker` processes on one PostgreSQL study: exactly once across workers, kills, shared parents."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+
+
+GRID = {"learning_rate": [0.02, 0.05, 0.1, 0.2], "hidden_size": [4, 8, 12], "batch_size": [25, 50]}  # 24 points
+SPEC = {
+    "name": "scaled",
+    "seed": 0,
+    "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
+    "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 40, "batch_size": 50, "std": 0.01},
+    "heartbeat": {"interval": 1, "grace_period": 4},
+    "phases": [{"name": "grid", "sampler": "grid", "grid": GRID}],
+}
+
+
+def write_spec(tmp_path: Path, **defaults) -> Path:
+    spec = yaml.safe_load(yaml.safe_dump(SPEC))
+    spec["defaults"].update(defaults)
+    path = tmp_path / "scaled.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def start_workers(spec: Path, storage: str, tracking: str, n: int) -> list[subprocess.Popen]:
+    env = {**os.environ, "HPSEARCH_STORAGE": storage, "OPENBLAS_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hpsearch", "worker", str(spec), "--tracking-uri", tracking]
+    return [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(n)]
+
+
+def finished_points(storage: str) -> tuple[collections.Counter, list]:
+    trials = optuna.load_study(study_name="scaled.grid", storage=storage).trials
+    covered = collections.Counter(t.user_attrs["point"] for t in trials
+                                  if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    return covered, trials
+
+
+def assert_tracking(tracking: str, trials: list) -> None:
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("scaled").experiment_id
+    runs = client.search_runs([experiment], max_results=1000)
+    kinds = collections.defaultdict(list)
+    for run in runs:
+        kinds[run.data.tags["hpsearch.kind"]].append(run)
+    assert len(kinds["study"]) == 1 and len(kinds["phase"]) == 1
+    assert kinds["phase"][0].data.tags["mlflow.parentRunId"] == kinds["study"][0].info.run_id
+    keys = collections.Counter(run.data.tags["hpsearch.trial_key"] for run in kinds["trial"])
+    assert sorted(keys) == sorted(f"scaled.grid/{t.number}" for t in trials) and set(keys.values()) == {1}
+    assert {run.data.tags["mlflow.parentRunId"] for run in kinds["trial"]} == {kinds["phase"][0].info.run_id}
+    assert not [run for run in kinds["trial"] if run.info.status == "RUNNING"]
+
+
+@pytest.mark.postgres
+def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path):
+    spec = write_spec(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    workers = start_workers(spec, pg_database, tracking, 3)
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], [err for _, err in outputs]
+    covered, trials = finished_points(pg_database)
+    assert sorted(covered) == list(range(24)) and set(covered.values()) == {1}
+    assert len(trials) == 24 and all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+    assert all("SECRET" not in err and "Traceback" not in err for _, err in outputs)
+    # the work was shared: every worker trained something
+    trained = [sum(line.startswith("[grid]") for line in err.splitlines()) for _, err in outputs]
+    assert sum(trained) == 24 and min(trained) >= 1, trained
+    assert_tracking(tracking, trials)
+
+
+@pytest.mark.postgres
+def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path):
+    spec = write_spec(tmp_path, num_iters=1500, hidden_size=32)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    workers = start_workers(spec, pg_database, tracking, 2)
+    victim, survivor = workers
+    deadline, killed = time.monotonic() + 120, None
+    while time.monotonic() < deadline and killed is None:
+        time.sleep(0.1)
+        try:
+            trials = optuna.load_study(study_name="scaled.grid", storage=pg_database).trials
+        except KeyError:
+            continue
+        mine = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
+                and (t.user_attrs.get("hpsearch:owner") or {}).get("pid") == victim.pid and "seed" in t.user_attrs]
+        if mine and sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 2:
+            victim.send_signal(signal.SIGKILL)
+            killed = mine[0]
+    assert killed is not None, "no trial of the victim was caught running"
+    victim.wait(timeout=30)
+    _, err = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, err
+    covered, trials = finished_points(pg_database)
+    assert sorted(covered) == list(range(24)) and set(covered.values()) == {1}
+    dead = trials[killed.number]
+    assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs["failure"] in ("worker died", "heartbeat lost")
+    same_point = [t for t in trials if t.user_attrs["point"] == killed.user_attrs["point"]]
+    assert [t.state for t in same_point] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 25  # 24 points and the one retry
+    assert_tracking(tracking, trials)
+
+
+def test_run_with_local_workers_on_sqlite(tmp_path, monkeypatch):
+    """`run --workers 2` on SQLite: no lock errors, exactly once."""
+    spec = write_spec(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'scaled.db'}"
+    done = subprocess.run([sys.executable, "-m", "hpsearch", "run", str(spec), "--workers", "2", "--storage",
+                           storage, "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "locked" not in done.stderr
+    covered, trials = finished_points(storage)
+    assert sorted(covered) == list(range(24)) and set(covered.values()) == {1} and len(trials) == 24
