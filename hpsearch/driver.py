@@ -176,6 +176,25 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def encode_param(value: Any) -> Any:
+    """Optuna stores only primitive categoricals: lists (e.g. hidden_sizes) travel as JSON text."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def decode_param(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def decode_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params as the user wrote them: lists back from their JSON text."""
+    return {name: decode_param(value) for name, value in params.items()}
+
+
 def _pid_namespace() -> str:
     """This process's host and pid namespace: containers sharing a hostname must not judge each other's pids."""
     try:
@@ -442,7 +461,7 @@ class Driver:
                             "has no complete trials yet.")
         reverse = self.spec.objective.direction == "maximize"
         top = sorted(complete, key=lambda t: t.value, reverse=reverse)[: phase.grid.top_k]
-        return grids.derive_grid(source_phase.space, [t.params for t in top], phase.grid.points)
+        return grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
 
     def _points(self, phase: PhaseSpec, study: optuna.Study) -> list[dict[str, Any]] | None:
         if phase.sampler == "grid":
@@ -471,7 +490,8 @@ class Driver:
                 failures = sum(self._counts_as_failure(t) for t in trials)
                 if failures > phase.max_retries:
                     continue  # exhausted: reported as failed
-                study.enqueue_trial(params, user_attrs={POINT: point, ATTEMPT: len(trials) + 1})
+                study.enqueue_trial({name: encode_param(value) for name, value in params.items()},
+                                    user_attrs={POINT: point, ATTEMPT: len(trials) + 1})
                 enqueued += 1
         return enqueued
 
@@ -529,11 +549,12 @@ class Driver:
     def _suggest(self, trial: optuna.Trial, phase: PhaseSpec, study: optuna.Study) -> dict[str, Any]:
         if phase.sampler == "grid":
             grid = study.user_attrs[ATTR + "grid"]
-            return {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
+            return {name: decode_param(trial.suggest_categorical(name, [encode_param(v) for v in values]))
+                    for name, values in grid.items()}
         params = {}
         for name, p in phase.space.items():
             if p.type == "categorical":
-                params[name] = trial.suggest_categorical(name, p.choices)
+                params[name] = decode_param(trial.suggest_categorical(name, [encode_param(c) for c in p.choices]))
             elif p.type == "int":
                 params[name] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
             else:
@@ -903,8 +924,8 @@ class Driver:
         same = result.get("phase") == phase.name and result.get("trial") == trial.number
         return {
             "phase": phase.name, "trial": trial.number, "value": trial.value,
-            "metric": self.spec.objective.metric, "params": trial.params,
-            "config": resolved_config(self.spec, trial.params), "seed": trial.user_attrs.get("seed"),
+            "metric": self.spec.objective.metric, "params": decode_params(trial.params),
+            "config": resolved_config(self.spec, decode_params(trial.params)), "seed": trial.user_attrs.get("seed"),
             "test_acc": result.get("test_acc") if same else None,
             "data_fingerprint": result.get("data_fingerprint") if same else None,
         }
@@ -921,7 +942,7 @@ class Driver:
                 rows.append({
                     "phase": phase.name, "number": t.number, "state": t.state.name,
                     "value": t.value if t.state == TrialState.COMPLETE else None,
-                    "params": t.params, "duration_seconds": t.duration.total_seconds() if t.duration else None,
+                    "params": decode_params(t.params), "duration_seconds": t.duration.total_seconds() if t.duration else None,
                     "point": t.user_attrs.get(POINT), "attempt": t.user_attrs.get(ATTEMPT),
                     "seed": t.user_attrs.get("seed"), "failure": t.user_attrs.get("failure"),
                     "epoch_history": t.user_attrs.get("epoch_history"), "optuna_study": study.study_name,

@@ -49,20 +49,26 @@ def plot_params(report: StudyReport, path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
     scored = _scored(report)
     for ax, (name, log) in zip(axes.flat, names.items()):
+        values = [t["params"].get(name, t["number"] if name == "trial" else None) for t in scored]
+        numeric = all(_as_number(v) is not None for v in values if v is not None)
         for phase in dict.fromkeys(t["phase"] for t in scored):
-            points = [(_as_number(t["params"].get(name, t["number"] if name == "trial" else None)), t["value"])
+            points = [(t["params"].get(name, t["number"] if name == "trial" else None), t["value"])
                       for t in scored if t["phase"] == phase]
-            points = [(x, y) for x, y in points if x is not None]
+            # lists and strings (e.g. hidden_sizes) go on a categorical axis, numbers on a linear or log one
+            points = [(_as_number(x) if numeric else str(x), y) for x, y in points if x is not None]
             if points:
                 ax.scatter(*zip(*points), label=phase, alpha=0.7, s=18)
-        if log:
+        if log and numeric:
             ax.set_xscale("log")
+        if not numeric:
+            ax.tick_params(axis="x", labelrotation=30)
         ax.set_xlabel(name)
         ax.set_ylabel(report.metric)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{report.study}: {report.metric} by parameter")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -64,6 +64,7 @@ class DataSpec(_Strict):
     num_val: int | None = Field(None, gt=0)
     num_test: int | None = Field(None, ge=0)
     dtype: Literal["float32", "float64"] = "float32"
+    preprocess: Literal["center", "unit_range"] | None = None  # None: what the backend expects
     seed: int = 0  # the shuffle of digits and the draw of synthetic data, not the training seed
     options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific (synthetic: num_classes, num_features)
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hpsearch.driver import INTERRUPTED, REAPED, SharedState, StudyListener, StudyReport
+from hpsearch.driver import INTERRUPTED, REAPED, SharedState, StudyListener, StudyReport, decode_params
 from hpsearch.errors import UserError
 from hpsearch.spec import PhaseSpec, StudySpec
 from hpsearch.storage import mask_url, sqlite_path, storage_lock
@@ -357,7 +357,7 @@ class MlflowLogger:
         if phase.name not in self._phase_runs:
             return
         # the dead process never got its run to MLflow: record the trial here, as `sync` would
-        row = {"phase": phase.name, "number": trial.number, "state": "FAIL", "value": None, "params": trial.params,
+        row = {"phase": phase.name, "number": trial.number, "state": "FAIL", "value": None, "params": decode_params(trial.params),
                "point": trial.user_attrs.get("point"), "seed": trial.user_attrs.get("seed"), "failure": reason,
                "optuna_study": optuna_study, "epoch_history": None, "duration_seconds": None}
         self._safe("recording a dead trial", lambda: self._rebuild_trial_run(row, status="KILLED"))

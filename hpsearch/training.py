@@ -18,9 +18,12 @@ from hpsearch.spec import StudySpec, validation_message
 def load_data(spec: StudySpec) -> Dataset:
     """The spec's dataset, split and preprocessed."""
     d = spec.data
+    backend = get_backend(spec.model.backend)
+    if hasattr(backend, "require"):
+        backend.require()  # e.g. torch: one clear line when it is not installed
     return load_dataset(
         d.dataset, path=d.path, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
-        dtype=d.dtype, seed=d.seed, **d.options,
+        dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or backend.PREPROCESS, **d.options,
     )
 
 

@@ -161,3 +161,34 @@ def test_bad_specs_exit_2_with_one_line(study, edit, message):
 def test_run_missing_spec_file(tmp_path):
     result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "spec file not found" in result.stderr
+
+
+def test_torch_spec_without_torch_says_how_to_install(monkeypatch, tmp_path):
+    import builtins
+
+    spec = tmp_path / "mlp.yaml"
+    spec.write_text("name: mlp\ndata: {dataset: digits}\nmodel: {backend: torch}\ndefaults: {num_epochs: 1}\n")
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    monkeypatch.chdir(tmp_path)
+    phases = "phases=[{name: g, sampler: grid, grid: {dropout: [0.0]}}]"
+    for command in (["train", str(spec)], ["run", str(spec), "--set", phases]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == ("error: the torch backend needs PyTorch: pip install 'hpsearch[torch]' "
+                                         "(CPU build: torch==2.13.0)")
+
+
+def test_help_and_numpy_training_never_import_torch():
+    code = ("import sys; from hpsearch.cli import app; from typer.testing import CliRunner; "
+            f"r = CliRunner().invoke(app, ['train', {QUICKSTART!r}]); assert r.exit_code == 0, r.output; "
+            "print([m for m in ('torch', 'mlflow', 'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -253,3 +253,20 @@ def test_killed_driver_resumes_with_every_grid_point_exactly_once(tmp_path, sig)
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
     retry = runs[f"tiny.grid/{retries[1].number}"]
     assert retry.data.tags["hpsearch.replaces_run_id"] == runs[f"tiny.grid/{killed_trial}"].info.run_id
+
+
+def test_list_valued_categoricals_round_trip_through_the_storage(tmp_path):
+    pytest.importorskip("torch")
+    spec = make_spec(tmp_path, model={"backend": "torch"},
+                     defaults={"hidden_sizes": [8], "num_epochs": 2, "batch_size": 50, "init": "kaiming",
+                               "device": "cpu"},
+                     phases=[{"name": "random", "sampler": "random", "n_trials": 3,
+                              "space": {"hidden_sizes": {"type": "categorical", "choices": [[8], [8, 8], [4, 4, 4]]}}},
+                             {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 2, "points": 2}}])
+    summary = driver_for(spec, tmp_path).run()
+    assert summary["complete"]
+    assert isinstance(summary["best"]["params"]["hidden_sizes"], list)
+    assert all(isinstance(v, list) for v in summary["phases"][1]["grid"]["hidden_sizes"])
+    rows = driver_for(spec, tmp_path).trials()
+    assert all(isinstance(r["params"]["hidden_sizes"], list) for r in rows)
+    assert summary["best"]["config"]["hidden_sizes"] == summary["best"]["params"]["hidden_sizes"]

@@ -13,7 +13,7 @@ from hpsearch.backends.base import DivergedError, TrainResult
 __all__ = ["BACKENDS", "DivergedError", "TrainResult", "get_backend"]
 
 # backend name -> module that implements it
-BACKENDS = {"numpy": "hpsearch.backends.numpy_twolayer"}
+BACKENDS = {"numpy": "hpsearch.backends.numpy_twolayer", "torch": "hpsearch.backends.torch_mlp"}
 
 
 def get_backend(name: str) -> ModuleType:

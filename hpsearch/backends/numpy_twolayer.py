@@ -182,6 +182,7 @@ class NumpyConfig(BaseModel):
 
 
 CONFIG_MODEL = NumpyConfig
+PREPROCESS = "center"  # the assignment subtracts the training set's mean image
 
 
 def train(

@@ -15,7 +15,7 @@ import numpy as np
 
 from hpsearch.errors import DataError
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "split_and_center"]
+__all__ = ["DATASETS", "PREPROCESSING", "Dataset", "load_dataset", "split_and_preprocess"]
 
 DATASETS = ("cifar10", "digits", "synthetic")
 
@@ -51,7 +51,10 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def split_and_center(
+PREPROCESSING = ("center", "unit_range")
+
+
+def split_and_preprocess(
     name: str,
     X: np.ndarray,
     y: np.ndarray,
@@ -63,13 +66,19 @@ def split_and_center(
     num_classes: int,
     dtype: str,
     source: str,
+    preprocess: str = "center",
+    value_range: tuple[float, float] | None = None,
 ) -> Dataset:
-    """The assignment's split and preprocessing.
+    """The assignment's split, then one of two preprocessings.
 
     The first ``num_train`` rows train, the next ``num_val`` validate; the test split is the first ``num_test``
-    rows of the separate test set. Every split is flattened to (N, D), cast to ``dtype`` and has the training
-    split's mean image subtracted.
+    rows of the separate test set. Every split is flattened to (N, D) and cast to ``dtype``; then
+    ``center`` subtracts the training split's mean image (the NumPy assignment), ``unit_range`` maps the data's
+    value range (0..255 for CIFAR-10 pixels; the training split's min..max without one) onto [-1, 1] (the PyTorch
+    template's ``Normalize(0.5, 0.5)``).
     """
+    if preprocess not in PREPROCESSING:
+        raise DataError(f"{source}: preprocess must be one of {', '.join(PREPROCESSING)}. Got {preprocess!r} instead.")
     if num_train < 1 or num_val < 1:
         raise DataError(f"{source}: num_train and num_val must be at least 1. Got {num_train} and {num_val} instead.")
     if num_train + num_val > len(X):
@@ -78,18 +87,28 @@ def split_and_center(
         )
     X = X.reshape(len(X), -1)
     X_train = X[:num_train].astype(dtype)
-    mean_image = X_train.mean(axis=0)  # (D,)
-    X_train -= mean_image
-    X_val = X[num_train:num_train + num_val].astype(dtype) - mean_image
+    if preprocess == "center":
+        shift, scale = X_train.mean(axis=0), 1.0  # (D,)
+    else:
+        low, high = value_range if value_range is not None else (float(X_train.min()), float(X_train.max()))
+        shift, scale = (low + high) / 2, 2.0 / max(high - low, 1e-12)
+
+    def prepare(rows: np.ndarray) -> np.ndarray:
+        out = rows.reshape(len(rows), -1).astype(dtype)
+        out -= np.asarray(shift, dtype=dtype)
+        if scale != 1.0:
+            out *= np.asarray(scale, dtype=dtype)
+        return out
+
     X_te = y_te = None
     if X_test is not None and y_test is not None and num_test > 0:
-        X_te = X_test[:num_test].reshape(min(num_test, len(X_test)), -1).astype(dtype) - mean_image
+        X_te = prepare(X_test[:num_test])
         y_te = np.asarray(y_test[:num_test], dtype=np.int64)
     return Dataset(
         name=name,
-        X_train=X_train,
+        X_train=prepare(X_train),
         y_train=np.asarray(y[:num_train], dtype=np.int64),
-        X_val=X_val,
+        X_val=prepare(X[num_train:num_train + num_val]),
         y_val=np.asarray(y[num_train:num_train + num_val], dtype=np.int64),
         X_test=X_te,
         y_test=y_te,
@@ -107,20 +126,22 @@ def load_dataset(
     num_test: int | None = None,
     dtype: str = "float32",
     seed: int = 0,
+    preprocess: str = "center",
     **options: Any,
 ) -> Dataset:
     """Load dataset ``name`` with the given split sizes (None: the dataset's own default)."""
+    sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "dtype": dtype,
+             "preprocess": preprocess}
     if name == "cifar10":
         from hpsearch.data import cifar10
 
-        return cifar10.load(path, num_train=num_train, num_val=num_val, num_test=num_test, dtype=dtype)
+        return cifar10.load(path, **sizes)
     if name == "digits":
         from hpsearch.data import digits
 
-        return digits.load(num_train=num_train, num_val=num_val, num_test=num_test, dtype=dtype, seed=seed)
+        return digits.load(seed=seed, **sizes)
     if name == "synthetic":
         from hpsearch.data import synthetic
 
-        return synthetic.load(num_train=num_train, num_val=num_val, num_test=num_test, dtype=dtype, seed=seed,
-                              **options)
+        return synthetic.load(seed=seed, **sizes, **options)
     raise DataError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}.")

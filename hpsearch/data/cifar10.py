@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hpsearch.data import Dataset, split_and_center
+from hpsearch.data import Dataset, split_and_preprocess
 from hpsearch.errors import DataError
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 49000, 1000, 1000
@@ -91,6 +91,7 @@ def load(
     num_val: int | None = None,
     num_test: int | None = None,
     dtype: str = "float32",
+    preprocess: str = "center",
 ) -> Dataset:
     """Training and validation splits from ``data_batch_1..5``; the test split from ``test_batch`` if present."""
     if path is None:
@@ -112,7 +113,8 @@ def load(
     X_test = y_test = None
     if (folder / "test_batch").exists() and num_test > 0:
         X_test, y_test = load_batch(folder / "test_batch")
-    return split_and_center(
+    return split_and_preprocess(
         "cifar10", np.concatenate(images), np.concatenate(labels), num_train, num_val,
         X_test, y_test, num_test, num_classes=NUM_CLASSES, dtype=dtype, source=str(folder),
+        preprocess=preprocess, value_range=(0.0, 255.0),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpsearch.data import Dataset, split_and_center
+from hpsearch.data import Dataset, split_and_preprocess
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 1197, 300, 300
 
@@ -14,6 +14,7 @@ def load(
     num_val: int | None = None,
     num_test: int | None = None,
     dtype: str = "float32",
+    preprocess: str = "center",
     seed: int = 0,
 ) -> Dataset:
     """Shuffle once with ``seed`` (the images come grouped by writer), then split train / val / test in order."""
@@ -26,7 +27,8 @@ def load(
     num_val = NUM_VAL if num_val is None else num_val
     num_test = NUM_TEST if num_test is None else num_test
     labelled = num_train + num_val
-    return split_and_center(
+    return split_and_preprocess(
         "digits", X[:labelled], y[:labelled], num_train, num_val,
         X[labelled:], y[labelled:], num_test, num_classes=10, dtype=dtype, source="digits",
+        preprocess=preprocess, value_range=(0.0, 16.0),
     )

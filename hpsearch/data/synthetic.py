@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpsearch.data import Dataset, split_and_center
+from hpsearch.data import Dataset, split_and_preprocess
 
 
 def load(
@@ -12,6 +12,7 @@ def load(
     num_val: int | None = None,
     num_test: int | None = None,
     dtype: str = "float32",
+    preprocess: str = "center",
     seed: int = 0,
     num_classes: int = 3,
     num_features: int = 20,
@@ -27,7 +28,8 @@ def load(
     y = rng.integers(0, num_classes, size=total)  # (N,)
     X = centres[y] + spread * rng.standard_normal((total, num_features))  # (N, D)
     labelled = num_train + num_val
-    return split_and_center(
+    return split_and_preprocess(
         "synthetic", X[:labelled], y[:labelled], num_train, num_val,
         X[labelled:], y[labelled:], num_test, num_classes=num_classes, dtype=dtype, source="synthetic",
+        preprocess=preprocess,
     )

@@ -1,0 +1,251 @@
+"""Multi-layer perceptrons of any depth in PyTorch, on the CPU or a CUDA device (the assignment's Question 4).
+
+    input (D) -> [Linear -> (BatchNorm) -> ReLU -> (Dropout)] x len(hidden_sizes) -> Linear (C)
+
+Same interface as the NumPy backend: ``train(config, data, *, seed, on_epoch) -> TrainResult``. torch is imported
+only inside the functions that need it, so specs, plans and the NumPy path never load it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hpsearch.backends.base import DivergedError, TrainResult
+from hpsearch.data import Dataset
+from hpsearch.errors import UserError
+
+__all__ = ["CONFIG_MODEL", "MODEL_SUFFIX", "PREPROCESS", "TorchConfig", "TorchModel", "build_mlp", "cost",
+           "load_model", "probe", "require", "resolve_device", "save_model", "train"]
+
+PREPROCESS = "unit_range"  # the template's Normalize(0.5, 0.5): inputs in [-1, 1]
+MODEL_SUFFIX = ".pt"
+INSTALL_HINT = "the torch backend needs PyTorch: pip install 'hpsearch[torch]' (CPU build: torch==2.13.0)"
+
+
+class TorchConfig(BaseModel):
+    """The trainable's configuration. Depth and width come from ``hidden_sizes``, or from ``num_layers`` x
+    ``width`` when both are given (handy to search them separately)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_sizes: list[int] = Field(default_factory=lambda: [100], min_length=1)
+    num_layers: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False
+    init: Literal["normal", "kaiming"] = "normal"
+    init_std: float = Field(1e-3, gt=0)  # for init: normal (the template's N(0, 1e-3^2) weights, zero biases)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate_decay: float = Field(0.95, gt=0, le=1)
+    reg: float = Field(0.001, ge=0)  # weight decay
+    num_epochs: int = Field(10, gt=0)
+    batch_size: int = Field(200, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _depth_and_width(self) -> TorchConfig:
+        if (self.num_layers is None) != (self.width is None):
+            raise ValueError("give both 'num_layers' and 'width', or neither (and 'hidden_sizes')")
+        if any(size < 1 for size in self.hidden_sizes):
+            raise ValueError("'hidden_sizes' must be positive integers")
+        return self
+
+    def layers(self) -> list[int]:
+        return [self.width] * self.num_layers if self.num_layers is not None else list(self.hidden_sizes)
+
+
+CONFIG_MODEL = TorchConfig
+
+
+def require() -> Any:
+    """torch, or one line telling how to install it."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return torch
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when a device is present; asking for ``cuda`` without one is an error."""
+    torch = require()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for, but PyTorch sees no CUDA device here (use device: auto or cpu).")
+    return device
+
+
+def build_mlp(input_size: int, hidden_sizes: list[int], num_classes: int, *, dropout: float = 0.0,
+              batch_norm: bool = False, init: str = "normal", init_std: float = 1e-3) -> Any:
+    torch = require()
+    nn = torch.nn
+    layers: list[Any] = []
+    width = input_size
+    for size in hidden_sizes:
+        layers.append(nn.Linear(width, size))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(size))
+        layers.append(nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    model = nn.Sequential(*layers)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            if init == "kaiming":
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            else:
+                nn.init.normal_(layer.weight, mean=0.0, std=init_std)
+            nn.init.zeros_(layer.bias)
+    return model
+
+
+class TorchModel:
+    """A trained MLP with the NumPy backend's scoring interface (NumPy in, NumPy out)."""
+
+    def __init__(self, module: Any, device: str) -> None:
+        self.module = module
+        self.device = device
+
+    def scores(self, X: np.ndarray, batch: int = 10_000) -> np.ndarray:
+        torch = require()
+        self.module.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(X), batch):
+                rows = torch.as_tensor(X[start:start + batch], dtype=torch.float32, device=self.device)
+                out.append(self.module(rows).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.argmax(self.scores(X), axis=1)
+
+    def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
+        return float((self.predict(X) == y).mean())
+
+
+def _accuracy(torch: Any, module: Any, X: Any, y: Any, batch: int = 10_000) -> float:
+    module.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(X), batch):
+            correct += int((module(X[start:start + batch]).argmax(dim=1) == y[start:start + batch]).sum())
+    return correct / max(len(X), 1)
+
+
+def train(
+    config: dict[str, Any],
+    data: Dataset,
+    *,
+    seed: int,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train one MLP. Minibatches walk a fresh permutation of the training split each epoch; after each epoch the
+    learning rate is multiplied by ``learning_rate_decay`` and ``on_epoch`` gets the epoch's mean loss, every
+    step's loss, the running training accuracy of the epoch's minibatches, the validation accuracy and the rate."""
+    torch = require()
+    cfg = TorchConfig(**config)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(seed % 2**63)
+    generator = torch.Generator().manual_seed(seed % 2**63)
+    # the data goes to the device once; minibatches are index views of it
+    X = torch.as_tensor(data.X_train, dtype=torch.float32, device=device)
+    y = torch.as_tensor(data.y_train, dtype=torch.long, device=device)
+    X_val = torch.as_tensor(data.X_val, dtype=torch.float32, device=device)
+    y_val = torch.as_tensor(data.y_val, dtype=torch.long, device=device)
+    start = time.perf_counter()
+    module = build_mlp(X.shape[1], cfg.layers(), data.num_classes, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
+                       init=cfg.init, init_std=cfg.init_std).to(device)
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.reg)
+    else:
+        optimizer = torch.optim.SGD(module.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
+                                    weight_decay=cfg.reg)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.learning_rate_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    n = len(X)
+    loss_history: list[float] = []
+    train_acc_history: list[float] = []
+    val_acc_history: list[float] = []
+    for epoch in range(cfg.num_epochs):
+        module.train()
+        order = torch.randperm(n, generator=generator).to(device)
+        step_losses, correct = [], torch.zeros((), device=device, dtype=torch.long)
+        for first in range(0, n, cfg.batch_size):
+            batch = order[first:first + cfg.batch_size]
+            scores = module(X[batch])
+            loss = loss_fn(scores, y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_losses.append(loss.detach())
+            correct += (scores.detach().argmax(dim=1) == y[batch]).sum()
+        losses = torch.stack(step_losses).float().cpu().numpy()  # one device sync per epoch
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise DivergedError(len(loss_history) + int(bad[0]), float(losses[bad[0]]))
+        loss_history.extend(float(v) for v in losses)
+        train_acc = int(correct) / n
+        val_acc = _accuracy(torch, module, X_val, y_val)
+        train_acc_history.append(train_acc)
+        val_acc_history.append(val_acc)
+        if on_epoch is not None:
+            on_epoch(epoch, {"loss": float(losses.mean()), "step_losses": [float(v) for v in losses],
+                             "train_acc": train_acc, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                             "iteration": len(loss_history)})
+        schedule.step()
+    model = TorchModel(module, device)
+    resolved = {**cfg.model_dump(), "hidden_sizes": cfg.layers(), "num_layers": None, "width": None}
+    return TrainResult(
+        loss_history=loss_history,
+        train_acc_history=train_acc_history,
+        val_acc_history=val_acc_history,
+        val_acc=_accuracy(torch, module, X_val, y_val),
+        train_acc=_accuracy(torch, module, X, y),
+        seconds=time.perf_counter() - start,
+        config=resolved,
+        model=model,
+    )
+
+
+def cost(config: dict[str, Any], data: Dataset) -> float:
+    """Relative compute: multiply-adds of forward and backward passes over every epoch, plus validation."""
+    cfg = TorchConfig(**config)
+    widths = [data.input_size, *cfg.layers(), data.num_classes]
+    per_sample = sum(a * b for a, b in zip(widths, widths[1:]))
+    return float(per_sample * cfg.num_epochs * (3 * len(data.y_train) + len(data.y_val)))
+
+
+def probe(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "num_epochs": 1}
+
+
+def save_model(model: TorchModel, config: dict[str, Any], path: str | Path) -> None:
+    """The state dict and the configuration, loadable with ``weights_only=True`` (no pickled code)."""
+    torch = require()
+    state = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
+    first = model.module[0]
+    last = [layer for layer in model.module if isinstance(layer, torch.nn.Linear)][-1]
+    torch.save({"state_dict": state, "config": json.dumps(config), "input_size": first.in_features,
+                "num_classes": last.out_features}, path)
+
+
+def load_model(path: str | Path) -> tuple[TorchModel, dict[str, Any]]:
+    torch = require()
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    config = json.loads(saved["config"])
+    cfg = TorchConfig(**config)
+    module = build_mlp(saved["input_size"], cfg.layers(), saved["num_classes"], dropout=cfg.dropout,
+                       batch_norm=cfg.batch_norm, init=cfg.init, init_std=cfg.init_std)
+    module.load_state_dict(saved["state_dict"])
+    return TorchModel(module, "cpu"), config
