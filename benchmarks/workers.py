@@ -1,15 +1,17 @@
 """Throughput of 1 vs 2 local workers on the same grid (SQLite storage, one BLAS thread per worker).
 
-    python benchmarks/workers.py [--points 16] [--tracking]
+    python benchmarks/workers.py [--points 24] [--tracking]
 
-Each configuration runs in a fresh folder; the ratio is 1-worker wall time / 2-worker wall time. Goal: >= 1.8x on
-a 2-core machine. Without --tracking, MLflow is off so the figure measures the study machinery alone.
+Each configuration runs in a fresh folder. Throughput is trials per second from the first trial's start to the last
+trial's end; the wall-time ratio adds each process's start-up. Goal: throughput ratio >= 1.8x on a 2-core machine. Without --tracking, MLflow is off so the figure measures the study machinery alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -27,26 +29,36 @@ def spec(points: int, tracking: bool) -> dict:
     }
 
 
-def run(workers: int, points: int, tracking: bool) -> float:
+def run(workers: int, points: int, tracking: bool) -> tuple[float, float]:
+    """Wall seconds of the whole command, and trials per second from the first trial's start to the last's end."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.yaml"
         path.write_text(yaml.safe_dump(spec(points, tracking)))
-        return timed([*HPSEARCH, "run", str(path), "--workers", str(workers)], cwd=Path(tmp))
+        # one BLAS thread per worker in both runs: the ratio measures scale-out, not BLAS threading
+        wall = timed([*HPSEARCH, "run", str(path), "--workers", str(workers)], cwd=Path(tmp),
+                     env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        timed([*HPSEARCH, "export", str(path), "--output", "trials.json"], cwd=Path(tmp))
+        rows = json.loads((Path(tmp) / "trials.json").read_text())
+        starts = [datetime.fromisoformat(r["datetime_start"]).timestamp() for r in rows]
+        ends = [start + r["duration_seconds"] for start, r in zip(starts, rows)]
+        return wall, len(rows) / (max(ends) - min(starts))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--points", type=int, default=16)
+    parser.add_argument("--points", type=int, default=24)
     parser.add_argument("--tracking", action="store_true")
     args = parser.parse_args()
-    one = run(1, args.points, args.tracking)
-    two = run(2, args.points, args.tracking)
-    ratio = one / two
+    one, one_rate = run(1, args.points, args.tracking)
+    two, two_rate = run(2, args.points, args.tracking)
     report("workers", [("grid points", str(args.points)), ("tracking", str(args.tracking)),
-                       ("1 worker  (s)", f"{one:.2f}"), ("2 workers (s)", f"{two:.2f}"),
-                       ("throughput ratio", f"{ratio:.2f}x (goal >= 1.8x)")],
+                       ("1 worker:  wall s / trials per s", f"{one:.2f} / {one_rate:.3f}"),
+                       ("2 workers: wall s / trials per s", f"{two:.2f} / {two_rate:.3f}"),
+                       ("throughput ratio (trials per s)", f"{two_rate / one_rate:.2f}x (goal >= 1.8x)"),
+                       ("wall-time ratio (with start-up)", f"{one / two:.2f}x")],
            {"points": args.points, "tracking": args.tracking, "one_worker_s": round(one, 3),
-            "two_workers_s": round(two, 3), "ratio": round(ratio, 3)})
+            "two_workers_s": round(two, 3), "throughput_ratio": round(two_rate / one_rate, 3),
+            "wall_ratio": round(one / two, 3)})
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ class SharedState:
             value = registry.user_attrs.get(name)
             if value is None:
                 value = factory()
-                registry.set_user_attr(name, value)
+                if value is not None:  # a factory returning None only looks
+                    registry.set_user_attr(name, value)
             return value
 
 
@@ -119,6 +120,9 @@ class StudyListener:
                      progress: dict[str, Any]) -> None: ...
 
     def on_trial_reaped(self, phase: PhaseSpec, trial: FrozenTrial, reason: str) -> None: ...
+
+    def on_existing_trials(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> None:
+        """Before work starts: every trial already stored (rows of :meth:`Driver.trials`), per phase its study."""
 
     def on_phase_end(self, phase: PhaseSpec, status: dict[str, Any]) -> None: ...
 
@@ -579,13 +583,17 @@ class Driver:
                 frozen = self.storage.get_trial(trial._trial_id)
                 self.listener.on_trial_start(phase, frozen, config, seed, self._replaced(study, frozen))
 
+                pruning = self.spec.pruner.type != "none"
+
                 def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
-                    trial.report(metrics[self.spec.objective.metric], epoch)
                     for key in EPOCH_KEYS:
                         history.setdefault(key, []).append(metrics.get(key))
                     self.listener.on_epoch(phase, frozen, epoch, metrics)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+                    # each report is a storage write: only a pruner needs them (the history is stored at the end)
+                    if pruning:
+                        trial.report(metrics[self.spec.objective.metric], epoch)
+                        if trial.should_prune():
+                            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
                 result = train_once(self.spec, self.data, params, seed=seed, on_epoch=on_epoch)
                 state, values = TrialState.COMPLETE, [result.val_acc]
@@ -717,7 +725,6 @@ class Driver:
         self._check_points(phases)
         registry = self._registry(create=True)
         self._check_context(registry)
-        self.listener.on_study_start(self.spec, SharedState(self.url, self.spec.name))
         changed = []
         with storage_lock(self.url, f"{self.spec.name}:phases"):  # consistent with a concurrent _open_phase
             for phase in phases:
@@ -728,6 +735,8 @@ class Driver:
         if before["complete"] and not only_phase and not changed:
             self.echo(f"Study {self.spec.name!r} is already complete: nothing to run.")
             return before
+        self.listener.on_study_start(self.spec, SharedState(self.url, self.spec.name))
+        self._mend_listener()
         try:
             complete = self._run_phases(registry, phases, budget)
         except BaseException:
@@ -737,8 +746,15 @@ class Driver:
         summary = self.status()
         if report is not None:
             report.summary = summary
+        self._mend_listener()  # trials of workers that died before they could log them
         self.listener.on_study_end(summary, report)
         return summary
+
+    def _mend_listener(self) -> None:
+        stored = self.trials()
+        if stored:
+            self.listener.on_existing_trials(stored, {row["phase"]: {"study_name": row["optuna_study"]}
+                                                      for row in stored})
 
     def _run_phases(self, registry: optuna.Study, phases: list[PhaseSpec], budget: Budget) -> bool:
         """Run ``phases`` in order; False when the budget ran out first."""

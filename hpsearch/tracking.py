@@ -271,20 +271,40 @@ class MlflowLogger:
             replaced = self._find_trial_run(f"{optuna_study}/{replaces.number}")
             if replaced is not None:
                 tags["hpsearch.replaces_run_id"] = replaced
-        run_id = self._safe("creating a trial run", lambda: self._create_run(f"{phase.name}-{trial.number}", tags))
+        run_id = self._safe("creating a trial run",
+                            lambda: self._trial_run(tags[TRIAL_KEY], f"{phase.name}-{trial.number}", tags)[0])
         if run_id is None:
             return
         self._trial_runs[trial._trial_id] = run_id
         self._pending_params[run_id] = self._params({**config, "seed": seed})
         self._last_flush[run_id] = time.monotonic()
 
-    def _find_trial_run(self, key: str) -> str | None:
-        runs = self._safe("looking up a trial run", lambda: self.client.search_runs(
-            [self._experiment()], filter_string=f"tags.`{TRIAL_KEY}` = '{key}'", max_results=1))
-        return runs[0].info.run_id if runs else None
+    def _trial_run(self, key: str, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+        """The run of trial ``key``, created once among all processes (its id is kept in the study storage):
+        the trial's own worker and a process mending its log may both ask. Returns (run id, created here)."""
+        created: list[str] = []
 
-    def on_epoch(self, phase: PhaseSpec, trial: Any, epoch: int, metrics: dict[str, Any]) -> None:
-        run_id = self._trial_runs.get(trial._trial_id)
+        def create() -> str:
+            created.append(self._create_run(name, tags))
+            return created[0]
+
+        return self._state.get_or_create(self._key(f"trial:{key}"), create), bool(created)
+
+    def _find_trial_run(self, key: str) -> str | None:
+        if self._state is None:
+            return None
+        return self._safe("looking up a trial run",
+                          lambda: self._state.get_or_create(self._key(f"trial:{key}"), lambda: None))
+
+    def on_epochs(self, trial_id: int, epochs: list[tuple[int, dict[str, Any]]]) -> None:
+        for epoch, metrics in epochs:
+            self._on_epoch(trial_id, epoch, metrics)
+        run_id = self._trial_runs.get(trial_id)
+        if run_id is not None:
+            self._send(run_id)
+
+    def _on_epoch(self, trial_id: int, epoch: int, metrics: dict[str, Any]) -> None:
+        run_id = self._trial_runs.get(trial_id)
         if run_id is None:
             return
         losses = metrics.get("step_losses") or []
@@ -295,7 +315,6 @@ class MlflowLogger:
             self._metric(run_id, "loss", metrics.get("loss"), epoch)
         for key in ("train_acc", "val_acc", "lr"):
             self._metric(run_id, key, metrics.get(key), epoch)
-        self._send(run_id)
 
     def on_trial_end(self, phase: PhaseSpec, trial: Any, result: Any, reason: str | None,
                      progress: dict[str, Any]) -> None:
@@ -424,16 +443,36 @@ class MlflowLogger:
         self._state = state
         self._reported = False
         client = self.client
-        experiment = self._experiment()
         study_run = state.get_or_create(self._key(self.spec.name), lambda: self._create_run(
             self.spec.name, {"hpsearch.kind": "study", "hpsearch.study": self.spec.name}))
         self._study_run = study_run
+        counts = self._reconcile(trials, phases)
+        if report is not None and report.best is not None:
+            artifacts = {a.path for a in client.list_artifacts(study_run)}
+            if "best_config.yaml" not in artifacts:
+                self._log_study_artifacts(study_run, report)
+            client.set_terminated(study_run, status="FINISHED")
+            for phase_run in self._phase_runs.values():
+                client.set_terminated(phase_run, status="FINISHED")
+        if self._reported:
+            raise TrackingError(f"MLflow at {mask_url(self.uri)} failed during the sync; run it again when it is up.")
+        return counts
+
+    def on_existing_trials(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> None:
+        """At the start of a run: mend what an earlier process could not log (it was killed, or MLflow was down)."""
+        if self._study_run is not None:
+            self._safe("mending earlier trials' runs", lambda: self._reconcile(trials, phases))
+
+    def _reconcile(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> dict[str, int]:
+        client = self.client
+        experiment = self._experiment()
         for name, info in phases.items():
-            self._phase_runs[name] = state.get_or_create(
-                self._key(f"{self.spec.name}/{name}"),
-                lambda name=name, info=info: self._create_run(f"{self.spec.name}/{name}", {
-                    "hpsearch.kind": "phase", "hpsearch.study": self.spec.name, "hpsearch.phase": name,
-                    "optuna.study": info["study_name"], "mlflow.parentRunId": study_run}))
+            if name not in self._phase_runs:
+                self._phase_runs[name] = self._state.get_or_create(
+                    self._key(f"{self.spec.name}/{name}"),
+                    lambda name=name, info=info: self._create_run(f"{self.spec.name}/{name}", {
+                        "hpsearch.kind": "phase", "hpsearch.study": self.spec.name, "hpsearch.phase": name,
+                        "optuna.study": info["study_name"], "mlflow.parentRunId": self._study_run}))
         existing: dict[str, Any] = {}
         token = None
         while True:
@@ -448,24 +487,15 @@ class MlflowLogger:
         for row in trials:
             key = f"{row['optuna_study']}/{row['number']}"
             run = existing.get(key)
+            if row["state"] in ("RUNNING", "WAITING") or row["phase"] not in self._phase_runs:
+                continue  # a live trial logs itself
             if run is None:
-                if row["state"] in ("RUNNING", "WAITING"):
-                    continue  # a live trial logs itself
                 self._rebuild_trial_run(row)
                 created += 1
-            elif run.info.status == "RUNNING" and row["state"] not in ("RUNNING", "WAITING"):
-                client.set_terminated(run.info.run_id, status=STATUS.get(row["state"], "FAILED"))
+            elif run.info.status == "RUNNING":
                 client.set_tag(run.info.run_id, "state", row["state"])
+                client.set_terminated(run.info.run_id, status=STATUS.get(row["state"], "FAILED"))
                 ended += 1
-        if report is not None and report.best is not None:
-            artifacts = {a.path for a in client.list_artifacts(study_run)}
-            if "best_config.yaml" not in artifacts:
-                self._log_study_artifacts(study_run, report)
-            client.set_terminated(study_run, status="FINISHED")
-            for phase_run in self._phase_runs.values():
-                client.set_terminated(phase_run, status="FINISHED")
-        if self._reported:
-            raise TrackingError(f"MLflow at {mask_url(self.uri)} failed during the sync; run it again when it is up.")
         return {"created": created, "ended": ended}
 
     def _rebuild_trial_run(self, row: dict[str, Any], status: str | None = None) -> None:
@@ -478,7 +508,9 @@ class MlflowLogger:
         }
         if row.get("failure"):
             tags["failure"] = mask_url(str(row["failure"]))[:5000]
-        run_id = self._create_run(f"{phase}-{row['number']}", tags)
+        run_id, created = self._trial_run(tags[TRIAL_KEY], f"{phase}-{row['number']}", tags)
+        if not created:
+            return  # its worker created it meanwhile and logs it
         history = row.get("epoch_history") or {}
         iterations = history.get("iteration") or []
         for epoch in range(len(history.get("val_acc") or [])):
@@ -514,6 +546,9 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
             continue
         if message is None:
             return
+        if os.getppid() != parent:
+            logger.orphaned()  # what is still queued belongs to a dead process; the next run mends it
+            return
         name, args = message
         try:
             getattr(logger, name)(*args)
@@ -536,6 +571,8 @@ class MlflowTracker(StudyListener):
         self.experiment = spec.tracking.experiment or spec.name
         self.echo = echo
         self._process: Any = None
+        self._epochs: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        self._epochs_sent: dict[int, float] = {}
         self._inbox: Any = None
         self._outbox: Any = None
         self._seconds: Any = None
@@ -595,10 +632,21 @@ class MlflowTracker(StudyListener):
         self._send("on_trial_start", phase, trial, config, seed, replaces)
 
     def on_epoch(self, phase: PhaseSpec, trial: Any, epoch: int, metrics: dict[str, Any]) -> None:
-        self._send("on_epoch", phase, trial, epoch, metrics)
+        # epochs can be milliseconds long: collect them and send one message every FLUSH_SECONDS
+        self._epochs.setdefault(trial._trial_id, []).append((epoch, metrics))
+        if time.monotonic() - self._epochs_sent.get(trial._trial_id, 0.0) >= FLUSH_SECONDS:
+            self._send_epochs(trial._trial_id)
+
+    def _send_epochs(self, trial_id: int) -> None:
+        self._epochs_sent[trial_id] = time.monotonic()
+        epochs = self._epochs.pop(trial_id, [])
+        if epochs:
+            self._send("on_epochs", trial_id, epochs)
 
     def on_trial_end(self, phase: PhaseSpec, trial: Any, result: Any, reason: str | None,
                      progress: dict[str, Any]) -> None:
+        self._send_epochs(trial._trial_id)
+        self._epochs_sent.pop(trial._trial_id, None)
         if result is not None:
             result = dataclasses.replace(result, model=None)  # histories only; the model stays here
         self._send("on_trial_end", phase, trial, result, reason, progress)
@@ -621,6 +669,9 @@ class MlflowTracker(StudyListener):
 
     def on_trial_reaped(self, phase: PhaseSpec, trial: Any, reason: str) -> None:
         self._send("on_trial_reaped", phase, trial, reason)
+
+    def on_existing_trials(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> None:
+        self._send("on_existing_trials", trials, phases)
 
     def on_phase_end(self, phase: PhaseSpec, status: dict[str, Any]) -> None:
         self._send("on_phase_end", phase, status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import os
 import signal
 import subprocess
@@ -208,7 +209,7 @@ def test_derived_grid_needs_complete_source_trials(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_killed_driver_resumes_with_every_grid_point_exactly_once(tmp_path, sig):
     """SIGKILL in the middle of the grid phase, resume: each point has exactly one finished trial, none RUNNING."""
-    spec = make_spec(tmp_path, defaults={**BASE["defaults"], "num_iters": 3000, "hidden_size": 64},
+    spec = make_spec(tmp_path, defaults={**BASE["defaults"], "num_iters": 12000, "hidden_size": 128},
                      phases=[{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]}}])
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     command = [sys.executable, "-m", "hpsearch", "run", str(spec), "--storage", storage]
@@ -223,7 +224,9 @@ def test_killed_driver_resumes_with_every_grid_point_exactly_once(tmp_path, sig)
         except KeyError:
             continue
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "seed" in t.user_attrs]
+        fresh = datetime.datetime.now() - datetime.timedelta(seconds=0.3)  # kill well inside a ~1 s trial
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "seed" in t.user_attrs
+                   and t.datetime_start > fresh]
         if done >= 2 and running:
             os.kill(proc.pid, sig)
             killed_trial = running[0].number
@@ -248,7 +251,7 @@ def test_killed_driver_resumes_with_every_grid_point_exactly_once(tmp_path, sig)
     experiment = client.get_experiment_by_name("tiny").experiment_id
     runs = {r.data.tags["hpsearch.trial_key"]: r for r in client.search_runs(
         [experiment], filter_string="tags.`hpsearch.kind` = 'trial'", max_results=100)}
-    assert len(runs) == len(trials)
+    assert sorted(runs) == sorted(f"tiny.grid/{t.number}" for t in trials), (killed_trial, resumed.stderr)
     assert runs[f"tiny.grid/{killed_trial}"].info.status == "KILLED"
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
     retry = runs[f"tiny.grid/{retries[1].number}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import os
 import signal
 import subprocess
@@ -50,7 +51,7 @@ def finished_points(storage: str) -> tuple[collections.Counter, list]:
     return covered, trials
 
 
-def assert_tracking(tracking: str, trials: list) -> None:
+def assert_tracking(tracking: str, trials: list, logs: object = None) -> None:
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("scaled").experiment_id
     runs = client.search_runs([experiment], max_results=1000)
@@ -60,7 +61,9 @@ def assert_tracking(tracking: str, trials: list) -> None:
     assert len(kinds["study"]) == 1 and len(kinds["phase"]) == 1
     assert kinds["phase"][0].data.tags["mlflow.parentRunId"] == kinds["study"][0].info.run_id
     keys = collections.Counter(run.data.tags["hpsearch.trial_key"] for run in kinds["trial"])
-    assert sorted(keys) == sorted(f"scaled.grid/{t.number}" for t in trials) and set(keys.values()) == {1}
+    expected = {f"scaled.grid/{t.number}" for t in trials}
+    assert set(keys) == expected, (f"missing {sorted(expected - set(keys))}, extra {sorted(set(keys) - expected)}", logs)
+    assert set(keys.values()) == {1}, keys
     assert {run.data.tags["mlflow.parentRunId"] for run in kinds["trial"]} == {kinds["phase"][0].info.run_id}
     assert not [run for run in kinds["trial"] if run.info.status == "RUNNING"]
 
@@ -79,12 +82,12 @@ def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path):
     # the work was shared: every worker trained something
     trained = [sum(line.startswith("[grid]") for line in err.splitlines()) for _, err in outputs]
     assert sum(trained) == 24 and min(trained) >= 1, trained
-    assert_tracking(tracking, trials)
+    assert_tracking(tracking, trials, [err for _, err in outputs])
 
 
 @pytest.mark.postgres
 def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path):
-    spec = write_spec(tmp_path, num_iters=1500, hidden_size=32)
+    spec = write_spec(tmp_path, num_iters=12000, hidden_size=128)  # ~1 s trials: a kill lands mid-trial
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     workers = start_workers(spec, pg_database, tracking, 2)
     victim, survivor = workers
@@ -95,7 +98,8 @@ def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path):
             trials = optuna.load_study(study_name="scaled.grid", storage=pg_database).trials
         except KeyError:
             continue
-        mine = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
+        fresh = datetime.datetime.now() - datetime.timedelta(seconds=0.3)
+        mine = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.datetime_start > fresh
                 and (t.user_attrs.get("hpsearch:owner") or {}).get("pid") == victim.pid and "seed" in t.user_attrs]
         if mine and sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 2:
             victim.send_signal(signal.SIGKILL)
