@@ -285,6 +285,28 @@ def _describe_changes(stored: Any, current: Any, path: str = "") -> list[str]:
     return []
 
 
+def _storage_failures(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A storage that fails mid-work (disk full, server gone) is a clear StorageError, not a traceback. Every write
+    is a transaction, so what was finished stays finished; an unfinished trial is reaped and retried on resume."""
+    import functools
+
+    import sqlalchemy.exc
+
+    @functools.wraps(method)
+    def guarded(self: Driver, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            cause = exc.__cause__ or exc
+            reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+            raise StorageError(
+                f"storage {mask_url(self.url)!r} failed: {mask_url(reason)[:200]} (disk full or database gone?). "
+                "Finished trials are kept; fix it and rerun the same command to resume."
+            ) from None
+
+    return guarded
+
+
 class Driver:
     """Runs, inspects and reports one study spec on one storage."""
 
@@ -714,6 +736,7 @@ class Driver:
             self._own(trial._trial_id)
             return trial
 
+    @_storage_failures
     def run(self, budget: Budget | None = None, only_phase: str | None = None) -> dict[str, Any]:
         """Run the phases in order until done or out of budget. Returns the summary (see :meth:`status`)."""
         budget = budget or Budget()
@@ -772,6 +795,7 @@ class Driver:
                     return False
         return True
 
+    @_storage_failures
     def prepare(self) -> None:
         """Settle, once, which Optuna studies serve the phases: with --force-new-phase, give every changed phase a
         fresh study. Workers started afterwards (without the flag) then find nothing changed."""
@@ -845,6 +869,7 @@ class Driver:
         report.best_fragment = best_fragment(self.spec, report.best)
         return report
 
+    @_storage_failures
     def report(self, retrain: bool = True) -> StudyReport | None:
         """Plain data for plots and summaries; retrains the best trial for its curves and model."""
         registry = self._registry(create=False)
@@ -919,6 +944,7 @@ class Driver:
             status["state"] = "incomplete"
         return status
 
+    @_storage_failures
     def status(self) -> dict[str, Any]:
         """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy."""
         registry = self._registry(create=False)
@@ -929,6 +955,7 @@ class Driver:
         return {"study": self.spec.name, "storage": mask_url(self.url), "complete": complete,
                 "phases": phases, "best": self.best() if registry else None}
 
+    @_storage_failures
     def best(self) -> dict[str, Any] | None:
         """The best trial over all phases, with everything needed to train it again."""
         found = self._best_trial()
@@ -946,6 +973,7 @@ class Driver:
             "data_fingerprint": result.get("data_fingerprint") if same else None,
         }
 
+    @_storage_failures
     def trials(self) -> list[dict[str, Any]]:
         """Every trial of every phase: phase, number, state, value, params, duration and bookkeeping."""
         rows = []

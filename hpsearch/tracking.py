@@ -149,7 +149,8 @@ class MlflowLogger:
         if self._client is None:
             from mlflow import MlflowClient
 
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            # failures are reported once, in one line, by _failed; MLflow's own tracebacks would only repeat them
+            logging.getLogger("mlflow").setLevel(logging.CRITICAL)
             logging.getLogger("alembic").setLevel(logging.WARNING)
 
             database = sqlite_path(self.uri)

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import collections
-import datetime
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -204,58 +198,6 @@ def test_derived_grid_needs_complete_source_trials(tmp_path):
     spec = make_spec(tmp_path)
     with pytest.raises(UserError, match="cannot derive its grid"):
         driver_for(spec, tmp_path).run(only_phase="grid")
-
-
-@pytest.mark.parametrize("sig", [signal.SIGKILL])
-def test_killed_driver_resumes_with_every_grid_point_exactly_once(tmp_path, sig):
-    """SIGKILL in the middle of the grid phase, resume: each point has exactly one finished trial, none RUNNING."""
-    spec = make_spec(tmp_path, defaults={**BASE["defaults"], "num_iters": 12000, "hidden_size": 128},
-                     phases=[{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]}}])
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    command = [sys.executable, "-m", "hpsearch", "run", str(spec), "--storage", storage]
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    killed_trial = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-        try:
-            trials = phase_trials(tmp_path, "grid")
-        except KeyError:
-            continue
-        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-        fresh = datetime.datetime.now() - datetime.timedelta(seconds=0.3)  # kill well inside a ~1 s trial
-        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "seed" in t.user_attrs
-                   and t.datetime_start > fresh]
-        if done >= 2 and running:
-            os.kill(proc.pid, sig)
-            killed_trial = running[0].number
-            break
-    proc.wait(timeout=30)
-    assert killed_trial is not None, "the driver finished before it could be killed; make trials longer"
-    assert any(t.state == optuna.trial.TrialState.RUNNING for t in phase_trials(tmp_path, "grid"))
-
-    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    trials = phase_trials(tmp_path, "grid")
-    assert_exactly_once(trials, 6)
-    killed = trials[killed_trial]
-    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"] == "worker died"
-    retries = [t for t in trials if t.user_attrs["point"] == killed.user_attrs["point"]]
-    assert [t.state for t in retries] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
-
-    # the killed trial's MLflow run was ended as KILLED, not left RUNNING; its retry links to it
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny").experiment_id
-    runs = {r.data.tags["hpsearch.trial_key"]: r for r in client.search_runs(
-        [experiment], filter_string="tags.`hpsearch.kind` = 'trial'", max_results=100)}
-    assert sorted(runs) == sorted(f"tiny.grid/{t.number}" for t in trials), (killed_trial, resumed.stderr)
-    assert runs[f"tiny.grid/{killed_trial}"].info.status == "KILLED"
-    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
-    retry = runs[f"tiny.grid/{retries[1].number}"]
-    assert retry.data.tags["hpsearch.replaces_run_id"] == runs[f"tiny.grid/{killed_trial}"].info.run_id
 
 
 def test_list_valued_categoricals_round_trip_through_the_storage(tmp_path):
