@@ -472,3 +472,36 @@ def test_any_valid_spec_round_trips(tmp_path_factory, name, seed, n_trials, lr, 
     again = folder / "b.yaml"
     again.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
     assert load_spec(again).model_dump() == spec.model_dump()
+
+
+# 5 (continued): the claim itself, hammered by four processes ------------------------------------------------------------
+
+CLAIMER = """
+import sys, time
+from hpsearch.driver import Driver
+from hpsearch.spec import load_spec
+import optuna
+spec, url, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+driver = Driver(load_spec(spec), url, echo=lambda m: None)
+study = optuna.load_study(study_name="rel.grid", storage=driver.storage)
+while time.time() < start:
+    time.sleep(0.001)
+claimed = []
+while (trial_id := driver._claim(study, 10**6)) is not None:
+    claimed.append(trial_id)
+print(" ".join(map(str, claimed)))
+"""
+
+
+def test_concurrent_claims_never_hand_out_a_trial_twice(tmp_path, storage):
+    spec = spec_file(tmp_path)
+    study = optuna.create_study(study_name="rel.grid", storage=storage)
+    for point in range(150):
+        study.enqueue_trial({"learning_rate": 0.01}, user_attrs={"point": point})
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(spec), storage, str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    claimed = [int(t) for out, _ in outputs for t in out.split()]
+    assert len(claimed) == 150 and len(set(claimed)) == 150
