@@ -116,49 +116,142 @@ class TwoLayerNet:
     ) -> dict[str, list[float]]:
         """Minibatch SGD with the learning rate decayed once per epoch.
 
-        An epoch is ``max(N // batch_size, 1)`` iterations. Each minibatch draws ``batch_size`` indices uniformly
-        with replacement (CS231n's sampling). After every epoch the minibatch (train) accuracy and the validation
-        accuracy are recorded and ``on_epoch(epoch, metrics)`` is called with ``loss`` (the epoch's mean),
-        ``step_losses`` (every iteration's loss in that epoch), ``train_acc``, ``val_acc``, ``lr`` (the rate used
-        during the epoch) and ``iteration``. A non-finite loss raises :class:`DivergedError` at once.
+        Sampling: every epoch draws a fresh permutation of the N training rows and walks it in ``N // B``
+        minibatches of ``B = batch_size`` rows, so within an epoch no row repeats; the ``N % B`` rows left at the end
+        of the permutation are dropped for that epoch (the next epoch's permutation gives them their chance). A batch
+        size above N is cut to N: each epoch is then one step on the whole training set in a fresh order.
+        ``num_iters`` need not be a whole number of epochs; a last partial epoch runs its steps without reporting.
+
+        After every epoch the minibatch (train) accuracy of the epoch's last minibatch, measured after its update
+        (CS231n's convention), and the validation accuracy are recorded and ``on_epoch(epoch, metrics)`` is called
+        with ``loss`` (the epoch's mean), ``step_losses`` (every iteration's loss in that epoch), ``train_acc``,
+        ``val_acc``, ``lr`` (the rate used during the epoch) and ``iteration``. A non-finite loss raises
+        :class:`DivergedError` at once.
+
+        X is converted once to a C-contiguous array of the network's dtype; the steps run on :class:`_SGDStep`.
         """
+        X = np.ascontiguousarray(X, dtype=self.dtype)  # (N, D); no copy when it already is one
+        y = np.asarray(y, dtype=np.intp)
         rng = np.random.default_rng(seed)
         num_train = X.shape[0]
-        iterations_per_epoch = max(num_train // batch_size, 1)
+        batch_size = min(batch_size, num_train)
+        iterations_per_epoch = num_train // batch_size
+        step = _SGDStep(self.params, batch_size)
         history: dict[str, list[float]] = {"loss_history": [], "train_acc_history": [], "val_acc_history": []}
-        epoch_start = 0
-        for it in range(num_iters):
-            epoch = it // iterations_per_epoch
+        for epoch_start in range(0, num_iters, iterations_per_epoch):
+            epoch = epoch_start // iterations_per_epoch
             lr = lr_at_epoch(learning_rate, learning_rate_decay, epoch)
-            batch = rng.integers(0, num_train, size=batch_size)
-            X_batch, y_batch = X[batch], y[batch]  # (B, D), (B,)
-            with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught just below
-                loss, grads = self.loss(X_batch, y_batch, reg=reg)
-            if not math.isfinite(loss):
-                raise DivergedError(it, loss)
-            history["loss_history"].append(loss)
-            for name, grad in grads.items():
-                self.params[name] -= lr * grad
-
-            if verbose and it % 100 == 0:
-                print(f"iteration {it} / {num_iters}: loss {loss:f}")
-            if (it + 1) % iterations_per_epoch == 0:
-                train_acc = self.accuracy(X_batch, y_batch)
-                val_acc = self.accuracy(X_val, y_val)
-                history["train_acc_history"].append(train_acc)
-                history["val_acc_history"].append(val_acc)
-                if on_epoch is not None:
-                    step_losses = history["loss_history"][epoch_start:]
-                    on_epoch(epoch, {
-                        "loss": float(np.mean(step_losses)),
-                        "step_losses": list(step_losses),
-                        "train_acc": train_acc,
-                        "val_acc": val_acc,
-                        "lr": lr,
-                        "iteration": it + 1,
-                    })
-                epoch_start = it + 1
+            order = rng.permutation(num_train)  # (N,)
+            steps = min(iterations_per_epoch, num_iters - epoch_start)
+            for k in range(steps):
+                loss = step.run(X, y, order[k * batch_size:(k + 1) * batch_size], lr, reg)
+                if not math.isfinite(loss):
+                    raise DivergedError(epoch_start + k, loss)
+                history["loss_history"].append(loss)
+                if verbose and (epoch_start + k) % 100 == 0:
+                    print(f"iteration {epoch_start + k} / {num_iters}: loss {loss:f}")
+            if steps < iterations_per_epoch:
+                break  # a partial last epoch: no accuracies, no report
+            train_acc = self.accuracy(step.X, step.y)
+            val_acc = self.accuracy(X_val, y_val)
+            history["train_acc_history"].append(train_acc)
+            history["val_acc_history"].append(val_acc)
+            if on_epoch is not None:
+                step_losses = history["loss_history"][epoch_start:]
+                on_epoch(epoch, {
+                    "loss": float(np.mean(step_losses)),
+                    "step_losses": list(step_losses),
+                    "train_acc": train_acc,
+                    "val_acc": val_acc,
+                    "lr": lr,
+                    "iteration": epoch_start + steps,
+                })
         return history
+
+
+class _SGDStep:
+    """One minibatch SGD step of a :class:`TwoLayerNet`, on buffers allocated once: the training loop's fast path.
+
+    ``TwoLayerNet.loss`` stays the reference; this computes the same loss and gradients (the tests hold the two
+    equal) without temporaries of size (B, D) or (D, H): the minibatch is gathered into one buffer, bias and ReLU
+    are applied in place on the hidden buffer, every product writes into its own buffer (``np.matmul(out=)``), and
+    the learning rate is folded into the score gradient (B, C), so that the update of a weight matrix is one
+    in-place subtraction after the L2 decay ``W *= 1 - 2 * lr * reg`` (the same step as
+    ``W -= lr * (dW + 2 * reg * W)``).
+
+    Buffers, with B the batch size:
+      X: the minibatch, shape (B, D); y: its labels, shape (B,)
+      hidden: z2 = X W1 + b1, then a2 = relu(z2) in place, shape (B, H)
+      scores: z3, then softmax probabilities, then the (scaled) score gradient, shape (B, C)
+      grads: ``scale`` times the data loss's gradients, same keys and shapes as ``params``
+    """
+
+    def __init__(self, params: dict[str, np.ndarray], batch_size: int) -> None:
+        W1, W2 = params["W1"], params["W2"]
+        (D, H), C = W1.shape, W2.shape[1]
+        dtype = W1.dtype
+        self.params = params
+        self.X = np.empty((batch_size, D), dtype)
+        self.y = np.empty(batch_size, np.intp)
+        self.hidden = np.empty((batch_size, H), dtype)
+        self.active = np.empty((batch_size, H), bool)  # ReLU mask
+        self.dhidden = np.empty((batch_size, H), dtype)
+        self.scores = np.empty((batch_size, C), dtype)
+        self.rows = np.arange(batch_size)
+        self.grads = {name: np.empty_like(param) for name, param in params.items()}
+
+    def gather(self, X: np.ndarray, y: np.ndarray, batch: np.ndarray) -> None:
+        """Copy rows ``batch`` of X (N, D) and y (N,) into the minibatch buffers."""
+        # mode="clip": the indices come from a permutation, so nothing is clipped, and unlike the default "raise"
+        # NumPy then writes straight into `out` instead of through a temporary copy
+        np.take(X, batch, axis=0, out=self.X, mode="clip")
+        np.take(y, batch, out=self.y, mode="clip")
+
+    def backward(self, reg: float, scale: float) -> float:
+        """Loss of the gathered minibatch (data loss plus L2 term); ``grads`` get ``scale`` x the data gradients."""
+        W1, b1, W2, b2 = (self.params[k] for k in ("W1", "b1", "W2", "b2"))
+        X, y, hidden, scores, rows, grads = self.X, self.y, self.hidden, self.scores, self.rows, self.grads
+        n = X.shape[0]
+        np.matmul(X, W1, out=hidden)  # (B, H)
+        hidden += b1
+        np.maximum(hidden, 0, out=hidden)  # a2 = relu(z2), (B, H)
+        np.matmul(hidden, W2, out=scores)  # (B, C)
+        scores += b2
+        scores -= scores.max(axis=1, keepdims=True)  # max 0 per row: exp cannot overflow
+        true_class = scores[rows, y]  # (B,)
+        np.exp(scores, out=scores)
+        norm = scores.sum(axis=1)  # (B,)
+        data_loss = float(np.log(norm).sum() - true_class.sum()) / n  # mean of -log softmax[y]
+        loss = data_loss + reg * (float(np.vdot(W1, W1)) + float(np.vdot(W2, W2)))
+
+        scores /= norm[:, None]  # softmax, (B, C)
+        scores[rows, y] -= 1
+        scores *= scale / n  # d(scale * data_loss)/dz3, (B, C)
+        np.matmul(hidden.T, scores, out=grads["W2"])  # (H, C)
+        np.sum(scores, axis=0, out=grads["b2"])  # (C,)
+        np.matmul(scores, W2.T, out=self.dhidden)  # (B, H)
+        np.greater(hidden, 0, out=self.active)  # a2 > 0 exactly where z2 > 0
+        self.dhidden *= self.active
+        np.matmul(X.T, self.dhidden, out=grads["W1"])  # (D, H)
+        np.sum(self.dhidden, axis=0, out=grads["b1"])  # (H,)
+        return loss
+
+    def update(self, lr: float, reg: float) -> None:
+        """SGD on ``params`` in place, with ``grads`` already scaled by ``lr``."""
+        decay = 1 - 2 * lr * reg
+        for name, grad in self.grads.items():
+            param = self.params[name]
+            if name.startswith("W") and decay != 1:
+                param *= decay
+            param -= grad
+
+    def run(self, X: np.ndarray, y: np.ndarray, batch: np.ndarray, lr: float, reg: float) -> float:
+        """One SGD step on rows ``batch`` of (X, y); returns the loss before the update."""
+        self.gather(X, y, batch)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is the caller's check
+            loss = self.backward(reg, scale=lr)
+            self.update(lr, reg)
+        return loss
 
 
 def lr_at_epoch(learning_rate: float, learning_rate_decay: float, epoch: int) -> float:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hpsearch.backends import DivergedError
-from hpsearch.backends.numpy_twolayer import TwoLayerNet, lr_at_epoch, train
+from hpsearch.backends.numpy_twolayer import TwoLayerNet, _SGDStep, lr_at_epoch, train
 
 
 def _tiny_problem(rng: np.random.Generator, n: int = 5, d: int = 4, h: int = 10, c: int = 3):
@@ -67,6 +67,52 @@ def test_loss_and_gradients_match_torch_autograd(rng):
     assert loss == pytest.approx(t_loss.item(), rel=1e-12)
     for name in net.params:
         np.testing.assert_allclose(grads[name], t[name].grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reg", [0.0, 0.05])
+def test_fast_step_matches_the_reference_loss(rng, reg):
+    """The training loop's _SGDStep: same loss and gradients as loss() on the same batch, and the same update."""
+    net, X, y = _tiny_problem(rng)
+    loss, grads = net.loss(X, y, reg=reg)
+    step = _SGDStep(net.params, batch_size=len(y))
+    batch = rng.permutation(len(y))
+    step.gather(X, y, batch)
+    assert step.backward(reg, scale=1.0) == pytest.approx(loss, rel=1e-12)
+    for name, param in net.params.items():  # grads hold the data loss's gradients; the L2 term is applied in update
+        expected = grads[name] - (2 * reg * param if name.startswith("W") else 0)
+        np.testing.assert_allclose(step.grads[name], expected, rtol=1e-10, atol=1e-12, err_msg=name)
+
+    lr = 0.1
+    before = {name: param.copy() for name, param in net.params.items()}
+    assert step.run(X, y, batch, lr, reg) == pytest.approx(loss, rel=1e-12)
+    for name, param in net.params.items():
+        np.testing.assert_allclose(param, before[name] - lr * grads[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_each_epoch_walks_a_fresh_permutation(rng, monkeypatch):
+    batches = []
+    gather = _SGDStep.gather
+
+    def recording_gather(self, X, y, batch):
+        batches.append(batch.copy())
+        gather(self, X, y, batch)
+
+    monkeypatch.setattr(_SGDStep, "gather", recording_gather)
+    X, y = rng.standard_normal((10, 4)), rng.integers(0, 3, size=10)
+    net = TwoLayerNet(4, 5, 3, seed=0)
+    history = net.train(X, y, X, y, num_iters=6, batch_size=3, seed=0)
+    # 10 rows / batch 3 -> 3 iterations per epoch, the 10th row of each permutation left out of that epoch
+    assert len(history["val_acc_history"]) == 2
+    epochs = [np.concatenate(batches[:3]), np.concatenate(batches[3:])]
+    assert all(len(set(rows)) == 9 for rows in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_batch_larger_than_the_training_set_is_the_whole_set(rng):
+    X, y = rng.standard_normal((7, 4)), rng.integers(0, 3, size=7)
+    net = TwoLayerNet(4, 5, 3, seed=0)
+    history = net.train(X, y, X, y, num_iters=3, batch_size=50, seed=0)
+    assert len(history["loss_history"]) == len(history["train_acc_history"]) == 3
 
 
 def test_initial_loss_is_log_of_class_count(rng):
