@@ -94,7 +94,7 @@ def split_and_preprocess(
         shift, scale = (low + high) / 2, 2.0 / max(high - low, 1e-12)
 
     def prepare(rows: np.ndarray) -> np.ndarray:
-        out = rows.reshape(len(rows), -1).astype(dtype)
+        out = rows if rows is X_train else rows.reshape(len(rows), -1).astype(dtype)  # X_train is a copy already
         out -= np.asarray(shift, dtype=dtype)
         if scale != 1.0:
             out *= np.asarray(scale, dtype=dtype)

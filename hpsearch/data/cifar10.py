@@ -4,11 +4,21 @@ The batches are pickles, and unpickling runs whatever code a pickle names. They 
 restricted unpickler that resolves only the globals genuine batches contain (NumPy array reconstruction, dtypes,
 ``_codecs.encode`` for bytes written by Python 3 at protocol 2); a batch naming anything else is rejected before
 any of it runs.
+
+Decoded batches are cached as ``.npy`` files in ``<folder>/.hpsearch-cache/``, one pair (images, labels) per batch
+file, named by the SHA-256 of the batch file's bytes: a changed batch gets a new name, so a stale entry is never
+read. Later loads memory-map the cache (``np.load(mmap_mode="r")``, no pickle) instead of unpickling. Each cache
+file is written to a temporary name and moved into place with ``os.replace``, so a crash leaves either no entry or
+a whole one; an entry that cannot be read back (truncated, bad header, wrong shape) is ignored and rewritten. A
+folder that cannot be written to simply goes without a cache.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +30,10 @@ from hpsearch.errors import DataError
 NUM_TRAIN, NUM_VAL, NUM_TEST = 49000, 1000, 1000
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 IMAGE_SIZE = 32 * 32 * 3
+IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
+CACHE_DIR = ".hpsearch-cache"
+CACHE_VERSION = 1  # bump when the cached layout changes: old entries then stop matching
 
 # (module, name) pairs that genuine CIFAR-10 batches reference, across the NumPy versions that wrote them.
 SAFE_GLOBALS = {
@@ -47,12 +60,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _missing(path: Path) -> DataError:
+    return DataError(f"{path}: file not found; build the batches with make_cifar10.py or point data.path at them.")
+
+
 def _unpickle(path: Path) -> Any:
     try:
         with path.open("rb") as f:
             return _RestrictedUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found; build the batches with make_cifar10.py or point data.path at them.")
+        raise _missing(path) from None
     except _ForbiddenGlobal as exc:
         raise DataError(f"{path}: rejected as unsafe: {exc}.") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
@@ -85,6 +102,69 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, y
 
 
+def _content_key(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the file's bytes (about 0.1 s for CIFAR-10's five batches)."""
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    except FileNotFoundError:
+        raise _missing(path) from None
+
+
+def _read_cache(images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached images (memory-mapped) and labels, or None when the entry is absent or unreadable."""
+    try:
+        images = np.load(images_file, mmap_mode="r", allow_pickle=False)
+        labels = np.load(labels_file, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or labels.dtype != np.int64 \
+            or labels.shape != images.shape[:1]:
+        return None
+    return images, labels
+
+
+def _write_cache(cache: Path, batch_name: str, arrays: dict[Path, np.ndarray], mode: int) -> None:
+    """Write each array to its file atomically and drop the batch's stale entries; give up quietly on OSError.
+
+    mode: the files' permission bits (the batch's own, so whoever may read the batch may read its cache).
+    """
+    try:
+        cache.mkdir(exist_ok=True)
+        for stale in cache.glob(f"{batch_name}-*.npy"):
+            if stale not in arrays:
+                stale.unlink(missing_ok=True)
+        for target, array in arrays.items():
+            fd, temporary = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    os.fchmod(f.fileno(), mode)  # mkstemp creates the file private to its owner
+                    np.save(f, array, allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+    except OSError:
+        pass  # a read-only folder or a full disk: this load and later ones decode the pickles instead
+
+
+def _load_batch_cached(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``load_batch(path)`` with the images C-contiguous, through the cache next to the batch."""
+    key = _content_key(path)
+    cache = path.parent / CACHE_DIR
+    stem = f"{path.name}-v{CACHE_VERSION}-{key}"
+    images_file, labels_file = cache / f"{stem}.images.npy", cache / f"{stem}.labels.npy"
+    cached = _read_cache(images_file, labels_file)
+    if cached is not None:
+        return cached
+    images, labels = load_batch(path)
+    images = np.ascontiguousarray(images)  # (N, 32, 32, 3)
+    _write_cache(cache, path.name, {images_file: images, labels_file: labels}, mode=path.stat().st_mode & 0o666)
+    return images, labels
+
+
 def load(
     path: str | Path | None,
     num_train: int | None = None,
@@ -105,14 +185,14 @@ def load(
 
     images, labels = [], []
     for name in TRAIN_BATCHES:
-        X, y = load_batch(folder / name)
+        X, y = _load_batch_cached(folder / name)
         images.append(X)
         labels.append(y)
         if sum(len(part) for part in labels) >= num_train + num_val:
             break  # later batches are not needed for the requested split
     X_test = y_test = None
     if (folder / "test_batch").exists() and num_test > 0:
-        X_test, y_test = load_batch(folder / "test_batch")
+        X_test, y_test = _load_batch_cached(folder / "test_batch")
     return split_and_preprocess(
         "cifar10", np.concatenate(images), np.concatenate(labels), num_train, num_val,
         X_test, y_test, num_test, num_classes=NUM_CLASSES, dtype=dtype, source=str(folder),

@@ -102,3 +102,60 @@ def test_genuine_batches_load(cifar10_dir):
     data = load_dataset("cifar10", path=cifar10_dir)
     assert data.X_train.shape == (49000, 3072) and data.X_val.shape == (1000, 3072)
     assert set(np.unique(data.y_train)) == set(range(10))
+
+
+def _cache_files(folder: Path) -> list[Path]:
+    return sorted((folder / cifar10.CACHE_DIR).glob("*"))
+
+
+def _same(a, b) -> None:
+    for split in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test"):
+        np.testing.assert_array_equal(getattr(a, split), getattr(b, split))
+    assert a.fingerprint == b.fingerprint
+
+
+def test_second_load_reads_the_cache_and_returns_identical_arrays(small_cifar, monkeypatch):
+    first = load_dataset("cifar10", path=small_cifar, num_train=60, num_val=30, num_test=5)
+    assert len(_cache_files(small_cifar)) == 2 * 6  # images and labels of data_batch_1..5 and test_batch
+
+    def no_unpickling(path):
+        raise AssertionError(f"{path} was unpickled although its cache entry exists")
+
+    monkeypatch.setattr(cifar10, "load_batch", no_unpickling)
+    _same(load_dataset("cifar10", path=small_cifar, num_train=60, num_val=30, num_test=5), first)
+
+
+def test_changed_batch_invalidates_its_cache_entry(small_cifar):
+    before = load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5)
+    _write_batch(small_cifar / "data_batch_1", np.full((20, 3072), 7, dtype=np.uint8), [3] * 20)
+    after = load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5)
+    assert list(after.y_train) == [3] * 15 and after.fingerprint != before.fingerprint
+    assert len(list((small_cifar / cifar10.CACHE_DIR).glob("data_batch_1-*"))) == 2  # the stale pair is gone
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x93NUMPY garbage", None])
+def test_corrupt_cache_file_is_ignored_and_rebuilt(small_cifar, damage):
+    first = load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5)
+    images = next((small_cifar / cifar10.CACHE_DIR).glob("data_batch_1-*.images.npy"))
+    if damage is None:  # a valid .npy of the wrong shape
+        np.save(images, np.zeros((3, 5), dtype=np.uint8))
+    else:
+        images.write_bytes(damage)
+    _same(load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5), first)
+    assert np.load(images).shape == (20, 32, 32, 3)  # rewritten
+
+
+def test_failed_cache_write_leaves_no_entry_and_unwritable_folder_loads(small_cifar, monkeypatch):
+    def crash_midway(file, array, allow_pickle=True):
+        file.write(b"\x93NUMPY half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cifar10.np, "save", crash_midway)
+    first = load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5)
+    assert _cache_files(small_cifar) == []  # neither a half-written entry nor a temporary file
+
+    def read_only(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(cifar10.tempfile, "mkstemp", read_only)
+    _same(load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5), first)
