@@ -31,6 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
@@ -509,7 +510,10 @@ class Driver:
             by_point: dict[int, list[FrozenTrial]] = {}
             for trial in study.get_trials(deepcopy=False):
                 by_point.setdefault(trial.user_attrs.get(POINT, -1), []).append(trial)
-            for point, params in enumerate(points):
+            # a seeded shuffle: pruners compare against a spread of the grid, and a budget stops on a random subset
+            order = np.random.default_rng([self.spec.seed, len(points)]).permutation(len(points))
+            for point in (int(p) for p in order):
+                params = points[point]
                 trials = by_point.get(point, [])
                 if any(t.state != TrialState.FAIL for t in trials):
                     continue  # finished, or claimed / queued
