@@ -767,7 +767,8 @@ class Driver:
         try:
             complete = self._run_phases(registry, phases, budget)
         except BaseException:
-            self.listener.close()  # an interrupted or failing run still sends what it has
+            # an interrupted or failing run sends what it can in a few seconds; the next run mends the rest
+            self.listener.close(timeout=10)
             raise
         report = self._finalise(registry) if complete and not only_phase else None
         summary = self.status()

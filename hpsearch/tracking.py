@@ -68,6 +68,13 @@ def _artifact_location(uri: str) -> str | None:
     return (database.parent.resolve() / "mlartifacts").as_uri() if database is not None else None
 
 
+def _run_status(state: str, reason: str | None) -> str:
+    """MLflow's status for an Optuna trial state: KILLED when its process was stopped rather than the trial failing."""
+    if reason in REAPED or reason == INTERRUPTED:
+        return "KILLED"
+    return STATUS.get(state, "FAILED")
+
+
 def _echo_err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -335,8 +342,7 @@ class MlflowLogger:
         tags = [RunTag("state", state)]
         if reason:
             tags.append(RunTag("failure", mask_url(reason)[:5000]))
-        killed = reason in REAPED or reason == INTERRUPTED  # its process was stopped, it did not fail by itself
-        status = "KILLED" if killed else STATUS.get(state, "FAILED")
+        status = _run_status(state, reason)
         self._safe("ending a trial run", lambda: self.client.log_batch(run_id, tags=tags))
         self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=status))
 
@@ -494,8 +500,7 @@ class MlflowLogger:
                 self._rebuild_trial_run(row)
                 created += 1
             elif run.info.status == "RUNNING":
-                client.set_tag(run.info.run_id, "state", row["state"])
-                client.set_terminated(run.info.run_id, status=STATUS.get(row["state"], "FAILED"))
+                self._end_trial_run(run.info.run_id, row["state"], row.get("failure"))
                 ended += 1
         return {"created": created, "ended": ended}
 
@@ -527,7 +532,7 @@ class MlflowLogger:
         config = resolved_config(self.spec, row["params"])
         self._pending_params[run_id] = self._params({**config, "seed": row["seed"]})
         self._send(run_id, force=True)
-        self.client.set_terminated(run_id, status=status or STATUS.get(row["state"], "FAILED"))
+        self.client.set_terminated(run_id, status=status or _run_status(row["state"], row.get("failure")))
 
 
 def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
