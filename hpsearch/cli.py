@@ -368,7 +368,9 @@ def export(
             columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
             writer.writerow(columns + [f"param_{n}" for n in names])
             for row in rows:
-                writer.writerow([row[c] for c in columns] + [row["params"].get(n, "") for n in names])
+                cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
+                params = [row["params"].get(n, "") for n in names]
+                writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
     typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
 
 
@@ -434,6 +436,9 @@ def predict(
         study = load_spec(spec, set_)
         data = load_data(study)
         backend = get_backend(study.model.backend)
+        if not model.is_file():
+            raise fail(f"{model}: model file not found (the study run's artifact model/best_model"
+                       f"{backend.MODEL_SUFFIX} in MLflow).")
         try:
             net, config = backend.load_model(model)
         except (OSError, ValueError, KeyError) as exc:
