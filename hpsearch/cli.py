@@ -170,13 +170,20 @@ def worker(
 
 def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str | None, timeout: float | None,
           max_trials: int | None, force_new_phase: bool, set_: list[str] | None, json_: bool) -> None:
+    import signal
+
     from hpsearch.driver import Budget, Interrupted
+    from hpsearch.interrupt import Interruption
     from hpsearch.storage import mask_url
 
+    interruption = Interruption()
     try:
-        driver = _driver(spec, set_, storage, tracking_uri, track=True, force_new_phase=force_new_phase)
-        started = time.perf_counter()
-        summary = driver.run(Budget(timeout=timeout, max_trials=max_trials), only_phase=phase)
+        with interruption.installed():
+            driver = _driver(spec, set_, storage, tracking_uri, track=True, force_new_phase=force_new_phase,
+                             interruption=interruption)
+            started = time.perf_counter()
+            summary = driver.run(Budget(timeout=timeout, max_trials=max_trials), only_phase=phase)
+            interruption.check()  # a signal during the study's last steps still means "interrupted"
         summary["wall_seconds"] = round(time.perf_counter() - started, 3)
         tracker = driver.listener
         summary["tracking"] = ({"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
@@ -184,6 +191,8 @@ def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str 
     except UserError as exc:
         raise fail(str(exc)) from None
     except (KeyboardInterrupt, Interrupted):
+        for sig in (signal.SIGINT, signal.SIGTERM):  # winding down: a second Ctrl-C must not cut the exit short
+            signal.signal(sig, signal.SIG_IGN)
         typer.echo("Interrupted: a trial that was running is marked failed and will be retried. "
                    "Rerun the same command to resume.", err=True)
         raise typer.Exit(code=130) from None

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from hpsearch.errors import UserError
 
-__all__ = ["StorageError", "mask_url", "resolve_storage_url", "sqlite_path", "storage_lock"]
+__all__ = ["StorageError", "engine_for", "mask_url", "resolve_storage_url", "sqlite_path", "storage_lock"]
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
 
@@ -96,15 +96,29 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
     if url.startswith("postgresql"):
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-                try:
-                    yield
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-        finally:
-            engine.dispose()
+        with engine_for(url).connect() as conn:  # a pooled connection: no new engine per lock
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
         return
     yield  # other databases: a single process is assumed
+
+
+_engines: dict[tuple[int, str], object] = {}
+
+
+def engine_for(url: str):
+    """One pooled SQLAlchemy engine per storage URL and process, for hpsearch's own statements and locks."""
+    import sqlalchemy
+
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args, pool_pre_ping=not url.startswith("sqlite"))
+        _engines[key] = engine
+    return engine

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hpsearch.driver import INTERRUPTED, REAPED, SharedState, StudyListener, StudyReport, decode_params
+from hpsearch.listener import StudyListener, StudyReport, TrialInfo
+from hpsearch.records import INTERRUPTED, REAPED, SharedState, decode_params
 from hpsearch.errors import UserError
 from hpsearch.spec import PhaseSpec, StudySpec
 from hpsearch.storage import mask_url, sqlite_path, storage_lock
@@ -106,6 +107,7 @@ class MlflowLogger:
         self._pending_params: dict[str, list[Any]] = {}
         self._last_flush: dict[str, float] = {}
         self._study_steps = 0
+        self._reopened = True
 
     # ---- plumbing --------------------------------------------------------------------------------------------
 
@@ -198,7 +200,8 @@ class MlflowLogger:
         run = self.client.create_run(self._experiment(), run_name=name, tags=tags)
         return run.info.run_id
 
-    def _parent_run(self, name: str, kind: str, parent: str | None, extra: dict[str, str]) -> str | None:
+    def _parent_run(self, name: str, kind: str, parent: str | None, extra: dict[str, str],
+                    reopen: bool = True) -> str | None:
         state = self._state
 
         def create() -> str:
@@ -208,7 +211,7 @@ class MlflowLogger:
             return self._create_run(name, tags)
 
         run_id = self._safe(f"creating the {kind} run", lambda: state.get_or_create(self._key(name), create))
-        if run_id:
+        if run_id and reopen:
             self._safe("reopening a run", lambda: self.client.update_run(run_id, status="RUNNING"))
         return run_id
 
@@ -241,10 +244,12 @@ class MlflowLogger:
 
     # ---- the hooks' work ---------------------------------------------------------------------------------------
 
-    def on_study_start(self, spec: StudySpec, state: SharedState) -> None:
+    def on_study_start(self, spec: StudySpec, state: SharedState, reopen: bool = True) -> None:
+        """``reopen`` False: a look at a finished study (to mend its runs), which leaves its runs' status alone."""
         self._state = state
+        self._reopened = reopen
         self._phase_runs.clear()
-        self._study_run = self._parent_run(spec.name, "study", None, {})
+        self._study_run = self._parent_run(spec.name, "study", None, {}, reopen=reopen)
 
     def on_phase_start(self, phase: PhaseSpec, info: dict[str, Any]) -> None:
         self._phase_studies[phase.name] = info["study_name"]
@@ -269,7 +274,7 @@ class MlflowLogger:
         tags = {
             TRIAL_KEY: f"{optuna_study}/{trial.number}",
             "hpsearch.kind": "trial", "phase": phase.name, "trial_number": str(trial.number),
-            "optuna_study": optuna_study, "grid_point": str(trial.user_attrs.get("point", "")),
+            "optuna_study": optuna_study, "grid_point": "" if trial.point is None else str(trial.point),
             "seed": str(seed), "backend": self.spec.model.backend, "state": "RUNNING",
         }
         if phase.name in self._phase_runs:
@@ -283,7 +288,7 @@ class MlflowLogger:
                             lambda: self._trial_run(tags[TRIAL_KEY], f"{phase.name}-{trial.number}", tags)[0])
         if run_id is None:
             return
-        self._trial_runs[trial._trial_id] = run_id
+        self._trial_runs[trial.trial_id] = run_id
         self._pending_params[run_id] = self._params({**config, "seed": seed})
         self._last_flush[run_id] = time.monotonic()
 
@@ -326,25 +331,31 @@ class MlflowLogger:
 
     def on_trial_end(self, phase: PhaseSpec, trial: Any, result: Any, reason: str | None,
                      progress: dict[str, Any]) -> None:
-        run_id = self._trial_runs.pop(trial._trial_id, None)
+        run_id = self._trial_runs.pop(trial.trial_id, None)
         if run_id is not None:
             if result is not None:
                 self._metric(run_id, "final_val_acc", result.val_acc, 0)
                 self._metric(run_id, "final_train_acc", result.train_acc, 0)
                 self._metric(run_id, "seconds", result.seconds, 0)
-            self._send(run_id, force=True)
-            self._end_trial_run(run_id, trial.state.name, reason)
+            self._end_trial_run(run_id, trial.state, reason)
         self._log_progress(phase, progress)
 
     def _end_trial_run(self, run_id: str, state: str, reason: str | None) -> None:
+        """Pending metrics and params, the final tags, then the end: two calls."""
         from mlflow.entities import RunTag
 
         tags = [RunTag("state", state)]
         if reason:
             tags.append(RunTag("failure", mask_url(reason)[:5000]))
-        status = _run_status(state, reason)
-        self._safe("ending a trial run", lambda: self.client.log_batch(run_id, tags=tags))
-        self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=status))
+        metrics = self._pending.pop(run_id, [])
+        params = self._pending_params.pop(run_id, [])
+        self._last_flush.pop(run_id, None)
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
+            chunk, batch_tags = metrics[start:start + 1000], tags if start == 0 else []
+            self._safe("ending a trial run", lambda chunk=chunk, params=params, batch_tags=batch_tags:
+                       self.client.log_batch(run_id, metrics=chunk, params=params, tags=batch_tags))
+            params = []
+        self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=_run_status(state, reason)))
 
     def _log_progress(self, phase: PhaseSpec, progress: dict[str, Any]) -> None:
         phase_run = self._phase_runs.get(phase.name)
@@ -357,22 +368,6 @@ class MlflowLogger:
             self._metric(self._study_run, "best_val_acc", progress.get("study_best_value"), self._study_steps)
             self._send(self._study_run)
 
-    def orphaned(self) -> None:
-        """The study process died: end the runs of trials that finished, from the storage's record of them.
-
-        Trials still RUNNING there are left to the process that reaps them; `hpsearch sync` mends anything else.
-        """
-        for trial_id, run_id in list(self._trial_runs.items()):
-            if self._state is None:
-                return
-            trial = self._safe("reading a trial", lambda trial_id=trial_id: self._state.trial(trial_id))
-            if trial is None or not trial.state.is_finished():
-                continue
-            if trial.state.name == "COMPLETE":
-                self._metric(run_id, "final_val_acc", trial.value, 0)
-            self._send(run_id, force=True)
-            self._end_trial_run(run_id, trial.state.name, trial.user_attrs.get("failure"))
-
     def on_trial_reaped(self, phase: PhaseSpec, trial: Any, reason: str) -> None:
         optuna_study = self._phase_studies.get(phase.name, f"{self.spec.name}.{phase.name}")
         run_id = self._find_trial_run(f"{optuna_study}/{trial.number}")
@@ -383,8 +378,8 @@ class MlflowLogger:
         if phase.name not in self._phase_runs:
             return
         # the dead process never got its run to MLflow: record the trial here, as `sync` would
-        row = {"phase": phase.name, "number": trial.number, "state": "FAIL", "value": None, "params": decode_params(trial.params),
-               "point": trial.user_attrs.get("point"), "seed": trial.user_attrs.get("seed"), "failure": reason,
+        row = {"phase": phase.name, "number": trial.number, "state": "FAIL", "value": None,
+               "params": decode_params(trial.params), "point": trial.point, "seed": trial.seed, "failure": reason,
                "optuna_study": optuna_study, "epoch_history": None, "duration_seconds": None}
         self._safe("recording a dead trial", lambda: self._rebuild_trial_run(row, status="KILLED"))
 
@@ -396,8 +391,9 @@ class MlflowLogger:
             self._metric(run_id, f"trials_{key}", status.get(key), status.get("done", 0))
         self._send(run_id, force=True)
         done = status["state"] == "complete"
-        self._safe("ending a phase run",
-                   lambda: self.client.set_terminated(run_id, status="FINISHED" if done else "KILLED"))
+        if self._reopened:
+            self._safe("ending a phase run",
+                       lambda: self.client.set_terminated(run_id, status="FINISHED" if done else "KILLED"))
 
     def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None:
         run_id = self._study_run
@@ -406,8 +402,9 @@ class MlflowLogger:
         self._send(run_id, force=True)
         if report is not None:
             self._log_study_artifacts(run_id, report)
-        self._safe("ending the study run", lambda: self.client.set_terminated(
-            run_id, status="FINISHED" if summary.get("complete") else "KILLED"))
+        if self._reopened:  # a look at a finished study leaves its end time alone
+            self._safe("ending the study run", lambda: self.client.set_terminated(
+                run_id, status="FINISHED" if summary.get("complete") else "KILLED"))
 
     def _log_study_artifacts(self, run_id: str, report: StudyReport) -> None:
         from mlflow.entities import Metric, RunTag
@@ -458,9 +455,10 @@ class MlflowLogger:
             artifacts = {a.path for a in client.list_artifacts(study_run)}
             if "best_config.yaml" not in artifacts:
                 self._log_study_artifacts(study_run, report)
-            client.set_terminated(study_run, status="FINISHED")
-            for phase_run in self._phase_runs.values():
-                client.set_terminated(phase_run, status="FINISHED")
+            for run_id in (study_run, *self._phase_runs.values()):
+                if client.get_run(run_id).info.status != "FINISHED":  # what is already right keeps its end time
+                    client.set_terminated(run_id, status="FINISHED")
+                    counts["ended"] += 1
         if self._reported:
             raise TrackingError(f"MLflow at {mask_url(self.uri)} failed during the sync; run it again when it is up.")
         return counts
@@ -536,9 +534,14 @@ class MlflowLogger:
 
 
 def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
-    """The tracking process: apply hook calls in order until told to stop or orphaned; messages go to outbox."""
+    """The tracking process: apply hook calls in order until told to stop; messages go to outbox.
+
+    Signals are the study's to handle (it closes this process); a study process that died leaves this one orphaned,
+    and what is still queued belongs to it: the next run, or `hpsearch sync`, mends MLflow from the storage.
+    """
     logger.echo = outbox.put
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's to handle; this process drains and exits
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     from hpsearch import report  # noqa: F401 - warm the plotting imports while the study trains
     report._pyplot()
     parent = os.getppid()
@@ -546,15 +549,11 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
         try:
             message = inbox.get(timeout=5)
         except queue.Empty:
-            if os.getppid() != parent:
-                logger.orphaned()  # the study process died
-                return
+            message = ()
+        if os.getppid() != parent or message is None:
+            return
+        if not message:
             continue
-        if message is None:
-            return
-        if os.getppid() != parent:
-            logger.orphaned()  # what is still queued belongs to a dead process; the next run mends it
-            return
         name, args = message
         try:
             getattr(logger, name)(*args)
@@ -564,12 +563,26 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
             seconds.value = logger.seconds
 
 
+def _forwarded(name: str) -> Callable[..., None]:
+    def forward(self: MlflowTracker, *args: Any) -> None:
+        self._send(name, *args)
+
+    forward.__name__ = name
+    forward.__doc__ = f"Hand ``{name}`` to the tracking process."
+    return forward
+
+
 class MlflowTracker(StudyListener):
     """The driver's listener: hands every hook to a separate tracking process.
 
     MLflow's client is slow (tens of milliseconds per call on a SQLite store) and holds the GIL; in its own process
-    it uses a spare core instead of the training loop's time, and a hung server cannot stall a trial.
+    it uses a spare core instead of the training loop's time, and a hung server cannot stall a trial. Hooks are
+    forwarded as (name, arguments) messages; epochs are batched here and sent every ``FLUSH_SECONDS``. A tracking
+    process that dies is reported once and the study goes on without it.
     """
+
+    FORWARDED = ("on_study_start", "on_phase_start", "on_trial_start", "on_trial_reaped", "on_existing_trials",
+                 "on_phase_end")
 
     def __init__(self, spec: StudySpec, uri: str, echo: Callable[[str], None] = print) -> None:
         self.spec = spec
@@ -577,6 +590,7 @@ class MlflowTracker(StudyListener):
         self.experiment = spec.tracking.experiment or spec.name
         self.echo = echo
         self._process: Any = None
+        self._dead = False
         self._epochs: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         self._epochs_sent: dict[int, float] = {}
         self._inbox: Any = None
@@ -589,59 +603,67 @@ class MlflowTracker(StudyListener):
         """Time the tracking process spent in MLflow calls."""
         return self._seconds.value if self._seconds is not None else self._last_seconds
 
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._inbox, self._outbox = context.Queue(), context.Queue()
+        self._seconds = context.Value("d", self._last_seconds, lock=False)
+        logger = MlflowLogger(self.spec, self.uri)
+        self._process = context.Process(target=_serve, args=(logger, self._inbox, self._outbox, self._seconds),
+                                        name="hpsearch-tracking", daemon=True)
+        self._process.start()
+
     def _send(self, name: str, *args: Any) -> None:
+        if self._dead:
+            return
         if self._process is None:
-            context = multiprocessing.get_context("spawn")
-            self._inbox, self._outbox = context.Queue(), context.Queue()
-            self._seconds = context.Value("d", self._last_seconds, lock=False)
-            logger = MlflowLogger(self.spec, self.uri)
-            self._process = context.Process(target=_serve, args=(logger, self._inbox, self._outbox, self._seconds),
-                                            name="hpsearch-tracking", daemon=True)
-            self._process.start()
+            self._start()
+        elif not self._process.is_alive():
+            self._died()
+            return
         self._inbox.put((name, args))
         self._relay()
+
+    def _died(self) -> None:
+        self._dead = True
+        self._relay()
+        self.echo(f"tracking: the tracking process died (exit code {self._process.exitcode}); the study continues "
+                  f"without MLflow, and the next run or `hpsearch sync {self.spec.source}` fills it in")
 
     def _relay(self) -> None:
         """Print what the tracking process had to say, from this process, so it lands with the study's output."""
         while self._outbox is not None:
             try:
                 self.echo(self._outbox.get_nowait())
-            except queue.Empty:
+            except (queue.Empty, OSError, EOFError):
                 return
 
     def close(self, timeout: float = 60.0) -> None:
         """Wait (at most ``timeout`` seconds) for the tracking process to send everything queued."""
         if self._process is None:
             return
-        self._inbox.put(None)
-        self._process.join(timeout)
         if self._process.is_alive():
-            self.echo(f"tracking: MLflow did not take everything within {timeout:.0f}s; "
-                      f"run `hpsearch sync {self.spec.source}` to fill it in")
-            self._process.terminate()
-            self._process.join(5)
-        time.sleep(0.05)  # let the queue's feeder thread deliver the last message
+            self._inbox.put(None)
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self.echo(f"tracking: MLflow did not take everything within {timeout:.0f}s; "
+                          f"run `hpsearch sync {self.spec.source}` to fill it in")
+                self._process.kill()
+                self._process.join(5)
+        elif not self._dead:
+            self._died()
         self._relay()
         self._last_seconds = self._seconds.value
+        # nobody reads the inbox any more: its feeder thread must not wait to deliver what is left
+        self._inbox.cancel_join_thread()
         for channel in (self._inbox, self._outbox):
             channel.close()
-            channel.join_thread()
         self._process = self._inbox = self._outbox = self._seconds = None
 
-    def on_study_start(self, spec: StudySpec, state: SharedState) -> None:
-        self._send("on_study_start", spec, state)
-
-    def on_phase_start(self, phase: PhaseSpec, info: dict[str, Any]) -> None:
-        self._send("on_phase_start", phase, info)
-
-    def on_trial_start(self, phase: PhaseSpec, trial: Any, config: dict[str, Any], seed: int, replaces: Any) -> None:
-        self._send("on_trial_start", phase, trial, config, seed, replaces)
-
-    def on_epoch(self, phase: PhaseSpec, trial: Any, epoch: int, metrics: dict[str, Any]) -> None:
+    def on_epoch(self, phase: PhaseSpec, trial: TrialInfo, epoch: int, metrics: dict[str, Any]) -> None:
         # epochs can be milliseconds long: collect them and send one message every FLUSH_SECONDS
-        self._epochs.setdefault(trial._trial_id, []).append((epoch, metrics))
-        if time.monotonic() - self._epochs_sent.get(trial._trial_id, 0.0) >= FLUSH_SECONDS:
-            self._send_epochs(trial._trial_id)
+        self._epochs.setdefault(trial.trial_id, []).append((epoch, metrics))
+        if time.monotonic() - self._epochs_sent.get(trial.trial_id, 0.0) >= FLUSH_SECONDS:
+            self._send_epochs(trial.trial_id)
 
     def _send_epochs(self, trial_id: int) -> None:
         self._epochs_sent[trial_id] = time.monotonic()
@@ -649,38 +671,13 @@ class MlflowTracker(StudyListener):
         if epochs:
             self._send("on_epochs", trial_id, epochs)
 
-    def on_trial_end(self, phase: PhaseSpec, trial: Any, result: Any, reason: str | None,
+    def on_trial_end(self, phase: PhaseSpec, trial: TrialInfo, result: Any, reason: str | None,
                      progress: dict[str, Any]) -> None:
-        self._send_epochs(trial._trial_id)
-        self._epochs_sent.pop(trial._trial_id, None)
+        self._send_epochs(trial.trial_id)
+        self._epochs_sent.pop(trial.trial_id, None)
         if result is not None:
             result = dataclasses.replace(result, model=None)  # histories only; the model stays here
         self._send("on_trial_end", phase, trial, result, reason, progress)
-
-    def orphaned(self) -> None:
-        """The study process died: end the runs of trials that finished, from the storage's record of them.
-
-        Trials still RUNNING there are left to the process that reaps them; `hpsearch sync` mends anything else.
-        """
-        for trial_id, run_id in list(self._trial_runs.items()):
-            if self._state is None:
-                return
-            trial = self._safe("reading a trial", lambda trial_id=trial_id: self._state.trial(trial_id))
-            if trial is None or not trial.state.is_finished():
-                continue
-            if trial.state.name == "COMPLETE":
-                self._metric(run_id, "final_val_acc", trial.value, 0)
-            self._send(run_id, force=True)
-            self._end_trial_run(run_id, trial.state.name, trial.user_attrs.get("failure"))
-
-    def on_trial_reaped(self, phase: PhaseSpec, trial: Any, reason: str) -> None:
-        self._send("on_trial_reaped", phase, trial, reason)
-
-    def on_existing_trials(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> None:
-        self._send("on_existing_trials", trials, phases)
-
-    def on_phase_end(self, phase: PhaseSpec, status: dict[str, Any]) -> None:
-        self._send("on_phase_end", phase, status)
 
     def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None:
         self._send("on_study_end", summary, report)
@@ -696,3 +693,7 @@ class MlflowTracker(StudyListener):
         except Exception as exc:  # noqa: BLE001 - MLflow and network errors vary; all mean "MLflow unusable now"
             reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             raise TrackingError(f"sync to MLflow at {mask_url(self.uri)} failed: {reason[:300]}") from None
+
+
+for _name in MlflowTracker.FORWARDED:
+    setattr(MlflowTracker, _name, _forwarded(_name))

@@ -480,18 +480,18 @@ def test_any_valid_spec_round_trips(tmp_path_factory, name, seed, n_trials, lr, 
 # 5 (continued): the claim itself, hammered by four processes ------------------------------------------------------------
 
 CLAIMER = """
-import sys, time
+import sys
 from hpsearch.driver import Driver
+from hpsearch.pointqueue import owner
 from hpsearch.spec import load_spec
-import optuna
-spec, url, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+spec, url = sys.argv[1], sys.argv[2]
 driver = Driver(load_spec(spec), url, echo=lambda m: None)
-study = optuna.load_study(study_name="rel.grid", storage=driver.storage)
-while time.time() < start:
-    time.sleep(0.001)
+study_id = driver.storage.get_study_id_from_name("rel.grid")
+print("ready", flush=True)
+sys.stdin.read()  # blocks until the test closes our stdin: all four start claiming together
 claimed = []
-while (trial_id := driver._claim(study, 10**6)) is not None:
-    claimed.append(trial_id)
+while (trial := driver.store.claim(study_id, owner())) is not None:
+    claimed.append(trial[0])
 print(" ".join(map(str, claimed)))
 """
 
@@ -501,10 +501,13 @@ def test_concurrent_claims_never_hand_out_a_trial_twice(tmp_path, storage):
     study = optuna.create_study(study_name="rel.grid", storage=storage)
     for point in range(150):
         study.enqueue_trial({"learning_rate": 0.01}, user_attrs={"point": point})
-    start = time.time() + 3
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(spec), storage, str(start)],
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(spec), storage], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    for p in procs:
+        assert p.stdout.readline() == "ready\n", p.communicate()[1]
+    for p in procs:
+        p.stdin.close()
+    outputs = [(p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 4, [err for _, err in outputs]
     claimed = [int(t) for out, _ in outputs for t in out.split()]
     assert len(claimed) == 150 and len(set(claimed)) == 150

@@ -1,0 +1,82 @@
+"""SIGINT and SIGTERM, delivered where it is safe to stop.
+
+Raising from a signal handler interrupts whatever the main thread is doing: a storage transaction, SQLAlchemy's
+garbage-collection callbacks (where the exception is swallowed), a queue's bookkeeping. So the handler only records
+the signal; the driver calls :meth:`Interruption.check` at safe points (between trials, at every epoch, while
+waiting) and finishes the current trial's bookkeeping before it raises :class:`Interrupted`. Inside
+:meth:`Interruption.immediate` — pure training computation — the handler raises at once, so a long epoch does not
+delay the stop; should that exception be swallowed, the recorded signal is raised at the next check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator
+
+__all__ = ["Interrupted", "Interruption"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the current trial was failed and will be retried on the next run."""
+
+
+class Interruption:
+    """The signal a process received, if any, and the places where it may act on it."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._wake = threading.Event()
+        self._immediate = 0
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        self._wake.set()
+        if self._immediate:
+            self._immediate = 0  # once: the cleanup that follows must not be interrupted again
+            raise Interrupted(self.signal)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[Interruption]:
+        """Handle SIGINT and SIGTERM this way for the duration (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal arrived."""
+        if self.signal is not None:
+            raise Interrupted(self.signal)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, waking (and raising) as soon as a signal arrives."""
+        self._wake.wait(seconds)
+        self.check()
+
+    @contextlib.contextmanager
+    def immediate(self) -> Iterator[None]:
+        """A stretch of pure computation, where the handler may raise at once."""
+        self.check()
+        self._immediate += 1
+        try:
+            yield
+        finally:
+            self._immediate = max(0, self._immediate - 1)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Inside :meth:`immediate`, a stretch that must not be interrupted (storage, listener calls)."""
+        saved, self._immediate = self._immediate, 0
+        try:
+            yield
+        finally:
+            self._immediate = saved
+        if saved:
+            self.check()

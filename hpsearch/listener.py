@@ -1,0 +1,78 @@
+"""What the driver tells the world as a study runs: the hooks tracking implements, and the data reports are made of.
+
+Plain data only: nothing here imports Optuna, so tracking and reports depend on this module, never on the driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["StudyListener", "StudyReport", "TrialInfo"]
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """One trial as the hooks see it. ``trial_id`` is the storage's id, ``number`` the trial's number in its phase."""
+
+    trial_id: int
+    number: int
+    point: int | None
+    params: dict[str, Any]
+    seed: int | None = None
+    state: str = "RUNNING"  # an Optuna TrialState name
+    value: float | None = None
+    failure: str | None = None
+
+
+class StudyListener:
+    """Hooks the driver calls as a study runs; tracking implements them. Every method is optional.
+
+    ``progress`` is the phase's status (see :func:`hpsearch.results.phase_status`) plus ``study_best_value``.
+    """
+
+    def on_study_start(self, spec: Any, state: Any, reopen: bool = True) -> None:
+        """``reopen`` is False when the study is already complete and the run only mends its record."""
+
+    def on_phase_start(self, phase: Any, info: dict[str, Any]) -> None: ...
+
+    def on_trial_start(self, phase: Any, trial: TrialInfo, config: dict[str, Any], seed: int,
+                       replaces: TrialInfo | None) -> None: ...
+
+    def on_epoch(self, phase: Any, trial: TrialInfo, epoch: int, metrics: dict[str, Any]) -> None: ...
+
+    def on_trial_end(self, phase: Any, trial: TrialInfo, result: Any, reason: str | None,
+                     progress: dict[str, Any]) -> None: ...
+
+    def on_trial_reaped(self, phase: Any, trial: TrialInfo, reason: str) -> None: ...
+
+    def on_existing_trials(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> None:
+        """Before work starts: every trial already stored (rows of ``Driver.trials``), per phase its study."""
+
+    def on_phase_end(self, phase: Any, status: dict[str, Any]) -> None: ...
+
+    def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None: ...
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Finish whatever is pending; called however the run ends."""
+
+
+@dataclass
+class StudyReport:
+    """Everything the plots and summaries of a finished study need, as plain data.
+
+    trials: rows of ``Driver.trials``. spaces: per phase, the searched parameters and whether each is on a log
+    scale. importances: per phase, parameter importances (empty where they cannot be computed). best: see
+    ``Driver.best``. best_result: the best trial retrained with its own seed (histories and model).
+    """
+
+    study: str
+    metric: str
+    direction: str
+    trials: list[dict[str, Any]]
+    spaces: dict[str, dict[str, bool]]
+    importances: dict[str, dict[str, float]]
+    best: dict[str, Any] | None
+    best_result: Any
+    best_fragment: dict[str, Any] | None
+    summary: dict[str, Any]

@@ -1,0 +1,303 @@
+"""Phases as Optuna studies: which study serves each phase, created once and atomically, and edits refused.
+
+The study's *layout* is one value in the ``hpsearch_state`` table: the context the study was started with (seed, data,
+model, resolved defaults, objective) and, per phase, its Optuna study's name, its definition and its grid. A phase
+exists when its record is in the layout, and the record is written in one statement after its Optuna study was
+created: a process killed in between leaves an empty Optuna study that no record names, which the next run adopts.
+``--force-new-phase`` after a context change writes the new context and an empty phase list in the same statement,
+so old trials are never read under a new context.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any, Callable
+
+import optuna
+
+from hpsearch import grid as grids
+from hpsearch.errors import SpecError, UserError
+from hpsearch.records import SharedState, StateTable, decode_params, encode_param
+from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
+from hpsearch.storage import storage_lock
+from hpsearch.training import resolved_config
+from hpsearch.trialstore import TrialStore
+
+__all__ = ["Phases", "context_of", "describe_changes"]
+
+LEGACY = "hpsearch:"  # attribute prefix of the registry study that older versions kept
+
+
+def context_of(spec: StudySpec, fingerprint: str) -> dict[str, Any]:
+    """What gives trials their meaning; a change here would make old and new trials incomparable."""
+    return json.loads(json.dumps({
+        "seed": spec.seed,
+        "data": spec.data.model_dump(exclude={"path"}),
+        "model": spec.model.model_dump(),
+        "defaults": resolved_config(spec),  # the backend's own values written out or not: the same context
+        "objective": spec.objective.model_dump(),
+        "data_fingerprint": fingerprint,
+    }))
+
+
+def describe_changes(stored: Any, current: Any, path: str = "") -> list[str]:
+    if isinstance(stored, dict) and isinstance(current, dict):
+        changes = []
+        for key in sorted(set(stored) | set(current), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in current:
+                changes.append(f"{where}: removed (was {json.dumps(stored[key])})")
+            elif key not in stored:
+                changes.append(f"{where}: added {json.dumps(current[key])}")
+            else:
+                changes.extend(describe_changes(stored[key], current[key], where))
+        return changes
+    if stored != current:
+        return [f"{path}: {json.dumps(stored)} -> {json.dumps(current)}"]
+    return []
+
+
+def definition_of(phase: PhaseSpec) -> dict[str, Any]:
+    definition = phase.model_dump(mode="json", by_alias=True, exclude={"name", "n_trials", "max_retries"})
+    return json.loads(json.dumps({key: value for key, value in definition.items() if value not in (None, {}, [])}))
+
+
+class Phases:
+    """The layout of one study in one storage, and the phases' Optuna studies."""
+
+    def __init__(self, spec: StudySpec, url: str, storage: optuna.storages.RDBStorage, table: StateTable,
+                 *, force_new_phase: bool = False, echo: Callable[[str], None] = print) -> None:
+        self.spec = spec
+        self.url = url
+        self.storage = storage
+        self.table = table
+        self.store = TrialStore(storage)
+        self.force_new_phase = force_new_phase
+        self.echo = echo
+
+    # ---- the layout ------------------------------------------------------------------------------------------
+
+    def layout(self) -> dict[str, Any] | None:
+        layout = self.table.get(self.spec.name, "layout")
+        if layout is None:
+            layout = self._migrate()
+        return layout
+
+    def _write(self, layout: dict[str, Any]) -> None:
+        self.table.put(self.spec.name, "layout", layout)
+
+    def _migrate(self) -> dict[str, Any] | None:
+        """Adopt the registry study of earlier versions (context and phase attributes) into one layout value."""
+        try:
+            registry = optuna.load_study(study_name=self.spec.name, storage=self.storage)
+        except KeyError:
+            return None
+        attrs = registry.user_attrs
+        if LEGACY + "context" not in attrs:
+            return None
+        with storage_lock(self.url, f"{self.spec.name}:phases"):
+            layout = self.table.get(self.spec.name, "layout")
+            if layout is not None:
+                return layout
+            phases = {}
+            names = attrs.get(LEGACY + "phases") or {}
+            for phase in self.spec.phases:
+                name = names.get(phase.name, f"{self.spec.name}.{phase.name}")
+                try:
+                    study = optuna.load_study(study_name=name, storage=self.storage)
+                except KeyError:
+                    continue
+                if LEGACY + "definition" in study.user_attrs:
+                    phases[phase.name] = {"study": name, "definition": study.user_attrs[LEGACY + "definition"],
+                                          "grid": study.user_attrs.get(LEGACY + "grid")}
+            context = attrs[LEGACY + "context"]
+            context["defaults"] = resolved_config(self.spec.model_copy(update={"defaults": context["defaults"]}))
+            layout = {"generation": 1, "context": context, "phases": phases}
+            for key, value in attrs.items():
+                if key.startswith(LEGACY + "shared:"):
+                    self.table.put(self.spec.name, key[len(LEGACY):], value)
+            result = attrs.get(LEGACY + "result")
+            if result:
+                self.table.put(self.spec.name, "result", {**result, "generation": 1})
+            self._write(layout)
+            return layout
+
+    def check_context(self, fingerprint: str, *, write: bool = True) -> dict[str, Any]:
+        """The stored layout, created with this context on the first run; a changed context is refused, or with
+        --force-new-phase starts every phase afresh (one write: new context, no phases)."""
+        current = context_of(self.spec, fingerprint)
+        layout = self.layout()
+        if layout is not None:
+            changes = describe_changes(layout["context"], current)
+            if not changes:
+                return layout
+            if not self.force_new_phase:
+                raise SpecError(
+                    f"{self.spec.source}: the spec changed since study {self.spec.name!r} started: "
+                    f"{'; '.join(changes)}. Restore it, or rerun with --force-new-phase to start every phase afresh "
+                    "(stored trials are kept)."
+                )
+        if not write:
+            return layout or {"generation": 0, "context": current, "phases": {}}
+        with storage_lock(self.url, f"{self.spec.name}:phases"):
+            stored = self.table.get(self.spec.name, "layout")
+            if stored is not None and not describe_changes(stored["context"], current):
+                return stored  # another process wrote the same change first
+            generation = (stored or {}).get("generation", 0) + 1
+            layout = {"generation": generation, "context": current, "phases": {}}
+            self._write(layout)
+            return layout
+
+    def retire_changed(self) -> None:
+        """--force-new-phase: drop the records of phases whose definition changed, so they are created afresh."""
+        with storage_lock(self.url, f"{self.spec.name}:phases"):
+            layout = self.layout()
+            if layout is None:
+                return
+            changed = [p.name for p in self.spec.phases if p.name in layout["phases"]
+                       and describe_changes(layout["phases"][p.name]["definition"], definition_of(p))]
+            if changed:
+                layout = {**layout, "phases": {k: v for k, v in layout["phases"].items() if k not in changed}}
+                self._write(layout)
+
+    def refuse_changes(self, phases: list[PhaseSpec]) -> list[str]:
+        """Names of ``phases`` whose definition changed; raises unless --force-new-phase was given."""
+        layout = self.layout() or {"phases": {}}
+        changed = []
+        for phase in phases:
+            record = layout["phases"].get(phase.name)
+            if record is None:
+                continue
+            changes = describe_changes(record["definition"], definition_of(phase))
+            if changes and not self.force_new_phase:
+                study_id = self.storage.get_study_id_from_name(record["study"])
+                finished = sum(r.state in ("COMPLETE", "PRUNED") for r in self.store.rows(study_id))
+                raise SpecError(
+                    f"{self.spec.source}: phase {phase.name!r} changed since it started: {'; '.join(changes)}. "
+                    f"Restore it, or rerun with --force-new-phase to start the phase afresh "
+                    f"(its {finished} finished trials stay in the storage)."
+                )
+            if changes:
+                changed.append(phase.name)
+        return changed
+
+    def shared(self) -> SharedState:
+        return SharedState(self.url, self.spec.name)
+
+    # ---- the phases' studies ---------------------------------------------------------------------------------
+
+    def record(self, phase: PhaseSpec, layout: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        layout = layout if layout is not None else self.layout()
+        return (layout or {"phases": {}})["phases"].get(phase.name)
+
+    def load(self, phase: PhaseSpec, record: dict[str, Any] | None = None) -> optuna.Study | None:
+        record = record if record is not None else self.record(phase)
+        if record is None:
+            return None
+        return optuna.load_study(study_name=record["study"], storage=self.storage, sampler=self.sampler(phase, 0))
+
+    def open(self, phase: PhaseSpec) -> tuple[optuna.Study, dict[str, Any]]:
+        """The phase's Optuna study and record, created (and its grid derived) exactly once."""
+        record = self.record(phase)
+        if record is None or describe_changes(record["definition"], definition_of(phase)):
+            with storage_lock(self.url, f"{self.spec.name}:phases"):
+                layout = self.layout()
+                record = layout["phases"].get(phase.name)
+                if record is None or describe_changes(record["definition"], definition_of(phase)):
+                    record = self._create(phase, layout)
+        study = self.load(phase, record)
+        study.pruner = self.pruner()
+        return study, record
+
+    def _create(self, phase: PhaseSpec, layout: dict[str, Any]) -> dict[str, Any]:
+        grid = self.points_grid(phase)  # derived before anything is written, so a failure leaves nothing behind
+        name = self._free_name(phase, layout)
+        try:
+            optuna.create_study(study_name=name, storage=self.storage, direction=self.spec.objective.direction)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # an empty study left by a process killed before it wrote the record: adopted
+        record = {"study": name, "definition": definition_of(phase), "grid": grid}
+        self._write({**layout, "phases": {**layout["phases"], phase.name: record}})
+        if isinstance(phase.grid, DerivedGrid):
+            self.echo(f"[{phase.name}] derived grid from the top {phase.grid.top_k} trials of "
+                      f"{phase.grid.source!r}: {json.dumps(grid)}")
+        return record
+
+    def _free_name(self, phase: PhaseSpec, layout: dict[str, Any]) -> str:
+        """``<study>.<phase>``, else ``.v2``, ``.v3``...: the first name with no trials that no record names."""
+        taken = {record["study"] for record in layout["phases"].values()}
+        studies = {s.study_name: s for s in self.storage.get_all_studies()}
+        version = 1
+        while True:
+            name = f"{self.spec.name}.{phase.name}" + (f".v{version}" if version > 1 else "")
+            existing = studies.get(name)
+            if name not in taken and (existing is None or self._adoptable(existing)):
+                return name
+            version += 1
+
+    def _adoptable(self, study: optuna.study.FrozenStudy) -> bool:
+        wanted = optuna.study.StudyDirection.MAXIMIZE if self.spec.objective.direction == "maximize" \
+            else optuna.study.StudyDirection.MINIMIZE
+        return study.direction == wanted and not self.store.rows(study._study_id)
+
+    def points_grid(self, phase: PhaseSpec) -> dict[str, list[Any]] | None:
+        """The grid a grid phase enumerates (derived now if the spec asks for it); None for other samplers."""
+        if phase.sampler != "grid":
+            return None
+        if isinstance(phase.grid, dict):
+            return phase.grid
+        source_phase = self.spec.phase(phase.grid.source)
+        record = self.record(source_phase)
+        source = self.load(source_phase, record) if record else None
+        complete = source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if source else []
+        if not complete:
+            raise UserError(f"phase {phase.name!r}: cannot derive its grid: phase {source_phase.name!r} "
+                            "has no complete trials yet.")
+        reverse = self.spec.objective.direction == "maximize"
+        top = sorted(complete, key=lambda t: t.value, reverse=reverse)[: phase.grid.top_k]
+        return grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
+
+    def points(self, phase: PhaseSpec, record: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The phase's fixed list of points; None for a TPE phase."""
+        if phase.sampler == "grid":
+            return grids.grid_points(record["grid"])
+        if phase.sampler == "random":
+            return grids.random_points(phase.space, phase.n_trials, self.spec.seed, phase.name)
+        return None
+
+    def distributions(self, phase: PhaseSpec, record: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+        """What Optuna (importances, optuna-dashboard) is told each parameter of a point was drawn from."""
+        D = optuna.distributions
+        if phase.sampler == "grid":
+            return {name: D.CategoricalDistribution([encode_param(v) for v in values])
+                    for name, values in record["grid"].items()}
+        found: dict[str, D.BaseDistribution] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna adjusts a high that is off the step lattice, and says so
+            for name, p in phase.space.items():
+                if p.type == "categorical":
+                    found[name] = D.CategoricalDistribution([encode_param(c) for c in p.choices])
+                elif p.type == "int":
+                    found[name] = D.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+                else:
+                    found[name] = D.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        return found
+
+    def sampler(self, phase: PhaseSpec, salt: int) -> optuna.samplers.BaseSampler:
+        seed = grids.trial_seed(self.spec.seed, phase.name, salt)
+        if phase.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)  # random and grid points are enqueued with fixed params
+
+    def pruner(self) -> optuna.pruners.BasePruner:
+        p = self.spec.pruner
+        if p.type == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+        if p.type == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
+                                                          reduction_factor=p.reduction_factor)
+        if p.type == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=1 if p.min_resource == "auto" else p.min_resource,
+                                                  reduction_factor=p.reduction_factor)
+        return optuna.pruners.NopPruner()

@@ -1,0 +1,153 @@
+"""What hpsearch keeps in a study storage besides Optuna's trials: attribute names, param encoding, and its own table.
+
+Each phase is an Optuna study whose trials carry a few user attributes (``point``, ``attempt``, ``seed``, the owner
+process, the failure reason). Everything else hpsearch needs — what a study was started with, which Optuna study serves
+each phase, the final result, the MLflow run ids that every process must share — lives in one small table,
+``hpsearch_state``, keyed by study and name. A value is one row, written in one statement: a record that must change
+together (the context and the phases, say) is one value, so no crash can leave half of it behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+from hpsearch.storage import engine_for, storage_lock
+
+__all__ = [
+    "ATTEMPT", "EPOCH_KEYS", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED", "NEVER_STARTED", "OWNER",
+    "POINT", "REAPED", "SEED", "SharedState", "StateTable", "WITHDRAWN", "WORKER_DIED", "decode_param",
+    "decode_params", "encode_param",
+]
+
+POINT, ATTEMPT, SEED, FAILURE, OWNER = "point", "attempt", "seed", "failure", "hpsearch:owner"
+FINISHED_STATES = ("COMPLETE", "PRUNED")
+INTERRUPTED = "interrupted"
+WITHDRAWN = "withdrawn: its point left the phase"  # n_trials was lowered after the point was queued
+HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED = "heartbeat lost", "worker died", "claimed by a process that never started it"
+REAPED = (HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED)  # failures of trials whose process is gone
+NOT_COUNTED = (INTERRUPTED, WITHDRAWN)  # failures that use up no retry
+EPOCH_KEYS = ("loss", "train_acc", "val_acc", "lr", "iteration")  # kept per trial, so tracking can be rebuilt
+
+
+def encode_param(value: Any) -> Any:
+    """Optuna stores only primitive categoricals: lists (e.g. hidden_sizes) travel as JSON text."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def decode_param(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def decode_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params as the user wrote them: lists back from their JSON text."""
+    return {name: decode_param(value) for name, value in params.items()}
+
+
+def counts_as_failure(state: str, failure: str | None) -> bool:
+    """A failed trial that uses up one of its point's retries."""
+    return state == "FAIL" and failure not in NOT_COUNTED
+
+
+_metadata = sa.MetaData()
+_table = sa.Table(
+    "hpsearch_state", _metadata,
+    sa.Column("study", sa.String(512), primary_key=True),
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+class StateTable:
+    """The ``hpsearch_state`` table of one storage: JSON values by (study, key), one row per value."""
+
+    def __init__(self, url: str, engine: sa.Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine if engine is not None else engine_for(url)
+        self._exists = False
+
+    def _table_exists(self) -> bool:
+        if not self._exists:
+            self._exists = sa.inspect(self.engine).has_table(_table.name)
+        return self._exists
+
+    def _ensure(self) -> None:
+        if not self._table_exists():
+            with storage_lock(self.url, "schema"):
+                _metadata.create_all(self.engine, checkfirst=True)
+            self._exists = True
+
+    def get(self, study: str, key: str) -> Any:
+        if not self._table_exists():
+            return None  # a storage no hpsearch process wrote to yet (or a read-only look at one)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_table.c.value).where(_table.c.study == study, _table.c.key == key)).first()
+        return json.loads(row[0]) if row is not None else None
+
+    def put(self, study: str, key: str, value: Any) -> None:
+        """Write one value in one statement (an upsert): readers see the old value or the new one, never a mix."""
+        self._ensure()
+        text = json.dumps(value)
+        with self.engine.begin() as conn:
+            updated = conn.execute(sa.update(_table).where(_table.c.study == study, _table.c.key == key)
+                                   .values(value=text)).rowcount
+            if not updated:
+                conn.execute(sa.insert(_table).values(study=study, key=key, value=text))
+
+    def add(self, study: str, key: str, value: Any) -> Any:
+        """Insert ``value`` unless the key has one; returns the value stored (this one, or the one that won)."""
+        self._ensure()
+        with contextlib.suppress(sa.exc.IntegrityError), self.engine.begin() as conn:
+            conn.execute(sa.insert(_table).values(study=study, key=key, value=json.dumps(value)))
+        return self.get(study, key)
+
+    def keys(self, study: str, prefix: str = "") -> dict[str, Any]:
+        if not self._table_exists():
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(_table.c.key, _table.c.value).where(
+                _table.c.study == study, _table.c.key.startswith(prefix, autoescape=True))).all()
+        return {key: json.loads(value) for key, value in rows}
+
+
+class SharedState:
+    """Values a listener keeps in the study storage, visible to every process working on the study.
+
+    Picklable: it carries the storage URL, not a connection, so a tracking process opens its own.
+    """
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.url = url
+        self.study_name = study_name
+        self._table: StateTable | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "study_name": self.study_name, "_table": None}
+
+    @property
+    def table(self) -> StateTable:
+        if self._table is None:
+            self._table = StateTable(self.url)
+        return self._table
+
+    def get_or_create(self, key: str, factory: Callable[[], Any]) -> Any:
+        """The value stored under ``key``, created by exactly one process (under the storage lock)."""
+        name = "shared:" + key
+        value = self.table.get(self.study_name, name)
+        if value is not None:
+            return value
+        with storage_lock(self.url, f"{self.study_name}:shared:{key}"):
+            value = self.table.get(self.study_name, name)
+            if value is None:
+                value = factory()
+                if value is not None:  # a factory returning None only looks
+                    self.table.put(self.study_name, name, value)
+            return value

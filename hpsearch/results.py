@@ -1,0 +1,267 @@
+"""What a study has found: per-phase views kept up to date incrementally, and status, best, trials and reports.
+
+A :class:`PhaseView` holds a phase's trials as light rows. The driver updates it with its own results as they happen
+and catches up with other processes' trials on the heartbeat's cadence, reading only trials created, started or
+finished since its last look; so progress, best-so-far and ETA cost nothing per trial, whatever the study's size.
+The read-only commands (status, best, export, report) build views from one snapshot of each phase.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.listener import StudyReport
+from hpsearch.phases import Phases
+from hpsearch.records import FINISHED_STATES, decode_params, counts_as_failure
+from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
+from hpsearch.storage import mask_url
+from hpsearch.training import resolved_config
+from hpsearch.trialstore import Row, TrialStore
+
+__all__ = ["PhaseView", "Results", "format_seconds"]
+
+CATCH_UP_SLACK = datetime.timedelta(seconds=120)  # re-read this much before the last look: clocks and commits lag
+
+
+class PhaseView:
+    """The trials of one phase, as rows; ``total`` is the number of points (None for TPE, which counts trials)."""
+
+    def __init__(self, phase: PhaseSpec, store: TrialStore | None, record: dict[str, Any] | None,
+                 direction: str, total: int | None) -> None:
+        self.phase = phase
+        self.store = store
+        self.record = record
+        self.study_id = store.storage.get_study_id_from_name(record["study"]) if store and record else None
+        self.direction = direction
+        self.total = total
+        self.rows: dict[int, Row] = {}
+        self._seen: datetime.datetime | None = None
+        self._max_id = 0
+
+    def refresh(self, full: bool = False) -> None:
+        """Catch up with the storage: everything when ``full``, else what changed since the last look."""
+        if self.study_id is None:
+            return
+        now = self.store.now()
+        if full or self._seen is None:
+            rows = self.store.rows(self.study_id)
+            self.rows = {}
+        else:
+            rows = self.store.rows(self.study_id, since=self._seen - CATCH_UP_SLACK, after_id=self._max_id)
+        for row in rows:
+            self.apply(row)
+        self._seen = now
+
+    def apply(self, row: Row) -> None:
+        self.rows[row.trial_id] = row
+        self._max_id = max(self._max_id, row.trial_id)
+
+    def best(self) -> Row | None:
+        complete = [r for r in self.rows.values()
+                    if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
+        if not complete:
+            return None
+        pick = max if self.direction == "maximize" else min
+        return pick(complete, key=lambda r: (r.value, -r.number) if pick is max else (r.value, r.number))
+
+    def replaced(self, point: int | None, number: int) -> Row | None:
+        """The latest earlier failed trial of ``point``, which trial ``number`` retries."""
+        if point is None:
+            return None
+        earlier = [r for r in self.rows.values() if r.point == point and r.state == "FAIL" and r.number < number]
+        return max(earlier, key=lambda r: r.number) if earlier else None
+
+    def eta_seconds(self, done: int, total: int | None) -> float | None:
+        seconds = [r.seconds for r in self.rows.values() if r.state in FINISHED_STATES and r.seconds is not None]
+        if not seconds or total is None or total <= done:
+            return None
+        return (total - done) * sum(seconds) / len(seconds)
+
+    def status(self) -> dict[str, Any]:
+        phase = self.phase
+        status: dict[str, Any] = {"phase": phase.name, "sampler": phase.sampler, "state": "pending",
+                                  "study_name": self.record["study"] if self.record else None,
+                                  "complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0,
+                                  "done": 0, "total": self.total, "best_value": None, "best_trial": None,
+                                  "failed_points": [], "grid": self.record.get("grid") if self.record else None}
+        rows = list(self.rows.values())
+        for key in ("complete", "pruned", "failed", "running", "waiting"):
+            status[key] = sum(r.state == key.upper().replace("FAILED", "FAIL") for r in rows)
+        if self.record is None:
+            return status
+        if phase.sampler == "tpe":
+            status["total"] = phase.n_trials
+            status["done"] = status["complete"] + status["pruned"]
+            done = status["done"] >= phase.n_trials
+        else:
+            covered: set[int] = set()
+            failures: dict[int, int] = {}
+            for r in rows:
+                if r.point is None or r.point >= self.total:
+                    continue
+                if r.state in FINISHED_STATES:
+                    covered.add(r.point)
+                elif counts_as_failure(r.state, r.failure):
+                    failures[r.point] = failures.get(r.point, 0) + 1
+            status["done"] = len(covered)
+            status["failed_points"] = sorted(p for p, n in failures.items()
+                                             if n > phase.max_retries and p not in covered)
+            done = len(covered) + len(status["failed_points"]) >= self.total
+        best = self.best()
+        if best is not None:
+            status["best_value"], status["best_trial"] = best.value, best.number
+        status["state"] = "complete" if done and not status["running"] else "running" if rows else "pending"
+        if not done and rows and not status["running"]:
+            status["state"] = "incomplete"
+        return status
+
+
+def _total(phases: Phases, phase: PhaseSpec, record: dict[str, Any] | None) -> int | None:
+    if phase.sampler == "tpe" or phase.sampler == "random":
+        return phase.n_trials
+    grid = record["grid"] if record else (phase.grid if isinstance(phase.grid, dict) else None)
+    if grid is None:
+        return None
+    return math.prod(len(values) for values in grid.values())
+
+
+class Results:
+    """Status, best, trials and reports of one study, from snapshots of its phases."""
+
+    def __init__(self, spec: StudySpec, url: str, phases: Phases) -> None:
+        self.spec = spec
+        self.url = url
+        self.phases = phases
+        self.store = phases.store
+
+    def view(self, phase: PhaseSpec, layout: dict[str, Any] | None, refresh: bool = True) -> PhaseView:
+        record = self.phases.record(phase, layout) if layout else None
+        view = PhaseView(phase, self.store, record, self.spec.objective.direction, _total(self.phases, phase, record))
+        if refresh:
+            view.refresh(full=True)
+        return view
+
+    def stored_result(self, layout: dict[str, Any] | None) -> dict[str, Any] | None:
+        result = self.phases.table.get(self.spec.name, "result")
+        if not result or not layout or result.get("generation") != layout.get("generation"):
+            return None  # none yet, or one of a study since restarted with --force-new-phase
+        return result
+
+    def best_of(self, views: list[PhaseView], layout: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The best trial over all phases, with everything needed to train it again."""
+        found = [(view, view.best()) for view in views]
+        found = [(view, row) for view, row in found if row is not None]
+        if not found:
+            return None
+        pick = max if self.spec.objective.direction == "maximize" else min
+        view, row = pick(found, key=lambda pair: pair[1].value)
+        trial = self.store.storage.get_trial(row.trial_id)
+        result = self.stored_result(layout) or {}
+        same = result.get("phase") == view.phase.name and result.get("trial") == row.number
+        params = decode_params(trial.params)
+        return {
+            "phase": view.phase.name, "trial": row.number, "value": row.value,
+            "metric": self.spec.objective.metric, "params": params,
+            "config": resolved_config(self.spec, params), "seed": trial.user_attrs.get("seed"),
+            "test_acc": result.get("test_acc") if same else None,
+            "data_fingerprint": result.get("data_fingerprint") if same else None,
+        }
+
+    def status(self, views: list[PhaseView] | None = None, layout: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy."""
+        if views is None:
+            layout = self.phases.layout()
+            views = [self.view(p, layout) for p in self.spec.phases]
+        phases = [view.status() for view in views]
+        result = self.stored_result(layout)
+        complete = bool(phases) and all(p["state"] == "complete" for p in phases) and result is not None
+        return {"study": self.spec.name, "storage": mask_url(self.url), "complete": complete,
+                "phases": phases, "best": self.best_of(views, layout)}
+
+    def best(self) -> dict[str, Any] | None:
+        layout = self.phases.layout()
+        return self.best_of([self.view(p, layout) for p in self.spec.phases], layout)
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial of every phase: phase, number, state, value, params, duration and bookkeeping."""
+        rows = []
+        layout = self.phases.layout()
+        for phase in self.spec.phases:
+            record = self.phases.record(phase, layout) if layout else None
+            study = self.phases.load(phase, record) if record else None
+            if study is None:
+                continue
+            for t in study.get_trials(deepcopy=False):
+                rows.append({
+                    "phase": phase.name, "number": t.number, "state": t.state.name,
+                    "value": t.value if t.state == TrialState.COMPLETE else None,
+                    "params": decode_params(t.params),
+                    "duration_seconds": t.duration.total_seconds() if t.duration else None,
+                    "point": t.user_attrs.get("point"), "attempt": t.user_attrs.get("attempt"),
+                    "seed": t.user_attrs.get("seed"), "failure": t.user_attrs.get("failure"),
+                    "epoch_history": t.user_attrs.get("epoch_history"), "optuna_study": study.study_name,
+                    "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+                })
+        return rows
+
+    def report(self, data: Any, retrain: bool = True) -> StudyReport | None:
+        """Plain data for plots and summaries; retrains the best trial for its curves and model."""
+        from hpsearch.training import train_once
+
+        layout = self.phases.layout()
+        if layout is None:
+            return None
+        views = [self.view(p, layout) for p in self.spec.phases]
+        best = self.best_of(views, layout)
+        best_result = None
+        if best is not None and retrain:
+            best_result = train_once(self.spec, data, best["params"], seed=best["seed"])
+        spaces: dict[str, dict[str, bool]] = {}
+        importances: dict[str, dict[str, float]] = {}
+        for view in views:
+            phase, record = view.phase, view.record
+            if record is None:
+                continue
+            spaces[phase.name] = ({name: p.log for name, p in phase.space.items()} if phase.space else
+                                  {name: _looks_logarithmic(values) for name, values in (record["grid"] or {}).items()
+                                   if len(values) > 1})
+            importances[phase.name] = _importances(self.phases.load(phase, record))
+        return StudyReport(
+            study=self.spec.name, metric=self.spec.objective.metric, direction=self.spec.objective.direction,
+            trials=self.trials(), spaces=spaces, importances=importances, best=best, best_result=best_result,
+            best_fragment=best_fragment(self.spec, best) if best else None,
+            summary=self.status(views, layout),
+        )
+
+
+def _looks_logarithmic(values: list[Any]) -> bool:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return len(numbers) == len(values) and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
+
+
+def _importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances of the searched parameters; empty when too few trials vary."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError):  # a single distinct value, or no parameter varies
+        return {}
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

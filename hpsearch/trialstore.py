@@ -1,0 +1,212 @@
+"""The one adapter over Optuna's storage tables: every private Optuna call hpsearch makes is here.
+
+Optuna's public API reads a study's trials whole and writes one attribute per transaction; a driver built on it pays
+per trial for the size of the study. These few statements on Optuna's own schema (``optuna.storages._rdb.models``)
+keep a trial's storage work constant instead:
+
+- ``enqueue``: a batch of WAITING trials, with their params, attributes and numbers, in one transaction.
+- ``claim``: one statement moves the oldest WAITING trial to RUNNING (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+  workers never queue behind each other; SQLite runs one writer at a time), in the transaction that records its owner
+  and first heartbeat.
+- ``finish``: RUNNING -> final state only if still RUNNING, with its value and attributes, in one transaction; a
+  trial already failed by a reaper is left alone, so no late result is ever counted.
+- ``rows``: light tuples (no params, no histories) of a study's trials, or of those changed since a moment.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+
+__all__ = ["Row", "TrialStore"]
+
+T, A, V, P, H = (models.TrialModel, models.TrialUserAttributeModel, models.TrialValueModel,
+                 models.TrialParamModel, models.TrialHeartbeatModel)
+ROW_ATTRS = ("point", "failure", "hpsearch:owner", "attempt")
+
+
+def utcnow() -> datetime.datetime:
+    """Optuna 5 stores trial times as naive UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class Row:
+    """A trial without its params and histories: enough to count, rank, claim and reap."""
+
+    trial_id: int
+    number: int
+    state: str
+    value: float | None
+    start: datetime.datetime | None  # naive UTC
+    complete: datetime.datetime | None
+    point: int | None = None
+    failure: str | None = None
+    owner: dict[str, Any] | None = None
+    attempt: int | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return (self.complete - self.start).total_seconds() if self.start and self.complete else None
+
+
+class TrialStore:
+    """Statements on the trials of an Optuna ``RDBStorage``."""
+
+    def __init__(self, storage: RDBStorage) -> None:
+        self.storage = storage
+        self.engine: sa.Engine = storage.engine
+        self.postgres = self.engine.dialect.name == "postgresql"
+
+    def _upsert_attrs(self, conn: sa.Connection, trial_id: int, attrs: dict[str, Any]) -> None:
+        if not attrs:
+            return
+        if self.postgres:
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(A.__table__)
+        conn.execute(statement.on_conflict_do_update(index_elements=["trial_id", "key"],
+                                                     set_={"value_json": statement.excluded.value_json}),
+                     [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                      for key, value in attrs.items()])
+
+    # ---- the queue -------------------------------------------------------------------------------------------
+
+    def enqueue(self, study_id: int, trials: Iterable[tuple[dict[str, tuple[Any, BaseDistribution]],
+                                                            dict[str, Any]]]) -> int:
+        """Add WAITING trials ``(params, user_attrs)`` in one transaction; params map names to (value, distribution).
+
+        The caller holds the phase's points lock, so no other process numbers trials of this study meanwhile.
+        """
+        trials = list(trials)
+        if not trials:
+            return 0
+        with self.engine.begin() as conn:
+            if self.postgres:  # Optuna's own trial creation locks the study row too
+                conn.execute(sa.select(models.StudyModel.study_id).where(models.StudyModel.study_id == study_id)
+                             .with_for_update())
+            first = conn.execute(sa.select(sa.func.count()).select_from(T.__table__)
+                                 .where(T.study_id == study_id)).scalar_one()
+            created = conn.execute(
+                sa.insert(T.__table__).returning(T.__table__.c.trial_id, sort_by_parameter_order=True),
+                [{"number": first + k, "study_id": study_id, "state": TrialState.WAITING,
+                  "datetime_start": None, "datetime_complete": None} for k in range(len(trials))],
+            ).scalars().all()
+            params, attrs = [], []
+            for trial_id, (values, user_attrs) in zip(created, trials):
+                for name, (value, distribution) in values.items():
+                    params.append({"trial_id": trial_id, "param_name": name,
+                                   "param_value": distribution.to_internal_repr(value),
+                                   "distribution_json": distribution_to_json(distribution)})
+                attrs.extend({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                             for key, value in user_attrs.items())
+            if params:
+                conn.execute(sa.insert(P.__table__), params)
+            if attrs:
+                conn.execute(sa.insert(A.__table__), attrs)
+        return len(trials)
+
+    def claim(self, study_id: int, owner: dict[str, Any]) -> tuple[int, int, int | None] | None:
+        """Move the oldest WAITING trial to RUNNING, owned by ``owner``. Returns (trial id, number, point) or None."""
+        oldest = (sa.select(T.__table__.c.trial_id).where(T.study_id == study_id, T.state == TrialState.WAITING)
+                  .order_by(T.__table__.c.trial_id).limit(1))
+        if self.postgres:
+            oldest = oldest.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                sa.update(T.__table__)
+                .where(T.__table__.c.trial_id == oldest.scalar_subquery(), T.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, datetime_start=utcnow())
+                .returning(T.__table__.c.trial_id, T.__table__.c.number)
+            ).first()
+            if claimed is None:
+                return None
+            trial_id, number = claimed
+            self._upsert_attrs(conn, trial_id, {"hpsearch:owner": owner})
+            conn.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.current_timestamp()))
+            point = conn.execute(sa.select(A.value_json).where(A.trial_id == trial_id, A.key == "point")).scalar()
+        return trial_id, number, json.loads(point) if point is not None else None
+
+    def own(self, trial_id: int, owner: dict[str, Any]) -> None:
+        """Mark a trial created RUNNING (a TPE trial) with its owner and first heartbeat."""
+        with self.engine.begin() as conn:
+            self._upsert_attrs(conn, trial_id, {"hpsearch:owner": owner})
+        self.storage.record_heartbeat(trial_id)
+
+    def finish(self, trial_id: int, state: TrialState, value: float | None, attrs: dict[str, Any],
+               from_state: TrialState = TrialState.RUNNING) -> bool:
+        """RUNNING -> ``state`` with ``value`` and ``attrs``, atomically; False (and nothing written) when the trial
+        is no longer RUNNING, e.g. a reaper failed it while this process was frozen."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                sa.update(T.__table__).where(T.__table__.c.trial_id == trial_id, T.state == from_state)
+                .values(state=state, datetime_complete=utcnow())
+            ).rowcount
+            if done != 1:
+                conn.rollback()
+                return False
+            if value is not None:
+                stored, kind = V.value_to_stored_repr(value)
+                conn.execute(sa.insert(V.__table__).values(trial_id=trial_id, objective=0, value=stored,
+                                                           value_type=kind))
+            self._upsert_attrs(conn, trial_id, attrs)
+        return True
+
+    def heartbeat(self, trial_id: int) -> None:
+        self.storage.record_heartbeat(trial_id)
+
+    def stale(self, study_id: int) -> set[int]:
+        """RUNNING trials whose heartbeat is older than the grace period (Optuna's own test of it)."""
+        return set(self.storage._get_stale_trial_ids(study_id))
+
+    # ---- reading ---------------------------------------------------------------------------------------------
+
+    def rows(self, study_id: int, *, since: datetime.datetime | None = None, after_id: int | None = None,
+             states: tuple[TrialState, ...] | None = None) -> list[Row]:
+        """The study's trials as :class:`Row` s; with ``since``/``after_id``, only those started or finished since
+        then or created after that id (what a view of the study needs to catch up)."""
+        t = T.__table__
+        query = (sa.select(t.c.trial_id, t.c.number, t.c.state, V.value, V.value_type, t.c.datetime_start,
+                           t.c.datetime_complete)
+                 .outerjoin(V.__table__, sa.and_(V.trial_id == t.c.trial_id, V.objective == 0))
+                 .where(t.c.study_id == study_id))
+        if since is not None or after_id is not None:
+            changed = []
+            if since is not None:
+                changed += [t.c.datetime_start >= since, t.c.datetime_complete >= since]
+            if after_id is not None:
+                changed.append(t.c.trial_id > after_id)
+            query = query.where(sa.or_(*changed))
+        if states is not None:
+            query = query.where(t.c.state.in_(list(states)))
+        with self.engine.connect() as conn:
+            found = {}
+            for trial_id, number, state, value, kind, start, complete in conn.execute(query):
+                state = state.name if isinstance(state, TrialState) else str(state)
+                if value is not None or kind is not None:
+                    kind = kind if isinstance(kind, V.TrialValueType) else V.TrialValueType[kind]
+                    value = V.stored_repr_to_value(value, kind)
+                found[trial_id] = Row(trial_id, number, state, value, start, complete)
+            if found:
+                ids = sa.select(t.c.trial_id).where(t.c.study_id == study_id)
+                if len(found) < 500:
+                    ids = list(found)
+                attrs = conn.execute(sa.select(A.trial_id, A.key, A.value_json)
+                                     .where(A.trial_id.in_(ids), A.key.in_(ROW_ATTRS)))
+                for trial_id, key, value in attrs:
+                    row = found.get(trial_id)
+                    if row is not None:
+                        setattr(row, {"hpsearch:owner": "owner"}.get(key, key), json.loads(value))
+        return sorted(found.values(), key=lambda r: r.number)
+
+    def now(self) -> datetime.datetime:
+        return utcnow()
