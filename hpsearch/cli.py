@@ -231,16 +231,28 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
             command += [flag, str(value)]
     env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) for _ in range(workers)]
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:  # to every worker; each ends its trial cleanly and exits
+        received.append(signum)
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    processes: list[subprocess.Popen] = []
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        processes += [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) for _ in range(workers)]
+        if received:  # a signal that came while they started
+            forward(received[-1], None)
         codes = [p.wait() for p in processes]
-    except KeyboardInterrupt:
-        for p in processes:
-            p.send_signal(signal.SIGINT)
-        for p in processes:
-            p.wait()
-        typer.echo("Interrupted: the workers stopped; rerun the same command to resume.", err=True)
-        raise typer.Exit(code=130) from None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if received:
+        typer.echo(f"Interrupted: {len(processes)} workers stopped (exit codes {codes}); a trial that was running is "
+                   "marked failed and will be retried. Rerun the same command to resume.", err=True)
+        raise typer.Exit(code=130)
     if any(code == 2 for code in codes):
         raise typer.Exit(code=2)  # each worker already said why, in one line
     if any(code != 0 for code in codes):

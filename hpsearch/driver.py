@@ -35,7 +35,7 @@ from hpsearch.errors import SpecError
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.phases import Phases
-from hpsearch.pointqueue import PointQueue, heartbeat, owner, reap
+from hpsearch.pointqueue import Heartbeat, PointQueue, owner, reap
 from hpsearch.records import (EPOCH_KEYS, FAILURE, INTERRUPTED, POINT, SEED, SharedState, StateTable,
                               counts_as_failure, decode_param, decode_params, encode_param)
 from hpsearch.results import PhaseView, Results, format_seconds
@@ -130,6 +130,7 @@ class Driver:
                              echo=echo)
         self.results = Results(spec, storage_url, self.phases)
         self._views: dict[str, PhaseView] = {}
+        self._heartbeat = Heartbeat(self.store, spec.heartbeat.interval)
 
     @property
     def data(self) -> Dataset:
@@ -176,6 +177,7 @@ class Driver:
             raise SpecError(f"{self.spec.source}: the spec has no phases to run; add 'phases' "
                             "(or use 'hpsearch train' to train the defaults once).")
         phases = [self.spec.phase(only_phase)] if only_phase else self.spec.phases
+        grids.check_sizes(self.spec)
         self.data  # noqa: B018 - load (and validate) the data before touching the storage
         self._check_points(phases)
         self.phases.check_context(self.data.fingerprint)
@@ -364,7 +366,7 @@ class Driver:
             current.optuna_trial = optuna.Trial(study, info.trial_id)
         reason: str | None = None
         result = None
-        with heartbeat(self.store, info.trial_id, self.spec.heartbeat.interval):
+        with self._heartbeat.beating(info.trial_id):
             try:
                 config = resolved_config(self.spec, info.params)
                 replaced = current.view.replaced(info.point, info.number)
@@ -450,7 +452,7 @@ class Driver:
             if best is not None and (stored.get("phase"), stored.get("trial")) == (best["phase"], best["trial"]):
                 return None
             with self.interruption.immediate():
-                report = self.results.report(self.data)
+                report = self.results.report(self.data, full=self.listener.wants_report)
             if report is None or report.best is None:
                 return report
             best, retrained = report.best, report.best_result

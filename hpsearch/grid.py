@@ -112,3 +112,27 @@ def derive_grid(
         else:
             grid[name] = _span(param, [float(v) for v in seen], points)
     return grid
+
+
+MAX_POINTS = 1_000_000  # per phase: beyond this, enqueuing alone takes minutes and the study is surely a typo
+
+
+def phase_size(phase: Any) -> int | None:
+    """How many points (or trials) a phase runs, computed without building them; None for a derived grid."""
+    if phase.sampler != "grid":
+        return phase.n_trials
+    if isinstance(phase.grid, Mapping):
+        return math.prod(len(values) for values in phase.grid.values())
+    return None
+
+
+def check_sizes(spec: Any) -> None:
+    """Refuse, with one line, a phase too big to enqueue (``n_trials: 1e9``, a grid of 10^7 points)."""
+    from hpsearch.errors import SpecError
+
+    for phase in spec.phases:
+        size = phase_size(phase)
+        if size is not None and size > MAX_POINTS:
+            what = "n_trials is" if phase.sampler != "grid" else "the grid has"
+            raise SpecError(f"{spec.source}: phase {phase.name!r}: {what} {size:,} points; a phase runs at most "
+                            f"{MAX_POINTS:,}. Split it into several phases, or search with a random or tpe phase.")

@@ -214,9 +214,13 @@ class Phases:
         grid = self.points_grid(phase)  # derived before anything is written, so a failure leaves nothing behind
         name = self._free_name(phase, layout)
         try:
-            optuna.create_study(study_name=name, storage=self.storage, direction=self.spec.objective.direction)
-        except optuna.exceptions.DuplicatedStudyError:
-            pass  # an empty study left by a process killed before it wrote the record: adopted
+            study = optuna.create_study(study_name=name, storage=self.storage,
+                                        direction=self.spec.objective.direction)
+        except optuna.exceptions.DuplicatedStudyError:  # an empty study left by a process killed before it wrote
+            study = optuna.load_study(study_name=name, storage=self.storage)  # the record: adopted
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental in Optuna; optuna-dashboard shows the name
+            study.set_metric_names([self.spec.objective.metric])
         record = {"study": name, "definition": definition_of(phase), "grid": grid}
         self._write({**layout, "phases": {**layout["phases"], phase.name: record}})
         if isinstance(phase.grid, DerivedGrid):

@@ -32,6 +32,7 @@ def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, An
 
 
 def plan(spec: StudySpec, data: Dataset) -> dict[str, Any]:
+    grids.check_sizes(spec)
     backend = get_backend(spec.model.backend)
     probe_config = backend.probe(spec.config())
     start = time.perf_counter()

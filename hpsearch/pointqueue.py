@@ -14,6 +14,7 @@ import datetime
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -25,7 +26,7 @@ from hpsearch.records import (ATTEMPT, HEARTBEAT_LOST, NEVER_STARTED, POINT, SEE
 from hpsearch.storage import storage_lock
 from hpsearch.trialstore import Row, TrialStore
 
-__all__ = ["PointQueue", "heartbeat", "owner", "owner_is_dead"]
+__all__ = ["Heartbeat", "PointQueue", "owner", "owner_is_dead", "reap"]
 
 ENQUEUE_BATCH = 2000  # trials per transaction when a big grid is enqueued
 
@@ -71,23 +72,36 @@ def owner_is_dead(who: dict[str, Any] | None) -> bool:
     return who.get("start") is not None and _process_start(pid) != who.get("start")
 
 
-@contextlib.contextmanager
-def heartbeat(store: TrialStore, trial_id: int, interval: float) -> Iterator[None]:
-    """Beat every ``interval`` seconds from a thread while the trial runs (the claim recorded the first beat)."""
-    stop = threading.Event()
+class Heartbeat:
+    """One thread per process that beats for the trial running now, every ``interval`` seconds.
 
-    def beat() -> None:
-        while not stop.wait(interval):
-            with contextlib.suppress(Exception):  # a missed beat is harmless; the grace period absorbs it
-                store.heartbeat(trial_id)
+    The claim records a trial's first beat; ``beating(trial_id)`` covers the trial's run.
+    """
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    def __init__(self, store: TrialStore, interval: float) -> None:
+        self.store = store
+        self.interval = interval
+        self._current: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            trial_id = self._current
+            if trial_id is not None:
+                with contextlib.suppress(Exception):  # a missed beat is harmless; the grace period absorbs it
+                    self.store.heartbeat(trial_id)
+
+    @contextlib.contextmanager
+    def beating(self, trial_id: int) -> Iterator[None]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="hpsearch-heartbeat", daemon=True)
+            self._thread.start()
+        self._current = trial_id
+        try:
+            yield
+        finally:
+            self._current = None
 
 
 def reap(store: TrialStore, study_id: int, grace_period: float, running: list[Row]) -> list[tuple[Row, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections import Counter
 import warnings
 from typing import Any
 
@@ -30,7 +31,11 @@ CATCH_UP_SLACK = datetime.timedelta(seconds=120)  # re-read this much before the
 
 
 class PhaseView:
-    """The trials of one phase, as rows; ``total`` is the number of points (None for TPE, which counts trials)."""
+    """The trials of one phase, as rows; ``total`` is the number of points (None for TPE, which counts trials).
+
+    Counts, coverage, failures per point, best and mean duration are kept as rows arrive, so :meth:`status` costs
+    nothing per trial whatever the size of the phase.
+    """
 
     def __init__(self, phase: PhaseSpec, store: TrialStore | None, record: dict[str, Any] | None,
                  direction: str, total: int | None) -> None:
@@ -40,9 +45,19 @@ class PhaseView:
         self.study_id = store.storage.get_study_id_from_name(record["study"]) if store and record else None
         self.direction = direction
         self.total = total
-        self.rows: dict[int, Row] = {}
         self._seen: datetime.datetime | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: dict[int, Row] = {}
         self._max_id = 0
+        self._counts: Counter[str] = Counter()
+        self._covered: Counter[int] = Counter()
+        self._n_covered = 0
+        self._failures: Counter[int] = Counter()
+        self._failed_rows: dict[int, list[Row]] = {}
+        self._seconds = [0.0, 0]
+        self._best: Row | None = None
 
     def refresh(self, full: bool = False) -> None:
         """Catch up with the storage: everything when ``full``, else what changed since the last look."""
@@ -51,73 +66,81 @@ class PhaseView:
         now = self.store.now()
         if full or self._seen is None:
             rows = self.store.rows(self.study_id)
-            self.rows = {}
+            self._reset()
         else:
             rows = self.store.rows(self.study_id, since=self._seen - CATCH_UP_SLACK, after_id=self._max_id)
         for row in rows:
             self.apply(row)
         self._seen = now
 
+    def _account(self, row: Row, sign: int) -> None:
+        self._counts[row.state] += sign
+        if row.point is not None:
+            if row.state in FINISHED_STATES:
+                before = self._covered[row.point] > 0
+                self._covered[row.point] += sign
+                if self.total is not None and row.point < self.total:
+                    self._n_covered += (self._covered[row.point] > 0) - before
+            elif counts_as_failure(row.state, row.failure):
+                self._failures[row.point] += sign
+        if row.state in FINISHED_STATES and row.seconds is not None:
+            self._seconds[0] += sign * row.seconds
+            self._seconds[1] += sign
+
     def apply(self, row: Row) -> None:
+        """Take ``row`` as the trial's state now (a finished trial never changes again)."""
+        old = self.rows.get(row.trial_id)
+        if old is not None:
+            self._account(old, -1)
         self.rows[row.trial_id] = row
+        self._account(row, +1)
         self._max_id = max(self._max_id, row.trial_id)
+        if row.state == "FAIL" and row.point is not None and (old is None or old.state != "FAIL"):
+            self._failed_rows.setdefault(row.point, []).append(row)
+        if row.state == "COMPLETE" and row.value is not None and math.isfinite(row.value):
+            best = self._best
+            better = best is None or (row.value > best.value if self.direction == "maximize" else row.value < best.value)
+            if better or (row.value == best.value and row.number < best.number):
+                self._best = row
 
     def best(self) -> Row | None:
-        complete = [r for r in self.rows.values()
-                    if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
-        if not complete:
-            return None
-        pick = max if self.direction == "maximize" else min
-        return pick(complete, key=lambda r: (r.value, -r.number) if pick is max else (r.value, r.number))
+        return self._best
 
     def replaced(self, point: int | None, number: int) -> Row | None:
         """The latest earlier failed trial of ``point``, which trial ``number`` retries."""
-        if point is None:
-            return None
-        earlier = [r for r in self.rows.values() if r.point == point and r.state == "FAIL" and r.number < number]
+        earlier = [r for r in self._failed_rows.get(point, []) if r.number < number] if point is not None else []
         return max(earlier, key=lambda r: r.number) if earlier else None
 
     def eta_seconds(self, done: int, total: int | None) -> float | None:
-        seconds = [r.seconds for r in self.rows.values() if r.state in FINISHED_STATES and r.seconds is not None]
-        if not seconds or total is None or total <= done:
+        seconds, n = self._seconds
+        if not n or total is None or total <= done:
             return None
-        return (total - done) * sum(seconds) / len(seconds)
+        return (total - done) * seconds / n
 
     def status(self) -> dict[str, Any]:
         phase = self.phase
         status: dict[str, Any] = {"phase": phase.name, "sampler": phase.sampler, "state": "pending",
                                   "study_name": self.record["study"] if self.record else None,
-                                  "complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0,
-                                  "done": 0, "total": self.total, "best_value": None, "best_trial": None,
-                                  "failed_points": [], "grid": self.record.get("grid") if self.record else None}
-        rows = list(self.rows.values())
-        for key in ("complete", "pruned", "failed", "running", "waiting"):
-            status[key] = sum(r.state == key.upper().replace("FAILED", "FAIL") for r in rows)
+                                  "complete": self._counts["COMPLETE"], "pruned": self._counts["PRUNED"],
+                                  "failed": self._counts["FAIL"], "running": self._counts["RUNNING"],
+                                  "waiting": self._counts["WAITING"], "done": 0, "total": self.total,
+                                  "best_value": None, "best_trial": None, "failed_points": [],
+                                  "grid": self.record.get("grid") if self.record else None}
         if self.record is None:
             return status
         if phase.sampler == "tpe":
-            status["total"] = phase.n_trials
             status["done"] = status["complete"] + status["pruned"]
             done = status["done"] >= phase.n_trials
         else:
-            covered: set[int] = set()
-            failures: dict[int, int] = {}
-            for r in rows:
-                if r.point is None or r.point >= self.total:
-                    continue
-                if r.state in FINISHED_STATES:
-                    covered.add(r.point)
-                elif counts_as_failure(r.state, r.failure):
-                    failures[r.point] = failures.get(r.point, 0) + 1
-            status["done"] = len(covered)
-            status["failed_points"] = sorted(p for p, n in failures.items()
-                                             if n > phase.max_retries and p not in covered)
-            done = len(covered) + len(status["failed_points"]) >= self.total
-        best = self.best()
-        if best is not None:
-            status["best_value"], status["best_trial"] = best.value, best.number
-        status["state"] = "complete" if done and not status["running"] else "running" if rows else "pending"
-        if not done and rows and not status["running"]:
+            covered = self._n_covered
+            status["done"] = covered
+            status["failed_points"] = sorted(p for p, n in self._failures.items()
+                                             if n > phase.max_retries and not self._covered[p] and p < self.total)
+            done = covered + len(status["failed_points"]) >= self.total
+        if self._best is not None:
+            status["best_value"], status["best_trial"] = self._best.value, self._best.number
+        status["state"] = "complete" if done and not status["running"] else "running" if self.rows else "pending"
+        if not done and self.rows and not status["running"]:
             status["state"] = "incomplete"
         return status
 
@@ -210,8 +233,10 @@ class Results:
                 })
         return rows
 
-    def report(self, data: Any, retrain: bool = True) -> StudyReport | None:
-        """Plain data for plots and summaries; retrains the best trial for its curves and model."""
+    def report(self, data: Any, retrain: bool = True, full: bool = True) -> StudyReport | None:
+        """Plain data for plots and summaries; retrains the best trial for its curves and model.
+
+        ``full`` False leaves out what only plots need (every trial's row, parameter importances)."""
         from hpsearch.training import train_once
 
         layout = self.phases.layout()
@@ -231,10 +256,10 @@ class Results:
             spaces[phase.name] = ({name: p.log for name, p in phase.space.items()} if phase.space else
                                   {name: _looks_logarithmic(values) for name, values in (record["grid"] or {}).items()
                                    if len(values) > 1})
-            importances[phase.name] = _importances(self.phases.load(phase, record))
+            importances[phase.name] = _importances(self.phases.load(phase, record)) if full else {}
         return StudyReport(
             study=self.spec.name, metric=self.spec.objective.metric, direction=self.spec.objective.direction,
-            trials=self.trials(), spaces=spaces, importances=importances, best=best, best_result=best_result,
+            trials=self.trials() if full else [], spaces=spaces, importances=importances, best=best, best_result=best_result,
             best_fragment=best_fragment(self.spec, best) if best else None,
             summary=self.status(views, layout),
         )

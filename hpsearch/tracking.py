@@ -42,6 +42,8 @@ TRIAL_KEY = "hpsearch.trial_key"
 FLUSH_SECONDS = 2.0  # metrics of a running trial reach MLflow at least this often
 RETRY_SECONDS = 60.0  # after a failure, how long tracking pauses before trying MLflow again
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+# MLflow 3's UI opens an experiment of this kind on its runs, not on the GenAI overview (traces)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(UserError):
@@ -182,14 +184,16 @@ class MlflowLogger:
             if found is None:
                 try:
                     self._experiment_id = self.client.create_experiment(
-                        self.experiment, artifact_location=_artifact_location(self.uri))
+                        self.experiment, artifact_location=_artifact_location(self.uri), tags=EXPERIMENT_TAGS)
+                    return
                 except Exception:  # another worker created it first
                     found = self.client.get_experiment_by_name(self.experiment)
                     if found is None:
                         raise
-                    self._experiment_id = found.experiment_id
-            else:
-                self._experiment_id = found.experiment_id
+            self._experiment_id = found.experiment_id
+            for key, value in EXPERIMENT_TAGS.items():
+                if found.tags.get(key) != value:
+                    self.client.set_experiment_tag(found.experiment_id, key, value)
 
     def _key(self, name: str) -> str:
         """Names of shared parent ids; they belong to one tracking server and experiment."""
@@ -581,6 +585,7 @@ class MlflowTracker(StudyListener):
     process that dies is reported once and the study goes on without it.
     """
 
+    wants_report = True
     FORWARDED = ("on_study_start", "on_phase_start", "on_trial_start", "on_trial_reaped", "on_existing_trials",
                  "on_phase_end")
 

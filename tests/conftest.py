@@ -64,3 +64,31 @@ def pg_database():
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def freeze_mid_trial():
+    """The function :func:`_freeze_mid_trial`, for tests that stop a process inside a trial."""
+    return _freeze_mid_trial
+
+
+def _freeze_mid_trial(proc, running_trials) -> object:
+    """Stop ``proc`` (SIGSTOP) while the storage shows it inside a trial, and return that trial.
+
+    ``running_trials()`` lists the RUNNING trials of the study (any order). The process is frozen first and the
+    storage read after, so the trial returned is the one the process is in; it resumes with SIGCONT. Waits on storage
+    states only; fails if the process ends first.
+    """
+    import signal
+
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended first (exit {proc.returncode})")
+        mine = [t for t in running_trials() if (t.user_attrs.get("hpsearch:owner") or {}).get("pid") == proc.pid]
+        if not mine:
+            continue
+        proc.send_signal(signal.SIGSTOP)
+        mine = [t for t in running_trials() if (t.user_attrs.get("hpsearch:owner") or {}).get("pid") == proc.pid]
+        if mine:
+            return mine[0]
+        proc.send_signal(signal.SIGCONT)

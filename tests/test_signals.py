@@ -1,0 +1,177 @@
+"""Signals and dying helpers: SIGINT/SIGTERM at any moment, to one process or to `run --workers`, and a tracking
+process killed mid-study. Every wait is on a storage state or a process's exit, never on a clock."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+RUNNING, COMPLETE, FAIL = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
+                           optuna.trial.TrialState.FAIL)
+
+
+def spec_file(tmp_path: Path, points: int = 6, tracking: bool = False, **defaults) -> Path:
+    spec = {
+        "name": "sig", "seed": 0,
+        "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
+        "defaults": {"hidden_size": 64, "learning_rate": 0.05, "num_iters": 3000, "batch_size": 50, "std": 0.01,
+                     **defaults},
+        "heartbeat": {"interval": 1, "grace_period": 30},
+        "tracking": {"enabled": tracking},
+        "phases": [{"name": "grid", "sampler": "grid",
+                    "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}],
+    }
+    path = tmp_path / "sig.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def hpsearch(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], text=True,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name="sig.grid", storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+def wait_until(predicate, proc: subprocess.Popen):
+    """Poll the storage until ``predicate`` holds; fail (with the process's stderr) if the process ends first."""
+    while True:
+        found = predicate()
+        if found:
+            return found
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended first (exit {proc.returncode}): {proc.communicate()[1][-2000:]}")
+
+
+def assert_exactly_once(storage: str, points: int) -> None:
+    trials = trials_of(storage)
+    finished = sorted(t.user_attrs["point"] for t in trials if t.state == COMPLETE)
+    assert finished == list(range(points)), finished
+    assert not [t for t in trials if t.state in (RUNNING, optuna.trial.TrialState.WAITING)]
+    # nothing was reaped as dead, so no retry was used up by a signal
+    assert {t.user_attrs.get("failure") for t in trials if t.state == FAIL} <= {"interrupted"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_at_any_moment_ends_the_run_cleanly_and_resume_loses_nothing(tmp_path, sig):
+    """Signals sent at moments spread over a study's life once its points are queued: trials, bookkeeping, the end."""
+    rng = random.Random(sig)
+    for attempt in range(5):
+        folder = tmp_path / f"a{attempt}"
+        folder.mkdir()
+        spec = spec_file(folder, tracking=attempt % 2 == 1, num_iters=600)
+        storage = f"sqlite:///{folder / 'sig.db'}"
+        args = ["run", str(spec), "--storage", storage, "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+        proc = hpsearch(*args)
+        # the signal lands after 0..4 finished trials, at a random point of the next one's life
+        after = rng.randrange(5)
+        wait_until(lambda: (trials := trials_of(storage)) and sum(t.state == COMPLETE for t in trials) >= after,
+                   proc)
+        for _ in range(rng.randrange(20000)):  # a spin, not a sleep: a varying moment, not a timing assumption
+            pass
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode in (0, 130), err  # 0: the study had already finished
+        assert "Traceback" not in err and "Exception ignored" not in err, err
+        if proc.returncode == 130:
+            assert "Interrupted" in err
+        trials = trials_of(storage)
+        assert not [t for t in trials if t.state == RUNNING], "a trial was left RUNNING"
+        assert [t.user_attrs.get("failure") for t in trials if t.state == FAIL] in ([], ["interrupted"])
+        resumed = hpsearch(*args)
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err
+        assert "heartbeat lost" not in err and "worker died" not in err
+        assert_exactly_once(storage, 6)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, sig, to_group):
+    spec = spec_file(tmp_path, points=8)
+    storage = f"sqlite:///{tmp_path / 'sig.db'}"
+    args = ["run", str(spec), "--storage", storage, "--workers", "2"]
+    proc = hpsearch(*args, start_new_session=True)
+    # both workers are inside a trial
+    wait_until(lambda: len({(t.user_attrs.get("hpsearch:owner") or {}).get("pid")
+                            for t in trials_of(storage) if t.state == RUNNING}) == 2, proc)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    if to_group:
+        os.killpg(proc.pid, sig)  # Ctrl-C in a terminal
+    else:
+        proc.send_signal(sig)  # `kill PID`, docker stop
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err and "Exception ignored" not in err, err
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived the run"
+    trials = trials_of(storage)
+    assert not [t for t in trials if t.state == RUNNING]
+    resumed = hpsearch("run", str(spec), "--storage", storage)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert_exactly_once(storage, 8)
+
+
+def test_a_dead_tracking_process_is_reported_once_and_the_study_ends_normally(tmp_path):
+    spec = spec_file(tmp_path, points=6, tracking=True, num_iters=600)
+    storage = f"sqlite:///{tmp_path / 'sig.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = hpsearch("run", str(spec), "--storage", storage, "--tracking-uri", tracking)
+    wait_until(lambda: any(t.state == COMPLETE for t in trials_of(storage)), proc)
+
+    def tracker() -> int | None:
+        for pid in _children(proc.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                return pid
+        return None
+
+    os.kill(wait_until(tracker, proc), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert err.count("tracking process died") == 1, err
+    assert_exactly_once(storage, 6)
+    # the next look mends MLflow from the storage
+    synced = subprocess.run([sys.executable, "-m", "hpsearch", "sync", str(spec), "--storage", storage,
+                             "--tracking-uri", tracking], capture_output=True, text=True, timeout=300)
+    assert synced.returncode == 0, synced.stderr
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("sig").experiment_id],
+                              filter_string="tags.`hpsearch.kind` = 'trial'", max_results=100)
+    assert sorted(r.data.tags["hpsearch.trial_key"] for r in runs) == sorted(
+        f"sig.grid/{t.number}" for t in trials_of(storage))
+    assert not [r for r in runs if r.info.status == "RUNNING"]
