@@ -186,8 +186,12 @@ def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str 
             interruption.check()  # a signal during the study's last steps still means "interrupted"
         summary["wall_seconds"] = round(time.perf_counter() - started, 3)
         tracker = driver.listener
-        summary["tracking"] = ({"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
-                                "seconds": round(tracker.seconds, 3)} if hasattr(tracker, "uri") else None)
+        summary["tracking"] = None
+        if hasattr(tracker, "uri"):
+            model = tracker.saved_model(driver.phases.shared()) if summary["complete"] else None
+            summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
+                                   "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}
+        summary["spec"] = str(spec)
     except UserError as exc:
         raise fail(str(exc)) from None
     except (KeyboardInterrupt, Interrupted):
@@ -285,10 +289,12 @@ def _print_summary(summary: dict) -> None:
     tracking = summary.get("tracking")
     if tracking:
         spent = ""
-        if tracking.get("seconds") is not None and summary.get("wall_seconds"):
+        if tracking.get("seconds") and summary.get("wall_seconds"):
             spent = f" (the tracking process spent {tracking['seconds']:.1f}s in MLflow calls)"
         console.print(f"MLflow experiment {tracking['experiment']!r}{spent}:")
         console.print(f"  mlflow ui --backend-store-uri {tracking['uri']}")
+        if tracking.get("model"):
+            console.print(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split test")
     console.print(f"  optuna-dashboard {summary['storage']}")
 
 

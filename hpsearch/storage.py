@@ -115,6 +115,11 @@ def engine_for(url: str):
     """One pooled SQLAlchemy engine per storage URL and process, for hpsearch's own statements and locks."""
     import sqlalchemy
 
+    path = sqlite_path(url)
+    if path is not None:  # a relative path means the working directory of now, not of when the engine was made
+        from sqlalchemy.engine import make_url
+
+        url = make_url(url).set(database=str(path.resolve())).render_as_string(hide_password=False)
     key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:

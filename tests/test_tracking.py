@@ -155,3 +155,42 @@ def test_credentials_never_reach_mlflow(study, tmp_path, monkeypatch):
     for runs in runs_by_kind(f"sqlite:///{tmp_path / 'm.db'}").values():
         for run in runs:
             assert "SECRET" not in json.dumps([run.data.params, run.data.tags])
+
+
+def test_sync_and_reruns_of_a_finished_study_leave_what_is_right_alone(study, tmp_path):
+    first = runner.invoke(app, ["run", str(study)])
+    assert first.exit_code == 0, first.output
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+
+    def parents() -> dict[str, tuple]:
+        kinds = runs_by_kind(uri)
+        return {run.info.run_id: (run.info.status, run.info.end_time) for kind in ("study", "phase")
+                for run in kinds[kind]}
+
+    before = parents()
+    assert {status for status, _ in before.values()} == {"FINISHED"}
+    synced = runner.invoke(app, ["sync", str(study)])
+    assert synced.exit_code == 0 and "0 runs created, 0 runs ended" in synced.output, synced.output
+    again = runner.invoke(app, ["run", str(study)])
+    assert again.exit_code == 0 and "already complete" in again.output
+    assert parents() == before  # end times untouched: the UI's durations stay true
+
+    # the experiment opens on its runs in MLflow 3's UI, and the summary names the model to predict with
+    experiment = client.get_experiment_by_name("tracked")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "hpsearch predict" in first.output
+    model = json.loads(runner.invoke(app, ["run", str(study), "--json"]).stdout)["tracking"]["model"]
+    assert Path(model).is_file() and runs_by_kind(uri)["study"][0].info.run_id in model
+    scored = runner.invoke(app, ["predict", str(study), "--model", model, "--split", "test", "--json"])
+    assert scored.exit_code == 0 and json.loads(scored.output)["split"] == "test", scored.output
+
+
+def test_a_run_left_running_is_ended_by_sync_and_counted(study, tmp_path):
+    assert runner.invoke(app, ["run", str(study)]).exit_code == 0
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    study_run = runs_by_kind(uri)["study"][0].info.run_id
+    MlflowClient(uri).update_run(study_run, status="RUNNING")  # as a killed process leaves it
+    synced = runner.invoke(app, ["sync", str(study)])
+    assert synced.exit_code == 0 and "0 runs created, 1 runs ended" in synced.output, synced.output
+    assert MlflowClient(uri).get_run(study_run).info.status == "FINISHED"
