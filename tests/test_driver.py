@@ -194,6 +194,21 @@ def test_bad_storage_url(tmp_path):
     assert "SECRET" not in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_postgresql_urls_use_the_declared_psycopg_3_driver():
+    import tomllib
+
+    from sqlalchemy.engine import make_url
+
+    from packaging.requirements import Requirement
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    requirements = {r.name: r for r in map(Requirement, declared["project"]["dependencies"])}
+    assert "psycopg2" not in requirements and requirements["psycopg"].specifier.contains("3.1")
+    # SQLAlchemy 2.0 maps postgresql:// to psycopg2, which is not installed: the floor must exclude it
+    assert not requirements["sqlalchemy"].specifier.contains("2.0.40")
+    assert make_url("postgresql://me@127.0.0.1/studies").get_dialect().driver == "psycopg"
+
+
 def test_derived_grid_needs_complete_source_trials(tmp_path):
     spec = make_spec(tmp_path)
     with pytest.raises(UserError, match="cannot derive its grid"):
