@@ -178,7 +178,14 @@ def test_pruning_reports_each_epoch(tmp_path):
                      phases=[{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.3, 1e-5, 1e-5, 2e-5]}}])
     driver_for(spec, tmp_path).run()
     trials = phase_trials(tmp_path, "grid")
-    assert all(len(t.intermediate_values) >= 1 for t in trials)
+    epochs = 40 // (200 // 50)  # num_iters / iterations per epoch (200 rows in batches of 50)
+    for t in trials:
+        reported = sorted(t.intermediate_values)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert reported == list(range(epochs)), reported
+        else:  # stopped right after the report of the epoch that lost to the median
+            assert t.state == optuna.trial.TrialState.PRUNED and reported == list(range(len(reported))), reported
+            assert 0 < len(reported) < epochs and t.user_attrs["failure"] == f"pruned at epoch {reported[-1]}"
     assert any(t.state == optuna.trial.TrialState.PRUNED for t in trials)
 
 
