@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hpsearch.cli import app
+from tests.conftest import TINY_STUDY, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "studies" / "quickstart.yaml")
@@ -70,29 +71,13 @@ def test_cifar10_default_config_matches_the_assignment(cifar10_dir):
     assert 0.26 <= json.loads(result.output)["val_acc"] <= 0.33
 
 
-STUDY = """
-name: clistudy
-seed: 0
-data: {dataset: synthetic, num_train: 200, num_val: 60, num_test: 60}
-defaults: {hidden_size: 8, learning_rate: 0.05, num_iters: 20, batch_size: 50, std: 0.01}
-phases:
-  - name: random
-    sampler: random
-    n_trials: 4
-    space:
-      learning_rate: {type: float, low: 1.0e-3, high: 0.5, log: true}
-  - name: grid
-    sampler: grid
-    grid: {from: random, top_k: 2, points: 2}
-"""
+RANDOM, GRID = TINY_STUDY["phases"]  # 6 random points, then a grid derived from the best 3
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "study.yaml"
-    path.write_text(STUDY)
-    return path
+    return write_spec(tmp_path, "clistudy")
 
 
 def test_run_status_best_export_plan(study, tmp_path):
@@ -106,7 +91,7 @@ def test_run_status_best_export_plan(study, tmp_path):
 
     status = json.loads(runner.invoke(app, ["status", str(study), "--json"]).stdout)
     assert status["complete"] and [p["state"] for p in status["phases"]] == ["complete", "complete"]
-    assert status["phases"][0]["done"] == 4
+    assert status["phases"][0]["done"] == 6
 
     best_yaml = runner.invoke(app, ["best", str(study), "--format", "yaml", "--output", str(tmp_path / "best.yaml")])
     assert best_yaml.exit_code == 0
@@ -120,7 +105,7 @@ def test_run_status_best_export_plan(study, tmp_path):
     assert runner.invoke(app, ["export", str(study), "--output", str(tmp_path / "t.csv")]).exit_code == 0
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0].startswith("phase,number,state,value") and "param_learning_rate" in lines[0]
-    assert len(lines) == 1 + 4 + status["phases"][1]["total"]
+    assert len(lines) == 1 + 6 + status["phases"][1]["total"]
     assert runner.invoke(app, ["export", str(study), "--output", str(tmp_path / "t.json")]).exit_code == 0
     assert len(json.loads((tmp_path / "t.json").read_text())) == len(lines) - 1
 
@@ -129,28 +114,27 @@ def test_plan_touches_no_storage(study, tmp_path):
     result = runner.invoke(app, ["plan", str(study), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert [p["trials"] for p in report["phases"]] == [4, 2] and report["phases"][1]["trials_upper_bound"]
+    assert [p["trials"] for p in report["phases"]] == [6, 4] and report["phases"][1]["trials_upper_bound"]
     assert report["estimated_seconds"] >= 0
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(
-    "edit, message",
+    "changes, message",
     [
-        (lambda s: s + "colour: red\n", "unknown key 'colour'"),
-        (lambda s: s.replace("n_trials: 4", "n_trials: four"), "phases[0].n_trials must be a valid integer"),
-        (lambda s: s.replace("grid: {from: random, top_k: 2, points: 2}", "grid: {}"), "'grid' is empty"),
-        (lambda s: s.replace("grid: {from: random, top_k: 2, points: 2}", "grid: {hidden_size: []}"),
-         "'grid.hidden_size' is an empty list"),
-        (lambda s: s.replace("learning_rate: {type: float, low: 1.0e-3", "learning_rate: {type: float, low: -1.0"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"phases": [{**RANDOM, "n_trials": "four"}, GRID]}, "phases[0].n_trials must be a valid integer"),
+        ({"phases": [RANDOM, {**GRID, "grid": {}}]}, "'grid' is empty"),
+        ({"phases": [RANDOM, {**GRID, "grid": {"hidden_size": []}}]}, "'grid.hidden_size' is an empty list"),
+        ({"phases": [{**RANDOM, "space": {"learning_rate": {**RANDOM["space"]["learning_rate"], "low": -1.0}}}, GRID]},
          "phases[0].space.learning_rate"),
-        (lambda s: s.replace("dataset: synthetic", "dataset: cifar10, path: /nonexistent"), "CIFAR-10 folder not found"),
-        (lambda s: s + "storage: 'nonsense'\n", "is not a database URL"),
-        (lambda s: s + "storage: postgresql://me:SECRET@127.0.0.1:1/db\n", "cannot be opened"),
+        ({"data": {"dataset": "cifar10", "path": "/nonexistent"}}, "CIFAR-10 folder not found"),
+        ({"storage": "nonsense"}, "is not a database URL"),
+        ({"storage": "postgresql://me:SECRET@127.0.0.1:1/db"}, "cannot be opened"),
     ],
 )
-def test_bad_specs_exit_2_with_one_line(study, edit, message):
-    study.write_text(edit(STUDY))
+def test_bad_specs_exit_2_with_one_line(study, tmp_path, changes, message):
+    write_spec(tmp_path, "clistudy", **changes)
     result = runner.invoke(app, ["run", str(study)])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
