@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from hpsearch.errors import UserError
+from hpsearch.formatting import format_duration
 
 app = typer.Typer(
     help="Hyperparameter search with experiment tracking: random then grid phases on Optuna, logged to MLflow.",
@@ -40,7 +41,7 @@ def fail(message: str) -> typer.Exit:
 
 @app.command()
 def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
-    """Train once with the spec's defaults and print loss, train and validation accuracy and seconds."""
+    """Train once with the spec's defaults and print loss, train and validation accuracy and the time it took."""
     from hpsearch.backends import DivergedError
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data, train_once
@@ -74,7 +75,7 @@ def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     typer.echo(f"loss        {result.loss:.4f}")
     typer.echo(f"train acc   {result.train_acc:.4f}")
     typer.echo(f"val acc     {result.val_acc:.4f}")
-    typer.echo(f"seconds     {result.seconds:.2f}")
+    typer.echo(f"time        {format_duration(result.seconds)}")
 
 
 
@@ -265,7 +266,7 @@ def _print_summary(summary: dict) -> None:
     if tracking:
         spent = ""
         if tracking.get("seconds") is not None and summary.get("wall_seconds"):
-            spent = f" (the tracking process spent {tracking['seconds']:.1f}s in MLflow calls)"
+            spent = f" (the tracking process spent {format_duration(tracking['seconds'])} in MLflow calls)"
         console.print(f"MLflow experiment {tracking['experiment']!r}{spent}:")
         console.print(f"  mlflow ui --backend-store-uri {tracking['uri']}")
     console.print(f"  optuna-dashboard {summary['storage']}")
@@ -336,11 +337,17 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     if json_:
         typer.echo(json.dumps(report))
         return
-    typer.echo(f"study {report['study']}: probe training took {report['probe_seconds']:.2f}s")
+    probe = report["probe"]
+    typer.echo(f"study {report['study']}: a probe of {probe['trials']} short trials: "
+               f"{format_duration(probe['train_seconds'])} of training each, "
+               f"{format_duration(probe['trial_overhead_seconds'])} more per trial")
     for p in report["phases"]:
         size = f"{'at most ' if p['trials_upper_bound'] else ''}{p['trials']} trials"
-        typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {p['estimated_seconds']:.0f}s")
-    typer.echo(f"  total ≈ {report['estimated_seconds']:.0f}s on one process")
+        typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {format_duration(p['estimated_seconds'])}")
+    once = format_duration(report["run_fixed_seconds"])
+    typer.echo(f"  {'(once)':<12} {'':<7} {'start, retrain winner':<22} ≈ {once}")
+    tracking = ", plus MLflow tracking" if study.tracking.enabled else ""
+    typer.echo(f"  total ≈ {format_duration(report['estimated_seconds'])} on one process{tracking}")
 
 
 @app.command()

@@ -20,7 +20,7 @@ runner = CliRunner()
 def test_train_quickstart_prints_the_scores():
     result = runner.invoke(app, ["train", QUICKSTART])
     assert result.exit_code == 0, result.output
-    for label in ("loss", "train acc", "val acc", "seconds"):
+    for label in ("loss", "train acc", "val acc", "time"):
         assert label in result.output
 
 
@@ -115,8 +115,27 @@ def test_plan_touches_no_storage(study, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [p["trials"] for p in report["phases"]] == [6, 4] and report["phases"][1]["trials_upper_bound"]
-    assert report["estimated_seconds"] >= 0
+    phases = sum(p["estimated_seconds"] for p in report["phases"])
+    assert report["estimated_seconds"] == pytest.approx(report["run_fixed_seconds"] + phases, abs=0.1)
+    assert report["probe"]["trials"] == 3
     assert not (tmp_path / "runs").exists()
+
+
+def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
+    from hpsearch import plan
+
+    stub = plan.Probe(train_seconds=0.4, cost=1.0, trial_overhead_seconds=0.1, fixed_seconds=200.0)
+    monkeypatch.setattr(plan, "measure_probe", lambda spec, data: stub)
+    monkeypatch.setattr(plan.get_backend("numpy"), "cost", lambda config, data: 1.0)  # every trial trains 0.4 s
+    result = runner.invoke(app, ["plan", str(study)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "study clistudy: a probe of 3 short trials: 0.4 s of training each, 0.1 s more per trial",
+        "  random       random  6 trials               ≈ 3.0 s",
+        "  grid         grid    at most 4 trials       ≈ 2.0 s",
+        "  (once)               start, retrain winner  ≈ 3 min 20 s",
+        "  total ≈ 3 min 25 s on one process, plus MLflow tracking",
+    ]
 
 
 @pytest.mark.parametrize(
