@@ -241,35 +241,52 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
 
 
 def _print_summary(summary: dict) -> None:
+    """The phases' table, the winner and where to look: a rich table on a terminal; elsewhere (logs, CI, pipes),
+    where rich would cut the table at 80 columns, plain aligned columns and lines that are never wrapped."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    table = Table(title=f"study {summary['study']}  ({summary['storage']})")
-    for column in ("phase", "state", "done/total", "complete", "pruned", "failed", "running", "best"):
-        table.add_column(column)
+    title = f"study {summary['study']}  ({summary['storage']})"
+    header = ("phase", "state", "done/total", "complete", "pruned", "failed", "running", "best")
+    rows = []
     for p in summary["phases"]:
         best = f"{p['best_value']:.4f} (trial {p['best_trial']})" if p["best_value"] is not None else "-"
-        table.add_row(p["phase"], p["state"], f"{p['done']}/{p['total'] if p['total'] is not None else '?'}",
-                      str(p["complete"]), str(p["pruned"]), str(p["failed"]), str(p["running"]), best)
-    console.print(table)
+        rows.append((p["phase"], p["state"], f"{p['done']}/{p['total'] if p['total'] is not None else '?'}",
+                     str(p["complete"]), str(p["pruned"]), str(p["failed"]), str(p["running"]), best))
+    if console.is_terminal:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+        def say(line: str) -> None:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+    else:
+        say = typer.echo
+        say(title)
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+        for row in (header, *rows):
+            say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     best = summary.get("best")
     if best:
         test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ", no test split"
-        console.print(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}"
-                      f"{test}")
-        console.print(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
+        say(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}{test}")
+        say(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
     for p in summary["phases"]:
         if p["failed_points"]:
-            console.print(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
+            say(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
     tracking = summary.get("tracking")
     if tracking:
         spent = ""
         if tracking.get("seconds") is not None and summary.get("wall_seconds"):
             spent = f" (the tracking process spent {format_duration(tracking['seconds'])} in MLflow calls)"
-        console.print(f"MLflow experiment {tracking['experiment']!r}{spent}:")
-        console.print(f"  mlflow ui --backend-store-uri {tracking['uri']}")
-    console.print(f"  optuna-dashboard {summary['storage']}")
+        say(f"MLflow experiment {tracking['experiment']!r}{spent}:")
+        say(f"  mlflow ui --backend-store-uri {tracking['uri']}")
+    say(f"  optuna-dashboard {summary['storage']}")
 
 
 @app.command()

@@ -93,6 +93,15 @@ def test_run_status_best_export_plan(study, tmp_path):
     assert status["complete"] and [p["state"] for p in status["phases"]] == ["complete", "complete"]
     assert status["phases"][0]["done"] == 6
 
+    # CliRunner's stdout is no terminal, as in logs, CI and pipes: nothing may be cut or wrapped at 80 columns
+    for text in (result.stdout, runner.invoke(app, ["status", str(study)]).stdout):
+        lines = text.splitlines()
+        assert lines[1].split() == ["phase", "state", "done/total", "complete", "pruned", "failed", "running", "best"]
+        best_row = lines[2 + [p["phase"] for p in status["phases"]].index(status["best"]["phase"])]
+        assert best_row.endswith(f"{status['best']['value']:.4f} (trial {status['best']['trial']})")
+        config = next(line for line in lines if line.startswith("  config: "))
+        assert json.loads(config[len("  config: "):config.rindex("  seed: ")]) == status["best"]["config"]
+
     best_yaml = runner.invoke(app, ["best", str(study), "--format", "yaml", "--output", str(tmp_path / "best.yaml")])
     assert best_yaml.exit_code == 0
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
