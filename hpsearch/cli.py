@@ -40,20 +40,40 @@ def fail(message: str) -> typer.Exit:
 
 
 @app.command()
-def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+def train(
+    spec: SpecArg,
+    save: Annotated[Optional[Path], typer.Option(
+        help="Save the trained model here (.npz for numpy, .pt for torch); `hpsearch predict --model` reloads it.",
+        show_default=False)] = None,
+    test: Annotated[bool, typer.Option("--test", help="Also score the test split (an error without one).")] = False,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
     """Train once with the spec's defaults and print loss, train and validation accuracy and the time it took."""
-    from hpsearch.backends import DivergedError
+    from hpsearch.backends import DivergedError, get_backend
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data, train_once
 
     try:
         study = load_spec(spec, set_)
+        backend = get_backend(study.model.backend)
+        if save is not None and save.suffix != backend.MODEL_SUFFIX:
+            raise fail(f"--save {save}: the {study.model.backend} backend saves {backend.MODEL_SUFFIX} files; "
+                       f"give a path ending in {backend.MODEL_SUFFIX}.")
         data = load_data(study)
+        if test and data.X_test is None:
+            raise fail(f"--test: the dataset {data.name} of {spec} has no test split.")
         result = train_once(study, data)
+        test_acc = result.model.accuracy(data.X_test, data.y_test) if test else None
+        if save is not None:
+            save.parent.mkdir(parents=True, exist_ok=True)
+            backend.save_model(result.model, result.config, save)
     except UserError as exc:
         raise fail(str(exc)) from None
     except DivergedError as exc:
         raise fail(f"{spec}: training diverged: {exc}; lower defaults.learning_rate.") from None
+    except OSError as exc:
+        raise fail(f"--save {save}: cannot write the model ({exc.strerror or exc}).") from None
 
     if json_:
         typer.echo(json.dumps({
@@ -67,6 +87,8 @@ def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
             "data_fingerprint": data.fingerprint,
             "seed": study.seed,
             "config": result.config,
+            **({"test_acc": test_acc} if test else {}),
+            **({"model": str(save)} if save is not None else {}),
         }))
         return
     typer.echo(f"{study.name}: {study.model.backend} backend on {data.name} "
@@ -75,7 +97,11 @@ def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     typer.echo(f"loss        {result.loss:.4f}")
     typer.echo(f"train acc   {result.train_acc:.4f}")
     typer.echo(f"val acc     {result.val_acc:.4f}")
+    if test:
+        typer.echo(f"test acc    {test_acc:.4f}")
     typer.echo(f"time        {format_duration(result.seconds)}")
+    if save is not None:
+        typer.echo(f"saved       {save}  (hpsearch predict {spec} --model {save} --split test)")
 
 
 

@@ -50,6 +50,33 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+def test_train_saves_a_model_that_predict_reloads_and_scores_the_test_split(tmp_path):
+    model = tmp_path / "models" / "quickstart.npz"
+    result = runner.invoke(app, ["train", QUICKSTART, "--test", "--save", str(model), "--json"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads(result.stdout)
+    assert trained["model"] == str(model) and 0.8 < trained["test_acc"] <= 1
+    scored = runner.invoke(app, ["predict", QUICKSTART, "--model", str(model), "--split", "test", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["accuracy"] == trained["test_acc"]
+    text = runner.invoke(app, ["train", QUICKSTART, "--test"]).stdout
+    assert f"test acc    {trained['test_acc']:.4f}" in text.splitlines()  # the same seed trains the same model
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--test", "--set", "data.num_test=0"], "--test: the dataset digits of "),
+        (["--save", "model.pt"], "--save model.pt: the numpy backend saves .npz files; give a path ending in .npz."),
+    ],
+)
+def test_train_test_and_save_refuse_what_they_cannot_do(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", QUICKSTART, *args])
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {message}"), result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_missing_spec_exits_2():
     result = runner.invoke(app, ["train", "no-such-spec.yaml"])
     assert result.exit_code == 2 and "spec file not found" in result.stderr
