@@ -6,10 +6,12 @@ __all__ = ["format_duration"]
 
 
 def format_duration(seconds: float) -> str:
-    """``0.4 s``, ``58 s``, ``3 min 20 s``, ``5 h 36 min``, ``2 d 3 h``: two units at most, the smaller one dropped
+    """``36 ms``, ``0.4 s``, ``58 s``, ``3 min 20 s``, ``5 h 36 min``, ``2 d 3 h``: two units at most, the smaller one dropped
     when it is zero, and each rounded to its last unit (so 59.7 s reads ``1 min``, never ``60 s``)."""
     if seconds < 0:
         raise ValueError(f"a duration must be >= 0. Got {seconds} instead.")
+    if round(seconds, 3) < 0.1:
+        return f"{seconds * 1000:.0f} ms"
     if round(seconds, 1) < 10:
         return f"{seconds:.1f} s"
     whole = round(seconds)

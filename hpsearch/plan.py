@@ -23,7 +23,7 @@ from hpsearch.training import resolved_config, train_once
 
 __all__ = ["PROBE_TRIALS", "Probe", "measure_probe", "plan"]
 
-PROBE_TRIALS = 3
+PROBE_TRIALS = 4  # the first pays the process's start-up; the others are timed
 
 
 @dataclass(frozen=True)
@@ -68,22 +68,24 @@ def _probe_spec(spec: StudySpec, probe_config: dict[str, Any]) -> StudySpec:
 
 
 def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
-    """Train the probe configuration alone, then run it as PROBE_TRIALS trials of a throwaway study."""
+    """Run the probe configuration as PROBE_TRIALS trials of a throwaway study, then train it alone."""
     from hpsearch.driver import Driver
 
     backend = get_backend(spec.model.backend)
     probe_config = resolved_config(spec, backend.probe(spec.config()))
-    start = time.perf_counter()
-    train_once(spec, data, probe_config, seed=spec.seed)
-    train_seconds = time.perf_counter() - start
+    # the study first: what happens once per process (imports, a device's start-up) belongs to a run's fixed cost
     with tempfile.TemporaryDirectory(prefix="hpsearch-plan-") as folder:
         start = time.perf_counter()
         driver = Driver(_probe_spec(spec, probe_config), f"sqlite:///{folder}/probe.db", echo=lambda message: None)
         driver.run()
         run_seconds = time.perf_counter() - start
         starts = sorted(datetime.datetime.fromisoformat(row["datetime_start"]) for row in driver.trials())
-    # consecutive trials start one trial (training plus overhead) apart; the first has no predecessor to time it by
-    per_trial = (starts[-1] - starts[0]).total_seconds() / (len(starts) - 1)
+    start = time.perf_counter()
+    train_once(spec, data, probe_config, seed=spec.seed)
+    train_seconds = time.perf_counter() - start
+    # consecutive trials start one trial (training plus overhead) apart; the first trial, which also pays what
+    # happens once per process, is left out
+    per_trial = (starts[-1] - starts[1]).total_seconds() / (len(starts) - 2)
     # the run also retrained its winner once: one more training of the probe configuration
     fixed = run_seconds - len(starts) * per_trial - train_seconds
     return Probe(train_seconds=train_seconds, cost=backend.cost(probe_config, data),

@@ -153,7 +153,7 @@ def test_plan_touches_no_storage(study, tmp_path):
     assert [p["trials"] for p in report["phases"]] == [6, 4] and report["phases"][1]["trials_upper_bound"]
     phases = sum(p["estimated_seconds"] for p in report["phases"])
     assert report["estimated_seconds"] == pytest.approx(report["run_fixed_seconds"] + phases, abs=0.1)
-    assert report["probe"]["trials"] == 3
+    assert report["probe"]["trials"] == 4
     assert not (tmp_path / "runs").exists()
 
 
@@ -166,7 +166,7 @@ def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
     result = runner.invoke(app, ["plan", str(study)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "study clistudy: a probe of 3 short trials: 0.4 s of training each, 0.1 s more per trial",
+        "study clistudy: a probe of 4 short trials: 0.4 s of training each, 0.1 s more per trial",
         "  random       random  6 trials               ≈ 3.0 s",
         "  grid         grid    at most 4 trials       ≈ 2.0 s",
         "  (once)               start, retrain winner  ≈ 3 min 20 s",
