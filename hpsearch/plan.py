@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hpsearch import grid as grids
-from hpsearch.backends import get_backend
+from hpsearch.backends import DivergedError, get_backend
 from hpsearch.data import Dataset
+from hpsearch.errors import SpecError
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
 from hpsearch.training import resolved_config, train_once
 
@@ -81,7 +82,11 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
         run_seconds = time.perf_counter() - start
         starts = sorted(datetime.datetime.fromisoformat(row["datetime_start"]) for row in driver.trials())
     start = time.perf_counter()
-    train_once(spec, data, probe_config, seed=spec.seed)
+    try:
+        train_once(spec, data, probe_config, seed=spec.seed)
+    except DivergedError as exc:
+        raise SpecError(f"{spec.source}: the probe training with the spec's defaults diverged ({exc}); lower "
+                        "defaults.learning_rate.") from None
     train_seconds = time.perf_counter() - start
     # consecutive trials start one trial (training plus overhead) apart; the first trial, which also pays what
     # happens once per process, is left out

@@ -44,3 +44,11 @@ def test_measured_probe_times_real_trials_in_a_temporary_storage(tmp_path, monke
     probe = measure_probe(spec, load_data(spec))
     assert probe.trials == PROBE_TRIALS and probe.train_seconds > 0 and probe.cost > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # neither the spec's storage nor ./runs
+
+
+def test_a_diverging_probe_is_a_spec_error(tmp_path):
+    from hpsearch.errors import SpecError
+
+    spec = load_spec(write_spec(tmp_path, defaults={**TINY_STUDY["defaults"], "learning_rate": 1e30, "std": 1.0}))
+    with pytest.raises(SpecError, match="the probe training with the spec's defaults diverged"):
+        measure_probe(spec, load_data(spec))
