@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from hpsearch.errors import UserError
+from hpsearch.formatting import format_duration
 
 app = typer.Typer(
     help="Hyperparameter search with experiment tracking: random then grid phases on Optuna, logged to MLflow.",
@@ -39,20 +40,40 @@ def fail(message: str) -> typer.Exit:
 
 
 @app.command()
-def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
-    """Train once with the spec's defaults and print loss, train and validation accuracy and seconds."""
-    from hpsearch.backends import DivergedError
+def train(
+    spec: SpecArg,
+    save: Annotated[Optional[Path], typer.Option(
+        help="Save the trained model here (.npz for numpy, .pt for torch); `hpsearch predict --model` reloads it.",
+        show_default=False)] = None,
+    test: Annotated[bool, typer.Option("--test", help="Also score the test split (an error without one).")] = False,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Train once with the spec's defaults and print loss, train and validation accuracy and the time it took."""
+    from hpsearch.backends import DivergedError, get_backend
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data, train_once
 
     try:
         study = load_spec(spec, set_)
+        backend = get_backend(study.model.backend)
+        if save is not None and save.suffix != backend.MODEL_SUFFIX:
+            raise fail(f"--save {save}: the {study.model.backend} backend saves {backend.MODEL_SUFFIX} files; "
+                       f"give a path ending in {backend.MODEL_SUFFIX}.")
         data = load_data(study)
+        if test and data.X_test is None:
+            raise fail(f"--test: the dataset {data.name} of {spec} has no test split.")
         result = train_once(study, data)
+        test_acc = result.model.accuracy(data.X_test, data.y_test) if test else None
+        if save is not None:
+            save.parent.mkdir(parents=True, exist_ok=True)
+            backend.save_model(result.model, result.config, save)
     except UserError as exc:
         raise fail(str(exc)) from None
     except DivergedError as exc:
         raise fail(f"{spec}: training diverged: {exc}; lower defaults.learning_rate.") from None
+    except OSError as exc:
+        raise fail(f"--save {save}: cannot write the model ({exc.strerror or exc}).") from None
 
     if json_:
         typer.echo(json.dumps({
@@ -66,6 +87,8 @@ def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
             "data_fingerprint": data.fingerprint,
             "seed": study.seed,
             "config": result.config,
+            **({"test_acc": test_acc} if test else {}),
+            **({"model": str(save)} if save is not None else {}),
         }))
         return
     typer.echo(f"{study.name}: {study.model.backend} backend on {data.name} "
@@ -74,7 +97,11 @@ def train(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     typer.echo(f"loss        {result.loss:.4f}")
     typer.echo(f"train acc   {result.train_acc:.4f}")
     typer.echo(f"val acc     {result.val_acc:.4f}")
-    typer.echo(f"seconds     {result.seconds:.2f}")
+    if test:
+        typer.echo(f"test acc    {test_acc:.4f}")
+    typer.echo(f"time        {format_duration(result.seconds)}")
+    if save is not None:
+        typer.echo(f"saved       {save}  (hpsearch predict {spec} --model {save} --split test)")
 
 
 
@@ -265,37 +292,54 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
 
 
 def _print_summary(summary: dict) -> None:
+    """The phases' table, the winner and where to look: a rich table on a terminal; elsewhere (logs, CI, pipes),
+    where rich would cut the table at 80 columns, plain aligned columns and lines that are never wrapped."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    table = Table(title=f"study {summary['study']}  ({summary['storage']})")
-    for column in ("phase", "state", "done/total", "complete", "pruned", "failed", "running", "best"):
-        table.add_column(column)
+    title = f"study {summary['study']}  ({summary['storage']})"
+    header = ("phase", "state", "done/total", "complete", "pruned", "failed", "running", "best")
+    rows = []
     for p in summary["phases"]:
         best = f"{p['best_value']:.4f} (trial {p['best_trial']})" if p["best_value"] is not None else "-"
-        table.add_row(p["phase"], p["state"], f"{p['done']}/{p['total'] if p['total'] is not None else '?'}",
-                      str(p["complete"]), str(p["pruned"]), str(p["failed"]), str(p["running"]), best)
-    console.print(table)
+        rows.append((p["phase"], p["state"], f"{p['done']}/{p['total'] if p['total'] is not None else '?'}",
+                     str(p["complete"]), str(p["pruned"]), str(p["failed"]), str(p["running"]), best))
+    if console.is_terminal:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+        def say(line: str) -> None:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+    else:
+        say = typer.echo
+        say(title)
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+        for row in (header, *rows):
+            say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     best = summary.get("best")
     if best:
         test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ", no test split"
-        console.print(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}"
-                      f"{test}")
-        console.print(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
+        say(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}{test}")
+        say(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
     for p in summary["phases"]:
         if p["failed_points"]:
-            console.print(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
+            say(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
     tracking = summary.get("tracking")
     if tracking:
         spent = ""
         if tracking.get("seconds") and summary.get("wall_seconds"):
-            spent = f" (the tracking process spent {tracking['seconds']:.1f}s in MLflow calls)"
-        console.print(f"MLflow experiment {tracking['experiment']!r}{spent}:")
-        console.print(f"  mlflow ui --backend-store-uri {tracking['uri']}")
+            spent = f" (the tracking process spent {format_duration(tracking['seconds'])} in MLflow calls)"
+        say(f"MLflow experiment {tracking['experiment']!r}{spent}:")
+        say(f"  mlflow ui --backend-store-uri {tracking['uri']}")
         if tracking.get("model"):
-            console.print(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split test")
-    console.print(f"  optuna-dashboard {summary['storage']}")
+            say(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split test")
+    say(f"  optuna-dashboard {summary['storage']}")
 
 
 @app.command()
@@ -363,11 +407,17 @@ def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     if json_:
         typer.echo(json.dumps(report))
         return
-    typer.echo(f"study {report['study']}: probe training took {report['probe_seconds']:.2f}s")
+    probe = report["probe"]
+    typer.echo(f"study {report['study']}: a probe of {probe['trials']} short trials: "
+               f"{format_duration(probe['train_seconds'])} of training each, "
+               f"{format_duration(probe['trial_overhead_seconds'])} more per trial")
     for p in report["phases"]:
         size = f"{'at most ' if p['trials_upper_bound'] else ''}{p['trials']} trials"
-        typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {p['estimated_seconds']:.0f}s")
-    typer.echo(f"  total ≈ {report['estimated_seconds']:.0f}s on one process")
+        typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {format_duration(p['estimated_seconds'])}")
+    once = format_duration(report["run_fixed_seconds"])
+    typer.echo(f"  {'(once)':<12} {'':<7} {'start, retrain winner':<22} ≈ {once}")
+    tracking = ", plus MLflow tracking" if study.tracking.enabled else ""
+    typer.echo(f"  total ≈ {format_duration(report['estimated_seconds'])} on one process{tracking}")
 
 
 @app.command()

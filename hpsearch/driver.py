@@ -38,7 +38,8 @@ from hpsearch.phases import Phases
 from hpsearch.pointqueue import Heartbeat, PointQueue, owner, reap
 from hpsearch.records import (EPOCH_KEYS, FAILURE, INTERRUPTED, POINT, SEED, SharedState, StateTable,
                               counts_as_failure, decode_param, decode_params, encode_param)
-from hpsearch.results import PhaseView, Results, format_seconds
+from hpsearch.formatting import format_duration
+from hpsearch.results import PhaseView, Results
 from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
 from hpsearch.storage import StorageError, mask_url, storage_lock
 from hpsearch.training import load_data, resolved_config, train_once
@@ -435,7 +436,7 @@ class Driver:
         best = f"best {status['best_value']:.4f}" if status["best_value"] is not None else "best -"
         done, total = status["done"], status["total"]
         eta = view.eta_seconds(done, total)
-        eta = f", ETA {format_seconds(eta)}" if eta is not None else ""
+        eta = f", ETA {format_duration(eta)}" if eta is not None else ""
         self.echo(f"[{phase.name}] {done}/{total} trial {row.number} {score}, {best}{eta}")
 
     # ---- the end -----------------------------------------------------------------------------------------------

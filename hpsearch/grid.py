@@ -75,7 +75,7 @@ def _tidy(value: float) -> float:
 def _span(param: ParamSpec, values: list[float], points: int) -> list[Any]:
     low, high = min(values), max(values)
     if points == 1 or low == high:
-        raw = [low] if points == 1 or low == high else []
+        raw = [low]
     elif param.log:
         raw = list(np.geomspace(low, high, points))
     else:

@@ -1,29 +1,56 @@
-"""``hpsearch plan``: each phase's size and an estimated run time, from the spec alone and a short probe training.
+"""``hpsearch plan``: each phase's size and an estimated run time, from the spec and a short measured probe.
 
-Touches no storage: a derived grid's size is an upper bound until its source phase has run.
+The probe runs a few short trials of the spec's defaults through the real driver, on a throwaway SQLite storage in a
+temporary folder with tracking off, so the estimate includes what a trial costs besides training (claiming, storing,
+heartbeats) and what a run costs once (opening the storage, loading the data, retraining the winner). The user's
+storage is never touched: a derived grid's size is an upper bound until its source phase has run.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
+import tempfile
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from hpsearch import grid as grids
-from hpsearch.backends import get_backend
+from hpsearch.backends import DivergedError, get_backend
 from hpsearch.data import Dataset
+from hpsearch.errors import SpecError
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
-from hpsearch.training import train_once
+from hpsearch.training import resolved_config, train_once
+
+__all__ = ["PROBE_TRIALS", "Probe", "measure_probe", "plan"]
+
+PROBE_TRIALS = 4  # the first pays the process's start-up; the others are timed
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a short version of the spec's defaults cost, measured.
+
+    train_seconds: one training of the probe configuration, alone
+    cost: that configuration's relative compute (the backend's ``cost``): seconds per unit = train_seconds / cost
+    trial_overhead_seconds: what a trial costs beyond its training (the driver's claim, storage writes, heartbeat)
+    fixed_seconds: what a run costs once, beyond its trials and the winner's retraining
+    """
+
+    train_seconds: float
+    cost: float
+    trial_overhead_seconds: float
+    fixed_seconds: float
+    trials: int = PROBE_TRIALS
 
 
 def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, Any]], bool]:
     """The configurations a phase will train (exact), or a stand-in sample of them (estimated=True)."""
     if isinstance(phase.grid, dict):
         return [spec.config(**p) for p in grids.grid_points(phase.grid)], False
-    if phase.sampler == "random":
-        return [spec.config(**p) for p in grids.random_points(phase.space, phase.n_trials, spec.seed, phase.name)], False
-    if phase.sampler == "tpe":
-        return [spec.config(**p) for p in grids.random_points(phase.space, phase.n_trials, spec.seed, phase.name)], True
+    if phase.sampler in ("random", "tpe"):  # TPE's points are not known in advance: random ones stand in
+        points = grids.random_points(phase.space, phase.n_trials, spec.seed, phase.name)
+        return [spec.config(**p) for p in points], phase.sampler == "tpe"
     # a derived grid: at most `points` values per numeric parameter and every choice per categorical
     source = spec.phase(phase.grid.source)
     size = math.prod(len(p.choices) if p.type == "categorical" else phase.grid.points for p in source.space.values())
@@ -31,25 +58,70 @@ def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, An
     return [spec.config(**p) for p in stand_in], True
 
 
-def plan(spec: StudySpec, data: Dataset) -> dict[str, Any]:
-    grids.check_sizes(spec)
+def _probe_spec(spec: StudySpec, probe_config: dict[str, Any]) -> StudySpec:
+    """The spec with the probe configuration as its defaults and one grid phase of PROBE_TRIALS equal points."""
+    name, value = next(iter(probe_config.items()))
+    raw = spec.model_dump(exclude={"phases", "tracking", "storage", "provenance"})
+    raw["defaults"] = probe_config
+    raw["tracking"] = {"enabled": False}
+    raw["phases"] = [{"name": "probe", "sampler": "grid", "grid": {name: [value] * PROBE_TRIALS}}]
+    return StudySpec(**raw, source=spec.source)
+
+
+def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
+    """Run the probe configuration as PROBE_TRIALS trials of a throwaway study, then train it alone."""
+    from hpsearch.driver import Driver
+
     backend = get_backend(spec.model.backend)
-    probe_config = backend.probe(spec.config())
+    probe_config = resolved_config(spec, backend.probe(spec.config()))
+    # the study first: what happens once per process (imports, a device's start-up) belongs to a run's fixed cost
+    with tempfile.TemporaryDirectory(prefix="hpsearch-plan-") as folder:
+        start = time.perf_counter()
+        driver = Driver(_probe_spec(spec, probe_config), f"sqlite:///{folder}/probe.db", echo=lambda message: None)
+        driver.run()
+        run_seconds = time.perf_counter() - start
+        starts = sorted(datetime.datetime.fromisoformat(row["datetime_start"]) for row in driver.trials())
     start = time.perf_counter()
-    train_once(spec, data, probe_config, seed=spec.seed)
-    probe_seconds = time.perf_counter() - start
-    seconds_per_unit = probe_seconds / backend.cost(probe_config, data)
-    phases = []
+    try:
+        train_once(spec, data, probe_config, seed=spec.seed)
+    except DivergedError as exc:
+        raise SpecError(f"{spec.source}: the probe training with the spec's defaults diverged ({exc}); lower "
+                        "defaults.learning_rate.") from None
+    train_seconds = time.perf_counter() - start
+    # consecutive trials start one trial (training plus overhead) apart; the first trial, which also pays what
+    # happens once per process, is left out
+    per_trial = (starts[-1] - starts[1]).total_seconds() / (len(starts) - 2)
+    # the run also retrained its winner once: one more training of the probe configuration
+    fixed = run_seconds - len(starts) * per_trial - train_seconds
+    return Probe(train_seconds=train_seconds, cost=backend.cost(probe_config, data),
+                 trial_overhead_seconds=max(per_trial - train_seconds, 0.0), fixed_seconds=max(fixed, 0.0),
+                 trials=len(starts))
+
+
+def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str, Any]:
+    """Each phase's trial count and estimated seconds (training by the backend's cost model, priced by the probe,
+    plus the probe's overhead per trial), and the run's total with its fixed costs and the winner's retraining."""
+    grids.check_sizes(spec)  # before the probe: a phase too big to enqueue is refused at once
+    backend = get_backend(spec.model.backend)
+    probe = probe or measure_probe(spec, data)
+    seconds_per_unit = probe.train_seconds / probe.cost
+    phases, all_training = [], []
     for phase in spec.phases:
         configs, estimated = _phase_configs(spec, phase)
+        training = [backend.cost(c, data) * seconds_per_unit for c in configs]
+        all_training += training
         phases.append({
             "phase": phase.name,
             "sampler": phase.sampler,
             "trials": len(configs),
             "trials_upper_bound": isinstance(phase.grid, DerivedGrid),
-            "estimated_seconds": round(sum(backend.cost(c, data) for c in configs) * seconds_per_unit, 1),
+            "estimated_seconds": round(sum(training) + len(configs) * probe.trial_overhead_seconds, 1),
             "estimate_from_sample": estimated,
             "grid": phase.grid if isinstance(phase.grid, dict) else None,
         })
-    return {"study": spec.name, "probe_seconds": round(probe_seconds, 3), "phases": phases,
-            "estimated_seconds": round(sum(p["estimated_seconds"] for p in phases), 1)}
+    # the winner is unknown in advance: its retraining is priced as an average trial's training
+    once = probe.fixed_seconds + (sum(all_training) / len(all_training) if all_training else 0.0)
+    return {"study": spec.name, "probe_seconds": round(probe.train_seconds, 3),
+            "probe": {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(probe).items()},
+            "run_fixed_seconds": round(once, 1), "phases": phases,
+            "estimated_seconds": round(once + sum(p["estimated_seconds"] for p in phases), 1)}

@@ -6,20 +6,25 @@ its input is a :class:`hpsearch.driver.StudyReport`.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
 if TYPE_CHECKING:
     from hpsearch.driver import StudyReport
 
-__all__ = ["write_report", "PLOTS"]
+__all__ = ["PLOTS", "history_positions", "write_report"]
 
 PLOTS = ("val_acc_vs_params.png", "best_loss_curve.png", "best_accuracy_curves.png", "optimization_history.png",
          "param_importances.png")
+
+
+CATEGORICAL_UP_TO = 6  # a parameter with at most this many distinct values gets one column per value
 
 
 def _pyplot():
@@ -31,48 +36,93 @@ def _pyplot():
     return plt
 
 
+@contextlib.contextmanager
+def _figure(path: Path, size: tuple[float, float], panels: int = 1, cols: int = 1,
+            title: str | None = None) -> Iterator[list[Any]]:
+    """A figure of ``panels`` axes in ``cols`` columns, yielded as a list; saved to ``path`` and closed afterwards.
+    Axes beyond ``panels`` (the last row's remainder) are hidden."""
+    plt = _pyplot()
+    rows = math.ceil(panels / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    axes = list(grid.flat)
+    try:
+        for ax in axes[panels:]:
+            ax.axis("off")
+        yield axes[:panels]
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+    finally:
+        plt.close(fig)
+
+
 def _scored(report: StudyReport) -> list[dict[str, Any]]:
     return [t for t in report.trials if t["state"] == "COMPLETE" and t["value"] is not None
             and math.isfinite(t["value"])]
 
 
+def _axis_values(values: list[Any]) -> tuple[str, list[Any]]:
+    """How to lay out a parameter's values: ("numeric", []) or ("categorical", the categories in axis order).
+
+    Non-numbers (lists such as hidden_sizes, strings, booleans) and whole numbers with few distinct values (a
+    batch_size of 50 or 100) are categories: one column each, numbers in increasing order. Other numbers (drawn
+    learning rates) keep a linear or log axis.
+    """
+    distinct = list(dict.fromkeys(json.dumps(v) for v in values))
+    if all(_as_number(v) is not None for v in values):
+        if len(distinct) > CATEGORICAL_UP_TO or not all(float(v).is_integer() for v in values):
+            return "numeric", []
+        return "categorical", sorted(dict.fromkeys(values))
+    return "categorical", [json.loads(d) for d in distinct]
+
+
 def plot_params(report: StudyReport, path: Path) -> None:
-    """Validation accuracy against each searched parameter, one panel per parameter, coloured by phase."""
-    plt = _pyplot()
+    """The metric against each searched parameter, one panel per parameter, coloured by phase."""
     names: dict[str, bool] = {}
     for space in report.spaces.values():
         for name, log in space.items():
             names[name] = names.get(name, False) or log
     names = names or {"trial": False}
-    cols = min(3, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
     scored = _scored(report)
-    for ax, (name, log) in zip(axes.flat, names.items()):
-        values = [t["params"].get(name, t["number"] if name == "trial" else None) for t in scored]
-        numeric = all(_as_number(v) is not None for v in values if v is not None)
-        for phase in dict.fromkeys(t["phase"] for t in scored):
-            points = [(t["params"].get(name, t["number"] if name == "trial" else None), t["value"])
-                      for t in scored if t["phase"] == phase]
-            # lists and strings (e.g. hidden_sizes) go on a categorical axis, numbers on a linear or log one
-            points = [(_as_number(x) if numeric else str(x), y) for x, y in points if x is not None]
-            if points:
+    phases = list(dict.fromkeys(t["phase"] for t in scored))
+
+    def value(trial: dict[str, Any], name: str) -> Any:
+        return trial["number"] if name == "trial" else trial["params"].get(name)
+
+    cols = min(3, len(names))
+    with _figure(path, (4.5, 3.5), len(names), cols, f"{report.study}: {report.metric} by parameter") as axes:
+        for ax, (name, log) in zip(axes, names.items()):
+            layout, categories = _axis_values([v for t in scored if (v := value(t, name)) is not None])
+            positions = {_category(c): i for i, c in enumerate(categories)}
+            for k, phase in enumerate(phases):
+                points = [(value(t, name), t["value"]) for t in scored if t["phase"] == phase]
+                points = [(x, y) for x, y in points if x is not None]
+                if not points:
+                    continue
+                if layout == "categorical":  # phases side by side within each category's column
+                    shift = (k - (len(phases) - 1) / 2) * 0.12
+                    points = [(positions[_category(x)] + shift, y) for x, y in points]
                 ax.scatter(*zip(*points), label=phase, alpha=0.7, s=18)
-        if log and numeric:
-            ax.set_xscale("log")
-        if not numeric:
-            ax.tick_params(axis="x", labelrotation=30)
-        ax.set_xlabel(name)
-        ax.set_ylabel(report.metric)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    if axes.flat[0].get_legend_handles_labels()[0]:
-        axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"{report.study}: {report.metric} by parameter")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+            if layout == "categorical":
+                ax.set_xticks(range(len(categories)), [json.dumps(c) if isinstance(c, list) else str(c)
+                                                       for c in categories])
+                ax.set_xlim(-0.5, len(categories) - 0.5)
+                if any(len(str(c)) > 6 for c in categories):
+                    ax.tick_params(axis="x", labelrotation=30)
+            elif log:
+                ax.set_xscale("log")
+            ax.set_xlabel(name)
+            ax.set_ylabel(report.metric)
+            ax.grid(alpha=0.3)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
+
+
+def _category(value: Any) -> float | str:
+    """A hashable key under which equal values meet: 50 and 50.0 alike, lists by their JSON."""
+    number = _as_number(value)
+    return number if number is not None else json.dumps(value)
 
 
 def _as_number(value: Any) -> float | None:
@@ -83,36 +133,28 @@ def _as_number(value: Any) -> float | None:
 
 def plot_loss(report: StudyReport, path: Path) -> None:
     """The best trial's training loss per iteration, as in the assignment's figure."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    losses = report.best_result.loss_history if report.best_result is not None else []
-    ax.plot(range(1, len(losses) + 1), losses, linewidth=0.8)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss")
-    ax.set_title(_best_title(report))
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with _figure(path, (7, 4)) as (ax,):
+        losses = report.best_result.loss_history if report.best_result is not None else []
+        ax.plot(range(1, len(losses) + 1), losses, linewidth=0.8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training loss")
+        ax.set_title(_best_title(report))
+        ax.grid(alpha=0.3)
 
 
 def plot_accuracy(report: StudyReport, path: Path) -> None:
     """The best trial's train (minibatch) and validation accuracy per epoch: where they part, it overfits."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    result = report.best_result
-    if result is not None:
-        epochs = range(1, len(result.val_acc_history) + 1)
-        ax.plot(epochs, result.train_acc_history, marker="o", label="train")
-        ax.plot(epochs, result.val_acc_history, marker="o", label="val")
-        ax.legend()
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.set_title(_best_title(report))
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with _figure(path, (7, 4)) as (ax,):
+        result = report.best_result
+        if result is not None:
+            epochs = range(1, len(result.val_acc_history) + 1)
+            ax.plot(epochs, result.train_acc_history, marker="o", label="train")
+            ax.plot(epochs, result.val_acc_history, marker="o", label="val")
+            ax.legend()
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        ax.set_title(_best_title(report))
+        ax.grid(alpha=0.3)
 
 
 def _best_title(report: StudyReport) -> str:
@@ -122,42 +164,78 @@ def _best_title(report: StudyReport) -> str:
     return f"{report.study}: best trial ({best['phase']} #{best['trial']}, {report.metric} {best['value']:.4f})"
 
 
+def history_positions(report: StudyReport) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Where each trial of the optimisation history sits: phases side by side in the order they ran, one empty
+    slot apart, each trial at its phase's offset plus its own trial number. Returns the (phase, number) keys ordered
+    by position and each phase's (name, offset)."""
+    phases = list(dict.fromkeys([*report.spaces, *(t["phase"] for t in report.trials)]))
+    ordered, offsets, offset = [], [], 0
+    for phase in phases:
+        numbers = sorted(t["number"] for t in report.trials if t["phase"] == phase)
+        if not numbers:
+            continue
+        offsets.append((phase, offset))
+        ordered += [(phase, n) for n in numbers]
+        offset += numbers[-1] + 2
+    return ordered, offsets
+
+
 def plot_history(report: StudyReport, path: Path) -> None:
-    """Every trial's score in the order trials ran, with the best so far."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ordered = sorted(_scored(report), key=lambda t: t["datetime_start"] or "")
+    """Every trial at its trial number, phase by phase: scores as dots with the best so far, trials without a
+    score (pruned, failed) as marks along the bottom, counted in the legend."""
+    by_key = {(t["phase"], t["number"]): t for t in report.trials}
+    scored = {(t["phase"], t["number"]) for t in _scored(report)}
+    ordered, offsets = history_positions(report)
+    start = dict(offsets)
+    x = {key: start[key[0]] + key[1] for key in ordered}  # (phase, trial number) -> position on the axis
     pick = max if report.direction == "maximize" else min
-    running: list[float] = []
-    for t in ordered:
-        running.append(t["value"] if not running else pick(running[-1], t["value"]))
-    for phase in dict.fromkeys(t["phase"] for t in ordered):
-        xs = [i for i, t in enumerate(ordered) if t["phase"] == phase]
-        ax.scatter(xs, [ordered[i]["value"] for i in xs], s=14, label=phase, alpha=0.7)
-    ax.plot(range(len(running)), running, color="black", linewidth=1.2, label="best so far")
-    ax.set_xlabel("trial (in the order they ran)")
-    ax.set_ylabel(report.metric)
-    ax.set_title(f"{report.study}: optimisation history")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with _figure(path, (9, 4), title=f"{report.study}: optimisation history ({report.metric})") as (ax,):
+        for phase, _ in offsets:
+            points = [(x[key], by_key[key]["value"]) for key in ordered if key[0] == phase and key in scored]
+            if points:
+                ax.scatter(*zip(*points), s=14, label=phase, alpha=0.7)
+        best_x, best_y = [], []
+        for key in (key for key in ordered if key in scored):
+            best_x.append(x[key])
+            best_y.append(by_key[key]["value"] if not best_y else pick(best_y[-1], by_key[key]["value"]))
+        if best_x:
+            ax.step(best_x, best_y, where="post", color="black", linewidth=1.2, label="best so far")
+        for state, marker in (("PRUNED", "x"), ("FAIL", "v")):
+            xs = [x[key] for key in ordered if by_key[key]["state"] == state]
+            if xs:  # no score to plot: marked along the bottom edge of the axes
+                ax.scatter(xs, [0.0] * len(xs), marker=marker, s=18, color="grey", clip_on=False,
+                           transform=ax.get_xaxis_transform(), label=f"{state.lower()} ({len(xs)})")
+        for phase, offset in offsets:
+            if offset:
+                ax.axvline(offset - 1, color="grey", linewidth=0.8, linestyle="--")
+            ax.annotate(f"phase {phase}", (offset - 1, 1.0), xycoords=("data", "axes fraction"), xytext=(3, 3),
+                        textcoords="offset points", fontsize=8, color="grey")
+        ticks = [(offset + n, str(n)) for phase, offset in offsets
+                 for n in _round_numbers(max(n for p, n in ordered if p == phase))]
+        ax.set_xticks([tick for tick, _ in ticks], [label for _, label in ticks])
+        ax.set_xlabel("trial number (each phase numbers its trials from 0)")
+        ax.set_ylabel(report.metric)
+        if ordered:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.grid(alpha=0.3)
+
+
+def _round_numbers(last: int, most: int = 5) -> range:
+    """0 to ``last`` in steps of 1, 2, 5, 10, 20, 50, ...: at most ``most`` steps."""
+    step = next(m * 10**e for e in itertools.count() for m in (1, 2, 5) if last <= most * m * 10**e)
+    return range(0, last + 1, step)
 
 
 def plot_importances(report: StudyReport, path: Path) -> None:
-    """Parameter importances (fANOVA) per phase."""
-    plt = _pyplot()
+    """Parameter importances (fANOVA) per phase: how much each parameter explains the metric's variation."""
     phases = {phase: imp for phase, imp in report.importances.items() if imp} or {"(too few trials)": {}}
-    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.5), squeeze=False)
-    for ax, (phase, importances) in zip(axes.flat, phases.items()):
-        ordered = sorted(importances.items(), key=lambda kv: kv[1])
-        ax.barh([k for k, _ in ordered], [v for _, v in ordered])
-        ax.set_title(f"phase {phase}")
-        ax.set_xlabel("importance")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    title = f"{report.study}: importance of each parameter for {report.metric} (fANOVA)"
+    with _figure(path, (5, 3.5), len(phases), len(phases), title) as axes:
+        for ax, (phase, importances) in zip(axes, phases.items()):
+            ordered = sorted(importances.items(), key=lambda kv: kv[1])
+            ax.barh([k for k, _ in ordered], [v for _, v in ordered])
+            ax.set_title(f"phase {phase}")
+            ax.set_xlabel(f"share of the variance of {report.metric}")
 
 
 def summary_markdown(report: StudyReport) -> str:

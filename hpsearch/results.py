@@ -25,7 +25,7 @@ from hpsearch.storage import mask_url
 from hpsearch.training import resolved_config
 from hpsearch.trialstore import Row, TrialStore
 
-__all__ = ["PhaseView", "Results", "format_seconds"]
+__all__ = ["PhaseView", "Results"]
 
 CATCH_UP_SLACK = datetime.timedelta(seconds=120)  # re-read this much before the last look: clocks and commits lag
 
@@ -281,12 +281,3 @@ def _importances(study: optuna.Study) -> dict[str, float]:
             return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
     except (RuntimeError, ValueError):  # a single distinct value, or no parameter varies
         return {}
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hpsearch.backends import BACKENDS
 from hpsearch.data import DATASETS
@@ -87,9 +87,33 @@ class ModelSpec(_Strict):
         return value
 
 
+# The metrics a study can optimise, each with the direction that improves it. A metric belongs here once every
+# backend reports it after each epoch (the driver prunes on it) and the final TrainResult carries it.
+METRICS: dict[str, Literal["maximize", "minimize"]] = {"val_acc": "maximize"}
+
+
 class ObjectiveSpec(_Strict):
-    metric: Literal["val_acc"] = "val_acc"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    metric: str = "val_acc"
+    direction: Literal["maximize", "minimize"] | None = Field(None, validate_default=True)  # None: the metric's own
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"must be one of {', '.join(METRICS)}. Got {value!r} instead")
+        return value
+
+    @field_validator("direction")
+    @classmethod
+    def _direction_of_the_metric(cls, value: str | None, info: ValidationInfo) -> str:
+        metric = info.data.get("metric")
+        if metric is None:  # the metric itself was refused; that is the error to show
+            return value or "maximize"
+        if value is not None and value != METRICS[metric]:
+            better = "higher" if METRICS[metric] == "maximize" else "lower"
+            raise ValueError(f"must be {METRICS[metric]!r} for the metric {metric!r} ({better} is better), or left "
+                             f"out. Got {value!r} instead")
+        return METRICS[metric]
 
 
 class TrackingSpec(_Strict):

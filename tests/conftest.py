@@ -1,19 +1,66 @@
-"""Shared fixtures: tiny datasets made here, and CIFAR-10 built from ../shared/data when that archive exists."""
+"""Shared fixtures and helpers: tiny datasets made here, CIFAR-10 built from ../shared/data when that archive exists,
+a tiny study spec (``write_spec``) and the exactly-once check of a phase's trials (``assert_exactly_once``).
+
+Test modules import the helpers with ``from tests.conftest import write_spec, assert_exactly_once``.
+"""
 
 from __future__ import annotations
 
+import collections
+import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import optuna
 import pytest
+import yaml
 
 from hpsearch.data import Dataset, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_BUILDER = REPO.parent / "shared" / "data" / "make_cifar10.py"
+
+
+TINY_STUDY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
+    "model": {"backend": "numpy"},
+    # 20 iterations of 4 minibatches per epoch: 5 epochs, a few milliseconds a trial
+    "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 20, "batch_size": 50, "std": 0.01},
+    "phases": [
+        {"name": "random", "sampler": "random", "n_trials": 6,
+         "space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
+                   "hidden_size": {"type": "int", "low": 4, "high": 16, "step": 4}}},
+        {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 3, "points": 2}},
+    ],
+}
+
+
+def write_spec(tmp_path: Path, name: str = "tiny", **changes: Any) -> Path:
+    """Write :data:`TINY_STUDY` named ``name`` to ``tmp_path / f"{name}.yaml"`` and return the path.
+
+    Each keyword replaces that top-level key (``defaults``, ``phases``, ``heartbeat``, ``pruner``, ``tracking``,
+    ``model``, any unknown key to test a refusal): ``write_spec(tmp_path, defaults={**TINY_STUDY["defaults"],
+    "num_iters": 40})``. Writing the same name again overwrites the file.
+    """
+    spec = {**copy.deepcopy(TINY_STUDY), "name": name, **copy.deepcopy(changes)}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def assert_exactly_once(trials: list[optuna.trial.FrozenTrial], points: int) -> None:
+    """Points 0..points-1 of a phase each finished (complete or pruned) exactly once, and no trial is left running."""
+    finished = collections.Counter(t.user_attrs["point"] for t in trials
+                                   if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert sorted(finished) == list(range(points)), finished
+    assert set(finished.values()) == {1}, finished
+    assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
 
 
 @pytest.fixture

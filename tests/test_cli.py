@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hpsearch.cli import app
+from tests.conftest import TINY_STUDY, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "studies" / "quickstart.yaml")
@@ -19,7 +20,7 @@ runner = CliRunner()
 def test_train_quickstart_prints_the_scores():
     result = runner.invoke(app, ["train", QUICKSTART])
     assert result.exit_code == 0, result.output
-    for label in ("loss", "train acc", "val acc", "seconds"):
+    for label in ("loss", "train acc", "val acc", "time"):
         assert label in result.output
 
 
@@ -49,6 +50,33 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+def test_train_saves_a_model_that_predict_reloads_and_scores_the_test_split(tmp_path):
+    model = tmp_path / "models" / "quickstart.npz"
+    result = runner.invoke(app, ["train", QUICKSTART, "--test", "--save", str(model), "--json"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads(result.stdout)
+    assert trained["model"] == str(model) and 0.8 < trained["test_acc"] <= 1
+    scored = runner.invoke(app, ["predict", QUICKSTART, "--model", str(model), "--split", "test", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["accuracy"] == trained["test_acc"]
+    text = runner.invoke(app, ["train", QUICKSTART, "--test"]).stdout
+    assert f"test acc    {trained['test_acc']:.4f}" in text.splitlines()  # the same seed trains the same model
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--test", "--set", "data.num_test=0"], "--test: the dataset digits of "),
+        (["--save", "model.pt"], "--save model.pt: the numpy backend saves .npz files; give a path ending in .npz."),
+    ],
+)
+def test_train_test_and_save_refuse_what_they_cannot_do(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", QUICKSTART, *args])
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {message}"), result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_missing_spec_exits_2():
     result = runner.invoke(app, ["train", "no-such-spec.yaml"])
     assert result.exit_code == 2 and "spec file not found" in result.stderr
@@ -70,29 +98,13 @@ def test_cifar10_default_config_matches_the_assignment(cifar10_dir):
     assert 0.26 <= json.loads(result.output)["val_acc"] <= 0.33
 
 
-STUDY = """
-name: clistudy
-seed: 0
-data: {dataset: synthetic, num_train: 200, num_val: 60, num_test: 60}
-defaults: {hidden_size: 8, learning_rate: 0.05, num_iters: 20, batch_size: 50, std: 0.01}
-phases:
-  - name: random
-    sampler: random
-    n_trials: 4
-    space:
-      learning_rate: {type: float, low: 1.0e-3, high: 0.5, log: true}
-  - name: grid
-    sampler: grid
-    grid: {from: random, top_k: 2, points: 2}
-"""
+RANDOM, GRID = TINY_STUDY["phases"]  # 6 random points, then a grid derived from the best 3
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "study.yaml"
-    path.write_text(STUDY)
-    return path
+    return write_spec(tmp_path, "clistudy")
 
 
 def test_run_status_best_export_plan(study, tmp_path):
@@ -106,7 +118,16 @@ def test_run_status_best_export_plan(study, tmp_path):
 
     status = json.loads(runner.invoke(app, ["status", str(study), "--json"]).stdout)
     assert status["complete"] and [p["state"] for p in status["phases"]] == ["complete", "complete"]
-    assert status["phases"][0]["done"] == 4
+    assert status["phases"][0]["done"] == 6
+
+    # CliRunner's stdout is no terminal, as in logs, CI and pipes: nothing may be cut or wrapped at 80 columns
+    for text in (result.stdout, runner.invoke(app, ["status", str(study)]).stdout):
+        lines = text.splitlines()
+        assert lines[1].split() == ["phase", "state", "done/total", "complete", "pruned", "failed", "running", "best"]
+        best_row = lines[2 + [p["phase"] for p in status["phases"]].index(status["best"]["phase"])]
+        assert best_row.endswith(f"{status['best']['value']:.4f} (trial {status['best']['trial']})")
+        config = next(line for line in lines if line.startswith("  config: "))
+        assert json.loads(config[len("  config: "):config.rindex("  seed: ")]) == status["best"]["config"]
 
     best_yaml = runner.invoke(app, ["best", str(study), "--format", "yaml", "--output", str(tmp_path / "best.yaml")])
     assert best_yaml.exit_code == 0
@@ -120,7 +141,7 @@ def test_run_status_best_export_plan(study, tmp_path):
     assert runner.invoke(app, ["export", str(study), "--output", str(tmp_path / "t.csv")]).exit_code == 0
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0].startswith("phase,number,state,value") and "param_learning_rate" in lines[0]
-    assert len(lines) == 1 + 4 + status["phases"][1]["total"]
+    assert len(lines) == 1 + 6 + status["phases"][1]["total"]
     assert runner.invoke(app, ["export", str(study), "--output", str(tmp_path / "t.json")]).exit_code == 0
     assert len(json.loads((tmp_path / "t.json").read_text())) == len(lines) - 1
 
@@ -129,28 +150,46 @@ def test_plan_touches_no_storage(study, tmp_path):
     result = runner.invoke(app, ["plan", str(study), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert [p["trials"] for p in report["phases"]] == [4, 2] and report["phases"][1]["trials_upper_bound"]
-    assert report["estimated_seconds"] >= 0
+    assert [p["trials"] for p in report["phases"]] == [6, 4] and report["phases"][1]["trials_upper_bound"]
+    phases = sum(p["estimated_seconds"] for p in report["phases"])
+    assert report["estimated_seconds"] == pytest.approx(report["run_fixed_seconds"] + phases, abs=0.1)
+    assert report["probe"]["trials"] == 4
     assert not (tmp_path / "runs").exists()
 
 
+def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
+    from hpsearch import plan
+
+    stub = plan.Probe(train_seconds=0.4, cost=1.0, trial_overhead_seconds=0.1, fixed_seconds=200.0)
+    monkeypatch.setattr(plan, "measure_probe", lambda spec, data: stub)
+    monkeypatch.setattr(plan.get_backend("numpy"), "cost", lambda config, data: 1.0)  # every trial trains 0.4 s
+    result = runner.invoke(app, ["plan", str(study)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "study clistudy: a probe of 4 short trials: 0.4 s of training each, 0.1 s more per trial",
+        "  random       random  6 trials               ≈ 3.0 s",
+        "  grid         grid    at most 4 trials       ≈ 2.0 s",
+        "  (once)               start, retrain winner  ≈ 3 min 20 s",
+        "  total ≈ 3 min 25 s on one process, plus MLflow tracking",
+    ]
+
+
 @pytest.mark.parametrize(
-    "edit, message",
+    "changes, message",
     [
-        (lambda s: s + "colour: red\n", "unknown key 'colour'"),
-        (lambda s: s.replace("n_trials: 4", "n_trials: four"), "phases[0].n_trials must be a valid integer"),
-        (lambda s: s.replace("grid: {from: random, top_k: 2, points: 2}", "grid: {}"), "'grid' is empty"),
-        (lambda s: s.replace("grid: {from: random, top_k: 2, points: 2}", "grid: {hidden_size: []}"),
-         "'grid.hidden_size' is an empty list"),
-        (lambda s: s.replace("learning_rate: {type: float, low: 1.0e-3", "learning_rate: {type: float, low: -1.0"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"phases": [{**RANDOM, "n_trials": "four"}, GRID]}, "phases[0].n_trials must be a valid integer"),
+        ({"phases": [RANDOM, {**GRID, "grid": {}}]}, "'grid' is empty"),
+        ({"phases": [RANDOM, {**GRID, "grid": {"hidden_size": []}}]}, "'grid.hidden_size' is an empty list"),
+        ({"phases": [{**RANDOM, "space": {"learning_rate": {**RANDOM["space"]["learning_rate"], "low": -1.0}}}, GRID]},
          "phases[0].space.learning_rate"),
-        (lambda s: s.replace("dataset: synthetic", "dataset: cifar10, path: /nonexistent"), "CIFAR-10 folder not found"),
-        (lambda s: s + "storage: 'nonsense'\n", "is not a database URL"),
-        (lambda s: s + "storage: postgresql://me:SECRET@127.0.0.1:1/db\n", "cannot be opened"),
+        ({"data": {"dataset": "cifar10", "path": "/nonexistent"}}, "CIFAR-10 folder not found"),
+        ({"storage": "nonsense"}, "is not a database URL"),
+        ({"storage": "postgresql://me:SECRET@127.0.0.1:1/db"}, "cannot be opened"),
     ],
 )
-def test_bad_specs_exit_2_with_one_line(study, edit, message):
-    study.write_text(edit(STUDY))
+def test_bad_specs_exit_2_with_one_line(study, tmp_path, changes, message):
+    write_spec(tmp_path, "clistudy", **changes)
     result = runner.invoke(app, ["run", str(study)])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

@@ -13,29 +13,7 @@ from hpsearch.driver import Budget, Driver
 from hpsearch.errors import SpecError, UserError
 from hpsearch.spec import load_spec
 from hpsearch.storage import StorageError
-
-BASE = {
-    "name": "tiny",
-    "seed": 0,
-    "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
-    "model": {"backend": "numpy"},
-    "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 20, "batch_size": 50, "std": 0.01},
-    "heartbeat": {"interval": 1, "grace_period": 3},
-    "phases": [
-        {"name": "random", "sampler": "random", "n_trials": 6,
-         "space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
-                   "hidden_size": {"type": "int", "low": 4, "high": 16, "step": 4}}},
-        {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 3, "points": 2}},
-    ],
-}
-
-
-def make_spec(tmp_path: Path, **changes) -> Path:
-    raw = yaml.safe_load(yaml.safe_dump(BASE))
-    raw.update(changes)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
 
 
 def driver_for(path: Path, tmp_path: Path, **kwargs) -> Driver:
@@ -46,16 +24,8 @@ def phase_trials(tmp_path: Path, phase: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=f"tiny.{phase}", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
 
 
-def assert_exactly_once(trials, points: int) -> None:
-    finished = collections.Counter(t.user_attrs["point"] for t in trials
-                                   if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    assert sorted(finished) == list(range(points)), finished
-    assert set(finished.values()) == {1}, finished
-    assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
-
-
 def test_random_then_derived_grid_then_resume_runs_nothing(tmp_path):
-    spec = make_spec(tmp_path)
+    spec = write_spec(tmp_path)
     summary = driver_for(spec, tmp_path).run()
     assert summary["complete"]
     random_status, grid_status = summary["phases"]
@@ -76,7 +46,7 @@ def test_random_then_derived_grid_then_resume_runs_nothing(tmp_path):
 
 
 def test_derived_grid_is_stored_and_reused_when_the_source_grows(tmp_path):
-    spec = make_spec(tmp_path)
+    spec = write_spec(tmp_path)
     first = driver_for(spec, tmp_path).run()["phases"][1]["grid"]
     raw = yaml.safe_load(spec.read_text())
     raw["phases"][0]["n_trials"] = 9  # more random trials later must not change the stored grid
@@ -88,7 +58,7 @@ def test_derived_grid_is_stored_and_reused_when_the_source_grows(tmp_path):
 def test_trials_are_reproducible_from_their_seed(tmp_path):
     from hpsearch.training import load_data, train_once
 
-    spec = make_spec(tmp_path)
+    spec = write_spec(tmp_path)
     driver_for(spec, tmp_path).run()
     trial = next(t for t in phase_trials(tmp_path, "grid") if t.state == optuna.trial.TrialState.COMPLETE)
     loaded = load_spec(spec)
@@ -97,9 +67,9 @@ def test_trials_are_reproducible_from_their_seed(tmp_path):
 
 
 def test_nan_configuration_never_becomes_best_and_the_study_continues(tmp_path):
-    spec = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 2,
-                                        "grid": {"learning_rate": [1e12, 0.05, 0.1]}}],
-                     defaults={**BASE["defaults"], "std": 1.0})
+    spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 2,
+                                         "grid": {"learning_rate": [1e12, 0.05, 0.1]}}],
+                      defaults={**TINY_STUDY["defaults"], "std": 1.0})
     summary = driver_for(spec, tmp_path).run()
     trials = phase_trials(tmp_path, "grid")
     diverged = [t for t in trials if t.params["learning_rate"] == 1e12]
@@ -124,8 +94,8 @@ def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
         return real(spec, data, params, **kwargs)
 
     monkeypatch.setattr(driver_module, "train_once", flaky)
-    spec = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 2,
-                                        "grid": {"hidden_size": [4, 8, 16]}}])
+    spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 2,
+                                         "grid": {"hidden_size": [4, 8, 16]}}])
     summary = driver_for(spec, tmp_path).run(only_phase="grid")
     status = summary["phases"][0]
     assert calls == {4: 3, 8: 2, 16: 1}  # 1 + max_retries attempts for the point that always fails
@@ -133,7 +103,7 @@ def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
 
 
 def test_budget_stops_cleanly_and_a_later_run_resumes(tmp_path):
-    spec = make_spec(tmp_path)
+    spec = write_spec(tmp_path)
     summary = driver_for(spec, tmp_path).run(Budget(max_trials=4))
     assert not summary["complete"] and summary["phases"][0]["done"] == 4
     summary = driver_for(spec, tmp_path).run(Budget(max_trials=4))
@@ -145,10 +115,10 @@ def test_budget_stops_cleanly_and_a_later_run_resumes(tmp_path):
 
 
 def test_changing_the_grid_is_refused_with_a_diff_and_the_storage_untouched(tmp_path):
-    spec = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8]}}])
+    spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8]}}])
     driver_for(spec, tmp_path).run()
     before = (tmp_path / "study.db").read_bytes()
-    changed = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 12]}}])
+    changed = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 12]}}])
     with pytest.raises(SpecError, match=r"phase 'grid' changed since it started: grid.hidden_size: \[4, 8\] -> \[4, 12\]"):
         driver_for(changed, tmp_path).run()
     assert (tmp_path / "study.db").read_bytes() == before
@@ -158,27 +128,34 @@ def test_changing_the_grid_is_refused_with_a_diff_and_the_storage_untouched(tmp_
 
 
 def test_changing_the_defaults_is_refused(tmp_path):
-    spec = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4]}}])
+    spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4]}}])
     driver_for(spec, tmp_path).run()
-    changed = make_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4]}}],
-                        defaults={**BASE["defaults"], "num_iters": 30})
+    changed = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4]}}],
+                         defaults={**TINY_STUDY["defaults"], "num_iters": 30})
     with pytest.raises(SpecError, match=r"defaults.num_iters: 20 -> 30"):
         driver_for(changed, tmp_path).run()
 
 
 def test_tpe_phase_runs_n_trials(tmp_path):
-    spec = make_spec(tmp_path, phases=[{**BASE["phases"][0], "name": "tpe", "sampler": "tpe", "n_trials": 5}])
+    spec = write_spec(tmp_path, phases=[{**TINY_STUDY["phases"][0], "name": "tpe", "sampler": "tpe", "n_trials": 5}])
     summary = driver_for(spec, tmp_path).run()
     assert summary["complete"] and summary["phases"][0]["complete"] + summary["phases"][0]["pruned"] == 5
 
 
 def test_pruning_reports_each_epoch(tmp_path):
-    spec = make_spec(tmp_path, pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
-                     defaults={**BASE["defaults"], "num_iters": 40},
-                     phases=[{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.3, 1e-5, 1e-5, 2e-5]}}])
+    spec = write_spec(tmp_path, pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                      defaults={**TINY_STUDY["defaults"], "num_iters": 40},
+                      phases=[{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.3, 1e-5, 1e-5, 2e-5]}}])
     driver_for(spec, tmp_path).run()
     trials = phase_trials(tmp_path, "grid")
-    assert all(len(t.intermediate_values) >= 1 for t in trials)
+    epochs = 40 // (200 // 50)  # num_iters / iterations per epoch (200 rows in batches of 50)
+    for t in trials:
+        reported = sorted(t.intermediate_values)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert reported == list(range(epochs)), reported
+        else:  # stopped right after the report of the epoch that lost to the median
+            assert t.state == optuna.trial.TrialState.PRUNED and reported == list(range(len(reported))), reported
+            assert 0 < len(reported) < epochs and t.user_attrs["failure"] == f"pruned at epoch {reported[-1]}"
     assert any(t.state == optuna.trial.TrialState.PRUNED for t in trials)
 
 
@@ -190,24 +167,39 @@ def test_bad_storage_url(tmp_path):
     with pytest.raises(StorageError, match="unsupported database 'redis'"):
         resolve_storage_url("redis://localhost/0", None, "x")
     with pytest.raises(StorageError, match=r"'postgresql://u:\*\*\*@127.0.0.1:1/db' cannot be opened") as caught:
-        Driver(load_spec(make_spec(tmp_path)), "postgresql://u:SECRET@127.0.0.1:1/db", echo=lambda m: None)
+        Driver(load_spec(write_spec(tmp_path)), "postgresql://u:SECRET@127.0.0.1:1/db", echo=lambda m: None)
     assert "SECRET" not in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_postgresql_urls_use_the_declared_psycopg_3_driver():
+    import tomllib
+
+    from sqlalchemy.engine import make_url
+
+    from packaging.requirements import Requirement
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    requirements = {r.name: r for r in map(Requirement, declared["project"]["dependencies"])}
+    assert "psycopg2" not in requirements and requirements["psycopg"].specifier.contains("3.1")
+    # SQLAlchemy 2.0 maps postgresql:// to psycopg2, which is not installed: the floor must exclude it
+    assert not requirements["sqlalchemy"].specifier.contains("2.0.40")
+    assert make_url("postgresql://me@127.0.0.1/studies").get_dialect().driver == "psycopg"
+
+
 def test_derived_grid_needs_complete_source_trials(tmp_path):
-    spec = make_spec(tmp_path)
+    spec = write_spec(tmp_path)
     with pytest.raises(UserError, match="cannot derive its grid"):
         driver_for(spec, tmp_path).run(only_phase="grid")
 
 
 def test_list_valued_categoricals_round_trip_through_the_storage(tmp_path):
     pytest.importorskip("torch")
-    spec = make_spec(tmp_path, model={"backend": "torch"},
-                     defaults={"hidden_sizes": [8], "num_epochs": 2, "batch_size": 50, "init": "kaiming",
-                               "device": "cpu"},
-                     phases=[{"name": "random", "sampler": "random", "n_trials": 3,
-                              "space": {"hidden_sizes": {"type": "categorical", "choices": [[8], [8, 8], [4, 4, 4]]}}},
-                             {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 2, "points": 2}}])
+    spec = write_spec(tmp_path, model={"backend": "torch"},
+                      defaults={"hidden_sizes": [8], "num_epochs": 2, "batch_size": 50, "init": "kaiming",
+                                "device": "cpu"},
+                      phases=[{"name": "random", "sampler": "random", "n_trials": 3,
+                               "space": {"hidden_sizes": {"type": "categorical", "choices": [[8], [8, 8], [4, 4, 4]]}}},
+                              {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 2, "points": 2}}])
     summary = driver_for(spec, tmp_path).run()
     assert summary["complete"]
     assert isinstance(summary["best"]["params"]["hidden_sizes"], list)

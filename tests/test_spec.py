@@ -57,6 +57,10 @@ def test_overrides_keep_their_yaml_types(tmp_path):
         ("- just\n- a list\n", [], r"must be a YAML mapping"),
         ("", [], r"the spec is empty"),
         (MINIMAL, ["nonsense"], r"--set 'nonsense': expected KEY=VALUE"),
+        (MINIMAL, ["objective.direction=minimize"],
+         r"study.yaml: objective.direction must be 'maximize' for the metric 'val_acc' \(higher is better\), or left "
+         r"out. Got 'minimize' instead.$"),
+        (MINIMAL, ["objective.metric=val_loss"], r"study.yaml: objective.metric must be one of val_acc. Got 'val_loss'"),
     ],
 )
 def test_bad_specs_give_one_line_naming_file_and_path(tmp_path, text, overrides, expected):
@@ -70,9 +74,19 @@ def test_missing_spec_file(tmp_path):
         load_spec(tmp_path / "nope.yaml")
 
 
+def test_objective_direction_follows_the_metric(tmp_path):
+    assert load_spec(write(tmp_path, MINIMAL)).objective.direction == "maximize"
+    spec = load_spec(write(tmp_path, MINIMAL + "objective: {metric: val_acc, direction: maximize}\n"))
+    assert (spec.objective.metric, spec.objective.direction) == ("val_acc", "maximize")
+
+
 def test_shipped_specs_validate():
-    for path in (REPO / "studies").glob("*.yaml"):
-        assert load_spec(path).name
+    paths = sorted((REPO / "studies").glob("*.yaml"))
+    assert len(paths) == 4
+    for path in paths:
+        spec = load_spec(path)
+        assert spec.name == path.stem and spec.phases  # the name that the README's storage paths use
+        assert (spec.objective.metric, spec.objective.direction) == ("val_acc", "maximize")
 
 
 def test_cifar_spec_has_the_assignment_defaults():

@@ -12,34 +12,15 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from hpsearch.cli import app
+from tests.conftest import TINY_STUDY, write_spec
 
 runner = CliRunner()
-
-STUDY = """
-name: tracked
-seed: 0
-data: {dataset: synthetic, num_train: 200, num_val: 60, num_test: 60}
-defaults: {hidden_size: 8, learning_rate: 0.05, num_iters: 40, batch_size: 50, std: 0.01}
-phases:
-  - name: random
-    sampler: random
-    n_trials: 4
-    space:
-      learning_rate: {type: float, low: 1.0e-3, high: 0.5, log: true}
-      hidden_size: {type: int, low: 4, high: 16, step: 4}
-  - name: grid
-    sampler: grid
-    grid: {from: random, top_k: 2, points: 2}
-"""
-
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    path = tmp_path / "study.yaml"
-    path.write_text(STUDY)
-    return path
+    return write_spec(tmp_path, "tracked", defaults={**TINY_STUDY["defaults"], "num_iters": 40})
 
 
 def runs_by_kind(uri: str, experiment: str = "tracked") -> dict[str, list]:
@@ -70,7 +51,7 @@ def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, 
     assert set(phases) == {"random", "grid"}
     assert all(run.data.tags["mlflow.parentRunId"] == study_run.info.run_id for run in phases.values())
     trials = optuna_trials(tmp_path)
-    assert len(kinds["trial"]) == len(trials) == 4 + len(json.loads(phases["grid"].data.params["grid"])["learning_rate"]) * len(json.loads(phases["grid"].data.params["grid"])["hidden_size"])
+    assert len(kinds["trial"]) == len(trials) == 6 + len(json.loads(phases["grid"].data.params["grid"])["learning_rate"]) * len(json.loads(phases["grid"].data.params["grid"])["hidden_size"])
     keys = collections.Counter(run.data.tags["hpsearch.trial_key"] for run in kinds["trial"])
     assert set(keys.values()) == {1}  # one run per Optuna trial
     client = MlflowClient(uri)
@@ -130,20 +111,20 @@ def test_unreachable_tracking_server_does_not_stop_the_study_and_sync_fills_mlfl
 
 
 def test_tracking_can_be_disabled(study, tmp_path):
-    study.write_text(STUDY + "tracking: {enabled: false}\n")
+    write_spec(tmp_path, "tracked", tracking={"enabled": False})
     assert runner.invoke(app, ["run", str(study)]).exit_code == 0
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
 def test_report_writes_plots_and_summary_without_mlflow(study, tmp_path):
-    study.write_text(STUDY + "tracking: {enabled: false}\n")
+    write_spec(tmp_path, "tracked", tracking={"enabled": False})
     runner.invoke(app, ["run", str(study)])
     result = runner.invoke(app, ["report", str(study), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     files = {p.name for p in (tmp_path / "report").iterdir()}
     assert {"summary.md", "best_config.yaml", "val_acc_vs_params.png", "best_loss_curve.png"} <= files
     summary = (tmp_path / "report" / "summary.md").read_text()
-    assert "**Winner:**" in summary and "| random | complete | 4/4 |" in summary
+    assert "**Winner:**" in summary and "| random | complete | 6/6 |" in summary
     assert (tmp_path / "report" / "best_loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -56,6 +56,8 @@ class TorchConfig(BaseModel):
             raise ValueError("give both 'num_layers' and 'width', or neither (and 'hidden_sizes')")
         if any(size < 1 for size in self.hidden_sizes):
             raise ValueError("'hidden_sizes' must be positive integers")
+        if self.batch_norm and self.batch_size < 2:
+            raise ValueError(f"'batch_norm' needs 'batch_size' >= 2. Got {self.batch_size} instead")
         return self
 
     def layers(self) -> list[int]:
@@ -152,7 +154,11 @@ def train(
 ) -> TrainResult:
     """Train one MLP. Minibatches walk a fresh permutation of the training split each epoch; after each epoch the
     learning rate is multiplied by ``learning_rate_decay`` and ``on_epoch`` gets the epoch's mean loss, every
-    step's loss, the running training accuracy of the epoch's minibatches, the validation accuracy and the rate."""
+    step's loss, the running training accuracy of the epoch's minibatches, the validation accuracy and the rate.
+
+    The last, shorter minibatch of an epoch is kept, except a single row with ``batch_norm``: BatchNorm cannot take
+    statistics of one row, so that row sits the epoch out (the next permutation gives it its chance). Every other
+    configuration trains on every row of every epoch."""
     torch = require()
     cfg = TorchConfig(**config)
     device = resolve_device(cfg.device)
@@ -174,6 +180,7 @@ def train(
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.learning_rate_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
     n = len(X)
+    rows = n - 1 if cfg.batch_norm and n % cfg.batch_size == 1 else n  # rows trained on per epoch
     loss_history: list[float] = []
     train_acc_history: list[float] = []
     val_acc_history: list[float] = []
@@ -181,7 +188,7 @@ def train(
         module.train()
         order = torch.randperm(n, generator=generator).to(device)
         step_losses, correct = [], torch.zeros((), device=device, dtype=torch.long)
-        for first in range(0, n, cfg.batch_size):
+        for first in range(0, rows, cfg.batch_size):
             batch = order[first:first + cfg.batch_size]
             scores = module(X[batch])
             loss = loss_fn(scores, y[batch])
@@ -195,7 +202,7 @@ def train(
         if bad.size:
             raise DivergedError(len(loss_history) + int(bad[0]), float(losses[bad[0]]))
         loss_history.extend(float(v) for v in losses)
-        train_acc = int(correct) / n
+        train_acc = int(correct) / rows
         val_acc = _accuracy(torch, module, X_val, y_val)
         train_acc_history.append(train_acc)
         val_acc_history.append(val_acc)

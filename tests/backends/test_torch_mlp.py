@@ -101,3 +101,20 @@ def test_cuda_training_matches_the_cpu_path_closely(blobs):
 def test_auto_device_uses_cuda_when_present(blobs):
     result = torch_mlp.train({"hidden_sizes": [8], "num_epochs": 1, "batch_size": 50}, blobs, seed=0)
     assert result.model.device == "cuda"
+
+
+def test_batch_norm_with_a_one_row_last_minibatch_skips_that_row(blobs):
+    """201 rows in batches of 50 leave one row: BatchNorm cannot train on it, so it sits the epoch out."""
+    rows = blobs.__class__(**{**blobs.__dict__, "X_train": blobs.X_train[:201], "y_train": blobs.y_train[:201]})
+    config = {"hidden_sizes": [8], "init": "kaiming", "num_epochs": 2, "batch_size": 50, "device": "cpu"}
+    with_bn = torch_mlp.train({**config, "batch_norm": True}, rows, seed=0)
+    without = torch_mlp.train(config, rows, seed=0)
+    assert len(with_bn.loss_history) == 2 * 4  # four full batches per epoch, the lone row skipped
+    assert len(without.loss_history) == 2 * 5  # without BatchNorm the one-row batch trains as before
+    correct = [acc * 200 for acc in with_bn.train_acc_history]  # train accuracy is a share of the 200 rows seen
+    assert all(c > 0 and abs(c - round(c)) < 1e-9 for c in correct), correct
+
+
+def test_batch_norm_needs_two_rows_per_batch():
+    with pytest.raises(ValueError, match="'batch_norm' needs 'batch_size' >= 2. Got 1 instead"):
+        torch_mlp.TorchConfig(batch_norm=True, batch_size=1)

@@ -1,0 +1,29 @@
+"""Numbers as people read them. Every duration the CLI prints goes through :func:`format_duration`."""
+
+from __future__ import annotations
+
+__all__ = ["format_duration"]
+
+
+def format_duration(seconds: float) -> str:
+    """``36 ms``, ``0.4 s``, ``58 s``, ``3 min 20 s``, ``5 h 36 min``, ``2 d 3 h``: two units at most, the smaller one dropped
+    when it is zero, and each rounded to its last unit (so 59.7 s reads ``1 min``, never ``60 s``)."""
+    if seconds < 0:
+        raise ValueError(f"a duration must be >= 0. Got {seconds} instead.")
+    if round(seconds, 3) < 0.1:
+        return f"{seconds * 1000:.0f} ms"
+    if round(seconds, 1) < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return _two_units(*divmod(whole, 60), "min", "s")
+    minutes = round(seconds / 60)
+    if minutes < 24 * 60:
+        return _two_units(*divmod(minutes, 60), "h", "min")
+    return _two_units(*divmod(round(seconds / 3600), 24), "d", "h")
+
+
+def _two_units(large: int, small: int, large_unit: str, small_unit: str) -> str:
+    return f"{large} {large_unit}" + (f" {small} {small_unit}" if small else "")

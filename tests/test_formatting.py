@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+
+from hpsearch.formatting import format_duration
+
+
+@pytest.mark.parametrize(
+    "seconds, shown",
+    [
+        (0, "0 ms"), (0.0364, "36 ms"), (0.0996, "0.1 s"), (0.42, "0.4 s"), (9.94, "9.9 s"), (9.96, "10 s"), (58.2, "58 s"), (59.7, "1 min"),
+        (60, "1 min"), (200, "3 min 20 s"), (3599.4, "59 min 59 s"), (3599.6, "1 h"), (3600, "1 h"),
+        (20188, "5 h 36 min"), (86400, "1 d"), (200000, "2 d 8 h"),
+    ],
+)
+def test_durations_read_as_people_write_them(seconds, shown):
+    assert format_duration(seconds) == shown
+
+
+def test_a_negative_duration_is_a_bug():
+    with pytest.raises(ValueError, match="must be >= 0. Got -1 instead"):
+        format_duration(-1)

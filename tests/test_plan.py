@@ -1,0 +1,54 @@
+"""The plan's arithmetic on a stubbed probe, and the probe itself: a throwaway study, not the user's storage."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpsearch.backends import get_backend
+from hpsearch.plan import PROBE_TRIALS, Probe, _probe_spec, measure_probe, plan
+from hpsearch.spec import load_spec
+from hpsearch.training import load_data, resolved_config
+from tests.conftest import TINY_STUDY, write_spec
+
+
+def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
+    spec = load_spec(write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid",
+                                                   "grid": {"hidden_size": [4, 8]}}]))
+    data = load_data(spec)
+    numpy = get_backend("numpy")
+    # the stub probe trained hidden_size 8 in 1 s; the net's compute is linear in hidden_size, so 4 takes 0.5 s
+    probe = Probe(train_seconds=1.0, cost=numpy.cost(resolved_config(spec, {"hidden_size": 8}), data),
+                  trial_overhead_seconds=0.5, fixed_seconds=3.0)
+    report = plan(spec, data, probe)
+    assert report["phases"][0]["trials"] == 2
+    assert report["phases"][0]["estimated_seconds"] == pytest.approx(1.0 + 0.5 + 2 * 0.5)
+    assert report["run_fixed_seconds"] == pytest.approx(3.0 + 0.75, abs=0.05)  # the winner retrained: a mean trial
+    assert report["estimated_seconds"] == pytest.approx(2.5 + 3.75, abs=0.05)
+    assert report["probe"] == {"train_seconds": 1.0, "cost": probe.cost, "trial_overhead_seconds": 0.5,
+                               "fixed_seconds": 3.0, "trials": PROBE_TRIALS}
+
+
+def test_probe_spec_runs_the_probe_configuration_untracked_as_equal_points(tmp_path):
+    spec = load_spec(write_spec(tmp_path, defaults={**TINY_STUDY["defaults"], "num_iters": 400}))
+    probe_config = resolved_config(spec, get_backend("numpy").probe(spec.config()))
+    probe = _probe_spec(spec, probe_config)
+    assert probe.defaults == probe_config and probe_config["num_iters"] == 50
+    assert not probe.tracking.enabled and probe.storage is None
+    (phase,) = probe.phases
+    assert phase.sampler == "grid" and list(phase.grid.values()) == [[probe_config["hidden_size"]] * PROBE_TRIALS]
+
+
+def test_measured_probe_times_real_trials_in_a_temporary_storage(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(write_spec(tmp_path, storage=f"sqlite:///{tmp_path / 'mine.db'}"))
+    probe = measure_probe(spec, load_data(spec))
+    assert probe.trials == PROBE_TRIALS and probe.train_seconds > 0 and probe.cost > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # neither the spec's storage nor ./runs
+
+
+def test_a_diverging_probe_is_a_spec_error(tmp_path):
+    from hpsearch.errors import SpecError
+
+    spec = load_spec(write_spec(tmp_path, defaults={**TINY_STUDY["defaults"], "learning_rate": 1e30, "std": 1.0}))
+    with pytest.raises(SpecError, match="the probe training with the spec's defaults diverged"):
+        measure_probe(spec, load_data(spec))
