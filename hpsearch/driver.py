@@ -5,6 +5,7 @@ The rooms it draws on, each holding one idea:
 - :mod:`hpsearch.phases`: which Optuna study serves each phase, created once and atomically; edits refused.
 - :mod:`hpsearch.pointqueue`: the exactly-once queue of a random or grid phase's points (claim, reap, heartbeat).
 - :mod:`hpsearch.trialstore`: the few statements on Optuna's tables that keep a trial's storage work constant.
+- :mod:`hpsearch.trials`: running one trial, storing its end in one transaction, telling the listener.
 - :mod:`hpsearch.results`: per-phase views, status, best, trials and reports.
 - :mod:`hpsearch.interrupt`: SIGINT/SIGTERM acted on where it is safe.
 
@@ -29,20 +30,18 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import grid as grids
-from hpsearch.backends import DivergedError
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.phases import Phases
 from hpsearch.pointqueue import Heartbeat, PointQueue, owner, reap
-from hpsearch.records import (EPOCH_KEYS, FAILURE, INTERRUPTED, POINT, SEED, SharedState, StateTable,
-                              counts_as_failure, decode_param, decode_params, encode_param)
-from hpsearch.formatting import format_duration
+from hpsearch.records import SEED, SharedState, StateTable, counts_as_failure, decode_param, decode_params, encode_param
 from hpsearch.results import PhaseView, Results
 from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
 from hpsearch.storage import StorageError, mask_url, storage_lock
-from hpsearch.training import load_data, resolved_config, train_once
+from hpsearch.training import load_data
+from hpsearch.trials import RunningTrial, TrialRunner
 from hpsearch.trialstore import Row, TrialStore
 
 __all__ = ["Budget", "Driver", "Interrupted", "SharedState", "StudyListener", "StudyReport",
@@ -67,17 +66,6 @@ class Budget:
         if self.max_trials is not None and self.trials >= self.max_trials:
             return True
         return self.timeout is not None and time.monotonic() - self.started_at >= self.timeout
-
-
-@dataclass
-class _Trial:
-    """The trial being run: its identity, what it trains with, and what it reports."""
-
-    phase: PhaseSpec
-    view: PhaseView
-    info: TrialInfo
-    optuna_trial: optuna.Trial | None = None  # only where Optuna must see it (TPE, pruning)
-    history: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def _storage_failures(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,7 +119,9 @@ class Driver:
                              echo=echo)
         self.results = Results(spec, storage_url, self.phases)
         self._views: dict[str, PhaseView] = {}
-        self._heartbeat = Heartbeat(self.store, spec.heartbeat.interval)
+        self.runner = TrialRunner(spec, self.store, lambda: self.data, listener=self.listener, echo=echo,
+                                  interruption=self.interruption,
+                                  heartbeat=Heartbeat(self.store, spec.heartbeat.interval), views=self._views)
 
     @property
     def data(self) -> Dataset:
@@ -254,13 +244,8 @@ class Driver:
             view.apply(row)
             self.echo(f"[{phase.name}] trial {row.number} (point {row.point}) failed: {reason}; "
                       "its point will be retried")
-            self.listener.on_trial_reaped(phase, self._info(row, view), reason)
+            self.listener.on_trial_reaped(phase, self.runner.describe(row), reason)
         return bool(reaped)
-
-    def _info(self, row: Row, view: PhaseView) -> TrialInfo:
-        trial = self.storage.get_trial(row.trial_id)
-        return TrialInfo(row.trial_id, row.number, row.point, decode_params(trial.params), trial.user_attrs.get(SEED),
-                         row.state, row.value, row.failure)
 
     def _run_points_phase(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
                           budget: Budget) -> bool:
@@ -296,7 +281,7 @@ class Driver:
             budget.trials += 1
             params = points[point]
             info = TrialInfo(trial_id, number, point, params, grids.trial_seed(self.spec.seed, phase.name, point))
-            self._run_trial(_Trial(phase, view, info), study)
+            self.runner.run(RunningTrial(phase, view, info), study)
             if view.rows.get(trial_id) is not None and counts_as_failure(view.rows[trial_id].state,
                                                                          view.rows[trial_id].failure):
                 queue.reconcile()  # a failed trial's point goes back in the queue now
@@ -329,7 +314,7 @@ class Driver:
             budget.trials += 1
             params = self._suggest(trial, phase)
             info = TrialInfo(trial._trial_id, trial.number, None, params, trial.user_attrs.get(SEED))
-            self._run_trial(_Trial(phase, view, info, optuna_trial=trial), study)
+            self.runner.run(RunningTrial(phase, view, info, optuna_trial=trial), study)
 
     def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
         """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""
@@ -359,85 +344,6 @@ class Driver:
             else:
                 params[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
         return params
-
-    def _run_trial(self, current: _Trial, study: optuna.Study) -> None:
-        phase, info = current.phase, current.info
-        pruning = self.spec.pruner.type != "none"
-        if pruning and current.optuna_trial is None:
-            current.optuna_trial = optuna.Trial(study, info.trial_id)
-        reason: str | None = None
-        result = None
-        with self._heartbeat.beating(info.trial_id):
-            try:
-                config = resolved_config(self.spec, info.params)
-                replaced = current.view.replaced(info.point, info.number)
-                self.listener.on_trial_start(phase, info, config, info.seed,
-                                             self._info(replaced, current.view) if replaced else None)
-                with self.interruption.immediate():
-                    result = train_once(self.spec, self.data, info.params, seed=info.seed,
-                                        on_epoch=functools.partial(self._on_epoch, current, pruning))
-                state, value = TrialState.COMPLETE, result.val_acc
-            except optuna.TrialPruned as exc:
-                state, value, reason = TrialState.PRUNED, None, str(exc) or "pruned"
-            except DivergedError as exc:
-                state, value, reason = TrialState.PRUNED, None, f"diverged: {exc}"
-            except KeyboardInterrupt:
-                self._finish(current, TrialState.FAIL, None, None, INTERRUPTED)
-                raise Interrupted(self.interruption.signal or "SIGINT") from None
-            except Exception as exc:  # a failing trial must not stop the study; the point is retried
-                state, value, reason = TrialState.FAIL, None, f"{type(exc).__name__}: {exc}"
-        self._finish(current, state, value, result, reason)
-
-    def _on_epoch(self, current: _Trial, pruning: bool, epoch: int, metrics: dict[str, Any]) -> None:
-        with self.interruption.deferred():  # storage and listener calls: a signal waits for the epoch's end
-            for key in EPOCH_KEYS:
-                current.history.setdefault(key, []).append(metrics.get(key))
-            self.listener.on_epoch(current.phase, current.info, epoch, metrics)
-            # each report is a storage write: only a pruner needs them (the history is stored at the end)
-            if pruning:
-                current.optuna_trial.report(metrics[self.spec.objective.metric], epoch)
-                if current.optuna_trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-    def _finish(self, current: _Trial, state: TrialState, value: float | None, result: Any,
-                reason: str | None) -> None:
-        """Store the trial's end in one transaction, then tell the view, the listener and the console."""
-        phase, info = current.phase, current.info
-        attrs: dict[str, Any] = {}
-        if current.history:
-            attrs["epoch_history"] = current.history
-        if result is not None:
-            attrs.update(train_acc=result.train_acc, seconds=round(result.seconds, 3), final_loss=result.loss)
-        if reason:
-            attrs[FAILURE] = mask_url(reason)
-        if not self.store.finish(info.trial_id, state, value, attrs):
-            self.echo(f"[{phase.name}] trial {info.number}: result discarded, the trial was already failed "
-                      "(its point was handed to another worker)")
-            return
-        running = current.view.rows[info.trial_id]
-        row = Row(info.trial_id, info.number, state.name, value, running.start, self.store.now(), info.point,
-                  attrs.get(FAILURE))
-        current.view.apply(row)
-        status = current.view.status()
-        best = [v.best() for v in self._views.values()]
-        best = [b.value for b in best if b is not None]
-        pick = max if self.spec.objective.direction == "maximize" else min
-        progress = {**status, "study_best_value": pick(best) if best else None}
-        finished = TrialInfo(info.trial_id, info.number, info.point, info.params, info.seed, state.name, value,
-                             attrs.get(FAILURE))
-        self.listener.on_trial_end(phase, finished, result, reason, progress)
-        self._report_trial(phase, current.view, row, status)
-
-    def _report_trial(self, phase: PhaseSpec, view: PhaseView, row: Row, status: dict[str, Any]) -> None:
-        if row.state == "COMPLETE":
-            score = f"{self.spec.objective.metric} {row.value:.4f}"
-        else:
-            score = row.state + (f" ({row.failure})" if row.failure else "")
-        best = f"best {status['best_value']:.4f}" if status["best_value"] is not None else "best -"
-        done, total = status["done"], status["total"]
-        eta = view.eta_seconds(done, total)
-        eta = f", ETA {format_duration(eta)}" if eta is not None else ""
-        self.echo(f"[{phase.name}] {done}/{total} trial {row.number} {score}, {best}{eta}")
 
     # ---- the end -----------------------------------------------------------------------------------------------
 

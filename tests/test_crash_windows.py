@@ -11,27 +11,20 @@ from typer.testing import CliRunner
 
 from hpsearch.cli import app
 from hpsearch.records import StateTable
+from tests.conftest import TINY_STUDY, write_spec
 
 runner = CliRunner()
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
 
-def two_phase_spec(tmp_path, **defaults) -> str:
-    spec = {
-        "name": "win", "seed": 0,
-        "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
-        "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 30, "batch_size": 50, "std": 0.01,
-                     **defaults},
-        "tracking": {"enabled": False},
-        "phases": [
-            {"name": "random", "sampler": "random", "n_trials": 4,
-             "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True}}},
-            {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 2, "points": 3}},
-        ],
-    }
-    path = tmp_path / "win.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
+def two_phase_spec(tmp_path) -> str:
+    return str(write_spec(tmp_path, "win", tracking={"enabled": False},
+                          defaults={**TINY_STUDY["defaults"], "num_iters": 30},
+                          phases=[{"name": "random", "sampler": "random", "n_trials": 4,
+                                   "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.5,
+                                                               "log": True}}},
+                                  {"name": "grid", "sampler": "grid",
+                                   "grid": {"from": "random", "top_k": 2, "points": 3}}]))
 
 
 def invoke(*args: str):

@@ -80,7 +80,7 @@ def test_nan_configuration_never_becomes_best_and_the_study_continues(tmp_path):
 
 
 def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
-    from hpsearch import driver as driver_module
+    from hpsearch import trials as driver_module
 
     calls = collections.Counter()
     real = driver_module.train_once

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from hpsearch.cli import app
 from hpsearch.spec import load_spec
+from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
 
 runner = CliRunner()
 COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -33,28 +34,14 @@ SLOW = {"num_iters": 12000, "hidden_size": 128}  # ~1 s trials on synthetic data
 
 
 def spec_file(tmp_path: Path, points: int = 6, **defaults) -> Path:
-    spec = {
-        "name": "rel", "seed": 0,
-        "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
-        "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 20, "batch_size": 50, "std": 0.01,
-                     **defaults},
-        "heartbeat": {"interval": 1, "grace_period": 3},
-        "phases": [{"name": "grid", "sampler": "grid",
-                    "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}],
-    }
-    path = tmp_path / "rel.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_spec(tmp_path, "rel", defaults={**TINY_STUDY["defaults"], **defaults},
+                      heartbeat={"interval": 1, "grace_period": 3},
+                      phases=[{"name": "grid", "sampler": "grid",
+                               "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
 
 
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="rel.grid", storage=storage).trials
-
-
-def assert_exactly_once(trials: list, points: int) -> None:
-    covered = collections.Counter(t.user_attrs["point"] for t in trials if t.state in (COMPLETE, PRUNED))
-    assert sorted(covered) == list(range(points)) and set(covered.values()) == {1}, covered
-    assert not [t for t in trials if t.state in (RUNNING, optuna.trial.TrialState.WAITING)]
 
 
 def running_trials(storage: str) -> list[optuna.trial.FrozenTrial]:

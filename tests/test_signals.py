@@ -12,26 +12,19 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+
+from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
 
 RUNNING, COMPLETE, FAIL = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
                            optuna.trial.TrialState.FAIL)
 
 
 def spec_file(tmp_path: Path, points: int = 6, tracking: bool = False, **defaults) -> Path:
-    spec = {
-        "name": "sig", "seed": 0,
-        "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
-        "defaults": {"hidden_size": 64, "learning_rate": 0.05, "num_iters": 3000, "batch_size": 50, "std": 0.01,
-                     **defaults},
-        "heartbeat": {"interval": 1, "grace_period": 30},
-        "tracking": {"enabled": tracking},
-        "phases": [{"name": "grid", "sampler": "grid",
-                    "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}],
-    }
-    path = tmp_path / "sig.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_spec(tmp_path, "sig", tracking={"enabled": tracking},
+                      defaults={**TINY_STUDY["defaults"], "hidden_size": 64, "num_iters": 3000, **defaults},
+                      heartbeat={"interval": 1, "grace_period": 30},
+                      phases=[{"name": "grid", "sampler": "grid",
+                               "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
 
 
 def hpsearch(*args: str, **kwargs) -> subprocess.Popen:
@@ -57,11 +50,9 @@ def wait_until(predicate, proc: subprocess.Popen):
             pytest.fail(f"the process ended first (exit {proc.returncode}): {proc.communicate()[1][-2000:]}")
 
 
-def assert_exactly_once(storage: str, points: int) -> None:
+def assert_resumed_exactly_once(storage: str, points: int) -> None:
     trials = trials_of(storage)
-    finished = sorted(t.user_attrs["point"] for t in trials if t.state == COMPLETE)
-    assert finished == list(range(points)), finished
-    assert not [t for t in trials if t.state in (RUNNING, optuna.trial.TrialState.WAITING)]
+    assert_exactly_once(trials, points)
     # nothing was reaped as dead, so no retry was used up by a signal
     assert {t.user_attrs.get("failure") for t in trials if t.state == FAIL} <= {"interrupted"}
 
@@ -96,7 +87,7 @@ def test_a_signal_at_any_moment_ends_the_run_cleanly_and_resume_loses_nothing(tm
         _, err = resumed.communicate(timeout=300)
         assert resumed.returncode == 0, err
         assert "heartbeat lost" not in err and "worker died" not in err
-        assert_exactly_once(storage, 6)
+        assert_resumed_exactly_once(storage, 6)
 
 
 def _children(pid: int) -> list[int]:
@@ -138,7 +129,7 @@ def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, si
     resumed = hpsearch("run", str(spec), "--storage", storage)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    assert_exactly_once(storage, 8)
+    assert_resumed_exactly_once(storage, 8)
 
 
 def test_a_dead_tracking_process_is_reported_once_and_the_study_ends_normally(tmp_path):
@@ -162,7 +153,7 @@ def test_a_dead_tracking_process_is_reported_once_and_the_study_ends_normally(tm
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert err.count("tracking process died") == 1, err
-    assert_exactly_once(storage, 6)
+    assert_resumed_exactly_once(storage, 6)
     # the next look mends MLflow from the storage
     synced = subprocess.run([sys.executable, "-m", "hpsearch", "sync", str(spec), "--storage", storage,
                              "--tracking-uri", tracking], capture_output=True, text=True, timeout=300)

@@ -11,30 +11,21 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from mlflow import MlflowClient
+
+from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
 
 
 
 GRID = {"learning_rate": [0.02, 0.05, 0.1, 0.2], "hidden_size": [4, 8, 12], "batch_size": [25, 50]}  # 24 points
-SPEC = {
-    "name": "scaled",
-    "seed": 0,
-    "data": {"dataset": "synthetic", "num_train": 200, "num_val": 60, "num_test": 60},
-    "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 40, "batch_size": 50, "std": 0.01},
+
+
+def spec_file(tmp_path: Path, **defaults) -> Path:
     # same-host deaths are seen at once (the pid is gone); a long grace period keeps a loaded machine's late
     # heartbeats from failing live trials
-    "heartbeat": {"interval": 1, "grace_period": 30},
-    "phases": [{"name": "grid", "sampler": "grid", "grid": GRID}],
-}
-
-
-def write_spec(tmp_path: Path, **defaults) -> Path:
-    spec = yaml.safe_load(yaml.safe_dump(SPEC))
-    spec["defaults"].update(defaults)
-    path = tmp_path / "scaled.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_spec(tmp_path, "scaled", defaults={**TINY_STUDY["defaults"], "num_iters": 40, **defaults},
+                      heartbeat={"interval": 1, "grace_period": 30},
+                      phases=[{"name": "grid", "sampler": "grid", "grid": GRID}])
 
 
 def start_workers(spec: Path, storage: str, tracking: str, n: int) -> list[subprocess.Popen]:
@@ -42,13 +33,6 @@ def start_workers(spec: Path, storage: str, tracking: str, n: int) -> list[subpr
     command = [sys.executable, "-m", "hpsearch", "worker", str(spec), "--tracking-uri", tracking]
     return [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(n)]
-
-
-def finished_points(storage: str) -> tuple[collections.Counter, list]:
-    trials = optuna.load_study(study_name="scaled.grid", storage=storage).trials
-    covered = collections.Counter(t.user_attrs["point"] for t in trials
-                                  if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    return covered, trials
 
 
 def _trials(storage: str) -> list:
@@ -77,14 +61,14 @@ def assert_tracking(tracking: str, trials: list, logs: object = None) -> None:
 
 @pytest.mark.postgres
 def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path):
-    spec = write_spec(tmp_path)
+    spec = spec_file(tmp_path)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     workers = start_workers(spec, pg_database, tracking, 3)
     outputs = [w.communicate(timeout=300) for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], [err for _, err in outputs]
-    covered, trials = finished_points(pg_database)
-    assert sorted(covered) == list(range(24)) and set(covered.values()) == {1}
-    assert len(trials) == 24 and all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+    trials = _trials(pg_database)
+    assert_exactly_once(trials, 24)
+    assert len(trials) == 24
     assert all("SECRET" not in err and "Traceback" not in err for _, err in outputs)
     # every trial was trained by exactly one of the workers
     trained = [sum(line.startswith("[grid]") for line in err.splitlines()) for _, err in outputs]
@@ -94,7 +78,7 @@ def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path):
 
 @pytest.mark.postgres
 def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, freeze_mid_trial):
-    spec = write_spec(tmp_path, num_iters=12000, hidden_size=128)  # ~1 s trials: a kill lands mid-trial
+    spec = spec_file(tmp_path, num_iters=12000, hidden_size=128)  # ~1 s trials: a kill lands mid-trial
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     workers = start_workers(spec, pg_database, tracking, 2)
     victim, survivor = workers
@@ -106,8 +90,8 @@ def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, 
     victim.wait(timeout=30)
     _, err = survivor.communicate(timeout=600)
     assert survivor.returncode == 0, err
-    covered, trials = finished_points(pg_database)
-    assert sorted(covered) == list(range(24)) and set(covered.values()) == {1}
+    trials = _trials(pg_database)
+    assert_exactly_once(trials, 24)
     dead = trials[killed.number]
     assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs["failure"] in ("worker died", "heartbeat lost")
     same_point = [t for t in trials if t.user_attrs["point"] == killed.user_attrs["point"]]
@@ -118,12 +102,13 @@ def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, 
 
 def test_run_with_local_workers_on_sqlite(tmp_path, monkeypatch):
     """`run --workers 2` on SQLite: no lock errors, exactly once."""
-    spec = write_spec(tmp_path)
+    spec = spec_file(tmp_path)
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'scaled.db'}"
     done = subprocess.run([sys.executable, "-m", "hpsearch", "run", str(spec), "--workers", "2", "--storage",
                            storage, "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "locked" not in done.stderr
-    covered, trials = finished_points(storage)
-    assert sorted(covered) == list(range(24)) and set(covered.values()) == {1} and len(trials) == 24
+    trials = _trials(storage)
+    assert_exactly_once(trials, 24)
+    assert len(trials) == 24

@@ -1,0 +1,284 @@
+"""MLflow's client as hpsearch uses it: the URI, the experiment, runs shared by every process, batched writes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hpsearch.records import INTERRUPTED, REAPED, SharedState
+from hpsearch.errors import UserError
+from hpsearch.spec import StudySpec
+from hpsearch.storage import mask_url, sqlite_path, storage_lock
+
+__all__ = ["MlflowBase", "TrackingError", "resolve_tracking_uri"]
+
+# A dead server must cost seconds, not MLflow's default minutes of retries; users can still override both.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# MLflow 3 records usage telemetry around every client call: time the tracking process needs for the study's runs
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+TRIAL_KEY = "hpsearch.trial_key"
+FLUSH_SECONDS = 2.0  # metrics of a running trial reach MLflow at least this often
+RETRY_SECONDS = 60.0  # after a failure, how long tracking pauses before trying MLflow again
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+# MLflow 3's UI opens an experiment of this kind on its runs, not on the GenAI overview (traces)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+class TrackingError(UserError):
+    """MLflow could not be reached when reaching it was the point (``hpsearch sync``)."""
+
+
+def resolve_tracking_uri(spec: StudySpec, storage_url: str, cli_uri: str | None = None) -> str | None:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the spec's, else ``sqlite:///`` beside the storage.
+
+    None when the spec turns tracking off.
+    """
+    if not spec.tracking.enabled:
+        return None
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec.tracking.uri
+    if uri:
+        return uri
+    database = sqlite_path(storage_url)
+    folder = database.parent if database is not None else Path("runs")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go in ``mlartifacts/`` beside it, whatever the working directory."""
+    database = sqlite_path(uri)
+    return (database.parent.resolve() / "mlartifacts").as_uri() if database is not None else None
+
+
+def _run_status(state: str, reason: str | None) -> str:
+    """MLflow's status for an Optuna trial state: KILLED when its process was stopped rather than the trial failing."""
+    if reason in REAPED or reason == INTERRUPTED:
+        return "KILLED"
+    return STATUS.get(state, "FAILED")
+
+
+def _write_ahead_log(database: Path) -> None:
+    """A local MLflow store in SQLite's write-ahead-log mode: each commit syncs once instead of three times, which
+    halves what MLflow costs per trial; readers (`mlflow ui`) never wait for the writer. The mode stays with the file."""
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error):
+        connection = sqlite3.connect(database, timeout=60)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+
+
+def _echo_err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MlflowBase:
+    """The plumbing of MLflow calls: one client, failures reported once, a write lock, batched metrics and params."""
+
+    def __init__(self, spec: StudySpec, uri: str, echo: Callable[[str], None] = _echo_err) -> None:
+        self.spec = spec
+        self.uri = uri
+        self.echo = echo
+        self.experiment = spec.tracking.experiment or spec.name
+        self.seconds = 0.0  # time spent in MLflow calls, for the overhead figure
+        self._lock_depth = 0
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        self._state: SharedState | None = None
+        self._down_until = 0.0
+        self._reported = False
+        self._phase_runs: dict[str, str] = {}
+        self._phase_studies: dict[str, str] = {}  # phase -> the Optuna study serving it
+        self._study_run: str | None = None
+        self._trial_runs: dict[int, str] = {}  # Optuna trial id -> run id
+        self._pending: dict[str, list[Any]] = {}  # run id -> metrics not yet sent
+        self._pending_params: dict[str, list[Any]] = {}
+        self._last_flush: dict[str, float] = {}
+        self._study_steps = 0
+        self._reopened = True
+
+    # ---- plumbing --------------------------------------------------------------------------------------------
+
+    def _safe(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run one MLflow call; a failure is reported once per process and pauses tracking, never raised."""
+        if time.monotonic() < self._down_until:
+            return None
+        start = time.perf_counter()
+        try:
+            with self._write_lock():
+                return call()
+        except Exception as exc:  # noqa: BLE001 - any MLflow or network error means "tracking unavailable"
+            self._failed(what, exc)
+            return None
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Any:
+        """Local workers share a SQLite MLflow store: one writer at a time, so none meets "database is locked".
+
+        Re-entrant: a call that makes further calls holds the lock once.
+        """
+        if sqlite_path(self.uri) is None or self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with storage_lock(self.uri, "mlflow-write"):
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self._down_until = time.monotonic() + RETRY_SECONDS
+        if not self._reported:
+            self._reported = True
+            reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            self.echo(f"tracking: MLflow at {mask_url(self.uri)} failed while {what} ({reason[:200]}); the study "
+                      f"continues, and `hpsearch sync {self.spec.source}` fills MLflow in afterwards")
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            # failures are reported once, in one line, by _failed; MLflow's own tracebacks would only repeat them
+            logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+
+            database = sqlite_path(self.uri)
+            if database is not None:
+                database.parent.mkdir(parents=True, exist_ok=True)
+                _write_ahead_log(database)
+            # MLflow keeps one store per URI: a relative path must not mean another folder's database later
+            uri = f"sqlite:///{database.resolve()}" if database is not None else self.uri
+            self._client = MlflowClient(tracking_uri=uri)
+        return self._client
+
+    def _experiment(self) -> str:
+        if self._experiment_id is None:
+            # workers starting together on a fresh MLflow database would race creating its tables
+            lock = storage_lock(self._state.url, "mlflow-init") if self._state else contextlib.nullcontext()
+            with lock:
+                self._find_or_create_experiment()
+        return self._experiment_id
+
+    def _find_or_create_experiment(self) -> None:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=_artifact_location(self.uri), tags=EXPERIMENT_TAGS)
+                    return
+                except Exception:  # another worker created it first
+                    found = self.client.get_experiment_by_name(self.experiment)
+                    if found is None:
+                        raise
+            self._experiment_id = found.experiment_id
+            for key, value in EXPERIMENT_TAGS.items():
+                if found.tags.get(key) != value:
+                    self.client.set_experiment_tag(found.experiment_id, key, value)
+
+    def _key(self, name: str) -> str:
+        """Names of shared parent ids; they belong to one tracking server and experiment."""
+        where = hashlib.sha1(f"{self.uri}|{self.experiment}".encode()).hexdigest()[:10]
+        return f"mlflow:{where}:{name}"
+
+    def _create_run(self, name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self._experiment(), run_name=name, tags=tags)
+        return run.info.run_id
+
+    def _parent_run(self, name: str, kind: str, parent: str | None, extra: dict[str, str],
+                    reopen: bool = True) -> str | None:
+        state = self._state
+
+        def create() -> str:
+            tags = {"hpsearch.kind": kind, "hpsearch.study": self.spec.name, **extra}
+            if parent:
+                tags["mlflow.parentRunId"] = parent
+            return self._create_run(name, tags)
+
+        run_id = self._safe(f"creating the {kind} run", lambda: state.get_or_create(self._key(name), create))
+        if run_id and reopen:
+            self._safe("reopening a run", lambda: self.client.update_run(run_id, status="RUNNING"))
+        return run_id
+
+    def _send(self, run_id: str, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_flush.get(run_id, 0.0) < FLUSH_SECONDS:
+            return
+        metrics = self._pending.pop(run_id, [])
+        params = self._pending_params.pop(run_id, [])
+        self._last_flush[run_id] = time.monotonic()
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
+            chunk = metrics[start:start + 1000]
+            if not chunk and not params:
+                break
+            self._safe("logging metrics",
+                        lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk, params=params))
+            params = []
+
+    def _metric(self, run_id: str, key: str, value: Any, step: int) -> None:
+        from mlflow.entities import Metric
+
+        if value is None:
+            return
+        self._pending.setdefault(run_id, []).append(Metric(key, float(value), _now_ms(), int(step)))
+
+    @staticmethod
+    def _params(config: dict[str, Any]) -> list[Any]:
+        from mlflow.entities import Param
+
+        return [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in sorted(config.items())]
+
+    def _trial_run(self, key: str, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+        """The run of trial ``key``, created once among all processes (its id is kept in the study storage):
+        the trial's own worker and a process mending its log may both ask. Returns (run id, created here)."""
+        created: list[str] = []
+
+        def create() -> str:
+            created.append(self._create_run(name, tags))
+            return created[0]
+
+        return self._state.get_or_create(self._key(f"trial:{key}"), create), bool(created)
+
+    def _find_trial_run(self, key: str) -> str | None:
+        if self._state is None:
+            return None
+        return self._safe("looking up a trial run",
+                          lambda: self._state.get_or_create(self._key(f"trial:{key}"), lambda: None))
+
+    def _end_trial_run(self, run_id: str, state: str, reason: str | None) -> None:
+        """Pending metrics and params, the final tags, then the end: two calls."""
+        from mlflow.entities import RunTag
+
+        tags = [RunTag("state", state)]
+        if reason:
+            tags.append(RunTag("failure", mask_url(reason)[:5000]))
+        metrics = self._pending.pop(run_id, [])
+        params = self._pending_params.pop(run_id, [])
+        self._last_flush.pop(run_id, None)
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
+            chunk, batch_tags = metrics[start:start + 1000], tags if start == 0 else []
+            self._safe("ending a trial run", lambda chunk=chunk, params=params, batch_tags=batch_tags:
+                       self.client.log_batch(run_id, metrics=chunk, params=params, tags=batch_tags))
+            params = []
+        self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=_run_status(state, reason)))

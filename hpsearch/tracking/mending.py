@@ -1,0 +1,144 @@
+"""Mending MLflow from the study storage, the source of truth: `hpsearch sync`, and every run's start and end."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hpsearch.listener import StudyReport
+from hpsearch.records import SharedState
+from hpsearch.storage import mask_url
+from hpsearch.training import resolved_config
+from hpsearch.tracking.client import TRIAL_KEY, MlflowBase, TrackingError, _now_ms, _run_status
+
+__all__ = ["Mending"]
+
+
+class Mending(MlflowBase):
+    """Creates the runs MLflow is missing and ends the runs it left RUNNING."""
+
+    def sync(self, state: SharedState, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]],
+             report: StudyReport | None) -> dict[str, int]:
+        """Create the runs MLflow is missing and end the runs it left RUNNING, from the Optuna storage's rows.
+
+        Raises whatever MLflow raises: unlike a study, a sync exists to talk to MLflow.
+        """
+        self._state = state
+        self._reported = False
+        client = self.client
+        study_run = state.get_or_create(self._key(self.spec.name), lambda: self._create_run(
+            self.spec.name, {"hpsearch.kind": "study", "hpsearch.study": self.spec.name}))
+        self._study_run = study_run
+        counts = self._reconcile(trials, phases)
+        if report is not None and report.best is not None:
+            artifacts = {a.path for a in client.list_artifacts(study_run)}
+            if "best_config.yaml" not in artifacts:
+                self._log_study_artifacts(study_run, report)
+            for run_id in (study_run, *self._phase_runs.values()):
+                if client.get_run(run_id).info.status != "FINISHED":  # what is already right keeps its end time
+                    client.set_terminated(run_id, status="FINISHED")
+                    counts["ended"] += 1
+        if self._reported:
+            raise TrackingError(f"MLflow at {mask_url(self.uri)} failed during the sync; run it again when it is up.")
+        return counts
+
+    def on_existing_trials(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> None:
+        """At the start of a run: mend what an earlier process could not log (it was killed, or MLflow was down)."""
+        if self._study_run is not None:
+            self._safe("mending earlier trials' runs", lambda: self._reconcile(trials, phases))
+
+    def _reconcile(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> dict[str, int]:
+        client = self.client
+        experiment = self._experiment()
+        for name, info in phases.items():
+            if name not in self._phase_runs:
+                self._phase_runs[name] = self._state.get_or_create(
+                    self._key(f"{self.spec.name}/{name}"),
+                    lambda name=name, info=info: self._create_run(f"{self.spec.name}/{name}", {
+                        "hpsearch.kind": "phase", "hpsearch.study": self.spec.name, "hpsearch.phase": name,
+                        "optuna.study": info["study_name"], "mlflow.parentRunId": self._study_run}))
+        existing: dict[str, Any] = {}
+        token = None
+        while True:
+            page = client.search_runs([experiment], filter_string="tags.`hpsearch.kind` = 'trial'",
+                                      max_results=1000, page_token=token)
+            for run in page:
+                existing[run.data.tags.get(TRIAL_KEY, "")] = run
+            token = page.token
+            if not token:
+                break
+        created = ended = 0
+        for row in trials:
+            key = f"{row['optuna_study']}/{row['number']}"
+            run = existing.get(key)
+            if row["state"] in ("RUNNING", "WAITING") or row["phase"] not in self._phase_runs:
+                continue  # a live trial logs itself
+            if run is None:
+                self._rebuild_trial_run(row)
+                created += 1
+            elif run.info.status == "RUNNING":
+                self._end_trial_run(run.info.run_id, row["state"], row.get("failure"))
+                ended += 1
+        return {"created": created, "ended": ended}
+
+    def _rebuild_trial_run(self, row: dict[str, Any], status: str | None = None) -> None:
+        phase = row["phase"]
+        tags = {
+            "mlflow.parentRunId": self._phase_runs[phase], TRIAL_KEY: f"{row['optuna_study']}/{row['number']}",
+            "hpsearch.kind": "trial", "phase": phase, "trial_number": str(row["number"]),
+            "optuna_study": row["optuna_study"], "grid_point": str(row.get("point", "")), "seed": str(row["seed"]),
+            "backend": self.spec.model.backend, "state": row["state"], "hpsearch.synced": "true",
+        }
+        if row.get("failure"):
+            tags["failure"] = mask_url(str(row["failure"]))[:5000]
+        run_id, created = self._trial_run(tags[TRIAL_KEY], f"{phase}-{row['number']}", tags)
+        if not created:
+            return  # its worker created it meanwhile and logs it
+        history = row.get("epoch_history") or {}
+        iterations = history.get("iteration") or []
+        for epoch in range(len(history.get("val_acc") or [])):
+            for key in ("train_acc", "val_acc", "lr"):
+                self._metric(run_id, key, (history.get(key) or [None] * (epoch + 1))[epoch], epoch)
+            # only the epoch's mean loss survives in the storage; it is logged at the epoch's last iteration
+            step = iterations[epoch] if epoch < len(iterations) else epoch
+            self._metric(run_id, "loss", (history.get("loss") or [None] * (epoch + 1))[epoch], step)
+        if row["state"] == "COMPLETE":
+            self._metric(run_id, "final_val_acc", row["value"], 0)
+        if row.get("duration_seconds") is not None:
+            self._metric(run_id, "seconds", row["duration_seconds"], 0)
+        config = resolved_config(self.spec, row["params"])
+        self._pending_params[run_id] = self._params({**config, "seed": row["seed"]})
+        self._send(run_id, force=True)
+        self.client.set_terminated(run_id, status=status or _run_status(row["state"], row.get("failure")))
+
+    def _log_study_artifacts(self, run_id: str, report: StudyReport) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        from hpsearch.backends import get_backend
+        from hpsearch.report import write_report
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "report"
+            write_report(report, folder)
+            self._safe("logging the plots", lambda: self.client.log_artifacts(run_id, str(folder)))
+            best = report.best
+            if best is None or report.best_result is None:
+                return
+            backend = get_backend(self.spec.model.backend)
+            model_file = Path(tmp) / f"best_model{backend.MODEL_SUFFIX}"
+            backend.save_model(report.best_result.model, report.best_result.config, model_file)
+            self._safe("logging the best model", lambda: self.client.log_artifact(run_id, str(model_file), "model"))
+            metrics = [Metric("best_val_acc_final", best["value"], _now_ms(), 0)]
+            if best.get("test_acc") is not None:
+                metrics.append(Metric("test_acc", best["test_acc"], _now_ms(), 0))
+            tags = [RunTag("best_phase", best["phase"]), RunTag("best_trial", str(best["trial"])),
+                    RunTag("best_config", json.dumps(best["config"])[:5000])]
+            self._safe("logging the result", lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags))
+        for phase_name, phase_run in self._phase_runs.items():
+            status = next((p for p in report.summary.get("phases", []) if p["phase"] == phase_name), None)
+            if status and status.get("best_value") is not None:
+                self._safe("logging a phase result", lambda phase_run=phase_run, status=status:
+                           self.client.log_batch(phase_run, metrics=[
+                               Metric("best_val_acc_final", status["best_value"], _now_ms(), 0)]))

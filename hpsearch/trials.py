@@ -1,0 +1,142 @@
+"""Running one trial: train it with its hooks, store its end in one transaction, tell the listener and the console.
+
+Knows the storage only through :class:`~hpsearch.trialstore.TrialStore` and the phase only through its
+:class:`~hpsearch.results.PhaseView`; the driver hands it the trials it claimed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.backends import DivergedError
+from hpsearch.data import Dataset
+from hpsearch.formatting import format_duration
+from hpsearch.interrupt import Interrupted, Interruption
+from hpsearch.listener import StudyListener, TrialInfo
+from hpsearch.pointqueue import Heartbeat
+from hpsearch.records import EPOCH_KEYS, FAILURE, INTERRUPTED, SEED, decode_params
+from hpsearch.results import PhaseView
+from hpsearch.spec import PhaseSpec, StudySpec
+from hpsearch.storage import mask_url
+from hpsearch.training import resolved_config, train_once
+from hpsearch.trialstore import Row, TrialStore
+
+__all__ = ["RunningTrial", "TrialRunner"]
+
+
+@dataclass
+class RunningTrial:
+    """The trial being run: its identity, what it trains with, and what it reports."""
+
+    phase: PhaseSpec
+    view: PhaseView
+    info: TrialInfo
+    optuna_trial: optuna.Trial | None = None  # only where Optuna must see it (TPE, pruning)
+    history: dict[str, list[Any]] = field(default_factory=dict)
+
+
+class TrialRunner:
+    """Runs the trials a driver claims, on one storage, for one study."""
+
+    def __init__(self, spec: StudySpec, store: TrialStore, data: Callable[[], Dataset], *,
+                 listener: StudyListener, echo: Callable[[str], None], interruption: Interruption,
+                 heartbeat: Heartbeat, views: dict[str, PhaseView]) -> None:
+        self.spec = spec
+        self.store = store
+        self.data = data
+        self.listener = listener
+        self.echo = echo
+        self.interruption = interruption
+        self.heartbeat = heartbeat
+        self.views = views
+
+    def describe(self, row: Row) -> TrialInfo:
+        """A stored trial as the hooks see it (one read of the trial)."""
+        trial = self.store.storage.get_trial(row.trial_id)
+        return TrialInfo(row.trial_id, row.number, row.point, decode_params(trial.params), trial.user_attrs.get(SEED),
+                         row.state, row.value, row.failure)
+
+    def run(self, current: RunningTrial, study: optuna.Study) -> None:
+        """Train the claimed trial with its hooks and store its end; a signal ends it as ``interrupted``."""
+        phase, info = current.phase, current.info
+        pruning = self.spec.pruner.type != "none"
+        if pruning and current.optuna_trial is None:
+            current.optuna_trial = optuna.Trial(study, info.trial_id)
+        reason: str | None = None
+        result = None
+        with self.heartbeat.beating(info.trial_id):
+            try:
+                config = resolved_config(self.spec, info.params)
+                replaced = current.view.replaced(info.point, info.number)
+                self.listener.on_trial_start(phase, info, config, info.seed,
+                                             self.describe(replaced) if replaced else None)
+                with self.interruption.immediate():
+                    result = train_once(self.spec, self.data(), info.params, seed=info.seed,
+                                        on_epoch=functools.partial(self._on_epoch, current, pruning))
+                state, value = TrialState.COMPLETE, result.val_acc
+            except optuna.TrialPruned as exc:
+                state, value, reason = TrialState.PRUNED, None, str(exc) or "pruned"
+            except DivergedError as exc:
+                state, value, reason = TrialState.PRUNED, None, f"diverged: {exc}"
+            except KeyboardInterrupt:
+                self._finish(current, TrialState.FAIL, None, None, INTERRUPTED)
+                raise Interrupted(self.interruption.signal or "SIGINT") from None
+            except Exception as exc:  # a failing trial must not stop the study; the point is retried
+                state, value, reason = TrialState.FAIL, None, f"{type(exc).__name__}: {exc}"
+        self._finish(current, state, value, result, reason)
+
+    def _on_epoch(self, current: RunningTrial, pruning: bool, epoch: int, metrics: dict[str, Any]) -> None:
+        with self.interruption.deferred():  # storage and listener calls: a signal waits for the epoch's end
+            for key in EPOCH_KEYS:
+                current.history.setdefault(key, []).append(metrics.get(key))
+            self.listener.on_epoch(current.phase, current.info, epoch, metrics)
+            # each report is a storage write: only a pruner needs them (the history is stored at the end)
+            if pruning:
+                current.optuna_trial.report(metrics[self.spec.objective.metric], epoch)
+                if current.optuna_trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    def _finish(self, current: RunningTrial, state: TrialState, value: float | None, result: Any,
+                reason: str | None) -> None:
+        """Store the trial's end in one transaction, then tell the view, the listener and the console."""
+        phase, info = current.phase, current.info
+        attrs: dict[str, Any] = {}
+        if current.history:
+            attrs["epoch_history"] = current.history
+        if result is not None:
+            attrs.update(train_acc=result.train_acc, seconds=round(result.seconds, 3), final_loss=result.loss)
+        if reason:
+            attrs[FAILURE] = mask_url(reason)
+        if not self.store.finish(info.trial_id, state, value, attrs):
+            self.echo(f"[{phase.name}] trial {info.number}: result discarded, the trial was already failed "
+                      "(its point was handed to another worker)")
+            return
+        running = current.view.rows[info.trial_id]
+        row = Row(info.trial_id, info.number, state.name, value, running.start, self.store.now(), info.point,
+                  attrs.get(FAILURE))
+        current.view.apply(row)
+        status = current.view.status()
+        best = [v.best() for v in self.views.values()]
+        best = [b.value for b in best if b is not None]
+        pick = max if self.spec.objective.direction == "maximize" else min
+        progress = {**status, "study_best_value": pick(best) if best else None}
+        finished = TrialInfo(info.trial_id, info.number, info.point, info.params, info.seed, state.name, value,
+                             attrs.get(FAILURE))
+        self.listener.on_trial_end(phase, finished, result, reason, progress)
+        self._report_trial(phase, current.view, row, status)
+
+    def _report_trial(self, phase: PhaseSpec, view: PhaseView, row: Row, status: dict[str, Any]) -> None:
+        if row.state == "COMPLETE":
+            score = f"{self.spec.objective.metric} {row.value:.4f}"
+        else:
+            score = row.state + (f" ({row.failure})" if row.failure else "")
+        best = f"best {status['best_value']:.4f}" if status["best_value"] is not None else "best -"
+        done, total = status["done"], status["total"]
+        eta = view.eta_seconds(done, total)
+        eta = f", ETA {format_duration(eta)}" if eta is not None else ""
+        self.echo(f"[{phase.name}] {done}/{total} trial {row.number} {score}, {best}{eta}")
