@@ -33,8 +33,10 @@ def _main() -> None:
 
 
 def fail(message: str) -> typer.Exit:
-    """Print one line on stderr; the caller raises the returned Exit (code 2)."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one line on stderr, every known password masked; the caller raises the returned Exit (code 2)."""
+    from hpsearch.storage import mask_url
+
+    typer.echo(mask_url(f"error: {message}"), err=True)
     return typer.Exit(code=2)
 
 
@@ -99,19 +101,24 @@ TrackingOpt = Annotated[
 
 
 def _driver(spec: Path, set_: list[str] | None, storage: str | None, tracking_uri: str | None = None,
-            track: bool = False, **kwargs):
-    """The study's driver, with MLflow tracking attached when ``track`` and the spec leaves it enabled."""
+            track: bool = False, writable: bool = True, **kwargs):
+    """The study's driver, with MLflow tracking attached when ``track`` and the spec leaves it enabled.
+
+    writable=False for commands that only read the storage: they create neither its folder nor its database.
+    """
     from hpsearch.driver import Driver
     from hpsearch.spec import load_spec
-    from hpsearch.storage import resolve_storage_url
+    from hpsearch.storage import refuse_foreign_database, register_secret_url, resolve_storage_url
 
     study = load_spec(spec, set_)
-    url = resolve_storage_url(storage, study.storage, study.name)
+    url = resolve_storage_url(storage, study.storage, study.name, writable=writable)
+    refuse_foreign_database(url)
     listener = None
     if track:
         from hpsearch.tracking import MlflowTracker, resolve_tracking_uri
 
         uri = resolve_tracking_uri(study, url, tracking_uri)
+        register_secret_url(uri)
         listener = MlflowTracker(study, uri, echo=_echo_err) if uri else None
     return Driver(study, url, echo=_echo_err, listener=listener, **kwargs)
 
@@ -204,11 +211,12 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
 
     from hpsearch.driver import Driver
     from hpsearch.spec import load_spec
-    from hpsearch.storage import resolve_storage_url
+    from hpsearch.storage import refuse_foreign_database, resolve_storage_url
 
     try:
         study = load_spec(spec, set_)
         url = resolve_storage_url(storage, study.storage, study.name)
+        refuse_foreign_database(url)
         if force_new_phase:  # decide the new phases once, here, rather than in N racing workers
             Driver(study, url, echo=_echo_err, force_new_phase=True).prepare()
     except UserError as exc:
@@ -274,13 +282,14 @@ def _print_summary(summary: dict) -> None:
 @app.command()
 def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Per phase: state, trials complete/pruned/failed/running, grid coverage and best value."""
-    from hpsearch.storage import mask_url
+    from hpsearch.storage import mask_url, register_secret_url
     from hpsearch.tracking import resolve_tracking_uri
 
     try:
-        driver = _driver(spec, set_, storage)
+        driver = _driver(spec, set_, storage, writable=False)
         summary = driver.status()
         uri = resolve_tracking_uri(driver.spec, driver.url)
+        register_secret_url(uri)
         summary["tracking"] = ({"uri": mask_url(uri), "experiment": driver.spec.tracking.experiment or driver.spec.name}
                                if uri else None)
     except UserError as exc:
@@ -305,7 +314,7 @@ def best(
     from hpsearch.spec import best_fragment
 
     try:
-        driver = _driver(spec, set_, storage)
+        driver = _driver(spec, set_, storage, writable=False)
         found = driver.best()
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -356,7 +365,7 @@ def export(
     if output.suffix not in (".csv", ".json"):
         raise fail(f"--output {output}: give a .csv or .json file.")
     try:
-        rows = _driver(spec, set_, storage).trials()
+        rows = _driver(spec, set_, storage, writable=False).trials()
     except UserError as exc:
         raise fail(str(exc)) from None
     if output.suffix == ".json":
@@ -385,7 +394,7 @@ def report(
     from hpsearch.report import write_report
 
     try:
-        data = _driver(spec, set_, storage).report()
+        data = _driver(spec, set_, storage, writable=False).report()
     except UserError as exc:
         raise fail(str(exc)) from None
     if data is None or data.best is None:
