@@ -10,8 +10,9 @@ import time
 from typing import Any
 
 from hpsearch import grid as grids
-from hpsearch.backends import get_backend
+from hpsearch.backends import DivergedError, get_backend
 from hpsearch.data import Dataset
+from hpsearch.errors import SpecError
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
 from hpsearch.training import train_once
 
@@ -35,7 +36,11 @@ def plan(spec: StudySpec, data: Dataset) -> dict[str, Any]:
     backend = get_backend(spec.model.backend)
     probe_config = backend.probe(spec.config())
     start = time.perf_counter()
-    train_once(spec, data, probe_config, seed=spec.seed)
+    try:
+        train_once(spec, data, probe_config, seed=spec.seed)
+    except DivergedError as exc:
+        raise SpecError(f"{spec.source}: the probe training with the spec's defaults diverged ({exc}); lower "
+                        "defaults.learning_rate.") from None
     probe_seconds = time.perf_counter() - start
     seconds_per_unit = probe_seconds / backend.cost(probe_config, data)
     phases = []
