@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from enum import Enum
 from pathlib import Path
@@ -38,6 +39,33 @@ def fail(message: str) -> typer.Exit:
 
     typer.echo(mask_url(f"error: {message}"), err=True)
     return typer.Exit(code=2)
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work is done, an output file that cannot be written."""
+    import os
+
+    if path.is_dir():
+        raise fail(f"{option} {path}: is a folder; give a file name.")
+    if not path.parent.is_dir():
+        raise fail(f"{option} {path}: the folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"{option} {path}: not writable.")
+
+
+def _check_output_folder(path: Path, option: str) -> None:
+    """Refuse, before any work is done, an output folder that cannot be made or written."""
+    import os
+
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise fail(f"{option} {path}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK):
+        raise fail(f"{option} {path}: {existing} is not writable.")
+
+
+def _cannot_write(option: str, path: Path, exc: OSError) -> typer.Exit:
+    return fail(f"{option} {path}: cannot write ({exc.strerror or exc}).")
 
 
 @app.command()
@@ -127,9 +155,23 @@ def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _seconds(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise fail(f"--timeout must be a number of seconds >= 0. Got {value} instead.")
+    return value
+
+
+def _count(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise fail(f"--max-trials must be an integer >= 0. Got {value} instead.")
+    return value
+
+
 PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
-TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")]
-MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.",
+                                                     callback=_seconds)]
+MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
+                                                     callback=_count)]
 ForceOpt = Annotated[
     bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
 ]
@@ -262,7 +304,10 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
     best = summary.get("best")
     if best:
-        test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ", no test split"
+        if best.get("test_acc") is not None:
+            test = f", test_acc {best['test_acc']:.4f}"
+        else:  # the final evaluation on the test split runs once, when every phase is complete
+            test = ", no test split" if summary.get("complete") else ", test accuracy after the study completes"
         console.print(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}"
                       f"{test}")
         console.print(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
@@ -313,6 +358,8 @@ def best(
 
     from hpsearch.spec import best_fragment
 
+    if output is not None:
+        _check_output_file(output, "--output")
     try:
         driver = _driver(spec, set_, storage, writable=False)
         found = driver.best()
@@ -326,7 +373,10 @@ def best(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise _cannot_write("--output", output, exc) from None
         typer.echo(f"wrote {output}", err=True)
 
 
@@ -360,27 +410,35 @@ def export(
     set_: SetOpt = None,
 ) -> None:
     """Write every trial (phase, number, state, value, params, duration) to CSV or JSON."""
-    import csv
-
     if output.suffix not in (".csv", ".json"):
         raise fail(f"--output {output}: give a .csv or .json file.")
+    _check_output_file(output, "--output")
     try:
         rows = _driver(spec, set_, storage, writable=False).trials()
     except UserError as exc:
         raise fail(str(exc)) from None
-    if output.suffix == ".json":
-        output.write_text(json.dumps(rows, indent=1, default=str))
-    else:
-        names = sorted({name for row in rows for name in row["params"]})
-        with output.open("w", newline="") as f:
-            writer = csv.writer(f)
-            columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
-            writer.writerow(columns + [f"param_{n}" for n in names])
-            for row in rows:
-                cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
-                params = [row["params"].get(n, "") for n in names]
-                writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
+    try:
+        if output.suffix == ".json":
+            output.write_text(json.dumps(rows, indent=1, default=str))
+        else:
+            _write_csv(output, rows)
+    except OSError as exc:
+        raise _cannot_write("--output", output, exc) from None
     typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
+
+
+def _write_csv(output: Path, rows: list[dict]) -> None:
+    import csv
+
+    names = sorted({name for row in rows for name in row["params"]})
+    with output.open("w", newline="") as f:
+        writer = csv.writer(f)
+        columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
+        writer.writerow(columns + [f"param_{n}" for n in names])
+        for row in rows:
+            cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
+            params = [row["params"].get(n, "") for n in names]
+            writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
 
 
 @app.command()
@@ -393,13 +451,18 @@ def report(
     """Write the comparison plots and a Markdown summary of the study to a folder, without MLflow."""
     from hpsearch.report import write_report
 
+    _check_output_folder(out, "--out")
     try:
         data = _driver(spec, set_, storage, writable=False).report()
     except UserError as exc:
         raise fail(str(exc)) from None
     if data is None or data.best is None:
         raise fail(f"{spec}: no complete trial yet; run the study first.")
-    for path in write_report(data, out):
+    try:
+        written = write_report(data, out)
+    except OSError as exc:
+        raise _cannot_write("--out", out, exc) from None
+    for path in written:
         typer.echo(str(path))
 
 
@@ -435,7 +498,7 @@ def predict(
     json_: JsonOpt = False,
 ) -> None:
     """Reload a saved model and report its accuracy on a split of the spec's data."""
-    from hpsearch.backends import get_backend
+    from hpsearch.backends import ModelFileError, get_backend
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data
 
@@ -450,13 +513,16 @@ def predict(
                        f"{backend.MODEL_SUFFIX} in MLflow).")
         try:
             net, config = backend.load_model(model)
-        except (OSError, ValueError, KeyError) as exc:
-            raise fail(f"{model}: not a {study.model.backend} model file ({exc}).") from None
+        except (OSError, ModelFileError) as exc:
+            raise fail(f"{model}: not a {study.model.backend} model file saved by a study ({exc}).") from None
     except UserError as exc:
         raise fail(str(exc)) from None
     X, y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
     if X is None:
         raise fail(f"{spec}: the dataset has no {split} split.")
+    if net.input_size != X.shape[1]:
+        raise fail(f"{model}: the model takes {net.input_size} inputs per sample; {data.name} as the spec loads it "
+                   f"has {X.shape[1]}.")
     accuracy = net.accuracy(X, y)
     if json_:
         typer.echo(json.dumps({"split": split, "accuracy": accuracy, "n": len(y), "config": config}))

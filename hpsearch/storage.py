@@ -77,11 +77,12 @@ def register_secret_url(url: str | None) -> None:
 
 def mask_url(text: str) -> str:
     """``text`` with every known password, and the password of every URL in it, replaced by ``***``."""
-    secrets = sorted(_known_secrets | _url_secrets(text), key=len, reverse=True)
-    for secret in secrets:
-        if not secret.strip("*"):
-            continue  # a password of asterisks only is indistinguishable from the mask itself
-        while secret in text:  # a replacement can join a new occurrence; each pass removes a non-'*' character
+    # longest first; a password of asterisks only is indistinguishable from the mask itself
+    secrets = [s for s in sorted(_known_secrets | _url_secrets(text), key=len, reverse=True) if s.strip("*")]
+    # a replacement can join a new occurrence of any password ('ex' of 'example' masked as '***x' holds '*x'):
+    # repeat until none is left; every replacement removes at least one character other than '*', so this ends
+    while any(secret in text for secret in secrets):
+        for secret in secrets:
             text = text.replace(secret, MASK)
     return text
 

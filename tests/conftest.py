@@ -64,3 +64,26 @@ def pg_database():
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """Make a folder read-only for this process: chattr +i as root (root ignores mode bits), chmod otherwise."""
+    import shutil
+
+    folders = []
+
+    def protect(folder: Path) -> None:
+        if os.geteuid() == 0:
+            if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+                pytest.skip("running as root without chattr +i: no way to make a folder read-only")
+        else:
+            folder.chmod(0o555)
+        folders.append(folder)
+
+    yield protect
+    for folder in folders:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)

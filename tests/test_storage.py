@@ -55,6 +55,14 @@ def test_a_registered_password_is_masked_in_free_text():
     assert mask_url('could not translate host name "SECRET@host"') == 'could not translate host name "***@host"'
 
 
+def test_a_mask_that_joins_a_new_occurrence_is_masked_again():
+    storage._known_secrets.clear()
+    register_secret_url("postgresql://u:e@h/db")
+    register_secret_url("postgresql://u:*x@h/db")
+    assert "*x" not in mask_url("connection to db.example refused")  # 'e' -> '***' leaves '***xample'
+    storage._known_secrets.clear()
+
+
 def test_a_host_with_an_at_sign_is_refused_before_connecting():
     with pytest.raises(StorageError, match="%40") as caught:
         resolve_storage_url("postgresql://u:TOP@SECRET@host/db", None, "x")
@@ -137,31 +145,6 @@ def test_a_file_that_is_no_database_is_refused(tmp_path):
 
 
 # ---- read-only commands ----------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """Make a folder read-only for this process: chattr +i as root (root ignores mode bits), chmod otherwise."""
-    import os
-    import shutil
-    import subprocess
-
-    folders = []
-
-    def protect(folder: Path) -> None:
-        if os.geteuid() == 0:
-            if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
-                pytest.skip("running as root without chattr +i: no way to make a folder read-only")
-        else:
-            folder.chmod(0o555)
-        folders.append(folder)
-
-    yield protect
-    for folder in folders:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        else:
-            folder.chmod(0o755)
-
 
 def test_read_only_commands_work_on_a_read_only_storage_folder(tmp_path, monkeypatch, read_only_folder):
     monkeypatch.chdir(tmp_path)

@@ -353,9 +353,10 @@ def load_model(path: str | Path) -> tuple[TwoLayerNet, dict[str, Any]]:
     (checked before the array is read, so no absurd size is ever allocated).
     """
     try:
-        with np.load(path, allow_pickle=False) as saved:
-            if not isinstance(saved, np.lib.npyio.NpzFile):
-                raise ModelFileError("a single .npy array, not the .npz archive a study saves")
+        saved = np.load(path, allow_pickle=False)
+        if not isinstance(saved, np.lib.npyio.NpzFile):
+            raise ModelFileError("a single .npy array, not the .npz archive a study saves")
+        with saved:
             missing = [name for name in (*PARAM_NAMES, "config") if name not in saved.files]
             if missing:
                 raise ModelFileError(f"no {', '.join(missing)} in the archive")
