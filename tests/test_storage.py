@@ -85,7 +85,7 @@ def test_no_password_survives_masking(password, user):
 
 
 @pytest.mark.postgres
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(password=printable)
 def test_no_password_in_status_or_in_the_error_for_an_unreachable_host(tmp_path, pg_database, password):
     assume(password.strip("*"))

@@ -267,17 +267,19 @@ def load_model(path: str | Path) -> tuple[TorchModel, dict[str, Any]]:
     if not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in sizes):
         raise ModelFileError(f"input_size and num_classes must be positive integers. Got {sizes} instead")
     state = saved["state_dict"]
+    def build() -> Any:
+        return build_mlp(sizes[0], cfg.layers(), sizes[1], dropout=cfg.dropout, batch_norm=cfg.batch_norm,
+                         init=cfg.init, init_std=cfg.init_std)
+
     try:
         with torch.device("meta"):
-            expected = build_mlp(*sizes[:1], cfg.layers(), sizes[1], dropout=cfg.dropout, batch_norm=cfg.batch_norm,
-                                 init=cfg.init, init_std=cfg.init_std).state_dict()
+            expected = build().state_dict()
     except (RuntimeError, ValueError, OverflowError) as exc:  # sizes beyond what a tensor can hold
         raise ModelFileError(f"it declares layers no tensor can hold ({str(exc).splitlines()[0]})") from None
     stored = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) and all(
         isinstance(v, torch.Tensor) for v in state.values()) else None
     if stored != {k: tuple(v.shape) for k, v in expected.items()}:
         raise ModelFileError("its tensors do not have the shapes its config and sizes describe")
-    module = build_mlp(*sizes[:1], cfg.layers(), sizes[1], dropout=cfg.dropout, batch_norm=cfg.batch_norm,
-                       init=cfg.init, init_std=cfg.init_std)
+    module = build()
     module.load_state_dict(state)
     return TorchModel(module, "cpu"), config
