@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from enum import Enum
 from pathlib import Path
@@ -34,9 +35,38 @@ def _main() -> None:
 
 
 def fail(message: str) -> typer.Exit:
-    """Print one line on stderr; the caller raises the returned Exit (code 2)."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one line on stderr, every known password masked; the caller raises the returned Exit (code 2)."""
+    from hpsearch.storage import mask_url
+
+    typer.echo(mask_url(f"error: {message}"), err=True)
     return typer.Exit(code=2)
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work is done, an output file that cannot be written."""
+    import os
+
+    if path.is_dir():
+        raise fail(f"{option} {path}: is a folder; give a file name.")
+    if not path.parent.is_dir():
+        raise fail(f"{option} {path}: the folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"{option} {path}: not writable.")
+
+
+def _check_output_folder(path: Path, option: str) -> None:
+    """Refuse, before any work is done, an output folder that cannot be made or written."""
+    import os
+
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise fail(f"{option} {path}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK):
+        raise fail(f"{option} {path}: {existing} is not writable.")
+
+
+def _cannot_write(option: str, path: Path, exc: OSError) -> typer.Exit:
+    return fail(f"{option} {path}: cannot write ({exc.strerror or exc}).")
 
 
 @app.command()
@@ -126,19 +156,24 @@ TrackingOpt = Annotated[
 
 
 def _driver(spec: Path, set_: list[str] | None, storage: str | None, tracking_uri: str | None = None,
-            track: bool = False, **kwargs):
-    """The study's driver, with MLflow tracking attached when ``track`` and the spec leaves it enabled."""
+            track: bool = False, writable: bool = True, **kwargs):
+    """The study's driver, with MLflow tracking attached when ``track`` and the spec leaves it enabled.
+
+    writable=False for commands that only read the storage: they create neither its folder nor its database.
+    """
     from hpsearch.driver import Driver
     from hpsearch.spec import load_spec
-    from hpsearch.storage import resolve_storage_url
+    from hpsearch.storage import refuse_foreign_database, register_secret_url, resolve_storage_url
 
     study = load_spec(spec, set_)
-    url = resolve_storage_url(storage, study.storage, study.name)
+    url = resolve_storage_url(storage, study.storage, study.name, writable=writable)
+    refuse_foreign_database(url)
     listener = None
     if track:
         from hpsearch.tracking import MlflowTracker, resolve_tracking_uri
 
         uri = resolve_tracking_uri(study, url, tracking_uri)
+        register_secret_url(uri)
         listener = MlflowTracker(study, uri, echo=_echo_err) if uri else None
     return Driver(study, url, echo=_echo_err, listener=listener, **kwargs)
 
@@ -147,9 +182,23 @@ def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _seconds(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise fail(f"--timeout must be a number of seconds >= 0. Got {value} instead.")
+    return value
+
+
+def _count(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise fail(f"--max-trials must be an integer >= 0. Got {value} instead.")
+    return value
+
+
 PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
-TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")]
-MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.",
+                                                     callback=_seconds)]
+MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
+                                                     callback=_count)]
 ForceOpt = Annotated[
     bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
 ]
@@ -244,11 +293,12 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
 
     from hpsearch.driver import Driver
     from hpsearch.spec import load_spec
-    from hpsearch.storage import resolve_storage_url
+    from hpsearch.storage import refuse_foreign_database, resolve_storage_url
 
     try:
         study = load_spec(spec, set_)
         url = resolve_storage_url(storage, study.storage, study.name)
+        refuse_foreign_database(url)
         if force_new_phase:  # decide the new phases once, here, rather than in N racing workers
             Driver(study, url, echo=_echo_err, force_new_phase=True).prepare()
     except UserError as exc:
@@ -324,7 +374,10 @@ def _print_summary(summary: dict) -> None:
             say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     best = summary.get("best")
     if best:
-        test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ", no test split"
+        if best.get("test_acc") is not None:
+            test = f", test_acc {best['test_acc']:.4f}"
+        else:  # the final evaluation on the test split runs once, when every phase is complete
+            test = ", no test split" if summary.get("complete") else ", test accuracy after the study completes"
         say(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}{test}")
         say(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
     for p in summary["phases"]:
@@ -345,13 +398,14 @@ def _print_summary(summary: dict) -> None:
 @app.command()
 def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Per phase: state, trials complete/pruned/failed/running, grid coverage and best value."""
-    from hpsearch.storage import mask_url
+    from hpsearch.storage import mask_url, register_secret_url
     from hpsearch.tracking import resolve_tracking_uri
 
     try:
-        driver = _driver(spec, set_, storage)
+        driver = _driver(spec, set_, storage, writable=False)
         summary = driver.status()
         uri = resolve_tracking_uri(driver.spec, driver.url)
+        register_secret_url(uri)
         summary["tracking"] = ({"uri": mask_url(uri), "experiment": driver.spec.tracking.experiment or driver.spec.name}
                                if uri else None)
     except UserError as exc:
@@ -375,8 +429,10 @@ def best(
 
     from hpsearch.spec import best_fragment
 
+    if output is not None:
+        _check_output_file(output, "--output")
     try:
-        driver = _driver(spec, set_, storage)
+        driver = _driver(spec, set_, storage, writable=False)
         found = driver.best()
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -388,7 +444,10 @@ def best(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise _cannot_write("--output", output, exc) from None
         typer.echo(f"wrote {output}", err=True)
 
 
@@ -428,27 +487,35 @@ def export(
     set_: SetOpt = None,
 ) -> None:
     """Write every trial (phase, number, state, value, params, duration) to CSV or JSON."""
-    import csv
-
     if output.suffix not in (".csv", ".json"):
         raise fail(f"--output {output}: give a .csv or .json file.")
+    _check_output_file(output, "--output")
     try:
-        rows = _driver(spec, set_, storage).trials()
+        rows = _driver(spec, set_, storage, writable=False).trials()
     except UserError as exc:
         raise fail(str(exc)) from None
-    if output.suffix == ".json":
-        output.write_text(json.dumps(rows, indent=1, default=str))
-    else:
-        names = sorted({name for row in rows for name in row["params"]})
-        with output.open("w", newline="") as f:
-            writer = csv.writer(f)
-            columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
-            writer.writerow(columns + [f"param_{n}" for n in names])
-            for row in rows:
-                cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
-                params = [row["params"].get(n, "") for n in names]
-                writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
+    try:
+        if output.suffix == ".json":
+            output.write_text(json.dumps(rows, indent=1, default=str))
+        else:
+            _write_csv(output, rows)
+    except OSError as exc:
+        raise _cannot_write("--output", output, exc) from None
     typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
+
+
+def _write_csv(output: Path, rows: list[dict]) -> None:
+    import csv
+
+    names = sorted({name for row in rows for name in row["params"]})
+    with output.open("w", newline="") as f:
+        writer = csv.writer(f)
+        columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
+        writer.writerow(columns + [f"param_{n}" for n in names])
+        for row in rows:
+            cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
+            params = [row["params"].get(n, "") for n in names]
+            writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
 
 
 @app.command()
@@ -461,13 +528,18 @@ def report(
     """Write the comparison plots and a Markdown summary of the study to a folder, without MLflow."""
     from hpsearch.report import write_report
 
+    _check_output_folder(out, "--out")
     try:
-        data = _driver(spec, set_, storage).report()
+        data = _driver(spec, set_, storage, writable=False).report()
     except UserError as exc:
         raise fail(str(exc)) from None
     if data is None or data.best is None:
         raise fail(f"{spec}: no complete trial yet; run the study first.")
-    for path in write_report(data, out):
+    try:
+        written = write_report(data, out)
+    except OSError as exc:
+        raise _cannot_write("--out", out, exc) from None
+    for path in written:
         typer.echo(str(path))
 
 
@@ -503,7 +575,7 @@ def predict(
     json_: JsonOpt = False,
 ) -> None:
     """Reload a saved model and report its accuracy on a split of the spec's data."""
-    from hpsearch.backends import get_backend
+    from hpsearch.backends import ModelFileError, get_backend
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data
 
@@ -518,13 +590,16 @@ def predict(
                        f"{backend.MODEL_SUFFIX} in MLflow).")
         try:
             net, config = backend.load_model(model)
-        except (OSError, ValueError, KeyError) as exc:
-            raise fail(f"{model}: not a {study.model.backend} model file ({exc}).") from None
+        except (OSError, ModelFileError) as exc:
+            raise fail(f"{model}: not a {study.model.backend} model file saved by a study ({exc}).") from None
     except UserError as exc:
         raise fail(str(exc)) from None
     X, y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
     if X is None:
         raise fail(f"{spec}: the dataset has no {split} split.")
+    if net.input_size != X.shape[1]:
+        raise fail(f"{model}: the model takes {net.input_size} inputs per sample; {data.name} as the spec loads it "
+                   f"has {X.shape[1]}.")
     accuracy = net.accuracy(X, y)
     if json_:
         typer.echo(json.dumps({"split": split, "accuracy": accuracy, "n": len(y), "config": config}))

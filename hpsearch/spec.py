@@ -13,17 +13,42 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hpsearch.backends import BACKENDS
 from hpsearch.data import DATASETS
 from hpsearch.errors import SpecError
+from hpsearch.validation import UserConfig
 
 __all__ = ["StudySpec", "PhaseSpec", "ParamSpec", "DerivedGrid", "load_spec", "parse_override", "yaml_load"]
 
 
+MAX_DEPTH = 32  # nesting levels of a spec: the deepest real spec has 5
+MAX_NODES = 100_000  # values after expanding YAML aliases: a spec has hundreds; an alias bomb has billions
+SEED_BOUND = 2**63  # seeds are stored as 64-bit integers
+
+
 class _SpecLoader(yaml.SafeLoader):
-    """Safe loading, with YAML 1.2 floats: ``1e-4`` and ``.5`` are numbers, as people mean them."""
+    """Safe loading, with YAML 1.2 floats: ``1e-4`` and ``.5`` are numbers, as people mean them.
+
+    A key given twice in one mapping is an error rather than the last one silently winning.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *defaults' merges; its keys may be overridden here
+            key = self.construct_object(key_node, deep=False)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the constructor reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _SpecLoader.add_implicit_resolver(
@@ -41,9 +66,13 @@ _SpecLoader.add_implicit_resolver(
 
 
 def yaml_load(text: str, source: str) -> Any:
-    """Parse YAML text safely; any error (including ``!!python/...`` tags) becomes one line naming ``source``."""
+    """Parse YAML text safely; any error (including ``!!python/...`` tags) becomes one line naming ``source``.
+
+    Aliases share one object, so a "billion laughs" document loads in microseconds and explodes only when something
+    walks it: its size after expanding aliases is bounded here, and so is its nesting.
+    """
     try:
-        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - _SpecLoader is a SafeLoader
+        value = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - _SpecLoader is a SafeLoader
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -51,10 +80,34 @@ def yaml_load(text: str, source: str) -> Any:
             where = f" (line {mark.line + 1}, column {mark.column + 1})"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{source}: invalid YAML{where}: {problem}.") from None
+    except RecursionError:
+        raise SpecError(f"{source}: nested more than {MAX_DEPTH} levels deep.") from None
+    _expanded_size(value, source, depth=0, sizes={})
+    return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+def _expanded_size(value: Any, source: str, depth: int, sizes: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(values, levels) of ``value`` with every alias expanded, counted once per shared object; bounded."""
+    if depth > MAX_DEPTH:
+        raise SpecError(f"{source}: nested more than {MAX_DEPTH} levels deep (or an alias refers to itself).")
+    if not isinstance(value, (dict, list)):
+        return 1, 0
+    known = sizes.get(id(value))
+    if known is None:
+        children = list(value.values()) if isinstance(value, dict) else value
+        measured = [_expanded_size(child, source, depth + 1, sizes) for child in children]
+        known = (1 + sum(size for size, _ in measured), 1 + max((levels for _, levels in measured), default=0))
+        sizes[id(value)] = known
+    if depth + known[1] > MAX_DEPTH:
+        raise SpecError(f"{source}: nested more than {MAX_DEPTH} levels deep.")
+    if known[0] > MAX_NODES:
+        raise SpecError(f"{source}: holds more than {MAX_NODES:,} values once its YAML aliases are expanded; "
+                        "an alias bomb?")
+    return known
+
+
+class _Strict(UserConfig):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class DataSpec(_Strict):
@@ -65,7 +118,7 @@ class DataSpec(_Strict):
     num_test: int | None = Field(None, ge=0)
     dtype: Literal["float32", "float64"] = "float32"
     preprocess: Literal["center", "unit_range"] | None = None  # None: what the backend expects
-    seed: int = 0  # the shuffle of digits and the draw of synthetic data, not the training seed
+    seed: int = Field(0, ge=0, lt=SEED_BOUND)  # the shuffle of digits and the draw of synthetic data, not training
     options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific (synthetic: num_classes, num_features)
 
     @field_validator("dataset")
@@ -180,13 +233,23 @@ class DerivedGrid(_Strict):
     points: int = Field(4, ge=1)
 
 
+def _storage_name(value: str) -> str:
+    """A study or phase name: phases are stored as ``<study>.<phase>`` (``.v2`` when started afresh), so no '.'."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise ValueError(f"must be letters, digits, '_' and '-' only (phases are stored as <study>.<phase>, so no "
+                         f"'.'). Got {value!r} instead")
+    return value
+
+
 class PhaseSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     sampler: Literal["random", "tpe", "grid"]
     n_trials: int | None = Field(None, gt=0)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     grid: dict[str, list[Any]] | DerivedGrid | None = None
     max_retries: int = Field(2, ge=0)
+
+    _name = field_validator("name")(_storage_name)
 
     @model_validator(mode="after")
     def _sampler_fits(self) -> PhaseSpec:
@@ -212,8 +275,8 @@ class PhaseSpec(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    name: str
+    seed: int = Field(0, ge=0, lt=SEED_BOUND)
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     defaults: dict[str, Any] = Field(default_factory=dict)
@@ -227,6 +290,8 @@ class StudySpec(_Strict):
 
     # where the spec came from; not part of the YAML
     source: str = Field("<spec>", exclude=True)
+
+    _name = field_validator("name")(_storage_name)
 
     @model_validator(mode="after")
     def _phases_consistent(self) -> StudySpec:
@@ -278,7 +343,8 @@ def _format_error(error: dict[str, Any]) -> str:
         return f"{path} is required"
     got = error.get("input")
     shown = f" Got {got!r} instead." if error["type"] not in ("value_error",) and not isinstance(got, dict) else ""
-    return f"{path + ' ' if path else ''}{message}.{shown}".replace("..", ".")
+    text = f"{path + ' ' if path else ''}{message}"
+    return f"{text}{'' if text.endswith('.') else '.'}{shown}"
 
 
 def validation_message(source: str, exc: ValidationError) -> str:
@@ -295,7 +361,8 @@ def parse_override(item: str) -> tuple[list[str | int], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. defaults.hidden_size=100.")
-    path: list[str | int] = [int(part) if part.isdigit() else part for part in key.strip().split(".")]
+    # ASCII digits only: '²'.isdigit() is true, and int('²') fails
+    path: list[str | int] = [int(part) if part.isascii() and part.isdigit() else part for part in key.strip().split(".")]
     return path, yaml_load(raw, f"--set {key}") if raw.strip() else None
 
 
@@ -366,14 +433,41 @@ def build_spec(raw: Any, source: str, base_dir: Path) -> StudySpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a study spec must be a YAML mapping with at least 'name'.")
     raw = copy.deepcopy(raw)
+    if "source" in raw:  # the field that records where the spec came from is not part of the YAML
+        raise SpecError(f"{source}: unknown key 'source'.")
     try:
-        spec = StudySpec(**raw, source=source)
+        spec = StudySpec.model_validate({**raw, "source": source})  # keys need not be strings (YAML's '1: x')
     except ValidationError as exc:
         raise SpecError(validation_message(source, exc)) from None
-    if spec.data.path is not None and not Path(spec.data.path).expanduser().is_absolute():
+    if spec.data.path is not None and not _expand_user(spec.data.path, source).is_absolute():
         spec.data.path = str((base_dir / spec.data.path).resolve())
+    _validate_data_options(spec)
     _validate_backend_params(spec)
     return spec
+
+
+def _expand_user(path: str, source: str) -> Path:
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # '~someone' for a user this machine does not know
+        raise SpecError(f"{source}: data.path {path!r} names a user's home folder that does not exist.") from None
+
+
+def _validate_data_options(spec: StudySpec) -> None:
+    """``data.options`` against the dataset's own options (digits and cifar10 take none)."""
+    from hpsearch.data import DATASET_OPTIONS
+
+    options_model = DATASET_OPTIONS[spec.data.dataset]
+    try:
+        options_model(**spec.data.options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden":
+            takes = ", ".join(options_model.model_fields) or "none"
+            raise SpecError(f"{spec.source}: data.options.{name} is not an option of the {spec.data.dataset} "
+                            f"dataset; it takes {takes}.") from None
+        raise SpecError(f"{spec.source}: data.options.{name} {_format_error({**error, 'loc': ()})}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
@@ -392,7 +486,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec
     for item in overrides or []:
         key_path, value = parse_override(item)
         if key_path == ["data", "path"] and isinstance(value, str):
-            value = str(Path(value).expanduser().resolve())
+            value = str(_expand_user(value, f"--set {item}").resolve())
         if not isinstance(raw, dict):
             break
         apply_override(raw, key_path, value, item)

@@ -2,7 +2,11 @@
 
 A URL comes from ``--storage``, else ``$HPSEARCH_STORAGE``, else the spec's ``storage``, else
 ``sqlite:///runs/<study>.db`` (relative to the working directory, as SQLAlchemy reads ``sqlite:///`` paths).
-Passwords are masked wherever a URL is shown.
+
+Passwords are masked wherever a URL is shown. Every URL this process resolves registers its password (as written,
+percent-decoded and percent-encoded); :func:`mask_url` replaces each registered password wherever it occurs in a
+text, and also the password of any URL found in the text itself, so that a password with spaces, ``@`` or ``&``
+in it is hidden whole, in a URL or quoted back by a database driver's error message.
 """
 
 from __future__ import annotations
@@ -14,35 +18,89 @@ import re
 import zlib
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote, quote_plus, unquote
 
 from hpsearch.errors import UserError
 
-__all__ = ["StorageError", "engine_for", "mask_url", "resolve_storage_url", "sqlite_path", "storage_lock"]
+__all__ = ["StorageError", "engine_for", "mask_url", "no_study_stored", "refuse_foreign_database",
+           "register_secret_url", "resolve_storage_url", "sqlite_path", "storage_lock"]
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
+MASK = "***"
 
 
 class StorageError(UserError):
     """A storage URL that is malformed, unsupported or unreachable."""
 
 
-_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
-_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<secret>[^&\s]*)", re.IGNORECASE)
+# scheme://USER:SECRET@ where the secret runs to the last '@' before a quote or the end of the line, since an
+# unencoded password may itself hold '@', spaces, ':' or '/'
+_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@'\"\n]*:)(?P<secret>[^'\"\n]*)(?P<tail>@)")
+_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<secret>[^&'\"\n]*)", re.IGNORECASE)
+_QUERY_PASSWORD_KEYS = ("password", "passwd", "pwd")
+
+_known_secrets: set[str] = set()  # every password of a URL this process resolved, in each form it may be shown
+
+
+def _spellings(secret: str) -> set[str]:
+    """``secret`` as written, percent-decoded and percent-encoded: the forms a URL or a message may show it in."""
+    return {form for form in (secret, unquote(secret), quote(secret, safe=""), quote_plus(secret)) if form}
+
+
+def _url_secrets(text: str) -> set[str]:
+    """The passwords of ``text`` parsed as a URL (SQLAlchemy) and of every URL-shaped part of it (patterns)."""
+    secrets: set[str] = set()
+    for pattern in (_PASSWORD_IN_NETLOC, _PASSWORD_IN_QUERY):
+        secrets.update(match["secret"] for match in pattern.finditer(text))
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(text)
+    except (ArgumentError, ValueError, TypeError):
+        parsed = None
+    if parsed is not None:
+        secrets.add(parsed.password or "")
+        if parsed.host and "@" in parsed.host:  # an unencoded '@' in the password: its tail is parsed as the host
+            secrets.add(parsed.host.rsplit("@", 1)[0])
+        for key, value in parsed.query.items():
+            if key.lower() in _QUERY_PASSWORD_KEYS:
+                secrets.update([value] if isinstance(value, str) else value)
+    return {form for secret in secrets for form in _spellings(str(secret))}
+
+
+def register_secret_url(url: str | None) -> None:
+    """Remember the password of ``url`` so that :func:`mask_url` hides it in any text this process shows."""
+    if url:
+        _known_secrets.update(_url_secrets(url))
 
 
 def mask_url(text: str) -> str:
-    """``text`` with every password of a URL in it replaced by ``***`` (user:SECRET@ and ?password=SECRET)."""
-    text = _PASSWORD_IN_NETLOC.sub(lambda m: f"{m['head']}***{m['tail']}", text)
-    return _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", text)
+    """``text`` with every known password, and the password of every URL in it, replaced by ``***``."""
+    # longest first; a password of asterisks only is indistinguishable from the mask itself
+    secrets = [s for s in sorted(_known_secrets | _url_secrets(text), key=len, reverse=True) if s.strip("*")]
+    # a replacement can join a new occurrence of any password ('ex' of 'example' masked as '***x' holds '*x'):
+    # repeat until none is left; every replacement removes at least one character other than '*', so this ends
+    while any(secret in text for secret in secrets):
+        for secret in secrets:
+            text = text.replace(secret, MASK)
+    return text
 
 
-def resolve_storage_url(cli_value: str | None, spec_value: str | None, study_name: str) -> str:
+def resolve_storage_url(cli_value: str | None, spec_value: str | None, study_name: str, *,
+                        writable: bool = True) -> str:
+    """The storage URL to use, checked; its password is registered for masking.
+
+    writable: the command writes to the storage (run, worker, sync). A read-only command (status, best, export,
+    report) creates no folder and no database: a SQLite file that does not exist is "no study stored there".
+    """
     url = cli_value or os.environ.get(ENV_STORAGE) or spec_value or f"sqlite:///runs/{study_name}.db"
-    _check(url)
+    register_secret_url(url)
+    _check(url, writable)
     return url
 
 
-def _check(url: str) -> None:
+def _check(url: str, writable: bool) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -54,14 +112,59 @@ def _check(url: str) -> None:
         raise StorageError(
             f"storage {mask_url(url)!r}: unsupported database {parsed.get_backend_name()!r}; use sqlite or postgresql."
         )
+    # an unencoded '@' in the password makes its tail the host; Optuna reads the URL as a str.format template
+    if (parsed.host and "@" in parsed.host) or "{" in url or "}" in url:
+        raise StorageError(f"storage {mask_url(url)!r}: write '@', '{{' and '}}' in a user name or password "
+                           "percent-encoded, as %40, %7B and %7D.")
     path = sqlite_path(url)
-    if path is not None:
+    if path is None:
+        return
+    if not writable:
+        if not path.is_file():
+            raise no_study_stored(url)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"storage {mask_url(url)!r}: cannot create {path.parent} ({exc.strerror}).") from None
+    if not os.access(path.parent, os.W_OK):
+        raise StorageError(f"storage {mask_url(url)!r}: {path.parent} is not writable.")
+
+
+def no_study_stored(url: str) -> StorageError:
+    return StorageError(f"no study stored at {mask_url(url)!r}; run the study first (hpsearch run SPEC).")
+
+
+def refuse_foreign_database(url: str) -> None:
+    """Refuse, untouched, a database that holds tables but no Optuna schema (e.g. MLflow's own database).
+
+    Optuna would add its tables beside the others and then fail on their versions; the user meant another file.
+    """
+    path = sqlite_path(url)
+    if path is not None and (not path.is_file() or path.stat().st_size == 0):
+        return  # a new database
+    import sqlalchemy
+
+    try:
+        if path is not None:  # read-only, so that not even SQLite's first connection writes to the file
+            engine = sqlalchemy.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
+                                              poolclass=sqlalchemy.pool.NullPool)
+        else:
+            engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"storage {url!r}: cannot create {path.parent} ({exc.strerror}).") from None
-        if not os.access(path.parent, os.W_OK):
-            raise StorageError(f"storage {url!r}: {path.parent} is not writable.")
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - unreachable or not a database: opening it will say so in one line
+        if path is not None and "not a database" in str(exc):
+            raise StorageError(f"storage {mask_url(url)!r}: {path} is not a SQLite database.") from None
+        return
+    if tables and not {"studies", "version_info"} <= tables:
+        shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+        raise StorageError(
+            f"storage {mask_url(url)!r} holds {len(tables)} tables of another application ({shown}) and no Optuna "
+            "study; give a database of its own (e.g. sqlite:///runs/STUDY.db)."
+        )
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -85,8 +188,15 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
     path = sqlite_path(url)
     if path is not None:
         folder = path.parent / f".{path.name}.locks"
-        folder.mkdir(exist_ok=True)
-        with open(folder / f"{key}.lock", "a") as handle:
+        try:
+            folder.mkdir(exist_ok=True)
+            handle = open(folder / f"{key}.lock", "a")
+        except OSError:
+            if os.access(path.parent, os.W_OK):
+                raise
+            yield  # a folder this process cannot write to: it cannot write the database either, so it only reads
+            return
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -139,3 +139,26 @@ def _freeze_mid_trial(proc, running_trials) -> object:
         if mine:
             return mine[0]
         proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """Make a folder read-only for this process: chattr +i as root (root ignores mode bits), chmod otherwise."""
+    import shutil
+
+    folders = []
+
+    def protect(folder: Path) -> None:
+        if os.geteuid() == 0:
+            if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+                pytest.skip("running as root without chattr +i: no way to make a folder read-only")
+        else:
+            folder.chmod(0o555)
+        folders.append(folder)
+
+    yield protect
+    for folder in folders:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)

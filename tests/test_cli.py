@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from hpsearch.cli import app
@@ -231,3 +233,213 @@ def test_help_and_numpy_training_never_import_torch():
             "print([m for m in ('torch', 'mlflow', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+# ---- hostile command lines and files: one line on stderr, exit 2 (#15.11, #15.12) ------------------------------------
+
+def tiny_spec(folder: Path, **data) -> Path:
+    spec = {"name": "tiny", "seed": 0,
+            "data": {"dataset": "synthetic", "num_train": 100, "num_val": 30, "num_test": 30, **data},
+            "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 10, "batch_size": 50, "std": 0.01},
+            "tracking": {"enabled": False},
+            "phases": [{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.01, 0.02]}}]}
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def one_error_line(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--timeout", "nan"], "--timeout must be a number of seconds >= 0. Got nan instead."),
+    (["--timeout", "-1"], "--timeout must be a number of seconds >= 0. Got -1.0 instead."),
+    (["--max-trials", "-1"], "--max-trials must be an integer >= 0. Got -1 instead."),
+])
+def test_bad_budgets_are_refused_before_anything_runs(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    one_error_line(runner.invoke(app, ["run", str(spec), *args]), message)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def finished_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    assert runner.invoke(app, ["run", str(spec)]).exit_code == 0
+    return spec
+
+
+@pytest.mark.parametrize("command, target, message", [
+    (["export", "--output"], "missing/t.json", "--output missing/t.json: the folder missing does not exist."),
+    (["export", "--output"], "folder.json", "--output folder.json: is a folder; give a file name."),
+    (["best", "--output"], "missing/best.yaml", "the folder missing does not exist."),
+    (["best", "--output"], "folder.json", "is a folder; give a file name."),
+    (["report", "--out"], "file.txt", "--out file.txt: file.txt is a file, not a folder."),
+    (["report", "--out"], "file.txt/sub", "--out file.txt/sub: file.txt is a file, not a folder."),
+])
+def test_unusable_output_paths_are_one_line(finished_study, tmp_path, command, target, message):
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "file.txt").write_text("mine")
+    result = runner.invoke(app, [command[0], str(finished_study), command[1], target])
+    one_error_line(result, message)
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+def test_a_read_only_output_folder_is_one_line(finished_study, tmp_path, read_only_folder):
+    (tmp_path / "locked").mkdir()
+    read_only_folder(tmp_path / "locked")
+    for command, target in ((["export", "--output"], "locked/t.json"), (["best", "--output"], "locked/b.yaml"),
+                            (["report", "--out"], "locked/report")):
+        result = runner.invoke(app, [command[0], str(finished_study), command[1], target])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert "locked" in result.stderr and "writ" in result.stderr
+
+
+def test_plan_reports_diverging_defaults_in_one_line(tmp_path):
+    spec = tiny_spec(tmp_path)
+    result = runner.invoke(app, ["plan", str(spec), "--set", "defaults.learning_rate=1e6"])
+    one_error_line(result, "the probe training with the spec's defaults diverged")
+
+
+def test_status_says_the_test_accuracy_comes_after_the_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    assert runner.invoke(app, ["run", str(spec), "--max-trials", "1"]).exit_code == 0
+    shown = " ".join(runner.invoke(app, ["status", str(spec)]).stdout.split())  # rich wraps long lines
+    assert "test accuracy after the study completes" in shown and "no test split" not in shown
+
+
+# ---- predict: model files that a study did not save -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A genuine model of each backend for the tiny spec, saved as a study saves it."""
+    import numpy as np
+
+    from hpsearch.backends import numpy_twolayer, torch_mlp
+    from hpsearch.spec import load_spec
+    from hpsearch.training import load_data, train_once
+
+    folder = tmp_path_factory.mktemp("models")
+    spec = load_spec(tiny_spec(folder))
+    result = train_once(spec, load_data(spec))
+    numpy_twolayer.save_model(result.model, result.config, folder / "m.npz")
+    torch_yaml = yaml.safe_load((folder / "tiny.yaml").read_text())
+    torch_yaml.update(model={"backend": "torch"}, defaults={"num_epochs": 1, "batch_size": 50}, phases=[])
+    (folder / "torch.yaml").write_text(yaml.safe_dump(torch_yaml))
+    torch_spec = load_spec(folder / "torch.yaml")
+    torch_result = train_once(torch_spec, load_data(torch_spec))
+    torch_mlp.save_model(torch_result.model, torch_result.config, folder / "m.pt")
+    return folder, np
+
+
+SPEC_OF = {"numpy": "tiny.yaml", "torch": "torch.yaml"}
+
+
+def _npz(path: Path, **arrays) -> Path:
+    import numpy as np
+
+    np.savez(path, **arrays)
+    return path
+
+
+def test_genuine_models_predict(saved_models):
+    folder, _ = saved_models
+    for model, backend in (("m.npz", "numpy"), ("m.pt", "torch")):
+        result = runner.invoke(app, ["predict", str(folder / SPEC_OF[backend]), "--model", str(folder / model),
+                                     "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["n"] == 30
+
+
+def test_hostile_numpy_model_files_are_one_line(saved_models, tmp_path):
+    import numpy as np
+
+    folder, _ = saved_models
+    with np.load(folder / "m.npz") as genuine:
+        params = {name: genuine[name] for name in genuine.files}
+    absurd = tmp_path / "absurd.npz"
+    _npz(absurd, **params)
+    header = np.lib.format.header_data_from_array_1_0(params["W1"])
+    # rewrite W1's header to declare 10^12 x 10^6 values: the archive stays a valid zip, the array a lie
+    import zipfile
+
+    with zipfile.ZipFile(absurd, "w") as archive:
+        for name, array in params.items():
+            with archive.open(f"{name}.npy", "w") as member:
+                if name == "W1":
+                    np.lib.format.write_array_header_1_0(member, {**header, "shape": (10**12, 10**6)})
+                    member.write(array.tobytes())
+                else:
+                    np.lib.format.write_array(member, array)
+    cases = {
+        "empty.npz": b"",
+        "text.npz": b"not a model at all\n",
+        "pickle.npz": __import__("pickle").dumps({"W1": 1}),
+        "single.npz": None,
+        "shapes.npz": {**params, "W2": params["W2"][:-1]},
+        "keys.npz": {k: v for k, v in params.items() if k != "b2"},
+        "config.npz": {**params, "config": np.array("[1, 2]")},
+        "ints.npz": {**params, "W1": params["W1"].astype(np.int64)},
+    }
+    files = [absurd, folder / "m.pt"]
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content is None:
+            np.save(path.with_suffix(".npy"), params["W1"])
+            path.with_suffix(".npy").rename(path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            _npz(path, **content)
+        files.append(path)
+    for path in files:
+        result = runner.invoke(app, ["predict", str(folder / "tiny.yaml"), "--model", str(path)])
+        one_error_line(result, f"{path}: not a numpy model file saved by a study (")
+
+
+def test_a_model_for_other_data_is_one_line(saved_models):
+    folder, _ = saved_models
+    result = runner.invoke(app, ["predict", str(folder / "tiny.yaml"), "--model", str(folder / "m.npz"),
+                                 "--set", "data.options.num_features=7"])
+    one_error_line(result, "the model takes 20 inputs per sample; synthetic as the spec loads it has 7.")
+
+
+def test_hostile_torch_model_files_are_one_line(saved_models, tmp_path):
+    import torch
+
+    folder, _ = saved_models
+    genuine = torch.load(folder / "m.pt", weights_only=True)
+    cases = {
+        "empty.pt": b"",
+        "npz.pt": (folder / "m.npz").read_bytes(),
+        "list.pt": [1, 2, 3],
+        "shapes.pt": {**genuine, "input_size": 21},
+        "absurd.pt": {**genuine, "input_size": 10**12, "config": genuine["config"].replace('"hidden_sizes": [100]',
+                                                                                            '"hidden_sizes": [10000000]')},
+        "bool.pt": {**genuine, "num_classes": True},
+        "config.pt": {**genuine, "config": "{not json"},
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        result = runner.invoke(app, ["predict", str(folder / "torch.yaml"), "--model", str(path)])
+        one_error_line(result, f"{path}: not a torch model file saved by a study (")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=400), backend=st.sampled_from(["numpy", "torch"]))
+def test_random_bytes_as_a_model_file_are_one_line(saved_models, tmp_path, content, backend):
+    folder, _ = saved_models
+    path = tmp_path / "random.model"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["predict", str(folder / SPEC_OF[backend]), "--model", str(path)])
+    one_error_line(result, f"not a {backend} model file saved by a study (")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import re
 import shlex
 from pathlib import Path
@@ -15,13 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-def compose() -> dict:
-    return yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+def compose(name: str = "compose.yaml") -> dict:
+    return yaml.safe_load((REPO / "docker" / name).read_text())
 
 
 def expand(value: str) -> str:
-    """Compose's ${VAR:-default} with the defaults."""
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    """Compose's ${VAR:-default} with the defaults, ${VAR:?message} (a required variable) with a value."""
+    value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "set-by-the-user", value)
 
 
 def test_compose_has_the_services():
@@ -74,3 +76,48 @@ def test_readme_commands_for_docker_match_the_files():
             words = shlex.split(line.split("#")[0])
             if "-f" in words:
                 assert (REPO / words[words.index("-f") + 1]).exists(), line
+
+
+def test_the_deployment_does_not_start_open():
+    text = (REPO / "docker" / "compose.yaml").read_text()
+    # the password is required: every use of it fails when it is unset, none falls back to a default
+    uses = re.findall(r"\$\{POSTGRES_PASSWORD(:[-?][^}]*)?\}", text)
+    assert uses and all(use.startswith(":?") for use in uses), uses
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("${HPSEARCH_BIND:-127.0.0.1}:"), (name, port)
+            assert expand(port).startswith("127.0.0.1:"), (name, port)
+    mlflow = compose()["services"]["mlflow"]["command"]
+    allowed = expand(mlflow[mlflow.index("--allowed-hosts") + 1]).split(",")
+    assert "*" not in allowed and "mlflow:5000" in allowed  # the workers' Host header, and no wildcard
+
+
+def test_the_auth_override_puts_mlflow_behind_basic_auth():
+    from importlib.metadata import entry_points
+
+    from click.testing import CliRunner as ClickRunner
+    from mlflow.cli import cli
+
+    override = compose("compose.auth.yaml")
+    mlflow = override["services"]["mlflow"]
+    command = [expand(part) for part in mlflow["command"]]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    assert "basic-auth" in {entry.name for entry in entry_points(group="mlflow.app")}
+    assert ClickRunner().invoke(cli, [*command, "--help"]).exit_code == 0
+    # the rest of the server's command is the base file's: the override only adds the app
+    base = [expand(part) for part in compose()["services"]["mlflow"]["command"]]
+    assert [part for part in command if part not in ("--app-name", "basic-auth")] == base
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_AUTH_ADMIN_PASSWORD:?")
+    ini_mount = next(v for v in mlflow["volumes"] if v.endswith(":ro"))
+    source, target = ini_mount.split(":")[:2]
+    assert mlflow["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == target
+    config = configparser.ConfigParser()
+    config.read(REPO / "docker" / source)
+    users = config["mlflow"]["database_uri"]
+    # the users' database lies in a volume of its own, not among the artifacts the server hands out
+    assert users.startswith("sqlite:////mlauth/") and "mlauth:/mlauth" in mlflow["volumes"]
+    assert "mlauth" in override["volumes"] and "admin_password" not in config["mlflow"]
+    worker = override["services"]["worker"]["environment"]
+    assert worker["MLFLOW_TRACKING_USERNAME"] == config["mlflow"]["admin_username"]
+    assert worker["MLFLOW_TRACKING_PASSWORD"] == mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert "docker/compose.auth.yaml" in (REPO / "README.md").read_text()

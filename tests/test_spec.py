@@ -3,6 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hpsearch.errors import SpecError
 from hpsearch.spec import load_spec
@@ -96,3 +99,100 @@ def test_cifar_spec_has_the_assignment_defaults():
         "hidden_size": 50, "learning_rate": 1e-4, "num_iters": 1000, "batch_size": 200, "reg": 0.25,
         "learning_rate_decay": 0.95}
     assert spec.data.path == str(REPO / "data" / "cifar-10-batches-py")
+
+
+# ---- hostile specs: every one is a SpecError of one line, none a traceback or a hang (#15.11, #15.12) ----------------
+
+ALIAS_BOMB = "\n".join(["name: bomb", "data:", "  dataset: synthetic", "  options:",
+                        "    a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                       + [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, expected",
+    [
+        (MINIMAL, ["seed=-1"], r"study.yaml: seed must be greater than or equal to 0. Got -1 instead."),
+        (MINIMAL, ["data.seed=-3"], r"data.seed must be greater than or equal to 0. Got -3 instead."),
+        (MINIMAL, [f"seed={2**64}"], r"seed must be less than 9223372036854775808"),
+        (MINIMAL, ["name=x.b"], r"name must be letters, digits, '_' and '-' only \(phases are stored as "
+                                r"<study>.<phase>, so no '.'\). Got 'x.b' instead."),
+        (MINIMAL, ['name="../../etc/x"'], r"Got '\.\./\.\./etc/x' instead\."),  # quoted verbatim
+        (MINIMAL, ["defaults.learning_rate=.inf"], r"defaults.learning_rate must be a finite number. Got inf"),
+        (MINIMAL, ["defaults.std=.nan"], r"defaults.std must be a finite number. Got nan"),
+        (MINIMAL, ["defaults.hidden_size=true"], r"defaults.hidden_size must be a number, not true or false"),
+        (MINIMAL, ["data.num_train=true"], r"data.num_train must be a number, not true or false"),
+        (MINIMAL, ["data.dataset=digits", "data.options.num_classes=5"],
+         r"data.options.num_classes is not an option of the digits dataset; it takes none."),
+        (MINIMAL, ["data.options.colour=red"], r"data.options.colour is not an option of the synthetic dataset; it "
+                                               r"takes num_classes, num_features, spread."),
+        (MINIMAL, ["data.options.num_classes=0"], r"data.options.num_classes must be greater than or equal to 2"),
+        (MINIMAL, ["data.options.spread=.inf"], r"data.options.spread must be a finite number"),
+        (MINIMAL, ["data.options.num_features=abc"], r"data.options.num_features must be a valid integer"),
+        (MINIMAL + "seed: 1\nseed: 2\n", [], r"study.yaml: invalid YAML \(line 6, column 1\): the key 'seed' "
+                                             r"appears twice in one mapping."),
+        (MINIMAL, ["defaults={a: 1, a: 2}"], r"--set defaults: invalid YAML .*the key 'a' appears twice"),
+        (MINIMAL, ["phases.٣.name=x"], r"study.yaml: phases must be a valid list."),  # '٣' is a key, not int('٣')
+        (MINIMAL, ["data.path=~no-such-user-here/cifar"], r"data.path '~no-such-user-here/cifar' names a user's "
+                                                          r"home folder that does not exist."),
+        (MINIMAL.replace("path: blobs", "path: ~no-such-user-here/x"), [], r"names a user's home folder"),
+        (ALIAS_BOMB, [], r"study.yaml: holds more than 100,000 values once its YAML aliases are expanded"),
+        ("name: x\ndata: &d {options: {self: *d}}\n", [], r"nested more than 32 levels deep"),
+        ("name: x\ndefaults: " + "[" * 40 + "]" * 40 + "\n", [], r"nested more than 32 levels deep"),
+        ("name: x\ndefaults: " + "[" * 5000 + "]" * 5000 + "\n", [], r"nested more than 32 levels deep"),
+    ],
+)
+def test_hostile_specs_are_one_line(tmp_path, text, overrides, expected):
+    with pytest.raises(SpecError, match=expected) as caught:
+        load_spec(write(tmp_path, text), overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    spec = load_spec(write(tmp_path, "name: x\nbase: &base {hidden_size: 8, reg: 0.5}\n".replace("base:", "x-base:")
+                           .replace("x-base:", "defaults:") + "data: {dataset: synthetic}\n"))
+    assert spec.defaults == {"hidden_size": 8, "reg": 0.5}
+    merged = load_spec(write(tmp_path, "name: x\ndata: &d {dataset: synthetic, seed: 1}\n"
+                                       "defaults: {<<: {hidden_size: 8, reg: 0.5}, reg: 0.25}\n"))
+    assert merged.defaults == {"hidden_size": 8, "reg": 0.25}
+
+
+def test_synthetic_options_reach_the_data(tmp_path):
+    from hpsearch.training import load_data
+
+    spec = load_spec(write(tmp_path, MINIMAL), ["data.options={num_classes: 4, num_features: 6}"])
+    data = load_data(spec)
+    assert data.num_classes == 4 and data.input_size == 6
+
+
+yaml_text = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=30,
+)
+SPEC_KEYS = ["name", "seed", "data", "data.dataset", "data.options", "data.num_train", "data.path", "defaults",
+             "defaults.hidden_size", "defaults.learning_rate", "phases", "phases.0", "phases.0.grid", "phases.0.name",
+             "phases.0.space", "phases.0.n_trials", "phases.0.sampler", "model.backend", "pruner", "heartbeat",
+             "storage", "tracking.enabled"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(overrides=st.lists(st.tuples(st.sampled_from(SPEC_KEYS) | st.text(min_size=1, max_size=12),
+                                    yaml_text.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip())
+                                    | st.text(max_size=20)),
+                          max_size=4))
+def test_any_override_loads_or_is_a_spec_error(tmp_path, overrides):
+    spec = write(tmp_path, MINIMAL + "phases:\n  - {name: g, sampler: grid, grid: {hidden_size: [4, 8]}}\n")
+    try:
+        load_spec(spec, [f"{key}={value}" for key, value in overrides])
+    except SpecError as exc:
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200) | yaml_text.map(lambda v: yaml.safe_dump({"name": "x", **(
+    v if isinstance(v, dict) else {"defaults": v})})))
+def test_any_yaml_text_loads_or_is_a_spec_error(tmp_path, text):
+    try:
+        load_spec(write(tmp_path, text))
+    except SpecError as exc:
+        assert "\n" not in str(exc)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from hpsearch.backends.base import DivergedError, TrainResult
+from hpsearch.backends.base import DivergedError, ModelFileError, TrainResult
 
-__all__ = ["BACKENDS", "DivergedError", "TrainResult", "get_backend"]
+__all__ = ["BACKENDS", "DivergedError", "ModelFileError", "TrainResult", "get_backend"]
 
 # backend name -> module that implements it
 BACKENDS = {"numpy": "hpsearch.backends.numpy_twolayer", "torch": "hpsearch.backends.torch_mlp"}

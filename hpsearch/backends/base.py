@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class ModelFileError(ValueError):
+    """A model file that is not what a study saves: another kind of file, wrong keys or shapes, absurd sizes."""
+
+
 class DivergedError(ArithmeticError):
     """The training loss became NaN or infinite."""
 

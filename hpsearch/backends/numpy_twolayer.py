@@ -14,14 +14,16 @@ import contextlib
 import json
 import math
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, ValidationError
 from threadpoolctl import threadpool_limits
 
-from hpsearch.backends.base import DivergedError, TrainResult
+from hpsearch.backends.base import DivergedError, ModelFileError, TrainResult
+from hpsearch.validation import UserConfig
 from hpsearch.data import Dataset
 
 __all__ = ["CONFIG_MODEL", "MODEL_SUFFIX", "NumpyConfig", "TwoLayerNet", "cost", "load_model", "lr_at_epoch",
@@ -98,6 +100,10 @@ class TwoLayerNet:
 
     def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
         return float((self.predict(X) == y).mean())
+
+    @property
+    def input_size(self) -> int:
+        return int(self.params["W1"].shape[0])
 
     def train(
         self,
@@ -259,10 +265,8 @@ def lr_at_epoch(learning_rate: float, learning_rate_decay: float, epoch: int) ->
     return learning_rate * learning_rate_decay**epoch
 
 
-class NumpyConfig(BaseModel):
+class NumpyConfig(UserConfig):
     """The trainable's configuration: what a study searches over and its defaults."""
-
-    model_config = ConfigDict(extra="forbid")
 
     hidden_size: int = Field(50, gt=0)
     learning_rate: float = Field(1e-4, gt=0)
@@ -338,13 +342,70 @@ def save_model(model: TwoLayerNet, config: dict[str, Any], path: str | Path) -> 
     np.savez(path, **model.params, config=np.array(json.dumps(config)))
 
 
+PARAM_NAMES = ("W1", "b1", "W2", "b2")
+
+
 def load_model(path: str | Path) -> tuple[TwoLayerNet, dict[str, Any]]:
-    with np.load(path, allow_pickle=False) as saved:
-        config = json.loads(str(saved["config"]))
-        W1, W2 = saved["W1"], saved["W2"]
-        net = TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1], dtype=W1.dtype)
-        net.params = {name: saved[name].copy() for name in ("W1", "b1", "W2", "b2")}
+    """A network saved by :func:`save_model` and its configuration.
+
+    Raises ModelFileError for any other file: not an ``.npz``, keys or shapes that do not make a two-layer network,
+    a configuration that does not validate, or an array whose header declares more data than the file holds
+    (checked before the array is read, so no absurd size is ever allocated).
+    """
+    try:
+        saved = np.load(path, allow_pickle=False)
+        if not isinstance(saved, np.lib.npyio.NpzFile):
+            raise ModelFileError("a single .npy array, not the .npz archive a study saves")
+        with saved:
+            missing = [name for name in (*PARAM_NAMES, "config") if name not in saved.files]
+            if missing:
+                raise ModelFileError(f"no {', '.join(missing)} in the archive")
+            arrays = {name: _read_member(saved, name) for name in (*PARAM_NAMES, "config")}
+    except ModelFileError:
+        raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"not an .npz archive: {str(exc) or type(exc).__name__}") from None
+    config = _saved_config(arrays.pop("config"))
+    W1, b1, W2, b2 = (arrays[name] for name in PARAM_NAMES)
+    if any(a.dtype not in (np.float32, np.float64) for a in arrays.values()):
+        raise ModelFileError("parameters must be float32 or float64 arrays")
+    if W1.ndim != 2 or W2.ndim != 2 or b1.shape != (W1.shape[1],) or W2.shape[0] != W1.shape[1] \
+            or b2.shape != (W2.shape[1],) or 0 in W1.shape + W2.shape:
+        raise ModelFileError(f"shapes W1 {W1.shape}, b1 {b1.shape}, W2 {W2.shape}, b2 {b2.shape} do not make a "
+                             "two-layer network ((D, H), (H,), (H, C), (C,))")
+    if config["hidden_size"] != W1.shape[1]:
+        raise ModelFileError(f"its config says hidden_size {config['hidden_size']}, its W1 has {W1.shape[1]}")
+    net = TwoLayerNet(W1.shape[0], W1.shape[1], W2.shape[1], dtype=W1.dtype)
+    net.params = {name: arrays[name].astype(W1.dtype, copy=False) for name in PARAM_NAMES}
     return net, config
+
+
+def _read_member(saved: Any, name: str) -> np.ndarray:
+    """One array of an ``.npz``, its declared size checked against the bytes stored for it first."""
+    info = saved.zip.getinfo(f"{name}.npy")
+    with saved.zip.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise ModelFileError(f"{name} is stored in .npy format {version}, which np.save does not write")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+        declared = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject or declared > info.file_size:
+            raise ModelFileError(f"{name} declares {shape} {dtype} values, more than the file holds")
+    return saved[name]
+
+
+def _saved_config(array: np.ndarray) -> dict[str, Any]:
+    try:
+        config = json.loads(str(array[()])) if array.shape == () and array.dtype.kind == "U" else None
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise ModelFileError("its config is not the JSON object a study saves")
+    try:
+        return NumpyConfig(**config).model_dump()
+    except ValidationError as exc:
+        raise ModelFileError(f"its config does not validate: {exc.errors()[0]['msg']}") from None
 
 
 def blas_threads(batch_size: int, input_size: int, hidden_size: int) -> int | None:

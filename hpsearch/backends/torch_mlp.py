@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from hpsearch.backends.base import DivergedError, TrainResult
+from hpsearch.backends.base import DivergedError, ModelFileError, TrainResult
+from hpsearch.validation import UserConfig
 from hpsearch.data import Dataset
 from hpsearch.errors import UserError
 
@@ -28,11 +29,9 @@ MODEL_SUFFIX = ".pt"
 INSTALL_HINT = "the torch backend needs PyTorch: pip install 'hpsearch[torch]' (CPU build: torch==2.13.0)"
 
 
-class TorchConfig(BaseModel):
+class TorchConfig(UserConfig):
     """The trainable's configuration. Depth and width come from ``hidden_sizes``, or from ``num_layers`` x
     ``width`` when both are given (handy to search them separately)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     hidden_sizes: list[int] = Field(default_factory=lambda: [100], min_length=1)
     num_layers: int | None = Field(None, ge=1)
@@ -134,6 +133,10 @@ class TorchModel:
 
     def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
         return float((self.predict(X) == y).mean())
+
+    @property
+    def input_size(self) -> int:
+        return int(self.module[0].in_features)
 
 
 def _accuracy(torch: Any, module: Any, X: Any, y: Any, batch: int = 10_000) -> float:
@@ -248,11 +251,42 @@ def save_model(model: TorchModel, config: dict[str, Any], path: str | Path) -> N
 
 
 def load_model(path: str | Path) -> tuple[TorchModel, dict[str, Any]]:
+    """A network saved by :func:`save_model` and its configuration.
+
+    Raises ModelFileError for any other file. The network the configuration describes is first built on PyTorch's
+    ``meta`` device (no memory) and its shapes compared with the stored tensors, so absurd declared sizes are
+    refused without being allocated.
+    """
     torch = require()
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    config = json.loads(saved["config"])
-    cfg = TorchConfig(**config)
-    module = build_mlp(saved["input_size"], cfg.layers(), saved["num_classes"], dropout=cfg.dropout,
-                       batch_norm=cfg.batch_norm, init=cfg.init, init_std=cfg.init_std)
-    module.load_state_dict(saved["state_dict"])
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError... by file kind
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"not a PyTorch file saved by a study: {reason}") from None
+    if not isinstance(saved, dict) or not {"state_dict", "config", "input_size", "num_classes"} <= saved.keys():
+        raise ModelFileError("not the {state_dict, config, input_size, num_classes} a study saves")
+    try:
+        config = json.loads(saved["config"])
+        cfg = TorchConfig(**config)
+    except (TypeError, ValueError) as exc:  # a ValidationError is a ValueError
+        raise ModelFileError(f"its config is not one a study saves ({str(exc).splitlines()[0]})") from None
+    sizes = (saved["input_size"], saved["num_classes"])
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in sizes):
+        raise ModelFileError(f"input_size and num_classes must be positive integers. Got {sizes} instead")
+    state = saved["state_dict"]
+    def build() -> Any:
+        return build_mlp(sizes[0], cfg.layers(), sizes[1], dropout=cfg.dropout, batch_norm=cfg.batch_norm,
+                         init=cfg.init, init_std=cfg.init_std)
+
+    try:
+        with torch.device("meta"):
+            expected = build().state_dict()
+    except (RuntimeError, ValueError, OverflowError) as exc:  # sizes beyond what a tensor can hold
+        raise ModelFileError(f"it declares layers no tensor can hold ({str(exc).splitlines()[0]})") from None
+    stored = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) and all(
+        isinstance(v, torch.Tensor) for v in state.values()) else None
+    if stored != {k: tuple(v.shape) for k, v in expected.items()}:
+        raise ModelFileError("its tensors do not have the shapes its config and sizes describe")
+    module = build()
+    module.load_state_dict(state)
     return TorchModel(module, "cpu"), config

@@ -12,12 +12,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from hpsearch.errors import DataError
+from hpsearch.validation import UserConfig
 
-__all__ = ["DATASETS", "PREPROCESSING", "Dataset", "load_dataset", "split_and_preprocess"]
+__all__ = ["DATASETS", "DATASET_OPTIONS", "PREPROCESSING", "Dataset", "load_dataset", "split_and_preprocess"]
 
 DATASETS = ("cifar10", "digits", "synthetic")
+
+
+class NoOptions(UserConfig):
+    """``data.options`` of a dataset that takes none: any key is an error rather than silently ignored."""
+
+
+class SyntheticOptions(NoOptions):
+    """``data.options`` of the synthetic blobs."""
+
+    num_classes: int = Field(3, ge=2, le=1000)
+    num_features: int = Field(20, ge=1, le=100_000)
+    spread: float = Field(1.0, ge=0, le=1e6)
+
+
+DATASET_OPTIONS: dict[str, type[NoOptions]] = {"cifar10": NoOptions, "digits": NoOptions,
+                                                "synthetic": SyntheticOptions}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Decoded batches are cached as ``.npy`` files in ``<folder>/.hpsearch-cache/``, o
 file, named by the SHA-256 of the batch file's bytes: a changed batch gets a new name, so a stale entry is never
 read. Later loads memory-map the cache (``np.load(mmap_mode="r")``, no pickle) instead of unpickling. Each cache
 file is written to a temporary name and moved into place with ``os.replace``, so a crash leaves either no entry or
-a whole one; an entry that cannot be read back (truncated, bad header, wrong shape) is ignored and rewritten. A
+a whole one; an entry that cannot be read back (truncated, bad header) or fails the checks of a fresh batch (dtype,
+shape, label range) is ignored and rewritten. A
 folder that cannot be written to simply goes without a cache.
 """
 
@@ -64,12 +65,19 @@ def _missing(path: Path) -> DataError:
     return DataError(f"{path}: file not found; build the batches with make_cifar10.py or point data.path at them.")
 
 
+def _not_readable(path: Path, exc: OSError) -> DataError:
+    what = "a folder, not a batch file" if isinstance(exc, IsADirectoryError) else f"unreadable ({exc.strerror})"
+    return DataError(f"{path}: {what}; the CIFAR-10 folder holds the files data_batch_1..5.")
+
+
 def _unpickle(path: Path) -> Any:
     try:
         with path.open("rb") as f:
             return _RestrictedUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise _missing(path) from None
+    except OSError as exc:
+        raise _not_readable(path, exc) from None
     except _ForbiddenGlobal as exc:
         raise DataError(f"{path}: rejected as unsafe: {exc}.") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
@@ -90,16 +98,26 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         shape = getattr(data, "shape", None)
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, {IMAGE_SIZE}); got {shape}.")
     try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: 'labels' must be a list of integers.") from None
-    if y.shape != (data.shape[0],):
-        raise DataError(f"{path}: {data.shape[0]} images but labels of shape {y.shape}.")
-    if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels must lie in 0..{NUM_CLASSES - 1}; found {y.min()}..{y.max()}.")
+        y = np.asarray(labels)
+    except (TypeError, ValueError, OverflowError):
+        y = None
+    if y is None or (y.size and y.dtype.kind not in "iu"):  # object arrays hold integers too large for int64
+        raise DataError(f"{path}: 'labels' must be a list of integers.")
+    problem = _labels_problem(y, data.shape[0])
+    if problem:
+        raise DataError(f"{path}: {problem}.")
     # channel-major rows (1024 red, 1024 green, 1024 blue) -> (N, H, W, C) images, as the assignment's loader does
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return images, y
+    return images, y.astype(np.int64)
+
+
+def _labels_problem(labels: np.ndarray, num_images: int) -> str | None:
+    """What is wrong with integer labels for ``num_images`` images, fresh from a batch or read from the cache."""
+    if labels.shape != (num_images,):
+        return f"{num_images} images but labels of shape {labels.shape}"
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        return f"labels must lie in 0..{NUM_CLASSES - 1}; found {labels.min()}..{labels.max()}"
+    return None
 
 
 def _content_key(path: Path) -> str:
@@ -109,17 +127,20 @@ def _content_key(path: Path) -> str:
             return hashlib.file_digest(f, "sha256").hexdigest()[:16]
     except FileNotFoundError:
         raise _missing(path) from None
+    except OSError as exc:
+        raise _not_readable(path, exc) from None
 
 
 def _read_cache(images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached images (memory-mapped) and labels, or None when the entry is absent or unreadable."""
+    """The cached images (memory-mapped) and labels, or None when the entry is absent, unreadable or fails the
+    checks a fresh batch must pass (dtype, shape, label range): the caller then rebuilds it from the batch."""
     try:
         images = np.load(images_file, mmap_mode="r", allow_pickle=False)
         labels = np.load(labels_file, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
-    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or labels.dtype != np.int64 \
-            or labels.shape != images.shape[:1]:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE or labels.dtype != np.int64 \
+            or _labels_problem(labels, images.shape[0]):
         return None
     return images, labels
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from hpsearch.records import INTERRUPTED, REAPED, SharedState
 from hpsearch.errors import UserError
 from hpsearch.spec import StudySpec
-from hpsearch.storage import mask_url, sqlite_path, storage_lock
+from hpsearch.storage import mask_url, register_secret_url, sqlite_path, storage_lock
 
 __all__ = ["MlflowBase", "TrackingError", "resolve_tracking_uri"]
 
@@ -46,6 +46,7 @@ def resolve_tracking_uri(spec: StudySpec, storage_url: str, cli_uri: str | None 
         return None
     uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec.tracking.uri
     if uri:
+        register_secret_url(uri)  # masked in every message, like the storage's
         return uri
     database = sqlite_path(storage_url)
     folder = database.parent if database is not None else Path("runs")

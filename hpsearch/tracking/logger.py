@@ -9,6 +9,7 @@ from typing import Any
 from hpsearch.listener import StudyReport
 from hpsearch.records import SharedState, decode_params
 from hpsearch.spec import PhaseSpec, StudySpec
+from hpsearch.storage import register_secret_url
 from hpsearch.tracking.client import TRIAL_KEY
 from hpsearch.tracking.mending import Mending
 
@@ -22,6 +23,7 @@ class MlflowLogger(Mending):
 
     def on_study_start(self, spec: StudySpec, state: SharedState, reopen: bool = True) -> None:
         """``reopen`` False: a look at a finished study (to mend its runs), which leaves its runs' status alone."""
+        register_secret_url(state.url)
         self._state = state
         self._reopened = reopen
         self._phase_runs.clear()

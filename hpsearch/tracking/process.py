@@ -15,8 +15,7 @@ from hpsearch.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.records import SharedState
 from hpsearch.errors import UserError
 from hpsearch.spec import PhaseSpec, StudySpec
-from hpsearch.storage import mask_url
-
+from hpsearch.storage import mask_url, register_secret_url
 from hpsearch.tracking.client import FLUSH_SECONDS, TrackingError, _artifact_location
 from hpsearch.tracking.logger import MlflowLogger
 
@@ -30,6 +29,7 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
     and what is still queued belongs to it: the next run, or `hpsearch sync`, mends MLflow from the storage.
     """
     logger.echo = outbox.put
+    register_secret_url(logger.uri)  # a spawned process starts with no known passwords
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     from hpsearch import report  # noqa: F401 - warm the plotting imports while the study trains

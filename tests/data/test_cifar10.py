@@ -159,3 +159,34 @@ def test_failed_cache_write_leaves_no_entry_and_unwritable_folder_loads(small_ci
 
     monkeypatch.setattr(cifar10.tempfile, "mkstemp", read_only)
     _same(load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5), first)
+
+
+@pytest.mark.parametrize("labels", [np.full(20, 200, dtype=np.int64), np.full(20, -1, dtype=np.int64),
+                                    np.zeros(20, dtype=np.int32), np.zeros(7, dtype=np.int64)])
+def test_cached_labels_that_a_fresh_batch_could_not_have_are_rebuilt(small_cifar, labels):
+    first = load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5)
+    cached = next((small_cifar / cifar10.CACHE_DIR).glob("data_batch_1-*.labels.npy"))
+    np.save(cached, labels)
+    _same(load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5), first)
+    np.testing.assert_array_equal(np.load(cached), first.y_train[:15].tolist() + first.y_val.tolist())  # rewritten
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([2**70] * 20, "'labels' must be a list of integers"),
+    ([-(2**63)] * 20, r"labels must lie in 0..9; found -9223372036854775808..-9223372036854775808"),
+    ([2**64 - 1] * 20, "labels must lie in 0..9"),
+    ([1.5] * 20, "'labels' must be a list of integers"),
+    (["a"] * 20, "'labels' must be a list of integers"),
+])
+def test_extreme_label_values_are_a_data_error(small_cifar, labels, message):
+    _write_batch(small_cifar / "data_batch_1", np.zeros((20, 3072), dtype=np.uint8), labels)
+    with pytest.raises(DataError, match=message):
+        load_dataset("cifar10", path=small_cifar, num_train=10, num_val=5)
+
+
+@pytest.mark.parametrize("name", ["data_batch_2", "test_batch"])
+def test_a_batch_name_that_is_a_folder_is_a_data_error(small_cifar, name):
+    (small_cifar / name).unlink()
+    (small_cifar / name).mkdir()
+    with pytest.raises(DataError, match=f"{name}: a folder, not a batch file"):
+        load_dataset("cifar10", path=small_cifar, num_train=30, num_val=5, num_test=5)

@@ -1,0 +1,173 @@
+"""Storage URLs: passwords masked whole wherever they are shown, foreign databases refused, read-only commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from hpsearch import storage
+from hpsearch.cli import app
+from hpsearch.storage import StorageError, mask_url, refuse_foreign_database, register_secret_url, resolve_storage_url
+
+runner = CliRunner()
+
+
+def spec_file(folder: Path) -> Path:
+    spec = {
+        "name": "st", "seed": 0,
+        "data": {"dataset": "synthetic", "num_train": 100, "num_val": 30, "num_test": 30},
+        "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 10, "batch_size": 50, "std": 0.01},
+        "tracking": {"enabled": False},
+        "phases": [{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.01, 0.02]}}],
+    }
+    path = folder / "st.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# ---- masking ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql://postgres:TOP SECRET@host/db", "TOP SECRET"),
+    ("postgresql://postgres@host/db?password=TOP SECRET", "TOP SECRET"),
+    ("postgresql://u:TOP@SECRET@host/db", "TOP@SECRET"),
+    ("postgresql://u@host/db?password=TOP@SECRET", "TOP@SECRET"),
+    ("postgresql://my user:TOPSECRET@host/db", "TOPSECRET"),
+    ("postgresql://u:TOP%20SECRET@host/db", "TOP SECRET"),
+])
+def test_mask_url_hides_the_whole_password(url, secret):
+    masked = mask_url(url)
+    assert secret not in masked and secret.split()[-1] not in masked and secret.split("@")[-1] not in masked
+    assert "***" in masked and masked.startswith("postgresql://")
+
+
+def test_a_registered_password_is_masked_in_free_text():
+    register_secret_url("postgresql://u:TOP@SECRET@host/db")
+    # what a driver says about the host it could not resolve: the password's tail, without any URL around it
+    assert mask_url('could not translate host name "SECRET@host"') == 'could not translate host name "***@host"'
+
+
+def test_a_mask_that_joins_a_new_occurrence_is_masked_again():
+    storage._known_secrets.clear()
+    register_secret_url("postgresql://u:e@h/db")
+    register_secret_url("postgresql://u:*x@h/db")
+    assert "*x" not in mask_url("connection to db.example refused")  # 'e' -> '***' leaves '***xample'
+    storage._known_secrets.clear()
+
+
+def test_a_host_with_an_at_sign_is_refused_before_connecting():
+    with pytest.raises(StorageError, match="%40") as caught:
+        resolve_storage_url("postgresql://u:TOP@SECRET@host/db", None, "x")
+    assert "SECRET" not in str(caught.value)
+
+
+printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.sampled_from("éß€ "),
+                    min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(password=printable, user=st.sampled_from(["postgres", "my user", "u"]))
+def test_no_password_survives_masking(password, user):
+    assume(password.strip("*"))  # a password of asterisks only is the mask itself
+    netloc = f"postgresql://{user}:{password}@db.example:5432/studies"
+    for url in (netloc, f"postgresql://{user}@db.example/studies?password={password.replace('&', '%26')}"):
+        register_secret_url(url)
+        for text in (url, f"storage {url!r} cannot be opened: connection to {url} refused", f"{url}\n{url}"):
+            assert password not in mask_url(text), text
+
+
+@pytest.mark.postgres
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(password=printable)
+def test_no_password_in_status_or_in_the_error_for_an_unreachable_host(tmp_path, pg_database, password):
+    assume(password.strip("*"))
+    storage._known_secrets.clear()  # each example is a process of its own: only its password is known
+    spec = spec_file(tmp_path)
+    head, database = pg_database.rsplit("/", 1)
+    url = head.replace("postgres@", f"postgres:{password}@") + f"/{database}"  # trust auth: any password connects
+    shown = runner.invoke(app, ["status", str(spec), "--json", "--storage", url])
+    if set(password) & set("@{}"):
+        assert shown.exit_code == 2 and "as %40, %7B and %7D" in shown.stderr
+        assert password not in shown.stderr
+    else:
+        assert shown.exit_code == 0, shown.output
+        assert "***" in json.loads(shown.stdout)["storage"] and password not in json.loads(shown.stdout)["storage"]
+    unreachable = runner.invoke(app, ["status", str(spec), "--storage", url.replace("127.0.0.1:5432", "127.0.0.1:1")])
+    assert unreachable.exit_code == 2
+    assert len(unreachable.stderr.strip().splitlines()) == 1 and password not in unreachable.stderr
+
+
+# ---- a database of another application -----------------------------------------------------------------------------
+
+def mlflow_like_database(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, experiment_id INTEGER)")
+        conn.execute("INSERT INTO experiments VALUES (0, 'Default')")
+    conn.close()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("command", [["run"], ["status"], ["run", "--workers", "2"], ["export", "--output", "t.json"]])
+def test_a_database_of_another_application_is_refused_untouched(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path)
+    database = tmp_path / "mlflow.db"
+    before = mlflow_like_database(database)
+    result = runner.invoke(app, [command[0], str(spec), *command[1:], "--storage", f"sqlite:///{database}"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds 2 tables of another application (experiments, runs)" in lines[0]
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "st.yaml"]
+
+
+def test_an_optuna_database_and_a_new_one_are_accepted(tmp_path):
+    url = f"sqlite:///{tmp_path / 'st.db'}"
+    refuse_foreign_database(url)  # no file yet
+    assert runner.invoke(app, ["run", str(spec_file(tmp_path)), "--storage", url]).exit_code == 0
+    refuse_foreign_database(url)
+
+
+def test_a_file_that_is_no_database_is_refused(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(StorageError, match="is not a SQLite database"):
+        refuse_foreign_database(f"sqlite:///{junk}")
+
+
+# ---- read-only commands ----------------------------------------------------------------------------------------------
+
+def test_read_only_commands_work_on_a_read_only_storage_folder(tmp_path, monkeypatch, read_only_folder):
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path)
+    (tmp_path / "store").mkdir()
+    url = "sqlite:///store/st.db"
+    assert runner.invoke(app, ["run", str(spec), "--storage", url]).exit_code == 0
+    read_only_folder(tmp_path / "store")
+    for args in (["status", "--json"], ["best", "--format", "json"], ["export", "--output", "t.json"],
+                 ["report", "--out", "rep"]):
+        result = runner.invoke(app, [args[0], str(spec), *args[1:], "--storage", url])
+        assert result.exit_code == 0, (args, result.output)
+    assert len(json.loads((tmp_path / "t.json").read_text())) == 2
+    refused = runner.invoke(app, ["run", str(spec), "--storage", url])
+    assert refused.exit_code == 2 and "store is not writable" in refused.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["best"], ["export", "--output", "t.json"], ["report", "--out", "r"]])
+def test_a_read_only_command_on_a_missing_database_creates_nothing(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path)
+    result = runner.invoke(app, [command[0], str(spec), *command[1:], "--storage", "sqlite:///runs/st.db"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: no study stored at 'sqlite:///runs/st.db'; run the study first " \
+                                    "(hpsearch run SPEC)."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st.yaml"]
