@@ -2,7 +2,13 @@
 
 
 class UserError(Exception):
-    """Bad input from the user: a spec, an override, a data folder, a storage URL."""
+    """Bad input from the user: a spec, an override, a data folder, a storage URL.
+
+    Its message is one line whatever it quotes: line breaks in quoted input are shown escaped.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class SpecError(UserError):

@@ -371,20 +371,20 @@ def apply_override(raw: dict[str, Any], path: list[str | int], value: Any, item:
     for depth, part in enumerate(path[:-1]):
         if isinstance(node, list) and isinstance(part, int):
             if part >= len(node):
-                raise SpecError(f"--set {item}: index {part} is out of range (the list has {len(node)} items).")
+                raise SpecError(f"--set {item!r}: index {part} is out of range (the list has {len(node)} items).")
             node = node[part]
         elif isinstance(node, dict):
             node = node.setdefault(part, {})
         else:
             where = ".".join(str(p) for p in path[:depth + 1])
-            raise SpecError(f"--set {item}: {where} is not a mapping or list.")
+            raise SpecError(f"--set {item!r}: {where} is not a mapping or list.")
     last = path[-1]
     if isinstance(node, list) and isinstance(last, int) and last < len(node):
         node[last] = value
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise SpecError(f"--set {item}: cannot set {'.'.join(str(p) for p in path)}.")
+        raise SpecError(f"--set {item!r}: cannot set {'.'.join(str(p) for p in path)}.")
 
 
 def _validate_backend_params(spec: StudySpec) -> None:
@@ -486,7 +486,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec
     for item in overrides or []:
         key_path, value = parse_override(item)
         if key_path == ["data", "path"] and isinstance(value, str):
-            value = str(_expand_user(value, f"--set {item}").resolve())
+            value = str(_expand_user(value, f"--set {item!r}").resolve())
         if not isinstance(raw, dict):
             break
         apply_override(raw, key_path, value, item)

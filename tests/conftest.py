@@ -162,3 +162,12 @@ def read_only_folder(tmp_path):
             subprocess.run(["chattr", "-i", str(folder)], check=True)
         else:
             folder.chmod(0o755)
+
+
+@pytest.fixture(autouse=True)
+def _forget_passwords():
+    """Each test starts with no registered passwords: a property test's random 'q' must not mask a later test's text."""
+    from hpsearch import storage
+
+    yield
+    storage._known_secrets.clear()
