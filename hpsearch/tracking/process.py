@@ -34,12 +34,17 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
         signal.signal(sig, signal.SIG_IGN)
     from hpsearch import report  # noqa: F401 - warm the plotting imports while the study trains
     report._pyplot()
+    # the queue came with its writing end too: closed here, a study process killed in the middle of sending a
+    # message leaves an end of file, not a read that waits forever for the message's rest
+    inbox._writer.close()
     parent = os.getppid()
     while True:
         try:
             message = inbox.get(timeout=5)
         except queue.Empty:
             message = ()
+        except (EOFError, OSError):
+            return
         if os.getppid() != parent or message is None:
             return
         if not message:
