@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -126,21 +127,19 @@ def reap(store: TrialStore, study_id: int, grace_period: float, running: list[Ro
     return reaped
 
 
+@dataclass
 class PointQueue:
     """The queue of one phase's points in one Optuna study."""
 
-    def __init__(self, store: TrialStore, url: str, study_id: int, study_name: str, points: list[dict[str, Any]],
-                 distributions: dict[str, BaseDistribution], *, max_retries: int,
-                 seed_of: Callable[[int], int], order_seed: int) -> None:
-        self.store = store
-        self.url = url
-        self.study_id = study_id
-        self.study_name = study_name
-        self.points = points
-        self.distributions = distributions
-        self.max_retries = max_retries
-        self.seed_of = seed_of
-        self.order_seed = order_seed
+    store: TrialStore
+    url: str
+    study_id: int
+    study_name: str
+    points: list[dict[str, Any]]
+    distributions: dict[str, BaseDistribution]
+    max_retries: int
+    seed_of: Callable[[int], int]  # a point's training seed
+    order_seed: int  # the seed of the order points are queued in
 
     def reconcile(self) -> int:
         """Enqueue every point that needs a trial (one read of the phase, batched writes); returns how many.

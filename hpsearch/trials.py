@@ -40,20 +40,18 @@ class RunningTrial:
     history: dict[str, list[Any]] = field(default_factory=dict)
 
 
+@dataclass
 class TrialRunner:
     """Runs the trials a driver claims, on one storage, for one study."""
 
-    def __init__(self, spec: StudySpec, store: TrialStore, data: Callable[[], Dataset], *,
-                 listener: StudyListener, echo: Callable[[str], None], interruption: Interruption,
-                 heartbeat: Heartbeat, views: dict[str, PhaseView]) -> None:
-        self.spec = spec
-        self.store = store
-        self.data = data
-        self.listener = listener
-        self.echo = echo
-        self.interruption = interruption
-        self.heartbeat = heartbeat
-        self.views = views
+    spec: StudySpec
+    store: TrialStore
+    data: Callable[[], Dataset]  # loaded once, when the first trial needs it
+    listener: StudyListener
+    echo: Callable[[str], None]
+    interruption: Interruption
+    heartbeat: Heartbeat
+    views: dict[str, PhaseView]  # every phase's view, for the study's best so far
 
     def describe(self, row: Row) -> TrialInfo:
         """A stored trial as the hooks see it (one read of the trial)."""

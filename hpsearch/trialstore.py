@@ -65,6 +65,7 @@ class TrialStore:
         self.storage = storage
         self.engine: sa.Engine = storage.engine
         self.postgres = self.engine.dialect.name == "postgresql"
+        self._claimed: dict[int, int] = {}  # per study, the last trial this process claimed
 
     def _upsert_attrs(self, conn: sa.Connection, trial_id: int, attrs: dict[str, Any]) -> None:
         if not attrs:
@@ -116,8 +117,23 @@ class TrialStore:
         return len(trials)
 
     def claim(self, study_id: int, owner: dict[str, Any]) -> tuple[int, int, int | None] | None:
-        """Move the oldest WAITING trial to RUNNING, owned by ``owner``. Returns (trial id, number, point) or None."""
-        oldest = (sa.select(T.__table__.c.trial_id).where(T.study_id == study_id, T.state == TrialState.WAITING)
+        """Move the oldest WAITING trial to RUNNING, owned by ``owner``. Returns (trial id, number, point) or None.
+
+        Every process claims the oldest first, so no trial older than the last one this process claimed is still
+        waiting (retries are enqueued as new, younger trials): the search starts there, not at the study's first
+        trial, and a claim costs the same at the 10,000th trial as at the first.
+        """
+        hint = self._claimed.get(study_id, 0)
+        found = self._claim(study_id, owner, hint)
+        if found is None and hint:
+            found = self._claim(study_id, owner, 0)  # once more from the start, to be sure nothing is left
+        if found is not None:
+            self._claimed[study_id] = found[0]
+        return found
+
+    def _claim(self, study_id: int, owner: dict[str, Any], after: int) -> tuple[int, int, int | None] | None:
+        oldest = (sa.select(T.__table__.c.trial_id)
+                  .where(T.study_id == study_id, T.state == TrialState.WAITING, T.__table__.c.trial_id > after)
                   .order_by(T.__table__.c.trial_id).limit(1))
         if self.postgres:
             oldest = oldest.with_for_update(skip_locked=True)

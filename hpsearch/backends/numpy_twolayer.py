@@ -11,6 +11,7 @@ Named dimensions: N samples, D input features, H hidden units, C classes, B mini
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 from pydantic import Field, ValidationError
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from hpsearch.backends.base import DivergedError, ModelFileError, TrainResult
 from hpsearch.validation import UserConfig
@@ -282,6 +283,12 @@ CONFIG_MODEL = NumpyConfig
 PREPROCESS = "center"  # the assignment subtracts the training set's mean image
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The process's thread pools, found once: looking them up scans the loaded libraries (half a millisecond)."""
+    return ThreadpoolController()
+
+
 def train(
     config: dict[str, Any],
     data: Dataset,
@@ -297,7 +304,7 @@ def train(
     start = time.perf_counter()
     net = TwoLayerNet(X_train.shape[1], cfg.hidden_size, data.num_classes, std=cfg.std, seed=init_seed, dtype=dtype)
     threads = blas_threads(cfg.batch_size, X_train.shape[1], cfg.hidden_size)
-    limit = threadpool_limits(threads, user_api="blas") if threads else contextlib.nullcontext()
+    limit = _blas().limit(limits=threads, user_api="blas") if threads else contextlib.nullcontext()
     with limit:
         history = net.train(
             X_train, data.y_train, X_val, data.y_val,
