@@ -8,12 +8,13 @@ The trainable is trivial (synthetic data, ``num_iters: 2``), so what is measured
 Each measurement runs in a fresh process on a fresh database and times the study itself (not interpreter start-up):
 hpsearch's ``Driver.run`` with tracking off and on (a local SQLite MLflow store), and Optuna's ``study.optimize``
 with a ``GridSampler`` over the same grid and a trivial objective on the same kind of storage. Per-trial time is wall
-time over trials. Optuna's ``GridSampler`` compares every grid point with every trial for each new one, so above
-``--cap`` points hpsearch runs the first ``--cap`` trials of the grid (it still enqueues the whole grid) and Optuna
-its first ``--optuna-cap`` (200): Optuna's time per trial grows with every trial, so its first ones flatter it.
+time over trials; hpsearch always runs the whole grid. Optuna's ``GridSampler`` compares every grid point with every
+trial for each new one, so above ``--cap`` (1,000) points Optuna runs only its first ``--optuna-cap`` (200) trials:
+its time per trial grows with every trial, so its first ones flatter it.
 
 Workers: ``hpsearch run --workers N`` on a PostgreSQL storage, trials per second from the first trial's start to the
-last one's end, then the exactly-once check (every point one COMPLETE trial, nothing RUNNING or WAITING).
+last one's end, then the exactly-once check (every point one COMPLETE trial, nothing RUNNING or WAITING), and where
+the machine's CPU went meanwhile: the workers' own CPU seconds, and the rest (PostgreSQL's server processes).
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ def _python(code: str, *args: str, cwd: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def per_trial(kind: str, points: int, cap: int, tool: str, tracking: bool = False) -> dict:
-    limit = cap if points > cap else 0
+def per_trial(kind: str, points: int, limit: int, tool: str, tracking: bool = False) -> dict:
+    """Milliseconds per trial of ``tool`` on a fresh ``kind`` database; ``limit`` > 0 runs only that many trials."""
     with tempfile.TemporaryDirectory() as tmp, Database(kind, Path(tmp)) as url:
         folder = Path(tmp)
         if tool == "optuna":
@@ -136,7 +137,17 @@ def per_trial(kind: str, points: int, cap: int, tool: str, tracking: bool = Fals
     return found
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """Seconds of CPU the whole machine spent busy, and in all, since boot (from /proc/stat)."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
 def workers_run(n: int, points: int) -> dict:
+    import resource
+
     import optuna
 
     with tempfile.TemporaryDirectory() as tmp, Database("postgresql", Path(tmp)) as url:
@@ -144,8 +155,12 @@ def workers_run(n: int, points: int) -> dict:
         path = folder / "spec.yaml"
         path.write_text(yaml.safe_dump(spec_of(points, "workers")))
         env = {**os.environ, "HPSEARCH_STORAGE": url}
+        busy_before, all_before = _machine_cpu()
+        ours_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run([*HPSEARCH, "run", str(path), "--workers", str(n)], cwd=folder, env=env,
                               capture_output=True, text=True)
+        ours_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy_after, all_after = _machine_cpu()
         if done.returncode != 0:
             raise SystemExit(f"{n} workers failed:\n{done.stderr[-3000:]}")
         trials = optuna.load_study(study_name="workers.grid", storage=url).get_trials(deepcopy=False)
@@ -154,17 +169,22 @@ def workers_run(n: int, points: int) -> dict:
         exactly_once = points_done == list(range(points)) and len(trials) == points
         starts = [t.datetime_start.timestamp() for t in complete]
         ends = [t.datetime_complete.timestamp() for t in complete]
-    return {"workers": n, "trials_per_s": len(complete) / (max(ends) - min(starts)), "exactly_once": exactly_once}
+    # where the machine's CPU went while they ran: the workers (and their parent), or PostgreSQL and the rest
+    machine = busy_after - busy_before
+    workers = (ours_after.ru_utime + ours_after.ru_stime) - (ours_before.ru_utime + ours_before.ru_stime)
+    return {"workers": n, "trials_per_s": len(complete) / (max(ends) - min(starts)), "exactly_once": exactly_once,
+            "cpu_busy": machine / (all_after - all_before), "workers_cpu_s": workers,
+            "others_cpu_s": max(machine - workers, 0.0)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--storages", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
-    parser.add_argument("--cap", type=int, default=1000, help="above this many points, run the first CAP trials")
+    parser.add_argument("--cap", type=int, default=1000, help="above this many points, Optuna runs only its first "
+                                                                 "OPTUNA_CAP trials")
     parser.add_argument("--optuna-cap", type=int, default=200,
-                        help="above --cap points, Optuna runs its first OPTUNA_CAP trials (its cost per trial grows "
-                             "with them, so this favours Optuna)")
+                        help="Optuna's trials above --cap points (its cost per trial grows with them: this flatters it)")
     parser.add_argument("--tracking-up-to", type=int, default=1000, help="measure tracking on up to this size")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     parser.add_argument("--worker-points", type=int, default=2000)
@@ -174,15 +194,15 @@ def main() -> None:
     result: dict = {"per_trial": [], "workers": []}
     for kind in args.storages:
         for points in args.sizes:
-            ours = per_trial(kind, points, args.cap, "hpsearch")
-            theirs = per_trial(kind, points, args.optuna_cap if points > args.cap else args.cap, "optuna")
+            ours = per_trial(kind, points, 0, "hpsearch")
+            theirs = per_trial(kind, points, args.optuna_cap if points > args.cap else 0, "optuna")
             line = {"storage": kind, "points": points, "trials": ours["trials"],
                     "hpsearch_ms": round(ours["ms_per_trial"], 2), "optuna_ms": round(theirs["ms_per_trial"], 2),
                     "ratio": round(ours["ms_per_trial"] / theirs["ms_per_trial"], 3)}
             text = (f"{ours['ms_per_trial']:7.1f} ms vs Optuna {theirs['ms_per_trial']:7.1f} ms "
                     f"({line['ratio']:.2f}x)")
             if points <= args.tracking_up_to:
-                tracked = per_trial(kind, points, args.cap, "hpsearch", tracking=True)
+                tracked = per_trial(kind, points, 0, "hpsearch", tracking=True)
                 line["tracking_on_ms"] = round(tracked["ms_per_trial"], 2)
                 line["tracking_adds_ms"] = round(tracked["ms_per_trial"] - ours["ms_per_trial"], 2)
                 text += f"; tracking on {tracked['ms_per_trial']:6.1f} ms (+{line['tracking_adds_ms']:.1f})"
@@ -201,7 +221,8 @@ def main() -> None:
         found["speedup"] = round(found["trials_per_s"] / one, 2)
         rows.append((f"postgresql {n:>2} workers, {args.worker_points} points",
                      f"{found['trials_per_s']:6.1f} trials/s ({found['speedup']:.2f}x one worker), "
-                     f"exactly once: {found['exactly_once']}"))
+                     f"exactly once: {found['exactly_once']}; CPU {found['cpu_busy']:.0%} busy: workers "
+                     f"{found['workers_cpu_s']:.0f} s, PostgreSQL and the rest {found['others_cpu_s']:.0f} s"))
         result["workers"].append({k: round(v, 2) if isinstance(v, float) else v for k, v in found.items()})
     report("scale", rows, result)
 

@@ -13,6 +13,7 @@ import typer
 
 from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
+from hpsearch.output import print_summary, write_csv
 
 app = typer.Typer(
     help="Hyperparameter search with experiment tracking: random then grid phases on Optuna, logged to MLflow.",
@@ -279,7 +280,7 @@ def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str 
     if json_:
         typer.echo(json.dumps(summary, default=str))
         return
-    _print_summary(summary)
+    print_summary(summary)
 
 
 def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_uri: str | None, phase: str | None,
@@ -287,11 +288,10 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
                        set_: list[str] | None, json_: bool) -> None:
     """``run --workers N``: N ``hpsearch worker`` processes on this machine, each on one BLAS/OpenMP thread."""
     import os
-    import signal
-    import subprocess
     import sys
 
     from hpsearch.driver import Driver
+    from hpsearch.localworkers import run_workers
     from hpsearch.spec import load_spec
     from hpsearch.storage import refuse_foreign_database, resolve_storage_url
 
@@ -312,26 +312,9 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
             command += [flag, str(value)]
     env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    received: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:  # to every worker; each ends its trial cleanly and exits
-        received.append(signum)
-        for p in processes:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    processes: list[subprocess.Popen] = []
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        processes += [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) for _ in range(workers)]
-        if received:  # a signal that came while they started
-            forward(received[-1], None)
-        codes = [p.wait() for p in processes]
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    if received:
-        typer.echo(f"Interrupted: {len(processes)} workers stopped (exit codes {codes}); a trial that was running is "
+    codes, interrupted = run_workers(command, env, workers)
+    if interrupted:
+        typer.echo(f"Interrupted: {len(codes)} workers stopped (exit codes {codes}); a trial that was running is "
                    "marked failed and will be retried. Rerun the same command to resume.", err=True)
         raise typer.Exit(code=130)
     if any(code == 2 for code in codes):
@@ -339,60 +322,6 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
     if any(code != 0 for code in codes):
         raise fail(f"{sum(code != 0 for code in codes)} of {workers} workers failed (exit codes {codes}).")
     status(spec, storage=url, set_=set_, json_=json_)
-
-
-def _print_summary(summary: dict) -> None:
-    """The phases' table, the winner and where to look: a rich table on a terminal; elsewhere (logs, CI, pipes),
-    where rich would cut the table at 80 columns, plain aligned columns and lines that are never wrapped."""
-    from rich.console import Console
-
-    console = Console()
-    title = f"study {summary['study']}  ({summary['storage']})"
-    header = ("phase", "state", "done/total", "complete", "pruned", "failed", "running", "best")
-    rows = []
-    for p in summary["phases"]:
-        best = f"{p['best_value']:.4f} (trial {p['best_trial']})" if p["best_value"] is not None else "-"
-        rows.append((p["phase"], p["state"], f"{p['done']}/{p['total'] if p['total'] is not None else '?'}",
-                     str(p["complete"]), str(p["pruned"]), str(p["failed"]), str(p["running"]), best))
-    if console.is_terminal:
-        from rich.table import Table
-
-        table = Table(title=title)
-        for column in header:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-
-        def say(line: str) -> None:
-            console.print(line, soft_wrap=True, markup=False, highlight=False)
-    else:
-        say = typer.echo
-        say(title)
-        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-        for row in (header, *rows):
-            say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    best = summary.get("best")
-    if best:
-        if best.get("test_acc") is not None:
-            test = f", test_acc {best['test_acc']:.4f}"
-        else:  # the final evaluation on the test split runs once, when every phase is complete
-            test = ", no test split" if summary.get("complete") else ", test accuracy after the study completes"
-        say(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}{test}")
-        say(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
-    for p in summary["phases"]:
-        if p["failed_points"]:
-            say(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
-    tracking = summary.get("tracking")
-    if tracking:
-        spent = ""
-        if tracking.get("seconds") and summary.get("wall_seconds"):
-            spent = f" (the tracking process spent {format_duration(tracking['seconds'])} in MLflow calls)"
-        say(f"MLflow experiment {tracking['experiment']!r}{spent}:")
-        say(f"  mlflow ui --backend-store-uri {tracking['uri']}")
-        if tracking.get("model"):
-            say(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split test")
-    say(f"  optuna-dashboard {summary['storage']}")
 
 
 @app.command()
@@ -413,7 +342,7 @@ def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, json_
     if json_:
         typer.echo(json.dumps(summary, default=str))
     else:
-        _print_summary(summary)
+        print_summary(summary)
 
 
 @app.command()
@@ -498,24 +427,10 @@ def export(
         if output.suffix == ".json":
             output.write_text(json.dumps(rows, indent=1, default=str))
         else:
-            _write_csv(output, rows)
+            write_csv(output, rows)
     except OSError as exc:
         raise _cannot_write("--output", output, exc) from None
     typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
-
-
-def _write_csv(output: Path, rows: list[dict]) -> None:
-    import csv
-
-    names = sorted({name for row in rows for name in row["params"]})
-    with output.open("w", newline="") as f:
-        writer = csv.writer(f)
-        columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
-        writer.writerow(columns + [f"param_{n}" for n in names])
-        for row in rows:
-            cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
-            params = [row["params"].get(n, "") for n in names]
-            writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
 
 
 @app.command()

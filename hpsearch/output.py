@@ -1,0 +1,81 @@
+"""What the CLI prints and writes for people: a study's summary, and its trials as CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from hpsearch.formatting import format_duration
+
+__all__ = ["print_summary", "write_csv"]
+
+
+def print_summary(summary: dict) -> None:
+    """The phases' table, the winner and where to look: a rich table on a terminal; elsewhere (logs, CI, pipes),
+    where rich would cut the table at 80 columns, plain aligned columns and lines that are never wrapped."""
+    from rich.console import Console
+
+    console = Console()
+    title = f"study {summary['study']}  ({summary['storage']})"
+    header = ("phase", "state", "done/total", "complete", "pruned", "failed", "running", "best")
+    rows = []
+    for p in summary["phases"]:
+        best = f"{p['best_value']:.4f} (trial {p['best_trial']})" if p["best_value"] is not None else "-"
+        rows.append((p["phase"], p["state"], f"{p['done']}/{p['total'] if p['total'] is not None else '?'}",
+                     str(p["complete"]), str(p["pruned"]), str(p["failed"]), str(p["running"]), best))
+    if console.is_terminal:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+        def say(line: str) -> None:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+    else:
+        say = typer.echo
+        say(title)
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+        for row in (header, *rows):
+            say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    best = summary.get("best")
+    if best:
+        if best.get("test_acc") is not None:
+            test = f", test_acc {best['test_acc']:.4f}"
+        else:  # the final evaluation on the test split runs once, when every phase is complete
+            test = ", no test split" if summary.get("complete") else ", test accuracy after the study completes"
+        say(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}{test}")
+        say(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
+    for p in summary["phases"]:
+        if p["failed_points"]:
+            say(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
+    tracking = summary.get("tracking")
+    if tracking:
+        spent = ""
+        if tracking.get("seconds") and summary.get("wall_seconds"):
+            spent = f" (the tracking process spent {format_duration(tracking['seconds'])} in MLflow calls)"
+        say(f"MLflow experiment {tracking['experiment']!r}{spent}:")
+        say(f"  mlflow ui --backend-store-uri {tracking['uri']}")
+        if tracking.get("model"):
+            say(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split test")
+    say(f"  optuna-dashboard {summary['storage']}")
+
+
+def write_csv(output: Path, rows: list[dict]) -> None:
+    """Every trial a row, its params in columns of their own; lists and mappings as JSON text."""
+    import csv
+
+    names = sorted({name for row in rows for name in row["params"]})
+    with output.open("w", newline="") as f:
+        writer = csv.writer(f)
+        columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
+        writer.writerow(columns + [f"param_{n}" for n in names])
+        for row in rows:
+            cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
+            params = [row["params"].get(n, "") for n in names]
+            writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
