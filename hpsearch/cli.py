@@ -30,6 +30,16 @@ SetOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
+_OWN_PROCESS = False  # True when this process is the `hpsearch` command, not a caller of its functions
+
+
+def main() -> None:
+    """The `hpsearch` command: the CLI in a process of its own, which exits when the command is done."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
+    app(prog_name="hpsearch")
+
+
 @app.callback()
 def _main() -> None:
     """Hyperparameter search with experiment tracking: random then grid phases on Optuna, logged to MLflow."""
@@ -255,7 +265,7 @@ def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str 
 
     interruption = Interruption()
     try:
-        with interruption.installed():
+        with interruption.installed(restore=not _OWN_PROCESS):
             driver = _driver(spec, set_, storage, tracking_uri, track=True, force_new_phase=force_new_phase,
                              interruption=interruption)
             started = time.perf_counter()

@@ -38,8 +38,12 @@ class Interruption:
             raise Interrupted(self.signal)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[Interruption]:
-        """Handle SIGINT and SIGTERM this way for the duration (main thread only; elsewhere a no-op)."""
+    def installed(self, restore: bool = True) -> Iterator[Interruption]:
+        """Handle SIGINT and SIGTERM this way for the duration (main thread only; elsewhere a no-op).
+
+        ``restore`` False, for a process that exits right after: the signals are then ignored while it winds down,
+        so a late one cannot kill it with a traceback half-way through its exit.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -48,7 +52,7 @@ class Interruption:
             yield self
         finally:
             for sig, old in previous.items():
-                signal.signal(sig, old)
+                signal.signal(sig, old if restore else signal.SIG_IGN)
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a signal arrived."""

@@ -30,7 +30,7 @@ from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
 runner = CliRunner()
 COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                                    optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
-SLOW = {"num_iters": 12000, "hidden_size": 128}  # ~1 s trials on synthetic data: signals land mid-trial
+SLOW = {"num_iters": 3000, "hidden_size": 64}  # trials of a few tenths of a second: a frozen process is inside one
 
 
 def spec_file(tmp_path: Path, points: int = 6, **defaults) -> Path:

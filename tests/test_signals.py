@@ -61,10 +61,10 @@ def assert_resumed_exactly_once(storage: str, points: int) -> None:
 def test_a_signal_at_any_moment_ends_the_run_cleanly_and_resume_loses_nothing(tmp_path, sig):
     """Signals sent at moments spread over a study's life once its points are queued: trials, bookkeeping, the end."""
     rng = random.Random(sig)
-    for attempt in range(5):
+    for attempt in range(4):
         folder = tmp_path / f"a{attempt}"
         folder.mkdir()
-        spec = spec_file(folder, tracking=attempt % 2 == 1, num_iters=600)
+        spec = spec_file(folder, tracking=attempt % 2 == 1, num_iters=300)
         storage = f"sqlite:///{folder / 'sig.db'}"
         args = ["run", str(spec), "--storage", storage, "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
         proc = hpsearch(*args)
@@ -107,7 +107,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
 def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, sig, to_group):
-    spec = spec_file(tmp_path, points=8)
+    spec = spec_file(tmp_path, points=8, num_iters=1500)
     storage = f"sqlite:///{tmp_path / 'sig.db'}"
     args = ["run", str(spec), "--storage", storage, "--workers", "2"]
     proc = hpsearch(*args, start_new_session=True)

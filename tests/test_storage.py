@@ -86,7 +86,9 @@ def test_no_password_survives_masking(password, user):
 
 @pytest.mark.postgres
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(password=printable)
+# '?', '/' and '#' end the user-info part of any URL, so a password holding them must be percent-encoded: written
+# raw, the host and port become part of the query and the unreachable host is no longer the one connected to
+@given(password=printable.filter(lambda p: not set(p) & set("?/#")))
 def test_no_password_in_status_or_in_the_error_for_an_unreachable_host(tmp_path, pg_database, password):
     assume(password.strip("*"))
     storage._known_secrets.clear()  # each example is a process of its own: only its password is known
@@ -95,7 +97,7 @@ def test_no_password_in_status_or_in_the_error_for_an_unreachable_host(tmp_path,
     url = head.replace("postgres@", f"postgres:{password}@") + f"/{database}"  # trust auth: any password connects
     shown = runner.invoke(app, ["status", str(spec), "--json", "--storage", url])
     if set(password) & set("@{}"):
-        assert shown.exit_code == 2 and "as %40, %7B and %7D" in shown.stderr
+        assert shown.exit_code == 2 and "percent-encoded" in shown.stderr  # '%40' itself is masked when '@' is it
         assert password not in shown.stderr
     else:
         assert shown.exit_code == 0, shown.output

@@ -78,7 +78,7 @@ def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path):
 
 @pytest.mark.postgres
 def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, freeze_mid_trial):
-    spec = spec_file(tmp_path, num_iters=12000, hidden_size=128)  # ~1 s trials: a kill lands mid-trial
+    spec = spec_file(tmp_path, num_iters=3000, hidden_size=64)  # the victim is frozen inside a trial, then killed
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     workers = start_workers(spec, pg_database, tracking, 2)
     victim, survivor = workers
