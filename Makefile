@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test
+.PHONY: install quickstart test stress
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,3 +20,17 @@ quickstart: install
 test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[torch,test]'
 	$(BIN)/python -m pytest
+
+# The signal, worker and crash-window tests 20 times in a row beside a CPU hog; stops at the first failure.
+# Run it before closing work that touches signals, workers or the driver (about 4 minutes a run on 2 cores).
+STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_windows.py \
+	tests/test_reliability.py::test_signal_mid_trial_then_resume_loses_nothing \
+	tests/test_reliability.py::test_concurrent_claims_never_hand_out_a_trial_twice \
+	tests/test_reliability.py::test_two_processes_on_one_sqlite_study
+stress: $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[torch,test]'
+	yes > /dev/null & hog=$$!; trap "kill $$hog" EXIT; \
+	for run in $$(seq 1 20); do \
+		$(BIN)/python -m pytest $(STRESS_TESTS) -q -x -p no:cacheprovider || { echo "failed in run $$run"; exit 1; }; \
+		echo "run $$run of 20 passed"; \
+	done
