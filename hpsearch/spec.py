@@ -110,6 +110,13 @@ class _Strict(UserConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
+def _one_of(value: str, known: Any) -> str:
+    """``value`` if it names one of ``known``; else the error in the template every invalid value uses."""
+    if value not in known:
+        raise ValueError(f"must be one of {', '.join(known)}. Got {value!r} instead")
+    return value
+
+
 class DataSpec(_Strict):
     dataset: str = "digits"
     path: str | None = None  # relative paths are relative to the spec file's folder
@@ -124,9 +131,7 @@ class DataSpec(_Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise ValueError(f"must be one of {', '.join(DATASETS)}. Got {value!r} instead")
-        return value
+        return _one_of(value, DATASETS)
 
 
 class ModelSpec(_Strict):
@@ -135,9 +140,7 @@ class ModelSpec(_Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value not in BACKENDS:
-            raise ValueError(f"must be one of {', '.join(BACKENDS)}. Got {value!r} instead")
-        return value
+        return _one_of(value, BACKENDS)
 
 
 # The metrics a study can optimise, each with the direction that improves it. A metric belongs here once every
@@ -152,9 +155,7 @@ class ObjectiveSpec(_Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"must be one of {', '.join(METRICS)}. Got {value!r} instead")
-        return value
+        return _one_of(value, METRICS)
 
     @field_validator("direction")
     @classmethod
