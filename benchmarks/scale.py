@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import yaml
