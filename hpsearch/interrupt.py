@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import Any, Iterator
 
 __all__ = ["Interrupted", "Interruption"]
@@ -27,12 +28,12 @@ class Interruption:
 
     def __init__(self) -> None:
         self.signal: str | None = None
-        self._wake = threading.Event()
         self._immediate = 0
 
     def _handler(self, signum: int, frame: Any) -> None:
+        # no lock, no Event here: a second signal can arrive while this handler runs, and would wait on its lock
+        # forever (a signal handler runs in the main thread, on top of whatever it interrupted)
         self.signal = signal.Signals(signum).name
-        self._wake.set()
         if self._immediate:
             self._immediate = 0  # once: the cleanup that follows must not be interrupted again
             raise Interrupted(self.signal)
@@ -60,8 +61,11 @@ class Interruption:
             raise Interrupted(self.signal)
 
     def wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, waking (and raising) as soon as a signal arrives."""
-        self._wake.wait(seconds)
+        """Sleep up to ``seconds``, raising within a tenth of a second of a signal."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.check()
+            time.sleep(min(left, 0.1))
         self.check()
 
     @contextlib.contextmanager
