@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch import grid as grids
 from hpsearch.listener import StudyReport
 from hpsearch.phases import Phases
 from hpsearch.records import FINISHED_STATES, decode_params, counts_as_failure
@@ -145,13 +146,11 @@ class PhaseView:
         return status
 
 
-def _total(phases: Phases, phase: PhaseSpec, record: dict[str, Any] | None) -> int | None:
-    if phase.sampler == "tpe" or phase.sampler == "random":
-        return phase.n_trials
-    grid = record["grid"] if record else (phase.grid if isinstance(phase.grid, dict) else None)
-    if grid is None:
-        return None
-    return math.prod(len(values) for values in grid.values())
+def _total(phase: PhaseSpec, record: dict[str, Any] | None) -> int | None:
+    """The phase's points (trials for random and TPE); a derived grid counts once it was derived."""
+    if record is not None and record.get("grid") is not None:
+        return grids.phase_size(phase.model_copy(update={"grid": record["grid"]}))
+    return grids.phase_size(phase)
 
 
 class Results:
@@ -165,7 +164,7 @@ class Results:
 
     def view(self, phase: PhaseSpec, layout: dict[str, Any] | None, refresh: bool = True) -> PhaseView:
         record = self.phases.record(phase, layout) if layout else None
-        view = PhaseView(phase, self.store, record, self.spec.objective.direction, _total(self.phases, phase, record))
+        view = PhaseView(phase, self.store, record, self.spec.objective.direction, _total(phase, record))
         if refresh:
             view.refresh(full=True)
         return view
