@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -28,6 +27,9 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a spec value: KEY.PATH=VALUE, the value read as YAML. Repeatable."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+AllowImportOpt = Annotated[bool, typer.Option(
+    "--allow-import", help="Let model.backend / data.dataset import modules from outside the installed packages and "
+    "the spec's folder (importing runs their code). Also: HPSEARCH_ALLOW_IMPORT=1.")]
 
 
 _OWN_PROCESS = False  # True when this process is the `hpsearch` command, not a caller of its functions
@@ -88,27 +90,36 @@ def train(
         show_default=False)] = None,
     test: Annotated[bool, typer.Option("--test", help="Also score the test split (an error without one).")] = False,
     set_: SetOpt = None,
+    allow_import: AllowImportOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Train once with the spec's defaults and print loss, train and validation accuracy and the time it took."""
-    from hpsearch.backends import DivergedError, get_backend
+    """Train once with the spec's defaults and print its metrics (loss, train and validation accuracy for the
+    built-in backends) and the time it took."""
+    from hpsearch.backends import DivergedError
     from hpsearch.spec import load_spec
-    from hpsearch.training import load_data, train_once
+    from hpsearch.training import load_data, score_test_split, train_once
 
     try:
-        study = load_spec(spec, set_)
-        backend = get_backend(study.model.backend)
-        if save is not None and save.suffix != backend.MODEL_SUFFIX:
-            raise fail(f"--save {save}: the {study.model.backend} backend saves {backend.MODEL_SUFFIX} files; "
-                       f"give a path ending in {backend.MODEL_SUFFIX}.")
+        study = load_spec(spec, set_, allow_import or None)
+        trainable = study.trainable
+        if save is not None and trainable.save_model is None:
+            raise fail(f"--save {save}: the trainable {study.model.backend} cannot save its models (it declares no "
+                       "save_model).")
+        if save is not None and trainable.model_suffix and save.suffix != trainable.model_suffix:
+            raise fail(f"--save {save}: the {study.model.backend} backend saves {trainable.model_suffix} files; "
+                       f"give a path ending in {trainable.model_suffix}.")
         data = load_data(study)
         if test and data.X_test is None:
             raise fail(f"--test: the dataset {data.name} of {spec} has no test split.")
+        if test and trainable.evaluate is None:
+            raise fail(f"--test: the trainable {study.model.backend} cannot score a model (it declares no evaluate).")
         result = train_once(study, data)
-        test_acc = result.model.accuracy(data.X_test, data.y_test) if test else None
+        test_scores = score_test_split(study, data, result) if test else None
+        if test and test_scores is None:
+            raise fail(f"--test: the trainable {study.model.backend} returned no model to score.")
         if save is not None:
             save.parent.mkdir(parents=True, exist_ok=True)
-            backend.save_model(result.model, result.config, save)
+            trainable.save_model(result.model, result.config, save)
     except UserError as exc:
         raise fail(str(exc)) from None
     except DivergedError as exc:
@@ -116,30 +127,28 @@ def train(
     except OSError as exc:
         raise fail(f"--save {save}: cannot write the model ({exc.strerror or exc}).") from None
 
+    scores = {**result.metrics, **(test_scores or {})}
     if json_:
         typer.echo(json.dumps({
-            "val_acc": result.val_acc,
-            "train_acc": result.train_acc,
-            "loss": result.loss,
+            **scores,
+            "loss": result.loss if result.loss_history else result.metrics.get("loss"),
             "seconds": round(result.seconds, 3),
-            "epochs": len(result.val_acc_history),
+            "epochs": max((len(values) for values in result.history.values()), default=0),
             "iterations": len(result.loss_history),
             "dataset": data.name,
             "data_fingerprint": data.fingerprint,
             "seed": study.seed,
             "config": result.config,
-            **({"test_acc": test_acc} if test else {}),
             **({"model": str(save)} if save is not None else {}),
         }))
         return
     typer.echo(f"{study.name}: {study.model.backend} backend on {data.name} "
                f"({len(data.y_train)} train / {len(data.y_val)} val), seed {study.seed}")
     typer.echo(f"config      {json.dumps(result.config)}")
-    typer.echo(f"loss        {result.loss:.4f}")
-    typer.echo(f"train acc   {result.train_acc:.4f}")
-    typer.echo(f"val acc     {result.val_acc:.4f}")
-    if test:
-        typer.echo(f"test acc    {test_acc:.4f}")
+    if result.loss_history:
+        typer.echo(f"loss        {result.loss:.4f}")
+    for name, value in scores.items():
+        typer.echo(f"{name.replace('_', ' '):<11} {value:.4f}")
     typer.echo(f"time        {format_duration(result.seconds)}")
     if save is not None:
         typer.echo(f"saved       {save}  (hpsearch predict {spec} --model {save} --split test)")
@@ -167,26 +176,16 @@ TrackingOpt = Annotated[
 
 
 def _driver(spec: Path, set_: list[str] | None, storage: str | None, tracking_uri: str | None = None,
-            track: bool = False, writable: bool = True, **kwargs):
+            track: bool = False, writable: bool = True, allow_import: bool = False, **kwargs):
     """The study's driver, with MLflow tracking attached when ``track`` and the spec leaves it enabled.
 
     writable=False for commands that only read the storage: they create neither its folder nor its database.
     """
-    from hpsearch.driver import Driver
-    from hpsearch.spec import load_spec
-    from hpsearch.storage import refuse_foreign_database, register_secret_url, resolve_storage_url
+    from hpsearch import api
 
-    study = load_spec(spec, set_)
-    url = resolve_storage_url(storage, study.storage, study.name, writable=writable)
-    refuse_foreign_database(url)
-    listener = None
-    if track:
-        from hpsearch.tracking import MlflowTracker, resolve_tracking_uri
-
-        uri = resolve_tracking_uri(study, url, tracking_uri)
-        register_secret_url(uri)
-        listener = MlflowTracker(study, uri, echo=_echo_err) if uri else None
-    return Driver(study, url, echo=_echo_err, listener=listener, **kwargs)
+    study = api.load(spec, overrides=set_, allow_import=allow_import or None)
+    return api.driver(study, storage=storage, tracking=track, tracking_uri=tracking_uri, writable=writable,
+                      echo=_echo_err, **kwargs)
 
 
 def _echo_err(message: str) -> None:
@@ -226,14 +225,15 @@ def run(
     max_trials: MaxTrialsOpt = None,
     force_new_phase: ForceOpt = False,
     set_: SetOpt = None,
+    allow_import: AllowImportOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run the study's phases in order; rerun the same command to resume after any interruption."""
     if workers > 1:
         _run_local_workers(spec, workers, storage, tracking_uri, phase, timeout, max_trials, force_new_phase, set_,
-                           json_)
+                           json_, allow_import)
         return
-    _work(spec, storage, tracking_uri, phase, timeout, max_trials, force_new_phase, set_, json_)
+    _work(spec, storage, tracking_uri, phase, timeout, max_trials, force_new_phase, set_, json_, allow_import)
 
 
 @app.command()
@@ -245,6 +245,7 @@ def worker(
     timeout: TimeoutOpt = None,
     max_trials: MaxTrialsOpt = None,
     set_: SetOpt = None,
+    allow_import: AllowImportOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Join a study and work on whatever its current phase needs until the study is complete.
@@ -252,33 +253,23 @@ def worker(
     Start any number, on any number of machines, in any order, against one shared storage (PostgreSQL for several
     machines; the URL can come from $HPSEARCH_STORAGE so that no password is on a command line).
     """
-    _work(spec, storage, tracking_uri, phase, timeout, max_trials, False, set_, json_)
+    _work(spec, storage, tracking_uri, phase, timeout, max_trials, False, set_, json_, allow_import)
 
 
 def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str | None, timeout: float | None,
-          max_trials: int | None, force_new_phase: bool, set_: list[str] | None, json_: bool) -> None:
+          max_trials: int | None, force_new_phase: bool, set_: list[str] | None, json_: bool,
+          allow_import: bool = False) -> None:
     import signal
 
-    from hpsearch.driver import Budget, Interrupted
-    from hpsearch.interrupt import Interruption
-    from hpsearch.storage import mask_url
+    from hpsearch import api
+    from hpsearch.interrupt import Interrupted, Interruption
 
     interruption = Interruption()
     try:
         with interruption.installed(restore=not _OWN_PROCESS):
-            driver = _driver(spec, set_, storage, tracking_uri, track=True, force_new_phase=force_new_phase,
-                             interruption=interruption)
-            started = time.perf_counter()
-            summary = driver.run(Budget(timeout=timeout, max_trials=max_trials), only_phase=phase)
-            interruption.check()  # a signal during the study's last steps still means "interrupted"
-        summary["wall_seconds"] = round(time.perf_counter() - started, 3)
-        tracker = driver.listener
-        summary["tracking"] = None
-        if hasattr(tracker, "uri"):
-            model = tracker.saved_model(driver.phases.shared()) if summary["complete"] else None
-            summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
-                                   "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}
-        summary["spec"] = str(spec)
+            result = api.run(spec, storage=storage, tracking_uri=tracking_uri, phase=phase, timeout=timeout,
+                             max_trials=max_trials, force_new_phase=force_new_phase, overrides=set_,
+                             allow_import=allow_import or None, echo=_echo_err, interruption=interruption)
     except UserError as exc:
         raise fail(str(exc)) from None
     except (KeyboardInterrupt, Interrupted):
@@ -287,6 +278,7 @@ def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str 
         typer.echo("Interrupted: a trial that was running is marked failed and will be retried. "
                    "Rerun the same command to resume.", err=True)
         raise typer.Exit(code=130) from None
+    summary = {**result.summary, "spec": str(spec)}
     if json_:
         typer.echo(json.dumps(summary, default=str))
         return
@@ -295,7 +287,7 @@ def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str 
 
 def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_uri: str | None, phase: str | None,
                        timeout: float | None, max_trials: int | None, force_new_phase: bool,
-                       set_: list[str] | None, json_: bool) -> None:
+                       set_: list[str] | None, json_: bool, allow_import: bool = False) -> None:
     """``run --workers N``: N ``hpsearch worker`` processes on this machine, each on one BLAS/OpenMP thread."""
     import os
     import sys
@@ -306,7 +298,7 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
     from hpsearch.storage import refuse_foreign_database, resolve_storage_url
 
     try:
-        study = load_spec(spec, set_)
+        study = load_spec(spec, set_, allow_import or None)
         url = resolve_storage_url(storage, study.storage, study.name)
         refuse_foreign_database(url)
         if force_new_phase:  # decide the new phases once, here, rather than in N racing workers
@@ -316,6 +308,8 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
     command = [sys.executable, "-m", "hpsearch", "worker", str(spec)]
     for item in set_ or []:
         command += ["--set", item]
+    if allow_import:
+        command.append("--allow-import")
     for flag, value in (("--tracking-uri", tracking_uri), ("--phase", phase), ("--timeout", timeout),
                         ("--max-trials", max_trials)):
         if value is not None:
@@ -331,17 +325,18 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
         raise typer.Exit(code=2)  # each worker already said why, in one line
     if any(code != 0 for code in codes):
         raise fail(f"{sum(code != 0 for code in codes)} of {workers} workers failed (exit codes {codes}).")
-    status(spec, storage=url, set_=set_, json_=json_)
+    status(spec, storage=url, set_=set_, allow_import=allow_import, json_=json_)
 
 
 @app.command()
-def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, allow_import: AllowImportOpt = False,
+           json_: JsonOpt = False) -> None:
     """Per phase: state, trials complete/pruned/failed/running, grid coverage and best value."""
     from hpsearch.storage import mask_url, register_secret_url
     from hpsearch.tracking import resolve_tracking_uri
 
     try:
-        driver = _driver(spec, set_, storage, writable=False)
+        driver = _driver(spec, set_, storage, writable=False, allow_import=allow_import)
         summary = driver.status()
         uri = resolve_tracking_uri(driver.spec, driver.url)
         register_secret_url(uri)
@@ -362,6 +357,7 @@ def best(
     format_: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.yaml,
     output: Annotated[Optional[Path], typer.Option(help="Write to this file instead of stdout.")] = None,
     set_: SetOpt = None,
+    allow_import: AllowImportOpt = False,
 ) -> None:
     """The best configuration as a re-runnable spec: `hpsearch train` on it trains the winning trial again."""
     import yaml
@@ -371,7 +367,7 @@ def best(
     if output is not None:
         _check_output_file(output, "--output")
     try:
-        driver = _driver(spec, set_, storage, writable=False)
+        driver = _driver(spec, set_, storage, writable=False, allow_import=allow_import)
         found = driver.best()
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -391,14 +387,14 @@ def best(
 
 
 @app.command()
-def plan(spec: SpecArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+def plan(spec: SpecArg, set_: SetOpt = None, allow_import: AllowImportOpt = False, json_: JsonOpt = False) -> None:
     """Validate the spec and print each phase's size and estimated run time, without touching the storage."""
     from hpsearch.plan import plan as make_plan
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data
 
     try:
-        study = load_spec(spec, set_)
+        study = load_spec(spec, set_, allow_import or None)
         report = make_plan(study, load_data(study))
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -424,13 +420,14 @@ def export(
     output: Annotated[Path, typer.Option(help="FILE.csv or FILE.json.", show_default=False)],
     storage: StorageOpt = None,
     set_: SetOpt = None,
+    allow_import: AllowImportOpt = False,
 ) -> None:
     """Write every trial (phase, number, state, value, params, duration) to CSV or JSON."""
     if output.suffix not in (".csv", ".json"):
         raise fail(f"--output {output}: give a .csv or .json file.")
     _check_output_file(output, "--output")
     try:
-        rows = _driver(spec, set_, storage, writable=False).trials()
+        rows = _driver(spec, set_, storage, writable=False, allow_import=allow_import).trials()
     except UserError as exc:
         raise fail(str(exc)) from None
     try:
@@ -449,13 +446,14 @@ def report(
     out: Annotated[Path, typer.Option(help="Folder for the plots, best_config.yaml and summary.md.")],
     storage: StorageOpt = None,
     set_: SetOpt = None,
+    allow_import: AllowImportOpt = False,
 ) -> None:
     """Write the comparison plots and a Markdown summary of the study to a folder, without MLflow."""
     from hpsearch.report import write_report
 
     _check_output_folder(out, "--out")
     try:
-        data = _driver(spec, set_, storage, writable=False).report()
+        data = _driver(spec, set_, storage, writable=False, allow_import=allow_import).report()
     except UserError as exc:
         raise fail(str(exc)) from None
     if data is None or data.best is None:
@@ -474,12 +472,13 @@ def sync(
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     set_: SetOpt = None,
+    allow_import: AllowImportOpt = False,
 ) -> None:
     """Rebuild in MLflow what it missed (runs of trials logged while it was down, runs left RUNNING)."""
     from hpsearch.driver import SharedState
 
     try:
-        driver = _driver(spec, set_, storage, tracking_uri, track=True)
+        driver = _driver(spec, set_, storage, tracking_uri, track=True, allow_import=allow_import)
         if driver.listener.__class__.__name__ != "MlflowTracker":
             raise fail(f"{spec}: tracking is disabled in the spec (tracking.enabled: false).")
         status = driver.status()
@@ -497,24 +496,28 @@ def predict(
     model: Annotated[Path, typer.Option(help="A model file saved by a study (MLflow artifact model/best_model.*).")],
     split: Annotated[str, typer.Option(help="Which split of the spec's data to score: train, val or test.")] = "val",
     set_: SetOpt = None,
+    allow_import: AllowImportOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Reload a saved model and report its accuracy on a split of the spec's data."""
-    from hpsearch.backends import ModelFileError, get_backend
+    """Reload a saved model and report its scores (accuracy, for the built-in backends) on a split of the spec's data."""
+    from hpsearch.backends import ModelFileError
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data
 
     if split not in ("train", "val", "test"):
         raise fail(f"--split {split!r}: choose train, val or test.")
     try:
-        study = load_spec(spec, set_)
+        study = load_spec(spec, set_, allow_import or None)
+        trainable = study.trainable
+        if trainable.load_model is None or trainable.evaluate is None:
+            raise fail(f"{spec}: the trainable {study.model.backend} cannot reload and score a model (it declares no "
+                       "load_model and evaluate).")
         data = load_data(study)
-        backend = get_backend(study.model.backend)
         if not model.is_file():
             raise fail(f"{model}: model file not found (the study run's artifact model/best_model"
-                       f"{backend.MODEL_SUFFIX} in MLflow).")
+                       f"{trainable.model_suffix or ''} in MLflow).")
         try:
-            net, config = backend.load_model(model)
+            net, config = trainable.load_model(model)
         except (OSError, ModelFileError) as exc:
             raise fail(f"{model}: not a {study.model.backend} model file saved by a study ({exc}).") from None
     except UserError as exc:
@@ -522,11 +525,14 @@ def predict(
     X, y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
     if X is None:
         raise fail(f"{spec}: the dataset has no {split} split.")
-    if net.input_size != X.shape[1]:
-        raise fail(f"{model}: the model takes {net.input_size} inputs per sample; {data.name} as the spec loads it "
+    inputs = getattr(net, "input_size", X.shape[1])
+    if inputs != X.shape[1]:
+        raise fail(f"{model}: the model takes {inputs} inputs per sample; {data.name} as the spec loads it "
                    f"has {X.shape[1]}.")
-    accuracy = net.accuracy(X, y)
+    scores = dict(trainable.evaluate(net, X, y))
     if json_:
-        typer.echo(json.dumps({"split": split, "accuracy": accuracy, "n": len(y), "config": config}))
+        accuracy = {"accuracy": scores["acc"]} if "acc" in scores else {}
+        typer.echo(json.dumps({"split": split, **accuracy, "scores": scores, "n": len(y), "config": config}))
     else:
-        typer.echo(f"{split} accuracy {accuracy:.4f} on {len(y)} samples")
+        shown = ", ".join(f"{'accuracy' if name == 'acc' else name} {value:.4f}" for name, value in scores.items())
+        typer.echo(f"{split} {shown} on {len(y)} samples")

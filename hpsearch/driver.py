@@ -40,7 +40,7 @@ from hpsearch.records import SEED, SharedState, StateTable, counts_as_failure, d
 from hpsearch.results import PhaseView, Results
 from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
 from hpsearch.storage import StorageError, mask_url, storage_lock
-from hpsearch.training import load_data
+from hpsearch.training import load_data, score_test_split
 from hpsearch.trials import RunningTrial, TrialRunner
 from hpsearch.trialstore import Row, TrialStore
 
@@ -364,10 +364,9 @@ class Driver:
                 return report
             best, retrained = report.best, report.best_result
             result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],
-                      "test_acc": None, "retrained_val_acc": retrained.val_acc,
-                      "data_fingerprint": self.data.fingerprint, "generation": layout["generation"]}
-            if self.data.X_test is not None:
-                result["test_acc"] = retrained.model.accuracy(self.data.X_test, self.data.y_test)
+                      "retrained_value": retrained.metrics.get(self.spec.objective.metric),
+                      "data_fingerprint": self.data.fingerprint, "generation": layout["generation"],
+                      **(score_test_split(self.spec, self.data, retrained) or {})}
             self.table.put(self.spec.name, "result", result)
             report.best = self.results.best()
             report.best_fragment = best_fragment(self.spec, report.best)

@@ -23,6 +23,7 @@ class TrialInfo:
     state: str = "RUNNING"  # an Optuna TrialState name
     value: float | None = None
     failure: str | None = None
+    traceback: str | None = None  # where the trainable raised, when it did
 
 
 class StudyListener:

@@ -45,10 +45,13 @@ def print_summary(summary: dict) -> None:
             say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     best = summary.get("best")
     if best:
-        if best.get("test_acc") is not None:
-            test = f", test_acc {best['test_acc']:.4f}"
+        test_metric = best.get("test_metric", "test_acc")
+        if best.get(test_metric) is not None:
+            test = f", {test_metric} {best[test_metric]:.4f}"
+        elif summary.get("complete"):  # the dataset has no test split, or the trainable cannot evaluate a model
+            test = f", no {test_metric}"
         else:  # the final evaluation on the test split runs once, when every phase is complete
-            test = ", no test split" if summary.get("complete") else ", test accuracy after the study completes"
+            test = f", {test_metric} after the study completes"
         say(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}{test}")
         say(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
     for p in summary["phases"]:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hpsearch import grid as grids
-from hpsearch.backends import DivergedError, get_backend
+from hpsearch.backends import DivergedError
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
@@ -65,15 +65,15 @@ def _probe_spec(spec: StudySpec, probe_config: dict[str, Any]) -> StudySpec:
     raw["defaults"] = probe_config
     raw["tracking"] = {"enabled": False}
     raw["phases"] = [{"name": "probe", "sampler": "grid", "grid": {name: [value] * PROBE_TRIALS}}]
-    return StudySpec(**raw, source=spec.source)
+    return StudySpec(**raw, source=spec.source, base_dir=spec.base_dir, allow_import=spec.allow_import)
 
 
 def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     """Run the probe configuration as PROBE_TRIALS trials of a throwaway study, then train it alone."""
     from hpsearch.driver import Driver
 
-    backend = get_backend(spec.model.backend)
-    probe_config = resolved_config(spec, backend.probe(spec.config()))
+    trainable = spec.trainable
+    probe_config = resolved_config(spec, trainable.probe(spec.config()) if trainable.probe else spec.config())
     # the study first: what happens once per process (imports, a device's start-up) belongs to a run's fixed cost
     with tempfile.TemporaryDirectory(prefix="hpsearch-plan-") as folder:
         start = time.perf_counter()
@@ -93,22 +93,27 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     per_trial = (starts[-1] - starts[1]).total_seconds() / (len(starts) - 2)
     # the run also retrained its winner once: one more training of the probe configuration
     fixed = run_seconds - len(starts) * per_trial - train_seconds
-    return Probe(train_seconds=train_seconds, cost=backend.cost(probe_config, data),
+    return Probe(train_seconds=train_seconds, cost=_cost(spec, probe_config, data),
                  trial_overhead_seconds=max(per_trial - train_seconds, 0.0), fixed_seconds=max(fixed, 0.0),
                  trials=len(starts))
+
+
+def _cost(spec: StudySpec, config: dict[str, Any], data: Dataset) -> float:
+    """The trainable's relative compute for ``config``; 1 for every configuration of one without a cost model."""
+    cost = spec.trainable.cost
+    return cost(config, data) if cost is not None else 1.0
 
 
 def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str, Any]:
     """Each phase's trial count and estimated seconds (training by the backend's cost model, priced by the probe,
     plus the probe's overhead per trial), and the run's total with its fixed costs and the winner's retraining."""
     grids.check_sizes(spec)  # before the probe: a phase too big to enqueue is refused at once
-    backend = get_backend(spec.model.backend)
     probe = probe or measure_probe(spec, data)
     seconds_per_unit = probe.train_seconds / probe.cost
     phases, all_training = [], []
     for phase in spec.phases:
         configs, estimated = _phase_configs(spec, phase)
-        training = [backend.cost(c, data) * seconds_per_unit for c in configs]
+        training = [_cost(spec, c, data) * seconds_per_unit for c in configs]
         all_training += training
         phases.append({
             "phase": phase.name,

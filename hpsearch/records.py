@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from hpsearch.storage import engine_for, storage_lock
 
 __all__ = [
-    "ATTEMPT", "EPOCH_KEYS", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED", "NEVER_STARTED", "OWNER",
-    "POINT", "REAPED", "SEED", "SharedState", "StateTable", "WITHDRAWN", "WORKER_DIED", "decode_param",
+    "ATTEMPT", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED", "NEVER_STARTED", "OWNER",
+    "POINT", "REAPED", "SEED", "SharedState", "StateTable", "TRACEBACK", "WITHDRAWN", "WORKER_DIED", "decode_param",
     "decode_params", "encode_param",
 ]
 
@@ -30,7 +30,7 @@ WITHDRAWN = "withdrawn: its point left the phase"  # n_trials was lowered after 
 HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED = "heartbeat lost", "worker died", "claimed by a process that never started it"
 REAPED = (HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED)  # failures of trials whose process is gone
 NOT_COUNTED = (INTERRUPTED, WITHDRAWN)  # failures that use up no retry
-EPOCH_KEYS = ("loss", "train_acc", "val_acc", "lr", "iteration")  # kept per trial, so tracking can be rebuilt
+TRACEBACK = "traceback"  # where a trainable raised, beside the one-line FAILURE
 
 
 def encode_param(value: Any) -> Any:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PLOTS", "history_positions", "write_report"]
 
-PLOTS = ("val_acc_vs_params.png", "best_loss_curve.png", "best_accuracy_curves.png", "optimization_history.png",
+PLOTS = ("metric_vs_params.png", "best_loss_curve.png", "best_metric_curves.png", "optimization_history.png",
          "param_importances.png")
 
 
@@ -132,27 +132,35 @@ def _as_number(value: Any) -> float | None:
 
 
 def plot_loss(report: StudyReport, path: Path) -> None:
-    """The best trial's training loss per iteration, as in the assignment's figure."""
+    """The best trial's training loss per iteration, as in the assignment's figure (per epoch, for a trainable that
+    reports only that)."""
     with _figure(path, (7, 4)) as (ax,):
-        losses = report.best_result.loss_history if report.best_result is not None else []
-        ax.plot(range(1, len(losses) + 1), losses, linewidth=0.8)
-        ax.set_xlabel("iteration")
+        result = report.best_result
+        losses, step = (result.loss_history, "iteration") if result is not None else ([], "iteration")
+        if result is not None and not losses:
+            losses, step = result.history.get("loss", []), "epoch"
+        ax.plot(range(1, len(losses) + 1), losses, linewidth=0.8, marker="o" if step == "epoch" else None)
+        ax.set_xlabel(step)
         ax.set_ylabel("training loss")
         ax.set_title(_best_title(report))
         ax.grid(alpha=0.3)
 
 
-def plot_accuracy(report: StudyReport, path: Path) -> None:
-    """The best trial's train (minibatch) and validation accuracy per epoch: where they part, it overfits."""
+def plot_curves(report: StudyReport, path: Path) -> None:
+    """The best trial's objective per epoch beside its training counterpart (``train_acc`` for ``val_acc``), where
+    the trainable reports one: where they part, it overfits."""
+    name = report.metric.removeprefix("val_")
     with _figure(path, (7, 4)) as (ax,):
         result = report.best_result
         if result is not None:
-            epochs = range(1, len(result.val_acc_history) + 1)
-            ax.plot(epochs, result.train_acc_history, marker="o", label="train")
-            ax.plot(epochs, result.val_acc_history, marker="o", label="val")
-            ax.legend()
+            for key, label in ((f"train_{name}", "train"), (report.metric, "val" if report.metric != name else name)):
+                values = result.history.get(key) or []
+                if values:
+                    ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
         ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(name)
         ax.set_title(_best_title(report))
         ax.grid(alpha=0.3)
 
@@ -250,9 +258,10 @@ def summary_markdown(report: StudyReport) -> str:
     best = report.best
     lines.append("")
     if best:
-        test = f"{best['test_acc']:.4f}" if best.get("test_acc") is not None else "n/a (no test split)"
+        test_metric = best.get("test_metric", "test_acc")
+        test = f"{best[test_metric]:.4f}" if best.get(test_metric) is not None else "n/a (no test score)"
         lines += [f"**Winner:** phase `{best['phase']}`, trial {best['trial']}: {report.metric} "
-                  f"{best['value']:.4f}, test accuracy {test}, seed {best['seed']}.", "",
+                  f"{best['value']:.4f}, {test_metric} {test}, seed {best['seed']}.", "",
                   "```yaml", yaml.safe_dump(report.best_fragment, sort_keys=False).rstrip(), "```", ""]
     lines += [f"![{name}]({name})" for name in PLOTS]
     return "\n".join(lines) + "\n"
@@ -261,7 +270,7 @@ def summary_markdown(report: StudyReport) -> str:
 def write_report(report: StudyReport, out: Path) -> list[Path]:
     """Write the plots, ``best_config.yaml`` and ``summary.md`` into ``out``; return the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    drawers = (plot_params, plot_loss, plot_accuracy, plot_history, plot_importances)
+    drawers = (plot_params, plot_loss, plot_curves, plot_history, plot_importances)
     written = []
     for name, draw in zip(PLOTS, drawers):
         draw(report, out / name)

@@ -23,7 +23,7 @@ from hpsearch.phases import Phases
 from hpsearch.records import FINISHED_STATES, decode_params, counts_as_failure
 from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
 from hpsearch.storage import mask_url
-from hpsearch.training import resolved_config
+from hpsearch.training import metric_on_test, resolved_config
 from hpsearch.trialstore import Row, TrialStore
 
 __all__ = ["PhaseView", "Results"]
@@ -191,8 +191,10 @@ class Results:
             "phase": view.phase.name, "trial": row.number, "value": row.value,
             "metric": self.spec.objective.metric, "params": params,
             "config": resolved_config(self.spec, params), "seed": trial.user_attrs.get("seed"),
-            "test_acc": result.get("test_acc") if same else None,
             "data_fingerprint": result.get("data_fingerprint") if same else None,
+            # the winner's scores on the test split (test_acc, test_loss, ...), measured once at the study's end
+            "test_metric": metric_on_test(self.spec.objective.metric),
+            **({key: value for key, value in result.items() if key.startswith("test_")} if same else {}),
         }
 
     def status(self, views: list[PhaseView] | None = None, layout: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -227,6 +229,7 @@ class Results:
                     "duration_seconds": t.duration.total_seconds() if t.duration else None,
                     "point": t.user_attrs.get("point"), "attempt": t.user_attrs.get("attempt"),
                     "seed": t.user_attrs.get("seed"), "failure": t.user_attrs.get("failure"),
+                    "metrics": t.user_attrs.get("metrics"), "traceback": t.user_attrs.get("traceback"),
                     "epoch_history": t.user_attrs.get("epoch_history"), "optuna_study": study.study_name,
                     "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
                 })

@@ -10,15 +10,18 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hpsearch.backends import BACKENDS
 from hpsearch.data import DATASETS
 from hpsearch.errors import SpecError
+from hpsearch.plugins import allow_import_from_env
 from hpsearch.validation import UserConfig
+
+if TYPE_CHECKING:
+    from hpsearch.backends import Trainable
 
 __all__ = ["StudySpec", "PhaseSpec", "ParamSpec", "DerivedGrid", "load_spec", "parse_override", "yaml_load"]
 
@@ -135,39 +138,14 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    backend: str = "numpy"
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        return _one_of(value, BACKENDS)
-
-
-# The metrics a study can optimise, each with the direction that improves it. A metric belongs here once every
-# backend reports it after each epoch (the driver prunes on it) and the final TrainResult carries it.
-METRICS: dict[str, Literal["maximize", "minimize"]] = {"val_acc": "maximize"}
+    backend: str = Field("numpy", min_length=1)  # a registered name (numpy, torch, ...) or 'package.module:function'
 
 
 class ObjectiveSpec(_Strict):
-    metric: str = "val_acc"
-    direction: Literal["maximize", "minimize"] | None = Field(None, validate_default=True)  # None: the metric's own
+    """The metric a study optimises. Its direction comes from the trainable where it declares the metric."""
 
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        return _one_of(value, METRICS)
-
-    @field_validator("direction")
-    @classmethod
-    def _direction_of_the_metric(cls, value: str | None, info: ValidationInfo) -> str:
-        metric = info.data.get("metric")
-        if metric is None:  # the metric itself was refused; that is the error to show
-            return value or "maximize"
-        if value is not None and value != METRICS[metric]:
-            better = "higher" if METRICS[metric] == "maximize" else "lower"
-            raise ValueError(f"must be {METRICS[metric]!r} for the metric {metric!r} ({better} is better), or left "
-                             f"out. Got {value!r} instead")
-        return METRICS[metric]
+    metric: str = Field("val_acc", min_length=1)
+    direction: Literal["maximize", "minimize"] | None = None
 
 
 class TrackingSpec(_Strict):
@@ -289,8 +267,10 @@ class StudySpec(_Strict):
     heartbeat: HeartbeatSpec = Field(default_factory=HeartbeatSpec)
     provenance: dict[str, Any] | None = None  # written by `hpsearch best`: where a configuration came from
 
-    # where the spec came from; not part of the YAML
+    # where the spec came from, and whether it may import code from outside installed packages; not part of the YAML
     source: str = Field("<spec>", exclude=True)
+    base_dir: str | None = Field(None, exclude=True)
+    allow_import: bool = Field(False, exclude=True)
 
     _name = field_validator("name")(_storage_name)
 
@@ -314,6 +294,14 @@ class StudySpec(_Strict):
             if phase.name == name:
                 return phase
         raise SpecError(f"{self.source}: no phase named {name!r}; phases are {', '.join(p.name for p in self.phases)}.")
+
+    @property
+    def trainable(self) -> Trainable:
+        """What ``model.backend`` names: imported once per process."""
+        from hpsearch.backends import load_trainable
+
+        return load_trainable(self.model.backend, where=f"{self.source}: model.backend", base_dir=self.base_dir,
+                              allow_import=self.allow_import)
 
     def config(self, **params: Any) -> dict[str, Any]:
         """The full configuration for a trial: ``defaults`` overridden by ``params``."""
@@ -390,9 +378,9 @@ def apply_override(raw: dict[str, Any], path: list[str | int], value: Any, item:
 
 def _validate_backend_params(spec: StudySpec) -> None:
     """Check defaults, searched names and grid values against the backend's own configuration model."""
-    from hpsearch.backends import get_backend
-
-    config_model = get_backend(spec.model.backend).CONFIG_MODEL
+    config_model = spec.trainable.config_model
+    if config_model is None:
+        return  # a function without a config model takes its values as the YAML gives them
     fields = set(config_model.model_fields)
 
     def check(config: dict[str, Any], where: str) -> None:
@@ -430,21 +418,44 @@ def _validate_backend_params(spec: StudySpec) -> None:
                 check(spec.config(**{name: value}), f"phases[{index}].space")
 
 
-def build_spec(raw: Any, source: str, base_dir: Path) -> StudySpec:
+def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False) -> StudySpec:
+    """Validate a spec mapping. ``base_dir`` is its folder: relative data paths and the user's modules are there."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a study spec must be a YAML mapping with at least 'name'.")
     raw = copy.deepcopy(raw)
-    if "source" in raw:  # the field that records where the spec came from is not part of the YAML
-        raise SpecError(f"{source}: unknown key 'source'.")
-    try:
-        spec = StudySpec.model_validate({**raw, "source": source})  # keys need not be strings (YAML's '1: x')
+    for key in ("source", "base_dir", "allow_import"):  # fields that record where the spec came from, not YAML
+        if key in raw:
+            raise SpecError(f"{source}: unknown key {key!r}.")
+    try:  # keys need not be strings (YAML's '1: x')
+        spec = StudySpec.model_validate({**raw, "source": source, "base_dir": str(Path(base_dir).resolve()),
+                                         "allow_import": allow_import})
     except ValidationError as exc:
         raise SpecError(validation_message(source, exc)) from None
     if spec.data.path is not None and not _expand_user(spec.data.path, source).is_absolute():
         spec.data.path = str((base_dir / spec.data.path).resolve())
     _validate_data_options(spec)
+    _validate_objective(spec)
     _validate_backend_params(spec)
     return spec
+
+
+def _validate_objective(spec: StudySpec) -> None:
+    """The objective against the metrics the trainable declares; fills in the direction that improves the metric."""
+    objective, declared = spec.objective, spec.trainable.metrics
+    if declared is None:
+        if objective.direction is None:
+            raise SpecError(f"{spec.source}: objective.direction is required ('maximize' or 'minimize'): the "
+                            f"trainable {spec.model.backend} does not declare which way {objective.metric!r} improves.")
+        return
+    if objective.metric not in declared:
+        raise SpecError(f"{spec.source}: objective.metric must be one of {', '.join(declared)} (what the "
+                        f"{spec.model.backend} trainable reports). Got {objective.metric!r} instead.")
+    wanted = declared[objective.metric]
+    if objective.direction is not None and objective.direction != wanted:
+        better = "higher" if wanted == "maximize" else "lower"
+        raise SpecError(f"{spec.source}: objective.direction must be {wanted!r} for the metric {objective.metric!r} "
+                        f"({better} is better), or left out. Got {objective.direction!r} instead.")
+    objective.direction = wanted
 
 
 def _expand_user(path: str, source: str) -> Path:
@@ -471,8 +482,12 @@ def _validate_data_options(spec: StudySpec) -> None:
         raise SpecError(f"{spec.source}: data.options.{name} {_format_error({**error, 'loc': ()})}") from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
-    """Read, override and validate a study spec. ``--set data.path=...`` is relative to the working directory."""
+def load_spec(path: str | Path, overrides: list[str] | None = None, allow_import: bool | None = None) -> StudySpec:
+    """Read, override and validate a study spec. ``--set data.path=...`` is relative to the working directory.
+
+    allow_import: whether ``model.backend`` or ``data.dataset`` may import modules from outside the installed packages
+    and the spec's folder (None: ``$HPSEARCH_ALLOW_IMPORT``).
+    """
     spec_path = Path(path)
     source = str(path)
     try:
@@ -491,7 +506,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec
         if not isinstance(raw, dict):
             break
         apply_override(raw, key_path, value, item)
-    return build_spec(raw, source, spec_path.parent)
+    if allow_import is None:
+        allow_import = allow_import_from_env()
+    return build_spec(raw, source, spec_path.parent, allow_import)
 
 
 def best_fragment(spec: StudySpec, best: dict[str, Any]) -> dict[str, Any]:
@@ -507,7 +524,8 @@ def best_fragment(spec: StudySpec, best: dict[str, Any]) -> dict[str, Any]:
         "objective": spec.objective.model_dump(),
         "provenance": {
             "study": spec.name, "phase": best["phase"], "trial": best["trial"],
-            best["metric"]: best["value"], "test_acc": best["test_acc"], "seed": best["seed"],
+            best["metric"]: best["value"], "seed": best["seed"],
+            **{key: value for key, value in best.items() if key.startswith("test_") and key != "test_metric"},
             "data_fingerprint": best["data_fingerprint"], "hpsearch_version": hpsearch.__version__,
         },
     }

@@ -1,4 +1,4 @@
-"""One training run from a spec: load its data, resolve its configuration, call its backend.
+"""One training run from a spec: load its data, resolve its configuration, call its trainable.
 
 Shared by ``hpsearch train`` and the study driver; knows neither Optuna nor MLflow.
 """
@@ -9,29 +9,43 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from hpsearch.backends import TrainResult, get_backend
+from hpsearch.backends import TrainResult
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import SpecError
 from hpsearch.spec import StudySpec, validation_message
 
 
 def load_data(spec: StudySpec) -> Dataset:
-    """The spec's dataset, split and preprocessed."""
+    """The spec's dataset, split and preprocessed; its test split kept for the end (see :func:`without_test`)."""
     d = spec.data
-    backend = get_backend(spec.model.backend)
-    if hasattr(backend, "require"):
-        backend.require()  # e.g. torch: one clear line when it is not installed
-    return load_dataset(
+    trainable = spec.trainable
+    if trainable.require is not None:
+        trainable.require()  # e.g. torch: one clear line when it is not installed
+    data = load_dataset(
         d.dataset, path=d.path, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
-        dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or backend.PREPROCESS, **d.options,
+        dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or trainable.preprocess, **d.options,
     )
+    task = getattr(data, "task", "classification")
+    if task not in trainable.tasks:
+        raise SpecError(f"{spec.source}: the {spec.model.backend} trainable learns {' and '.join(trainable.tasks)} "
+                        f"targets; the dataset {data.name} has {task} targets.")
+    return data
+
+
+def without_test(data: Dataset) -> Dataset:
+    """The dataset as a trial sees it: no test split, which only the study's winner is scored on."""
+    import dataclasses
+
+    if data.X_test is None:
+        return data
+    return dataclasses.replace(data, X_test=None, y_test=None)
 
 
 def resolved_config(spec: StudySpec, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every setting the backend trains with: its own defaults, the spec's ``defaults``, then ``params``."""
+    """Every setting the trainable trains with: its own defaults, the spec's ``defaults``, then ``params``."""
     config = spec.config(**(params or {}))
     try:
-        return get_backend(spec.model.backend).CONFIG_MODEL(**config).model_dump()
+        return spec.trainable.resolve(config)
     except ValidationError as exc:
         raise SpecError(validation_message(spec.source, exc)) from None
 
@@ -44,12 +58,26 @@ def train_once(
     seed: int | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train the spec's backend with ``defaults`` overridden by ``params``."""
-    backend = get_backend(spec.model.backend)
+    """Train the spec's trainable with ``defaults`` overridden by ``params``, on ``data`` without its test split."""
     config = resolved_config(spec, params)
     batch_size = config.get("batch_size")
     if isinstance(batch_size, int) and batch_size > len(data.y_train):
         raise SpecError(
             f"{spec.source}: batch_size {batch_size} is larger than the training split ({len(data.y_train)} samples)."
         )
-    return backend.train(config, data, seed=spec.seed if seed is None else seed, on_epoch=on_epoch)
+    return spec.trainable.run(config, without_test(data), seed=spec.seed if seed is None else seed,
+                              on_epoch=on_epoch)
+
+
+def score_test_split(spec: StudySpec, data: Dataset, result: TrainResult) -> dict[str, float] | None:
+    """The trained model's scores on the test split, ``test_``-prefixed (``test_acc``); None without a test split,
+    a model, or a trainable that can evaluate one."""
+    evaluate = spec.trainable.evaluate
+    if data.X_test is None or result.model is None or evaluate is None:
+        return None
+    return {f"test_{name}": float(value) for name, value in evaluate(result.model, data.X_test, data.y_test).items()}
+
+
+def metric_on_test(metric: str) -> str:
+    """The test split's counterpart of an objective metric: ``val_acc`` -> ``test_acc``, ``rmse`` -> ``test_rmse``."""
+    return "test_" + metric.removeprefix("val_")

@@ -7,19 +7,22 @@ Knows the storage only through :class:`~hpsearch.trialstore.TrialStore` and the 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.backends import DivergedError
+from hpsearch.backends import DivergedError, TrainableError, TrainResult
 from hpsearch.data import Dataset
 from hpsearch.formatting import format_duration
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, TrialInfo
 from hpsearch.pointqueue import Heartbeat
-from hpsearch.records import EPOCH_KEYS, FAILURE, INTERRUPTED, SEED, decode_params
+from hpsearch.errors import SpecError, UserError
+from hpsearch.plugins import format_traceback
+from hpsearch.records import FAILURE, INTERRUPTED, SEED, TRACEBACK, decode_params
 from hpsearch.results import PhaseView
 from hpsearch.spec import PhaseSpec, StudySpec
 from hpsearch.storage import mask_url
@@ -38,6 +41,7 @@ class RunningTrial:
     info: TrialInfo
     optuna_trial: optuna.Trial | None = None  # only where Optuna must see it (TPE, pruning)
     history: dict[str, list[Any]] = field(default_factory=dict)
+    traceback: str | None = None  # where the trainable failed, kept with the trial and its MLflow run
 
 
 @dataclass
@@ -76,7 +80,7 @@ class TrialRunner:
                 with self.interruption.immediate():
                     result = train_once(self.spec, self.data(), info.params, seed=info.seed,
                                         on_epoch=functools.partial(self._on_epoch, current, pruning))
-                state, value = TrialState.COMPLETE, result.val_acc
+                state, value, reason = self._judge(result)
             except optuna.TrialPruned as exc:
                 state, value, reason = TrialState.PRUNED, None, str(exc) or "pruned"
             except DivergedError as exc:
@@ -84,18 +88,40 @@ class TrialRunner:
             except KeyboardInterrupt:
                 self._finish(current, TrialState.FAIL, None, None, INTERRUPTED)
                 raise Interrupted(self.interruption.signal or "SIGINT") from None
-            except Exception as exc:  # a failing trial must not stop the study; the point is retried
-                state, value, reason = TrialState.FAIL, None, f"{type(exc).__name__}: {exc}"
+            except UserError as exc:  # a spec that cannot train at all (a batch larger than the data, no data)
+                self._finish(current, TrialState.FAIL, None, None, str(exc))
+                raise  # the study stops with one line, exit 2
+            except Exception as exc:  # the trainable failed: the trial fails and its point is retried
+                state, value, reason = TrialState.FAIL, None, " ".join(f"{type(exc).__name__}: {exc}".split())
+                current.traceback = format_traceback(exc)
         self._finish(current, state, value, result, reason)
+        if state == TrialState.FAIL and result is not None:  # the trainable does not report the objective at all
+            raise SpecError(f"{self.spec.source}: {reason}; set objective.metric to one of the metrics it reports.")
+
+    def _judge(self, result: TrainResult) -> tuple[TrialState, float | None, str | None]:
+        """A finished training's end: COMPLETE with the objective, PRUNED when it is not finite, FAIL without it."""
+        metric = self.spec.objective.metric
+        value = result.metrics.get(metric)
+        if value is None:
+            reported = ", ".join(result.metrics) or "none"
+            return TrialState.FAIL, None, f"the trainable reported no metric {metric!r} (it reported: {reported})"
+        if not math.isfinite(value):
+            return TrialState.PRUNED, None, f"diverged: {metric} is {value}"
+        return TrialState.COMPLETE, value, None
 
     def _on_epoch(self, current: RunningTrial, pruning: bool, epoch: int, metrics: dict[str, Any]) -> None:
         with self.interruption.deferred():  # storage and listener calls: a signal waits for the epoch's end
-            for key in EPOCH_KEYS:
-                current.history.setdefault(key, []).append(metrics.get(key))
+            for key, value in metrics.items():  # every number it reports, so tracking can be rebuilt
+                if key not in ("step_losses",) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    current.history.setdefault(key, []).append(value)
             self.listener.on_epoch(current.phase, current.info, epoch, metrics)
             # each report is a storage write: only a pruner needs them (the history is stored at the end)
             if pruning:
-                current.optuna_trial.report(metrics[self.spec.objective.metric], epoch)
+                metric = self.spec.objective.metric
+                if metric not in metrics:
+                    raise TrainableError(f"on_epoch got no {metric!r}, which the pruner needs (it got: "
+                                         f"{', '.join(metrics) or 'nothing'})")
+                current.optuna_trial.report(float(metrics[metric]), epoch)
                 if current.optuna_trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
@@ -107,9 +133,13 @@ class TrialRunner:
         if current.history:
             attrs["epoch_history"] = current.history
         if result is not None:
-            attrs.update(train_acc=result.train_acc, seconds=round(result.seconds, 3), final_loss=result.loss)
+            attrs.update(metrics=result.metrics, seconds=round(result.seconds, 3))
+            if result.loss_history:
+                attrs["final_loss"] = result.loss
         if reason:
             attrs[FAILURE] = mask_url(reason)
+        if current.traceback:
+            attrs[TRACEBACK] = mask_url(current.traceback)
         if not self.store.finish(info.trial_id, state, value, attrs):
             self.echo(f"[{phase.name}] trial {info.number}: result discarded, the trial was already failed "
                       "(its point was handed to another worker)")
@@ -124,7 +154,7 @@ class TrialRunner:
         pick = max if self.spec.objective.direction == "maximize" else min
         progress = {**status, "study_best_value": pick(best) if best else None}
         finished = TrialInfo(info.trial_id, info.number, info.point, info.params, info.seed, state.name, value,
-                             attrs.get(FAILURE))
+                             attrs.get(FAILURE), attrs.get(TRACEBACK))
         self.listener.on_trial_end(phase, finished, result, reason, progress)
         self._report_trial(phase, current.view, row, status)
 

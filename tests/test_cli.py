@@ -164,7 +164,7 @@ def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
 
     stub = plan.Probe(train_seconds=0.4, cost=1.0, trial_overhead_seconds=0.1, fixed_seconds=200.0)
     monkeypatch.setattr(plan, "measure_probe", lambda spec, data: stub)
-    monkeypatch.setattr(plan.get_backend("numpy"), "cost", lambda config, data: 1.0)  # every trial trains 0.4 s
+    monkeypatch.setattr(plan, "_cost", lambda spec, config, data: 1.0)  # every trial trains 0.4 s
     result = runner.invoke(app, ["plan", str(study)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
@@ -311,7 +311,7 @@ def test_status_says_the_test_accuracy_comes_after_the_study(tmp_path, monkeypat
     spec = tiny_spec(tmp_path)
     assert runner.invoke(app, ["run", str(spec), "--max-trials", "1"]).exit_code == 0
     shown = " ".join(runner.invoke(app, ["status", str(spec)]).stdout.split())  # rich wraps long lines
-    assert "test accuracy after the study completes" in shown and "no test split" not in shown
+    assert "test_acc after the study completes" in shown and "no test_acc" not in shown
 
 
 # ---- predict: model files that a study did not save -------------------------------------------------------------------

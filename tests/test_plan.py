@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpsearch.backends import get_backend
+from hpsearch.backends import load_trainable
 from hpsearch.plan import PROBE_TRIALS, Probe, _probe_spec, measure_probe, plan
 from hpsearch.spec import load_spec
 from hpsearch.training import load_data, resolved_config
@@ -15,7 +15,7 @@ def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
     spec = load_spec(write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid",
                                                    "grid": {"hidden_size": [4, 8]}}]))
     data = load_data(spec)
-    numpy = get_backend("numpy")
+    numpy = load_trainable("numpy")
     # the stub probe trained hidden_size 8 in 1 s; the net's compute is linear in hidden_size, so 4 takes 0.5 s
     probe = Probe(train_seconds=1.0, cost=numpy.cost(resolved_config(spec, {"hidden_size": 8}), data),
                   trial_overhead_seconds=0.5, fixed_seconds=3.0)
@@ -30,7 +30,7 @@ def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
 
 def test_probe_spec_runs_the_probe_configuration_untracked_as_equal_points(tmp_path):
     spec = load_spec(write_spec(tmp_path, defaults={**TINY_STUDY["defaults"], "num_iters": 400}))
-    probe_config = resolved_config(spec, get_backend("numpy").probe(spec.config()))
+    probe_config = resolved_config(spec, load_trainable("numpy").probe(spec.config()))
     probe = _probe_spec(spec, probe_config)
     assert probe.defaults == probe_config and probe_config["num_iters"] == 50
     assert not probe.tracking.enabled and probe.storage is None

@@ -63,7 +63,11 @@ def test_overrides_keep_their_yaml_types(tmp_path):
         (MINIMAL, ["objective.direction=minimize"],
          r"study.yaml: objective.direction must be 'maximize' for the metric 'val_acc' \(higher is better\), or left "
          r"out. Got 'minimize' instead.$"),
-        (MINIMAL, ["objective.metric=val_loss"], r"study.yaml: objective.metric must be one of val_acc. Got 'val_loss'"),
+        (MINIMAL, ["objective.metric=val_rmse"],
+         r"study.yaml: objective.metric must be one of val_acc, val_loss, train_acc \(what the numpy trainable "
+         r"reports\). Got 'val_rmse' instead.$"),
+        (MINIMAL, ["objective.metric=val_loss", "objective.direction=maximize"],
+         r"objective.direction must be 'minimize' for the metric 'val_loss' \(lower is better\)"),
     ],
 )
 def test_bad_specs_give_one_line_naming_file_and_path(tmp_path, text, overrides, expected):
@@ -79,6 +83,7 @@ def test_missing_spec_file(tmp_path):
 
 def test_objective_direction_follows_the_metric(tmp_path):
     assert load_spec(write(tmp_path, MINIMAL)).objective.direction == "maximize"
+    assert load_spec(write(tmp_path, MINIMAL), ["objective.metric=val_loss"]).objective.direction == "minimize"
     spec = load_spec(write(tmp_path, MINIMAL + "objective: {metric: val_acc, direction: maximize}\n"))
     assert (spec.objective.metric, spec.objective.direction) == ("val_acc", "maximize")
 

@@ -67,7 +67,7 @@ def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, 
         assert len(val) == 10  # 200 samples / batch 50 = 4 iterations per epoch
     assert study_run.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in phases.values())
     artifacts = {a.path for a in client.list_artifacts(study_run.info.run_id)}
-    assert {"best_config.yaml", "val_acc_vs_params.png", "best_loss_curve.png", "best_accuracy_curves.png",
+    assert {"best_config.yaml", "metric_vs_params.png", "best_loss_curve.png", "best_metric_curves.png",
             "optimization_history.png", "param_importances.png", "summary.md", "model"} <= artifacts
     assert "grid.json" in {a.path for a in client.list_artifacts(phases["grid"].info.run_id)}
     assert client.get_run(study_run.info.run_id).data.metrics["test_acc"] > 0
@@ -122,7 +122,7 @@ def test_report_writes_plots_and_summary_without_mlflow(study, tmp_path):
     result = runner.invoke(app, ["report", str(study), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     files = {p.name for p in (tmp_path / "report").iterdir()}
-    assert {"summary.md", "best_config.yaml", "val_acc_vs_params.png", "best_loss_curve.png"} <= files
+    assert {"summary.md", "best_config.yaml", "metric_vs_params.png", "best_loss_curve.png"} <= files
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "**Winner:**" in summary and "| random | complete | 6/6 |" in summary
     assert (tmp_path / "report" / "best_loss_curve.png").read_bytes()[:4] == b"\x89PNG"

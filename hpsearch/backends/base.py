@@ -1,13 +1,23 @@
-"""What every backend shares: the result of one training run and the errors a run can end with.
+"""What every trainable shares: the contract, the result of one training run and the errors a run can end with.
 
-A backend is a module with ``train(config, data, *, seed, on_epoch) -> TrainResult``. It imports neither Optuna
-nor MLflow: it calls ``on_epoch(epoch, metrics)`` after every epoch and the caller decides what that means.
+A trainable is a function ``train(config, data, *, seed, on_epoch)``. It imports neither Optuna nor MLflow: it calls
+``on_epoch(epoch, metrics)`` after every epoch (if it has epochs) and the caller decides what that means. It returns
+a :class:`TrainResult`, or just a mapping of metric names to numbers. The built-in backends and a user's own function
+are described alike, by a :class:`Trainable`: what the function takes, reports and can do besides training.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Mapping
+
+__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "trainable"]
+
+Direction = Literal["maximize", "minimize"]
+Task = Literal["classification", "regression"]
+OnEpoch = Callable[[int, dict[str, Any]], None]
 
 
 class ModelFileError(ValueError):
@@ -23,21 +33,23 @@ class DivergedError(ArithmeticError):
         self.loss = loss
 
 
+class TrainableError(TypeError):
+    """A trainable broke its contract: it returned something that is not a result, or a metric that is no number."""
+
+
 @dataclass
 class TrainResult:
-    """Histories and final scores of one training run.
+    """Metrics and histories of one training run.
 
-    loss_history: one loss per iteration. train_acc_history, val_acc_history: one accuracy per epoch.
-    val_acc, train_acc: accuracy of the final model on the whole validation and training splits.
-    config: the full resolved configuration the backend trained with. model: the trained model.
+    metrics: the final model's scores by name (``val_acc``, ``train_acc``, ``val_rmse``, ...).
+    history: one value per epoch, by metric name. loss_history: one training loss per iteration, where the trainable
+    has iterations. config: the full resolved configuration it trained with. model: the trained model, if kept.
     """
 
-    loss_history: list[float]
-    train_acc_history: list[float]
-    val_acc_history: list[float]
-    val_acc: float
-    train_acc: float
-    seconds: float
+    metrics: dict[str, float]
+    history: dict[str, list[float]] = field(default_factory=dict)
+    loss_history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
     model: Any = None
 
@@ -45,3 +57,139 @@ class TrainResult:
     def loss(self) -> float:
         """The last iteration's training loss."""
         return self.loss_history[-1] if self.loss_history else float("nan")
+
+    # the built-in backends' classification scores, by the names the assignment used
+    @property
+    def val_acc(self) -> float:
+        return self.metrics["val_acc"]
+
+    @property
+    def train_acc(self) -> float:
+        return self.metrics["train_acc"]
+
+    @property
+    def val_acc_history(self) -> list[float]:
+        return self.history.get("val_acc", [])
+
+    @property
+    def train_acc_history(self) -> list[float]:
+        return self.history.get("train_acc", [])
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """A training function and what hpsearch may rely on about it.
+
+    config_model: a pydantic model of the configuration; it validates the spec's ``defaults`` and searched values,
+    and fills in defaults. None: values pass through as the YAML gives them.
+    metrics: the metrics it reports, each with the direction that improves it. None: whatever it returns, checked on
+    the first trial, and a study must give ``objective.direction``.
+    evaluate: ``evaluate(model, X, y) -> {name: value}`` scores a trained model on a split (the test split, at the end
+    of a study); names are the metrics' without their ``val_`` prefix (``acc`` for ``val_acc``).
+    tasks: the kinds of targets it learns. preprocess: the input preprocessing it expects by default.
+    model_suffix, save_model, load_model: how its models are kept on disk (``hpsearch train --save``, MLflow).
+    probe, cost: how ``hpsearch plan`` prices a configuration (without them every trial is priced the same).
+    require: called before any data is loaded, to fail early with one line (e.g. an optional package missing).
+    """
+
+    name: str
+    train: Callable[..., Any]
+    config_model: Any = None
+    metrics: Mapping[str, Direction] | None = None
+    evaluate: Callable[[Any, Any, Any], Mapping[str, float]] | None = None
+    tasks: tuple[Task, ...] = ("classification", "regression")
+    preprocess: str = "none"
+    model_suffix: str | None = None
+    save_model: Callable[[Any, dict[str, Any], Any], None] | None = None
+    load_model: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None
+    probe: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    cost: Callable[[dict[str, Any], Any], float] | None = None
+    require: Callable[[], Any] | None = None
+
+    def __call__(self, config: dict[str, Any], data: Any, *, seed: int, on_epoch: OnEpoch | None = None) -> Any:
+        return self.train(config, data, seed=seed, on_epoch=on_epoch)
+
+    def named(self, name: str) -> Trainable:
+        return replace(self, name=name)
+
+    def resolve(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Every setting the function trains with: the config model's defaults filled in (raises ValidationError)."""
+        return self.config_model(**config).model_dump() if self.config_model is not None else dict(config)
+
+    def run(self, config: dict[str, Any], data: Any, *, seed: int, on_epoch: OnEpoch | None = None) -> TrainResult:
+        """Train, and return a :class:`TrainResult` whatever the function returned.
+
+        The history of a function that returns only final metrics is what it passed to ``on_epoch``.
+        """
+        history: dict[str, list[float]] = {}
+
+        def record(epoch: int, metrics: dict[str, Any]) -> None:
+            for name, value in metrics.items():
+                if _is_number(value):
+                    history.setdefault(name, []).append(float(value))
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+
+        start = time.perf_counter()
+        returned = self.train(config, data, seed=seed, on_epoch=record)
+        seconds = time.perf_counter() - start
+        if isinstance(returned, TrainResult):
+            return returned
+        if not isinstance(returned, Mapping):
+            raise TrainableError(f"the trainable {self.name} returned {type(returned).__name__}; it must return a "
+                                 "TrainResult or a mapping of metric names to numbers")
+        metrics = {}
+        for name, value in returned.items():
+            if not _is_number(value):
+                raise TrainableError(f"the trainable {self.name} returned {name!r}: {value!r}, which is not a number")
+            metrics[str(name)] = float(value)
+        return TrainResult(metrics=metrics, history=history, seconds=seconds, config=dict(config))
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, (str, bytes))
+
+
+def trainable(
+    function: Callable[..., Any] | None = None,
+    *,
+    metrics: Mapping[str, Direction] | None = None,
+    config: Any = None,
+    evaluate: Callable[[Any, Any, Any], Mapping[str, float]] | None = None,
+    tasks: tuple[Task, ...] = ("classification", "regression"),
+    preprocess: str = "none",
+    model_suffix: str | None = None,
+    save_model: Callable[[Any, dict[str, Any], Any], None] | None = None,
+    load_model: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None,
+) -> Any:
+    """Declare a training function for hpsearch; used bare (``@trainable``) or with what it reports::
+
+        @trainable(metrics={"val_rmse": "minimize"}, config=MyConfig)
+        def train(config, data, *, seed, on_epoch):
+            ...
+            return {"val_rmse": rmse}
+
+    The result is still callable like the function.
+    """
+
+    def wrap(train: Callable[..., Any]) -> Trainable:
+        for name, direction in (metrics or {}).items():
+            if direction not in ("maximize", "minimize"):
+                raise ValueError(f"the direction of metric {name!r} must be 'maximize' or 'minimize'. Got "
+                                 f"{direction!r} instead")
+        return Trainable(name=f"{train.__module__}:{train.__qualname__}", train=train, config_model=config,
+                         metrics=dict(metrics) if metrics is not None else None, evaluate=evaluate, tasks=tuple(tasks),
+                         preprocess=preprocess, model_suffix=model_suffix, save_model=save_model,
+                         load_model=load_model)
+
+    return wrap(function) if function is not None else wrap
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

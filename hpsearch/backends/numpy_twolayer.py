@@ -23,12 +23,12 @@ import numpy as np
 from pydantic import Field, ValidationError
 from threadpoolctl import ThreadpoolController
 
-from hpsearch.backends.base import DivergedError, ModelFileError, TrainResult
+from hpsearch.backends.base import DivergedError, ModelFileError, Trainable, TrainResult
 from hpsearch.validation import UserConfig
 from hpsearch.data import Dataset
 
-__all__ = ["CONFIG_MODEL", "MODEL_SUFFIX", "NumpyConfig", "TwoLayerNet", "cost", "load_model", "lr_at_epoch",
-           "probe", "save_model", "train"]
+__all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "NumpyConfig", "TRAINABLE", "TwoLayerNet", "cost", "evaluate",
+           "load_model", "lr_at_epoch", "probe", "save_model", "train"]
 
 
 class TwoLayerNet:
@@ -102,6 +102,10 @@ class TwoLayerNet:
     def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
         return float((self.predict(X) == y).mean())
 
+    def score(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """Accuracy and mean softmax cross-entropy (without the L2 term) on X (N, D), y (N,), from one pass."""
+        return classification_scores(self.loss(X), y)
+
     @property
     def input_size(self) -> int:
         return int(self.params["W1"].shape[0])
@@ -130,9 +134,9 @@ class TwoLayerNet:
         ``num_iters`` need not be a whole number of epochs; a last partial epoch runs its steps without reporting.
 
         After every epoch the minibatch (train) accuracy of the epoch's last minibatch, measured after its update
-        (CS231n's convention), and the validation accuracy are recorded and ``on_epoch(epoch, metrics)`` is called
-        with ``loss`` (the epoch's mean), ``step_losses`` (every iteration's loss in that epoch), ``train_acc``,
-        ``val_acc``, ``lr`` (the rate used during the epoch) and ``iteration``. A non-finite loss raises
+        (CS231n's convention), the validation accuracy and loss are recorded and ``on_epoch(epoch, metrics)`` is
+        called with ``loss`` (the epoch's mean), ``step_losses`` (every iteration's loss in that epoch),
+        ``train_acc``, ``val_acc``, ``val_loss``, ``lr`` (the rate used during the epoch) and ``iteration``. A non-finite loss raises
         :class:`DivergedError` at once.
 
         X is converted once to a C-contiguous array of the network's dtype; the steps run on :class:`_SGDStep`.
@@ -144,7 +148,7 @@ class TwoLayerNet:
         batch_size = min(batch_size, num_train)
         iterations_per_epoch = num_train // batch_size
         step = _SGDStep(self.params, batch_size)
-        history: dict[str, list[float]] = {"loss_history": [], "train_acc_history": [], "val_acc_history": []}
+        history: dict[str, list[float]] = {"loss_history": [], "train_acc": [], "val_acc": [], "val_loss": []}
         for epoch_start in range(0, num_iters, iterations_per_epoch):
             epoch = epoch_start // iterations_per_epoch
             lr = lr_at_epoch(learning_rate, learning_rate_decay, epoch)
@@ -160,16 +164,18 @@ class TwoLayerNet:
             if steps < iterations_per_epoch:
                 break  # a partial last epoch: no accuracies, no report
             train_acc = self.accuracy(step.X, step.y)
-            val_acc = self.accuracy(X_val, y_val)
-            history["train_acc_history"].append(train_acc)
-            history["val_acc_history"].append(val_acc)
+            val = self.score(X_val, y_val)
+            history["train_acc"].append(train_acc)
+            history["val_acc"].append(val["acc"])
+            history["val_loss"].append(val["loss"])
             if on_epoch is not None:
                 step_losses = history["loss_history"][epoch_start:]
                 on_epoch(epoch, {
                     "loss": float(np.mean(step_losses)),
                     "step_losses": list(step_losses),
                     "train_acc": train_acc,
-                    "val_acc": val_acc,
+                    "val_acc": val["acc"],
+                    "val_loss": val["loss"],
                     "lr": lr,
                     "iteration": epoch_start + steps,
                 })
@@ -281,6 +287,7 @@ class NumpyConfig(UserConfig):
 
 CONFIG_MODEL = NumpyConfig
 PREPROCESS = "center"  # the assignment subtracts the training set's mean image
+METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_acc": "maximize"}
 
 
 @functools.cache
@@ -316,16 +323,32 @@ def train(
             seed=batch_seed,
             on_epoch=on_epoch,
         )
+    loss_history = history.pop("loss_history")
+    val = net.score(X_val, data.y_val)
     return TrainResult(
-        loss_history=history["loss_history"],
-        train_acc_history=history["train_acc_history"],
-        val_acc_history=history["val_acc_history"],
-        val_acc=net.accuracy(X_val, data.y_val),
-        train_acc=net.accuracy(X_train, data.y_train),
+        metrics={"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": net.accuracy(X_train, data.y_train)},
+        history=history,
+        loss_history=loss_history,
         seconds=time.perf_counter() - start,
         config=cfg.model_dump(),
         model=net,
     )
+
+
+def classification_scores(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """``acc`` and ``loss`` (mean softmax cross-entropy) of class scores (N, C) against labels y (N,)."""
+    if len(y) == 0:
+        return {"acc": float("nan"), "loss": float("nan")}
+    scores = np.asarray(scores, dtype=np.float64)
+    shifted = scores - scores.max(axis=1, keepdims=True)  # (N, C)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (N, C)
+    rows = np.arange(len(y))
+    return {"acc": float((scores.argmax(axis=1) == y).mean()), "loss": float(-log_probs[rows, y].mean())}
+
+
+def evaluate(model: TwoLayerNet, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The scores a study reports for a split (the test split, at its end): ``acc`` and ``loss``."""
+    return model.score(np.asarray(X, dtype=model.dtype), y)
 
 
 def cost(config: dict[str, Any], data: Dataset) -> float:
@@ -422,3 +445,10 @@ def blas_threads(batch_size: int, input_size: int, hidden_size: int) -> int | No
     (B=200, D=3072, H=50) is faster on all of them. None means "leave the process's setting alone".
     """
     return 1 if batch_size * input_size * hidden_size < 2_000_000 else None
+
+
+TRAINABLE = Trainable(
+    name="numpy", train=train, config_model=NumpyConfig, metrics=METRICS, evaluate=evaluate, tasks=("classification",),
+    preprocess=PREPROCESS, model_suffix=MODEL_SUFFIX, save_model=save_model, load_model=load_model, probe=probe,
+    cost=cost,
+)

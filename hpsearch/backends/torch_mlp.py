@@ -16,15 +16,16 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from hpsearch.backends.base import DivergedError, ModelFileError, TrainResult
+from hpsearch.backends.base import DivergedError, ModelFileError, Trainable, TrainResult
 from hpsearch.validation import UserConfig
 from hpsearch.data import Dataset
 from hpsearch.errors import UserError
 
-__all__ = ["CONFIG_MODEL", "MODEL_SUFFIX", "PREPROCESS", "TorchConfig", "TorchModel", "build_mlp", "cost",
-           "load_model", "probe", "require", "resolve_device", "save_model", "train"]
+__all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "PREPROCESS", "TRAINABLE", "TorchConfig", "TorchModel",
+           "build_mlp", "cost", "evaluate", "load_model", "probe", "require", "resolve_device", "save_model", "train"]
 
 PREPROCESS = "unit_range"  # the template's Normalize(0.5, 0.5): inputs in [-1, 1]
+METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_acc": "maximize"}
 MODEL_SUFFIX = ".pt"
 INSTALL_HINT = "the torch backend needs PyTorch: pip install 'hpsearch[torch]' (CPU build: torch==2.13.0)"
 
@@ -139,13 +140,17 @@ class TorchModel:
         return int(self.module[0].in_features)
 
 
-def _accuracy(torch: Any, module: Any, X: Any, y: Any, batch: int = 10_000) -> float:
+def _scores(torch: Any, module: Any, X: Any, y: Any, batch: int = 10_000) -> dict[str, float]:
+    """``acc`` and ``loss`` (mean cross-entropy) of the module on tensors X (N, D), y (N,), in eval mode."""
     module.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     with torch.no_grad():
         for start in range(0, len(X), batch):
-            correct += int((module(X[start:start + batch]).argmax(dim=1) == y[start:start + batch]).sum())
-    return correct / max(len(X), 1)
+            scores = module(X[start:start + batch])
+            correct += int((scores.argmax(dim=1) == y[start:start + batch]).sum())
+            loss += float(torch.nn.functional.cross_entropy(scores, y[start:start + batch], reduction="sum"))
+    rows = max(len(X), 1)
+    return {"acc": correct / rows, "loss": loss / rows}
 
 
 def train(
@@ -185,8 +190,7 @@ def train(
     n = len(X)
     rows = n - 1 if cfg.batch_norm and n % cfg.batch_size == 1 else n  # rows trained on per epoch
     loss_history: list[float] = []
-    train_acc_history: list[float] = []
-    val_acc_history: list[float] = []
+    history: dict[str, list[float]] = {"train_acc": [], "val_acc": [], "val_loss": []}
     for epoch in range(cfg.num_epochs):
         module.train()
         order = torch.randperm(n, generator=generator).to(device)
@@ -206,26 +210,33 @@ def train(
             raise DivergedError(len(loss_history) + int(bad[0]), float(losses[bad[0]]))
         loss_history.extend(float(v) for v in losses)
         train_acc = int(correct) / rows
-        val_acc = _accuracy(torch, module, X_val, y_val)
-        train_acc_history.append(train_acc)
-        val_acc_history.append(val_acc)
+        val = _scores(torch, module, X_val, y_val)
+        for name, value in (("train_acc", train_acc), ("val_acc", val["acc"]), ("val_loss", val["loss"])):
+            history[name].append(value)
         if on_epoch is not None:
             on_epoch(epoch, {"loss": float(losses.mean()), "step_losses": [float(v) for v in losses],
-                             "train_acc": train_acc, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                             "iteration": len(loss_history)})
+                             "train_acc": train_acc, "val_acc": val["acc"], "val_loss": val["loss"],
+                             "lr": optimizer.param_groups[0]["lr"], "iteration": len(loss_history)})
         schedule.step()
     model = TorchModel(module, device)
     resolved = {**cfg.model_dump(), "hidden_sizes": cfg.layers(), "num_layers": None, "width": None}
+    val = _scores(torch, module, X_val, y_val)
     return TrainResult(
+        metrics={"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": _scores(torch, module, X, y)["acc"]},
+        history=history,
         loss_history=loss_history,
-        train_acc_history=train_acc_history,
-        val_acc_history=val_acc_history,
-        val_acc=_accuracy(torch, module, X_val, y_val),
-        train_acc=_accuracy(torch, module, X, y),
         seconds=time.perf_counter() - start,
         config=resolved,
         model=model,
     )
+
+
+def evaluate(model: TorchModel, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The scores a study reports for a split (the test split, at its end): ``acc`` and ``loss``."""
+    torch = require()
+    X_t = torch.as_tensor(X, dtype=torch.float32, device=model.device)
+    y_t = torch.as_tensor(y, dtype=torch.long, device=model.device)
+    return _scores(torch, model.module, X_t, y_t)
 
 
 def cost(config: dict[str, Any], data: Dataset) -> float:
@@ -290,3 +301,10 @@ def load_model(path: str | Path) -> tuple[TorchModel, dict[str, Any]]:
     module = build()
     module.load_state_dict(state)
     return TorchModel(module, "cpu"), config
+
+
+TRAINABLE = Trainable(
+    name="torch", train=train, config_model=TorchConfig, metrics=METRICS, evaluate=evaluate, tasks=("classification",),
+    preprocess=PREPROCESS, model_suffix=MODEL_SUFFIX, save_model=save_model, load_model=load_model, probe=probe,
+    cost=cost, require=require,
+)

@@ -87,29 +87,35 @@ class MlflowLogger(Mending):
             self._metric(run_id, "loss", loss, first + i)
         if not losses:
             self._metric(run_id, "loss", metrics.get("loss"), epoch)
-        for key in ("train_acc", "val_acc", "lr"):
-            self._metric(run_id, key, metrics.get(key), epoch)
+        for key, value in metrics.items():  # whatever else the trainable reports, by its own names
+            if key not in ("loss", "step_losses", "iteration"):
+                self._metric(run_id, key, value, epoch)
 
     def on_trial_end(self, phase: PhaseSpec, trial: Any, result: Any, reason: str | None,
                      progress: dict[str, Any]) -> None:
         run_id = self._trial_runs.pop(trial.trial_id, None)
         if run_id is not None:
             if result is not None:
-                self._metric(run_id, "final_val_acc", result.val_acc, 0)
-                self._metric(run_id, "final_train_acc", result.train_acc, 0)
+                for name, value in result.metrics.items():
+                    self._metric(run_id, f"final_{name}", value, 0)
                 self._metric(run_id, "seconds", result.seconds, 0)
+            if trial.traceback:
+                self._safe("logging the traceback",
+                           lambda: self.client.log_text(run_id, trial.traceback, "traceback.txt"))
             self._end_trial_run(run_id, trial.state, reason)
         self._log_progress(phase, progress)
 
     def _log_progress(self, phase: PhaseSpec, progress: dict[str, Any]) -> None:
         phase_run = self._phase_runs.get(phase.name)
         if phase_run is not None:
-            self._metric(phase_run, "best_val_acc", progress.get("best_value"), progress.get("done", 0))
+            self._metric(phase_run, f"best_{self.spec.objective.metric}", progress.get("best_value"),
+                         progress.get("done", 0))
             self._metric(phase_run, "trials_done", progress.get("done"), progress.get("done", 0))
             self._send(phase_run)
         if self._study_run is not None:
             self._study_steps += 1
-            self._metric(self._study_run, "best_val_acc", progress.get("study_best_value"), self._study_steps)
+            self._metric(self._study_run, f"best_{self.spec.objective.metric}", progress.get("study_best_value"),
+                         self._study_steps)
             self._send(self._study_run)
 
     def on_trial_reaped(self, phase: PhaseSpec, trial: Any, reason: str) -> None:

@@ -98,14 +98,14 @@ class Mending(MlflowBase):
             return  # its worker created it meanwhile and logs it
         history = row.get("epoch_history") or {}
         iterations = history.get("iteration") or []
-        for epoch in range(len(history.get("val_acc") or [])):
-            for key in ("train_acc", "val_acc", "lr"):
-                self._metric(run_id, key, (history.get(key) or [None] * (epoch + 1))[epoch], epoch)
-            # only the epoch's mean loss survives in the storage; it is logged at the epoch's last iteration
-            step = iterations[epoch] if epoch < len(iterations) else epoch
-            self._metric(run_id, "loss", (history.get("loss") or [None] * (epoch + 1))[epoch], step)
+        for key, values in history.items():
+            for epoch, value in enumerate(values or []):
+                if key == "loss":  # only the epoch's mean loss survives in the storage: at the epoch's last iteration
+                    self._metric(run_id, key, value, iterations[epoch] if epoch < len(iterations) else epoch)
+                elif key != "iteration":
+                    self._metric(run_id, key, value, epoch)
         if row["state"] == "COMPLETE":
-            self._metric(run_id, "final_val_acc", row["value"], 0)
+            self._metric(run_id, f"final_{self.spec.objective.metric}", row["value"], 0)
         if row.get("duration_seconds") is not None:
             self._metric(run_id, "seconds", row["duration_seconds"], 0)
         config = resolved_config(self.spec, row["params"])
@@ -116,7 +116,6 @@ class Mending(MlflowBase):
     def _log_study_artifacts(self, run_id: str, report: StudyReport) -> None:
         from mlflow.entities import Metric, RunTag
 
-        from hpsearch.backends import get_backend
         from hpsearch.report import write_report
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -126,13 +125,17 @@ class Mending(MlflowBase):
             best = report.best
             if best is None or report.best_result is None:
                 return
-            backend = get_backend(self.spec.model.backend)
-            model_file = Path(tmp) / f"best_model{backend.MODEL_SUFFIX}"
-            backend.save_model(report.best_result.model, report.best_result.config, model_file)
-            self._safe("logging the best model", lambda: self.client.log_artifact(run_id, str(model_file), "model"))
-            metrics = [Metric("best_val_acc_final", best["value"], _now_ms(), 0)]
-            if best.get("test_acc") is not None:
-                metrics.append(Metric("test_acc", best["test_acc"], _now_ms(), 0))
+            trainable = self.spec.trainable
+            if trainable.save_model is not None and report.best_result.model is not None:
+                model_file = Path(tmp) / f"best_model{trainable.model_suffix or ''}"
+                trainable.save_model(report.best_result.model, report.best_result.config, model_file)
+                self._safe("logging the best model",
+                           lambda: self.client.log_artifact(run_id, str(model_file), "model"))
+            final = f"best_{self.spec.objective.metric}_final"
+            metrics = [Metric(final, best["value"], _now_ms(), 0)]
+            for key, value in best.items():
+                if key.startswith("test_") and key != "test_metric" and value is not None:
+                    metrics.append(Metric(key, value, _now_ms(), 0))
             tags = [RunTag("best_phase", best["phase"]), RunTag("best_trial", str(best["trial"])),
                     RunTag("best_config", json.dumps(best["config"])[:5000])]
             self._safe("logging the result", lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags))
@@ -140,5 +143,4 @@ class Mending(MlflowBase):
             status = next((p for p in report.summary.get("phases", []) if p["phase"] == phase_name), None)
             if status and status.get("best_value") is not None:
                 self._safe("logging a phase result", lambda phase_run=phase_run, status=status:
-                           self.client.log_batch(phase_run, metrics=[
-                               Metric("best_val_acc_final", status["best_value"], _now_ms(), 0)]))
+                           self.client.log_batch(phase_run, metrics=[Metric(final, status["best_value"], _now_ms(), 0)]))

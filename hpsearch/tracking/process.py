@@ -181,14 +181,12 @@ class MlflowTracker(StudyListener):
 
     def saved_model(self, state: SharedState) -> Path | None:
         """The study run's best model in a local artifact store, once the study logged it."""
-        from hpsearch.backends import get_backend
-
         logger = MlflowLogger(self.spec, self.uri)
         run_id = state.get_or_create(logger._key(self.spec.name), lambda: None)
         location = _artifact_location(self.uri)
-        if not run_id or location is None:
+        suffix = self.spec.trainable.model_suffix
+        if not run_id or location is None or suffix is None:
             return None
-        suffix = get_backend(self.spec.model.backend).MODEL_SUFFIX
         experiments = Path(location.removeprefix("file://"))
         path = experiments / run_id / "artifacts" / "model" / f"best_model{suffix}"
         return path if path.is_file() else None

@@ -102,7 +102,7 @@ def test_each_epoch_walks_a_fresh_permutation(rng, monkeypatch):
     net = TwoLayerNet(4, 5, 3, seed=0)
     history = net.train(X, y, X, y, num_iters=6, batch_size=3, seed=0)
     # 10 rows / batch 3 -> 3 iterations per epoch, the 10th row of each permutation left out of that epoch
-    assert len(history["val_acc_history"]) == 2
+    assert len(history["val_acc"]) == 2
     epochs = [np.concatenate(batches[:3]), np.concatenate(batches[3:])]
     assert all(len(set(rows)) == 9 for rows in epochs)
     assert not np.array_equal(epochs[0], epochs[1])
@@ -112,7 +112,7 @@ def test_batch_larger_than_the_training_set_is_the_whole_set(rng):
     X, y = rng.standard_normal((7, 4)), rng.integers(0, 3, size=7)
     net = TwoLayerNet(4, 5, 3, seed=0)
     history = net.train(X, y, X, y, num_iters=3, batch_size=50, seed=0)
-    assert len(history["loss_history"]) == len(history["train_acc_history"]) == 3
+    assert len(history["loss_history"]) == len(history["train_acc"]) == 3
 
 
 def test_initial_loss_is_log_of_class_count(rng):
@@ -148,7 +148,7 @@ def test_train_records_one_accuracy_per_epoch_and_decays_lr(blobs):
                         on_epoch=lambda epoch, metrics: epochs.append((epoch, metrics)))
     # 500 samples / batch 100 -> 5 iterations per epoch, 25 iterations -> 5 epochs
     assert len(history["loss_history"]) == 25
-    assert len(history["train_acc_history"]) == len(history["val_acc_history"]) == 5
+    assert len(history["train_acc"]) == len(history["val_acc"]) == 5
     assert [e for e, _ in epochs] == [0, 1, 2, 3, 4]
     assert [m["lr"] for _, m in epochs] == [0.1 * 0.5**k for k in range(5)]
     assert [len(m["step_losses"]) for _, m in epochs] == [5] * 5

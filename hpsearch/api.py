@@ -1,0 +1,164 @@
+"""hpsearch from Python, for notebooks and scripts: load a spec, run it, read its result.
+
+    import hpsearch
+
+    result = hpsearch.run("studies/quickstart.yaml")           # or a dict, the same keys as the YAML
+    result.best_config, result.best_value, result.test_scores  # the winner
+    result.trials                                              # one dict per trial: pandas.DataFrame(result.trials)
+
+The same storage, resume and tracking as the command line, which is a thin layer over these functions: running a
+finished study again returns its result without training; an interrupted one resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from hpsearch.errors import SpecError
+from hpsearch.spec import StudySpec, apply_override, build_spec, load_spec, parse_override
+
+__all__ = ["StudyResult", "driver", "load", "run", "status", "trials"]
+
+def load(spec: str | Path | Mapping[str, Any] | StudySpec, *, overrides: list[str] | None = None,
+         allow_import: bool | None = None, base_dir: str | Path | None = None) -> StudySpec:
+    """A validated spec from a YAML file, a mapping (``base_dir``, default the working directory, is then where
+    relative data paths and the user's modules are found), or a spec already loaded.
+
+    overrides: ``KEY.PATH=VALUE`` strings, as ``--set`` takes them. allow_import: see ``--allow-import``
+    (None: ``$HPSEARCH_ALLOW_IMPORT``). Raises :class:`hpsearch.errors.SpecError` with a one-line message.
+    """
+    if isinstance(spec, StudySpec):
+        if overrides:
+            raise SpecError("overrides apply to a spec file or mapping, not to a loaded StudySpec.")
+        return spec
+    if isinstance(spec, Mapping):
+        from hpsearch.plugins import allow_import_from_env
+
+        raw = dict(spec)
+        for item in overrides or []:
+            path, value = parse_override(item)
+            apply_override(raw, path, value, item)
+        allowed = allow_import_from_env() if allow_import is None else allow_import
+        return build_spec(raw, "<dict>", Path(base_dir) if base_dir is not None else Path.cwd(), allowed)
+    return load_spec(spec, overrides, allow_import)
+
+
+def driver(study: StudySpec, *, storage: str | None = None, tracking: bool = False, tracking_uri: str | None = None,
+           writable: bool = True, echo: Callable[[str], None] | None = None, **kwargs: Any) -> Any:
+    """The study's :class:`~hpsearch.driver.Driver` on its resolved storage, with MLflow tracking attached when
+    ``tracking`` and the spec leaves it enabled. ``writable=False`` creates neither a storage folder nor a database."""
+    from hpsearch.driver import Driver
+    from hpsearch.storage import refuse_foreign_database, register_secret_url, resolve_storage_url
+
+    echo = echo or _stderr
+    url = resolve_storage_url(storage, study.storage, study.name, writable=writable)
+    refuse_foreign_database(url)
+    listener = None
+    if tracking:
+        from hpsearch.tracking import MlflowTracker, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(study, url, tracking_uri)
+        register_secret_url(uri)
+        listener = MlflowTracker(study, uri, echo=echo) if uri else None
+    return Driver(study, url, echo=echo, listener=listener, **kwargs)
+
+
+@dataclass
+class StudyResult:
+    """What a run of a study ended with.
+
+    best_*: the winning trial (None before any trial completed). test_scores: the winner's scores on the test split
+    (``test_acc``, ...), measured once when the study completes. trials: one dict per trial (phase, number, state,
+    value, params, metrics, failure, ...). summary: what ``hpsearch run --json`` prints.
+    """
+
+    study: str
+    complete: bool
+    metric: str
+    direction: str
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_config: dict[str, Any] | None
+    best_seed: int | None
+    test_scores: dict[str, float]
+    trials: list[dict[str, Any]]
+    summary: dict[str, Any] = field(repr=False)
+    storage: str = ""
+
+    @property
+    def test_value(self) -> float | None:
+        """The winner's test score on the objective's metric (``test_acc`` for ``val_acc``), if measured."""
+        best = self.summary.get("best") or {}
+        return best.get(best.get("test_metric", ""))
+
+
+def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None, tracking: bool = True,
+        tracking_uri: str | None = None, phase: str | None = None, timeout: float | None = None,
+        max_trials: int | None = None, force_new_phase: bool = False, overrides: list[str] | None = None,
+        allow_import: bool | None = None, echo: Callable[[str], None] | None = None,
+        interruption: Any = None) -> StudyResult:
+    """Run the study's phases in order (``hpsearch run``); call it again to resume.
+
+    echo: where progress lines go (default stderr). Ctrl-C raises KeyboardInterrupt after the running trial is
+    marked failed (it is retried on the next run). Bad input raises :class:`hpsearch.errors.UserError`.
+    """
+    import time
+
+    from hpsearch.driver import Budget
+    from hpsearch.interrupt import Interruption
+    from hpsearch.storage import mask_url
+
+    study = load(spec, overrides=overrides, allow_import=allow_import)
+    own = interruption is None
+    interruption = interruption or Interruption()
+    with interruption.installed() if own else contextlib.nullcontext():
+        work = driver(study, storage=storage, tracking=tracking, tracking_uri=tracking_uri, echo=echo,
+                      force_new_phase=force_new_phase, interruption=interruption)
+        started = time.perf_counter()
+        summary = work.run(Budget(timeout=timeout, max_trials=max_trials), only_phase=phase)
+        interruption.check()  # a signal during the study's last steps still means "interrupted"
+    summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+    tracker = work.listener
+    summary["tracking"] = None
+    if hasattr(tracker, "uri"):
+        model = tracker.saved_model(work.phases.shared()) if summary["complete"] else None
+        summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
+                               "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}
+    return _result(study, work, summary)
+
+
+def status(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None,
+           overrides: list[str] | None = None, allow_import: bool | None = None) -> StudyResult:
+    """The study as stored (``hpsearch status``), without running anything."""
+    study = load(spec, overrides=overrides, allow_import=allow_import)
+    work = driver(study, storage=storage, writable=False)
+    return _result(study, work, work.status())
+
+
+def trials(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None,
+           overrides: list[str] | None = None, allow_import: bool | None = None) -> list[dict[str, Any]]:
+    """Every stored trial of every phase, one dict each (``hpsearch export``)."""
+    study = load(spec, overrides=overrides, allow_import=allow_import)
+    return driver(study, storage=storage, writable=False).trials()
+
+
+def _result(study: StudySpec, work: Any, summary: dict[str, Any]) -> StudyResult:
+    from hpsearch.storage import mask_url
+
+    best = summary.get("best") or {}
+    return StudyResult(
+        study=study.name, complete=bool(summary.get("complete")), metric=study.objective.metric,
+        direction=study.objective.direction or "maximize", best_value=best.get("value"),
+        best_params=best.get("params"), best_config=best.get("config"), best_seed=best.get("seed"),
+        test_scores={k: v for k, v in best.items() if k.startswith("test_") and k != "test_metric"},
+        trials=work.trials(), summary=summary, storage=mask_url(work.url),
+    )
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
