@@ -34,7 +34,7 @@ def context_of(spec: StudySpec, fingerprint: str) -> dict[str, Any]:
     return json.loads(json.dumps({
         "seed": spec.seed,
         "data": spec.data.model_dump(exclude={"path"}),
-        "model": spec.model.model_dump(),
+        "model": spec.model.model_dump(exclude={"path"}),  # where the code lives is no part of what it means
         "defaults": resolved_config(spec),  # the backend's own values written out or not: the same context
         "objective": spec.objective.model_dump(),
         "data_fingerprint": fingerprint,
@@ -46,6 +46,8 @@ def describe_changes(stored: Any, current: Any, path: str = "") -> list[str]:
         changes = []
         for key in sorted(set(stored) | set(current), key=str):
             where = f"{path}.{key}" if path else str(key)
+            if stored.get(key, current.get(key)) is None and current.get(key, stored.get(key)) is None:
+                continue  # an option left unset is the same as one a study's older version did not know
             if key not in current:
                 changes.append(f"{where}: removed (was {json.dumps(stored[key])})")
             elif key not in stored:

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from hpsearch.data import DATASETS
 from hpsearch.errors import SpecError
-from hpsearch.plugins import allow_import_from_env
+from hpsearch.plugins import allow_import_from_env, is_reference
 from hpsearch.validation import UserConfig
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class DataSpec(_Strict):
     num_val: int | None = Field(None, gt=0)
     num_test: int | None = Field(None, ge=0)
     dtype: Literal["float32", "float64"] = "float32"
-    preprocess: Literal["center", "unit_range"] | None = None  # None: what the backend expects
+    preprocess: Literal["center", "unit_range", "none"] | None = None  # None: what the backend expects
     seed: int = Field(0, ge=0, lt=SEED_BOUND)  # the shuffle of digits and the draw of synthetic data, not training
     options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific (synthetic: num_classes, num_features)
 
@@ -139,6 +139,7 @@ class DataSpec(_Strict):
 
 class ModelSpec(_Strict):
     backend: str = Field("numpy", min_length=1)  # a registered name (numpy, torch, ...) or 'package.module:function'
+    path: str | None = None  # the folder a 'module:function' backend is imported from; default: the spec's folder
 
 
 class ObjectiveSpec(_Strict):
@@ -300,8 +301,8 @@ class StudySpec(_Strict):
         """What ``model.backend`` names: imported once per process."""
         from hpsearch.backends import load_trainable
 
-        return load_trainable(self.model.backend, where=f"{self.source}: model.backend", base_dir=self.base_dir,
-                              allow_import=self.allow_import)
+        return load_trainable(self.model.backend, where=f"{self.source}: model.backend",
+                              base_dir=self.model.path or self.base_dir, allow_import=self.allow_import)
 
     def config(self, **params: Any) -> dict[str, Any]:
         """The full configuration for a trial: ``defaults`` overridden by ``params``."""
@@ -433,6 +434,8 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
         raise SpecError(validation_message(source, exc)) from None
     if spec.data.path is not None and not _expand_user(spec.data.path, source).is_absolute():
         spec.data.path = str((base_dir / spec.data.path).resolve())
+    if spec.model.path is not None:
+        spec.model.path = str((base_dir / _expand_user(spec.model.path, source)).resolve())
     _validate_data_options(spec)
     _validate_objective(spec)
     _validate_backend_params(spec)
@@ -519,7 +522,9 @@ def best_fragment(spec: StudySpec, best: dict[str, Any]) -> dict[str, Any]:
         "name": f"{spec.name}-best",
         "seed": best["seed"],
         "data": spec.data.model_dump(exclude_none=True),
-        "model": spec.model.model_dump(),
+        # the trainable's code stays where it is, wherever the fragment is written
+        "model": {**spec.model.model_dump(exclude_none=True),
+                  **({"path": spec.base_dir} if is_reference(spec.model.backend) and not spec.model.path else {})},
         "defaults": best["config"],
         "objective": spec.objective.model_dump(),
         "provenance": {

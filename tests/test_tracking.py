@@ -44,7 +44,7 @@ def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, 
     result = runner.invoke(app, ["run", str(study)])
     assert result.exit_code == 0, result.output
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
-    assert f"mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in result.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in result.stdout
     kinds = runs_by_kind(uri)
     (study_run,) = kinds["study"]
     phases = {run.data.tags["hpsearch.phase"]: run for run in kinds["phase"]}

@@ -134,7 +134,8 @@ class Trainable:
         returned = self.train(config, data, seed=seed, on_epoch=record)
         seconds = time.perf_counter() - start
         if isinstance(returned, TrainResult):
-            return returned
+            return replace(returned, history=returned.history or history, seconds=returned.seconds or seconds,
+                           config=returned.config or dict(config))
         if not isinstance(returned, Mapping):
             raise TrainableError(f"the trainable {self.name} returned {type(returned).__name__}; it must return a "
                                  "TrainResult or a mapping of metric names to numbers")

@@ -69,7 +69,7 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-PREPROCESSING = ("center", "unit_range")
+PREPROCESSING = ("center", "unit_range", "none")
 
 
 def split_and_preprocess(
@@ -113,6 +113,8 @@ def split_and_preprocess(
 
     def prepare(rows: np.ndarray) -> np.ndarray:
         out = rows if rows is X_train else rows.reshape(len(rows), -1).astype(dtype)  # X_train is a copy already
+        if preprocess == "none":
+            return out
         out -= np.asarray(shift, dtype=dtype)
         if scale != 1.0:
             out *= np.asarray(scale, dtype=dtype)
