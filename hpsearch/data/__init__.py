@@ -7,6 +7,7 @@ Every loader returns a :class:`Dataset` with the same splits and preprocessing i
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from pydantic import Field
 from hpsearch.errors import DataError
 from hpsearch.validation import UserConfig
 
-__all__ = ["DATASETS", "DATASET_OPTIONS", "PREPROCESSING", "Dataset", "load_dataset", "split_and_preprocess"]
+__all__ = ["DATASETS", "DATASET_OPTIONS", "PREPROCESSING", "TASKS", "Dataset", "load_dataset", "split_and_preprocess"]
 
 DATASETS = ("cifar10", "digits", "synthetic")
+TASKS = ("classification", "regression")
 
 
 class NoOptions(UserConfig):
@@ -40,10 +42,15 @@ DATASET_OPTIONS: dict[str, type[NoOptions]] = {"cifar10": NoOptions, "digits": N
 
 @dataclass(frozen=True)
 class Dataset:
-    """Preprocessed splits, rows are samples: X_* of shape (N, D), y_* integer labels of shape (N,).
+    """Preprocessed splits, rows are samples: X_* of shape (N, D), y_* targets of shape (N,).
 
     X_test and y_test are None when the source has no test split.
+    num_classes: C, the labels' range, for classification; 0 for regression.
     fingerprint: a short hash of the raw arrays, so a result can name the data it came from.
+    task: ``classification`` (y_* int64 labels 0..C-1) or ``regression`` (y_* float64). The built-in backends
+        train classifiers only; a trainable that takes regression targets says so.
+    sample_shape: one sample before it was flattened into a row, in the row's own order: D = prod(sample_shape).
+        A trainable that wants images does ``X.reshape(-1, *data.sample_shape)``. Left out: (D,).
     """
 
     name: str
@@ -55,6 +62,14 @@ class Dataset:
     y_test: np.ndarray | None
     num_classes: int
     fingerprint: str
+    task: str = "classification"
+    sample_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.sample_shape:  # frozen: the default is filled in once, here
+            object.__setattr__(self, "sample_shape", (self.input_size,))
+        if math.prod(self.sample_shape) != self.input_size:
+            raise ValueError(f"sample_shape {self.sample_shape} does not hold the {self.input_size} values of a row")
 
     @property
     def input_size(self) -> int:
@@ -69,7 +84,7 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-PREPROCESSING = ("center", "unit_range")
+PREPROCESSING = ("center", "unit_range", "none")
 
 
 def split_and_preprocess(
@@ -86,14 +101,18 @@ def split_and_preprocess(
     source: str,
     preprocess: str = "center",
     value_range: tuple[float, float] | None = None,
+    task: str = "classification",
+    sample_shape: tuple[int, ...] = (),
 ) -> Dataset:
-    """The assignment's split, then one of two preprocessings.
+    """The assignment's split, then one of the preprocessings.
 
     The first ``num_train`` rows train, the next ``num_val`` validate; the test split is the first ``num_test``
     rows of the separate test set. Every split is flattened to (N, D) and cast to ``dtype``; then
     ``center`` subtracts the training split's mean image (the NumPy assignment), ``unit_range`` maps the data's
     value range (0..255 for CIFAR-10 pixels; the training split's min..max without one) onto [-1, 1] (the PyTorch
-    template's ``Normalize(0.5, 0.5)``).
+    template's ``Normalize(0.5, 0.5)``), ``none`` leaves the values as they are.
+    Labels become int64 for classification, targets float64 for regression (``num_classes`` 0).
+    sample_shape: one sample's shape; left out, that of ``X``'s rows (``X.shape[1:]``) before flattening.
     """
     if preprocess not in PREPROCESSING:
         raise DataError(f"{source}: preprocess must be one of {', '.join(PREPROCESSING)}. Got {preprocess!r} instead.")
@@ -103,9 +122,12 @@ def split_and_preprocess(
         raise DataError(
             f"{source}: num_train + num_val = {num_train + num_val} exceeds the {len(X)} labelled examples available."
         )
+    sample_shape = sample_shape or tuple(X.shape[1:])
     X = X.reshape(len(X), -1)
     X_train = X[:num_train].astype(dtype)
-    if preprocess == "center":
+    if preprocess == "none":
+        shift, scale = 0.0, 1.0
+    elif preprocess == "center":
         shift, scale = X_train.mean(axis=0), 1.0  # (D,)
     else:
         low, high = value_range if value_range is not None else (float(X_train.min()), float(X_train.max()))
@@ -113,25 +135,29 @@ def split_and_preprocess(
 
     def prepare(rows: np.ndarray) -> np.ndarray:
         out = rows if rows is X_train else rows.reshape(len(rows), -1).astype(dtype)  # X_train is a copy already
-        out -= np.asarray(shift, dtype=dtype)
+        if preprocess != "none":
+            out -= np.asarray(shift, dtype=dtype)
         if scale != 1.0:
             out *= np.asarray(scale, dtype=dtype)
         return out
 
+    y_dtype = np.int64 if task == "classification" else np.float64
     X_te = y_te = None
     if X_test is not None and y_test is not None and num_test > 0:
         X_te = prepare(X_test[:num_test])
-        y_te = np.asarray(y_test[:num_test], dtype=np.int64)
+        y_te = np.asarray(y_test[:num_test], dtype=y_dtype)
     return Dataset(
         name=name,
         X_train=prepare(X_train),
-        y_train=np.asarray(y[:num_train], dtype=np.int64),
+        y_train=np.asarray(y[:num_train], dtype=y_dtype),
         X_val=prepare(X[num_train:num_train + num_val]),
-        y_val=np.asarray(y[num_train:num_train + num_val], dtype=np.int64),
+        y_val=np.asarray(y[num_train:num_train + num_val], dtype=y_dtype),
         X_test=X_te,
         y_test=y_te,
-        num_classes=num_classes,
+        num_classes=num_classes if task == "classification" else 0,
         fingerprint=fingerprint(X, y) if X_test is None else fingerprint(X, y, X_test, y_test),
+        task=task,
+        sample_shape=sample_shape,
     )
 
 
