@@ -2,6 +2,9 @@
 
 Every loader returns a :class:`Dataset` with the same splits and preprocessing interface:
 ``load_dataset(name, path=..., num_train=..., num_val=..., num_test=..., dtype=..., seed=...)``.
+
+Built in: ``digits``, ``synthetic``, ``cifar10``. A user's own data: ``arrays`` (an ``.npz`` file) and ``csv`` (a
+table with a header row); see :mod:`hpsearch.data.arrays` and :mod:`hpsearch.data.table` for their contracts.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -18,9 +21,11 @@ from pydantic import Field
 from hpsearch.errors import DataError
 from hpsearch.validation import UserConfig
 
-__all__ = ["DATASETS", "DATASET_OPTIONS", "PREPROCESSING", "TASKS", "Dataset", "load_dataset", "split_and_preprocess"]
+__all__ = ["DATASETS", "DATASET_OPTIONS", "PREPROCESSING", "TASKS", "Dataset", "load_dataset", "options_model",
+           "split_and_preprocess"]
 
-DATASETS = ("cifar10", "digits", "synthetic")
+DATASETS = ("cifar10", "digits", "synthetic", "arrays", "csv")
+FILE_DATASETS = ("arrays", "csv")  # the user's own data in a file: data.path is required
 TASKS = ("classification", "regression")
 
 
@@ -36,8 +41,20 @@ class SyntheticOptions(NoOptions):
     spread: float = Field(1.0, ge=0, le=1e6)
 
 
+class FileOptions(NoOptions):
+    """``data.options`` of the user's own data (``arrays``, ``csv``): the task, when the targets do not tell."""
+
+    task: Literal["classification", "regression"] | None = None
+
+
 DATASET_OPTIONS: dict[str, type[NoOptions]] = {"cifar10": NoOptions, "digits": NoOptions,
-                                                "synthetic": SyntheticOptions}
+                                                "synthetic": SyntheticOptions, "arrays": FileOptions,
+                                                "csv": FileOptions}
+
+
+def options_model(dataset: str) -> type[NoOptions]:
+    """The model that ``data.options`` of ``dataset`` must fit."""
+    return DATASET_OPTIONS[dataset]
 
 
 @dataclass(frozen=True)
@@ -171,9 +188,13 @@ def load_dataset(
     dtype: str = "float32",
     seed: int = 0,
     preprocess: str = "center",
+    target: str | None = None,
     **options: Any,
 ) -> Dataset:
-    """Load dataset ``name`` with the given split sizes (None: the dataset's own default)."""
+    """Load dataset ``name`` with the given split sizes (None: the dataset's own default).
+
+    target: the label column of a ``csv`` dataset.
+    """
     sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "dtype": dtype,
              "preprocess": preprocess}
     if name == "cifar10":
@@ -188,4 +209,11 @@ def load_dataset(
         from hpsearch.data import synthetic
 
         return synthetic.load(seed=seed, **sizes, **options)
+    if name in FILE_DATASETS:  # the user's own data
+        from hpsearch.data import arrays, table
+
+        split = arrays.Split(seed=seed, **sizes)
+        if name == "arrays":
+            return arrays.load(path, split, **options)
+        return table.load(path, target, split, **options)
     raise DataError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}.")
