@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_v
 from hpsearch.backends import BACKENDS
 from hpsearch.data import DATASETS, FILE_DATASETS
 from hpsearch.errors import SpecError
+from hpsearch.plugins import is_reference, is_well_formed
 from hpsearch.validation import UserConfig
 
 __all__ = ["StudySpec", "PhaseSpec", "ParamSpec", "DerivedGrid", "load_spec", "parse_override", "yaml_load"]
@@ -118,7 +119,7 @@ def _one_of(value: str, known: Any) -> str:
 
 
 class DataSpec(_Strict):
-    dataset: str = "digits"
+    dataset: str = "digits"  # a built-in name, or a loader of the user's: 'package.module:function'
     path: str | None = None  # relative paths are relative to the spec file's folder
     target: str | None = None  # csv: the column to predict
     num_train: int | None = Field(None, gt=0)
@@ -132,7 +133,11 @@ class DataSpec(_Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return _one_of(value, DATASETS)
+        if is_reference(value):
+            if not is_well_formed(value):
+                raise ValueError(f"must be 'package.module:function' with Python names. Got {value!r} instead")
+            return value
+        return _one_of(value, (*DATASETS, "'package.module:function'"))
 
 
 class ModelSpec(_Strict):
@@ -457,7 +462,7 @@ def _expand_user(path: str, source: str) -> Path:
 
 def _validate_data(spec: StudySpec) -> None:
     """What one field of ``data`` cannot check alone: ``path`` and ``target`` for the user's files, ``options``
-    against the dataset's own options (digits and cifar10 take none)."""
+    against the dataset's own options (digits and cifar10 take none; a loader's are its own, but ``task``)."""
     from hpsearch.data import options_model
 
     data, source = spec.data, spec.source
@@ -469,6 +474,11 @@ def _validate_data(spec: StudySpec) -> None:
     if data.dataset != "csv" and data.target is not None:
         raise SpecError(f"{source}: data.target names the column to predict of a csv table; the {data.dataset} "
                         "dataset takes none.")
+    if is_reference(data.dataset):
+        passed = [key for key in ("seed", "path") if key in data.options]
+        if passed:
+            raise SpecError(f"{source}: data.options.{passed[0]} is passed to the loader from data.{passed[0]}; set "
+                            "that instead.")
     model = options_model(data.dataset)
     try:
         model(**data.options)

@@ -23,7 +23,8 @@ def load_data(spec: StudySpec) -> Dataset:
         backend.require()  # e.g. torch: one clear line when it is not installed
     return load_dataset(
         d.dataset, path=d.path, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
-        dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or backend.PREPROCESS, target=d.target, **d.options,
+        dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or backend.PREPROCESS, target=d.target,
+        base_dir=getattr(spec, "base_dir", None), allow_import=getattr(spec, "allow_import", False), **d.options,
     )
 
 

@@ -178,8 +178,14 @@ def test_synthetic_options_reach_the_data(tmp_path):
          "data.options.task must be 'classification' or 'regression'. Got 'ranking' instead."),
         (["data.dataset=csv", "data.target=y", "data.options={num_classes: 3}"],
          "data.options.num_classes is not an option of the csv dataset; it takes task."),
-        (["data.dataset=mnist"], "data.dataset must be one of cifar10, digits, synthetic, arrays, csv. Got 'mnist' "
-                                 "instead."),
+        (["data.dataset=my-data:load"],
+         "data.dataset must be 'package.module:function' with Python names. Got 'my-data:load' instead."),
+        (["data.dataset=mnist"], "data.dataset must be one of cifar10, digits, synthetic, arrays, csv, "
+                                 "'package.module:function'. Got 'mnist' instead."),
+        (["data.dataset=mydata:load", "data.options={path: raw}"],
+         "data.options.path is passed to the loader from data.path; set that instead."),
+        (["data.dataset=mydata:load", "data.options={task: [1]}"],
+         "data.options.task must be 'classification' or 'regression'. Got [1] instead."),
     ],
 )
 def test_user_data_is_checked_when_the_spec_loads(tmp_path, overrides, expected):
@@ -194,6 +200,10 @@ def test_user_data_specs_that_load(tmp_path):
                                                  "options: {task: regression}, preprocess: none}"])
     assert (table.data.target, table.data.options, table.data.preprocess) == ("label", {"task": "regression"}, "none")
     assert table.data.path == str(tmp_path / "t.csv")
+    loader = load_spec(write(tmp_path, MINIMAL.replace("path: blobs", "path: raw, dataset: mydata.io:load_it")
+                             .replace("dataset: synthetic, ", "")), ["data.options={rows: 5, task: regression}"])
+    assert (loader.data.dataset, loader.data.path) == ("mydata.io:load_it", str(tmp_path / "raw"))
+    assert loader.data.options == {"rows": 5, "task": "regression"}
 
 
 yaml_text = st.recursive(

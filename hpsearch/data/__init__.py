@@ -3,8 +3,9 @@
 Every loader returns a :class:`Dataset` with the same splits and preprocessing interface:
 ``load_dataset(name, path=..., num_train=..., num_val=..., num_test=..., dtype=..., seed=...)``.
 
-Built in: ``digits``, ``synthetic``, ``cifar10``. A user's own data: ``arrays`` (an ``.npz`` file) and ``csv`` (a
-table with a header row); see :mod:`hpsearch.data.arrays` and :mod:`hpsearch.data.table` for their contracts.
+Built in: ``digits``, ``synthetic``, ``cifar10``. A user's own data: ``arrays`` (an ``.npz`` file), ``csv`` (a
+table with a header row) and ``package.module:function`` (a loader of the user's); see :mod:`hpsearch.data.arrays`,
+:mod:`hpsearch.data.table` and :mod:`hpsearch.data.loader` for their contracts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from hpsearch.errors import DataError
+from hpsearch.plugins import is_reference
 from hpsearch.validation import UserConfig
 
 __all__ = ["DATASETS", "DATASET_OPTIONS", "PREPROCESSING", "TASKS", "Dataset", "load_dataset", "options_model",
@@ -47,14 +49,18 @@ class FileOptions(NoOptions):
     task: Literal["classification", "regression"] | None = None
 
 
+class LoaderOptions(FileOptions, extra="allow"):
+    """``data.options`` of a user loader: ``task`` is hpsearch's; every other key is passed on to the loader."""
+
+
 DATASET_OPTIONS: dict[str, type[NoOptions]] = {"cifar10": NoOptions, "digits": NoOptions,
                                                 "synthetic": SyntheticOptions, "arrays": FileOptions,
                                                 "csv": FileOptions}
 
 
 def options_model(dataset: str) -> type[NoOptions]:
-    """The model that ``data.options`` of ``dataset`` must fit."""
-    return DATASET_OPTIONS[dataset]
+    """The model that ``data.options`` of ``dataset`` (a built-in name or a loader reference) must fit."""
+    return DATASET_OPTIONS.get(dataset, LoaderOptions)
 
 
 @dataclass(frozen=True)
@@ -189,11 +195,15 @@ def load_dataset(
     seed: int = 0,
     preprocess: str = "center",
     target: str | None = None,
+    base_dir: str | Path | None = None,
+    allow_import: bool = False,
     **options: Any,
 ) -> Dataset:
     """Load dataset ``name`` with the given split sizes (None: the dataset's own default).
 
     target: the label column of a ``csv`` dataset.
+    base_dir, allow_import: where a loader reference (``package.module:function``) may be imported from; see
+        :func:`hpsearch.plugins.load_reference`.
     """
     sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "dtype": dtype,
              "preprocess": preprocess}
@@ -209,11 +219,13 @@ def load_dataset(
         from hpsearch.data import synthetic
 
         return synthetic.load(seed=seed, **sizes, **options)
-    if name in FILE_DATASETS:  # the user's own data
-        from hpsearch.data import arrays, table
+    if name in FILE_DATASETS or is_reference(name):  # the user's own data
+        from hpsearch.data import arrays, loader, table
 
         split = arrays.Split(seed=seed, **sizes)
         if name == "arrays":
             return arrays.load(path, split, **options)
-        return table.load(path, target, split, **options)
-    raise DataError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}.")
+        if name == "csv":
+            return table.load(path, target, split, **options)
+        return loader.load(name, split, path=path, base_dir=base_dir, allow_import=allow_import, options=options)
+    raise DataError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, or 'package.module:function'.")

@@ -1,5 +1,5 @@
 """The user's own arrays: an ``.npz`` file (``data: {dataset: arrays, path: data.npz}``), and the checks and splits
-that every source of the user's own data goes through (a csv table too).
+that every source of the user's own data goes through (a csv table, what a loader returns).
 
 Keys: ``X_train`` and ``y_train``, with optional ``X_val``/``y_val`` and ``X_test``/``y_test``; or one ``X``/``y``
 alone. An X is numeric (bool, integer or float), has a row per sample (shape (N, D), or (N, ...) for images: the
