@@ -21,11 +21,15 @@ def load_data(spec: StudySpec) -> Dataset:
     backend = get_backend(spec.model.backend)
     if hasattr(backend, "require"):
         backend.require()  # e.g. torch: one clear line when it is not installed
-    return load_dataset(
+    data = load_dataset(
         d.dataset, path=d.path, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
         dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or backend.PREPROCESS, target=d.target,
         base_dir=getattr(spec, "base_dir", None), allow_import=getattr(spec, "allow_import", False), **d.options,
     )
+    if data.task not in getattr(backend, "TASKS", ("classification",)):  # the built-in backends are classifiers
+        raise SpecError(f"{spec.source}: the {spec.model.backend} backend does not train on {data.task} targets, "
+                        f"which {data.name} holds; if they are class labels, set data.options.task: classification.")
+    return data
 
 
 def resolved_config(spec: StudySpec, params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -112,6 +112,15 @@ def test_train_on_a_bad_npz_is_one_line_and_exit_2(tmp_path):
     assert result.stderr == f"error: {tmp_path / 'digits.npz'}: X_val has 5 columns, X_train has 4.\n"
 
 
+def test_train_on_regression_targets_with_a_classifier_is_one_line(tmp_path):
+    np.savez(tmp_path / "digits.npz", X=np.arange(40.0).reshape(20, 2), y=np.linspace(0, 1, 20))
+    spec = _arrays_spec(tmp_path)
+    result = runner.invoke(app, ["train", str(spec), "--set", "data.num_test=0"])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {spec}: the numpy backend does not train on regression targets, which "
+                             "digits.npz holds; if they are class labels, set data.options.task: classification.\n")
+
+
 def test_missing_spec_exits_2():
     result = runner.invoke(app, ["train", "no-such-spec.yaml"])
     assert result.exit_code == 2 and "spec file not found" in result.stderr
