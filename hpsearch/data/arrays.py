@@ -196,8 +196,7 @@ def _check_finite(key: str, rows: np.ndarray, source: str) -> None:
         return
     row = int(np.argmin(finite.all(axis=1)))
     value = rows[row][~finite[row]][0]
-    where = f"{key}[{row}]"
-    raise DataError(f"{source}: {where} holds {value}; every value must be finite.")
+    raise DataError(f"{source}: {key}[{row}] holds {value}; every value must be finite.")
 
 
 def _check_sample_shape(key: str, X: np.ndarray, pool_key: str, pool: np.ndarray, source: str) -> None:
