@@ -19,7 +19,7 @@ from typing import Any
 
 from hpsearch.errors import SpecError
 
-__all__ = ["ALLOW_IMPORT_ENV", "allow_import_from_env", "is_reference", "load_reference"]
+__all__ = ["ALLOW_IMPORT_ENV", "allow_import_from_env", "is_reference", "is_well_formed", "load_reference"]
 
 ALLOW_IMPORT_ENV = "HPSEARCH_ALLOW_IMPORT"
 _REFERENCE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
@@ -28,6 +28,12 @@ _REFERENCE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za
 def is_reference(name: str) -> bool:
     """Whether ``name`` has the form ``package.module:attribute`` (rather than a built-in or registered name)."""
     return ":" in name
+
+
+def is_well_formed(reference: str) -> bool:
+    """Whether ``reference`` is ``package.module:attribute`` with Python names, the form :func:`load_reference`
+    takes: a spec checks it without importing anything."""
+    return _REFERENCE.fullmatch(reference) is not None
 
 
 def allow_import_from_env() -> bool:

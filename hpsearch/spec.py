@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hpsearch.data import DATASETS
+from hpsearch.data import DATASETS, FILE_DATASETS
 from hpsearch.errors import SpecError
-from hpsearch.plugins import allow_import_from_env, is_reference
+from hpsearch.plugins import allow_import_from_env, is_reference, is_well_formed
 from hpsearch.validation import UserConfig
 
 if TYPE_CHECKING:
@@ -121,20 +121,25 @@ def _one_of(value: str, known: Any) -> str:
 
 
 class DataSpec(_Strict):
-    dataset: str = "digits"
+    dataset: str = "digits"  # a built-in name, or a loader of the user's: 'package.module:function'
     path: str | None = None  # relative paths are relative to the spec file's folder
+    target: str | None = None  # csv: the column to predict
     num_train: int | None = Field(None, gt=0)
     num_val: int | None = Field(None, gt=0)
     num_test: int | None = Field(None, ge=0)
     dtype: Literal["float32", "float64"] = "float32"
     preprocess: Literal["center", "unit_range", "none"] | None = None  # None: what the backend expects
-    seed: int = Field(0, ge=0, lt=SEED_BOUND)  # the shuffle of digits and the draw of synthetic data, not training
+    seed: int = Field(0, ge=0, lt=SEED_BOUND)  # the shuffle of digits, arrays and csv, the draw of synthetic data
     options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific (synthetic: num_classes, num_features)
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return _one_of(value, DATASETS)
+        if is_reference(value):
+            if not is_well_formed(value):
+                raise ValueError(f"must be 'package.module:function' with Python names. Got {value!r} instead")
+            return value
+        return _one_of(value, (*DATASETS, "'package.module:function'"))
 
 
 class ModelSpec(_Strict):
@@ -436,7 +441,7 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
         spec.data.path = str((base_dir / spec.data.path).resolve())
     if spec.model.path is not None:
         spec.model.path = str((base_dir / _expand_user(spec.model.path, source)).resolve())
-    _validate_data_options(spec)
+    _validate_data(spec)
     _validate_objective(spec)
     _validate_backend_params(spec)
     return spec
@@ -468,21 +473,36 @@ def _expand_user(path: str, source: str) -> Path:
         raise SpecError(f"{source}: data.path {path!r} names a user's home folder that does not exist.") from None
 
 
-def _validate_data_options(spec: StudySpec) -> None:
-    """``data.options`` against the dataset's own options (digits and cifar10 take none)."""
-    from hpsearch.data import DATASET_OPTIONS
+def _validate_data(spec: StudySpec) -> None:
+    """What one field of ``data`` cannot check alone: ``path`` and ``target`` for the user's files, ``options``
+    against the dataset's own options (digits and cifar10 take none; a loader's are its own, but ``task``)."""
+    from hpsearch.data import options_model
 
-    options_model = DATASET_OPTIONS[spec.data.dataset]
+    data, source = spec.data, spec.source
+    if data.dataset in FILE_DATASETS and data.path is None:
+        what = "an .npz file" if data.dataset == "arrays" else "a .csv file with a header row"
+        raise SpecError(f"{source}: data.path is required for the {data.dataset} dataset ({what}).")
+    if data.dataset == "csv" and data.target is None:
+        raise SpecError(f"{source}: data.target is required for the csv dataset (the name of the column to predict).")
+    if data.dataset != "csv" and data.target is not None:
+        raise SpecError(f"{source}: data.target names the column to predict of a csv table; the {data.dataset} "
+                        "dataset takes none.")
+    if is_reference(data.dataset):
+        passed = [key for key in ("seed", "path") if key in data.options]
+        if passed:
+            raise SpecError(f"{source}: data.options.{passed[0]} is passed to the loader from data.{passed[0]}; set "
+                            "that instead.")
+    model = options_model(data.dataset)
     try:
-        options_model(**spec.data.options)
+        model(**data.options)
     except ValidationError as exc:
         error = exc.errors()[0]
         name = ".".join(str(p) for p in error["loc"])
         if error["type"] == "extra_forbidden":
-            takes = ", ".join(options_model.model_fields) or "none"
-            raise SpecError(f"{spec.source}: data.options.{name} is not an option of the {spec.data.dataset} "
+            takes = ", ".join(model.model_fields) or "none"
+            raise SpecError(f"{source}: data.options.{name} is not an option of the {data.dataset} "
                             f"dataset; it takes {takes}.") from None
-        raise SpecError(f"{spec.source}: data.options.{name} {_format_error({**error, 'loc': ()})}") from None
+        raise SpecError(f"{source}: data.options.{name} {_format_error({**error, 'loc': ()})}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None, allow_import: bool | None = None) -> StudySpec:

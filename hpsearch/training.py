@@ -23,12 +23,13 @@ def load_data(spec: StudySpec) -> Dataset:
         trainable.require()  # e.g. torch: one clear line when it is not installed
     data = load_dataset(
         d.dataset, path=d.path, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
-        dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or trainable.preprocess, **d.options,
+        dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or trainable.preprocess, target=d.target,
+        base_dir=spec.base_dir, allow_import=spec.allow_import, **d.options,
     )
-    task = getattr(data, "task", "classification")
-    if task not in trainable.tasks:
+    if data.task not in trainable.tasks:
+        hint = "; if they are class labels, set data.options.task: classification" if data.task == "regression" else ""
         raise SpecError(f"{spec.source}: the {spec.model.backend} trainable learns {' and '.join(trainable.tasks)} "
-                        f"targets; the dataset {data.name} has {task} targets.")
+                        f"targets; the dataset {data.name} holds {data.task} targets{hint}.")
     return data
 
 

@@ -169,6 +169,48 @@ def test_synthetic_options_reach_the_data(tmp_path):
     assert data.num_classes == 4 and data.input_size == 6
 
 
+# ---- the user's own data (#16) -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["data.dataset=arrays", "data.path=null"], "data.path is required for the arrays dataset (an .npz file)."),
+        (["data.dataset=csv"], "data.target is required for the csv dataset (the name of the column to predict)."),
+        (["data.target=label"],
+         "data.target names the column to predict of a csv table; the synthetic dataset takes none."),
+        (["data.dataset=arrays", "data.options={task: ranking}"],
+         "data.options.task must be 'classification' or 'regression'. Got 'ranking' instead."),
+        (["data.dataset=csv", "data.target=y", "data.options={num_classes: 3}"],
+         "data.options.num_classes is not an option of the csv dataset; it takes task."),
+        (["data.dataset=my-data:load"],
+         "data.dataset must be 'package.module:function' with Python names. Got 'my-data:load' instead."),
+        (["data.dataset=mnist"], "data.dataset must be one of cifar10, digits, synthetic, arrays, csv, "
+                                 "'package.module:function'. Got 'mnist' instead."),
+        (["data.dataset=mydata:load", "data.options={path: raw}"],
+         "data.options.path is passed to the loader from data.path; set that instead."),
+        (["data.dataset=mydata:load", "data.options={task: [1]}"],
+         "data.options.task must be 'classification' or 'regression'. Got [1] instead."),
+    ],
+)
+def test_user_data_is_checked_when_the_spec_loads(tmp_path, overrides, expected):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path, overrides)
+    assert str(caught.value) == f"{path}: {expected}"
+
+
+def test_user_data_specs_that_load(tmp_path):
+    table = load_spec(write(tmp_path, MINIMAL), ["data={dataset: csv, path: t.csv, target: label, "
+                                                 "options: {task: regression}, preprocess: none}"])
+    assert (table.data.target, table.data.options, table.data.preprocess) == ("label", {"task": "regression"}, "none")
+    assert table.data.path == str(tmp_path / "t.csv")
+    loader = load_spec(write(tmp_path, MINIMAL.replace("path: blobs", "path: raw, dataset: mydata.io:load_it")
+                             .replace("dataset: synthetic, ", "")), ["data.options={rows: 5, task: regression}"])
+    assert (loader.data.dataset, loader.data.path) == ("mydata.io:load_it", str(tmp_path / "raw"))
+    assert loader.data.options == {"rows": 5, "task": "regression"}
+
+
 yaml_text = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),

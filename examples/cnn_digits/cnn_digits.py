@@ -90,7 +90,7 @@ def train(config: dict, data: hpsearch.Dataset, *, seed: int, on_epoch) -> hpsea
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         val = evaluate(model, data.X_val, data.y_val)
         on_epoch(epoch, {"loss": float(np.mean(losses)), "val_acc": val["acc"], "val_loss": val["loss"]})
     val = evaluate(model, data.X_val, data.y_val)

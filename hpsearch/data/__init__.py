@@ -2,24 +2,33 @@
 
 Every loader returns a :class:`Dataset` with the same splits and preprocessing interface:
 ``load_dataset(name, path=..., num_train=..., num_val=..., num_test=..., dtype=..., seed=...)``.
+
+Built in: ``digits``, ``synthetic``, ``cifar10``. A user's own data: ``arrays`` (an ``.npz`` file), ``csv`` (a
+table with a header row) and ``package.module:function`` (a loader of the user's); see :mod:`hpsearch.data.arrays`,
+:mod:`hpsearch.data.table` and :mod:`hpsearch.data.loader` for their contracts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from hpsearch.errors import DataError
+from hpsearch.plugins import is_reference
 from hpsearch.validation import UserConfig
 
-__all__ = ["DATASETS", "DATASET_OPTIONS", "PREPROCESSING", "Dataset", "load_dataset", "split_and_preprocess"]
+__all__ = ["DATASETS", "DATASET_OPTIONS", "PREPROCESSING", "TASKS", "Dataset", "load_dataset", "options_model",
+           "split_and_preprocess"]
 
-DATASETS = ("cifar10", "digits", "synthetic")
+DATASETS = ("cifar10", "digits", "synthetic", "arrays", "csv")
+FILE_DATASETS = ("arrays", "csv")  # the user's own data in a file: data.path is required
+TASKS = ("classification", "regression")
 
 
 class NoOptions(UserConfig):
@@ -34,16 +43,37 @@ class SyntheticOptions(NoOptions):
     spread: float = Field(1.0, ge=0, le=1e6)
 
 
+class FileOptions(NoOptions):
+    """``data.options`` of the user's own data (``arrays``, ``csv``): the task, when the targets do not tell."""
+
+    task: Literal["classification", "regression"] | None = None
+
+
+class LoaderOptions(FileOptions, extra="allow"):
+    """``data.options`` of a user loader: ``task`` is hpsearch's; every other key is passed on to the loader."""
+
+
 DATASET_OPTIONS: dict[str, type[NoOptions]] = {"cifar10": NoOptions, "digits": NoOptions,
-                                                "synthetic": SyntheticOptions}
+                                                "synthetic": SyntheticOptions, "arrays": FileOptions,
+                                                "csv": FileOptions}
+
+
+def options_model(dataset: str) -> type[NoOptions]:
+    """The model that ``data.options`` of ``dataset`` (a built-in name or a loader reference) must fit."""
+    return DATASET_OPTIONS.get(dataset, LoaderOptions)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Preprocessed splits, rows are samples: X_* of shape (N, D), y_* integer labels of shape (N,).
+    """Preprocessed splits, rows are samples: X_* of shape (N, D), y_* targets of shape (N,).
 
     X_test and y_test are None when the source has no test split.
+    num_classes: C, the labels' range, for classification; 0 for regression.
     fingerprint: a short hash of the raw arrays, so a result can name the data it came from.
+    task: ``classification`` (y_* int64 labels 0..C-1) or ``regression`` (y_* float64). The built-in backends
+        train classifiers only; a trainable that takes regression targets says so.
+    sample_shape: one sample before it was flattened into a row, in the row's own order: D = prod(sample_shape).
+        A trainable that wants images does ``X.reshape(-1, *data.sample_shape)``. Left out: (D,).
     """
 
     name: str
@@ -55,6 +85,14 @@ class Dataset:
     y_test: np.ndarray | None
     num_classes: int
     fingerprint: str
+    task: str = "classification"
+    sample_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.sample_shape:  # frozen: the default is filled in once, here
+            object.__setattr__(self, "sample_shape", (self.input_size,))
+        if math.prod(self.sample_shape) != self.input_size:
+            raise ValueError(f"sample_shape {self.sample_shape} does not hold the {self.input_size} values of a row")
 
     @property
     def input_size(self) -> int:
@@ -86,14 +124,18 @@ def split_and_preprocess(
     source: str,
     preprocess: str = "center",
     value_range: tuple[float, float] | None = None,
+    task: str = "classification",
+    sample_shape: tuple[int, ...] = (),
 ) -> Dataset:
-    """The assignment's split, then one of two preprocessings.
+    """The assignment's split, then one of the preprocessings.
 
     The first ``num_train`` rows train, the next ``num_val`` validate; the test split is the first ``num_test``
     rows of the separate test set. Every split is flattened to (N, D) and cast to ``dtype``; then
     ``center`` subtracts the training split's mean image (the NumPy assignment), ``unit_range`` maps the data's
     value range (0..255 for CIFAR-10 pixels; the training split's min..max without one) onto [-1, 1] (the PyTorch
-    template's ``Normalize(0.5, 0.5)``).
+    template's ``Normalize(0.5, 0.5)``), ``none`` leaves the values as they are.
+    Labels become int64 for classification, targets float64 for regression (``num_classes`` 0).
+    sample_shape: one sample's shape; left out, that of ``X``'s rows (``X.shape[1:]``) before flattening.
     """
     if preprocess not in PREPROCESSING:
         raise DataError(f"{source}: preprocess must be one of {', '.join(PREPROCESSING)}. Got {preprocess!r} instead.")
@@ -103,9 +145,12 @@ def split_and_preprocess(
         raise DataError(
             f"{source}: num_train + num_val = {num_train + num_val} exceeds the {len(X)} labelled examples available."
         )
+    sample_shape = sample_shape or tuple(X.shape[1:])
     X = X.reshape(len(X), -1)
     X_train = X[:num_train].astype(dtype)
-    if preprocess == "center":
+    if preprocess == "none":
+        shift, scale = 0.0, 1.0
+    elif preprocess == "center":
         shift, scale = X_train.mean(axis=0), 1.0  # (D,)
     else:
         low, high = value_range if value_range is not None else (float(X_train.min()), float(X_train.max()))
@@ -113,27 +158,29 @@ def split_and_preprocess(
 
     def prepare(rows: np.ndarray) -> np.ndarray:
         out = rows if rows is X_train else rows.reshape(len(rows), -1).astype(dtype)  # X_train is a copy already
-        if preprocess == "none":
-            return out
-        out -= np.asarray(shift, dtype=dtype)
+        if preprocess != "none":
+            out -= np.asarray(shift, dtype=dtype)
         if scale != 1.0:
             out *= np.asarray(scale, dtype=dtype)
         return out
 
+    y_dtype = np.int64 if task == "classification" else np.float64
     X_te = y_te = None
     if X_test is not None and y_test is not None and num_test > 0:
         X_te = prepare(X_test[:num_test])
-        y_te = np.asarray(y_test[:num_test], dtype=np.int64)
+        y_te = np.asarray(y_test[:num_test], dtype=y_dtype)
     return Dataset(
         name=name,
         X_train=prepare(X_train),
-        y_train=np.asarray(y[:num_train], dtype=np.int64),
+        y_train=np.asarray(y[:num_train], dtype=y_dtype),
         X_val=prepare(X[num_train:num_train + num_val]),
-        y_val=np.asarray(y[num_train:num_train + num_val], dtype=np.int64),
+        y_val=np.asarray(y[num_train:num_train + num_val], dtype=y_dtype),
         X_test=X_te,
         y_test=y_te,
-        num_classes=num_classes,
+        num_classes=num_classes if task == "classification" else 0,
         fingerprint=fingerprint(X, y) if X_test is None else fingerprint(X, y, X_test, y_test),
+        task=task,
+        sample_shape=sample_shape,
     )
 
 
@@ -147,9 +194,17 @@ def load_dataset(
     dtype: str = "float32",
     seed: int = 0,
     preprocess: str = "center",
+    target: str | None = None,
+    base_dir: str | Path | None = None,
+    allow_import: bool = False,
     **options: Any,
 ) -> Dataset:
-    """Load dataset ``name`` with the given split sizes (None: the dataset's own default)."""
+    """Load dataset ``name`` with the given split sizes (None: the dataset's own default).
+
+    target: the label column of a ``csv`` dataset.
+    base_dir, allow_import: where a loader reference (``package.module:function``) may be imported from; see
+        :func:`hpsearch.plugins.load_reference`.
+    """
     sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "dtype": dtype,
              "preprocess": preprocess}
     if name == "cifar10":
@@ -164,4 +219,13 @@ def load_dataset(
         from hpsearch.data import synthetic
 
         return synthetic.load(seed=seed, **sizes, **options)
-    raise DataError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}.")
+    if name in FILE_DATASETS or is_reference(name):  # the user's own data
+        from hpsearch.data import arrays, loader, table
+
+        split = arrays.Split(seed=seed, **sizes)
+        if name == "arrays":
+            return arrays.load(path, split, **options)
+        if name == "csv":
+            return table.load(path, target, split, **options)
+        return loader.load(name, split, path=path, base_dir=base_dir, allow_import=allow_import, options=options)
+    raise DataError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, or 'package.module:function'.")

@@ -194,7 +194,11 @@ def load(
     dtype: str = "float32",
     preprocess: str = "center",
 ) -> Dataset:
-    """Training and validation splits from ``data_batch_1..5``; the test split from ``test_batch`` if present."""
+    """Training and validation splits from ``data_batch_1..5``; the test split from ``test_batch`` if present.
+
+    Rows hold each image pixel by pixel (height, width, channel), so ``sample_shape`` is (32, 32, 3); a network
+    that wants channels first does ``X.reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2)``.
+    """
     if path is None:
         raise DataError("cifar10: data.path is required (the folder holding data_batch_1..5).")
     folder = Path(path)

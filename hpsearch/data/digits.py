@@ -7,6 +7,7 @@ import numpy as np
 from hpsearch.data import Dataset, split_and_preprocess
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 1197, 300, 300
+SAMPLE_SHAPE = (1, 8, 8)  # one grey channel of 8x8 pixels; the rows hold them row by row
 
 
 def load(
@@ -30,5 +31,5 @@ def load(
     return split_and_preprocess(
         "digits", X[:labelled], y[:labelled], num_train, num_val,
         X[labelled:], y[labelled:], num_test, num_classes=10, dtype=dtype, source="digits",
-        preprocess=preprocess, value_range=(0.0, 16.0),
+        preprocess=preprocess, value_range=(0.0, 16.0), sample_shape=SAMPLE_SHAPE,
     )

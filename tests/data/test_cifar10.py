@@ -38,6 +38,7 @@ def test_split_mean_subtraction_and_layout(small_cifar):
     assert images[0, 0, 0, 1] == raw[b"data"][0, 1024]  # green channel of the first pixel
     assert list(data.y_train[:20]) == raw[b"labels"]
     assert data.X_train.dtype == np.float64
+    assert data.sample_shape == (32, 32, 3)  # the rows' own order: height, width, channel
 
 
 def test_directory_without_test_batch_serves_train_and_val(small_cifar):

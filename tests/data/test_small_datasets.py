@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hpsearch.data import load_dataset
+from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import DataError
 
 
@@ -30,3 +30,32 @@ def test_synthetic_is_seeded_and_configurable():
 def test_unknown_dataset():
     with pytest.raises(DataError, match="Unknown dataset 'mnist'"):
         load_dataset("mnist")
+
+
+def test_sample_shapes_say_how_a_row_unflattens():
+    digits = load_dataset("digits", num_train=10, num_val=5, num_test=0, preprocess="none")
+    assert digits.sample_shape == (1, 8, 8) and digits.task == "classification"
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[np.random.default_rng(0).permutation(1797)[:10]]  # (10, 8, 8)
+    np.testing.assert_array_equal(digits.X_train.reshape(-1, *digits.sample_shape)[:, 0], images)
+    assert load_dataset("synthetic", num_features=7).sample_shape == (7,)
+
+
+def test_preprocess_none_only_casts():
+    data = load_dataset("digits", num_train=10, num_val=5, num_test=5, dtype="float64", preprocess="none")
+    from sklearn.datasets import load_digits
+
+    pixels = load_digits().data[np.random.default_rng(0).permutation(1797)]  # (1797, 64) values 0..16
+    np.testing.assert_array_equal(data.X_train, pixels[:10])
+    np.testing.assert_array_equal(data.X_val, pixels[10:15])
+    np.testing.assert_array_equal(data.X_test, pixels[15:20])
+
+
+def test_a_dataset_made_by_hand_gets_flat_samples_and_classification_by_default():
+    X, y = np.zeros((4, 6)), np.zeros(4, dtype=np.int64)
+    data = Dataset("hand", X, y, X, y, None, None, num_classes=2, fingerprint="-")
+    assert (data.sample_shape, data.task) == ((6,), "classification")
+    assert Dataset("hand", X, y, X, y, None, None, 2, "-", sample_shape=(2, 3)).sample_shape == (2, 3)
+    with pytest.raises(ValueError, match=r"^sample_shape \(4, 3\) does not hold the 6 values of a row$"):
+        Dataset("hand", X, y, X, y, None, None, 2, "-", sample_shape=(4, 3))
