@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from hpsearch.backends.base import scores_on_test
 from hpsearch.errors import SpecError
 from hpsearch.spec import StudySpec, apply_override, build_spec, load_spec, parse_override
 
@@ -24,8 +25,9 @@ __all__ = ["StudyResult", "driver", "load", "run", "status", "trials"]
 
 def load(spec: str | Path | Mapping[str, Any] | StudySpec, *, overrides: list[str] | None = None,
          allow_import: bool | None = None, base_dir: str | Path | None = None) -> StudySpec:
-    """A validated spec from a YAML file, a mapping (``base_dir``, default the working directory, is then where
-    relative data paths and the user's modules are found), or a spec already loaded.
+    """A validated spec from a YAML file, a mapping (``base_dir`` is then where relative data paths and the user's
+    modules are found; without it, relative paths are the working directory's, and modules come from installed
+    packages only), or a spec already loaded.
 
     overrides: ``KEY.PATH=VALUE`` strings, as ``--set`` takes them. allow_import: see ``--allow-import``
     (None: ``$HPSEARCH_ALLOW_IMPORT``). Raises :class:`hpsearch.errors.SpecError` with a one-line message.
@@ -42,7 +44,9 @@ def load(spec: str | Path | Mapping[str, Any] | StudySpec, *, overrides: list[st
             path, value = parse_override(item)
             apply_override(raw, path, value, item)
         allowed = allow_import_from_env() if allow_import is None else allow_import
-        return build_spec(raw, "<dict>", Path(base_dir) if base_dir is not None else Path.cwd(), allowed)
+        # without base_dir, the working directory resolves relative paths but is no trusted place for modules
+        return build_spec(raw, "<dict>", Path(base_dir) if base_dir is not None else Path.cwd(), allowed,
+                          modules_from_base_dir=base_dir is not None)
     return load_spec(spec, overrides, allow_import)
 
 
@@ -98,12 +102,13 @@ class StudyResult:
 def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None, tracking: bool = True,
         tracking_uri: str | None = None, phase: str | None = None, timeout: float | None = None,
         max_trials: int | None = None, force_new_phase: bool = False, overrides: list[str] | None = None,
-        allow_import: bool | None = None, echo: Callable[[str], None] | None = None,
-        interruption: Any = None) -> StudyResult:
+        allow_import: bool | None = None, base_dir: str | Path | None = None,
+        echo: Callable[[str], None] | None = None, interruption: Any = None) -> StudyResult:
     """Run the study's phases in order (``hpsearch run``); call it again to resume.
 
-    echo: where progress lines go (default stderr). Ctrl-C raises KeyboardInterrupt after the running trial is
-    marked failed (it is retried on the next run). Bad input raises :class:`hpsearch.errors.UserError`.
+    base_dir: for a spec given as a mapping, where its relative paths and modules are (default: the working
+    directory). echo: where progress lines go (default stderr). Ctrl-C raises KeyboardInterrupt after the running
+    trial is marked failed (it is retried on the next run). Bad input raises :class:`hpsearch.errors.UserError`.
     """
     import time
 
@@ -111,7 +116,7 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     from hpsearch.interrupt import Interruption
     from hpsearch.storage import mask_url
 
-    study = load(spec, overrides=overrides, allow_import=allow_import)
+    study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
     own = interruption is None
     interruption = interruption or Interruption()
     with interruption.installed() if own else contextlib.nullcontext():
@@ -131,17 +136,19 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
 
 
 def status(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None,
-           overrides: list[str] | None = None, allow_import: bool | None = None) -> StudyResult:
+           overrides: list[str] | None = None, allow_import: bool | None = None,
+           base_dir: str | Path | None = None) -> StudyResult:
     """The study as stored (``hpsearch status``), without running anything."""
-    study = load(spec, overrides=overrides, allow_import=allow_import)
+    study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
     work = driver(study, storage=storage, writable=False)
     return _result(study, work, work.status())
 
 
 def trials(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None,
-           overrides: list[str] | None = None, allow_import: bool | None = None) -> list[dict[str, Any]]:
+           overrides: list[str] | None = None, allow_import: bool | None = None,
+           base_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Every stored trial of every phase, one dict each (``hpsearch export``)."""
-    study = load(spec, overrides=overrides, allow_import=allow_import)
+    study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
     return driver(study, storage=storage, writable=False).trials()
 
 
@@ -153,7 +160,7 @@ def _result(study: StudySpec, work: Any, summary: dict[str, Any]) -> StudyResult
         study=study.name, complete=bool(summary.get("complete")), metric=study.objective.metric,
         direction=study.objective.direction or "maximize", best_value=best.get("value"),
         best_params=best.get("params"), best_config=best.get("config"), best_seed=best.get("seed"),
-        test_scores={k: v for k, v in best.items() if k.startswith("test_") and k != "test_metric"},
+        test_scores=scores_on_test(best),
         trials=work.trials(), summary=summary, storage=mask_url(work.url),
     )
 

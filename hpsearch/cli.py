@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -82,6 +84,21 @@ def _cannot_write(option: str, path: Path, exc: OSError) -> typer.Exit:
     return fail(f"{option} {path}: cannot write ({exc.strerror or exc}).")
 
 
+@contextlib.contextmanager
+def _users_code(spec: Path, backend: str) -> Iterator[None]:
+    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial)."""
+    from hpsearch.backends import DivergedError
+    from hpsearch.errors import format_traceback, one_line
+
+    try:
+        yield
+    except (UserError, DivergedError, OSError, typer.Exit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the user's function raises
+        typer.echo(format_traceback(exc).rstrip(), err=True)
+        raise fail(f"{spec}: the trainable {backend} raised {one_line(exc)}") from None
+
+
 @app.command()
 def train(
     spec: SpecArg,
@@ -113,13 +130,15 @@ def train(
             raise fail(f"--test: the dataset {data.name} of {spec} has no test split.")
         if test and trainable.evaluate is None:
             raise fail(f"--test: the trainable {study.model.backend} cannot score a model (it declares no evaluate).")
-        result = train_once(study, data)
-        test_scores = score_test_split(study, data, result) if test else None
-        if test and test_scores is None:
-            raise fail(f"--test: the trainable {study.model.backend} returned no model to score.")
+        with _users_code(spec, study.model.backend):
+            result = train_once(study, data)
+            if (test or save is not None) and result.model is None:
+                raise fail(f"{'--test' if test else '--save'}: the trainable {study.model.backend} returned no model.")
+            test_scores = score_test_split(study, data, result) if test else None
         if save is not None:
             save.parent.mkdir(parents=True, exist_ok=True)
-            trainable.save_model(result.model, result.config, save)
+            with _users_code(spec, study.model.backend):
+                trainable.save_model(result.model, result.config, save)
     except UserError as exc:
         raise fail(str(exc)) from None
     except DivergedError as exc:
@@ -229,11 +248,13 @@ def run(
     json_: JsonOpt = False,
 ) -> None:
     """Run the study's phases in order; rerun the same command to resume after any interruption."""
+    request = _Work(spec=spec, storage=storage, tracking_uri=tracking_uri, phase=phase, timeout=timeout,
+                    max_trials=max_trials, force_new_phase=force_new_phase, overrides=set_,
+                    allow_import=allow_import, json=json_)
     if workers > 1:
-        _run_local_workers(spec, workers, storage, tracking_uri, phase, timeout, max_trials, force_new_phase, set_,
-                           json_, allow_import)
+        _run_local_workers(request, workers)
         return
-    _work(spec, storage, tracking_uri, phase, timeout, max_trials, force_new_phase, set_, json_, allow_import)
+    _work(request)
 
 
 @app.command()
@@ -253,12 +274,27 @@ def worker(
     Start any number, on any number of machines, in any order, against one shared storage (PostgreSQL for several
     machines; the URL can come from $HPSEARCH_STORAGE so that no password is on a command line).
     """
-    _work(spec, storage, tracking_uri, phase, timeout, max_trials, False, set_, json_, allow_import)
+    _work(_Work(spec=spec, storage=storage, tracking_uri=tracking_uri, phase=phase, timeout=timeout,
+                max_trials=max_trials, force_new_phase=False, overrides=set_, allow_import=allow_import, json=json_))
 
 
-def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str | None, timeout: float | None,
-          max_trials: int | None, force_new_phase: bool, set_: list[str] | None, json_: bool,
-          allow_import: bool = False) -> None:
+@dataclass(frozen=True)
+class _Work:
+    """What `run` or `worker` was asked to do."""
+
+    spec: Path
+    storage: str | None
+    tracking_uri: str | None
+    phase: str | None
+    timeout: float | None
+    max_trials: int | None
+    force_new_phase: bool
+    overrides: list[str] | None
+    allow_import: bool
+    json: bool
+
+
+def _work(request: _Work) -> None:
     import signal
 
     from hpsearch import api
@@ -267,9 +303,10 @@ def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str 
     interruption = Interruption()
     try:
         with interruption.installed(restore=not _OWN_PROCESS):
-            result = api.run(spec, storage=storage, tracking_uri=tracking_uri, phase=phase, timeout=timeout,
-                             max_trials=max_trials, force_new_phase=force_new_phase, overrides=set_,
-                             allow_import=allow_import or None, echo=_echo_err, interruption=interruption)
+            result = api.run(request.spec, storage=request.storage, tracking_uri=request.tracking_uri,
+                             phase=request.phase, timeout=request.timeout, max_trials=request.max_trials,
+                             force_new_phase=request.force_new_phase, overrides=request.overrides,
+                             allow_import=request.allow_import or None, echo=_echo_err, interruption=interruption)
     except UserError as exc:
         raise fail(str(exc)) from None
     except (KeyboardInterrupt, Interrupted):
@@ -278,16 +315,14 @@ def _work(spec: Path, storage: str | None, tracking_uri: str | None, phase: str 
         typer.echo("Interrupted: a trial that was running is marked failed and will be retried. "
                    "Rerun the same command to resume.", err=True)
         raise typer.Exit(code=130) from None
-    summary = {**result.summary, "spec": str(spec)}
-    if json_:
+    summary = {**result.summary, "spec": str(request.spec)}
+    if request.json:
         typer.echo(json.dumps(summary, default=str))
         return
     print_summary(summary)
 
 
-def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_uri: str | None, phase: str | None,
-                       timeout: float | None, max_trials: int | None, force_new_phase: bool,
-                       set_: list[str] | None, json_: bool, allow_import: bool = False) -> None:
+def _run_local_workers(request: _Work, workers: int) -> None:
     """``run --workers N``: N ``hpsearch worker`` processes on this machine, each on one BLAS/OpenMP thread."""
     import os
     import sys
@@ -298,20 +333,20 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
     from hpsearch.storage import refuse_foreign_database, resolve_storage_url
 
     try:
-        study = load_spec(spec, set_, allow_import or None)
-        url = resolve_storage_url(storage, study.storage, study.name)
+        study = load_spec(request.spec, request.overrides, request.allow_import or None)
+        url = resolve_storage_url(request.storage, study.storage, study.name)
         refuse_foreign_database(url)
-        if force_new_phase:  # decide the new phases once, here, rather than in N racing workers
+        if request.force_new_phase:  # decide the new phases once, here, rather than in N racing workers
             Driver(study, url, echo=_echo_err, force_new_phase=True).prepare()
     except UserError as exc:
         raise fail(str(exc)) from None
-    command = [sys.executable, "-m", "hpsearch", "worker", str(spec)]
-    for item in set_ or []:
+    command = [sys.executable, "-m", "hpsearch", "worker", str(request.spec)]
+    for item in request.overrides or []:
         command += ["--set", item]
-    if allow_import:
+    if request.allow_import:
         command.append("--allow-import")
-    for flag, value in (("--tracking-uri", tracking_uri), ("--phase", phase), ("--timeout", timeout),
-                        ("--max-trials", max_trials)):
+    for flag, value in (("--tracking-uri", request.tracking_uri), ("--phase", request.phase),
+                        ("--timeout", request.timeout), ("--max-trials", request.max_trials)):
         if value is not None:
             command += [flag, str(value)]
     env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -325,7 +360,7 @@ def _run_local_workers(spec: Path, workers: int, storage: str | None, tracking_u
         raise typer.Exit(code=2)  # each worker already said why, in one line
     if any(code != 0 for code in codes):
         raise fail(f"{sum(code != 0 for code in codes)} of {workers} workers failed (exit codes {codes}).")
-    status(spec, storage=url, set_=set_, allow_import=allow_import, json_=json_)
+    status(request.spec, storage=url, set_=request.overrides, allow_import=request.allow_import, json_=request.json)
 
 
 @app.command()
@@ -499,7 +534,7 @@ def predict(
     allow_import: AllowImportOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Reload a saved model and report its scores (accuracy, for the built-in backends) on a split of the spec's data."""
+    """Reload a saved model and report its scores (accuracy, for the built-in backends) on a split of the data."""
     from hpsearch.backends import ModelFileError
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from hpsearch import grid as grids
 from hpsearch.data import Dataset
-from hpsearch.errors import SpecError
+from hpsearch.errors import SpecError, UserError, one_line
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.phases import Phases
@@ -363,10 +363,20 @@ class Driver:
             if report is None or report.best is None:
                 return report
             best, retrained = report.best, report.best_result
+            scores = {}
+            if retrained is not None:
+                try:
+                    scores = score_test_split(self.spec, self.data, retrained) or {}
+                except (UserError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the user's evaluate failed: the study still ends
+                    report.failure = f"scoring the winner on the test split failed: {one_line(exc)}"
+            if report.failure:
+                self.echo(f"warning: {report.failure}; the study ends without the winner's test score.")
             result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],
-                      "retrained_value": retrained.metrics.get(self.spec.objective.metric),
+                      "retrained_value": retrained.metrics.get(self.spec.objective.metric) if retrained else None,
                       "data_fingerprint": self.data.fingerprint, "generation": layout["generation"],
-                      **(score_test_split(self.spec, self.data, retrained) or {})}
+                      **scores, **({"failure": report.failure} if report.failure else {})}
             self.table.put(self.spec.name, "result", result)
             report.best = self.results.best()
             report.best_fragment = best_fragment(self.spec, report.best)

@@ -17,3 +17,17 @@ class SpecError(UserError):
 
 class DataError(UserError):
     """A dataset that is missing, malformed or unsafe to load."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception, its message's whitespace (line breaks included) folded to single spaces."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def format_traceback(exc: BaseException, limit: int = 20_000) -> str:
+    """The traceback of ``exc`` as text, its end kept when it is longer than ``limit`` characters."""
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return text if len(text) <= limit else "...\n" + text[-limit:]

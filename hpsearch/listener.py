@@ -79,3 +79,4 @@ class StudyReport:
     best_result: Any
     best_fragment: dict[str, Any] | None
     summary: dict[str, Any]
+    failure: str | None = None  # why the winner has no retrained result or test score (the user's code failed)

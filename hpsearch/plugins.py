@@ -8,16 +8,16 @@ working directory, ``$PYTHONPATH``) is refused unless the user allows it with ``
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import os
 import re
 import sys
-import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from hpsearch.errors import SpecError
+from hpsearch.errors import SpecError, one_line
 
 __all__ = ["ALLOW_IMPORT_ENV", "allow_import_from_env", "is_reference", "is_well_formed", "load_reference"]
 
@@ -40,33 +40,49 @@ def allow_import_from_env() -> bool:
     return os.environ.get(ALLOW_IMPORT_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+_SPEC_FOLDERS: set[str] = set()  # folders this process put on sys.path for specs: never "installed"
+
+
 def load_reference(reference: str, *, where: str, base_dir: str | Path | None, allow_import: bool) -> Any:
     """The object ``reference`` (``package.module:attribute``) names, imported under the rules above.
 
     where: what the reference is, for messages (``studies/x.yaml: model.backend``).
-    base_dir: the spec's folder, searched after the installed packages.
+    base_dir: the spec's folder, searched after the installed packages; None: the installed packages only.
+
+    The module is imported with ``sys.path`` cut down to the places the rules allow, so that what is imported is what
+    was checked: a file in the working directory or on ``$PYTHONPATH`` cannot shadow the module that was found.
     """
     if not _REFERENCE.fullmatch(reference):
         raise SpecError(f"{where} must be a registered name or 'package.module:function'. Got {reference!r} instead.")
     module_name, _, attribute = reference.partition(":")
     top = module_name.split(".")[0]
     folder = str(Path(base_dir).resolve()) if base_dir is not None else None
-    if not _installed(top, exclude=folder) and not (folder and _found_in(top, [folder])):
-        found = _found_in(top, [p for p in sys.path if p != folder])
-        if not found:
-            searched = f"the spec's folder {folder} or " if folder else ""
-            raise SpecError(f"{where} {reference!r}: no module {top!r} in {searched}the installed packages.")
-        if not allow_import:
+    installed = installation_paths()
+    if not allow_import:
+        allowed = [origin for origin in (_installed_origin(top, installed), folder and _found_in(top, [folder]))
+                   if origin]
+        if not allowed:
+            found = _found_in(top, [p for p in sys.path if p != folder])
+            if not found:
+                searched = f"the spec's folder {folder} or " if folder else ""
+                raise SpecError(f"{where} {reference!r}: no module {top!r} in {searched}the installed packages.")
             raise SpecError(
                 f"{where} {reference!r}: module {top!r} is at {found}, outside the installed packages and the spec's "
                 "folder; importing it runs its code, so pass --allow-import (or set HPSEARCH_ALLOW_IMPORT=1) if you "
                 "trust it.")
+        loaded = _location(sys.modules.get(top))
+        if loaded is not None and not any(_same_file(loaded, origin) for origin in allowed):
+            raise SpecError(f"{where} {reference!r}: this process already imported a module {top!r} from {loaded}, "
+                            "not the one the spec's folder or the installed packages hold; give the modules of "
+                            "different specs different names.")
     if folder and folder not in sys.path:
         sys.path.append(folder)  # after the installed packages: a file in the spec's folder cannot shadow them
+        _SPEC_FOLDERS.add(folder)
     try:
-        target: Any = importlib.import_module(module_name)
+        with _search_path([*installed, *([folder] if folder else [])] if not allow_import else sys.path):
+            target: Any = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while it is imported
-        raise SpecError(f"{where} {reference!r}: importing {module_name} failed: {_one_line(exc)}") from None
+        raise SpecError(f"{where} {reference!r}: importing {module_name} failed: {one_line(exc)}") from None
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise SpecError(f"{where} {reference!r}: {module_name} has no attribute {attribute!r}.")
@@ -74,18 +90,48 @@ def load_reference(reference: str, *, where: str, base_dir: str | Path | None, a
     return target
 
 
-def _installed(top: str, exclude: str | None) -> bool:
-    """Whether top-level module ``top`` comes from an installation rather than from a folder the user put on the path.
+def _location(module: Any) -> str | None:
+    """Where an imported module came from (its file, or a package's folder); None for built-in modules."""
+    if module is None:
+        return None
+    return getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or []), None)
 
-    The working directory, ``$PYTHONPATH`` and the spec's folder do not count; site-packages, the standard library
-    and editable installs (a path added by a ``.pth`` file, or an import hook of their own) do.
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _search_path(paths: list[str]) -> Iterator[None]:
+    """``sys.path`` is ``paths`` while the block runs (the import hooks of editable installs stay)."""
+    saved = sys.path[:]
+    sys.path[:] = paths
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def installation_paths() -> list[str]:
+    """``sys.path`` without what the user put there: the working directory, ``$PYTHONPATH`` and spec folders.
+
+    What is left is site-packages, the standard library and the paths editable installs add through ``.pth`` files.
     """
     cwd = os.getcwd()
-    user = {"", ".", cwd, exclude, *(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                      if p)}
-    paths = [p for p in sys.path if p not in user and os.path.abspath(p or ".") not in user]
+    user = {"", ".", cwd, *_SPEC_FOLDERS,
+            *(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)}
+    return [p for p in sys.path if p not in user and os.path.abspath(p or ".") not in user]
+
+
+def _installed_origin(top: str, paths: list[str]) -> str | None:
+    """Where ``top`` comes from when imported from ``paths`` or through an import hook (built-in, frozen, editable
+    installs); None when it does not."""
     if top in sys.builtin_module_names:
-        return True
+        return "built-in"
     for finder in sys.meta_path:
         if finder is importlib.machinery.PathFinder:
             found = importlib.machinery.PathFinder.find_spec(top, paths)
@@ -95,27 +141,19 @@ def _installed(top: str, exclude: str | None) -> bool:
             except Exception:  # noqa: BLE001 - a third-party hook that cannot answer is not an installation
                 found = None
         if found is not None:
-            return True
-    return False
+            return _spec_origin(found) or top
+    return None
 
 
 def _found_in(top: str, paths: list[str]) -> str | None:
     """Where ``top`` would be imported from when only ``paths`` are searched (no code runs), or None."""
     found = importlib.machinery.PathFinder.find_spec(top, [p or os.getcwd() for p in paths])
-    if found is None:
-        return None
-    if found.origin and found.origin != "namespace":
+    return None if found is None else _spec_origin(found) or top
+
+
+def _spec_origin(found: Any) -> str | None:
+    if found.origin and found.origin not in ("namespace", "built-in", "frozen"):
         return found.origin
-    locations = list(found.submodule_search_locations or [])
-    return locations[0] if locations else top
+    return next(iter(found.submodule_search_locations or []), None)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def format_traceback(exc: BaseException, limit: int = 20_000) -> str:
-    """The traceback of ``exc`` as text, its end kept when it is longer than ``limit`` characters."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return text if len(text) <= limit else "...\n" + text[-limit:]

@@ -18,12 +18,14 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import grid as grids
+from hpsearch.errors import UserError, one_line
 from hpsearch.listener import StudyReport
 from hpsearch.phases import Phases
 from hpsearch.records import FINISHED_STATES, decode_params, counts_as_failure
 from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
 from hpsearch.storage import mask_url
-from hpsearch.training import metric_on_test, resolved_config
+from hpsearch.backends.base import metric_on_test, scores_on_test
+from hpsearch.training import resolved_config
 from hpsearch.trialstore import Row, TrialStore
 
 __all__ = ["PhaseView", "Results"]
@@ -194,7 +196,7 @@ class Results:
             "data_fingerprint": result.get("data_fingerprint") if same else None,
             # the winner's scores on the test split (test_acc, test_loss, ...), measured once at the study's end
             "test_metric": metric_on_test(self.spec.objective.metric),
-            **({key: value for key, value in result.items() if key.startswith("test_")} if same else {}),
+            **(scores_on_test(result) if same else {}),
         }
 
     def status(self, views: list[PhaseView] | None = None, layout: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -246,9 +248,14 @@ class Results:
             return None
         views = [self.view(p, layout) for p in self.spec.phases]
         best = self.best_of(views, layout)
-        best_result = None
+        best_result, failure = None, None
         if best is not None and retrain:
-            best_result = train_once(self.spec, data, best["params"], seed=best["seed"])
+            try:
+                best_result = train_once(self.spec, data, best["params"], seed=best["seed"])
+            except (UserError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the user's trainable failed where it succeeded before
+                failure = f"retraining the winner failed: {one_line(exc)}"
         spaces: dict[str, dict[str, bool]] = {}
         importances: dict[str, dict[str, float]] = {}
         for view in views:
@@ -261,9 +268,9 @@ class Results:
             importances[phase.name] = _importances(self.phases.load(phase, record)) if full else {}
         return StudyReport(
             study=self.spec.name, metric=self.spec.objective.metric, direction=self.spec.objective.direction,
-            trials=self.trials() if full else [], spaces=spaces, importances=importances, best=best, best_result=best_result,
-            best_fragment=best_fragment(self.spec, best) if best else None,
-            summary=self.status(views, layout),
+            trials=self.trials() if full else [], spaces=spaces, importances=importances, best=best,
+            best_result=best_result, best_fragment=best_fragment(self.spec, best) if best else None,
+            summary=self.status(views, layout), failure=failure,
         )
 
 

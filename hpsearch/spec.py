@@ -424,8 +424,10 @@ def _validate_backend_params(spec: StudySpec) -> None:
                 check(spec.config(**{name: value}), f"phases[{index}].space")
 
 
-def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False) -> StudySpec:
-    """Validate a spec mapping. ``base_dir`` is its folder: relative data paths and the user's modules are there."""
+def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False,
+               modules_from_base_dir: bool = True) -> StudySpec:
+    """Validate a spec mapping. ``base_dir`` is its folder: relative data paths, and (unless
+    ``modules_from_base_dir`` is False) the user's modules, are there."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a study spec must be a YAML mapping with at least 'name'.")
     raw = copy.deepcopy(raw)
@@ -433,8 +435,9 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
         if key in raw:
             raise SpecError(f"{source}: unknown key {key!r}.")
     try:  # keys need not be strings (YAML's '1: x')
-        spec = StudySpec.model_validate({**raw, "source": source, "base_dir": str(Path(base_dir).resolve()),
-                                         "allow_import": allow_import})
+        spec = StudySpec.model_validate({
+            **raw, "source": source, "allow_import": allow_import,
+            "base_dir": str(Path(base_dir).resolve()) if modules_from_base_dir else None})
     except ValidationError as exc:
         raise SpecError(validation_message(source, exc)) from None
     if spec.data.path is not None and not _expand_user(spec.data.path, source).is_absolute():
@@ -537,6 +540,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, allow_import
 def best_fragment(spec: StudySpec, best: dict[str, Any]) -> dict[str, Any]:
     """The best trial as a spec that ``hpsearch train`` runs again: its full config, its seed, where it came from."""
     import hpsearch
+    from hpsearch.backends.base import scores_on_test
 
     return {
         "name": f"{spec.name}-best",
@@ -544,13 +548,14 @@ def best_fragment(spec: StudySpec, best: dict[str, Any]) -> dict[str, Any]:
         "data": spec.data.model_dump(exclude_none=True),
         # the trainable's code stays where it is, wherever the fragment is written
         "model": {**spec.model.model_dump(exclude_none=True),
-                  **({"path": spec.base_dir} if is_reference(spec.model.backend) and not spec.model.path else {})},
+                  **({"path": spec.base_dir} if is_reference(spec.model.backend) and spec.base_dir
+                     and not spec.model.path else {})},
         "defaults": best["config"],
         "objective": spec.objective.model_dump(),
         "provenance": {
             "study": spec.name, "phase": best["phase"], "trial": best["trial"],
             best["metric"]: best["value"], "seed": best["seed"],
-            **{key: value for key, value in best.items() if key.startswith("test_") and key != "test_metric"},
+            **scores_on_test(best),
             "data_fingerprint": best["data_fingerprint"], "hpsearch_version": hpsearch.__version__,
         },
     }

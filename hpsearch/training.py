@@ -10,6 +10,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from hpsearch.backends import TrainResult
+from hpsearch.backends.base import scores_on_test
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import SpecError
 from hpsearch.spec import StudySpec, validation_message
@@ -76,9 +77,5 @@ def score_test_split(spec: StudySpec, data: Dataset, result: TrainResult) -> dic
     evaluate = spec.trainable.evaluate
     if data.X_test is None or result.model is None or evaluate is None:
         return None
-    return {f"test_{name}": float(value) for name, value in evaluate(result.model, data.X_test, data.y_test).items()}
-
-
-def metric_on_test(metric: str) -> str:
-    """The test split's counterpart of an objective metric: ``val_acc`` -> ``test_acc``, ``rmse`` -> ``test_rmse``."""
-    return "test_" + metric.removeprefix("val_")
+    scores = evaluate(result.model, data.X_test, data.y_test)
+    return scores_on_test({f"test_{name}": value for name, value in dict(scores).items() if name != "metric"})

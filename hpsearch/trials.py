@@ -15,13 +15,13 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.backends import DivergedError, TrainableError, TrainResult
+from hpsearch.backends.base import is_number
 from hpsearch.data import Dataset
+from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, TrialInfo
 from hpsearch.pointqueue import Heartbeat
-from hpsearch.errors import SpecError, UserError
-from hpsearch.plugins import format_traceback
 from hpsearch.records import FAILURE, INTERRUPTED, SEED, TRACEBACK, decode_params
 from hpsearch.results import PhaseView
 from hpsearch.spec import PhaseSpec, StudySpec
@@ -30,6 +30,8 @@ from hpsearch.training import resolved_config, train_once
 from hpsearch.trialstore import Row, TrialStore
 
 __all__ = ["RunningTrial", "TrialRunner"]
+
+NO_METRIC = "the trainable reported no metric"
 
 
 @dataclass
@@ -71,6 +73,7 @@ class TrialRunner:
             current.optuna_trial = optuna.Trial(study, info.trial_id)
         reason: str | None = None
         result = None
+        silent = False  # the trainable finished without reporting the objective
         with self.heartbeat.beating(info.trial_id):
             try:
                 config = resolved_config(self.spec, info.params)
@@ -81,6 +84,7 @@ class TrialRunner:
                     result = train_once(self.spec, self.data(), info.params, seed=info.seed,
                                         on_epoch=functools.partial(self._on_epoch, current, pruning))
                 state, value, reason = self._judge(result)
+                silent = reason is not None and reason.startswith(NO_METRIC)
             except optuna.TrialPruned as exc:
                 state, value, reason = TrialState.PRUNED, None, str(exc) or "pruned"
             except DivergedError as exc:
@@ -92,10 +96,10 @@ class TrialRunner:
                 self._finish(current, TrialState.FAIL, None, None, str(exc))
                 raise  # the study stops with one line, exit 2
             except Exception as exc:  # the trainable failed: the trial fails and its point is retried
-                state, value, reason = TrialState.FAIL, None, " ".join(f"{type(exc).__name__}: {exc}".split())
+                state, value, reason = TrialState.FAIL, None, one_line(exc)
                 current.traceback = format_traceback(exc)
         self._finish(current, state, value, result, reason)
-        if state == TrialState.FAIL and result is not None:  # the trainable does not report the objective at all
+        if state == TrialState.FAIL and silent:  # the trainable does not report the objective: no trial ever will
             raise SpecError(f"{self.spec.source}: {reason}; set objective.metric to one of the metrics it reports.")
 
     def _judge(self, result: TrainResult) -> tuple[TrialState, float | None, str | None]:
@@ -104,7 +108,7 @@ class TrialRunner:
         value = result.metrics.get(metric)
         if value is None:
             reported = ", ".join(result.metrics) or "none"
-            return TrialState.FAIL, None, f"the trainable reported no metric {metric!r} (it reported: {reported})"
+            return TrialState.FAIL, None, f"{NO_METRIC} {metric!r} (it reported: {reported})"
         if not math.isfinite(value):
             return TrialState.PRUNED, None, f"diverged: {metric} is {value}"
         return TrialState.COMPLETE, value, None
@@ -112,8 +116,8 @@ class TrialRunner:
     def _on_epoch(self, current: RunningTrial, pruning: bool, epoch: int, metrics: dict[str, Any]) -> None:
         with self.interruption.deferred():  # storage and listener calls: a signal waits for the epoch's end
             for key, value in metrics.items():  # every number it reports, so tracking can be rebuilt
-                if key not in ("step_losses",) and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    current.history.setdefault(key, []).append(value)
+                if is_number(value):
+                    current.history.setdefault(key, []).append(float(value))
             self.listener.on_epoch(current.phase, current.info, epoch, metrics)
             # each report is a storage write: only a pruner needs them (the history is stored at the end)
             if pruning:

@@ -117,8 +117,9 @@ def test_train_on_regression_targets_with_a_classifier_is_one_line(tmp_path):
     spec = _arrays_spec(tmp_path)
     result = runner.invoke(app, ["train", str(spec), "--set", "data.num_test=0"])
     assert result.exit_code == 2
-    assert result.stderr == (f"error: {spec}: the numpy backend does not train on regression targets, which "
-                             "digits.npz holds; if they are class labels, set data.options.task: classification.\n")
+    assert result.stderr == (f"error: {spec}: the numpy trainable learns classification targets; the dataset "
+                             "digits.npz holds regression targets; if they are class labels, set "
+                             "data.options.task: classification.\n")
 
 
 def test_missing_spec_exits_2():

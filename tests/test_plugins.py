@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -229,3 +230,126 @@ def test_mlflow_gets_a_user_trainables_metrics_by_name_and_its_traceback(tmp_pat
     assert 'raise RuntimeError("boom: bad config "' in Path(traceback).read_text()
     (study_run,) = [run for run in runs if run.data.tags.get("hpsearch.kind") == "study"]
     assert "best_val_error_final" in study_run.data.metrics
+
+
+RIDGE = '''
+import numpy as np
+import hpsearch
+
+
+def evaluate(model, X, y):
+    return {"rmse": float(np.sqrt(np.mean((X @ model - y) ** 2)))}
+
+
+@hpsearch.trainable(metrics={"val_rmse": "minimize"}, evaluate=evaluate, tasks=("regression",))
+def train(config, data, *, seed, on_epoch):
+    X, y = data.X_train, data.y_train
+    weights = np.linalg.solve(X.T @ X + config["alpha"] * np.eye(X.shape[1]), X.T @ y)
+    return hpsearch.TrainResult(metrics={"val_rmse": evaluate(weights, data.X_val, data.y_val)["rmse"]},
+                                model=weights)
+'''
+
+
+def test_a_regression_on_a_csv_file_from_the_python_api(tmp_path):
+    module = f"ridge_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(RIDGE)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    y = X @ np.array([1.5, -2.0, 0.5]) + 0.1 * rng.standard_normal(200)
+    rows = ["a,b,c,target", *(",".join(f"{v:.6f}" for v in (*x, t)) for x, t in zip(X, y))]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    spec = {"name": "ridge", "data": {"dataset": "csv", "path": "data.csv", "target": "target", "num_val": 40,
+                                      "num_test": 40},
+            "model": {"backend": f"{module}:train"}, "defaults": {"alpha": 1.0},
+            "objective": {"metric": "val_rmse"}, "storage": f"sqlite:///{tmp_path / 'ridge.db'}",
+            "tracking": {"enabled": False},
+            "phases": [{"name": "grid", "sampler": "grid", "grid": {"alpha": [0.001, 100.0, 10000.0]}}]}
+    result = hpsearch.run(spec, base_dir=tmp_path, echo=lambda line: None)
+    assert result.complete and result.direction == "minimize"
+    values = {t["params"]["alpha"]: t["value"] for t in result.trials}
+    assert result.best_params == {"alpha": 0.001} and result.best_value == min(values.values())
+    assert values[0.001] < 0.2 < values[10000.0]  # the noise is 0.1; heavy shrinkage misses the signal
+    assert set(result.test_scores) == {"test_rmse"} and result.test_scores["test_rmse"] < 0.2
+    # the built-in classifiers refuse these targets in one line
+    with pytest.raises(SpecError, match=r"the numpy trainable learns classification targets; the dataset .* holds "
+                                        r"regression targets"):
+        hpsearch.run({**spec, "model": {"backend": "numpy"}, "defaults": {}, "objective": {"metric": "val_acc"},
+                      "phases": [{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4]}}]},
+                     base_dir=tmp_path, echo=lambda line: None)
+
+
+def test_the_module_imported_is_the_one_checked_not_a_copy_in_the_working_directory(tmp_path):
+    specs, elsewhere = tmp_path / "specs", tmp_path / "elsewhere"
+    specs.mkdir(), elsewhere.mkdir()
+    (specs / "shadowed_model.py").write_text(USER_CODE)
+    (elsewhere / "shadowed_model.py").write_text("raise SystemExit('the copy in the working directory ran')\n")
+    # a dist-info in the working directory tries to take over the name 'numpy'
+    (elsewhere / "evil-1.0.dist-info").mkdir()
+    (elsewhere / "evil-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
+    (elsewhere / "evil-1.0.dist-info" / "entry_points.txt").write_text(
+        "[hpsearch.backends]\nnumpy = shadowed_model:train\n")
+    spec = write_spec(specs, model={"backend": "shadowed_model:train"}, defaults={"scale": 1.0},
+                      objective={"metric": "val_error", "direction": "minimize"})
+    # `python -m` puts the working directory first on sys.path, as `run --workers` does for its workers
+    result = subprocess.run([sys.executable, "-m", "hpsearch", "train", str(spec), "--json"], cwd=elsewhere,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "val_error" in json.loads(result.stdout)
+    numpy_spec = write_spec(specs, name="builtin")
+    result = subprocess.run([sys.executable, "-m", "hpsearch", "train", str(numpy_spec), "--json"], cwd=elsewhere,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "val_acc" in json.loads(result.stdout)  # the built-in backend, not the working directory's module
+
+
+def test_two_specs_with_same_named_modules_in_one_process_are_not_mixed_up(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    name = f"samename_{uuid.uuid4().hex[:8]}"
+    for folder in (first, second):
+        (folder / f"{name}.py").write_text(USER_CODE)
+    common = {"model": {"backend": f"{name}:train"}, "defaults": {"scale": 1.0},
+              "objective": {"metric": "val_error", "direction": "minimize"}}
+    load_spec(write_spec(first, **common))
+    with pytest.raises(SpecError, match=rf"this process already imported a module '{name}' from {first}"):
+        load_spec(write_spec(second, **common))
+
+
+FAILING_END = '''
+import numpy as np
+import hpsearch
+
+
+def evaluate(model, X, y):
+    raise ValueError("evaluate is broken")
+
+
+@hpsearch.trainable(metrics={"val_score": "maximize"}, evaluate=evaluate)
+def train(config, data, *, seed, on_epoch):
+    if config["kind"] == "text":
+        return {"val_score": "high"}
+    return hpsearch.TrainResult(metrics={"val_score": np.float32(config["scale"])}, model="a model")
+'''
+
+
+def test_numpy_metrics_count_text_fails_the_trial_and_a_failing_evaluate_still_ends_the_study(tmp_path):
+    module = f"failing_end_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(FAILING_END)
+    spec = write_spec(tmp_path, model={"backend": f"{module}:train"}, defaults={"scale": 1.0, "kind": "number"},
+                      objective={"metric": "val_score"}, tracking={"enabled": False},
+                      storage=f"sqlite:///{tmp_path / 'study.db'}",
+                      phases=[{"name": "grid", "sampler": "grid", "max_retries": 0,
+                               "grid": {"scale": [0.5, 2.0], "kind": ["number", "text"]}}])
+    result = runner.invoke(app, ["run", str(spec), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["complete"] and summary["best"]["value"] == 2.0 and "test_score" not in summary["best"]
+    assert ("warning: scoring the winner on the test split failed: ValueError: evaluate is broken; the study ends "
+            "without the winner's test score.") in result.stderr
+    failures = {t.params["scale"]: t.user_attrs.get("failure") for t in stored_trials(tmp_path)
+                if t.params["kind"] == "text"}
+    assert failures == {0.5: f"TrainableError: the trainable {module}:train returned 'val_score': 'high', which is "
+                             "not a number", 2.0: f"TrainableError: the trainable {module}:train returned "
+                             "'val_score': 'high', which is not a number"}
+    again = runner.invoke(app, ["run", str(spec)])
+    assert again.exit_code == 0 and "already complete" in again.stderr

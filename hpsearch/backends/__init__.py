@@ -8,12 +8,13 @@ modules are imported on demand, so that the NumPy path never imports torch.
 from __future__ import annotations
 
 import functools
-from importlib.metadata import entry_points
+from importlib.metadata import distributions
 from pathlib import Path
+from typing import Any
 
 from hpsearch.backends.base import DivergedError, ModelFileError, TrainableError, TrainResult, Trainable, trainable
 from hpsearch.errors import SpecError
-from hpsearch.plugins import is_reference, load_reference
+from hpsearch.plugins import installation_paths, is_reference, load_reference
 
 __all__ = ["ENTRY_POINT_GROUP", "DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError",
            "load_trainable", "registered", "trainable"]
@@ -21,9 +22,18 @@ __all__ = ["ENTRY_POINT_GROUP", "DivergedError", "ModelFileError", "TrainResult"
 ENTRY_POINT_GROUP = "hpsearch.backends"
 
 
+def _entry_points() -> list[Any]:
+    """The group's entry points of installed distributions only: a ``*.dist-info`` folder in the working directory
+    or on ``$PYTHONPATH`` cannot register (or take over) a name."""
+    points = []
+    for distribution in distributions(path=installation_paths()):
+        points += [point for point in distribution.entry_points if point.group == ENTRY_POINT_GROUP]
+    return points
+
+
 def registered() -> dict[str, str]:
     """Registered backend names -> the ``module:attribute`` each stands for."""
-    return {point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}
+    return {point.name: point.value for point in _entry_points()}
 
 
 @functools.cache
@@ -33,15 +43,18 @@ def load_trainable(name: str, *, where: str = "model.backend", base_dir: str | P
     if is_reference(name):
         target = load_reference(name, where=where, base_dir=base_dir, allow_import=allow_import)
     else:
-        points = [point for point in entry_points(group=ENTRY_POINT_GROUP) if point.name == name]
+        points = {point.value for point in _entry_points() if point.name == name}
         if not points:
-            known = ", ".join(sorted(registered())) or "none"
-            raise SpecError(f"{where} must be one of {known}, or 'package.module:function'. Got {name!r} instead.")
-        try:
-            target = points[0].load()
-        except Exception as exc:  # noqa: BLE001 - an installed plug-in may fail to import
-            raise SpecError(f"{where} {name!r}: loading {points[0].value} failed: {type(exc).__name__}: {exc}") \
-                from None
+            known = registered()
+            if not known:  # hpsearch's own entry points are missing: a source tree that was not (re)installed
+                raise SpecError(f"{where} {name!r}: no backends are registered; install hpsearch (pip install -e .) "
+                                "so that its entry points exist.")
+            raise SpecError(f"{where} must be one of {', '.join(sorted(known))}, or 'package.module:function'. Got "
+                            f"{name!r} instead.")
+        if len(points) > 1:
+            raise SpecError(f"{where} {name!r} is registered by several installed packages "
+                            f"({', '.join(sorted(points))}); name the one you mean as 'package.module:function'.")
+        target = load_reference(points.pop(), where=f"{where} {name!r}:", base_dir=None, allow_import=False)
     if isinstance(target, Trainable):
         return target.named(name)
     if callable(target):

@@ -8,12 +8,12 @@ are described alike, by a :class:`Trainable`: what the function takes, reports a
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Mapping
 
-__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "trainable"]
+__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "is_number",
+           "metric_on_test", "scores_on_test", "trainable"]
 
 Direction = Literal["maximize", "minimize"]
 Task = Literal["classification", "regression"]
@@ -125,7 +125,7 @@ class Trainable:
 
         def record(epoch: int, metrics: dict[str, Any]) -> None:
             for name, value in metrics.items():
-                if _is_number(value):
+                if is_number(value):
                     history.setdefault(name, []).append(float(value))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
@@ -134,27 +134,32 @@ class Trainable:
         returned = self.train(config, data, seed=seed, on_epoch=record)
         seconds = time.perf_counter() - start
         if isinstance(returned, TrainResult):
-            return replace(returned, history=returned.history or history, seconds=returned.seconds or seconds,
-                           config=returned.config or dict(config))
-        if not isinstance(returned, Mapping):
-            raise TrainableError(f"the trainable {self.name} returned {type(returned).__name__}; it must return a "
+            return replace(returned, metrics=self._numbers(returned.metrics), history=returned.history or history,
+                           seconds=returned.seconds or seconds, config=returned.config or dict(config))
+        return TrainResult(metrics=self._numbers(returned), history=history, seconds=seconds, config=dict(config))
+
+    def _numbers(self, metrics: Any) -> dict[str, float]:
+        """Metric names to Python floats (NumPy scalars included); anything else breaks the contract."""
+        if not isinstance(metrics, Mapping):
+            raise TrainableError(f"the trainable {self.name} returned {type(metrics).__name__}; it must return a "
                                  "TrainResult or a mapping of metric names to numbers")
-        metrics = {}
-        for name, value in returned.items():
-            if not _is_number(value):
+        numbers = {}
+        for name, value in metrics.items():
+            if not is_number(value):
                 raise TrainableError(f"the trainable {self.name} returned {name!r}: {value!r}, which is not a number")
-            metrics[str(name)] = float(value)
-        return TrainResult(metrics=metrics, history=history, seconds=seconds, config=dict(config))
+            numbers[str(name)] = float(value)
+        return numbers
 
 
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
+def is_number(value: Any) -> bool:
+    """A real number a metric can be: int, float or a NumPy scalar; not a bool, a string or an array."""
+    if isinstance(value, (bool, str, bytes)):
         return False
     try:
         float(value)
     except (TypeError, ValueError):
         return False
-    return not isinstance(value, (str, bytes))
+    return getattr(value, "ndim", 0) == 0
 
 
 def trainable(
@@ -192,5 +197,11 @@ def trainable(
     return wrap(function) if function is not None else wrap
 
 
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
+def scores_on_test(record: dict[str, Any]) -> dict[str, float]:
+    """The test scores (``test_acc``, ``test_loss``, ...) among a record's keys: numbers named ``test_*``."""
+    return {key: float(value) for key, value in record.items() if key.startswith("test_") and is_number(value)}
+
+
+def metric_on_test(metric: str) -> str:
+    """The test split's counterpart of an objective metric: ``val_acc`` -> ``test_acc``, ``rmse`` -> ``test_rmse``."""
+    return "test_" + metric.removeprefix("val_")

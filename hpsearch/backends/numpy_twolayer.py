@@ -136,8 +136,8 @@ class TwoLayerNet:
         After every epoch the minibatch (train) accuracy of the epoch's last minibatch, measured after its update
         (CS231n's convention), the validation accuracy and loss are recorded and ``on_epoch(epoch, metrics)`` is
         called with ``loss`` (the epoch's mean), ``step_losses`` (every iteration's loss in that epoch),
-        ``train_acc``, ``val_acc``, ``val_loss``, ``lr`` (the rate used during the epoch) and ``iteration``. A non-finite loss raises
-        :class:`DivergedError` at once.
+        ``train_acc``, ``val_acc``, ``val_loss``, ``lr`` (the rate used during the epoch) and ``iteration``. A
+        non-finite loss raises :class:`DivergedError` at once.
 
         X is converted once to a C-contiguous array of the network's dtype; the steps run on :class:`_SGDStep`.
         """

@@ -32,7 +32,7 @@ import numpy as np
 
 from hpsearch.data import TASKS, Dataset, fingerprint
 from hpsearch.data.arrays import Split, check_arrays, from_arrays
-from hpsearch.errors import DataError, UserError
+from hpsearch.errors import DataError, UserError, one_line
 from hpsearch.plugins import load_reference
 
 __all__ = ["load"]
@@ -54,7 +54,7 @@ def load(reference: str, split: Split, *, path: str | Path | None, base_dir: str
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's loader may raise anything; its traceback stays chained
-        raise DataError(f"{source} raised {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"{source} raised {one_line(exc)}") from exc
     if isinstance(result, Dataset):
         return _checked_dataset(result, source, split)
     if isinstance(result, Mapping):
@@ -69,6 +69,9 @@ def _checked_dataset(data: Dataset, source: str, split: Split) -> Dataset:
     if given:
         raise DataError(f"{source} returned a finished Dataset, so data.{given[0]} does not apply: leave it out, or "
                         "return arrays for hpsearch to split.")
+    if data.X_val is None or data.y_val is None:
+        raise DataError(f"{source} returned a Dataset without a validation split (X_val, y_val): trials are scored "
+                        "on it.")
     if (data.X_test is None) != (data.y_test is None):
         raise DataError(f"{source} returned a Dataset with {'y_test' if data.X_test is None else 'X_test'} but "
                         f"no {'X_test' if data.X_test is None else 'y_test'}.")

@@ -240,13 +240,11 @@ class MlflowBase:
     def _metric(self, run_id: str, key: str, value: Any, step: int) -> None:
         from mlflow.entities import Metric
 
-        if value is None or isinstance(value, bool):
-            return
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return  # a trainable may pass anything to on_epoch; only numbers are metrics
-        self._pending.setdefault(run_id, []).append(Metric(key, value, _now_ms(), int(step)))
+        from hpsearch.backends.base import is_number
+
+        if not is_number(value):
+            return  # None, or whatever else a trainable passes to on_epoch: only numbers are metrics
+        self._pending.setdefault(run_id, []).append(Metric(key, float(value), _now_ms(), int(step)))
 
     @staticmethod
     def _params(config: dict[str, Any]) -> list[Any]:

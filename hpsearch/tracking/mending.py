@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hpsearch.backends.base import scores_on_test
+
 from hpsearch.listener import StudyReport
 from hpsearch.records import SharedState
 from hpsearch.storage import mask_url
@@ -133,9 +135,7 @@ class Mending(MlflowBase):
                            lambda: self.client.log_artifact(run_id, str(model_file), "model"))
             final = f"best_{self.spec.objective.metric}_final"
             metrics = [Metric(final, best["value"], _now_ms(), 0)]
-            for key, value in best.items():
-                if key.startswith("test_") and key != "test_metric" and value is not None:
-                    metrics.append(Metric(key, value, _now_ms(), 0))
+            metrics += [Metric(key, value, _now_ms(), 0) for key, value in scores_on_test(best).items()]
             tags = [RunTag("best_phase", best["phase"]), RunTag("best_trial", str(best["trial"])),
                     RunTag("best_config", json.dumps(best["config"])[:5000])]
             self._safe("logging the result", lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags))
