@@ -9,6 +9,7 @@ only inside the functions that need it, so specs, plans and the NumPy path never
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -41,10 +42,15 @@ class TorchConfig(UserConfig):
     batch_norm: bool = False
     init: Literal["normal", "kaiming"] = "normal"
     init_std: float = Field(1e-3, gt=0)  # for init: normal (the template's N(0, 1e-3^2) weights, zero biases)
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # adamw: decoupled weight decay
     momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False  # sgd only
     learning_rate: float = Field(1e-3, gt=0)
-    learning_rate_decay: float = Field(0.95, gt=0, le=1)
+    learning_rate_decay: float = Field(0.95, gt=0, le=1)  # schedule: step
+    schedule: Literal["step", "cosine", "onecycle"] = "step"
+    warmup_epochs: float = Field(0.0, ge=0)  # a linear warm-up from 0 before the schedule (onecycle: 30 % if 0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)  # the largest global norm of a step's gradients
     reg: float = Field(0.001, ge=0)  # weight decay
     num_epochs: int = Field(10, gt=0)
     batch_size: int = Field(200, gt=0)
@@ -58,6 +64,11 @@ class TorchConfig(UserConfig):
             raise ValueError("'hidden_sizes' must be positive integers")
         if self.batch_norm and self.batch_size < 2:
             raise ValueError(f"'batch_norm' needs 'batch_size' >= 2. Got {self.batch_size} instead")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("'nesterov' needs optimizer 'sgd' and a 'momentum' above 0")
+        if self.warmup_epochs >= self.num_epochs:
+            raise ValueError(f"'warmup_epochs' ({self.warmup_epochs}) must be fewer than 'num_epochs' "
+                             f"({self.num_epochs})")
         return self
 
     def layers(self) -> list[int]:
@@ -140,6 +151,32 @@ class TorchModel:
         return int(self.module[0].in_features)
 
 
+def lr_factor(cfg: TorchConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based), as a fraction of ``learning_rate``.
+
+    step: ``learning_rate_decay`` to the power of the epoch (the assignment's schedule). cosine: from 1 down to 0 over
+    the run. onecycle: up from 0 to 1 over the warm-up (30 % of the run unless ``warmup_epochs`` says), then cosine
+    down to 0. A warm-up, where given, ramps linearly from 1/warm-up steps to 1 first.
+    """
+    total = cfg.num_epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch or (0.3 * total if cfg.schedule == "onecycle" else 0)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "step":
+        return cfg.learning_rate_decay ** (step // steps_per_epoch)
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _optimizer(torch: Any, cfg: TorchConfig, parameters: Any) -> Any:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.reg)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.reg)
+    return torch.optim.SGD(parameters, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.reg)
+
+
 def _scores(torch: Any, module: Any, X: Any, y: Any, batch: int = 10_000) -> dict[str, float]:
     """``acc`` and ``loss`` (mean cross-entropy) of the module on tensors X (N, D), y (N,), in eval mode."""
     module.eval()
@@ -160,9 +197,10 @@ def train(
     seed: int,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train one MLP. Minibatches walk a fresh permutation of the training split each epoch; after each epoch the
-    learning rate is multiplied by ``learning_rate_decay`` and ``on_epoch`` gets the epoch's mean loss, every
-    step's loss, the running training accuracy of the epoch's minibatches, the validation accuracy and the rate.
+    """Train one MLP. Minibatches walk a fresh permutation of the training split each epoch; the learning rate
+    follows :func:`lr_factor` step by step (by default: multiplied by ``learning_rate_decay`` after each epoch), and
+    ``on_epoch`` gets the epoch's mean loss, every step's loss, the running training accuracy of the epoch's
+    minibatches, the validation accuracy and loss and the rate of the epoch's last step.
 
     The last, shorter minibatch of an epoch is kept, except a single row with ``batch_norm``: BatchNorm cannot take
     statistics of one row, so that row sits the epoch out (the next permutation gives it its chance). Every other
@@ -180,27 +218,28 @@ def train(
     start = time.perf_counter()
     module = build_mlp(X.shape[1], cfg.layers(), data.num_classes, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
                        init=cfg.init, init_std=cfg.init_std).to(device)
-    if cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.reg)
-    else:
-        optimizer = torch.optim.SGD(module.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
-                                    weight_decay=cfg.reg)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.learning_rate_decay)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    optimizer = _optimizer(torch, cfg, module.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     n = len(X)
     rows = n - 1 if cfg.batch_norm and n % cfg.batch_size == 1 else n  # rows trained on per epoch
+    steps_per_epoch = -(-rows // cfg.batch_size)
     loss_history: list[float] = []
     history: dict[str, list[float]] = {"train_acc": [], "val_acc": [], "val_loss": []}
     for epoch in range(cfg.num_epochs):
         module.train()
         order = torch.randperm(n, generator=generator).to(device)
         step_losses, correct = [], torch.zeros((), device=device, dtype=torch.long)
-        for first in range(0, rows, cfg.batch_size):
+        for k, first in enumerate(range(0, rows, cfg.batch_size)):
+            lr = cfg.learning_rate * lr_factor(cfg, epoch * steps_per_epoch + k, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             batch = order[first:first + cfg.batch_size]
             scores = module(X[batch])
             loss = loss_fn(scores, y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
             optimizer.step()
             step_losses.append(loss.detach())
             correct += (scores.detach().argmax(dim=1) == y[batch]).sum()
@@ -216,8 +255,7 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, {"loss": float(losses.mean()), "step_losses": [float(v) for v in losses],
                              "train_acc": train_acc, "val_acc": val["acc"], "val_loss": val["loss"],
-                             "lr": optimizer.param_groups[0]["lr"], "iteration": len(loss_history)})
-        schedule.step()
+                             "lr": lr, "iteration": len(loss_history)})
     model = TorchModel(module, device)
     resolved = {**cfg.model_dump(), "hidden_sizes": cfg.layers(), "num_layers": None, "width": None}
     val = _scores(torch, module, X_val, y_val)

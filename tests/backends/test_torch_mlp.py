@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,78 @@ def test_batch_norm_with_a_one_row_last_minibatch_skips_that_row(blobs):
 def test_batch_norm_needs_two_rows_per_batch():
     with pytest.raises(ValueError, match="'batch_norm' needs 'batch_size' >= 2. Got 1 instead"):
         torch_mlp.TorchConfig(batch_norm=True, batch_size=1)
+
+
+def schedule(**changes):
+    return torch_mlp.TorchConfig(**{"num_epochs": 4, "learning_rate_decay": 0.5, **changes})
+
+
+def test_step_schedule_decays_once_per_epoch_as_before():
+    factors = [torch_mlp.lr_factor(schedule(), step, 3) for step in range(12)]
+    assert factors == [1.0] * 3 + [0.5] * 3 + [0.25] * 3 + [0.125] * 3
+
+
+def test_cosine_warm_up_and_one_cycle_schedules():
+    cosine = [torch_mlp.lr_factor(schedule(schedule="cosine"), step, 5) for step in range(20)]
+    assert cosine[0] == 1.0 and cosine == sorted(cosine, reverse=True) and cosine[-1] == pytest.approx(0.00616, abs=1e-5)
+    warm = [torch_mlp.lr_factor(schedule(schedule="cosine", warmup_epochs=1), step, 4) for step in range(16)]
+    assert warm[:4] == [0.25, 0.5, 0.75, 1.0] and warm[4:] == sorted(warm[4:], reverse=True)
+    cycle = [torch_mlp.lr_factor(schedule(schedule="onecycle"), step, 10) for step in range(40)]
+    peak = cycle.index(max(cycle))
+    assert peak == 11 and cycle[0] == pytest.approx(1 / 12) and cycle[peak] == 1.0  # 30 % of 40 steps: 12 up
+    assert cycle[:peak + 1] == sorted(cycle[:peak + 1]) and cycle[peak:] == sorted(cycle[peak:], reverse=True)
+
+
+def test_training_reports_the_schedule_s_rate(blobs):
+    seen = []
+    config = {"hidden_sizes": [8], "num_epochs": 3, "batch_size": 100, "device": "cpu", "schedule": "cosine",
+              "learning_rate": 0.01}
+    torch_mlp.train(config, blobs, seed=0, on_epoch=lambda epoch, metrics: seen.append(metrics["lr"]))
+    cfg = torch_mlp.TorchConfig(**config)  # 500 rows / 100: 5 steps an epoch, the rate of each epoch's last step
+    assert seen == [0.01 * torch_mlp.lr_factor(cfg, 5 * epoch + 4, 5) for epoch in range(3)]
+
+
+@pytest.mark.parametrize("options", [
+    {"optimizer": "adamw", "reg": 0.05},
+    {"optimizer": "sgd", "nesterov": True, "learning_rate": 0.05},
+    {"schedule": "onecycle", "learning_rate": 0.01},
+    {"label_smoothing": 0.1},
+    {"grad_clip": 0.5},
+])
+def test_each_training_option_learns_and_changes_the_training(blobs, options):
+    base = {"hidden_sizes": [16], "init": "kaiming", "num_epochs": 4, "batch_size": 50, "device": "cpu",
+            "learning_rate": 0.01}
+    plain = torch_mlp.train(base, blobs, seed=3)
+    result = torch_mlp.train({**base, **options}, blobs, seed=3)
+    assert result.val_acc > 0.9 and result.loss_history != plain.loss_history
+    assert {key: result.config[key] for key in options} == options
+
+
+def test_label_smoothing_keeps_the_loss_of_a_confident_model_above_its_floor(blobs):
+    config = {"hidden_sizes": [16], "init": "kaiming", "num_epochs": 4, "batch_size": 50, "device": "cpu",
+              "learning_rate": 0.01}
+    # separable blobs: the plain loss goes to zero; smoothed targets (0.933, 0.033, 0.033) keep it near their entropy
+    assert torch_mlp.train(config, blobs, seed=3).loss_history[-1] < 1e-3
+    assert min(torch_mlp.train({**config, "label_smoothing": 0.1}, blobs, seed=3).loss_history) > 0.3
+
+
+def test_gradient_clipping_bounds_each_step(blobs):
+    config = {"hidden_sizes": [16], "num_epochs": 1, "batch_size": 50, "device": "cpu", "optimizer": "sgd",
+              "momentum": 0.0, "learning_rate": 1.0, "reg": 0.0, "init": "kaiming"}
+    clipped = torch_mlp.train({**config, "grad_clip": 1e-3}, blobs, seed=0)
+    # ten SGD steps of norm <= 1e-3 at rate 1 move the weights by at most 1e-2 in all
+    torch.manual_seed(0)
+    start = torch_mlp.build_mlp(blobs.input_size, [16], 3, init="kaiming")
+    moved = sum(float((a - b).pow(2).sum()) for a, b in zip(clipped.model.module.parameters(), start.parameters()))
+    assert moved ** 0.5 <= 1e-2 + 1e-6
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"optimizer": "adam", "nesterov": True}, "'nesterov' needs optimizer 'sgd' and a 'momentum' above 0"),
+    ({"num_epochs": 2, "warmup_epochs": 2}, "'warmup_epochs' (2.0) must be fewer than 'num_epochs' (2)"),
+    ({"label_smoothing": 1.0}, "less than 1"),
+    ({"grad_clip": 0}, "greater than 0"),
+])
+def test_training_options_are_validated(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        torch_mlp.TorchConfig(**options)
