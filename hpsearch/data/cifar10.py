@@ -196,6 +196,10 @@ def load(
 ) -> Dataset:
     """Training and validation splits from ``data_batch_1..5``; the test split from ``test_batch`` if present.
 
+    Without ``test_batch`` (``../shared/data`` holds only the training images), a ``num_test`` that is given holds out
+    the last ``num_test`` of the 50,000 training images as the test split: no training or validation row is one of
+    them, whatever ``num_train`` and ``num_val`` are.
+
     Rows hold each image pixel by pixel (height, width, channel), so ``sample_shape`` is (32, 32, 3); a network
     that wants channels first does ``X.reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2)``.
     """
@@ -206,6 +210,8 @@ def load(
         raise DataError(f"{folder}: CIFAR-10 folder not found (expected data_batch_1..5 inside).")
     num_train = NUM_TRAIN if num_train is None else num_train
     num_val = NUM_VAL if num_val is None else num_val
+    has_test_batch = (folder / "test_batch").exists()
+    holdout = num_test if num_test is not None and not has_test_batch else 0  # held out of the training images
     num_test = NUM_TEST if num_test is None else num_test
 
     images, labels = [], []
@@ -213,13 +219,19 @@ def load(
         X, y = _load_batch_cached(folder / name)
         images.append(X)
         labels.append(y)
-        if sum(len(part) for part in labels) >= num_train + num_val:
+        if not holdout and sum(len(part) for part in labels) >= num_train + num_val:
             break  # later batches are not needed for the requested split
+    X, y = np.concatenate(images), np.concatenate(labels)
     X_test = y_test = None
-    if (folder / "test_batch").exists() and num_test > 0:
+    if holdout:
+        if num_train + num_val + holdout > len(X):
+            raise DataError(f"{folder}: num_train + num_val + num_test = {num_train + num_val + holdout} exceeds the "
+                            f"{len(X)} training images (without test_batch, the test split is held out of them).")
+        X, y, X_test, y_test = X[:-holdout], y[:-holdout], X[-holdout:], y[-holdout:]
+    elif has_test_batch and num_test > 0:
         X_test, y_test = _load_batch_cached(folder / "test_batch")
     return split_and_preprocess(
-        "cifar10", np.concatenate(images), np.concatenate(labels), num_train, num_val,
+        "cifar10", X, y, num_train, num_val,
         X_test, y_test, num_test, num_classes=NUM_CLASSES, dtype=dtype, source=str(folder),
         preprocess=preprocess, value_range=(0.0, 255.0),
     )

@@ -47,6 +47,24 @@ def test_directory_without_test_batch_serves_train_and_val(small_cifar):
     assert data.X_test is None and data.X_train.dtype == np.float32
 
 
+def test_without_test_batch_num_test_holds_out_the_last_training_images(small_cifar):
+    (small_cifar / "test_batch").unlink()
+    data = load_dataset("cifar10", path=small_cifar, num_train=50, num_val=20, num_test=30, dtype="float64",
+                        preprocess="none")
+    last, labels = cifar10.load_batch(small_cifar / "data_batch_5")
+    held, held_labels = cifar10.load_batch(small_cifar / "data_batch_4")
+    # the test split is the last 30 of the 100 images: batch 4's last 10, then all of batch 5
+    np.testing.assert_array_equal(data.X_test[10:], last.reshape(20, -1))
+    np.testing.assert_array_equal(data.X_test[:10], held[10:].reshape(10, -1))
+    assert list(data.y_test) == [*held_labels[10:], *labels]
+    assert data.X_train.shape == (50, 3072) and data.X_val.shape == (20, 3072)
+    # a smaller training split changes no test image, and none of the 70 rows trials see is one of them
+    smaller = load_dataset("cifar10", path=small_cifar, num_train=10, num_val=20, num_test=30, preprocess="none")
+    np.testing.assert_array_equal(smaller.X_test, data.X_test.astype(np.float32))
+    with pytest.raises(DataError, match=r"num_train \+ num_val \+ num_test = 101 exceeds the 100 training images"):
+        load_dataset("cifar10", path=small_cifar, num_train=50, num_val=21, num_test=30)
+
+
 def test_reduce_gadget_is_rejected_before_it_runs(small_cifar, tmp_path):
     marker = tmp_path / "pwned"
 
