@@ -128,7 +128,7 @@ class DataSpec(_Strict):
     num_val: int | None = Field(None, gt=0)
     num_test: int | None = Field(None, ge=0)
     dtype: Literal["float32", "float64"] = "float32"
-    preprocess: Literal["center", "unit_range", "none"] | None = None  # None: what the backend expects
+    preprocess: Literal["center", "unit_range", "standardize", "none"] | None = None  # None: what the backend expects
     seed: int = Field(0, ge=0, lt=SEED_BOUND)  # the shuffle of digits, arrays and csv, the draw of synthetic data
     options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific (synthetic: num_classes, num_features)
 

@@ -107,7 +107,7 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-PREPROCESSING = ("center", "unit_range", "none")
+PREPROCESSING = ("center", "unit_range", "standardize", "none")
 
 
 def split_and_preprocess(
@@ -133,7 +133,8 @@ def split_and_preprocess(
     rows of the separate test set. Every split is flattened to (N, D) and cast to ``dtype``; then
     ``center`` subtracts the training split's mean image (the NumPy assignment), ``unit_range`` maps the data's
     value range (0..255 for CIFAR-10 pixels; the training split's min..max without one) onto [-1, 1] (the PyTorch
-    template's ``Normalize(0.5, 0.5)``), ``none`` leaves the values as they are.
+    template's ``Normalize(0.5, 0.5)``), ``standardize`` gives every feature the training split's mean 0 and
+    standard deviation 1 (a constant feature is only centred), ``none`` leaves the values as they are.
     Labels become int64 for classification, targets float64 for regression (``num_classes`` 0).
     sample_shape: one sample's shape; left out, that of ``X``'s rows (``X.shape[1:]``) before flattening.
     """
@@ -152,6 +153,9 @@ def split_and_preprocess(
         shift, scale = 0.0, 1.0
     elif preprocess == "center":
         shift, scale = X_train.mean(axis=0), 1.0  # (D,)
+    elif preprocess == "standardize":
+        spread = X_train.std(axis=0)  # (D,)
+        shift, scale = X_train.mean(axis=0), 1.0 / np.where(spread > 0, spread, 1.0)
     else:
         low, high = value_range if value_range is not None else (float(X_train.min()), float(X_train.max()))
         shift, scale = (low + high) / 2, 2.0 / max(high - low, 1e-12)
@@ -160,7 +164,7 @@ def split_and_preprocess(
         out = rows if rows is X_train else rows.reshape(len(rows), -1).astype(dtype)  # X_train is a copy already
         if preprocess != "none":
             out -= np.asarray(shift, dtype=dtype)
-        if scale != 1.0:
+        if np.any(scale != 1.0):
             out *= np.asarray(scale, dtype=dtype)
         return out
 

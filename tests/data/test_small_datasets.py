@@ -52,6 +52,17 @@ def test_preprocess_none_only_casts():
     np.testing.assert_array_equal(data.X_test, pixels[15:20])
 
 
+def test_standardize_uses_the_training_split_s_mean_and_spread_per_feature():
+    raw = load_dataset("digits", num_train=300, num_val=50, num_test=50, dtype="float64", preprocess="none")
+    data = load_dataset("digits", num_train=300, num_val=50, num_test=50, dtype="float64", preprocess="standardize")
+    mean, spread = raw.X_train.mean(axis=0), raw.X_train.std(axis=0)
+    varying = spread > 0  # a digit's corner pixels are 0 in every training image: centred, not divided
+    np.testing.assert_allclose(data.X_train.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(data.X_train.std(axis=0)[varying], 1)
+    np.testing.assert_allclose(data.X_val[:, varying], ((raw.X_val - mean) / np.where(varying, spread, 1))[:, varying])
+    np.testing.assert_array_equal(data.X_test[:, ~varying], raw.X_test[:, ~varying] - mean[~varying])
+
+
 def test_a_dataset_made_by_hand_gets_flat_samples_and_classification_by_default():
     X, y = np.zeros((4, 6)), np.zeros(4, dtype=np.int64)
     data = Dataset("hand", X, y, X, y, None, None, num_classes=2, fingerprint="-")
