@@ -48,12 +48,14 @@ def print_summary(summary: dict) -> None:
         test_metric = best.get("test_metric", "test_acc")
         if best.get(test_metric) is not None:
             test = f", {test_metric} {best[test_metric]:.4f}"
-        elif summary.get("complete"):  # the dataset has no test split, or the trainable cannot evaluate a model
-            test = f", no {test_metric}"
+        elif summary.get("complete"):
+            test = f", no {test_metric} (no test split, or a trainable without evaluate)"
         else:  # the final evaluation on the test split runs once, when every phase is complete
             test = f", {test_metric} after the study completes"
         say(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}{test}")
         say(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
+    elif summary.get("complete"):
+        say("no winner: no trial completed (`hpsearch export` lists every trial with its failure)")
     for p in summary["phases"]:
         if p["failed_points"]:
             say(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")

@@ -256,10 +256,14 @@ class Phases:
         source_phase = self.spec.phase(phase.grid.source)
         record = self.record(source_phase)
         source = self.load(source_phase, record) if record else None
-        complete = source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if source else []
+        trials = source.get_trials(deepcopy=False) if source else []
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
+            failures = [t.user_attrs["failure"] for t in trials if t.user_attrs.get("failure")]
+            why = (f" ({len(failures)} trials failed, the last with {failures[-1]!r}; `hpsearch export` lists them)"
+                   if failures else " yet")
             raise UserError(f"phase {phase.name!r}: cannot derive its grid: phase {source_phase.name!r} "
-                            "has no complete trials yet.")
+                            f"has no complete trials{why}.")
         reverse = self.spec.objective.direction == "maximize"
         top = sorted(complete, key=lambda t: t.value, reverse=reverse)[: phase.grid.top_k]
         return grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)

@@ -104,7 +104,7 @@ def plot_params(report: StudyReport, path: Path) -> None:
                     shift = (k - (len(phases) - 1) / 2) * 0.12
                     points = [(positions[_category(x)] + shift, y) for x, y in points]
                 ax.scatter(*zip(*points), label=phase, alpha=0.7, s=18)
-            if layout == "categorical":
+            if layout == "categorical" and categories:  # (no scored trial: no categories, an empty panel)
                 ax.set_xticks(range(len(categories)), [json.dumps(c) if isinstance(c, list) else str(c)
                                                        for c in categories])
                 ax.set_xlim(-0.5, len(categories) - 0.5)

@@ -43,6 +43,12 @@ class SyntheticOptions(NoOptions):
     spread: float = Field(1.0, ge=0, le=1e6)
 
 
+class Cifar10Options(NoOptions):
+    """``data.options`` of CIFAR-10: ``holdout`` test images, for a folder without ``test_batch``."""
+
+    holdout: int = Field(0, ge=0, le=50_000)
+
+
 class FileOptions(NoOptions):
     """``data.options`` of the user's own data (``arrays``, ``csv``): the task, when the targets do not tell."""
 
@@ -53,7 +59,7 @@ class LoaderOptions(FileOptions, extra="allow"):
     """``data.options`` of a user loader: ``task`` is hpsearch's; every other key is passed on to the loader."""
 
 
-DATASET_OPTIONS: dict[str, type[NoOptions]] = {"cifar10": NoOptions, "digits": NoOptions,
+DATASET_OPTIONS: dict[str, type[NoOptions]] = {"cifar10": Cifar10Options, "digits": NoOptions,
                                                 "synthetic": SyntheticOptions, "arrays": FileOptions,
                                                 "csv": FileOptions}
 
@@ -214,7 +220,7 @@ def load_dataset(
     if name == "cifar10":
         from hpsearch.data import cifar10
 
-        return cifar10.load(path, **sizes)
+        return cifar10.load(path, **sizes, **options)
     if name == "digits":
         from hpsearch.data import digits
 

@@ -193,12 +193,13 @@ def load(
     num_test: int | None = None,
     dtype: str = "float32",
     preprocess: str = "center",
+    holdout: int = 0,
 ) -> Dataset:
     """Training and validation splits from ``data_batch_1..5``; the test split from ``test_batch`` if present.
 
-    Without ``test_batch`` (``../shared/data`` holds only the training images), a ``num_test`` that is given holds out
-    the last ``num_test`` of the 50,000 training images as the test split: no training or validation row is one of
-    them, whatever ``num_train`` and ``num_val`` are.
+    holdout: for a folder without ``test_batch`` (``../shared/data`` holds only the training images), the last
+    ``holdout`` of the 50,000 training images become the test split (``num_test`` is then ``holdout``): no training
+    or validation row is one of them, whatever ``num_train`` and ``num_val`` are.
 
     Rows hold each image pixel by pixel (height, width, channel), so ``sample_shape`` is (32, 32, 3); a network
     that wants channels first does ``X.reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2)``.
@@ -211,8 +212,10 @@ def load(
     num_train = NUM_TRAIN if num_train is None else num_train
     num_val = NUM_VAL if num_val is None else num_val
     has_test_batch = (folder / "test_batch").exists()
-    holdout = num_test if num_test is not None and not has_test_batch else 0  # held out of the training images
-    num_test = NUM_TEST if num_test is None else num_test
+    if holdout and has_test_batch:
+        raise DataError(f"{folder}: data.options.holdout is for a folder without test_batch; this one has it, and "
+                        "gives the test split.")
+    num_test = holdout or (NUM_TEST if num_test is None else num_test)
 
     images, labels = [], []
     for name in TRAIN_BATCHES:
@@ -225,8 +228,8 @@ def load(
     X_test = y_test = None
     if holdout:
         if num_train + num_val + holdout > len(X):
-            raise DataError(f"{folder}: num_train + num_val + num_test = {num_train + num_val + holdout} exceeds the "
-                            f"{len(X)} training images (without test_batch, the test split is held out of them).")
+            raise DataError(f"{folder}: num_train + num_val + holdout = {num_train + num_val + holdout} exceeds the "
+                            f"{len(X)} training images the test split is held out of.")
         X, y, X_test, y_test = X[:-holdout], y[:-holdout], X[-holdout:], y[-holdout:]
     elif has_test_batch and num_test > 0:
         X_test, y_test = _load_batch_cached(folder / "test_batch")

@@ -47,10 +47,12 @@ def test_directory_without_test_batch_serves_train_and_val(small_cifar):
     assert data.X_test is None and data.X_train.dtype == np.float32
 
 
-def test_without_test_batch_num_test_holds_out_the_last_training_images(small_cifar):
+def test_without_test_batch_holdout_takes_the_last_training_images_as_the_test_split(small_cifar):
+    with pytest.raises(DataError, match=r"data.options.holdout is for a folder without test_batch"):
+        load_dataset("cifar10", path=small_cifar, num_train=50, num_val=20, holdout=30)
     (small_cifar / "test_batch").unlink()
-    data = load_dataset("cifar10", path=small_cifar, num_train=50, num_val=20, num_test=30, dtype="float64",
-                        preprocess="none")
+    data = load_dataset("cifar10", path=small_cifar, num_train=50, num_val=20, num_test=1000, holdout=30,
+                        dtype="float64", preprocess="none")
     last, labels = cifar10.load_batch(small_cifar / "data_batch_5")
     held, held_labels = cifar10.load_batch(small_cifar / "data_batch_4")
     # the test split is the last 30 of the 100 images: batch 4's last 10, then all of batch 5
@@ -59,10 +61,12 @@ def test_without_test_batch_num_test_holds_out_the_last_training_images(small_ci
     assert list(data.y_test) == [*held_labels[10:], *labels]
     assert data.X_train.shape == (50, 3072) and data.X_val.shape == (20, 3072)
     # a smaller training split changes no test image, and none of the 70 rows trials see is one of them
-    smaller = load_dataset("cifar10", path=small_cifar, num_train=10, num_val=20, num_test=30, preprocess="none")
+    smaller = load_dataset("cifar10", path=small_cifar, num_train=10, num_val=20, holdout=30, preprocess="none")
     np.testing.assert_array_equal(smaller.X_test, data.X_test.astype(np.float32))
-    with pytest.raises(DataError, match=r"num_train \+ num_val \+ num_test = 101 exceeds the 100 training images"):
-        load_dataset("cifar10", path=small_cifar, num_train=50, num_val=21, num_test=30)
+    with pytest.raises(DataError, match=r"num_train \+ num_val \+ holdout = 101 exceeds the 100 training images"):
+        load_dataset("cifar10", path=small_cifar, num_train=50, num_val=21, holdout=30)
+    # without holdout, as before: no test split, whatever num_test says
+    assert load_dataset("cifar10", path=small_cifar, num_train=50, num_val=20, num_test=1000).X_test is None
 
 
 def test_reduce_gadget_is_rejected_before_it_runs(small_cifar, tmp_path):
