@@ -46,7 +46,7 @@ def test_the_scikit_learn_example_finds_a_winner_that_retrains_to_the_same_test_
 
 def test_the_cnn_example_prunes_saves_and_predicts(tmp_path):
     pytest.importorskip("torch")
-    overrides = ["defaults.num_epochs=3", "phases.0.n_trials=3", "phases.1.grid.top_k=1"]
+    overrides = ["defaults.num_epochs=2", "phases.0.n_trials=2", "phases.1.grid.top_k=1"]
     summary = run_example(tmp_path, "cnn_digits", overrides)
     best = best_spec(tmp_path, "cnn_digits", overrides)
     model = tmp_path / "cnn.pt"
