@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OutputFormat, PhaseOpt, SetOpt,
+                              SpecArg, StorageOpt, TimeoutOpt, TrackingOpt, cannot_write, check_output_file,
+                              check_output_folder, echo_err, fail, users_code)
 from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
 from hpsearch.output import print_summary, write_csv
@@ -22,17 +22,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-SpecArg = Annotated[Path, typer.Argument(help="The study spec (YAML).", show_default=False)]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override a spec value: KEY.PATH=VALUE, the value read as YAML. Repeatable."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
-AllowImportOpt = Annotated[bool, typer.Option(
-    "--allow-import", help="Let model.backend / data.dataset import modules from outside the installed packages and "
-    "the spec's folder (importing runs their code). Also: HPSEARCH_ALLOW_IMPORT=1.")]
-
 
 _OWN_PROCESS = False  # True when this process is the `hpsearch` command, not a caller of its functions
 
@@ -47,56 +36,6 @@ def main() -> None:
 @app.callback()
 def _main() -> None:
     """Hyperparameter search with experiment tracking: random then grid phases on Optuna, logged to MLflow."""
-
-
-def fail(message: str) -> typer.Exit:
-    """Print one line on stderr, every known password masked; the caller raises the returned Exit (code 2)."""
-    from hpsearch.storage import mask_url
-
-    typer.echo(mask_url(f"error: {message}"), err=True)
-    return typer.Exit(code=2)
-
-
-def _check_output_file(path: Path, option: str) -> None:
-    """Refuse, before any work is done, an output file that cannot be written."""
-    import os
-
-    if path.is_dir():
-        raise fail(f"{option} {path}: is a folder; give a file name.")
-    if not path.parent.is_dir():
-        raise fail(f"{option} {path}: the folder {path.parent} does not exist.")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise fail(f"{option} {path}: not writable.")
-
-
-def _check_output_folder(path: Path, option: str) -> None:
-    """Refuse, before any work is done, an output folder that cannot be made or written."""
-    import os
-
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise fail(f"{option} {path}: {existing} is a file, not a folder.")
-    if not os.access(existing, os.W_OK):
-        raise fail(f"{option} {path}: {existing} is not writable.")
-
-
-def _cannot_write(option: str, path: Path, exc: OSError) -> typer.Exit:
-    return fail(f"{option} {path}: cannot write ({exc.strerror or exc}).")
-
-
-@contextlib.contextmanager
-def _users_code(spec: Path, backend: str) -> Iterator[None]:
-    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial)."""
-    from hpsearch.backends import DivergedError
-    from hpsearch.errors import format_traceback, one_line
-
-    try:
-        yield
-    except (UserError, DivergedError, OSError, typer.Exit):
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever the user's function raises
-        typer.echo(format_traceback(exc).rstrip(), err=True)
-        raise fail(f"{spec}: the trainable {backend} raised {one_line(exc)}") from None
 
 
 @app.command()
@@ -130,14 +69,14 @@ def train(
             raise fail(f"--test: the dataset {data.name} of {spec} has no test split.")
         if test and trainable.evaluate is None:
             raise fail(f"--test: the trainable {study.model.backend} cannot score a model (it declares no evaluate).")
-        with _users_code(spec, study.model.backend):
+        with users_code(spec, study.model.backend):
             result = train_once(study, data)
             if (test or save is not None) and result.model is None:
                 raise fail(f"{'--test' if test else '--save'}: the trainable {study.model.backend} returned no model.")
             test_scores = score_test_split(study, data, result) if test else None
         if save is not None:
             save.parent.mkdir(parents=True, exist_ok=True)
-            with _users_code(spec, study.model.backend):
+            with users_code(spec, study.model.backend):
                 trainable.save_model(result.model, result.config, save)
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -175,25 +114,6 @@ def train(
 
 
 
-StorageOpt = Annotated[
-    Optional[str],
-    typer.Option("--storage", help="Study storage URL (default: $HPSEARCH_STORAGE, the spec's, sqlite:///runs/NAME.db).",
-                 show_default=False),
-]
-
-
-class OutputFormat(str, Enum):
-    yaml = "yaml"
-    json = "json"
-
-
-TrackingOpt = Annotated[
-    Optional[str],
-    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec's, "
-                 "sqlite:///mlflow.db beside a SQLite storage).", show_default=False),
-]
-
-
 def _driver(spec: Path, set_: list[str] | None, storage: str | None, tracking_uri: str | None = None,
             track: bool = False, writable: bool = True, allow_import: bool = False, **kwargs):
     """The study's driver, with MLflow tracking attached when ``track`` and the spec leaves it enabled.
@@ -204,33 +124,7 @@ def _driver(spec: Path, set_: list[str] | None, storage: str | None, tracking_ur
 
     study = api.load(spec, overrides=set_, allow_import=allow_import or None)
     return api.driver(study, storage=storage, tracking=track, tracking_uri=tracking_uri, writable=writable,
-                      echo=_echo_err, **kwargs)
-
-
-def _echo_err(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-def _seconds(value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise fail(f"--timeout must be a number of seconds >= 0. Got {value} instead.")
-    return value
-
-
-def _count(value: int | None) -> int | None:
-    if value is not None and value < 0:
-        raise fail(f"--max-trials must be an integer >= 0. Got {value} instead.")
-    return value
-
-
-PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
-TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.",
-                                                     callback=_seconds)]
-MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
-                                                     callback=_count)]
-ForceOpt = Annotated[
-    bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
-]
+                      echo=echo_err, **kwargs)
 
 
 @app.command()
@@ -306,7 +200,7 @@ def _work(request: _Work) -> None:
             result = api.run(request.spec, storage=request.storage, tracking_uri=request.tracking_uri,
                              phase=request.phase, timeout=request.timeout, max_trials=request.max_trials,
                              force_new_phase=request.force_new_phase, overrides=request.overrides,
-                             allow_import=request.allow_import or None, echo=_echo_err, interruption=interruption)
+                             allow_import=request.allow_import or None, echo=echo_err, interruption=interruption)
     except UserError as exc:
         raise fail(str(exc)) from None
     except (KeyboardInterrupt, Interrupted):
@@ -337,7 +231,7 @@ def _run_local_workers(request: _Work, workers: int) -> None:
         url = resolve_storage_url(request.storage, study.storage, study.name)
         refuse_foreign_database(url)
         if request.force_new_phase:  # decide the new phases once, here, rather than in N racing workers
-            Driver(study, url, echo=_echo_err, force_new_phase=True).prepare()
+            Driver(study, url, echo=echo_err, force_new_phase=True).prepare()
     except UserError as exc:
         raise fail(str(exc)) from None
     command = [sys.executable, "-m", "hpsearch", "worker", str(request.spec)]
@@ -400,7 +294,7 @@ def best(
     from hpsearch.spec import best_fragment
 
     if output is not None:
-        _check_output_file(output, "--output")
+        check_output_file(output, "--output")
     try:
         driver = _driver(spec, set_, storage, writable=False, allow_import=allow_import)
         found = driver.best()
@@ -417,7 +311,7 @@ def best(
         try:
             output.write_text(text)
         except OSError as exc:
-            raise _cannot_write("--output", output, exc) from None
+            raise cannot_write("--output", output, exc) from None
         typer.echo(f"wrote {output}", err=True)
 
 
@@ -460,7 +354,7 @@ def export(
     """Write every trial (phase, number, state, value, params, duration) to CSV or JSON."""
     if output.suffix not in (".csv", ".json"):
         raise fail(f"--output {output}: give a .csv or .json file.")
-    _check_output_file(output, "--output")
+    check_output_file(output, "--output")
     try:
         rows = _driver(spec, set_, storage, writable=False, allow_import=allow_import).trials()
     except UserError as exc:
@@ -471,7 +365,7 @@ def export(
         else:
             write_csv(output, rows)
     except OSError as exc:
-        raise _cannot_write("--output", output, exc) from None
+        raise cannot_write("--output", output, exc) from None
     typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
 
 
@@ -486,7 +380,7 @@ def report(
     """Write the comparison plots and a Markdown summary of the study to a folder, without MLflow."""
     from hpsearch.report import write_report
 
-    _check_output_folder(out, "--out")
+    check_output_folder(out, "--out")
     try:
         data = _driver(spec, set_, storage, writable=False, allow_import=allow_import).report()
     except UserError as exc:
@@ -496,7 +390,7 @@ def report(
     try:
         written = write_report(data, out)
     except OSError as exc:
-        raise _cannot_write("--out", out, exc) from None
+        raise cannot_write("--out", out, exc) from None
     for path in written:
         typer.echo(str(path))
 

@@ -1,0 +1,118 @@
+"""The command line's shared options, the checks of its arguments, and how it fails: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from hpsearch.errors import UserError
+
+SpecArg = Annotated[Path, typer.Argument(help="The study spec (YAML).", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a spec value: KEY.PATH=VALUE, the value read as YAML. Repeatable."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+AllowImportOpt = Annotated[bool, typer.Option(
+    "--allow-import", help="Let model.backend / data.dataset import modules from outside the installed packages and "
+    "the spec's folder (importing runs their code). Also: HPSEARCH_ALLOW_IMPORT=1.")]
+
+
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option("--storage", show_default=False,
+                 help="Study storage URL (default: $HPSEARCH_STORAGE, the spec's, sqlite:///runs/NAME.db)."),
+]
+
+
+class OutputFormat(str, Enum):
+    yaml = "yaml"
+    json = "json"
+
+
+TrackingOpt = Annotated[
+    Optional[str],
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec's, "
+                 "sqlite:///mlflow.db beside a SQLite storage).", show_default=False),
+]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line on stderr, every known password masked; the caller raises the returned Exit (code 2)."""
+    from hpsearch.storage import mask_url
+
+    typer.echo(mask_url(f"error: {message}"), err=True)
+    return typer.Exit(code=2)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work is done, an output file that cannot be written."""
+    import os
+
+    if path.is_dir():
+        raise fail(f"{option} {path}: is a folder; give a file name.")
+    if not path.parent.is_dir():
+        raise fail(f"{option} {path}: the folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"{option} {path}: not writable.")
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Refuse, before any work is done, an output folder that cannot be made or written."""
+    import os
+
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise fail(f"{option} {path}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK):
+        raise fail(f"{option} {path}: {existing} is not writable.")
+
+
+def cannot_write(option: str, path: Path, exc: OSError) -> typer.Exit:
+    return fail(f"{option} {path}: cannot write ({exc.strerror or exc}).")
+
+
+@contextlib.contextmanager
+def users_code(spec: Path, backend: str) -> Iterator[None]:
+    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial)."""
+    from hpsearch.backends import DivergedError
+    from hpsearch.errors import format_traceback, one_line
+
+    try:
+        yield
+    except (UserError, DivergedError, OSError, typer.Exit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the user's function raises
+        typer.echo(format_traceback(exc).rstrip(), err=True)
+        raise fail(f"{spec}: the trainable {backend} raised {one_line(exc)}") from None
+
+
+def echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def check_seconds(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise fail(f"--timeout must be a number of seconds >= 0. Got {value} instead.")
+    return value
+
+
+def check_count(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise fail(f"--max-trials must be an integer >= 0. Got {value} instead.")
+    return value
+
+
+PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.",
+                                                     callback=check_seconds)]
+MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
+                                                     callback=check_count)]
+ForceOpt = Annotated[
+    bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
+]
