@@ -106,9 +106,10 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
         echo: Callable[[str], None] | None = None, interruption: Any = None) -> StudyResult:
     """Run the study's phases in order (``hpsearch run``); call it again to resume.
 
-    base_dir: for a spec given as a mapping, where its relative paths and modules are (default: the working
-    directory). echo: where progress lines go (default stderr). Ctrl-C raises KeyboardInterrupt after the running
-    trial is marked failed (it is retried on the next run). Bad input raises :class:`hpsearch.errors.UserError`.
+    base_dir: for a spec given as a mapping, where its relative paths and modules are (default: relative paths from
+    the working directory, modules from installed packages only). echo: where progress lines go (default stderr).
+    Ctrl-C raises KeyboardInterrupt after the running trial is marked failed (it is retried on the next run). Bad
+    input raises :class:`hpsearch.errors.UserError`.
     """
     import time
 

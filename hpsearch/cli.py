@@ -76,7 +76,7 @@ def train(
             test_scores = score_test_split(study, data, result) if test else None
         if save is not None:
             save.parent.mkdir(parents=True, exist_ok=True)
-            with users_code(spec, study.model.backend):
+            with users_code(spec, study.model.backend, let_through=(OSError,)):
                 trainable.save_model(result.model, result.config, save)
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -234,7 +234,8 @@ def _run_local_workers(request: _Work, workers: int) -> None:
             Driver(study, url, echo=echo_err, force_new_phase=True).prepare()
     except UserError as exc:
         raise fail(str(exc)) from None
-    command = [sys.executable, "-m", "hpsearch", "worker", str(request.spec)]
+    # -P: the working directory is not put first on sys.path, so workers import what the `hpsearch` command imports
+    command = [sys.executable, "-P", "-m", "hpsearch", "worker", str(request.spec)]
     for item in request.overrides or []:
         command += ["--set", item]
     if request.allow_import:

@@ -78,14 +78,17 @@ def cannot_write(option: str, path: Path, exc: OSError) -> typer.Exit:
 
 
 @contextlib.contextmanager
-def users_code(spec: Path, backend: str) -> Iterator[None]:
-    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial)."""
+def users_code(spec: Path, backend: str, let_through: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial).
+
+    let_through: exceptions the caller reports itself (an OSError while saving a model: the path is the problem).
+    """
     from hpsearch.backends import DivergedError
     from hpsearch.errors import format_traceback, one_line
 
     try:
         yield
-    except (UserError, DivergedError, OSError, typer.Exit):
+    except (UserError, DivergedError, typer.Exit, *let_through):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the user's function raises
         typer.echo(format_traceback(exc).rstrip(), err=True)

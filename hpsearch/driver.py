@@ -174,7 +174,8 @@ class Driver:
         self.phases.check_context(self.data.fingerprint)
         changed = self.phases.refuse_changes(phases)
         before = self.results.status()
-        if before["complete"] and not only_phase and not changed:
+        finish_failed = bool((before.get("best") or {}).get("test_failure"))  # the user's evaluate: try it again
+        if before["complete"] and not only_phase and not changed and not finish_failed:
             self.echo(f"Study {self.spec.name!r} is already complete: nothing to run.")
             self.listener.on_study_start(self.spec, self.phases.shared(), False)
             self._mend_listener()  # a complete study's MLflow record is mended too, its runs' times kept
@@ -356,7 +357,8 @@ class Driver:
             layout = self.phases.layout()
             best = self.results.best()
             stored = self.results.stored_result(layout) or {}
-            if best is not None and (stored.get("phase"), stored.get("trial")) == (best["phase"], best["trial"]):
+            if best is not None and (stored.get("phase"), stored.get("trial")) == (best["phase"], best["trial"]) \
+                    and not stored.get("failure"):  # a finish that failed (the user's evaluate) is tried again
                 return None
             with self.interruption.immediate():
                 report = self.results.report(self.data, full=self.listener.wants_report)

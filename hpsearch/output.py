@@ -48,6 +48,8 @@ def print_summary(summary: dict) -> None:
         test_metric = best.get("test_metric", "test_acc")
         if best.get(test_metric) is not None:
             test = f", {test_metric} {best[test_metric]:.4f}"
+        elif best.get("test_failure"):
+            test = f", no {test_metric}: {best['test_failure']}"
         elif summary.get("complete"):
             test = f", no {test_metric} (no test split, or a trainable without evaluate)"
         else:  # the final evaluation on the test split runs once, when every phase is complete

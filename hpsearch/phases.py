@@ -131,7 +131,7 @@ class Phases:
         current = context_of(self.spec, fingerprint)
         layout = self.layout()
         if layout is not None:
-            changes = describe_changes(layout["context"], current)
+            changes = describe_changes(layout["context"], self._as_stored(layout["context"], current))
             if not changes:
                 return layout
             if not self.force_new_phase:
@@ -144,12 +144,25 @@ class Phases:
             return layout or {"generation": 0, "context": current, "phases": {}}
         with storage_lock(self.url, f"{self.spec.name}:phases"):
             stored = self.table.get(self.spec.name, "layout")
-            if stored is not None and not describe_changes(stored["context"], current):
+            if stored is not None and not describe_changes(stored["context"],
+                                                           self._as_stored(stored["context"], current)):
                 return stored  # another process wrote the same change first
             generation = (stored or {}).get("generation", 0) + 1
             layout = {"generation": generation, "context": current, "phases": {}}
             self._write(layout)
             return layout
+
+    def _as_stored(self, stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+        """``current`` without the trainable's settings that the stored context predates and that are at their
+        defaults: an option added to a backend later, left at the value that trains as before, is no change."""
+        model = self.spec.trainable.config_model
+        old, new = stored.get("defaults"), current.get("defaults")
+        if model is None or not isinstance(old, dict) or not isinstance(new, dict):
+            return current
+        fields = model.model_fields
+        kept = {key: value for key, value in new.items()
+                if key in old or key not in fields or value != fields[key].get_default(call_default_factory=True)}
+        return {**current, "defaults": kept}
 
     def retire_changed(self) -> None:
         """--force-new-phase: drop the records of phases whose definition changed, so they are created afresh."""

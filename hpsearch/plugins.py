@@ -8,14 +8,14 @@ working directory, ``$PYTHONPATH``) is refused unless the user allows it with ``
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.machinery
+import importlib.util
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hpsearch.errors import SpecError, one_line
 
@@ -40,7 +40,7 @@ def allow_import_from_env() -> bool:
     return os.environ.get(ALLOW_IMPORT_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-_SPEC_FOLDERS: set[str] = set()  # folders this process put on sys.path for specs: never "installed"
+_SPEC_FOLDERS: set[str] = set()  # the folders of the specs this process loaded: never "installed"
 
 
 def load_reference(reference: str, *, where: str, base_dir: str | Path | None, allow_import: bool) -> Any:
@@ -49,38 +49,22 @@ def load_reference(reference: str, *, where: str, base_dir: str | Path | None, a
     where: what the reference is, for messages (``studies/x.yaml: model.backend``).
     base_dir: the spec's folder, searched after the installed packages; None: the installed packages only.
 
-    The module is imported with ``sys.path`` cut down to the places the rules allow, so that what is imported is what
-    was checked: a file in the working directory or on ``$PYTHONPATH`` cannot shadow the module that was found.
+    What is imported is what was checked (see :func:`_import_checked`); ``sys.path`` itself is left alone while the
+    module runs.
     """
     if not _REFERENCE.fullmatch(reference):
         raise SpecError(f"{where} must be a registered name or 'package.module:function'. Got {reference!r} instead.")
     module_name, _, attribute = reference.partition(":")
     top = module_name.split(".")[0]
     folder = str(Path(base_dir).resolve()) if base_dir is not None else None
-    installed = installation_paths()
+    if folder:
+        _SPEC_FOLDERS.add(folder)  # never "installed", in this process or one it spawns
+        if folder not in sys.path:
+            sys.path.append(folder)  # after the installed packages: a file in the spec's folder cannot shadow them
     if not allow_import:
-        allowed = [origin for origin in (_installed_origin(top, installed), folder and _found_in(top, [folder]))
-                   if origin]
-        if not allowed:
-            found = _found_in(top, [p for p in sys.path if p != folder])
-            if not found:
-                searched = f"the spec's folder {folder} or " if folder else ""
-                raise SpecError(f"{where} {reference!r}: no module {top!r} in {searched}the installed packages.")
-            raise SpecError(
-                f"{where} {reference!r}: module {top!r} is at {found}, outside the installed packages and the spec's "
-                "folder; importing it runs its code, so pass --allow-import (or set HPSEARCH_ALLOW_IMPORT=1) if you "
-                "trust it.")
-        loaded = _location(sys.modules.get(top))
-        if loaded is not None and not any(_same_file(loaded, origin) for origin in allowed):
-            raise SpecError(f"{where} {reference!r}: this process already imported a module {top!r} from {loaded}, "
-                            "not the one the spec's folder or the installed packages hold; give the modules of "
-                            "different specs different names.")
-    if folder and folder not in sys.path:
-        sys.path.append(folder)  # after the installed packages: a file in the spec's folder cannot shadow them
-        _SPEC_FOLDERS.add(folder)
+        _import_checked(top, where=where, reference=reference, folder=folder)
     try:
-        with _search_path([*installed, *([folder] if folder else [])] if not allow_import else sys.path):
-            target: Any = importlib.import_module(module_name)
+        target: Any = importlib.import_module(module_name)  # the package itself is imported: its submodules follow
     except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while it is imported
         raise SpecError(f"{where} {reference!r}: importing {module_name} failed: {one_line(exc)}") from None
     for part in attribute.split("."):
@@ -88,6 +72,45 @@ def load_reference(reference: str, *, where: str, base_dir: str | Path | None, a
             raise SpecError(f"{where} {reference!r}: {module_name} has no attribute {attribute!r}.")
         target = getattr(target, part)
     return target
+
+
+def _import_checked(top: str, *, where: str, reference: str, folder: str | None) -> None:
+    """Import top-level module ``top`` from exactly where the rules allow: an installation, else the spec's folder.
+
+    The module found there is imported by its spec, so neither the working directory nor ``$PYTHONPATH`` (which come
+    first on ``sys.path`` with ``python -m``) can put another file in its place; a module of that name that this
+    process already imported from elsewhere is refused.
+    """
+    found = _installed_spec(top, installation_paths())
+    if found is None and folder:
+        found = importlib.machinery.PathFinder.find_spec(top, [folder])
+    if found is None:
+        elsewhere = _found_in(top, [p for p in sys.path if p != folder])
+        if not elsewhere:
+            searched = f"the spec's folder {folder} or " if folder else ""
+            raise SpecError(f"{where} {reference!r}: no module {top!r} in {searched}the installed packages.")
+        raise SpecError(
+            f"{where} {reference!r}: module {top!r} is at {elsewhere}, outside the installed packages and the spec's "
+            "folder; importing it runs its code, so pass --allow-import (or set HPSEARCH_ALLOW_IMPORT=1) if you "
+            "trust it.")
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        origin, where_loaded = _spec_origin(found), _location(loaded)
+        if where_loaded is not None and origin is not None and not _same_file(where_loaded, origin):
+            raise SpecError(f"{where} {reference!r}: this process already imported a module {top!r} from "
+                            f"{where_loaded}, not the one at {origin}; give the modules of different specs different "
+                            "names.")
+        return
+    if found.loader is None:  # a namespace package: nothing of its own to run
+        importlib.import_module(top)
+        return
+    module = importlib.util.module_from_spec(found)
+    sys.modules[top] = module
+    try:
+        found.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while it is imported
+        sys.modules.pop(top, None)
+        raise SpecError(f"{where} {reference!r}: importing {top} failed: {one_line(exc)}") from None
 
 
 def _location(module: Any) -> str | None:
@@ -104,18 +127,6 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _search_path(paths: list[str]) -> Iterator[None]:
-    """``sys.path`` is ``paths`` while the block runs (the import hooks of editable installs stay)."""
-    saved = sys.path[:]
-    sys.path[:] = paths
-    importlib.invalidate_caches()
-    try:
-        yield
-    finally:
-        sys.path[:] = saved
-
-
 def installation_paths() -> list[str]:
     """``sys.path`` without what the user put there: the working directory, ``$PYTHONPATH`` and spec folders.
 
@@ -127,11 +138,9 @@ def installation_paths() -> list[str]:
     return [p for p in sys.path if p not in user and os.path.abspath(p or ".") not in user]
 
 
-def _installed_origin(top: str, paths: list[str]) -> str | None:
-    """Where ``top`` comes from when imported from ``paths`` or through an import hook (built-in, frozen, editable
-    installs); None when it does not."""
-    if top in sys.builtin_module_names:
-        return "built-in"
+def _installed_spec(top: str, paths: list[str]) -> Any:
+    """The spec by which ``top`` is imported from ``paths`` or through an import hook (built-in, frozen, editable
+    installs); None when it is not."""
     for finder in sys.meta_path:
         if finder is importlib.machinery.PathFinder:
             found = importlib.machinery.PathFinder.find_spec(top, paths)
@@ -141,7 +150,7 @@ def _installed_origin(top: str, paths: list[str]) -> str | None:
             except Exception:  # noqa: BLE001 - a third-party hook that cannot answer is not an installation
                 found = None
         if found is not None:
-            return _spec_origin(found) or top
+            return found
     return None
 
 

@@ -194,6 +194,7 @@ class Results:
             "metric": self.spec.objective.metric, "params": params,
             "config": resolved_config(self.spec, params), "seed": trial.user_attrs.get("seed"),
             "data_fingerprint": result.get("data_fingerprint") if same else None,
+            "test_failure": result.get("failure") if same else None,
             # the winner's scores on the test split (test_acc, test_loss, ...), measured once at the study's end
             "test_metric": metric_on_test(self.spec.objective.metric),
             **(scores_on_test(result) if same else {}),

@@ -95,7 +95,7 @@ class TrialRunner:
             except UserError as exc:  # a spec that cannot train at all (a batch larger than the data, no data)
                 self._finish(current, TrialState.FAIL, None, None, str(exc))
                 raise  # the study stops with one line, exit 2
-            except Exception as exc:  # the trainable failed: the trial fails and its point is retried
+            except (Exception, SystemExit) as exc:  # the trainable failed: the trial fails, its point is retried
                 state, value, reason = TrialState.FAIL, None, one_line(exc)
                 current.traceback = format_traceback(exc)
         self._finish(current, state, value, result, reason)

@@ -136,6 +136,22 @@ def test_changing_the_defaults_is_refused(tmp_path):
         driver_for(changed, tmp_path).run()
 
 
+def test_a_study_stored_before_a_backend_option_existed_resumes_while_the_option_is_at_its_default(tmp_path):
+    from hpsearch.records import StateTable
+
+    spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8]}}])
+    driver_for(spec, tmp_path).run(Budget(max_trials=1))
+    table = StateTable(f"sqlite:///{tmp_path / 'study.db'}")
+    layout = table.get("tiny", "layout")
+    del layout["context"]["defaults"]["dtype"]  # as an older hpsearch, whose backend had no 'dtype', stored it
+    table.put("tiny", "layout", layout)
+    assert driver_for(spec, tmp_path).run()["complete"]  # float32 is the default: the same training as before
+    table.put("tiny", "layout", layout)
+    with pytest.raises(SpecError, match=r'defaults.dtype: added "float64"'):
+        driver_for(write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8]}}],
+                              defaults={**TINY_STUDY["defaults"], "dtype": "float64"}), tmp_path).run()
+
+
 def test_tpe_phase_runs_n_trials(tmp_path):
     spec = write_spec(tmp_path, phases=[{**TINY_STUDY["phases"][0], "name": "tpe", "sampler": "tpe", "n_trials": 5}])
     summary = driver_for(spec, tmp_path).run()

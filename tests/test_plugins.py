@@ -34,6 +34,8 @@ import numpy as np
 def train(config, data, *, seed, on_epoch):
     if config.get("explode"):
         raise RuntimeError("boom: bad config " + str(config["explode"]))
+    if config.get("exit"):
+        raise SystemExit(3)
     classes = range(data.num_classes)
     centroids = np.stack([data.X_train[data.y_train == c].mean(axis=0) for c in classes]) * config["scale"]
     for epoch in range(2):
@@ -101,6 +103,14 @@ def test_a_non_finite_objective_is_pruned_as_diverged(tmp_path):
     assert by_nan[0].state == optuna.trial.TrialState.COMPLETE
     assert by_nan[1].state == optuna.trial.TrialState.PRUNED
     assert by_nan[1].user_attrs["failure"] == "diverged: val_error is nan"
+
+
+def test_sys_exit_in_a_trainable_fails_its_trial_and_the_study_goes_on(tmp_path):
+    spec, _ = user_study(tmp_path, {"scale": [1.0], "exit": [0, 1]})
+    assert runner.invoke(app, ["run", str(spec)]).exit_code == 0
+    by_exit = {t.params["exit"]: t for t in stored_trials(tmp_path)}
+    assert by_exit[0].state == optuna.trial.TrialState.COMPLETE
+    assert (by_exit[1].state, by_exit[1].user_attrs["failure"]) == (optuna.trial.TrialState.FAIL, "SystemExit: 3")
 
 
 def test_an_undeclared_metric_needs_a_direction(tmp_path):
@@ -194,7 +204,8 @@ def test_the_python_api_runs_a_spec_given_as_a_dict_and_resumes_it(tmp_path):
     assert result.best_config == {**result.best_config, **result.best_params}
     assert any(line.startswith("[random] 1/6 trial") for line in lines)
     again = hpsearch.run(spec, echo=lines.append, overrides=["tracking.enabled=false"])
-    assert again.complete and again.trials == result.trials and lines[-1] == "Study 'tiny' is already complete: nothing to run."
+    assert again.complete and again.trials == result.trials
+    assert lines[-1] == "Study 'tiny' is already complete: nothing to run."
     assert hpsearch.status(spec).best_value == result.best_value
 
 
@@ -290,7 +301,7 @@ def test_the_module_imported_is_the_one_checked_not_a_copy_in_the_working_direct
         "[hpsearch.backends]\nnumpy = shadowed_model:train\n")
     spec = write_spec(specs, model={"backend": "shadowed_model:train"}, defaults={"scale": 1.0},
                       objective={"metric": "val_error", "direction": "minimize"})
-    # `python -m` puts the working directory first on sys.path, as `run --workers` does for its workers
+    # `python -m` puts the working directory first on sys.path
     result = subprocess.run([sys.executable, "-m", "hpsearch", "train", str(spec), "--json"], cwd=elsewhere,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -316,12 +327,16 @@ def test_two_specs_with_same_named_modules_in_one_process_are_not_mixed_up(tmp_p
 
 
 FAILING_END = '''
+import os
+
 import numpy as np
 import hpsearch
 
 
 def evaluate(model, X, y):
-    raise ValueError("evaluate is broken")
+    if os.path.exists(os.path.join(os.path.dirname(__file__), "broken")):
+        raise ValueError("evaluate is broken")
+    return {"score": 0.75}
 
 
 @hpsearch.trainable(metrics={"val_score": "maximize"}, evaluate=evaluate)
@@ -335,6 +350,7 @@ def train(config, data, *, seed, on_epoch):
 def test_numpy_metrics_count_text_fails_the_trial_and_a_failing_evaluate_still_ends_the_study(tmp_path):
     module = f"failing_end_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text(FAILING_END)
+    (tmp_path / "broken").touch()
     spec = write_spec(tmp_path, model={"backend": f"{module}:train"}, defaults={"scale": 1.0, "kind": "number"},
                       objective={"metric": "val_score"}, tracking={"enabled": False},
                       storage=f"sqlite:///{tmp_path / 'study.db'}",
@@ -351,5 +367,12 @@ def test_numpy_metrics_count_text_fails_the_trial_and_a_failing_evaluate_still_e
     assert failures == {0.5: f"TrainableError: the trainable {module}:train returned 'val_score': 'high', which is "
                              "not a number", 2.0: f"TrainableError: the trainable {module}:train returned "
                              "'val_score': 'high', which is not a number"}
-    again = runner.invoke(app, ["run", str(spec)])
-    assert again.exit_code == 0 and "already complete" in again.stderr
+    assert summary["best"]["test_failure"] == ("scoring the winner on the test split failed: ValueError: evaluate is "
+                                               "broken")
+    (tmp_path / "broken").unlink()  # the user mends evaluate: the next run scores the winner, training nothing
+    again = runner.invoke(app, ["run", str(spec), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["best"]["test_score"] == 0.75
+    assert len(stored_trials(tmp_path)) == 4
+    third = runner.invoke(app, ["run", str(spec)])
+    assert third.exit_code == 0 and "already complete" in third.stderr

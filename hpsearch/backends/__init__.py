@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.backends.base import DivergedError, ModelFileError, TrainableError, TrainResult, Trainable, trainable
-from hpsearch.errors import SpecError
+from hpsearch.errors import SpecError, one_line
 from hpsearch.plugins import installation_paths, is_reference, load_reference
 
 __all__ = ["ENTRY_POINT_GROUP", "DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError",
@@ -43,7 +43,7 @@ def load_trainable(name: str, *, where: str = "model.backend", base_dir: str | P
     if is_reference(name):
         target = load_reference(name, where=where, base_dir=base_dir, allow_import=allow_import)
     else:
-        points = {point.value for point in _entry_points() if point.name == name}
+        points = {point.value: point for point in _entry_points() if point.name == name}
         if not points:
             known = registered()
             if not known:  # hpsearch's own entry points are missing: a source tree that was not (re)installed
@@ -54,7 +54,11 @@ def load_trainable(name: str, *, where: str = "model.backend", base_dir: str | P
         if len(points) > 1:
             raise SpecError(f"{where} {name!r} is registered by several installed packages "
                             f"({', '.join(sorted(points))}); name the one you mean as 'package.module:function'.")
-        target = load_reference(points.pop(), where=f"{where} {name!r}:", base_dir=None, allow_import=False)
+        (point,) = points.values()
+        try:
+            target = point.load()  # an installed distribution's: imported as Python imports it
+        except Exception as exc:  # noqa: BLE001 - an installed plug-in may fail to import
+            raise SpecError(f"{where} {name!r}: loading {point.value} failed: {one_line(exc)}") from None
     if isinstance(target, Trainable):
         return target.named(name)
     if callable(target):

@@ -139,12 +139,14 @@ class Trainable:
         return TrainResult(metrics=self._numbers(returned), history=history, seconds=seconds, config=dict(config))
 
     def _numbers(self, metrics: Any) -> dict[str, float]:
-        """Metric names to Python floats (NumPy scalars included); anything else breaks the contract."""
+        """Metric names to Python floats (NumPy scalars included; None left out); anything else breaks the contract."""
         if not isinstance(metrics, Mapping):
             raise TrainableError(f"the trainable {self.name} returned {type(metrics).__name__}; it must return a "
                                  "TrainResult or a mapping of metric names to numbers")
         numbers = {}
         for name, value in metrics.items():
+            if value is None:
+                continue  # a metric it could not compute this time
             if not is_number(value):
                 raise TrainableError(f"the trainable {self.name} returned {name!r}: {value!r}, which is not a number")
             numbers[str(name)] = float(value)

@@ -48,7 +48,7 @@ class TorchConfig(UserConfig):
     learning_rate: float = Field(1e-3, gt=0)
     learning_rate_decay: float = Field(0.95, gt=0, le=1)  # schedule: step
     schedule: Literal["step", "cosine", "onecycle"] = "step"
-    warmup_epochs: float = Field(0.0, ge=0)  # a linear warm-up from 0 before the schedule (onecycle: 30 % if 0)
+    warmup_epochs: float = Field(0.0, ge=0)  # a linear warm-up before the schedule (onecycle: 30 % of the run if 0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)  # the largest global norm of a step's gradients
     reg: float = Field(0.001, ge=0)  # weight decay
@@ -151,21 +151,26 @@ class TorchModel:
         return int(self.module[0].in_features)
 
 
-def lr_factor(cfg: TorchConfig, step: int, steps_per_epoch: int) -> float:
-    """The learning rate at optimizer step ``step`` (0-based), as a fraction of ``learning_rate``.
+def learning_rate_at(cfg: TorchConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based): a pure function of the step.
 
-    step: ``learning_rate_decay`` to the power of the epoch (the assignment's schedule). cosine: from 1 down to 0 over
-    the run. onecycle: up from 0 to 1 over the warm-up (30 % of the run unless ``warmup_epochs`` says), then cosine
-    down to 0. A warm-up, where given, ramps linearly from 1/warm-up steps to 1 first.
+    step: ``learning_rate`` times ``learning_rate_decay`` once per finished epoch, multiplied epoch by epoch as
+    PyTorch's ExponentialLR does (the same floats as before schedules existed). cosine: from ``learning_rate`` down to
+    0 over the run. onecycle: cosine after a warm-up of 30 % of the run unless ``warmup_epochs`` says. A warm-up
+    ramps linearly up to ``learning_rate`` (its first step at 1/warm-up steps of it) before the schedule.
     """
     total = cfg.num_epochs * steps_per_epoch
     warmup = cfg.warmup_epochs * steps_per_epoch or (0.3 * total if cfg.schedule == "onecycle" else 0)
-    if step < warmup:
-        return (step + 1) / warmup
+    ramp = min(1.0, (step + 1) / warmup) if step < warmup else 1.0
     if cfg.schedule == "step":
-        return cfg.learning_rate_decay ** (step // steps_per_epoch)
+        rate = cfg.learning_rate
+        for _ in range(step // steps_per_epoch):
+            rate *= cfg.learning_rate_decay
+        return rate * ramp
+    if step < warmup:
+        return cfg.learning_rate * ramp
     progress = (step - warmup) / max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _optimizer(torch: Any, cfg: TorchConfig, parameters: Any) -> Any:
@@ -198,7 +203,8 @@ def train(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train one MLP. Minibatches walk a fresh permutation of the training split each epoch; the learning rate
-    follows :func:`lr_factor` step by step (by default: multiplied by ``learning_rate_decay`` after each epoch), and
+    follows :func:`learning_rate_at` step by step (by default: multiplied by ``learning_rate_decay`` after each
+    epoch), and
     ``on_epoch`` gets the epoch's mean loss, every step's loss, the running training accuracy of the epoch's
     minibatches, the validation accuracy and loss and the rate of the epoch's last step.
 
@@ -230,7 +236,7 @@ def train(
         order = torch.randperm(n, generator=generator).to(device)
         step_losses, correct = [], torch.zeros((), device=device, dtype=torch.long)
         for k, first in enumerate(range(0, rows, cfg.batch_size)):
-            lr = cfg.learning_rate * lr_factor(cfg, epoch * steps_per_epoch + k, steps_per_epoch)
+            lr = learning_rate_at(cfg, epoch * steps_per_epoch + k, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = order[first:first + cfg.batch_size]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.backends.base import scores_on_test
+from hpsearch.errors import one_line
 
 from hpsearch.listener import StudyReport
 from hpsearch.records import SharedState
@@ -115,6 +116,21 @@ class Mending(MlflowBase):
         self._send(run_id, force=True)
         self.client.set_terminated(run_id, status=status or _run_status(row["state"], row.get("failure")))
 
+    def _saved_model(self, report: StudyReport, folder: Path) -> Path | None:
+        """The winner's model saved by the trainable into ``folder``; None when it keeps none or saving failed (the
+        user's code: a warning, and the rest of the study's record is still logged)."""
+        trainable, result = self.spec.trainable, report.best_result
+        if trainable.save_model is None or result is None or result.model is None:
+            return None
+        model_file = folder / f"best_model{trainable.model_suffix or ''}"
+        try:
+            trainable.save_model(result.model, result.config, model_file)
+        except Exception as exc:  # noqa: BLE001 - whatever the user's save_model raises
+            self.echo(f"warning: the trainable {self.spec.model.backend} could not save the winner's model "
+                      f"({one_line(exc)}); the study run has no model.")
+            return None
+        return model_file
+
     def _log_study_artifacts(self, run_id: str, report: StudyReport) -> None:
         from mlflow.entities import Metric, RunTag
 
@@ -125,12 +141,10 @@ class Mending(MlflowBase):
             write_report(report, folder)
             self._safe("logging the plots", lambda: self.client.log_artifacts(run_id, str(folder)))
             best = report.best
-            if best is None or report.best_result is None:
+            if best is None:
                 return
-            trainable = self.spec.trainable
-            if trainable.save_model is not None and report.best_result.model is not None:
-                model_file = Path(tmp) / f"best_model{trainable.model_suffix or ''}"
-                trainable.save_model(report.best_result.model, report.best_result.config, model_file)
+            model_file = self._saved_model(report, Path(tmp))
+            if model_file is not None:
                 self._safe("logging the best model",
                            lambda: self.client.log_artifact(run_id, str(model_file), "model"))
             final = f"best_{self.spec.objective.metric}_final"
@@ -143,4 +157,5 @@ class Mending(MlflowBase):
             status = next((p for p in report.summary.get("phases", []) if p["phase"] == phase_name), None)
             if status and status.get("best_value") is not None:
                 self._safe("logging a phase result", lambda phase_run=phase_run, status=status:
-                           self.client.log_batch(phase_run, metrics=[Metric(final, status["best_value"], _now_ms(), 0)]))
+                           self.client.log_batch(phase_run,
+                                                 metrics=[Metric(final, status["best_value"], _now_ms(), 0)]))

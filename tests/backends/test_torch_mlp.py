@@ -123,20 +123,29 @@ def test_batch_norm_needs_two_rows_per_batch():
 
 
 def schedule(**changes):
-    return torch_mlp.TorchConfig(**{"num_epochs": 4, "learning_rate_decay": 0.5, **changes})
+    return torch_mlp.TorchConfig(**{"num_epochs": 4, "learning_rate": 1.0, **changes})
 
 
-def test_step_schedule_decays_once_per_epoch_as_before():
-    factors = [torch_mlp.lr_factor(schedule(), step, 3) for step in range(12)]
-    assert factors == [1.0] * 3 + [0.5] * 3 + [0.25] * 3 + [0.125] * 3
+def test_step_schedule_gives_exactly_the_rates_exponential_lr_gave():
+    cfg = torch_mlp.TorchConfig(learning_rate=1e-3, learning_rate_decay=0.95, num_epochs=12)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.learning_rate)
+    decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.learning_rate_decay)
+    for epoch in range(12):  # what the backend used before schedules: one ExponentialLR step after every epoch
+        rates = [torch_mlp.learning_rate_at(cfg, 3 * epoch + k, 3) for k in range(3)]
+        assert rates == [optimizer.param_groups[0]["lr"]] * 3
+        optimizer.step()
+        decay.step()
 
 
 def test_cosine_warm_up_and_one_cycle_schedules():
-    cosine = [torch_mlp.lr_factor(schedule(schedule="cosine"), step, 5) for step in range(20)]
-    assert cosine[0] == 1.0 and cosine == sorted(cosine, reverse=True) and cosine[-1] == pytest.approx(0.00616, abs=1e-5)
-    warm = [torch_mlp.lr_factor(schedule(schedule="cosine", warmup_epochs=1), step, 4) for step in range(16)]
+    cosine = [torch_mlp.learning_rate_at(schedule(schedule="cosine"), step, 5) for step in range(20)]
+    assert cosine[0] == 1.0 and cosine == sorted(cosine, reverse=True)
+    assert cosine[-1] == pytest.approx(0.00616, abs=1e-5)
+    warm = [torch_mlp.learning_rate_at(schedule(schedule="cosine", warmup_epochs=1), step, 4) for step in range(16)]
     assert warm[:4] == [0.25, 0.5, 0.75, 1.0] and warm[4:] == sorted(warm[4:], reverse=True)
-    cycle = [torch_mlp.lr_factor(schedule(schedule="onecycle"), step, 10) for step in range(40)]
+    half = [torch_mlp.learning_rate_at(schedule(schedule="cosine", warmup_epochs=0.5), step, 5) for step in range(4)]
+    assert half[:3] == [0.4, 0.8, 1.0]  # a fractional warm-up never overshoots the rate
+    cycle = [torch_mlp.learning_rate_at(schedule(schedule="onecycle"), step, 10) for step in range(40)]
     peak = cycle.index(max(cycle))
     assert peak == 11 and cycle[0] == pytest.approx(1 / 12) and cycle[peak] == 1.0  # 30 % of 40 steps: 12 up
     assert cycle[:peak + 1] == sorted(cycle[:peak + 1]) and cycle[peak:] == sorted(cycle[peak:], reverse=True)
@@ -148,7 +157,7 @@ def test_training_reports_the_schedule_s_rate(blobs):
               "learning_rate": 0.01}
     torch_mlp.train(config, blobs, seed=0, on_epoch=lambda epoch, metrics: seen.append(metrics["lr"]))
     cfg = torch_mlp.TorchConfig(**config)  # 500 rows / 100: 5 steps an epoch, the rate of each epoch's last step
-    assert seen == [0.01 * torch_mlp.lr_factor(cfg, 5 * epoch + 4, 5) for epoch in range(3)]
+    assert seen == [torch_mlp.learning_rate_at(cfg, 5 * epoch + 4, 5) for epoch in range(3)]
 
 
 @pytest.mark.parametrize("options", [
