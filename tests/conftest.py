@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 
 from hpsearch.data import Dataset, load_dataset
@@ -135,7 +136,10 @@ def _freeze_mid_trial(proc, running_trials) -> object:
         if not mine:
             continue
         proc.send_signal(signal.SIGSTOP)
-        mine = [t for t in running_trials() if (t.user_attrs.get("hpsearch:owner") or {}).get("pid") == proc.pid]
+        try:
+            mine = [t for t in running_trials() if (t.user_attrs.get("hpsearch:owner") or {}).get("pid") == proc.pid]
+        except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+            mine = []  # frozen while it held SQLite's write lock: let it go on, and freeze it at another moment
         if mine:
             return mine[0]
         proc.send_signal(signal.SIGCONT)
