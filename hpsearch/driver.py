@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from hpsearch import grid as grids
 from hpsearch.data import Dataset
-from hpsearch.errors import SpecError, UserError, one_line
+from hpsearch.errors import SpecError, users_failure
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.phases import Phases
@@ -366,13 +366,10 @@ class Driver:
                 return report
             best, retrained = report.best, report.best_result
             scores = {}
-            if retrained is not None:
-                try:
-                    scores = score_test_split(self.spec, self.data, retrained) or {}
-                except (UserError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the user's evaluate failed: the study still ends
-                    report.failure = f"scoring the winner on the test split failed: {one_line(exc)}"
+            if retrained is not None:  # the user's evaluate may fail: the study still ends
+                scores, report.failure = users_failure("scoring the winner on the test split",
+                                                       lambda: score_test_split(self.spec, self.data, retrained))
+                scores = scores or {}
             if report.failure:
                 self.echo(f"warning: {report.failure}; the study ends without the winner's test score.")
             result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],

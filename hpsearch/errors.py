@@ -1,5 +1,11 @@
 """Expected errors: the user can act on them, so the CLI prints one line and exits with code 2."""
 
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
 
 class UserError(Exception):
     """Bad input from the user: a spec, an override, a data folder, a storage URL.
@@ -31,3 +37,17 @@ def format_traceback(exc: BaseException, limit: int = 20_000) -> str:
 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def users_failure(what: str, call: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``call()``'s value, or None and ``"<what> failed: <one line>"`` when the user's code in it raised.
+
+    For the end of a study, which still ends when the user's code fails there: our own errors (a UserError) and
+    Ctrl-C pass through.
+    """
+    try:
+        return call(), None
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
+        return None, f"{what} failed: {one_line(exc)}"

@@ -127,6 +127,15 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def installed_entry_points(group: str) -> list[Any]:
+    """The group's entry points of installed distributions only: a ``*.dist-info`` folder in the working directory
+    or on ``$PYTHONPATH`` cannot register (or take over) a name."""
+    from importlib.metadata import distributions
+
+    return [point for distribution in distributions(path=installation_paths())
+            for point in distribution.entry_points if point.group == group]
+
+
 def installation_paths() -> list[str]:
     """``sys.path`` without what the user put there: the working directory, ``$PYTHONPATH`` and spec folders.
 

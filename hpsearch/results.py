@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import grid as grids
-from hpsearch.errors import UserError, one_line
+from hpsearch.errors import users_failure
 from hpsearch.listener import StudyReport
 from hpsearch.phases import Phases
 from hpsearch.records import FINISHED_STATES, decode_params, counts_as_failure
@@ -102,7 +102,8 @@ class PhaseView:
             self._failed_rows.setdefault(row.point, []).append(row)
         if row.state == "COMPLETE" and row.value is not None and math.isfinite(row.value):
             best = self._best
-            better = best is None or (row.value > best.value if self.direction == "maximize" else row.value < best.value)
+            better = best is None or (row.value > best.value if self.direction == "maximize"
+                                      else row.value < best.value)
             if better or (row.value == best.value and row.number < best.number):
                 self._best = row
 
@@ -250,13 +251,9 @@ class Results:
         views = [self.view(p, layout) for p in self.spec.phases]
         best = self.best_of(views, layout)
         best_result, failure = None, None
-        if best is not None and retrain:
-            try:
-                best_result = train_once(self.spec, data, best["params"], seed=best["seed"])
-            except (UserError, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # noqa: BLE001 - the user's trainable failed where it succeeded before
-                failure = f"retraining the winner failed: {one_line(exc)}"
+        if best is not None and retrain:  # the user's trainable may fail where it succeeded before
+            best_result, failure = users_failure(
+                "retraining the winner", lambda: train_once(self.spec, data, best["params"], seed=best["seed"]))
         spaces: dict[str, dict[str, bool]] = {}
         importances: dict[str, dict[str, float]] = {}
         for view in views:

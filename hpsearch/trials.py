@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.backends import DivergedError, TrainableError, TrainResult
-from hpsearch.backends.base import is_number
+from hpsearch.backends.base import add_epoch
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration
@@ -115,9 +115,7 @@ class TrialRunner:
 
     def _on_epoch(self, current: RunningTrial, pruning: bool, epoch: int, metrics: dict[str, Any]) -> None:
         with self.interruption.deferred():  # storage and listener calls: a signal waits for the epoch's end
-            for key, value in metrics.items():  # every number it reports, so tracking can be rebuilt
-                if is_number(value):
-                    current.history.setdefault(key, []).append(float(value))
+            add_epoch(current.history, metrics)  # a pruned or failed trial's curve too, so tracking can be rebuilt
             self.listener.on_epoch(current.phase, current.info, epoch, metrics)
             # each report is a storage write: only a pruner needs them (the history is stored at the end)
             if pruning:

@@ -8,13 +8,11 @@ modules are imported on demand, so that the NumPy path never imports torch.
 from __future__ import annotations
 
 import functools
-from importlib.metadata import distributions
 from pathlib import Path
-from typing import Any
 
 from hpsearch.backends.base import DivergedError, ModelFileError, TrainableError, TrainResult, Trainable, trainable
 from hpsearch.errors import SpecError, one_line
-from hpsearch.plugins import installation_paths, is_reference, load_reference
+from hpsearch.plugins import installed_entry_points, is_reference, load_reference
 
 __all__ = ["ENTRY_POINT_GROUP", "DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError",
            "load_trainable", "registered", "trainable"]
@@ -22,18 +20,9 @@ __all__ = ["ENTRY_POINT_GROUP", "DivergedError", "ModelFileError", "TrainResult"
 ENTRY_POINT_GROUP = "hpsearch.backends"
 
 
-def _entry_points() -> list[Any]:
-    """The group's entry points of installed distributions only: a ``*.dist-info`` folder in the working directory
-    or on ``$PYTHONPATH`` cannot register (or take over) a name."""
-    points = []
-    for distribution in distributions(path=installation_paths()):
-        points += [point for point in distribution.entry_points if point.group == ENTRY_POINT_GROUP]
-    return points
-
-
 def registered() -> dict[str, str]:
     """Registered backend names -> the ``module:attribute`` each stands for."""
-    return {point.name: point.value for point in _entry_points()}
+    return {point.name: point.value for point in installed_entry_points(ENTRY_POINT_GROUP)}
 
 
 @functools.cache
@@ -43,7 +32,7 @@ def load_trainable(name: str, *, where: str = "model.backend", base_dir: str | P
     if is_reference(name):
         target = load_reference(name, where=where, base_dir=base_dir, allow_import=allow_import)
     else:
-        points = {point.value: point for point in _entry_points() if point.name == name}
+        points = {point.value: point for point in installed_entry_points(ENTRY_POINT_GROUP) if point.name == name}
         if not points:
             known = registered()
             if not known:  # hpsearch's own entry points are missing: a source tree that was not (re)installed

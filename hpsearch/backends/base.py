@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Mapping
 
-__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "is_number",
-           "metric_on_test", "scores_on_test", "trainable"]
+__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "add_epoch",
+           "is_number", "metric_on_test", "scores_on_test", "trainable"]
 
 Direction = Literal["maximize", "minimize"]
 Task = Literal["classification", "regression"]
@@ -124,9 +124,7 @@ class Trainable:
         history: dict[str, list[float]] = {}
 
         def record(epoch: int, metrics: dict[str, Any]) -> None:
-            for name, value in metrics.items():
-                if is_number(value):
-                    history.setdefault(name, []).append(float(value))
+            add_epoch(history, metrics)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
 
@@ -151,6 +149,13 @@ class Trainable:
                 raise TrainableError(f"the trainable {self.name} returned {name!r}: {value!r}, which is not a number")
             numbers[str(name)] = float(value)
         return numbers
+
+
+def add_epoch(history: dict[str, list[float]], metrics: Mapping[str, Any]) -> None:
+    """Append one epoch's numbers to a history by metric name (anything that is not a number is left out)."""
+    for name, value in metrics.items():
+        if is_number(value):
+            history.setdefault(name, []).append(float(value))
 
 
 def is_number(value: Any) -> bool:
