@@ -42,6 +42,13 @@ def _one_of(value: str, known: Any) -> str:
     return value
 
 
+class WhiteningSpec(_Strict):
+    """``data.whitening``: the settings of ``preprocess: pca`` or ``zca`` (see hpsearch.data.whitening)."""
+
+    components: int | None = Field(None, gt=0)  # pca: the principal components kept (default: every feature)
+    epsilon: float = Field(0.1, gt=0, le=1e6)  # added to each eigenvalue, as a fraction of their mean
+
+
 class DataSpec(_Strict):
     dataset: str = "digits"  # a built-in name, or a loader of the user's: 'package.module:function'
     path: str | None = None  # relative paths are relative to the spec file's folder
@@ -50,7 +57,9 @@ class DataSpec(_Strict):
     num_val: int | None = Field(None, gt=0)
     num_test: int | None = Field(None, ge=0)
     dtype: Literal["float32", "float64"] = "float32"
-    preprocess: Literal["center", "unit_range", "standardize", "none"] | None = None  # None: what the backend expects
+    # None: what the backend expects; pca and zca whiten (see hpsearch.data.whitening)
+    preprocess: Literal["center", "unit_range", "standardize", "pca", "zca", "none"] | None = None
+    whitening: WhiteningSpec | None = None  # preprocess pca or zca only
     seed: int = Field(0, ge=0, lt=SEED_BOUND)  # the shuffle of digits, arrays and csv, the draw of synthetic data
     options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific (synthetic: num_classes, num_features)
 
@@ -62,6 +71,14 @@ class DataSpec(_Strict):
                 raise ValueError(f"must be 'package.module:function' with Python names. Got {value!r} instead")
             return value
         return _one_of(value, (*DATASETS, "'package.module:function'"))
+
+    @model_validator(mode="after")
+    def _whitening_fits(self) -> DataSpec:
+        if self.whitening is not None and self.preprocess not in ("pca", "zca"):
+            raise ValueError("whitening is for preprocess pca or zca")
+        if self.whitening is not None and self.whitening.components is not None and self.preprocess != "pca":
+            raise ValueError("whitening.components is for preprocess pca; zca keeps every feature")
+        return self
 
 
 class ModelSpec(_Strict):

@@ -25,7 +25,8 @@ def load_data(spec: StudySpec) -> Dataset:
     data = load_dataset(
         d.dataset, path=d.path, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
         dtype=d.dtype, seed=d.seed, preprocess=d.preprocess or trainable.preprocess, target=d.target,
-        base_dir=spec.base_dir, allow_import=spec.allow_import, **d.options,
+        base_dir=spec.base_dir, allow_import=spec.allow_import,
+        whitening=d.whitening.model_dump() if d.whitening else None, **d.options,
     )
     if data.task not in trainable.tasks:
         hint = "; if they are class labels, set data.options.task: classification" if data.task == "regression" else ""

@@ -207,14 +207,26 @@ def load_dataset(
     target: str | None = None,
     base_dir: str | Path | None = None,
     allow_import: bool = False,
+    whitening: dict[str, Any] | None = None,
     **options: Any,
 ) -> Dataset:
     """Load dataset ``name`` with the given split sizes (None: the dataset's own default).
 
+    preprocess: one of ``PREPROCESSING`` or ``WHITENING`` (``pca``, ``zca``: the training split centred, then
+        whitened as :mod:`hpsearch.data.whitening` says, with the ``whitening`` settings ``components``, ``epsilon``).
     target: the label column of a ``csv`` dataset.
     base_dir, allow_import: where a loader reference (``package.module:function``) may be imported from; see
         :func:`hpsearch.plugins.load_reference`.
     """
+    from hpsearch.data.whitening import WHITENING, whiten
+
+    if preprocess in WHITENING:
+        data = load_dataset(name, path=path, num_train=num_train, num_val=num_val, num_test=num_test, dtype=dtype,
+                            seed=seed, preprocess="center", target=target, base_dir=base_dir,
+                            allow_import=allow_import, **options)
+        return whiten(data, preprocess, **(whitening or {}), source=f"{name} data")
+    if whitening:
+        raise DataError(f"{name} data: data.whitening is for preprocess pca or zca, not {preprocess!r}.")
     sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "dtype": dtype,
              "preprocess": preprocess}
     if name == "cifar10":

@@ -17,15 +17,14 @@ folder that cannot be written to simply goes without a cache.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpsearch.data import Dataset, split_and_preprocess
+from hpsearch.data.cache import save_atomically
 from hpsearch.errors import DataError
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 49000, 1000, 1000
@@ -156,17 +155,7 @@ def _write_cache(cache: Path, batch_name: str, arrays: dict[Path, np.ndarray], m
             if stale not in arrays:
                 stale.unlink(missing_ok=True)
         for target, array in arrays.items():
-            fd, temporary = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    os.fchmod(f.fileno(), mode)  # mkstemp creates the file private to its owner
-                    np.save(f, array, allow_pickle=False)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            save_atomically(target, array, mode)
     except OSError:
         pass  # a read-only folder or a full disk: this load and later ones decode the pickles instead
 

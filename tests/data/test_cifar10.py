@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpsearch.data import cifar10, load_dataset
+from hpsearch.data import cache, cifar10, load_dataset
 from hpsearch.errors import DataError
 
 
@@ -180,7 +180,7 @@ def test_failed_cache_write_leaves_no_entry_and_unwritable_folder_loads(small_ci
     def read_only(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(cifar10.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(cache.tempfile, "mkstemp", read_only)
     _same(load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5), first)
 
 
