@@ -44,9 +44,11 @@ class SyntheticOptions(NoOptions):
 
 
 class Cifar10Options(NoOptions):
-    """``data.options`` of CIFAR-10: ``holdout`` test images, for a folder without ``test_batch``."""
+    """``data.options`` of CIFAR-10: ``holdout`` test images, for a folder without ``test_batch``; ``mirror``: the
+    training split doubled with its images mirrored."""
 
     holdout: int = Field(0, ge=0, le=50_000)
+    mirror: bool = False
 
 
 class FileOptions(NoOptions):

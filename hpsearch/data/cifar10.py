@@ -183,12 +183,17 @@ def load(
     dtype: str = "float32",
     preprocess: str = "center",
     holdout: int = 0,
+    mirror: bool = False,
 ) -> Dataset:
     """Training and validation splits from ``data_batch_1..5``; the test split from ``test_batch`` if present.
 
     holdout: for a folder without ``test_batch`` (``../shared/data`` holds only the training images), the last
     ``holdout`` of the 50,000 training images become the test split (``num_test`` is then ``holdout``): no training
     or validation row is one of them, whatever ``num_train`` and ``num_val`` are.
+
+    mirror: the training split doubled, each image's mirror image (left and right swapped) added: twice the
+    examples for a network that cannot learn that a mirrored object is the same object. The validation and test
+    splits are left as they are; the training split has ``2 * num_train`` rows.
 
     Rows hold each image pixel by pixel (height, width, channel), so ``sample_shape`` is (32, 32, 3); a network
     that wants channels first does ``X.reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2)``.
@@ -222,6 +227,11 @@ def load(
         X, y, X_test, y_test = X[:-holdout], y[:-holdout], X[-holdout:], y[-holdout:]
     elif has_test_batch and num_test > 0:
         X_test, y_test = _load_batch_cached(folder / "test_batch")
+    if mirror and num_train + num_val <= len(X):  # (a split too large is refused below, as without mirror)
+        train = X[:num_train]
+        X = np.concatenate([train, train[:, :, ::-1, :], X[num_train:]])  # (N, height, width, channel)
+        y = np.concatenate([y[:num_train], y[:num_train], y[num_train:]])
+        num_train *= 2
     return split_and_preprocess(
         "cifar10", X, y, num_train, num_val,
         X_test, y_test, num_test, num_classes=NUM_CLASSES, dtype=dtype, source=str(folder),

@@ -184,6 +184,22 @@ def test_failed_cache_write_leaves_no_entry_and_unwritable_folder_loads(small_ci
     _same(load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5), first)
 
 
+def test_mirror_adds_each_training_image_mirrored_and_leaves_validation_and_test_alone(small_cifar):
+    plain = load_dataset("cifar10", path=small_cifar, num_train=30, num_val=20, num_test=10, preprocess="none")
+    mirrored = load_dataset("cifar10", path=small_cifar, num_train=30, num_val=20, num_test=10, preprocess="none",
+                            mirror=True)
+    assert mirrored.X_train.shape == (60, 3072) and mirrored.sample_shape == (32, 32, 3)
+    images = plain.X_train.reshape(30, 32, 32, 3)
+    np.testing.assert_array_equal(mirrored.X_train[:30], plain.X_train)
+    np.testing.assert_array_equal(mirrored.X_train[30:].reshape(30, 32, 32, 3), images[:, :, ::-1, :])
+    assert mirrored.X_train[30, :3].tolist() == images[0, 0, 31].tolist()  # the first pixel is the row's last one
+    np.testing.assert_array_equal(mirrored.y_train, np.concatenate([plain.y_train, plain.y_train]))
+    for split in ("X_val", "y_val", "X_test", "y_test"):
+        np.testing.assert_array_equal(getattr(mirrored, split), getattr(plain, split))
+    with pytest.raises(DataError, match=r"num_train \+ num_val = 101 exceeds the 100 labelled examples"):
+        load_dataset("cifar10", path=small_cifar, num_train=81, num_val=20, mirror=True)
+
+
 @pytest.mark.parametrize("labels", [np.full(20, 200, dtype=np.int64), np.full(20, -1, dtype=np.int64),
                                     np.zeros(20, dtype=np.int32), np.zeros(7, dtype=np.int64)])
 def test_cached_labels_that_a_fresh_batch_could_not_have_are_rebuilt(small_cifar, labels):
