@@ -23,7 +23,8 @@ from hpsearch.data import Dataset
 from hpsearch.errors import UserError
 
 __all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "PREPROCESS", "TRAINABLE", "TorchConfig", "TorchModel",
-           "build_mlp", "cost", "evaluate", "load_model", "probe", "require", "resolve_device", "save_model", "train"]
+           "augmenter", "build_mlp", "cost", "evaluate", "image_layout", "load_model", "probe", "require",
+           "resolve_device", "save_model", "train"]
 
 PREPROCESS = "unit_range"  # the template's Normalize(0.5, 0.5): inputs in [-1, 1]
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_acc": "maximize"}
@@ -51,6 +52,8 @@ class TorchConfig(UserConfig):
     warmup_epochs: float = Field(0.0, ge=0)  # a linear warm-up before the schedule (onecycle: 30 % of the run if 0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)  # the largest global norm of a step's gradients
+    mirror: bool = False  # image rows only: each training image mirrored left to right with probability 1/2
+    shift: int = Field(0, ge=0, le=16)  # image rows only: each training image moved up to this many pixels each way
     reg: float = Field(0.001, ge=0)  # weight decay
     num_epochs: int = Field(10, gt=0)
     batch_size: int = Field(200, gt=0)
@@ -173,6 +176,53 @@ def learning_rate_at(cfg: TorchConfig, step: int, steps_per_epoch: int) -> float
     return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def image_layout(sample_shape: tuple[int, ...]) -> tuple[int, int, int, bool] | None:
+    """(height, width, channels, channels_last) of rows that are images, None for rows that are not.
+
+    Images are (height, width), (height, width, channels) or (channels, height, width), with at most 4 channels.
+    """
+    if len(sample_shape) == 2:
+        return sample_shape[0], sample_shape[1], 1, True
+    if len(sample_shape) == 3 and sample_shape[2] <= 4:
+        return sample_shape[0], sample_shape[1], sample_shape[2], True
+    if len(sample_shape) == 3 and sample_shape[0] <= 4:
+        return sample_shape[1], sample_shape[2], sample_shape[0], False
+    return None
+
+
+def augmenter(torch: Any, cfg: TorchConfig, sample_shape: tuple[int, ...], generator: Any,
+              device: Any) -> Callable[[Any], Any] | None:
+    """What ``mirror`` and ``shift`` do to a minibatch of rows (B, D), drawn afresh for every minibatch; None when
+    neither is on. A shift moves an image by whole pixels, the pixels it uncovers 0 (the training mean, once centred).
+    """
+    if not (cfg.mirror or cfg.shift):
+        return None
+    layout = image_layout(sample_shape)
+    if layout is None:
+        raise UserError(f"mirror and shift move the pixels of images; these rows are not images (sample_shape "
+                        f"{tuple(sample_shape)}; preprocess pca, for one, turns images into components).")
+    height, width, channels, last = layout
+    reach = cfg.shift
+
+    def augment(rows: Any) -> Any:
+        count = len(rows)
+        images = rows.view(count, height, width, channels) if last else \
+            rows.view(count, channels, height, width).permute(0, 2, 3, 1)  # (B, H, W, C)
+        if cfg.mirror:
+            flip = (torch.rand(count, generator=generator) < 0.5).to(device)
+            images = torch.where(flip[:, None, None, None], images.flip(2), images)
+        if reach:
+            padded = torch.nn.functional.pad(images, (0, 0, reach, reach, reach, reach))  # (B, H + 2r, W + 2r, C)
+            top = torch.randint(0, 2 * reach + 1, (count,), generator=generator).to(device)
+            left = torch.randint(0, 2 * reach + 1, (count,), generator=generator).to(device)
+            rows_at = top[:, None] + torch.arange(height, device=device)  # (B, H)
+            cols_at = left[:, None] + torch.arange(width, device=device)  # (B, W)
+            images = padded[torch.arange(count, device=device)[:, None, None], rows_at[:, :, None], cols_at[:, None, :]]
+        return (images if last else images.permute(0, 3, 1, 2)).reshape(count, -1)
+
+    return augment
+
+
 def _optimizer(torch: Any, cfg: TorchConfig, parameters: Any) -> Any:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.reg)
@@ -225,6 +275,7 @@ def train(
     module = build_mlp(X.shape[1], cfg.layers(), data.num_classes, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
                        init=cfg.init, init_std=cfg.init_std).to(device)
     optimizer = _optimizer(torch, cfg, module.parameters())
+    augment = augmenter(torch, cfg, data.sample_shape, generator, device)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     n = len(X)
     rows = n - 1 if cfg.batch_norm and n % cfg.batch_size == 1 else n  # rows trained on per epoch
@@ -240,7 +291,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = order[first:first + cfg.batch_size]
-            scores = module(X[batch])
+            scores = module(X[batch] if augment is None else augment(X[batch]))
             loss = loss_fn(scores, y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

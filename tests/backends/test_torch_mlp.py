@@ -204,3 +204,57 @@ def test_gradient_clipping_bounds_each_step(blobs):
 def test_training_options_are_validated(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         torch_mlp.TorchConfig(**options)
+
+
+@pytest.mark.parametrize("shape, layout", [
+    ((32, 32, 3), (32, 32, 3, True)), ((1, 8, 8), (8, 8, 1, False)), ((28, 28), (28, 28, 1, True)),
+    ((512,), None), ((10, 10, 10), None),
+])
+def test_image_layouts(shape, layout):
+    assert torch_mlp.image_layout(shape) == layout
+
+
+def _translations(image: np.ndarray, reach: int) -> list[np.ndarray]:
+    """``image`` (H, W, C) moved by every offset within ``reach`` pixels, the uncovered pixels 0."""
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((reach, reach), (reach, reach), (0, 0)))
+    return [padded[top:top + height, left:left + width] for top in range(2 * reach + 1)
+            for left in range(2 * reach + 1)]
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 3), (3, 5, 6)])
+def test_mirror_and_shift_move_whole_images(shape):
+    last = shape[-1] == 3
+    rows = torch.arange(200 * 90, dtype=torch.float32).reshape(200, 90) + 1  # no pixel is 0 before a shift
+    generator = torch.Generator().manual_seed(0)
+
+    def hwc(batch: torch.Tensor) -> np.ndarray:
+        images = batch.numpy().reshape(len(batch), *shape)
+        return images if last else images.transpose(0, 2, 3, 1)
+
+    mirrored = torch_mlp.augmenter(torch, torch_mlp.TorchConfig(mirror=True), shape, generator, "cpu")(rows)
+    flipped = [bool(np.array_equal(out, image[:, ::-1])) for out, image in zip(hwc(mirrored), hwc(rows))]
+    kept = [bool(np.array_equal(out, image)) for out, image in zip(hwc(mirrored), hwc(rows))]
+    assert all(a != b for a, b in zip(flipped, kept)) and 70 < sum(flipped) < 130  # each row one or the other
+
+    shifted = torch_mlp.augmenter(torch, torch_mlp.TorchConfig(shift=2), shape, generator, "cpu")(rows)
+    offsets = []
+    for out, image in zip(hwc(shifted), hwc(rows)):
+        matches = [k for k, moved in enumerate(_translations(image, 2)) if np.array_equal(out, moved)]
+        assert len(matches) == 1
+        offsets.append(matches[0])
+    assert len(set(offsets)) == 25  # every offset within 2 pixels turns up
+
+
+def test_augmented_training_is_seeded_and_needs_images(blobs):
+    from hpsearch.data import load_dataset
+
+    digits = load_dataset("digits", num_train=300, num_val=100, num_test=0, preprocess="standardize")
+    config = {"hidden_sizes": [32], "init": "kaiming", "num_epochs": 8, "batch_size": 30, "device": "cpu",
+              "learning_rate": 0.01, "mirror": True, "shift": 1}
+    first, again = torch_mlp.train(config, digits, seed=4), torch_mlp.train(config, digits, seed=4)
+    assert first.loss_history == again.loss_history and first.val_acc > 0.5
+    plain = torch_mlp.train({**config, "mirror": False, "shift": 0}, digits, seed=4)
+    assert plain.loss_history != first.loss_history
+    with pytest.raises(UserError, match=r"these rows are not images \(sample_shape \(20,\)"):
+        torch_mlp.train(config, blobs, seed=0)
