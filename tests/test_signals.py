@@ -27,6 +27,31 @@ def spec_file(tmp_path: Path, points: int = 6, tracking: bool = False, **default
                                "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
 
 
+GATE = '''"""A trainable that waits in every trial until the file 'open' exists beside it: a test's gate."""
+import time
+from pathlib import Path
+
+OPEN = Path(__file__).with_name("open")
+
+
+def train(config, data, *, seed, on_epoch=None):
+    while not OPEN.exists():
+        time.sleep(0.01)
+    return {"val_acc": config["learning_rate"]}
+'''
+
+
+def gated_spec_file(tmp_path: Path, points: int) -> Path:
+    """A study whose trials all wait until the test creates ``tmp_path / "open"``: a process stays inside its trial
+    until then, however slow or busy the machine."""
+    (tmp_path / "gate.py").write_text(GATE)
+    return write_spec(tmp_path, "sig", tracking={"enabled": False}, model={"backend": "gate:train"},
+                      objective={"metric": "val_acc", "direction": "maximize"}, defaults={},
+                      heartbeat={"interval": 1, "grace_period": 30},
+                      phases=[{"name": "grid", "sampler": "grid",
+                               "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
+
+
 def hpsearch(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], text=True,
                             env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
@@ -107,11 +132,11 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
 def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, sig, to_group):
-    spec = spec_file(tmp_path, points=8, num_iters=1500)
+    spec = gated_spec_file(tmp_path, points=8)
     storage = f"sqlite:///{tmp_path / 'sig.db'}"
     args = ["run", str(spec), "--storage", storage, "--workers", "2"]
     proc = hpsearch(*args, start_new_session=True)
-    # both workers are inside a trial
+    # both workers are inside a trial, and stay there: the gate is closed
     wait_until(lambda: len({(t.user_attrs.get("hpsearch:owner") or {}).get("pid")
                             for t in trials_of(storage) if t.state == RUNNING}) == 2, proc)
     workers = _children(proc.pid)
@@ -126,6 +151,8 @@ def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, si
     assert not [pid for pid in workers if _alive(pid)], "a worker outlived the run"
     trials = trials_of(storage)
     assert not [t for t in trials if t.state == RUNNING]
+    assert {t.user_attrs.get("failure") for t in trials if t.state == FAIL} == {"interrupted"}
+    (tmp_path / "open").touch()
     resumed = hpsearch("run", str(spec), "--storage", storage)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
