@@ -35,7 +35,8 @@ CACHE_VERSION = 1  # bump when the fit changes: old entries then stop matching
 
 def whiten(data: Dataset, method: str, *, components: int | None = None, epsilon: float = DEFAULT_EPSILON,
            source: str = "data") -> Dataset:
-    """``data`` (its training split centred) whitened by ``method``, one of :data:`WHITENING`."""
+    """``data`` whitened by ``method``, one of :data:`WHITENING`: every split has the training split's mean
+    subtracted, then is mapped with the matrix fitted on the centred training split."""
     if method not in WHITENING:
         raise DataError(f"{source}: whitening must be one of {', '.join(WHITENING)}. Got {method!r} instead.")
     features = data.input_size
@@ -46,13 +47,15 @@ def whiten(data: Dataset, method: str, *, components: int | None = None, epsilon
                         f"{components} instead.")
     if not epsilon > 0:
         raise DataError(f"{source}: data.whitening.epsilon must be > 0. Got {epsilon} instead.")
-    projection = _projection(data.X_train, method, components or features, epsilon)
+    mean = data.X_train.mean(axis=0, dtype=np.float64).astype(data.X_train.dtype)  # ~0 when the loader centred it
+    centred = data.X_train - mean
+    projection = _projection(centred, method, components or features, epsilon)
 
     def mapped(rows: np.ndarray | None) -> np.ndarray | None:
-        return None if rows is None else rows @ projection
+        return None if rows is None else (rows - mean) @ projection
 
     return dataclasses.replace(
-        data, X_train=mapped(data.X_train), X_val=mapped(data.X_val), X_test=mapped(data.X_test),
+        data, X_train=centred @ projection, X_val=mapped(data.X_val), X_test=mapped(data.X_test),
         sample_shape=(projection.shape[1],) if method == "pca" else data.sample_shape)
 
 

@@ -60,11 +60,20 @@ def test_the_fit_sees_the_training_split_only():
     data = load_dataset("digits", num_train=600, num_val=200, num_test=100, dtype="float64", preprocess="center")
     noisy = dataclasses.replace(data, X_val=data.X_val + 5.0, X_test=data.X_test * 3.0)
     a, b = whitening.whiten(data, "zca"), whitening.whiten(noisy, "zca")
-    projection = whitening.fit(data.X_train, "zca", 64, whitening.DEFAULT_EPSILON)
-    np.testing.assert_array_equal(a.X_train, data.X_train @ projection)
+    mean = data.X_train.mean(axis=0)
+    projection = whitening.fit(data.X_train - mean, "zca", 64, whitening.DEFAULT_EPSILON)
+    np.testing.assert_array_equal(a.X_train, (data.X_train - mean) @ projection)
     np.testing.assert_array_equal(b.X_train, a.X_train)
-    np.testing.assert_array_equal(b.X_val, noisy.X_val @ projection)
-    np.testing.assert_array_equal(b.X_test, noisy.X_test @ projection)
+    np.testing.assert_array_equal(b.X_val, (noisy.X_val - mean) @ projection)
+    np.testing.assert_array_equal(b.X_test, (noisy.X_test - mean) @ projection)
+
+
+def test_rows_that_were_not_centred_are_centred_first():
+    raw = load_dataset("digits", num_train=600, num_val=200, num_test=100, dtype="float64", preprocess="none")
+    centred = load_dataset("digits", num_train=600, num_val=200, num_test=100, dtype="float64", preprocess="center")
+    for split in ("X_train", "X_val", "X_test"):
+        np.testing.assert_allclose(getattr(whitening.whiten(raw, "pca", components=10), split),
+                                   getattr(whitening.whiten(centred, "pca", components=10), split), atol=1e-8)
 
 
 def test_the_matrix_is_cached_and_a_broken_entry_is_fitted_again(_cache, monkeypatch):
