@@ -367,9 +367,9 @@ class Driver:
             best, retrained = report.best, report.best_result
             scores = {}
             if retrained is not None:  # the user's evaluate may fail: the study still ends
-                scores, report.failure = users_failure("scoring the winner on the test split",
-                                                       lambda: score_test_split(self.spec, self.data, retrained))
-                scores = scores or {}
+                scores, failure = users_failure("scoring the winner on the test split",
+                                                lambda: score_test_split(self.spec, self.data, retrained))
+                scores, report.failure = scores or {}, report.failure or failure
             if report.failure:
                 self.echo(f"warning: {report.failure}; the study ends without the winner's test score.")
             result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],

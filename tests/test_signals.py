@@ -65,14 +65,22 @@ def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def wait_until(predicate, proc: subprocess.Popen):
-    """Poll the storage until ``predicate`` holds; fail (with the process's stderr) if the process ends first."""
+def wait_until(predicate, proc: subprocess.Popen, give_up_after: float | None = None):
+    """Poll the storage until ``predicate`` holds; fail (with the process's stderr) if the process ends first.
+
+    give_up_after: seconds after which a wait that can never end (a gated trial that never came) fails instead of
+    hanging; not a synchronisation: the state it waits for comes within seconds."""
+    import time
+
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
         found = predicate()
         if found:
             return found
         if proc.poll() is not None:
             pytest.fail(f"the process ended first (exit {proc.returncode}): {proc.communicate()[1][-2000:]}")
+        if deadline is not None and time.monotonic() > deadline:
+            pytest.fail(f"still waiting after {give_up_after} s")
 
 
 def assert_resumed_exactly_once(storage: str, points: int) -> None:
@@ -136,23 +144,28 @@ def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, si
     storage = f"sqlite:///{tmp_path / 'sig.db'}"
     args = ["run", str(spec), "--storage", storage, "--workers", "2"]
     proc = hpsearch(*args, start_new_session=True)
-    # both workers are inside a trial, and stay there: the gate is closed
-    wait_until(lambda: len({(t.user_attrs.get("hpsearch:owner") or {}).get("pid")
-                            for t in trials_of(storage) if t.state == RUNNING}) == 2, proc)
-    workers = _children(proc.pid)
-    assert len(workers) == 2
-    if to_group:
-        os.killpg(proc.pid, sig)  # Ctrl-C in a terminal
-    else:
-        proc.send_signal(sig)  # `kill PID`, docker stop
-    _, err = proc.communicate(timeout=120)
+    try:
+        # both workers are inside a trial, and stay there: the gate is closed
+        wait_until(lambda: len({(t.user_attrs.get("hpsearch:owner") or {}).get("pid")
+                                for t in trials_of(storage) if t.state == RUNNING}) == 2, proc, give_up_after=600)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        if to_group:
+            os.killpg(proc.pid, sig)  # Ctrl-C in a terminal
+        else:
+            proc.send_signal(sig)  # `kill PID`, docker stop
+        _, err = proc.communicate(timeout=120)
+    finally:  # whatever failed: no worker is left waiting at the gate
+        (tmp_path / "open").touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     assert proc.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err and "Exception ignored" not in err, err
     assert not [pid for pid in workers if _alive(pid)], "a worker outlived the run"
     trials = trials_of(storage)
     assert not [t for t in trials if t.state == RUNNING]
     assert {t.user_attrs.get("failure") for t in trials if t.state == FAIL} == {"interrupted"}
-    (tmp_path / "open").touch()
     resumed = hpsearch("run", str(spec), "--storage", storage)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err

@@ -203,6 +203,9 @@ def augmenter(torch: Any, cfg: TorchConfig, sample_shape: tuple[int, ...], gener
                         f"{tuple(sample_shape)}; preprocess pca, for one, turns images into components).")
     height, width, channels, last = layout
     reach = cfg.shift
+    if reach >= min(height, width):
+        raise UserError(f"shift {reach} moves a {height} x {width} image out of sight; it must be below "
+                        f"{min(height, width)}.")
 
     def augment(rows: Any) -> Any:
         count = len(rows)

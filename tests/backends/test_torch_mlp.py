@@ -258,3 +258,5 @@ def test_augmented_training_is_seeded_and_needs_images(blobs):
     assert plain.loss_history != first.loss_history
     with pytest.raises(UserError, match=r"these rows are not images \(sample_shape \(20,\)"):
         torch_mlp.train(config, blobs, seed=0)
+    with pytest.raises(UserError, match=r"shift 8 moves a 8 x 8 image out of sight; it must be below 8.$"):
+        torch_mlp.train({**config, "shift": 8}, digits, seed=0)

@@ -78,7 +78,7 @@ def test_rows_that_were_not_centred_are_centred_first():
 
 def test_the_matrix_is_cached_and_a_broken_entry_is_fitted_again(_cache, monkeypatch):
     first = blobs(preprocess="pca", whitening={"components": 4})
-    (entry,) = _cache.iterdir()
+    (entry,) = _cache.glob("*.npy")
     fits = []
     fit = whitening.fit
     monkeypatch.setattr(whitening, "fit", lambda *a: fits.append(a) or fit(*a))
@@ -86,7 +86,7 @@ def test_the_matrix_is_cached_and_a_broken_entry_is_fitted_again(_cache, monkeyp
     np.testing.assert_array_equal(first.X_train, again.X_train)
     assert fits == []  # read from the cache
     blobs(preprocess="pca", whitening={"components": 3})  # other settings: another entry
-    assert len(fits) == 1 and len(list(_cache.iterdir())) == 2
+    assert len(fits) == 1 and len(list(_cache.glob("*.npy"))) == 2
     entry.write_bytes(entry.read_bytes()[:50])  # truncated, as by a crash of an older writer
     np.testing.assert_array_equal(blobs(preprocess="pca", whitening={"components": 4}).X_train, first.X_train)
     assert len(fits) == 2
@@ -118,3 +118,23 @@ def test_a_study_trains_on_whitened_features_and_scores_the_test_split_alike(tmp
     result = hpsearch.run(spec, echo=lambda line: None)
     assert result.complete and result.test_value is not None
     assert result.best_config["hidden_size"] in (4, 8, 12, 16)
+
+
+def test_the_fit_runs_under_a_lock_that_other_processes_wait_on(_cache, monkeypatch):
+    import fcntl
+
+    held = []
+    fit = whitening.fit
+
+    def fit_and_probe(*args):
+        (lock,) = _cache.glob("*.lock")
+        with lock.open("a") as other:  # another open file, as another worker's: it cannot take the lock now
+            try:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(lock.name)
+        return fit(*args)
+
+    monkeypatch.setattr(whitening, "fit", fit_and_probe)
+    blobs(preprocess="pca", whitening={"components": 4})
+    assert len(held) == 1
