@@ -40,6 +40,33 @@ def spec_file(tmp_path: Path, points: int = 6, **defaults) -> Path:
                                "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
 
 
+HELD = '''"""A trainable whose first two trials finish and whose later ones wait until the file 'open' exists."""
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def train(config, data, *, seed, on_epoch=None):
+    with (HERE / "calls").open("a") as calls:
+        calls.write(".")
+    while (HERE / "calls").stat().st_size > 2 and not (HERE / "open").exists():
+        time.sleep(0.01)
+    return {"val_acc": config["learning_rate"]}
+'''
+
+
+def held_spec_file(tmp_path: Path, points: int = 6) -> Path:
+    """A study whose third trial waits until the test creates ``tmp_path / "open"``: the process is inside a trial
+    until then, however busy the machine (a polling test cannot miss it)."""
+    (tmp_path / "held.py").write_text(HELD)
+    return write_spec(tmp_path, "rel", model={"backend": "held:train"}, defaults={},
+                      objective={"metric": "val_acc", "direction": "maximize"},
+                      heartbeat={"interval": 1, "grace_period": 3},
+                      phases=[{"name": "grid", "sampler": "grid",
+                               "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
+
+
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="rel.grid", storage=storage).trials
 
@@ -97,12 +124,20 @@ def storage(request, tmp_path) -> str:
 ])
 def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, sig, freeze_mid_trial):
     storage = f"sqlite:///{tmp_path / 'rel.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
-    spec = spec_file(tmp_path, **SLOW)
+    spec = held_spec_file(tmp_path)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ("run", str(spec), "--storage", storage, "--tracking-uri", tracking)
     proc = hpsearch(*args)
+
+    def release() -> None:  # whatever failed: nothing is left waiting at the gate
+        (tmp_path / "open").touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    request.addfinalizer(release)
     wait_for(lambda: completed(storage) >= 2 or proc.poll() is not None)
-    victim = freeze_mid_trial(proc, lambda: running_trials(storage))  # stopped inside the trial's training
+    victim = freeze_mid_trial(proc, lambda: running_trials(storage))  # stopped inside the held third trial
     proc.send_signal(sig)
     proc.send_signal(signal.SIGCONT)  # a SIGINT/SIGTERM is delivered as it resumes, mid-trial
     _, err = proc.communicate(timeout=120)
@@ -119,6 +154,7 @@ def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, 
         assert not running_trials(storage)
     finished_before = {t.number: (t.value, t.params) for t in trials_of(storage) if t.state == COMPLETE}
 
+    (tmp_path / "open").touch()
     resumed = hpsearch(*args)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
