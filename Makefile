@@ -25,6 +25,7 @@ test: $(BIN)/python
 # Run it before closing work that touches signals, workers or the driver (about 4 minutes a run on 2 cores).
 STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_windows.py \
 	tests/test_reliability.py::test_signal_mid_trial_then_resume_loses_nothing \
+	tests/test_reliability.py::test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted \
 	tests/test_reliability.py::test_concurrent_claims_never_hand_out_a_trial_twice \
 	tests/test_reliability.py::test_two_processes_on_one_sqlite_study
 stress: $(BIN)/python

@@ -1,5 +1,7 @@
 """Shared fixtures and helpers: tiny datasets made here, CIFAR-10 built from ../shared/data when that archive exists,
-a tiny study spec (``write_spec``) and the exactly-once check of a phase's trials (``assert_exactly_once``).
+a tiny study spec (``write_spec``), a study whose trials wait at a gate the test opens (``gated_study``), the trials of
+a study read safely while a process creates it (``study_trials``) and the exactly-once check of a phase's trials
+(``assert_exactly_once``).
 
 Test modules import the helpers with ``from tests.conftest import write_spec, assert_exactly_once``.
 """
@@ -21,6 +23,7 @@ import sqlalchemy
 import yaml
 
 from hpsearch.data import Dataset, load_dataset
+from hpsearch.storage import storage_lock
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_BUILDER = REPO.parent / "shared" / "data" / "make_cifar10.py"
@@ -53,6 +56,62 @@ def write_spec(tmp_path: Path, name: str = "tiny", **changes: Any) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+GATE = '''"""A test's gate: the first FREE trials finish at once, later ones wait until the file 'open' exists here."""
+import os
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+FREE = {free}
+
+
+def train(config, data, *, seed, on_epoch=None):
+    calls = os.open(HERE / "calls", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(calls, b".")
+        call = os.lseek(calls, 0, os.SEEK_CUR)  # this call's number: an append is atomic among processes
+    finally:
+        os.close(calls)
+    while call > FREE and not (HERE / "open").exists():
+        time.sleep(0.01)
+    return {{"val_acc": config["learning_rate"]}}
+'''
+
+
+def gated_study(tmp_path: Path, name: str, points: int = 6, *, free: int = 0, grace_period: int = 30,
+                grid: dict[str, list] | None = None, tracking: bool = False) -> Path:
+    """Write a grid study whose trials after the first ``free`` wait until the test creates ``tmp_path / "open"``.
+
+    A process stays inside such a trial however busy the machine, so a test polling the storage for it cannot miss
+    the moment. The grid is ``points`` learning rates unless ``grid`` is given; a trial's val_acc is its learning
+    rate. Tracking is off unless ``tracking``. Tests open the gate in a finaliser too, so that nothing is left
+    waiting when they fail.
+    """
+    (tmp_path / "gate.py").write_text(GATE.format(free=free))
+    grid = grid or {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}
+    return write_spec(tmp_path, name, tracking={"enabled": tracking}, model={"backend": "gate:train"}, defaults={},
+                      objective={"metric": "val_acc", "direction": "maximize"},
+                      heartbeat={"interval": 1, "grace_period": grace_period},
+                      phases=[{"name": "grid", "sampler": "grid", "grid": grid}])
+
+
+def study_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of one Optuna study, [] while it does not exist yet.
+
+    The storage is opened under hpsearch's schema lock, as hpsearch opens it: a test polling a fresh database while a
+    process creates its tables would otherwise race that process writing the schema's version (and fail, once in a
+    few hundred runs, on a duplicate key).
+    """
+    with storage_lock(storage, "schema"):
+        opened = optuna.storages.RDBStorage(storage)
+    try:
+        return optuna.load_study(study_name=study_name, storage=opened).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+    finally:
+        opened.engine.dispose()
 
 
 def assert_exactly_once(trials: list[optuna.trial.FrozenTrial], points: int) -> None:

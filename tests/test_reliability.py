@@ -25,12 +25,11 @@ from typer.testing import CliRunner
 
 from hpsearch.cli import app
 from hpsearch.spec import load_spec
-from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
+from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
 
 runner = CliRunner()
 COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                                    optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
-SLOW = {"num_iters": 3000, "hidden_size": 64}  # trials of a few tenths of a second: a frozen process is inside one
 
 
 def spec_file(tmp_path: Path, points: int = 6, **defaults) -> Path:
@@ -40,49 +39,16 @@ def spec_file(tmp_path: Path, points: int = 6, **defaults) -> Path:
                                "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
 
 
-HELD = '''"""A trainable whose first two trials finish and whose later ones wait until the file 'open' exists."""
-import time
-from pathlib import Path
-
-HERE = Path(__file__).parent
-
-
-def train(config, data, *, seed, on_epoch=None):
-    with (HERE / "calls").open("a") as calls:
-        calls.write(".")
-    while (HERE / "calls").stat().st_size > 2 and not (HERE / "open").exists():
-        time.sleep(0.01)
-    return {"val_acc": config["learning_rate"]}
-'''
-
-
-def held_spec_file(tmp_path: Path, points: int = 6) -> Path:
-    """A study whose third trial waits until the test creates ``tmp_path / "open"``: the process is inside a trial
-    until then, however busy the machine (a polling test cannot miss it)."""
-    (tmp_path / "held.py").write_text(HELD)
-    return write_spec(tmp_path, "rel", model={"backend": "held:train"}, defaults={},
-                      objective={"metric": "val_acc", "direction": "maximize"},
-                      heartbeat={"interval": 1, "grace_period": 3},
-                      phases=[{"name": "grid", "sampler": "grid",
-                               "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
-
-
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="rel.grid", storage=storage).trials
+    return study_trials(storage, "rel.grid")
 
 
 def running_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return [t for t in trials_of(storage) if t.state == RUNNING]
-    except KeyError:
-        return []
+    return [t for t in trials_of(storage) if t.state == RUNNING]
 
 
 def completed(storage: str) -> int:
-    try:
-        return sum(t.state == COMPLETE for t in trials_of(storage))
-    except KeyError:
-        return 0
+    return sum(t.state == COMPLETE for t in trials_of(storage))
 
 
 def wait_for(predicate, timeout: float = 120, step: float = 0.05):
@@ -124,7 +90,7 @@ def storage(request, tmp_path) -> str:
 ])
 def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, sig, freeze_mid_trial):
     storage = f"sqlite:///{tmp_path / 'rel.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
-    spec = held_spec_file(tmp_path)
+    spec = gated_study(tmp_path, "rel", free=2, grace_period=3, tracking=True)  # the third trial waits
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ("run", str(spec), "--storage", storage, "--tracking-uri", tracking)
     proc = hpsearch(*args)
@@ -179,13 +145,23 @@ def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, 
 # 4: a worker frozen past the grace period --------------------------------------------------------------------------
 
 @pytest.mark.postgres
-def test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted(tmp_path, pg_database, freeze_mid_trial):
-    spec = spec_file(tmp_path, **SLOW)
+def test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted(tmp_path, request, pg_database,
+                                                                           freeze_mid_trial):
+    spec = gated_study(tmp_path, "rel", free=1, grace_period=3, tracking=True)  # the second trial waits
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {"HPSEARCH_STORAGE": pg_database}
     frozen = hpsearch("worker", str(spec), "--tracking-uri", tracking, env=env)
+
+    def release() -> None:  # whatever failed: nothing is left frozen or waiting at the gate
+        (tmp_path / "open").touch()
+        if frozen.poll() is None:
+            frozen.kill()
+            frozen.communicate()
+
+    request.addfinalizer(release)
     wait_for(lambda: completed(pg_database) >= 1 or frozen.poll() is not None)
-    victim = freeze_mid_trial(frozen, lambda: running_trials(pg_database))
+    victim = freeze_mid_trial(frozen, lambda: running_trials(pg_database))  # stopped inside the held second trial
+    (tmp_path / "open").touch()  # the helper's trials, and the frozen one once it wakes, run to their end
     try:
         helper = hpsearch("worker", str(spec), "--tracking-uri", tracking, env=env)
         _, helper_err = helper.communicate(timeout=300)
@@ -301,8 +277,7 @@ def test_tracking_server_down_or_slow_never_stops_the_study(tmp_path, mlflow_ser
     proxy = Proxy(mlflow_server, delay=0.05 if experiment == "slow" else 0.0)
     proc = hpsearch("run", str(spec), "--storage", storage, "--tracking-uri", f"http://127.0.0.1:{proxy.port}")
     if experiment == "down-mid-study":
-        wait_for(lambda: trials_of(storage) and sum(t.state == COMPLETE for t in trials_of(storage)) >= 3
-                 if _exists(storage) else False)
+        wait_for(lambda: completed(storage) >= 3)
         proxy.down()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -319,14 +294,6 @@ def test_tracking_server_down_or_slow_never_stops_the_study(tmp_path, mlflow_ser
     keys = collections.Counter(r.data.tags["hpsearch.trial_key"] for r in runs)
     assert sorted(keys) == sorted(f"rel.grid/{t.number}" for t in trials_of(storage)) and set(keys.values()) == {1}
     assert not [r for r in runs if r.info.status == "RUNNING"]
-
-
-def _exists(storage: str) -> bool:
-    try:
-        optuna.load_study(study_name="rel.grid", storage=storage)
-        return True
-    except KeyError:
-        return False
 
 
 # 9: hostile inputs: one line, exit 2, storage untouched ----------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
+from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
 
 RUNNING, COMPLETE, FAIL = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
                            optuna.trial.TrialState.FAIL)
@@ -27,31 +27,6 @@ def spec_file(tmp_path: Path, points: int = 6, tracking: bool = False, **default
                                "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
 
 
-GATE = '''"""A trainable that waits in every trial until the file 'open' exists beside it: a test's gate."""
-import time
-from pathlib import Path
-
-OPEN = Path(__file__).with_name("open")
-
-
-def train(config, data, *, seed, on_epoch=None):
-    while not OPEN.exists():
-        time.sleep(0.01)
-    return {"val_acc": config["learning_rate"]}
-'''
-
-
-def gated_spec_file(tmp_path: Path, points: int) -> Path:
-    """A study whose trials all wait until the test creates ``tmp_path / "open"``: a process stays inside its trial
-    until then, however slow or busy the machine."""
-    (tmp_path / "gate.py").write_text(GATE)
-    return write_spec(tmp_path, "sig", tracking={"enabled": False}, model={"backend": "gate:train"},
-                      objective={"metric": "val_acc", "direction": "maximize"}, defaults={},
-                      heartbeat={"interval": 1, "grace_period": 30},
-                      phases=[{"name": "grid", "sampler": "grid",
-                               "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
-
-
 def hpsearch(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], text=True,
                             env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
@@ -59,10 +34,7 @@ def hpsearch(*args: str, **kwargs) -> subprocess.Popen:
 
 
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name="sig.grid", storage=storage).get_trials(deepcopy=False)
-    except KeyError:
-        return []
+    return study_trials(storage, "sig.grid")
 
 
 def wait_until(predicate, proc: subprocess.Popen, give_up_after: float | None = None):
@@ -140,7 +112,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
 def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, sig, to_group):
-    spec = gated_spec_file(tmp_path, points=8)
+    spec = gated_study(tmp_path, "sig", points=8)
     storage = f"sqlite:///{tmp_path / 'sig.db'}"
     args = ["run", str(spec), "--storage", storage, "--workers", "2"]
     proc = hpsearch(*args, start_new_session=True)

@@ -13,9 +13,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
-
-
+from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
 
 GRID = {"learning_rate": [0.02, 0.05, 0.1, 0.2], "hidden_size": [4, 8, 12], "batch_size": [25, 50]}  # 24 points
 
@@ -36,10 +34,7 @@ def start_workers(spec: Path, storage: str, tracking: str, n: int) -> list[subpr
 
 
 def _trials(storage: str) -> list:
-    try:
-        return optuna.load_study(study_name="scaled.grid", storage=storage).get_trials(deepcopy=False)
-    except KeyError:
-        return []
+    return study_trials(storage, "scaled.grid")
 
 
 def assert_tracking(tracking: str, trials: list, logs: object = None) -> None:
@@ -77,17 +72,28 @@ def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path):
 
 
 @pytest.mark.postgres
-def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, freeze_mid_trial):
-    spec = spec_file(tmp_path, num_iters=3000, hidden_size=64)  # the victim is frozen inside a trial, then killed
+def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, request, freeze_mid_trial):
+    spec = gated_study(tmp_path, "scaled", free=2, grid=GRID, tracking=True)  # trials after the second wait
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     workers = start_workers(spec, pg_database, tracking, 2)
     victim, survivor = workers
+
+    def release() -> None:  # whatever failed: no worker is left waiting at the gate
+        (tmp_path / "open").touch()
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+
+    request.addfinalizer(release)
     while len([t for t in _trials(pg_database) if t.state == optuna.trial.TrialState.COMPLETE]) < 2:
         assert victim.poll() is None and survivor.poll() is None, "a worker ended before the kill"
+    # the victim is frozen inside a held trial, then killed
     killed = freeze_mid_trial(victim, lambda: [t for t in _trials(pg_database)
                                                if t.state == optuna.trial.TrialState.RUNNING])
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
+    (tmp_path / "open").touch()
     _, err = survivor.communicate(timeout=600)
     assert survivor.returncode == 0, err
     trials = _trials(pg_database)
