@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 from hpsearch.backends.base import scores_on_test
 from hpsearch.errors import SpecError
-from hpsearch.spec import StudySpec, apply_override, build_spec, load_spec, parse_override
+from hpsearch.spec import StudySpec, apply_override, build_spec, load_spec, parse_override, seconds
 
 __all__ = ["StudyResult", "driver", "load", "run", "status", "trials"]
 
@@ -101,10 +101,14 @@ class StudyResult:
 
 def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None, tracking: bool = True,
         tracking_uri: str | None = None, phase: str | None = None, timeout: float | None = None,
-        max_trials: int | None = None, force_new_phase: bool = False, overrides: list[str] | None = None,
-        allow_import: bool | None = None, base_dir: str | Path | None = None,
+        max_trials: int | None = None, time_box: float | str | None = None, force_new_phase: bool = False,
+        overrides: list[str] | None = None, allow_import: bool | None = None, base_dir: str | Path | None = None,
         echo: Callable[[str], None] | None = None, interruption: Any = None) -> StudyResult:
     """Run the study's phases in order (``hpsearch run``); call it again to resume.
+
+    timeout: no trial starts after this many seconds. time_box (seconds, or '55m', '1h'; default the spec's
+    ``time_box``): the run ends within it with the best trial so far retrained and scored on the test split (see
+    :class:`hpsearch.driver.Budget`).
 
     base_dir: for a spec given as a mapping, where its relative paths and modules are (default: relative paths from
     the working directory, modules from installed packages only). echo: where progress lines go (default stderr).
@@ -118,13 +122,17 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     from hpsearch.storage import mask_url
 
     study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
+    try:
+        box = study.time_box if time_box is None else seconds(time_box)
+    except ValueError as exc:
+        raise SpecError(f"time_box {exc}.") from None
     own = interruption is None
     interruption = interruption or Interruption()
     with interruption.installed() if own else contextlib.nullcontext():
         work = driver(study, storage=storage, tracking=tracking, tracking_uri=tracking_uri, echo=echo,
                       force_new_phase=force_new_phase, interruption=interruption)
         started = time.perf_counter()
-        summary = work.run(Budget(timeout=timeout, max_trials=max_trials), only_phase=phase)
+        summary = work.run(Budget(timeout=timeout, max_trials=max_trials, time_box=box), only_phase=phase)
         interruption.check()  # a signal during the study's last steps still means "interrupted"
     summary["wall_seconds"] = round(time.perf_counter() - started, 3)
     tracker = work.listener

@@ -23,7 +23,7 @@ import functools
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
@@ -55,17 +55,46 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 @dataclass
 class Budget:
-    """Limits of one invocation: wall seconds and trials started. Checked between trials."""
+    """Limits of one invocation: wall seconds, trials started and a time box. Checked between trials.
+
+    timeout: no trial starts after this many seconds; the study is left for a later run to go on with.
+    time_box: seconds within which the run should end with a result. No trial starts unless it and the winner's
+    retraining still fit, each taken to last as long as the longest trial of this run; the study is then finalised
+    with the trials it has (the winner retrained and scored on the test split), and a later run goes on with it.
+    """
 
     timeout: float | None = None
     max_trials: int | None = None
-    started_at: float = field(default_factory=time.monotonic)
+    time_box: float | None = None
+    clock: Callable[[], float] = time.monotonic
+    started_at: float | None = None
     trials: int = 0
+    longest: float = 0.0  # seconds, the longest trial of this run
+
+    def __post_init__(self) -> None:
+        if self.started_at is None:
+            self.started_at = self.clock()
 
     def exhausted(self) -> bool:
         if self.max_trials is not None and self.trials >= self.max_trials:
             return True
-        return self.timeout is not None and time.monotonic() - self.started_at >= self.timeout
+        return self.timeout is not None and self.elapsed() >= self.timeout or self.boxed()
+
+    def boxed(self) -> bool:
+        """The time box leaves no room for another trial and the winner's retraining."""
+        return self.time_box is not None and self.elapsed() + 2 * self.longest >= self.time_box
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started_at
+
+    def timed(self, train: Callable[[], Any]) -> None:
+        """Run one trial, counting it and its length."""
+        self.trials += 1
+        began = self.clock()
+        try:
+            train()
+        finally:
+            self.longest = max(self.longest, self.clock() - began)
 
 
 def _storage_failures(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -185,7 +214,8 @@ class Driver:
         self._mend_listener()
         try:
             complete = self._run_phases(phases, budget)
-            report = self._finalise() if complete and not only_phase else None
+            # a time box ends with a result: the winner so far, retrained and scored on the test split
+            report = self._finalise() if (complete or budget.time_box is not None) and not only_phase else None
         except BaseException:
             # an interrupted or failing run sends what it can in a few seconds; the next run mends the rest
             self.listener.close(timeout=10)
@@ -232,7 +262,12 @@ class Driver:
             view.refresh()
             self.listener.on_phase_end(phase, view.status())
             if not done:
-                self.echo(f"Budget reached during phase {phase.name!r}; rerun the same command to resume.")
+                if budget.boxed():
+                    self.echo(f"Time box of {budget.time_box:g} s reached during phase {phase.name!r} after "
+                              f"{budget.trials} trial{'s' if budget.trials != 1 else ''}: the study ends with the best trial so far; rerun the same "
+                              "command to go on with it.")
+                else:
+                    self.echo(f"Budget reached during phase {phase.name!r}; rerun the same command to resume.")
                 return False
         return True
 
@@ -279,10 +314,9 @@ class Driver:
                 return True
             trial_id, number, point = claimed
             view.apply(Row(trial_id, number, "RUNNING", None, self.store.now(), None, point, owner=me))
-            budget.trials += 1
             params = points[point]
             info = TrialInfo(trial_id, number, point, params, grids.trial_seed(self.spec.seed, phase.name, point))
-            self.runner.run(RunningTrial(phase, view, info), study)
+            budget.timed(lambda: self.runner.run(RunningTrial(phase, view, info), study))
             if view.rows.get(trial_id) is not None and counts_as_failure(view.rows[trial_id].state,
                                                                          view.rows[trial_id].failure):
                 queue.reconcile()  # a failed trial's point goes back in the queue now
@@ -312,10 +346,9 @@ class Driver:
             if trial is None:
                 continue
             view.apply(Row(trial._trial_id, trial.number, "RUNNING", None, self.store.now(), None, owner=me))
-            budget.trials += 1
             params = self._suggest(trial, phase)
             info = TrialInfo(trial._trial_id, trial.number, None, params, trial.user_attrs.get(SEED))
-            self.runner.run(RunningTrial(phase, view, info, optuna_trial=trial), study)
+            budget.timed(lambda: self.runner.run(RunningTrial(phase, view, info, optuna_trial=trial), study))
 
     def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
         """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""

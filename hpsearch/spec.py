@@ -35,6 +35,26 @@ class _Strict(UserConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|m|min|h)?\s*")
+_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def seconds(value: Any) -> float:
+    """A duration: a number of seconds, or a string such as ``'90s'``, ``'55m'`` or ``'1.5h'``."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a duration such as 3300, '55m' or '1h'. Got {value!r} instead")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        found = _DURATION.fullmatch(str(value))
+        if not found:
+            raise ValueError(f"must be a duration such as 3300, '55m' or '1h'. Got {value!r} instead")
+        number = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"must be a duration greater than 0. Got {value!r} instead")
+    return number
+
+
 def _one_of(value: str, known: Any) -> str:
     """``value`` if it names one of ``known``; else the error in the template every invalid value uses."""
     if value not in known:
@@ -210,6 +230,8 @@ class StudySpec(_Strict):
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     phases: list[PhaseSpec] = Field(default_factory=list)
     heartbeat: HeartbeatSpec = Field(default_factory=HeartbeatSpec)
+    # seconds within which `hpsearch run` ends with a result (see hpsearch.driver.Budget); None: no box
+    time_box: float | None = None
     provenance: dict[str, Any] | None = None  # written by `hpsearch best`: where a configuration came from
 
     # where the spec came from, and whether it may import code from outside installed packages; not part of the YAML
@@ -218,6 +240,11 @@ class StudySpec(_Strict):
     allow_import: bool = Field(False, exclude=True)
 
     _name = field_validator("name")(_storage_name)
+
+    @field_validator("time_box", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else seconds(value)
 
     @model_validator(mode="after")
     def _phases_consistent(self) -> StudySpec:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from hpsearch.driver import Budget, Driver
+from hpsearch.listener import StudyListener
 from hpsearch.errors import SpecError, UserError
 from hpsearch.spec import load_spec
 from hpsearch.storage import StorageError
@@ -112,6 +113,46 @@ def test_budget_stops_cleanly_and_a_later_run_resumes(tmp_path):
     assert summary["complete"]
     assert_exactly_once(phase_trials(tmp_path, "random"), 6)
     assert_exactly_once(phase_trials(tmp_path, "grid"), summary["phases"][1]["total"])
+
+
+class Clock:
+    """A clock for a Budget that moves only when a trial ends: every trial lasts ``step`` seconds."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Ticking(StudyListener):
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def on_trial_end(self, *args, **kwargs) -> None:
+        self.clock.now += self.clock.step
+
+
+def test_a_time_box_ends_with_the_winner_so_far_scored_and_a_later_run_goes_on(tmp_path):
+    spec = write_spec(tmp_path)
+    clock = Clock(step=10.0)
+    messages = []
+    driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append,
+                    listener=Ticking(clock))
+    summary = driver.run(Budget(time_box=100.0, clock=clock))
+    # a trial starts only while it and the winner's retraining (10 s each) still fit: 8 trials of 10 s
+    random_status, grid_status = summary["phases"]
+    assert (random_status["done"], grid_status["done"]) == (6, 2) and grid_status["total"] > 2
+    assert not summary["complete"]
+    assert any("Time box of 100 s reached during phase 'grid' after 8 trials" in m for m in messages), messages
+    best = summary["best"]
+    finished = [t for p in ("random", "grid") for t in phase_trials(tmp_path, p)
+                if t.state == optuna.trial.TrialState.COMPLETE]
+    assert best["value"] == max(t.value for t in finished) and best["test_acc"] is not None  # scored on test
+    summary = driver_for(spec, tmp_path).run()  # no box: the study goes on and ends
+    assert summary["complete"]
+    assert_exactly_once(phase_trials(tmp_path, "grid"), grid_status["total"])
+    assert summary["best"]["test_acc"] is not None
 
 
 def test_changing_the_grid_is_refused_with_a_diff_and_the_storage_untouched(tmp_path):

@@ -60,6 +60,8 @@ def test_overrides_keep_their_yaml_types(tmp_path):
         ("- just\n- a list\n", [], r"must be a YAML mapping"),
         ("", [], r"the spec is empty"),
         (MINIMAL, ["nonsense"], r"--set 'nonsense': expected KEY=VALUE"),
+        (MINIMAL, ["time_box=5d"], r"study.yaml: time_box must be a duration such as 3300, '55m' or '1h'. Got '5d'"),
+        (MINIMAL, ["time_box=0"], r"study.yaml: time_box must be a duration greater than 0. Got 0 instead"),
         (MINIMAL, ["objective.direction=minimize"],
          r"study.yaml: objective.direction must be 'maximize' for the metric 'val_acc' \(higher is better\), or left "
          r"out. Got 'minimize' instead.$"),
@@ -74,6 +76,13 @@ def test_bad_specs_give_one_line_naming_file_and_path(tmp_path, text, overrides,
     with pytest.raises(SpecError, match=expected) as caught:
         load_spec(write(tmp_path, text), overrides)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value, seconds", [(3300, 3300.0), ("55m", 3300.0), ("1h", 3600.0), ("1.5h", 5400.0),
+                                            ("90s", 90.0), ("2 min", 120.0)])
+def test_a_time_box_is_seconds_or_a_duration_with_its_unit(tmp_path, value, seconds):
+    assert load_spec(write(tmp_path, MINIMAL), [f"time_box={value}"]).time_box == seconds
+    assert load_spec(write(tmp_path, MINIMAL)).time_box is None
 
 
 def test_missing_spec_file(tmp_path):
