@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OutputFormat, PhaseOpt, SetOpt,
-                              SpecArg, StorageOpt, TimeoutOpt, TrackingOpt, cannot_write, check_output_file,
+                              SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt, cannot_write, check_output_file,
                               check_output_folder, echo_err, fail, users_code)
 from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
@@ -135,6 +135,7 @@ def run(
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes, one BLAS thread each.")] = 1,
     phase: PhaseOpt = None,
     timeout: TimeoutOpt = None,
+    time_box: TimeBoxOpt = None,
     max_trials: MaxTrialsOpt = None,
     force_new_phase: ForceOpt = False,
     set_: SetOpt = None,
@@ -143,7 +144,7 @@ def run(
 ) -> None:
     """Run the study's phases in order; rerun the same command to resume after any interruption."""
     request = _Work(spec=spec, storage=storage, tracking_uri=tracking_uri, phase=phase, timeout=timeout,
-                    max_trials=max_trials, force_new_phase=force_new_phase, overrides=set_,
+                    time_box=time_box, max_trials=max_trials, force_new_phase=force_new_phase, overrides=set_,
                     allow_import=allow_import, json=json_)
     if workers > 1:
         _run_local_workers(request, workers)
@@ -158,6 +159,7 @@ def worker(
     tracking_uri: TrackingOpt = None,
     phase: PhaseOpt = None,
     timeout: TimeoutOpt = None,
+    time_box: TimeBoxOpt = None,
     max_trials: MaxTrialsOpt = None,
     set_: SetOpt = None,
     allow_import: AllowImportOpt = False,
@@ -169,7 +171,8 @@ def worker(
     machines; the URL can come from $HPSEARCH_STORAGE so that no password is on a command line).
     """
     _work(_Work(spec=spec, storage=storage, tracking_uri=tracking_uri, phase=phase, timeout=timeout,
-                max_trials=max_trials, force_new_phase=False, overrides=set_, allow_import=allow_import, json=json_))
+                time_box=time_box, max_trials=max_trials, force_new_phase=False, overrides=set_,
+                allow_import=allow_import, json=json_))
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ class _Work:
     tracking_uri: str | None
     phase: str | None
     timeout: float | None
+    time_box: float | None
     max_trials: int | None
     force_new_phase: bool
     overrides: list[str] | None
@@ -198,7 +202,8 @@ def _work(request: _Work) -> None:
     try:
         with interruption.installed(restore=not _OWN_PROCESS):
             result = api.run(request.spec, storage=request.storage, tracking_uri=request.tracking_uri,
-                             phase=request.phase, timeout=request.timeout, max_trials=request.max_trials,
+                             phase=request.phase, timeout=request.timeout, time_box=request.time_box,
+                             max_trials=request.max_trials,
                              force_new_phase=request.force_new_phase, overrides=request.overrides,
                              allow_import=request.allow_import or None, echo=echo_err, interruption=interruption)
     except UserError as exc:
@@ -241,7 +246,8 @@ def _run_local_workers(request: _Work, workers: int) -> None:
     if request.allow_import:
         command.append("--allow-import")
     for flag, value in (("--tracking-uri", request.tracking_uri), ("--phase", request.phase),
-                        ("--timeout", request.timeout), ("--max-trials", request.max_trials)):
+                        ("--timeout", request.timeout), ("--time-box", request.time_box),
+                        ("--max-trials", request.max_trials)):
         if value is not None:
             command += [flag, str(value)]
     env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -255,20 +261,25 @@ def _run_local_workers(request: _Work, workers: int) -> None:
         raise typer.Exit(code=2)  # each worker already said why, in one line
     if any(code != 0 for code in codes):
         raise fail(f"{sum(code != 0 for code in codes)} of {workers} workers failed (exit codes {codes}).")
-    status(request.spec, storage=url, set_=request.overrides, allow_import=request.allow_import, json_=request.json)
+    _status(request.spec, url, request.overrides, request.allow_import, request.json, request.tracking_uri)
 
 
 @app.command()
 def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, allow_import: AllowImportOpt = False,
            json_: JsonOpt = False) -> None:
     """Per phase: state, trials complete/pruned/failed/running, grid coverage and best value."""
+    _status(spec, storage, set_, allow_import, json_)
+
+
+def _status(spec: Path, storage: str | None, set_: list[str] | None, allow_import: bool, json_: bool,
+            tracking_uri: str | None = None) -> None:
     from hpsearch.storage import mask_url, register_secret_url
     from hpsearch.tracking import resolve_tracking_uri
 
     try:
         driver = _driver(spec, set_, storage, writable=False, allow_import=allow_import)
         summary = driver.status()
-        uri = resolve_tracking_uri(driver.spec, driver.url)
+        uri = resolve_tracking_uri(driver.spec, driver.url, tracking_uri)
         register_secret_url(uri)
         summary["tracking"] = ({"uri": mask_url(uri), "experiment": driver.spec.tracking.experiment or driver.spec.name}
                                if uri else None)

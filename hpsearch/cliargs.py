@@ -105,6 +105,15 @@ def check_seconds(value: float | None) -> float | None:
     return value
 
 
+def check_time_box(value: str | None) -> float | None:
+    from hpsearch.spec import seconds
+
+    try:
+        return None if value is None else seconds(value)
+    except ValueError as exc:
+        raise fail(f"--time-box {exc}.") from None
+
+
 def check_count(value: int | None) -> int | None:
     if value is not None and value < 0:
         raise fail(f"--max-trials must be an integer >= 0. Got {value} instead.")
@@ -114,6 +123,9 @@ def check_count(value: int | None) -> int | None:
 PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.",
                                                      callback=check_seconds)]
+TimeBoxOpt = Annotated[Optional[str], typer.Option(
+    metavar="DURATION", help="End within this time (seconds, or 55m, 1h) with the best trial so far retrained and scored on the test "
+         "split; no trial starts that would not fit. Default: the spec's time_box.", callback=check_time_box)]
 MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
                                                      callback=check_count)]
 ForceOpt = Annotated[

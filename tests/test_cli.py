@@ -301,12 +301,27 @@ def one_error_line(result, message: str) -> None:
     (["--timeout", "nan"], "--timeout must be a number of seconds >= 0. Got nan instead."),
     (["--timeout", "-1"], "--timeout must be a number of seconds >= 0. Got -1.0 instead."),
     (["--max-trials", "-1"], "--max-trials must be an integer >= 0. Got -1 instead."),
+    (["--time-box", "soon"], "--time-box must be a duration such as 3300, '55m' or '1h'. Got 'soon' instead."),
+    (["--time-box", "0m"], "--time-box must be a duration greater than 0. Got '0m' instead."),
 ])
 def test_bad_budgets_are_refused_before_anything_runs(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     spec = tiny_spec(tmp_path)
     one_error_line(runner.invoke(app, ["run", str(spec), *args]), message)
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_workers_pass_on_their_options_and_report_the_tracking_uri_they_used(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    raw = yaml.safe_load(spec.read_text())
+    raw["tracking"] = {"enabled": True}
+    spec.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["run", str(spec), "--workers", "2", "--time-box", "1h",
+                                 "--tracking-uri", "sqlite:///elsewhere.db"])
+    assert result.exit_code == 0, result.output
+    assert "mlflow ui --backend-store-uri sqlite:///elsewhere.db" in result.stdout
+    assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "runs" / "mlflow.db").exists()
 
 
 @pytest.fixture
