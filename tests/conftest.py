@@ -86,8 +86,7 @@ def gated_study(tmp_path: Path, name: str, points: int = 6, *, free: int = 0, gr
 
     A process stays inside such a trial however busy the machine, so a test polling the storage for it cannot miss
     the moment. The grid is ``points`` learning rates unless ``grid`` is given; a trial's val_acc is its learning
-    rate. Tracking is off unless ``tracking``. Tests open the gate in a finaliser too, so that nothing is left
-    waiting when they fail.
+    rate. Tracking is off unless ``tracking``. The ``gate`` fixture opens it, also when the test fails.
     """
     (tmp_path / "gate.py").write_text(GATE.format(free=free))
     grid = grid or {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}
@@ -95,6 +94,36 @@ def gated_study(tmp_path: Path, name: str, points: int = 6, *, free: int = 0, gr
                       objective={"metric": "val_acc", "direction": "maximize"},
                       heartbeat={"interval": 1, "grace_period": grace_period},
                       phases=[{"name": "grid", "sampler": "grid", "grid": grid}])
+
+
+class Gate:
+    """The gate of a :func:`gated_study` written to ``folder``. At the test's end it is opened and the processes
+    handed to :meth:`watch` are killed if they still run, whatever failed: nothing is left waiting."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.processes: list[subprocess.Popen] = []
+
+    def watch(self, *processes: subprocess.Popen) -> None:
+        self.processes.extend(processes)
+
+    def open(self) -> None:
+        (self.folder / "open").touch()
+
+    def close(self) -> None:
+        self.open()
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def gate(tmp_path: Path):
+    """The :class:`Gate` of a gated study in ``tmp_path``."""
+    gate = Gate(tmp_path)
+    yield gate
+    gate.close()
 
 
 def study_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:

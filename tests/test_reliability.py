@@ -88,20 +88,14 @@ def storage(request, tmp_path) -> str:
     ("sqlite", signal.SIGKILL), ("sqlite", signal.SIGINT), ("sqlite", signal.SIGTERM),
     pytest.param("postgres", signal.SIGKILL, marks=pytest.mark.postgres),  # signal handling is database-independent
 ])
-def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, sig, freeze_mid_trial):
+def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, sig, freeze_mid_trial, gate):
     storage = f"sqlite:///{tmp_path / 'rel.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
     spec = gated_study(tmp_path, "rel", free=2, grace_period=3, tracking=True)  # the third trial waits
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ("run", str(spec), "--storage", storage, "--tracking-uri", tracking)
     proc = hpsearch(*args)
 
-    def release() -> None:  # whatever failed: nothing is left waiting at the gate
-        (tmp_path / "open").touch()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-    request.addfinalizer(release)
+    gate.watch(proc)
     wait_for(lambda: completed(storage) >= 2 or proc.poll() is not None)
     victim = freeze_mid_trial(proc, lambda: running_trials(storage))  # stopped inside the held third trial
     proc.send_signal(sig)
@@ -120,7 +114,7 @@ def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, 
         assert not running_trials(storage)
     finished_before = {t.number: (t.value, t.params) for t in trials_of(storage) if t.state == COMPLETE}
 
-    (tmp_path / "open").touch()
+    gate.open()
     resumed = hpsearch(*args)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
@@ -145,23 +139,17 @@ def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, 
 # 4: a worker frozen past the grace period --------------------------------------------------------------------------
 
 @pytest.mark.postgres
-def test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted(tmp_path, request, pg_database,
-                                                                           freeze_mid_trial):
+def test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted(tmp_path, pg_database,
+                                                                           freeze_mid_trial, gate):
     spec = gated_study(tmp_path, "rel", free=1, grace_period=3, tracking=True)  # the second trial waits
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {"HPSEARCH_STORAGE": pg_database}
     frozen = hpsearch("worker", str(spec), "--tracking-uri", tracking, env=env)
 
-    def release() -> None:  # whatever failed: nothing is left frozen or waiting at the gate
-        (tmp_path / "open").touch()
-        if frozen.poll() is None:
-            frozen.kill()
-            frozen.communicate()
-
-    request.addfinalizer(release)
+    gate.watch(frozen)
     wait_for(lambda: completed(pg_database) >= 1 or frozen.poll() is not None)
     victim = freeze_mid_trial(frozen, lambda: running_trials(pg_database))  # stopped inside the held second trial
-    (tmp_path / "open").touch()  # the helper's trials, and the frozen one once it wakes, run to their end
+    gate.open()  # the helper's trials, and the frozen one once it wakes, run to their end
     try:
         helper = hpsearch("worker", str(spec), "--tracking-uri", tracking, env=env)
         _, helper_err = helper.communicate(timeout=300)

@@ -72,20 +72,13 @@ def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path):
 
 
 @pytest.mark.postgres
-def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, request, freeze_mid_trial):
+def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, freeze_mid_trial, gate):
     spec = gated_study(tmp_path, "scaled", free=2, grid=GRID, tracking=True)  # trials after the second wait
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     workers = start_workers(spec, pg_database, tracking, 2)
     victim, survivor = workers
 
-    def release() -> None:  # whatever failed: no worker is left waiting at the gate
-        (tmp_path / "open").touch()
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
-
-    request.addfinalizer(release)
+    gate.watch(*workers)
     while len([t for t in _trials(pg_database) if t.state == optuna.trial.TrialState.COMPLETE]) < 2:
         assert victim.poll() is None and survivor.poll() is None, "a worker ended before the kill"
     # the victim is frozen inside a held trial, then killed
@@ -93,7 +86,7 @@ def test_a_killed_worker_s_point_is_retried_exactly_once(pg_database, tmp_path, 
                                                if t.state == optuna.trial.TrialState.RUNNING])
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
-    (tmp_path / "open").touch()
+    gate.open()
     _, err = survivor.communicate(timeout=600)
     assert survivor.returncode == 0, err
     trials = _trials(pg_database)
