@@ -138,7 +138,9 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     tracker = work.listener
     summary["tracking"] = None
     if hasattr(tracker, "uri"):
-        model = tracker.saved_model(work.phases.shared()) if summary["complete"] else None
+        best = summary.get("best") or {}
+        scored = best.get(best.get("test_metric", "")) is not None  # the winner, retrained at the end (or a box's)
+        model = tracker.saved_model(work.phases.shared()) if summary["complete"] or scored else None
         summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
                                "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}
     return _result(study, work, summary)

@@ -123,9 +123,12 @@ def check_count(value: int | None) -> int | None:
 PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.",
                                                      callback=check_seconds)]
+# the callback turns the text into seconds (a float), which the commands receive
 TimeBoxOpt = Annotated[Optional[str], typer.Option(
-    metavar="DURATION", help="End within this time (seconds, or 55m, 1h) with the best trial so far retrained and scored on the test "
-         "split; no trial starts that would not fit. Default: the spec's time_box.", callback=check_time_box)]
+    metavar="DURATION", callback=check_time_box,
+    help="Aim to end within this time (seconds, or 55m, 1h) with the best trial so far retrained and scored on the "
+         "test split: a trial starts only while it and that retraining fit, each as long as the longest trial so "
+         "far. Default: the spec's time_box.")]
 MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
                                                      callback=check_count)]
 ForceOpt = Annotated[

@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from hpsearch import grid as grids
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError, users_failure
+from hpsearch.formatting import format_duration
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.phases import Phases
@@ -58,9 +59,10 @@ class Budget:
     """Limits of one invocation: wall seconds, trials started and a time box. Checked between trials.
 
     timeout: no trial starts after this many seconds; the study is left for a later run to go on with.
-    time_box: seconds within which the run should end with a result. No trial starts unless it and the winner's
-    retraining still fit, each taken to last as long as the longest trial of this run; the study is then finalised
-    with the trials it has (the winner retrained and scored on the test split), and a later run goes on with it.
+    time_box: seconds within which the run aims to end with a result. A trial starts only while it and the winner's
+    retraining still fit, each counted as long as the longest finished trial known (of this run, or stored); once
+    the box is reached the study is finalised with the trials it has (the winner retrained and scored on the test
+    split), and a later run goes on with it. An estimate, not a bound: a trial longer than all before it overruns.
     """
 
     timeout: float | None = None
@@ -69,20 +71,24 @@ class Budget:
     clock: Callable[[], float] = time.monotonic
     started_at: float | None = None
     trials: int = 0
-    longest: float = 0.0  # seconds, the longest trial of this run
+    longest: float = 0.0  # seconds: the longest finished trial known
+    box_reached: bool = False  # the time box, and nothing else, stopped the run
 
     def __post_init__(self) -> None:
         if self.started_at is None:
             self.started_at = self.clock()
 
+    def expect(self, seconds: float) -> None:
+        """A finished trial (another worker's, an earlier run's) lasted ``seconds``."""
+        self.longest = max(self.longest, seconds)
+
     def exhausted(self) -> bool:
         if self.max_trials is not None and self.trials >= self.max_trials:
             return True
-        return self.timeout is not None and self.elapsed() >= self.timeout or self.boxed()
-
-    def boxed(self) -> bool:
-        """The time box leaves no room for another trial and the winner's retraining."""
-        return self.time_box is not None and self.elapsed() + 2 * self.longest >= self.time_box
+        if self.timeout is not None and self.elapsed() >= self.timeout:
+            return True
+        self.box_reached = self.time_box is not None and self.elapsed() + 2 * self.longest >= self.time_box
+        return self.box_reached
 
     def elapsed(self) -> float:
         return self.clock() - self.started_at
@@ -94,7 +100,7 @@ class Budget:
         try:
             train()
         finally:
-            self.longest = max(self.longest, self.clock() - began)
+            self.expect(self.clock() - began)
 
 
 def _storage_failures(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -213,9 +219,14 @@ class Driver:
         self.listener.on_study_start(self.spec, self.phases.shared())
         self._mend_listener()
         try:
-            complete = self._run_phases(phases, budget)
-            # a time box ends with a result: the winner so far, retrained and scored on the test split
-            report = self._finalise() if (complete or budget.time_box is not None) and not only_phase else None
+            stopped_in = self._run_phases(phases, budget)
+            # a time box ends with a result: the winner so far, retrained and scored on the test split, by the last
+            # process to stop (the trials of others still running may change the winner)
+            boxed = budget.box_reached and not only_phase and not self._others_running()
+            report = self._finalise(partial=not self._study_complete()) if (
+                not only_phase and (stopped_in is None or boxed)) else None
+            if budget.box_reached:
+                self._say_time_box(budget, stopped_in, only_phase, report)
         except BaseException:
             # an interrupted or failing run sends what it can in a few seconds; the next run mends the rest
             self.listener.close(timeout=10)
@@ -247,12 +258,46 @@ class Driver:
                 raise SpecError(f"{self.spec.source}: phase {phase.name!r}: batch_size {too_big[0]} is larger "
                                 f"than the training split ({n} samples).")
 
-    def _run_phases(self, phases: list[PhaseSpec], budget: Budget) -> bool:
-        """Run ``phases`` in order; False when the budget ran out first."""
+    def _say_time_box(self, budget: Budget, stopped_in: str | None, only_phase: str | None,
+                      report: StudyReport | None) -> None:
+        trials = f"{budget.trials} trial{'s' if budget.trials != 1 else ''}"
+        head = f"Time box of {format_duration(budget.time_box or 0)} reached during phase {stopped_in!r} after {trials}"
+        if only_phase:
+            tail = "; rerun the same command to go on."
+        elif report is None or report.best is None:
+            tail = ("; trials of other processes are still running, and the last to stop scores the winner. "
+                    if self._others_running() else ": no trial has finished yet, so there is no winner to score. ")
+            tail += "Rerun the same command to go on."
+        else:
+            tail = (": the best trial so far was retrained and scored on the test split. Rerun the same command to go "
+                    "on with the study.")
+        self.echo(head + tail)
+
+    def _study_complete(self) -> bool:
+        for phase in self.spec.phases:
+            view = self._views.get(phase.name)
+            if view is None:
+                return False
+            view.refresh()
+            if view.status()["state"] != "complete":
+                return False
+        return True
+
+    def _others_running(self) -> bool:
+        """Trials of other processes are running (this one's trial has ended)."""
+        for view in self._views.values():
+            view.refresh()
+            if view.status()["running"]:
+                return True
+        return False
+
+    def _run_phases(self, phases: list[PhaseSpec], budget: Budget) -> str | None:
+        """Run ``phases`` in order; the name of the phase the budget ran out in, None when all ran to their end."""
         for phase in phases:
             self.interruption.check()
             study, record = self.phases.open(phase)
             view = self.results.view(phase, self.phases.layout())
+            budget.expect(view.longest)
             self._views[phase.name] = view
             self.listener.on_phase_start(phase, {"study_name": study.study_name, "grid": record.get("grid")})
             if phase.sampler == "tpe":
@@ -262,14 +307,10 @@ class Driver:
             view.refresh()
             self.listener.on_phase_end(phase, view.status())
             if not done:
-                if budget.boxed():
-                    self.echo(f"Time box of {budget.time_box:g} s reached during phase {phase.name!r} after "
-                              f"{budget.trials} trial{'s' if budget.trials != 1 else ''}: the study ends with the best trial so far; rerun the same "
-                              "command to go on with it.")
-                else:
+                if not budget.box_reached:
                     self.echo(f"Budget reached during phase {phase.name!r}; rerun the same command to resume.")
-                return False
-        return True
+                return phase.name
+        return None
 
     def _reap(self, phase: PhaseSpec, view: PhaseView) -> bool:
         """Fail the phase's trials whose process is gone; True when any was."""
@@ -301,6 +342,7 @@ class Driver:
                     queue.reconcile()
                 view.refresh()
                 next_look = time.monotonic() + self.spec.heartbeat.interval
+            budget.expect(view.longest)
             if budget.exhausted():
                 return False
             claimed = queue.claim(me)
@@ -337,11 +379,12 @@ class Driver:
             if failures > phase.max_retries * phase.n_trials:
                 self.echo(f"[{phase.name}] giving up after {failures} failed trials")
                 return True
-            if finished + running >= phase.n_trials:
-                self.interruption.wait(POLL_SECONDS)
-                continue
+            budget.expect(view.longest)
             if budget.exhausted():
                 return False
+            if finished + running >= phase.n_trials:
+                self.interruption.wait(POLL_SECONDS)  # others' trials will end the phase
+                continue
             trial = self._ask(phase, study, me)
             if trial is None:
                 continue
@@ -381,18 +424,19 @@ class Driver:
 
     # ---- the end -----------------------------------------------------------------------------------------------
 
-    def _finalise(self) -> StudyReport | None:
+    def _finalise(self, partial: bool = False) -> StudyReport | None:
         """Retrain the winner with its own seed, evaluate it once on the test split, store and report the result.
 
-        Once per study: of several workers finishing together, the first does it and the others return None.
+        Once per winner: of several workers finishing together, the first does it and the others return None.
+        ``partial``: the study is not complete (a time box); its completion finalises again, for the full report.
         """
         with storage_lock(self.url, f"{self.spec.name}:finalise"):
             layout = self.phases.layout()
             best = self.results.best()
             stored = self.results.stored_result(layout) or {}
             if best is not None and (stored.get("phase"), stored.get("trial")) == (best["phase"], best["trial"]) \
-                    and not stored.get("failure"):  # a finish that failed (the user's evaluate) is tried again
-                return None
+                    and not stored.get("failure") and (partial or not stored.get("partial")):
+                return None  # done; a finish that failed (the user's evaluate) is tried again
             with self.interruption.immediate():
                 report = self.results.report(self.data, full=self.listener.wants_report)
             if report is None or report.best is None:
@@ -408,6 +452,7 @@ class Driver:
             result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],
                       "retrained_value": retrained.metrics.get(self.spec.objective.metric) if retrained else None,
                       "data_fingerprint": self.data.fingerprint, "generation": layout["generation"],
+                      **({"partial": True} if partial else {}),
                       **scores, **({"failure": report.failure} if report.failure else {})}
             self.table.put(self.spec.name, "result", result)
             report.best = self.results.best()

@@ -60,6 +60,7 @@ class PhaseView:
         self._failures: Counter[int] = Counter()
         self._failed_rows: dict[int, list[Row]] = {}
         self._seconds = [0.0, 0]
+        self.longest = 0.0  # seconds: the longest finished trial
         self._best: Row | None = None
 
     def refresh(self, full: bool = False) -> None:
@@ -89,6 +90,8 @@ class PhaseView:
         if row.state in FINISHED_STATES and row.seconds is not None:
             self._seconds[0] += sign * row.seconds
             self._seconds[1] += sign
+            if sign > 0:  # a finished trial never changes again
+                self.longest = max(self.longest, row.seconds)
 
     def apply(self, row: Row) -> None:
         """Take ``row`` as the trial's state now (a finished trial never changes again)."""
@@ -208,7 +211,8 @@ class Results:
             views = [self.view(p, layout) for p in self.spec.phases]
         phases = [view.status() for view in views]
         result = self.stored_result(layout)
-        complete = bool(phases) and all(p["state"] == "complete" for p in phases) and result is not None
+        complete = bool(phases) and all(p["state"] == "complete" for p in phases) and result is not None \
+            and not result.get("partial")  # a time box's result: the completing run scores the winner again
         return {"study": self.spec.name, "storage": mask_url(self.url), "complete": complete,
                 "phases": phases, "best": self.best_of(views, layout)}
 

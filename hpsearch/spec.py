@@ -35,23 +35,18 @@ class _Strict(UserConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|m|min|h)?\s*")
+_DURATION = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(s|m|min|h)?\s*")
 _UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 
 
 def seconds(value: Any) -> float:
     """A duration: a number of seconds, or a string such as ``'90s'``, ``'55m'`` or ``'1.5h'``."""
-    if isinstance(value, bool):
+    found = None if isinstance(value, bool) else _DURATION.fullmatch(str(value))
+    if found is None:
         raise ValueError(f"must be a duration such as 3300, '55m' or '1h'. Got {value!r} instead")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        found = _DURATION.fullmatch(str(value))
-        if not found:
-            raise ValueError(f"must be a duration such as 3300, '55m' or '1h'. Got {value!r} instead")
-        number = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
-    if not number > 0 or number == float("inf"):
-        raise ValueError(f"must be a duration greater than 0. Got {value!r} instead")
+    number = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+    if not 0 < number < float("inf"):
+        raise ValueError(f"must be a finite duration greater than 0. Got {value!r} instead")
     return number
 
 

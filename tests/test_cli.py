@@ -302,7 +302,7 @@ def one_error_line(result, message: str) -> None:
     (["--timeout", "-1"], "--timeout must be a number of seconds >= 0. Got -1.0 instead."),
     (["--max-trials", "-1"], "--max-trials must be an integer >= 0. Got -1 instead."),
     (["--time-box", "soon"], "--time-box must be a duration such as 3300, '55m' or '1h'. Got 'soon' instead."),
-    (["--time-box", "0m"], "--time-box must be a duration greater than 0. Got '0m' instead."),
+    (["--time-box", "0m"], "--time-box must be a finite duration greater than 0. Got '0m' instead."),
 ])
 def test_bad_budgets_are_refused_before_anything_runs(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -317,11 +317,25 @@ def test_run_workers_pass_on_their_options_and_report_the_tracking_uri_they_used
     raw = yaml.safe_load(spec.read_text())
     raw["tracking"] = {"enabled": True}
     spec.write_text(yaml.safe_dump(raw))
-    result = runner.invoke(app, ["run", str(spec), "--workers", "2", "--time-box", "1h",
-                                 "--tracking-uri", "sqlite:///elsewhere.db"])
+    result = runner.invoke(app, ["run", str(spec), "--workers", "2", "--tracking-uri", "sqlite:///elsewhere.db"])
     assert result.exit_code == 0, result.output
     assert "mlflow ui --backend-store-uri sqlite:///elsewhere.db" in result.stdout
     assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "runs" / "mlflow.db").exists()
+
+    from hpsearch import localworkers
+
+    commands = []
+
+    def started(command, env, n):
+        commands.append(command)
+        return [0] * n, False
+
+    monkeypatch.setattr(localworkers, "run_workers", started)
+    limits = ["--timeout", "600", "--time-box", "1e-05", "--max-trials", "3"]
+    assert runner.invoke(app, ["run", str(spec), "--workers", "2", *limits]).exit_code == 0
+    (command,) = commands
+    passed = dict(zip(command[command.index("--timeout")::2], command[command.index("--timeout") + 1::2]))
+    assert passed == {"--timeout": "600.0", "--time-box": "1e-05", "--max-trials": "3"}
 
 
 @pytest.fixture

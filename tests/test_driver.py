@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from hpsearch.driver import Budget, Driver
-from hpsearch.listener import StudyListener
 from hpsearch.errors import SpecError, UserError
+from hpsearch.listener import StudyListener
+from hpsearch.records import StateTable
 from hpsearch.spec import load_spec
 from hpsearch.storage import StorageError
 from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
@@ -144,15 +145,39 @@ def test_a_time_box_ends_with_the_winner_so_far_scored_and_a_later_run_goes_on(t
     random_status, grid_status = summary["phases"]
     assert (random_status["done"], grid_status["done"]) == (6, 2) and grid_status["total"] > 2
     assert not summary["complete"]
-    assert any("Time box of 100 s reached during phase 'grid' after 8 trials" in m for m in messages), messages
+    assert ("Time box of 1 min 40 s reached during phase 'grid' after 8 trials: the best trial so far was retrained "
+            "and scored on the test split.") in messages[-1], messages
     best = summary["best"]
     finished = [t for p in ("random", "grid") for t in phase_trials(tmp_path, p)
                 if t.state == optuna.trial.TrialState.COMPLETE]
     assert best["value"] == max(t.value for t in finished) and best["test_acc"] is not None  # scored on test
-    summary = driver_for(spec, tmp_path).run()  # no box: the study goes on and ends
+    summary = driver_for(spec, tmp_path).run()  # no box: the study goes on, and its end scores the winner again
     assert summary["complete"]
     assert_exactly_once(phase_trials(tmp_path, "grid"), grid_status["total"])
     assert summary["best"]["test_acc"] is not None
+    assert "partial" not in StateTable(f"sqlite:///{tmp_path / 'study.db'}").get("tiny", "result")
+
+
+def test_only_the_time_box_finalises_an_unfinished_study_and_never_under_phase(tmp_path):
+    spec = write_spec(tmp_path)
+    summary = driver_for(spec, tmp_path).run(Budget(max_trials=2, time_box=1e6))  # the trial count stopped it
+    assert "test_acc" not in summary["best"]
+    messages = []
+    driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
+    summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0), only_phase="random")
+    assert "test_acc" not in summary["best"] and summary["phases"][0]["done"] == 2
+    assert messages[-1].endswith("after 0 trials; rerun the same command to go on."), messages
+
+
+def test_a_time_box_counts_the_stored_trials_lengths_from_a_run_s_first_trial(tmp_path):
+    spec = write_spec(tmp_path)
+    driver_for(spec, tmp_path).run(Budget(max_trials=2))
+    messages = []
+    driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
+    # no time passes, but a box shorter than the stored trials leaves no room for one more and the retraining
+    summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0))
+    assert summary["phases"][0]["done"] == 2 and summary["best"]["test_acc"] is not None
+    assert "after 0 trials: the best trial so far was retrained and scored on the test split" in messages[-1]
 
 
 def test_changing_the_grid_is_refused_with_a_diff_and_the_storage_untouched(tmp_path):

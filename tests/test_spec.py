@@ -61,7 +61,7 @@ def test_overrides_keep_their_yaml_types(tmp_path):
         ("", [], r"the spec is empty"),
         (MINIMAL, ["nonsense"], r"--set 'nonsense': expected KEY=VALUE"),
         (MINIMAL, ["time_box=5d"], r"study.yaml: time_box must be a duration such as 3300, '55m' or '1h'. Got '5d'"),
-        (MINIMAL, ["time_box=0"], r"study.yaml: time_box must be a duration greater than 0. Got 0 instead"),
+        (MINIMAL, ["time_box=0"], r"study.yaml: time_box must be a finite duration greater than 0. Got 0 instead"),
         (MINIMAL, ["objective.direction=minimize"],
          r"study.yaml: objective.direction must be 'maximize' for the metric 'val_acc' \(higher is better\), or left "
          r"out. Got 'minimize' instead.$"),

@@ -152,6 +152,6 @@ class MlflowLogger(Mending):
         self._send(run_id, force=True)
         if report is not None:
             self._log_study_artifacts(run_id, report)
-        if self._reopened:  # a look at a finished study leaves its end time alone
+        if self._reopened:  # a look at a finished study leaves its end time alone; a time box's result finishes it
             self._safe("ending the study run", lambda: self.client.set_terminated(
-                run_id, status="FINISHED" if summary.get("complete") else "KILLED"))
+                run_id, status="FINISHED" if summary.get("complete") or report is not None else "KILLED"))
