@@ -75,8 +75,8 @@ class StudyResult:
     """What a run of a study ended with.
 
     best_*: the winning trial (None before any trial completed). test_scores: the winner's scores on the test split
-    (``test_acc``, ...), measured once when the study completes. trials: one dict per trial (phase, number, state,
-    value, params, metrics, failure, ...). summary: what ``hpsearch run --json`` prints.
+    (``test_acc``, ...), measured once when the study completes or a time box ends a run. trials: one dict per trial
+    (phase, number, state, value, params, metrics, failure, ...). summary: what ``hpsearch run --json`` prints.
     """
 
     study: str
@@ -107,8 +107,8 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     """Run the study's phases in order (``hpsearch run``); call it again to resume.
 
     timeout: no trial starts after this many seconds. time_box (seconds, or '55m', '1h'; default the spec's
-    ``time_box``): the run ends within it with the best trial so far retrained and scored on the test split (see
-    :class:`hpsearch.driver.Budget`).
+    ``time_box``): the run aims to end within it with the best trial so far retrained and scored on the test split
+    (an estimate from the longest trial so far: see :class:`hpsearch.driver.Budget`).
 
     base_dir: for a spec given as a mapping, where its relative paths and modules are (default: relative paths from
     the working directory, modules from installed packages only). echo: where progress lines go (default stderr).
@@ -138,8 +138,7 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     tracker = work.listener
     summary["tracking"] = None
     if hasattr(tracker, "uri"):
-        best = summary.get("best") or {}
-        scored = best.get(best.get("test_metric", "")) is not None  # the winner, retrained at the end (or a box's)
+        scored = (summary.get("best") or {}).get("data_fingerprint") is not None  # retrained at the end, or a box's
         model = tracker.saved_model(work.phases.shared()) if summary["complete"] or scored else None
         summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
                                "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}

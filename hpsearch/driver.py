@@ -225,13 +225,17 @@ class Driver:
             boxed = budget.box_reached and not only_phase and not self._others_running()
             report = self._finalise(partial=not self._study_complete()) if (
                 not only_phase and (stopped_in is None or boxed)) else None
-            if budget.box_reached:
-                self._say_time_box(budget, stopped_in, only_phase, report)
         except BaseException:
             # an interrupted or failing run sends what it can in a few seconds; the next run mends the rest
             self.listener.close(timeout=10)
             raise
         summary = self.results.status()
+        if budget.box_reached:
+            # scored: the winner's stored result is the current winner's, by this run, an earlier one or another worker
+            best = summary["best"] or {}
+            summary["time_box"] = {"seconds": budget.time_box,
+                                   "scored": best.get("data_fingerprint") is not None and not best.get("test_failure")}
+            self._say_time_box(budget, stopped_in, only_phase, summary)
         if report is not None:
             report.summary = summary
         self._mend_listener()  # trials of workers that died before they could log them
@@ -259,18 +263,24 @@ class Driver:
                                 f"than the training split ({n} samples).")
 
     def _say_time_box(self, budget: Budget, stopped_in: str | None, only_phase: str | None,
-                      report: StudyReport | None) -> None:
+                      summary: dict[str, Any]) -> None:
+        box = budget.time_box or 0.0
         trials = f"{budget.trials} trial{'s' if budget.trials != 1 else ''}"
-        head = f"Time box of {format_duration(budget.time_box or 0)} reached during phase {stopped_in!r} after {trials}"
+        head = (f"Time box of {format_duration(box) if box >= 1 else f'{box:g} s'} reached during phase "
+                f"{stopped_in!r} after {trials}")
+        again = "Rerun the same command to go on with the study."
         if only_phase:
             tail = "; rerun the same command to go on."
-        elif report is None or report.best is None:
-            tail = ("; trials of other processes are still running, and the last to stop scores the winner. "
-                    if self._others_running() else ": no trial has finished yet, so there is no winner to score. ")
-            tail += "Rerun the same command to go on."
+        elif summary["complete"]:
+            tail = ": every trial has run, and the winner is scored on the test split."
+        elif summary["time_box"]["scored"]:
+            tail = f": the best trial so far is scored on the test split. {again}"
+        elif self._others_running():
+            tail = f"; trials of other processes are still running, and the last to stop scores the winner. {again}"
+        elif summary["best"] is None:
+            tail = f": no trial has finished yet, so there is no winner to score. {again}"
         else:
-            tail = (": the best trial so far was retrained and scored on the test split. Rerun the same command to go "
-                    "on with the study.")
+            tail = f"; the winner could not be scored (see the warning above). {again}"
         self.echo(head + tail)
 
     def _study_complete(self) -> bool:

@@ -199,7 +199,8 @@ class Results:
             "config": resolved_config(self.spec, params), "seed": trial.user_attrs.get("seed"),
             "data_fingerprint": result.get("data_fingerprint") if same else None,
             "test_failure": result.get("failure") if same else None,
-            # the winner's scores on the test split (test_acc, test_loss, ...), measured once at the study's end
+            # the winner's scores on the test split (test_acc, test_loss, ...), measured once at the study's end or a
+            # time box's
             "test_metric": metric_on_test(self.spec.objective.metric),
             **(scores_on_test(result) if same else {}),
         }

@@ -145,8 +145,9 @@ def test_a_time_box_ends_with_the_winner_so_far_scored_and_a_later_run_goes_on(t
     random_status, grid_status = summary["phases"]
     assert (random_status["done"], grid_status["done"]) == (6, 2) and grid_status["total"] > 2
     assert not summary["complete"]
-    assert ("Time box of 1 min 40 s reached during phase 'grid' after 8 trials: the best trial so far was retrained "
-            "and scored on the test split.") in messages[-1], messages
+    assert ("Time box of 1 min 40 s reached during phase 'grid' after 8 trials: the best trial so far is scored on "
+            "the test split.") in messages[-1], messages
+    assert summary["time_box"] == {"seconds": 100.0, "scored": True}
     best = summary["best"]
     finished = [t for p in ("random", "grid") for t in phase_trials(tmp_path, p)
                 if t.state == optuna.trial.TrialState.COMPLETE]
@@ -177,7 +178,7 @@ def test_a_time_box_counts_the_stored_trials_lengths_from_a_run_s_first_trial(tm
     # no time passes, but a box shorter than the stored trials leaves no room for one more and the retraining
     summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0))
     assert summary["phases"][0]["done"] == 2 and summary["best"]["test_acc"] is not None
-    assert "after 0 trials: the best trial so far was retrained and scored on the test split" in messages[-1]
+    assert "after 0 trials: the best trial so far is scored on the test split" in messages[-1]
 
 
 def test_changing_the_grid_is_refused_with_a_diff_and_the_storage_untouched(tmp_path):

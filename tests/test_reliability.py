@@ -88,8 +88,9 @@ def storage(request, tmp_path) -> str:
     ("sqlite", signal.SIGKILL), ("sqlite", signal.SIGINT), ("sqlite", signal.SIGTERM),
     pytest.param("postgres", signal.SIGKILL, marks=pytest.mark.postgres),  # signal handling is database-independent
 ])
-def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, sig, freeze_mid_trial, gate):
+def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, sig, freeze_mid_trial):
     storage = f"sqlite:///{tmp_path / 'rel.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
+    gate = request.getfixturevalue("gate")  # after the database: its processes are stopped before it is dropped
     spec = gated_study(tmp_path, "rel", free=2, grace_period=3, tracking=True)  # the third trial waits
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ("run", str(spec), "--storage", storage, "--tracking-uri", tracking)
@@ -116,6 +117,7 @@ def test_signal_mid_trial_then_resume_loses_nothing(tmp_path, request, backend, 
 
     gate.open()
     resumed = hpsearch(*args)
+    gate.watch(resumed)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     trials = trials_of(storage)
@@ -152,6 +154,7 @@ def test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted(tmp
     gate.open()  # the helper's trials, and the frozen one once it wakes, run to their end
     try:
         helper = hpsearch("worker", str(spec), "--tracking-uri", tracking, env=env)
+        gate.watch(helper)
         _, helper_err = helper.communicate(timeout=300)
         assert helper.returncode == 0, helper_err
         assert "heartbeat lost" in helper_err

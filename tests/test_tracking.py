@@ -110,6 +110,21 @@ def test_unreachable_tracking_server_does_not_stop_the_study_and_sync_fills_mlfl
     assert len(runs_by_kind(uri)["trial"]) == len(kinds["trial"])
 
 
+def test_a_time_box_that_ends_with_the_winner_scored_finishes_the_study_run_each_time(study, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert runner.invoke(app, ["run", str(study), "--max-trials", "3"]).exit_code == 0
+    assert [run.info.status for run in runs_by_kind(uri)["study"]] == ["KILLED"]  # stopped, no result
+    for attempt in range(2):  # the stored trials leave no room in the box: the winner is scored, then found scored
+        result = runner.invoke(app, ["run", str(study), "--time-box", "1e-06", "--json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["time_box"]["scored"] and summary["best"]["test_acc"] is not None and not summary["complete"]
+        assert "the best trial so far is scored on the test split" in result.stderr
+        (study_run,) = runs_by_kind(uri)["study"]
+        assert study_run.info.status == "FINISHED" and "test_acc" in study_run.data.metrics, attempt
+        assert summary["tracking"]["model"] is not None
+
+
 def test_tracking_can_be_disabled(study, tmp_path):
     write_spec(tmp_path, "tracked", tracking={"enabled": False})
     assert runner.invoke(app, ["run", str(study)]).exit_code == 0

@@ -152,6 +152,8 @@ class MlflowLogger(Mending):
         self._send(run_id, force=True)
         if report is not None:
             self._log_study_artifacts(run_id, report)
-        if self._reopened:  # a look at a finished study leaves its end time alone; a time box's result finishes it
+        # a look at a finished study leaves its end time alone; a time box that ends with the winner scored finishes it
+        finished = summary.get("complete") or (summary.get("time_box") or {}).get("scored")
+        if self._reopened:
             self._safe("ending the study run", lambda: self.client.set_terminated(
-                run_id, status="FINISHED" if summary.get("complete") or report is not None else "KILLED"))
+                run_id, status="FINISHED" if finished else "KILLED"))
