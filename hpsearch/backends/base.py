@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Mapping
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Protocol
 
-__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "add_epoch",
+__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "Training", "add_epoch",
            "is_number", "metric_on_test", "scores_on_test", "trainable"]
 
 Direction = Literal["maximize", "minimize"]
@@ -76,6 +77,20 @@ class TrainResult:
         return self.history.get("train_acc", [])
 
 
+class Training(Protocol):
+    """One configuration trained in stages along its budget (see :attr:`Trainable.start`)."""
+
+    @property
+    def budget(self) -> int:
+        """The budget trained so far."""
+
+    def advance(self, budget: int, *, on_epoch: OnEpoch | None = None) -> TrainResult:
+        """Train on to ``budget`` in all; the result the configuration with that budget gets when trained alone."""
+
+    def save(self, path: str | Path) -> None:
+        """The whole state, for ``start(..., resume_from=path)`` in this process or another."""
+
+
 @dataclass(frozen=True)
 class Trainable:
     """A training function and what hpsearch may rely on about it.
@@ -90,6 +105,11 @@ class Trainable:
     model_suffix, save_model, load_model: how its models are kept on disk (``hpsearch train --save``, MLflow).
     probe, cost: how ``hpsearch plan`` prices a configuration (without them every trial is priced the same).
     require: called before any data is loaded, to fail early with one line (e.g. an optional package missing).
+    budget, start: training that goes on in stages. ``budget`` names the configuration key that counts training
+    (``num_iters``, ``num_epochs``); ``start(config, data, *, seed, resume_from=None)`` returns a :class:`Training`
+    whose ``advance(value)`` gives exactly the result of the configuration with ``budget: value`` trained alone.
+    budget_blocker: ``budget_blocker(config)`` says why a configuration's shorter runs are not the first part of its
+    longer one (a schedule that depends on the total length), or None when they are; absent means they always are.
     """
 
     name: str
@@ -105,6 +125,9 @@ class Trainable:
     probe: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     cost: Callable[[dict[str, Any], Any], float] | None = None
     require: Callable[[], Any] | None = None
+    budget: str | None = None
+    start: Callable[..., Training] | None = None
+    budget_blocker: Callable[[dict[str, Any]], str | None] | None = None
 
     def __call__(self, config: dict[str, Any], data: Any, *, seed: int, on_epoch: OnEpoch | None = None) -> Any:
         return self.train(config, data, seed=seed, on_epoch=on_epoch)

@@ -17,7 +17,7 @@ import math
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from pydantic import Field, ValidationError
@@ -27,8 +27,8 @@ from hpsearch.backends.base import DivergedError, ModelFileError, Trainable, Tra
 from hpsearch.validation import UserConfig
 from hpsearch.data import Dataset
 
-__all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "NumpyConfig", "TRAINABLE", "TwoLayerNet", "cost", "evaluate",
-           "load_model", "lr_at_epoch", "probe", "save_model", "train"]
+__all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "NumpyConfig", "SGDRun", "TRAINABLE", "Training", "TwoLayerNet",
+           "cost", "evaluate", "load_model", "lr_at_epoch", "probe", "save_model", "start", "train"]
 
 
 class TwoLayerNet:
@@ -125,61 +125,132 @@ class TwoLayerNet:
         seed: int | np.random.SeedSequence | None = None,
         on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> dict[str, list[float]]:
-        """Minibatch SGD with the learning rate decayed once per epoch.
+        """Minibatch SGD with the learning rate decayed once per epoch: :class:`SGDRun` advanced to ``num_iters``.
 
-        Sampling: every epoch draws a fresh permutation of the N training rows and walks it in ``N // B``
-        minibatches of ``B = batch_size`` rows, so within an epoch no row repeats; the ``N % B`` rows left at the end
-        of the permutation are dropped for that epoch (the next epoch's permutation gives them their chance). A batch
-        size above N is cut to N: each epoch is then one step on the whole training set in a fresh order.
-        ``num_iters`` need not be a whole number of epochs; a last partial epoch runs its steps without reporting.
-
-        After every epoch the minibatch (train) accuracy of the epoch's last minibatch, measured after its update
-        (CS231n's convention), the validation accuracy and loss are recorded and ``on_epoch(epoch, metrics)`` is
-        called with ``loss`` (the epoch's mean), ``step_losses`` (every iteration's loss in that epoch),
-        ``train_acc``, ``val_acc``, ``val_loss``, ``lr`` (the rate used during the epoch) and ``iteration``. A
-        non-finite loss raises :class:`DivergedError` at once.
-
-        X is converted once to a C-contiguous array of the network's dtype; the steps run on :class:`_SGDStep`.
+        Returns the run's history: ``loss_history`` (every iteration's loss), and ``train_acc``, ``val_acc`` and
+        ``val_loss`` once per finished epoch. See :class:`SGDRun` for the sampling and what ``on_epoch`` gets.
         """
-        X = np.ascontiguousarray(X, dtype=self.dtype)  # (N, D); no copy when it already is one
-        y = np.asarray(y, dtype=np.intp)
-        rng = np.random.default_rng(seed)
-        num_train = X.shape[0]
-        batch_size = min(batch_size, num_train)
-        iterations_per_epoch = num_train // batch_size
-        step = _SGDStep(self.params, batch_size)
-        history: dict[str, list[float]] = {"loss_history": [], "train_acc": [], "val_acc": [], "val_loss": []}
-        for epoch_start in range(0, num_iters, iterations_per_epoch):
-            epoch = epoch_start // iterations_per_epoch
-            lr = lr_at_epoch(learning_rate, learning_rate_decay, epoch)
-            order = rng.permutation(num_train)  # (N,)
-            steps = min(iterations_per_epoch, num_iters - epoch_start)
-            for k in range(steps):
-                loss = step.run(X, y, order[k * batch_size:(k + 1) * batch_size], lr, reg)
-                if not math.isfinite(loss):
-                    raise DivergedError(epoch_start + k, loss)
-                history["loss_history"].append(loss)
-                if verbose and (epoch_start + k) % 100 == 0:
-                    print(f"iteration {epoch_start + k} / {num_iters}: loss {loss:f}")
-            if steps < iterations_per_epoch:
-                break  # a partial last epoch: no accuracies, no report
-            train_acc = self.accuracy(step.X, step.y)
-            val = self.score(X_val, y_val)
-            history["train_acc"].append(train_acc)
-            history["val_acc"].append(val["acc"])
-            history["val_loss"].append(val["loss"])
-            if on_epoch is not None:
-                step_losses = history["loss_history"][epoch_start:]
-                on_epoch(epoch, {
-                    "loss": float(np.mean(step_losses)),
-                    "step_losses": list(step_losses),
-                    "train_acc": train_acc,
-                    "val_acc": val["acc"],
-                    "val_loss": val["loss"],
-                    "lr": lr,
-                    "iteration": epoch_start + steps,
-                })
-        return history
+        run = SGDRun(self, X, y, X_val, y_val, learning_rate=learning_rate, learning_rate_decay=learning_rate_decay,
+                     reg=reg, batch_size=batch_size, seed=seed, verbose=verbose)
+        run.advance(num_iters, on_epoch=on_epoch, verbose_total=num_iters)
+        return run.history
+
+    def copy(self) -> TwoLayerNet:
+        """A network with copies of these parameters, which training this one no longer changes."""
+        twin = TwoLayerNet.__new__(TwoLayerNet)
+        twin.dtype = self.dtype
+        twin.params = {name: param.copy() for name, param in self.params.items()}
+        return twin
+
+
+class SGDRun:
+    """Minibatch SGD of a :class:`TwoLayerNet` that stops at any iteration and goes on later, step for step the
+    same as one uninterrupted run: the run that stops at 1000 iterations is the first 1000 iterations of the run to
+    3000 (a grid's budget ladder trains once).
+
+    Sampling: every epoch draws a fresh permutation of the N training rows and walks it in ``N // B`` minibatches of
+    ``B = batch_size`` rows, so within an epoch no row repeats; the ``N % B`` rows left at the end of the permutation
+    are dropped for that epoch (the next epoch's permutation gives them their chance). A batch size above N is cut
+    to N: each epoch is then one step on the whole training set in a fresh order. The learning rate is decayed once
+    per epoch. A run may stop inside an epoch; it goes on with the same permutation and rate.
+
+    After every epoch the minibatch (train) accuracy of the epoch's last minibatch, measured after its update
+    (CS231n's convention), the validation accuracy and loss are recorded in ``history`` and
+    ``on_epoch(epoch, metrics)`` is called with ``loss`` (the epoch's mean), ``step_losses`` (every iteration's loss
+    in that epoch), ``train_acc``, ``val_acc``, ``val_loss``, ``lr`` (the rate used during the epoch) and
+    ``iteration``. A non-finite loss raises :class:`DivergedError` at once.
+
+    State, all of it in :meth:`state`: the network's parameters, ``iteration`` (steps taken), the batch generator,
+    the current epoch's permutation ``order`` (N,) and ``history``.
+    X is converted once to a C-contiguous array of the network's dtype; the steps run on :class:`_SGDStep`.
+    """
+
+    def __init__(
+        self,
+        net: TwoLayerNet,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        *,
+        learning_rate: float,
+        learning_rate_decay: float,
+        reg: float,
+        batch_size: int,
+        seed: int | np.random.SeedSequence | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.net = net
+        self.X = np.ascontiguousarray(X, dtype=net.dtype)  # (N, D); no copy when it already is one
+        self.y = np.asarray(y, dtype=np.intp)
+        self.X_val, self.y_val = X_val, y_val
+        self.learning_rate, self.learning_rate_decay, self.reg = learning_rate, learning_rate_decay, reg
+        self.batch_size = min(batch_size, self.X.shape[0])
+        self.iterations_per_epoch = self.X.shape[0] // self.batch_size
+        self.rng = np.random.default_rng(seed)
+        self.verbose = verbose
+        self.step = _SGDStep(net.params, self.batch_size)
+        self.iteration = 0
+        self.order: np.ndarray | None = None  # the current epoch's permutation of the training rows, (N,)
+        self.history: dict[str, list[float]] = {"loss_history": [], "train_acc": [], "val_acc": [], "val_loss": []}
+
+    def advance(self, num_iters: int, *, on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+                verbose_total: int | None = None) -> None:
+        """Go on until ``num_iters`` iterations in all have run (from where the run stands)."""
+        if num_iters < self.iteration:
+            raise ValueError(f"the run stands at iteration {self.iteration}; it cannot go back to {num_iters}")
+        B, per_epoch = self.batch_size, self.iterations_per_epoch
+        while self.iteration < num_iters:
+            epoch, k = divmod(self.iteration, per_epoch)
+            if k == 0:
+                self.order = self.rng.permutation(self.X.shape[0])  # (N,)
+            lr = lr_at_epoch(self.learning_rate, self.learning_rate_decay, epoch)
+            loss = self.step.run(self.X, self.y, self.order[k * B:(k + 1) * B], lr, self.reg)
+            if not math.isfinite(loss):
+                raise DivergedError(self.iteration, loss)
+            self.history["loss_history"].append(loss)
+            if self.verbose and self.iteration % 100 == 0:
+                print(f"iteration {self.iteration} / {verbose_total or num_iters}: loss {loss:f}")
+            self.iteration += 1
+            if k + 1 == per_epoch:
+                self._end_epoch(epoch, lr, on_epoch)
+
+    def _end_epoch(self, epoch: int, lr: float, on_epoch: Callable[[int, dict[str, Any]], None] | None) -> None:
+        train_acc = self.net.accuracy(self.step.X, self.step.y)
+        val = self.net.score(self.X_val, self.y_val)
+        self.history["train_acc"].append(train_acc)
+        self.history["val_acc"].append(val["acc"])
+        self.history["val_loss"].append(val["loss"])
+        if on_epoch is not None:
+            step_losses = self.history["loss_history"][epoch * self.iterations_per_epoch:]
+            on_epoch(epoch, {
+                "loss": float(np.mean(step_losses)),
+                "step_losses": list(step_losses),
+                "train_acc": train_acc,
+                "val_acc": val["acc"],
+                "val_loss": val["loss"],
+                "lr": lr,
+                "iteration": self.iteration,
+            })
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything the run goes on from, as arrays (no pickle): see :meth:`restore`."""
+        state = {f"param_{name}": param for name, param in self.net.params.items()}
+        state |= {f"history_{name}": np.asarray(values, dtype=np.float64) for name, values in self.history.items()}
+        state["iteration"] = np.array(self.iteration)
+        state["rng"] = np.array(json.dumps(self.rng.bit_generator.state))
+        if self.iteration % self.iterations_per_epoch:
+            state["order"] = self.order
+        return state
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take up a run where :meth:`state` left it; the run must be built with the same data and settings."""
+        for name, param in self.net.params.items():
+            param[...] = state[f"param_{name}"]  # in place: the step's buffers hold these arrays
+        self.history = {name: [float(v) for v in state[f"history_{name}"]] for name in self.history}
+        self.iteration = int(state["iteration"])
+        self.rng.bit_generator.state = json.loads(str(state["rng"][()]))
+        self.order = np.asarray(state["order"], dtype=np.intp) if "order" in state else None
 
 
 class _SGDStep:
@@ -304,35 +375,88 @@ def train(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train one network with ``config`` on ``data`` and score it on the validation split."""
-    cfg = NumpyConfig(**config)
-    dtype = np.dtype(cfg.dtype)
-    X_train, X_val = data.X_train.astype(dtype, copy=False), data.X_val.astype(dtype, copy=False)
-    init_seed, batch_seed = np.random.SeedSequence(seed).spawn(2)  # independent streams for weights and batches
-    start = time.perf_counter()
-    net = TwoLayerNet(X_train.shape[1], cfg.hidden_size, data.num_classes, std=cfg.std, seed=init_seed, dtype=dtype)
-    threads = blas_threads(cfg.batch_size, X_train.shape[1], cfg.hidden_size)
-    limit = _blas().limit(limits=threads, user_api="blas") if threads else contextlib.nullcontext()
-    with limit:
-        history = net.train(
-            X_train, data.y_train, X_val, data.y_val,
-            learning_rate=cfg.learning_rate,
-            learning_rate_decay=cfg.learning_rate_decay,
-            reg=cfg.reg,
-            num_iters=cfg.num_iters,
-            batch_size=cfg.batch_size,
-            seed=batch_seed,
-            on_epoch=on_epoch,
+    return Training(config, data, seed=seed).advance(NumpyConfig(**config).num_iters, on_epoch=on_epoch)
+
+
+class Training:
+    """One configuration trained in stages along its budget, ``num_iters``: ``advance(n)`` returns exactly what
+    :func:`train` returns for the configuration with ``num_iters: n`` and the same seed, and the next ``advance``
+    goes on from there. ``save`` and ``start(..., resume_from=)`` carry it across processes.
+    """
+
+    def __init__(self, config: dict[str, Any], data: Dataset, *, seed: int) -> None:
+        started = time.perf_counter()
+        self.config = NumpyConfig(**config).model_dump()
+        self.seed = seed
+        cfg = NumpyConfig(**self.config)
+        dtype = np.dtype(cfg.dtype)
+        self.X_train, self.X_val = data.X_train.astype(dtype, copy=False), data.X_val.astype(dtype, copy=False)
+        self.y_train, self.y_val = data.y_train, data.y_val
+        init_seed, batch_seed = np.random.SeedSequence(seed).spawn(2)  # independent streams for weights and batches
+        net = TwoLayerNet(self.X_train.shape[1], cfg.hidden_size, data.num_classes, std=cfg.std, seed=init_seed,
+                          dtype=dtype)
+        self.threads = blas_threads(cfg.batch_size, self.X_train.shape[1], cfg.hidden_size)
+        self.run = SGDRun(net, self.X_train, self.y_train, self.X_val, self.y_val,
+                          learning_rate=cfg.learning_rate, learning_rate_decay=cfg.learning_rate_decay, reg=cfg.reg,
+                          batch_size=cfg.batch_size, seed=batch_seed)
+        self.seconds = time.perf_counter() - started
+
+    @property
+    def budget(self) -> int:
+        """Iterations trained so far."""
+        return self.run.iteration
+
+    def advance(self, num_iters: int, *, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+        """Train on to ``num_iters`` iterations in all; the result of the configuration with that ``num_iters``."""
+        started = time.perf_counter()
+        limit = _blas().limit(limits=self.threads, user_api="blas") if self.threads else contextlib.nullcontext()
+        with limit:
+            self.run.advance(num_iters, on_epoch=on_epoch)
+        net = self.run.net
+        val = net.score(self.X_val, self.y_val)
+        train_acc = net.accuracy(self.X_train, self.y_train)
+        self.seconds += time.perf_counter() - started
+        history = {name: list(values) for name, values in self.run.history.items() if name != "loss_history"}
+        return TrainResult(
+            metrics={"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": train_acc},
+            history=history,
+            loss_history=list(self.run.history["loss_history"]),
+            seconds=self.seconds,
+            config={**self.config, "num_iters": num_iters},
+            model=net.copy(),
         )
-    loss_history = history.pop("loss_history")
-    val = net.score(X_val, data.y_val)
-    return TrainResult(
-        metrics={"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": net.accuracy(X_train, data.y_train)},
-        history=history,
-        loss_history=loss_history,
-        seconds=time.perf_counter() - start,
-        config=cfg.model_dump(),
-        model=net,
-    )
+
+    def save(self, path: str | Path) -> None:
+        """The run's whole state in one ``.npz`` (no pickle inside), for :func:`start`'s ``resume_from``."""
+        np.savez(path, config=np.array(json.dumps(self._identity())), seconds=np.array(self.seconds),
+                 **self.run.state())
+
+    def restore(self, path: str | Path) -> None:
+        """Take up the run :meth:`save` wrote; ValueError for a file that is not one of this configuration's."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                state = {name: saved[name] for name in saved.files}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a saved run: {str(exc) or type(exc).__name__}") from None
+        identity = json.loads(str(state.pop("config")[()])) if "config" in state else None
+        if identity != self._identity():
+            raise ValueError(f"{path} holds the run of another configuration, seed or dataset")
+        self.seconds = float(state.pop("seconds"))
+        self.run.restore(state)
+
+    def _identity(self) -> dict[str, Any]:
+        """What a saved run must match to be taken up: the configuration without its budget, the seed, the shapes."""
+        config = {name: value for name, value in self.config.items() if name != "num_iters"}
+        return {"config": config, "seed": self.seed, "train": list(self.X_train.shape), "val": list(self.X_val.shape),
+                "classes": int(self.run.net.params["b2"].shape[0])}
+
+
+def start(config: dict[str, Any], data: Dataset, *, seed: int, resume_from: str | Path | None = None) -> Training:
+    """A :class:`Training` of ``config`` at iteration 0, or where the run saved at ``resume_from`` stood."""
+    training = Training(config, data, seed=seed)
+    if resume_from is not None:
+        training.restore(resume_from)
+    return training
 
 
 def classification_scores(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -450,5 +574,5 @@ def blas_threads(batch_size: int, input_size: int, hidden_size: int) -> int | No
 TRAINABLE = Trainable(
     name="numpy", train=train, config_model=NumpyConfig, metrics=METRICS, evaluate=evaluate, tasks=("classification",),
     preprocess=PREPROCESS, model_suffix=MODEL_SUFFIX, save_model=save_model, load_model=load_model, probe=probe,
-    cost=cost,
+    cost=cost, budget="num_iters", start=start,
 )

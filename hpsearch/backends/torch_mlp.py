@@ -8,11 +8,13 @@ only inside the functions that need it, so specs, plans and the NumPy path never
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -24,7 +26,7 @@ from hpsearch.errors import UserError
 
 __all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "PREPROCESS", "TRAINABLE", "TorchConfig", "TorchModel",
            "augmenter", "build_mlp", "cost", "evaluate", "image_layout", "load_model", "probe", "require",
-           "resolve_device", "save_model", "train"]
+           "resolve_device", "save_model", "start", "train", "Training", "budget_blocker"]
 
 PREPROCESS = "unit_range"  # the template's Normalize(0.5, 0.5): inputs in [-1, 1]
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_acc": "maximize"}
@@ -255,47 +257,95 @@ def train(
     seed: int,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train one MLP. Minibatches walk a fresh permutation of the training split each epoch; the learning rate
-    follows :func:`learning_rate_at` step by step (by default: multiplied by ``learning_rate_decay`` after each
-    epoch), and
+    """Train one MLP: :class:`Training` advanced to ``num_epochs``."""
+    return Training(config, data, seed=seed).advance(TorchConfig(**config).num_epochs, on_epoch=on_epoch)
+
+
+class Training:
+    """One MLP trained in stages along its budget, ``num_epochs``: ``advance(n)`` returns exactly what :func:`train`
+    returns for the configuration with ``num_epochs: n`` and the same seed (on the CPU; CUDA kernels need not be
+    deterministic), and the next ``advance`` goes on from there. Only the ``step`` schedule allows it: ``cosine`` and
+    ``onecycle`` set every step's rate from ``num_epochs`` (see :func:`budget_blocker`).
+
+    Minibatches walk a fresh permutation of the training split each epoch; the learning rate follows
+    :func:`learning_rate_at` step by step (by default: multiplied by ``learning_rate_decay`` after each epoch), and
     ``on_epoch`` gets the epoch's mean loss, every step's loss, the running training accuracy of the epoch's
     minibatches, the validation accuracy and loss and the rate of the epoch's last step.
 
     The last, shorter minibatch of an epoch is kept, except a single row with ``batch_norm``: BatchNorm cannot take
     statistics of one row, so that row sits the epoch out (the next permutation gives it its chance). Every other
-    configuration trains on every row of every epoch."""
-    torch = require()
-    cfg = TorchConfig(**config)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(seed % 2**63)
-    generator = torch.Generator().manual_seed(seed % 2**63)
-    # the data goes to the device once; minibatches are index views of it
-    X = torch.as_tensor(data.X_train, dtype=torch.float32, device=device)
-    y = torch.as_tensor(data.y_train, dtype=torch.long, device=device)
-    X_val = torch.as_tensor(data.X_val, dtype=torch.float32, device=device)
-    y_val = torch.as_tensor(data.y_val, dtype=torch.long, device=device)
-    start = time.perf_counter()
-    module = build_mlp(X.shape[1], cfg.layers(), data.num_classes, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
-                       init=cfg.init, init_std=cfg.init_std).to(device)
-    optimizer = _optimizer(torch, cfg, module.parameters())
-    augment = augmenter(torch, cfg, data.sample_shape, generator, device)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    n = len(X)
-    rows = n - 1 if cfg.batch_norm and n % cfg.batch_size == 1 else n  # rows trained on per epoch
-    steps_per_epoch = -(-rows // cfg.batch_size)
-    loss_history: list[float] = []
-    history: dict[str, list[float]] = {"train_acc": [], "val_acc": [], "val_loss": []}
-    for epoch in range(cfg.num_epochs):
+    configuration trains on every row of every epoch.
+
+    Randomness: weights and dropout draw from torch's default generator, seeded here and kept with the run (other
+    work between two ``advance`` calls cannot shift it); permutations and augmentation from the run's own generator.
+    """
+
+    def __init__(self, config: dict[str, Any], data: Dataset, *, seed: int) -> None:
+        torch = self.torch = require()
+        started = time.perf_counter()
+        cfg = self.cfg = TorchConfig(**config)
+        self.seed = seed
+        device = self.device = resolve_device(cfg.device)
+        # the data goes to the device once; minibatches are index views of it
+        self.X = torch.as_tensor(data.X_train, dtype=torch.float32, device=device)
+        self.y = torch.as_tensor(data.y_train, dtype=torch.long, device=device)
+        self.X_val = torch.as_tensor(data.X_val, dtype=torch.float32, device=device)
+        self.y_val = torch.as_tensor(data.y_val, dtype=torch.long, device=device)
+        self.generator = torch.Generator().manual_seed(seed % 2**63)
+        with self._default_generator(initial=True):
+            self.module = build_mlp(self.X.shape[1], cfg.layers(), data.num_classes, dropout=cfg.dropout,
+                                    batch_norm=cfg.batch_norm, init=cfg.init, init_std=cfg.init_std).to(device)
+        self.optimizer = _optimizer(torch, cfg, self.module.parameters())
+        self.augment = augmenter(torch, cfg, data.sample_shape, self.generator, device)
+        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        n = len(self.X)
+        self.rows = n - 1 if cfg.batch_norm and n % cfg.batch_size == 1 else n  # rows trained on per epoch
+        self.steps_per_epoch = -(-self.rows // cfg.batch_size)
+        self.epoch = 0
+        self.loss_history: list[float] = []
+        self.history: dict[str, list[float]] = {"train_acc": [], "val_acc": [], "val_loss": []}
+        self.seconds = time.perf_counter() - started
+
+    @property
+    def budget(self) -> int:
+        """Epochs trained so far."""
+        return self.epoch
+
+    def advance(self, num_epochs: int, *, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+        """Train on to ``num_epochs`` epochs in all; the result of the configuration with that ``num_epochs``."""
+        if num_epochs < self.epoch:
+            raise ValueError(f"the run stands at epoch {self.epoch}; it cannot go back to {num_epochs}")
+        torch, module = self.torch, self.module
+        started = time.perf_counter()
+        cfg = self.cfg.model_copy(update={"num_epochs": num_epochs})
+        with self._default_generator():
+            while self.epoch < num_epochs:
+                self._epoch(cfg, on_epoch)
+        val = _scores(torch, module, self.X_val, self.y_val)
+        train_acc = _scores(torch, module, self.X, self.y)["acc"]
+        self.seconds += time.perf_counter() - started
+        return TrainResult(
+            metrics={"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": train_acc},
+            history={name: list(values) for name, values in self.history.items()},
+            loss_history=list(self.loss_history),
+            seconds=self.seconds,
+            config={**cfg.model_dump(), "hidden_sizes": cfg.layers(), "num_layers": None, "width": None},
+            model=TorchModel(copy.deepcopy(module), self.device),  # the run trains on; the rung keeps this state
+        )
+
+    def _epoch(self, cfg: TorchConfig, on_epoch: Callable[[int, dict[str, Any]], None] | None) -> None:
+        torch, module, optimizer, X, y = self.torch, self.module, self.optimizer, self.X, self.y
+        epoch = self.epoch
         module.train()
-        order = torch.randperm(n, generator=generator).to(device)
-        step_losses, correct = [], torch.zeros((), device=device, dtype=torch.long)
-        for k, first in enumerate(range(0, rows, cfg.batch_size)):
-            lr = learning_rate_at(cfg, epoch * steps_per_epoch + k, steps_per_epoch)
+        order = torch.randperm(len(X), generator=self.generator).to(self.device)
+        step_losses, correct = [], torch.zeros((), device=self.device, dtype=torch.long)
+        for k, first in enumerate(range(0, self.rows, cfg.batch_size)):
+            lr = learning_rate_at(cfg, epoch * self.steps_per_epoch + k, self.steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = order[first:first + cfg.batch_size]
-            scores = module(X[batch] if augment is None else augment(X[batch]))
-            loss = loss_fn(scores, y[batch])
+            scores = module(X[batch] if self.augment is None else self.augment(X[batch]))
+            loss = self.loss_fn(scores, y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -306,27 +356,91 @@ def train(
         losses = torch.stack(step_losses).float().cpu().numpy()  # one device sync per epoch
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
-            raise DivergedError(len(loss_history) + int(bad[0]), float(losses[bad[0]]))
-        loss_history.extend(float(v) for v in losses)
-        train_acc = int(correct) / rows
-        val = _scores(torch, module, X_val, y_val)
+            raise DivergedError(len(self.loss_history) + int(bad[0]), float(losses[bad[0]]))
+        self.loss_history.extend(float(v) for v in losses)
+        train_acc = int(correct) / self.rows
+        val = _scores(torch, module, self.X_val, self.y_val)
         for name, value in (("train_acc", train_acc), ("val_acc", val["acc"]), ("val_loss", val["loss"])):
-            history[name].append(value)
+            self.history[name].append(value)
+        self.epoch += 1
         if on_epoch is not None:
             on_epoch(epoch, {"loss": float(losses.mean()), "step_losses": [float(v) for v in losses],
                              "train_acc": train_acc, "val_acc": val["acc"], "val_loss": val["loss"],
-                             "lr": lr, "iteration": len(loss_history)})
-    model = TorchModel(module, device)
-    resolved = {**cfg.model_dump(), "hidden_sizes": cfg.layers(), "num_layers": None, "width": None}
-    val = _scores(torch, module, X_val, y_val)
-    return TrainResult(
-        metrics={"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": _scores(torch, module, X, y)["acc"]},
-        history=history,
-        loss_history=loss_history,
-        seconds=time.perf_counter() - start,
-        config=resolved,
-        model=model,
-    )
+                             "lr": lr, "iteration": len(self.loss_history)})
+
+    @contextlib.contextmanager
+    def _default_generator(self, initial: bool = False) -> Iterator[None]:
+        """torch's default generators (CPU, and the CUDA device's) set to this run's state while the block runs;
+        the caller's state back afterwards."""
+        torch = self.torch
+        cuda = [torch.device(self.device)] if self.device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            if initial:
+                torch.manual_seed(self.seed % 2**63)
+            else:
+                torch.set_rng_state(self.rng_state)
+                if cuda:
+                    torch.cuda.set_rng_state(self.cuda_rng_state, cuda[0])
+            try:
+                yield
+            finally:
+                self.rng_state = torch.get_rng_state()
+                self.cuda_rng_state = torch.cuda.get_rng_state(cuda[0]) if cuda else None
+
+    def save(self, path: str | Path) -> None:
+        """The run's whole state, loadable with ``weights_only=True``, for :func:`start`'s ``resume_from``."""
+        torch = self.torch
+        to_cpu = (lambda value: value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+        optimizer = self.optimizer.state_dict()
+        optimizer["state"] = {key: {name: to_cpu(value) for name, value in state.items()}
+                              for key, state in optimizer["state"].items()}
+        torch.save({"identity": json.dumps(self._identity()), "epoch": self.epoch, "seconds": self.seconds,
+                    "loss_history": self.loss_history, "history": self.history,
+                    "module": {name: to_cpu(value) for name, value in self.module.state_dict().items()},
+                    "optimizer": optimizer, "generator": self.generator.get_state(), "rng": self.rng_state,
+                    "cuda_rng": None if self.cuda_rng_state is None else self.cuda_rng_state.cpu()}, path)
+
+    def restore(self, path: str | Path) -> None:
+        """Take up the run :meth:`save` wrote; ValueError for a file that is not one of this configuration's."""
+        torch = self.torch
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError... by file kind
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: not a saved run: {reason}") from None
+        if not isinstance(saved, dict) or saved.get("identity") != json.dumps(self._identity()):
+            raise ValueError(f"{path} holds the run of another configuration, seed or dataset")
+        self.module.load_state_dict(saved["module"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.generator.set_state(saved["generator"])
+        self.rng_state = saved["rng"]
+        if saved["cuda_rng"] is not None and self.cuda_rng_state is not None:
+            self.cuda_rng_state = saved["cuda_rng"]
+        self.epoch, self.seconds = saved["epoch"], saved["seconds"]
+        self.loss_history, self.history = saved["loss_history"], saved["history"]
+
+    def _identity(self) -> dict[str, Any]:
+        """What a saved run must match to be taken up: the configuration without its budget, the seed, the shapes."""
+        config = {name: value for name, value in self.cfg.model_dump().items() if name != "num_epochs"}
+        return {"config": config, "seed": self.seed, "train": list(self.X.shape), "val": list(self.X_val.shape),
+                "classes": int(self.module[-1].out_features)}
+
+
+def start(config: dict[str, Any], data: Dataset, *, seed: int, resume_from: str | Path | None = None) -> Training:
+    """A :class:`Training` of ``config`` at epoch 0, or where the run saved at ``resume_from`` stood."""
+    training = Training(config, data, seed=seed)
+    if resume_from is not None:
+        training.restore(resume_from)
+    return training
+
+
+def budget_blocker(config: dict[str, Any]) -> str | None:
+    """Why a shorter run of ``config`` is not the first part of its longer run, or None when it is."""
+    schedule = TorchConfig(**config).schedule
+    if schedule != "step":
+        return (f"schedule {schedule!r} sets every step's learning rate from num_epochs, so a shorter run is not the "
+                "first part of a longer one; use schedule 'step'")
+    return None
 
 
 def evaluate(model: TorchModel, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -404,5 +518,5 @@ def load_model(path: str | Path) -> tuple[TorchModel, dict[str, Any]]:
 TRAINABLE = Trainable(
     name="torch", train=train, config_model=TorchConfig, metrics=METRICS, evaluate=evaluate, tasks=("classification",),
     preprocess=PREPROCESS, model_suffix=MODEL_SUFFIX, save_model=save_model, load_model=load_model, probe=probe,
-    cost=cost, require=require,
+    cost=cost, require=require, budget="num_epochs", start=start, budget_blocker=budget_blocker,
 )

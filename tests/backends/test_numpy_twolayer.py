@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hpsearch.backends import DivergedError
-from hpsearch.backends.numpy_twolayer import TwoLayerNet, _SGDStep, lr_at_epoch, train
+from hpsearch.backends.numpy_twolayer import TwoLayerNet, _SGDStep, lr_at_epoch, start, train
 
 
 def _tiny_problem(rng: np.random.Generator, n: int = 5, d: int = 4, h: int = 10, c: int = 3):
@@ -188,3 +188,68 @@ def test_float32_and_float64_training(blobs):
     base = {"hidden_size": 8, "learning_rate": 0.1, "num_iters": 10, "batch_size": 50, "std": 1e-2}
     assert train({**base, "dtype": "float32"}, blobs, seed=0).model.params["W1"].dtype == np.float32
     assert train({**base, "dtype": "float64"}, blobs, seed=0).model.params["W1"].dtype == np.float64
+
+
+# A budget ladder: 500 training rows / 64 = 7 iterations an epoch, so 13 stops inside the second epoch, 21 at the end
+# of the third; the learning rate decays fast enough that a rung trained with the wrong rate or rows would show.
+LADDER = {"hidden_size": 12, "learning_rate": 0.05, "learning_rate_decay": 0.7, "batch_size": 64, "std": 1e-2}
+RUNGS = (13, 21, 40)
+
+
+def _assert_same_run(alone, rung):
+    """Two results of one configuration are the same to the last bit: scores, histories, parameters."""
+    assert rung.metrics == alone.metrics
+    assert rung.history == alone.history
+    assert rung.loss_history == alone.loss_history
+    assert rung.config == alone.config
+    for name, param in alone.model.params.items():
+        assert np.array_equal(rung.model.params[name], param), name
+
+
+def test_a_ladder_trains_once_and_each_rung_is_its_point_trained_alone(blobs):
+    training = start(LADDER, blobs, seed=5)
+    reported = []
+    for budget in RUNGS:
+        rung = training.advance(budget, on_epoch=lambda epoch, metrics: reported.append((epoch, metrics)))
+        alone_reports = []
+        alone = train({**LADDER, "num_iters": budget}, blobs, seed=5,
+                      on_epoch=lambda epoch, metrics: alone_reports.append((epoch, metrics)))
+        _assert_same_run(alone, rung)
+        assert reported == alone_reports  # the epochs the ladder reported so far, and nothing past the budget
+        assert rung.config["num_iters"] == budget == training.budget
+    assert len(reported) == 40 // 7
+    with pytest.raises(ValueError, match="cannot go back"):
+        training.advance(21)
+
+
+def test_a_rung_s_model_is_its_own_while_the_ladder_trains_on(blobs):
+    training = start(LADDER, blobs, seed=5)
+    first = training.advance(13)
+    kept = {name: param.copy() for name, param in first.model.params.items()}
+    training.advance(40)
+    assert all(np.array_equal(first.model.params[name], param) for name, param in kept.items())
+
+
+def test_a_saved_run_goes_on_elsewhere_as_if_never_stopped(blobs, tmp_path):
+    path = tmp_path / "run.npz"
+    first = start(LADDER, blobs, seed=5)
+    first.advance(13)  # inside an epoch: the permutation and the rate of the epoch must carry over
+    first.save(path)
+    resumed = start(LADDER, blobs, seed=5, resume_from=path)
+    assert resumed.budget == 13
+    _assert_same_run(train({**LADDER, "num_iters": 40}, blobs, seed=5), resumed.advance(40))
+
+
+@pytest.mark.parametrize("other", [{"seed": 6}, {"config": {**LADDER, "learning_rate": 0.04}}])
+def test_a_saved_run_of_another_configuration_or_seed_is_refused(blobs, tmp_path, other):
+    path = tmp_path / "run.npz"
+    start(LADDER, blobs, seed=5).save(path)
+    with pytest.raises(ValueError, match="another configuration, seed or dataset"):
+        start(other.get("config", LADDER), blobs, seed=other.get("seed", 5), resume_from=path)
+
+
+def test_a_file_that_is_no_saved_run_is_refused(blobs, tmp_path):
+    path = tmp_path / "run.npz"
+    path.write_text("not a run")
+    with pytest.raises(ValueError, match="not a saved run"):
+        start(LADDER, blobs, seed=5, resume_from=path)

@@ -260,3 +260,61 @@ def test_augmented_training_is_seeded_and_needs_images(blobs):
         torch_mlp.train(config, blobs, seed=0)
     with pytest.raises(UserError, match=r"shift 8 moves a 8 x 8 image out of sight; it must be below 8.$"):
         torch_mlp.train({**config, "shift": 8}, digits, seed=0)
+
+
+# Dropout draws from torch's default generator, batch norm keeps running statistics, Adam its moments: a ladder
+# must carry all three from rung to rung for each rung to be its point trained alone.
+LADDER = {"hidden_sizes": [16, 8], "dropout": 0.3, "batch_norm": True, "learning_rate": 1e-2, "batch_size": 64,
+          "learning_rate_decay": 0.8, "warmup_epochs": 0.5, "device": "cpu"}
+
+
+def _assert_same_run(alone, rung):
+    assert rung.metrics == alone.metrics
+    assert rung.history == alone.history
+    assert rung.loss_history == alone.loss_history
+    assert rung.config == alone.config
+    expected, got = alone.model.module.state_dict(), rung.model.module.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+def test_a_ladder_trains_once_and_each_rung_is_its_point_trained_alone(blobs):
+    training = torch_mlp.start(LADDER, blobs, seed=5)
+    reported = []
+    for budget in (1, 3, 4):
+        rung = training.advance(budget, on_epoch=lambda epoch, metrics: reported.append((epoch, metrics)))
+        torch_mlp.train({**LADDER, "num_epochs": 2}, blobs, seed=9)  # other work between rungs draws random numbers
+        alone_reports = []
+        alone = torch_mlp.train({**LADDER, "num_epochs": budget}, blobs, seed=5,
+                                on_epoch=lambda epoch, metrics: alone_reports.append((epoch, metrics)))
+        _assert_same_run(alone, rung)
+        assert reported == alone_reports and training.budget == budget
+    with pytest.raises(ValueError, match="cannot go back"):
+        training.advance(3)
+
+
+def test_a_saved_run_goes_on_elsewhere_as_if_never_stopped(blobs, tmp_path):
+    path = tmp_path / "run.pt"
+    first = torch_mlp.start(LADDER, blobs, seed=5)
+    first.advance(2)
+    first.save(path)
+    torch.manual_seed(123)  # a process that resumes the run has its own default generator state
+    resumed = torch_mlp.start(LADDER, blobs, seed=5, resume_from=path)
+    assert resumed.budget == 2
+    _assert_same_run(torch_mlp.train({**LADDER, "num_epochs": 4}, blobs, seed=5), resumed.advance(4))
+
+
+def test_a_saved_run_of_another_configuration_or_no_run_is_refused(blobs, tmp_path):
+    path = tmp_path / "run.pt"
+    torch_mlp.start(LADDER, blobs, seed=5).save(path)
+    with pytest.raises(ValueError, match="another configuration, seed or dataset"):
+        torch_mlp.start({**LADDER, "dropout": 0.2}, blobs, seed=5, resume_from=path)
+    path.write_text("not a run")
+    with pytest.raises(ValueError, match="not a saved run"):
+        torch_mlp.start(LADDER, blobs, seed=5, resume_from=path)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_only_the_step_schedule_makes_a_shorter_run_the_start_of_a_longer_one(schedule):
+    assert torch_mlp.budget_blocker(LADDER) is None
+    blocker = torch_mlp.budget_blocker({**LADDER, "schedule": schedule})
+    assert blocker.startswith(f"schedule {schedule!r} sets every step's learning rate from num_epochs")
