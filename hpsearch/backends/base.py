@@ -8,13 +8,15 @@ are described alike, by a :class:`Trainable`: what the function takes, reports a
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol
 
 __all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "Training", "add_epoch",
-           "is_number", "metric_on_test", "scores_on_test", "trainable"]
+           "is_number", "metric_on_test", "replacing", "scores_on_test", "trainable"]
 
 Direction = Literal["maximize", "minimize"]
 Task = Literal["classification", "regression"]
@@ -45,6 +47,7 @@ class TrainResult:
     metrics: the final model's scores by name (``val_acc``, ``train_acc``, ``val_rmse``, ...).
     history: one value per epoch, by metric name. loss_history: one training loss per iteration, where the trainable
     has iterations. config: the full resolved configuration it trained with. model: the trained model, if kept.
+    examples: training examples processed (minibatch rows summed over the steps), where the trainable counts them.
     """
 
     metrics: dict[str, float]
@@ -53,6 +56,7 @@ class TrainResult:
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
     model: Any = None
+    examples: int | None = None
 
     @property
     def loss(self) -> float:
@@ -83,6 +87,10 @@ class Training(Protocol):
     @property
     def budget(self) -> int:
         """The budget trained so far."""
+
+    @property
+    def examples(self) -> int:
+        """Training examples processed so far (minibatch rows summed over the steps)."""
 
     def advance(self, budget: int, *, on_epoch: OnEpoch | None = None) -> TrainResult:
         """Train on to ``budget`` in all; the result the configuration with that budget gets when trained alone."""
@@ -159,6 +167,14 @@ class Trainable:
                            seconds=returned.seconds or seconds, config=returned.config or dict(config))
         return TrainResult(metrics=self._numbers(returned), history=history, seconds=seconds, config=dict(config))
 
+    def advance(self, training: Training, budget: int, *, on_epoch: OnEpoch | None = None) -> TrainResult:
+        """``training.advance(budget)``, its metrics held to the contract as :meth:`run` holds a function's."""
+        result = training.advance(budget, on_epoch=on_epoch)
+        if not isinstance(result, TrainResult):
+            raise TrainableError(f"the trainable {self.name}'s advance returned {type(result).__name__}; it must "
+                                 "return a TrainResult")
+        return replace(result, metrics=self._numbers(result.metrics))
+
     def _numbers(self, metrics: Any) -> dict[str, float]:
         """Metric names to Python floats (NumPy scalars included; None left out); anything else breaks the contract."""
         if not isinstance(metrics, Mapping):
@@ -172,6 +188,19 @@ class Trainable:
                 raise TrainableError(f"the trainable {self.name} returned {name!r}: {value!r}, which is not a number")
             numbers[str(name)] = float(value)
         return numbers
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[Any]:
+    """A binary file that becomes ``path`` when the block ends without an error; nothing changes at ``path`` if not."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb") as file:
+            yield file
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def add_epoch(history: dict[str, list[float]], metrics: Mapping[str, Any]) -> None:
@@ -203,6 +232,9 @@ def trainable(
     model_suffix: str | None = None,
     save_model: Callable[[Any, dict[str, Any], Any], None] | None = None,
     load_model: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None,
+    budget: str | None = None,
+    start: Callable[..., Training] | None = None,
+    budget_blocker: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> Any:
     """Declare a training function for hpsearch; used bare (``@trainable``) or with what it reports::
 
@@ -211,7 +243,8 @@ def trainable(
             ...
             return {"val_rmse": rmse}
 
-    The result is still callable like the function.
+    The result is still callable like the function. ``budget`` and ``start`` let a grid phase's budget ladders train
+    once (see :class:`Trainable`).
     """
 
     def wrap(train: Callable[..., Any]) -> Trainable:
@@ -222,7 +255,7 @@ def trainable(
         return Trainable(name=f"{train.__module__}:{train.__qualname__}", train=train, config_model=config,
                          metrics=dict(metrics) if metrics is not None else None, evaluate=evaluate, tasks=tuple(tasks),
                          preprocess=preprocess, model_suffix=model_suffix, save_model=save_model,
-                         load_model=load_model)
+                         load_model=load_model, budget=budget, start=start, budget_blocker=budget_blocker)
 
     return wrap(function) if function is not None else wrap
 

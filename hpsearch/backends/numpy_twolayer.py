@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field, ValidationError
 from threadpoolctl import ThreadpoolController
 
-from hpsearch.backends.base import DivergedError, ModelFileError, Trainable, TrainResult
+from hpsearch.backends.base import DivergedError, ModelFileError, Trainable, TrainResult, replacing
 from hpsearch.validation import UserConfig
 from hpsearch.data import Dataset
 
@@ -132,7 +132,7 @@ class TwoLayerNet:
         """
         run = SGDRun(self, X, y, X_val, y_val, learning_rate=learning_rate, learning_rate_decay=learning_rate_decay,
                      reg=reg, batch_size=batch_size, seed=seed, verbose=verbose)
-        run.advance(num_iters, on_epoch=on_epoch, verbose_total=num_iters)
+        run.advance(num_iters, on_epoch=on_epoch)
         return run.history
 
     def copy(self) -> TwoLayerNet:
@@ -194,8 +194,7 @@ class SGDRun:
         self.order: np.ndarray | None = None  # the current epoch's permutation of the training rows, (N,)
         self.history: dict[str, list[float]] = {"loss_history": [], "train_acc": [], "val_acc": [], "val_loss": []}
 
-    def advance(self, num_iters: int, *, on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-                verbose_total: int | None = None) -> None:
+    def advance(self, num_iters: int, *, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         """Go on until ``num_iters`` iterations in all have run (from where the run stands)."""
         if num_iters < self.iteration:
             raise ValueError(f"the run stands at iteration {self.iteration}; it cannot go back to {num_iters}")
@@ -210,7 +209,7 @@ class SGDRun:
                 raise DivergedError(self.iteration, loss)
             self.history["loss_history"].append(loss)
             if self.verbose and self.iteration % 100 == 0:
-                print(f"iteration {self.iteration} / {verbose_total or num_iters}: loss {loss:f}")
+                print(f"iteration {self.iteration} / {num_iters}: loss {loss:f}")
             self.iteration += 1
             if k + 1 == per_epoch:
                 self._end_epoch(epoch, lr, on_epoch)
@@ -386,9 +385,10 @@ class Training:
 
     def __init__(self, config: dict[str, Any], data: Dataset, *, seed: int) -> None:
         started = time.perf_counter()
-        self.config = NumpyConfig(**config).model_dump()
+        cfg = NumpyConfig(**config)
+        self.config = cfg.model_dump()
         self.seed = seed
-        cfg = NumpyConfig(**self.config)
+        self.data_identity = {"name": data.name, "fingerprint": data.fingerprint}
         dtype = np.dtype(cfg.dtype)
         self.X_train, self.X_val = data.X_train.astype(dtype, copy=False), data.X_val.astype(dtype, copy=False)
         self.y_train, self.y_val = data.y_train, data.y_val
@@ -406,8 +406,14 @@ class Training:
         """Iterations trained so far."""
         return self.run.iteration
 
+    @property
+    def examples(self) -> int:
+        """Training examples processed so far: iterations x batch size."""
+        return self.run.iteration * self.run.batch_size
+
     def advance(self, num_iters: int, *, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
         """Train on to ``num_iters`` iterations in all; the result of the configuration with that ``num_iters``."""
+        config = NumpyConfig(**{**self.config, "num_iters": num_iters}).model_dump()  # the budget is validated too
         started = time.perf_counter()
         limit = _blas().limit(limits=self.threads, user_api="blas") if self.threads else contextlib.nullcontext()
         with limit:
@@ -422,33 +428,37 @@ class Training:
             history=history,
             loss_history=list(self.run.history["loss_history"]),
             seconds=self.seconds,
-            config={**self.config, "num_iters": num_iters},
+            config=config,
             model=net.copy(),
+            examples=self.examples,
         )
 
     def save(self, path: str | Path) -> None:
-        """The run's whole state in one ``.npz`` (no pickle inside), for :func:`start`'s ``resume_from``."""
-        np.savez(path, config=np.array(json.dumps(self._identity())), seconds=np.array(self.seconds),
-                 **self.run.state())
+        """The run's whole state in one ``.npz`` at exactly ``path`` (no pickle inside), for :func:`start`'s
+        ``resume_from``; written beside it and renamed, so a crash never leaves half a file there."""
+        with replacing(path) as file:
+            np.savez(file, identity=np.array(json.dumps(self._identity())), seconds=np.array(self.seconds),
+                     **self.run.state())
 
     def restore(self, path: str | Path) -> None:
         """Take up the run :meth:`save` wrote; ValueError for a file that is not one of this configuration's."""
         try:
             with np.load(path, allow_pickle=False) as saved:
-                state = {name: saved[name] for name in saved.files}
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+                identity = json.loads(str(saved["identity"][()]))
+                state = {name: _read_member(saved, name) for name in saved.files if name != "identity"} \
+                    if identity == self._identity() else None
+            if state is not None:
+                self.seconds = float(state.pop("seconds"))
+                self.run.restore(state)
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:  # ModelFileError is one
             raise ValueError(f"{path}: not a saved run: {str(exc) or type(exc).__name__}") from None
-        identity = json.loads(str(state.pop("config")[()])) if "config" in state else None
-        if identity != self._identity():
+        if state is None:
             raise ValueError(f"{path} holds the run of another configuration, seed or dataset")
-        self.seconds = float(state.pop("seconds"))
-        self.run.restore(state)
 
     def _identity(self) -> dict[str, Any]:
         """What a saved run must match to be taken up: the configuration without its budget, the seed, the shapes."""
         config = {name: value for name, value in self.config.items() if name != "num_iters"}
-        return {"config": config, "seed": self.seed, "train": list(self.X_train.shape), "val": list(self.X_val.shape),
-                "classes": int(self.run.net.params["b2"].shape[0])}
+        return {"config": config, "seed": self.seed, "data": self.data_identity}
 
 
 def start(config: dict[str, Any], data: Dataset, *, seed: int, resume_from: str | Path | None = None) -> Training:

@@ -19,14 +19,14 @@ from typing import Any, Callable, Iterator, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from hpsearch.backends.base import DivergedError, ModelFileError, Trainable, TrainResult
+from hpsearch.backends.base import DivergedError, ModelFileError, Trainable, TrainResult, replacing
 from hpsearch.validation import UserConfig
 from hpsearch.data import Dataset
 from hpsearch.errors import UserError
 
 __all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "PREPROCESS", "TRAINABLE", "TorchConfig", "TorchModel",
-           "augmenter", "build_mlp", "cost", "evaluate", "image_layout", "load_model", "probe", "require",
-           "resolve_device", "save_model", "start", "train", "Training", "budget_blocker"]
+           "Training", "augmenter", "budget_blocker", "build_mlp", "cost", "evaluate", "image_layout", "load_model",
+           "probe", "require", "resolve_device", "save_model", "start", "train"]
 
 PREPROCESS = "unit_range"  # the template's Normalize(0.5, 0.5): inputs in [-1, 1]
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_acc": "maximize"}
@@ -285,6 +285,7 @@ class Training:
         started = time.perf_counter()
         cfg = self.cfg = TorchConfig(**config)
         self.seed = seed
+        self.data_identity = {"name": data.name, "fingerprint": data.fingerprint}
         device = self.device = resolve_device(cfg.device)
         # the data goes to the device once; minibatches are index views of it
         self.X = torch.as_tensor(data.X_train, dtype=torch.float32, device=device)
@@ -311,13 +312,21 @@ class Training:
         """Epochs trained so far."""
         return self.epoch
 
+    @property
+    def examples(self) -> int:
+        """Training examples processed so far: epochs x the rows an epoch trains on."""
+        return self.epoch * self.rows
+
     def advance(self, num_epochs: int, *, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
         """Train on to ``num_epochs`` epochs in all; the result of the configuration with that ``num_epochs``."""
         if num_epochs < self.epoch:
             raise ValueError(f"the run stands at epoch {self.epoch}; it cannot go back to {num_epochs}")
+        cfg = TorchConfig(**{**self.cfg.model_dump(), "num_epochs": num_epochs})  # the budget is validated too
+        blocker = budget_blocker(cfg.model_dump())
+        if blocker and self.epoch:
+            raise ValueError(f"this run cannot go on from epoch {self.epoch} to {num_epochs}: {blocker}")
         torch, module = self.torch, self.module
         started = time.perf_counter()
-        cfg = self.cfg.model_copy(update={"num_epochs": num_epochs})
         with self._default_generator():
             while self.epoch < num_epochs:
                 self._epoch(cfg, on_epoch)
@@ -331,6 +340,7 @@ class Training:
             seconds=self.seconds,
             config={**cfg.model_dump(), "hidden_sizes": cfg.layers(), "num_layers": None, "width": None},
             model=TorchModel(copy.deepcopy(module), self.device),  # the run trains on; the rung keeps this state
+            examples=self.examples,
         )
 
     def _epoch(self, cfg: TorchConfig, on_epoch: Callable[[int, dict[str, Any]], None] | None) -> None:
@@ -388,17 +398,20 @@ class Training:
                 self.cuda_rng_state = torch.cuda.get_rng_state(cuda[0]) if cuda else None
 
     def save(self, path: str | Path) -> None:
-        """The run's whole state, loadable with ``weights_only=True``, for :func:`start`'s ``resume_from``."""
+        """The run's whole state, loadable with ``weights_only=True``, for :func:`start`'s ``resume_from``; written
+        beside ``path`` and renamed, so a crash never leaves half a file there."""
         torch = self.torch
         to_cpu = (lambda value: value.detach().cpu() if isinstance(value, torch.Tensor) else value)
         optimizer = self.optimizer.state_dict()
         optimizer["state"] = {key: {name: to_cpu(value) for name, value in state.items()}
                               for key, state in optimizer["state"].items()}
-        torch.save({"identity": json.dumps(self._identity()), "epoch": self.epoch, "seconds": self.seconds,
-                    "loss_history": self.loss_history, "history": self.history,
-                    "module": {name: to_cpu(value) for name, value in self.module.state_dict().items()},
-                    "optimizer": optimizer, "generator": self.generator.get_state(), "rng": self.rng_state,
-                    "cuda_rng": None if self.cuda_rng_state is None else self.cuda_rng_state.cpu()}, path)
+        state = {"identity": json.dumps(self._identity()), "epoch": self.epoch, "seconds": self.seconds,
+                 "loss_history": self.loss_history, "history": self.history,
+                 "module": {name: to_cpu(value) for name, value in self.module.state_dict().items()},
+                 "optimizer": optimizer, "generator": self.generator.get_state(), "rng": self.rng_state,
+                 "cuda_rng": None if self.cuda_rng_state is None else self.cuda_rng_state.cpu()}
+        with replacing(path) as file:
+            torch.save(state, file)
 
     def restore(self, path: str | Path) -> None:
         """Take up the run :meth:`save` wrote; ValueError for a file that is not one of this configuration's."""
@@ -406,24 +419,28 @@ class Training:
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError... by file kind
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"{path}: not a saved run: {reason}") from None
+            raise ValueError(f"{path}: not a saved run: {_first_line(exc)}") from None
         if not isinstance(saved, dict) or saved.get("identity") != json.dumps(self._identity()):
-            raise ValueError(f"{path} holds the run of another configuration, seed or dataset")
-        self.module.load_state_dict(saved["module"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.generator.set_state(saved["generator"])
-        self.rng_state = saved["rng"]
-        if saved["cuda_rng"] is not None and self.cuda_rng_state is not None:
+            raise ValueError(f"{path} holds the run of another configuration, seed, dataset or device")
+        try:
+            self.module.load_state_dict(saved["module"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.generator.set_state(saved["generator"])
+            self.rng_state = saved["rng"]
             self.cuda_rng_state = saved["cuda_rng"]
-        self.epoch, self.seconds = saved["epoch"], saved["seconds"]
-        self.loss_history, self.history = saved["loss_history"], saved["history"]
+            self.epoch, self.seconds = saved["epoch"], saved["seconds"]
+            self.loss_history, self.history = saved["loss_history"], saved["history"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: not a saved run: {_first_line(exc)}") from None
 
     def _identity(self) -> dict[str, Any]:
         """What a saved run must match to be taken up: the configuration without its budget, the seed, the shapes."""
         config = {name: value for name, value in self.cfg.model_dump().items() if name != "num_epochs"}
-        return {"config": config, "seed": self.seed, "train": list(self.X.shape), "val": list(self.X_val.shape),
-                "classes": int(self.module[-1].out_features)}
+        return {"config": config, "seed": self.seed, "data": self.data_identity, "device": self.device}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def start(config: dict[str, Any], data: Dataset, *, seed: int, resume_from: str | Path | None = None) -> Training:

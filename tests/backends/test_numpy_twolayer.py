@@ -240,12 +240,20 @@ def test_a_saved_run_goes_on_elsewhere_as_if_never_stopped(blobs, tmp_path):
     _assert_same_run(train({**LADDER, "num_iters": 40}, blobs, seed=5), resumed.advance(40))
 
 
-@pytest.mark.parametrize("other", [{"seed": 6}, {"config": {**LADDER, "learning_rate": 0.04}}])
-def test_a_saved_run_of_another_configuration_or_seed_is_refused(blobs, tmp_path, other):
-    path = tmp_path / "run.npz"
+@pytest.mark.parametrize("other", [{"seed": 6}, {"config": {**LADDER, "learning_rate": 0.04}}, {"data": 1}])
+def test_a_saved_run_of_another_configuration_seed_or_dataset_is_refused(blobs, tmp_path, other):
+    from hpsearch.data import load_dataset
+
+    path = tmp_path / "run.ckpt"  # saved at exactly this name, whatever its suffix
     start(LADDER, blobs, seed=5).save(path)
+    data = load_dataset("synthetic", seed=other["data"]) if "data" in other else blobs  # same shapes, other rows
     with pytest.raises(ValueError, match="another configuration, seed or dataset"):
-        start(other.get("config", LADDER), blobs, seed=other.get("seed", 5), resume_from=path)
+        start(other.get("config", LADDER), data, seed=other.get("seed", 5), resume_from=path)
+
+
+def test_a_budget_the_configuration_refuses_is_refused(blobs):
+    with pytest.raises(ValueError, match="num_iters"):
+        start(LADDER, blobs, seed=5).advance(0)
 
 
 def test_a_file_that_is_no_saved_run_is_refused(blobs, tmp_path):

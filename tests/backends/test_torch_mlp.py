@@ -303,18 +303,38 @@ def test_a_saved_run_goes_on_elsewhere_as_if_never_stopped(blobs, tmp_path):
     _assert_same_run(torch_mlp.train({**LADDER, "num_epochs": 4}, blobs, seed=5), resumed.advance(4))
 
 
-def test_a_saved_run_of_another_configuration_or_no_run_is_refused(blobs, tmp_path):
-    path = tmp_path / "run.pt"
+def test_a_rung_s_model_is_its_own_while_the_ladder_trains_on(blobs):
+    training = torch_mlp.start(LADDER, blobs, seed=5)
+    first = training.advance(1)
+    kept = {name: value.clone() for name, value in first.model.module.state_dict().items()}
+    training.advance(3)
+    assert all(torch.equal(first.model.module.state_dict()[name], value) for name, value in kept.items())
+
+
+@pytest.mark.parametrize("other", [{"seed": 6}, {"config": {**LADDER, "dropout": 0.2}}, {"data": 1}])
+def test_a_saved_run_of_another_configuration_seed_or_dataset_is_refused(blobs, tmp_path, other):
+    from hpsearch.data import load_dataset
+
+    path = tmp_path / "run.ckpt"
     torch_mlp.start(LADDER, blobs, seed=5).save(path)
-    with pytest.raises(ValueError, match="another configuration, seed or dataset"):
-        torch_mlp.start({**LADDER, "dropout": 0.2}, blobs, seed=5, resume_from=path)
+    data = load_dataset("synthetic", seed=other["data"]) if "data" in other else blobs  # same shapes, other rows
+    with pytest.raises(ValueError, match="another configuration, seed, dataset or device"):
+        torch_mlp.start(other.get("config", LADDER), data, seed=other.get("seed", 5), resume_from=path)
+
+
+def test_a_file_that_is_no_saved_run_is_refused(blobs, tmp_path):
+    path = tmp_path / "run.pt"
     path.write_text("not a run")
     with pytest.raises(ValueError, match="not a saved run"):
         torch_mlp.start(LADDER, blobs, seed=5, resume_from=path)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
-def test_only_the_step_schedule_makes_a_shorter_run_the_start_of_a_longer_one(schedule):
+def test_only_the_step_schedule_makes_a_shorter_run_the_start_of_a_longer_one(blobs, schedule):
     assert torch_mlp.budget_blocker(LADDER) is None
+    training = torch_mlp.start({**LADDER, "schedule": schedule, "warmup_epochs": 0}, blobs, seed=5)
+    training.advance(2)  # a whole run of 2 epochs is fine; going on from it is not
+    with pytest.raises(ValueError, match="cannot go on from epoch 2 to 4"):
+        training.advance(4)
     blocker = torch_mlp.budget_blocker({**LADDER, "schedule": schedule})
     assert blocker.startswith(f"schedule {schedule!r} sets every step's learning rate from num_epochs")
