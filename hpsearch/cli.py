@@ -348,7 +348,9 @@ def plan(spec: SpecArg, set_: SetOpt = None, allow_import: AllowImportOpt = Fals
                f"{format_duration(probe['trial_overhead_seconds'])} more per trial")
     for p in report["phases"]:
         size = f"{'at most ' if p['trials_upper_bound'] else ''}{p['trials']} trials"
-        typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {format_duration(p['estimated_seconds'])}")
+        trained = f" (trained as {p['ladders']} ladders)" if "ladders" in p else ""
+        typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {format_duration(p['estimated_seconds'])}"
+                   f"{trained}")
     once = format_duration(report["run_fixed_seconds"])
     typer.echo(f"  {'(once)':<12} {'':<7} {'start, retrain winner':<22} ≈ {once}")
     tracking = ", plus MLflow tracking" if study.tracking.enabled else ""

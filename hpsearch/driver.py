@@ -34,12 +34,13 @@ from hpsearch.data import Dataset
 from hpsearch.errors import SpecError, users_failure
 from hpsearch.formatting import format_duration
 from hpsearch.interrupt import Interrupted, Interruption
+from hpsearch.ladders import Ladders, ladders
 from hpsearch.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.phases import Phases
 from hpsearch.pointqueue import Heartbeat, PointQueue, owner, reap
 from hpsearch.records import SEED, SharedState, StateTable, counts_as_failure, decode_param, decode_params, encode_param
 from hpsearch.results import PhaseView, Results
-from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
+from hpsearch.spec import PhaseSpec, StudySpec, best_fragment, check_budget
 from hpsearch.storage import StorageError, mask_url, storage_lock
 from hpsearch.training import load_data, score_test_split
 from hpsearch.trials import RunningTrial, TrialRunner
@@ -93,9 +94,13 @@ class Budget:
     def elapsed(self) -> float:
         return self.clock() - self.started_at
 
-    def timed(self, train: Callable[[], Any]) -> None:
-        """Run one trial, counting it and its length."""
-        self.trials += 1
+    def trials_left(self) -> int | None:
+        """How many more trials may start (None: no limit)."""
+        return None if self.max_trials is None else max(self.max_trials - self.trials, 0)
+
+    def timed(self, train: Callable[[], Any], trials: int = 1) -> None:
+        """Run ``trials`` trials (one, or a ladder's rungs trained as one), counting them and their length."""
+        self.trials += trials
         began = self.clock()
         try:
             train()
@@ -337,10 +342,12 @@ class Driver:
     def _run_points_phase(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
                           budget: Budget) -> bool:
         points = self.phases.points(phase, record)
+        ladders = self._ladders(phase, points)
+        seed_of = (lambda point: grids.trial_seed(self.spec.seed, phase.name, point)) if ladders is None else \
+            (lambda point: grids.trial_seed(self.spec.seed, phase.name, ladders.of_point[point]))
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
                            self.phases.distributions(phase, record), max_retries=phase.max_retries,
-                           seed_of=lambda point: grids.trial_seed(self.spec.seed, phase.name, point),
-                           order_seed=self.spec.seed)
+                           seed_of=seed_of, order_seed=self.spec.seed, ladders=ladders)
         me = owner()
         self._reap(phase, view)
         queue.reconcile()
@@ -355,8 +362,8 @@ class Driver:
             budget.expect(view.longest)
             if budget.exhausted():
                 return False
-            claimed = queue.claim(me)
-            if claimed is None:
+            claimed = queue.claim(me, rungs=budget.trials_left())
+            if not claimed:
                 if self._reap(phase, view) | bool(queue.reconcile()):
                     continue  # a trial failed since the last look: its retry was just queued
                 view.refresh(full=True)
@@ -364,14 +371,25 @@ class Driver:
                     self.interruption.wait(POLL_SECONDS)  # another process holds the last points
                     continue
                 return True
-            trial_id, number, point = claimed
-            view.apply(Row(trial_id, number, "RUNNING", None, self.store.now(), None, point, owner=me))
-            params = points[point]
-            info = TrialInfo(trial_id, number, point, params, grids.trial_seed(self.spec.seed, phase.name, point))
-            budget.timed(lambda: self.runner.run(RunningTrial(phase, view, info), study))
-            if view.rows.get(trial_id) is not None and counts_as_failure(view.rows[trial_id].state,
-                                                                         view.rows[trial_id].failure):
+            rungs = []
+            for trial_id, number, point in claimed:
+                view.apply(Row(trial_id, number, "RUNNING", None, self.store.now(), None, point, owner=me))
+                rungs.append(RunningTrial(phase, view, TrialInfo(trial_id, number, point, points[point],
+                                                                 seed_of(point))))
+            budget.timed(lambda: self.runner.run(rungs, study), trials=len(rungs))
+            if any(counts_as_failure(row.state, row.failure) for row in
+                   (view.rows.get(current.info.trial_id) for current in rungs) if row is not None):
                 queue.reconcile()  # a failed trial's point goes back in the queue now
+
+    def _ladders(self, phase: PhaseSpec, points: list[dict[str, Any]]) -> Ladders | None:
+        """The phase's budget ladders, checked against the trainable; None for a phase without a budget."""
+        if phase.budget is None:
+            return None
+        check_budget(self.spec, phase, points, where=f"phase {phase.name!r}")  # a derived grid is checked here
+        try:
+            return ladders(points, phase.budget)
+        except ValueError as exc:
+            raise SpecError(f"{self.spec.source}: phase {phase.name!r}: {exc}.") from None
 
     def _run_sampled_phase(self, phase: PhaseSpec, study: optuna.Study, view: PhaseView, budget: Budget) -> bool:
         """TPE: trials are sampled one by one from the history, until n_trials are COMPLETE or PRUNED."""
@@ -401,7 +419,7 @@ class Driver:
             view.apply(Row(trial._trial_id, trial.number, "RUNNING", None, self.store.now(), None, owner=me))
             params = self._suggest(trial, phase)
             info = TrialInfo(trial._trial_id, trial.number, None, params, trial.user_attrs.get(SEED))
-            budget.timed(lambda: self.runner.run(RunningTrial(phase, view, info, optuna_trial=trial), study))
+            budget.timed(lambda: self.runner.run([RunningTrial(phase, view, info, optuna_trial=trial)], study))
 
     def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
         """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""

@@ -61,6 +61,8 @@ def print_summary(summary: dict) -> None:
     for p in summary["phases"]:
         if p["failed_points"]:
             say(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
+    if summary.get("examples"):
+        say(f"compute: {summary['examples']:,} training examples processed")
     tracking = summary.get("tracking")
     if tracking:
         spent = ""

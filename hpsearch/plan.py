@@ -19,6 +19,7 @@ from hpsearch import grid as grids
 from hpsearch.backends import DivergedError
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError
+from hpsearch.ladders import ladders
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
 from hpsearch.training import resolved_config, train_once
 
@@ -113,13 +114,16 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
     phases, all_training = [], []
     for phase in spec.phases:
         configs, estimated = _phase_configs(spec, phase)
-        training = [_cost(spec, c, data) * seconds_per_unit for c in configs]
-        all_training += training
+        # a ladder trains once, to its top rung (see hpsearch.ladders)
+        trained = [configs[rungs[-1]] for rungs in ladders(configs, phase.budget).rungs] if phase.budget else configs
+        training = [_cost(spec, c, data) * seconds_per_unit for c in trained]
+        all_training += [_cost(spec, c, data) * seconds_per_unit for c in configs]
         phases.append({
             "phase": phase.name,
             "sampler": phase.sampler,
             "trials": len(configs),
             "trials_upper_bound": isinstance(phase.grid, DerivedGrid),
+            **({"ladders": len(trained)} if phase.budget else {}),
             "estimated_seconds": round(sum(training) + len(configs) * probe.trial_overhead_seconds, 1),
             "estimate_from_sample": estimated,
             "grid": phase.grid if isinstance(phase.grid, dict) else None,

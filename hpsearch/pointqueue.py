@@ -22,6 +22,7 @@ import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
+from hpsearch.ladders import Ladders
 from hpsearch.records import (ATTEMPT, HEARTBEAT_LOST, NEVER_STARTED, POINT, SEED, WITHDRAWN, WORKER_DIED,
                               counts_as_failure, encode_param)
 from hpsearch.storage import storage_lock
@@ -74,35 +75,35 @@ def owner_is_dead(who: dict[str, Any] | None) -> bool:
 
 
 class Heartbeat:
-    """One thread per process that beats for the trial running now, every ``interval`` seconds.
+    """One thread per process that beats for the trials running now (one, or a ladder's rungs), every ``interval``
+    seconds.
 
-    The claim records a trial's first beat; ``beating(trial_id)`` covers the trial's run.
+    The claim records a trial's first beat; ``beating(*trial_ids)`` covers the trials' run.
     """
 
     def __init__(self, store: TrialStore, interval: float) -> None:
         self.store = store
         self.interval = interval
-        self._current: int | None = None
+        self._current: tuple[int, ...] = ()
         self._thread: threading.Thread | None = None
 
     def _beat(self) -> None:
         while True:
             time.sleep(self.interval)
-            trial_id = self._current
-            if trial_id is not None:
+            for trial_id in self._current:
                 with contextlib.suppress(Exception):  # a missed beat is harmless; the grace period absorbs it
                     self.store.heartbeat(trial_id)
 
     @contextlib.contextmanager
-    def beating(self, trial_id: int) -> Iterator[None]:
+    def beating(self, *trial_ids: int) -> Iterator[None]:
         if self._thread is None:
             self._thread = threading.Thread(target=self._beat, name="hpsearch-heartbeat", daemon=True)
             self._thread.start()
-        self._current = trial_id
+        self._current = trial_ids
         try:
             yield
         finally:
-            self._current = None
+            self._current = ()
 
 
 def reap(store: TrialStore, study_id: int, grace_period: float, running: list[Row]) -> list[tuple[Row, str]]:
@@ -140,6 +141,7 @@ class PointQueue:
     max_retries: int
     seed_of: Callable[[int], int]  # a point's training seed
     order_seed: int  # the seed of the order points are queued in
+    ladders: Ladders | None = None  # a phase with a budget: points that train as one
 
     def reconcile(self) -> int:
         """Enqueue every point that needs a trial (one read of the phase, batched writes); returns how many.
@@ -157,11 +159,9 @@ class PointQueue:
                         if row.state == "WAITING":
                             self.store.finish(row.trial_id, TrialState.FAIL, None, {"failure": WITHDRAWN},
                                           from_state=TrialState.WAITING)
-            # a seeded shuffle: pruners compare against a spread of the grid, and a budget stops on a random subset
-            order = np.random.default_rng([self.order_seed, len(self.points)]).permutation(len(self.points))
             batch: list[tuple[dict[str, Any], dict[str, Any]]] = []
             enqueued = 0
-            for point in (int(p) for p in order):
+            for point in self._order():
                 rows = by_point.get(point, [])
                 if any(r.state != "FAIL" for r in rows):
                     continue  # finished, or claimed / queued
@@ -176,6 +176,30 @@ class PointQueue:
             enqueued += self.store.enqueue(self.study_id, batch)
         return enqueued
 
-    def claim(self, who: dict[str, Any]) -> tuple[int, int, int] | None:
-        """(trial id, number, point) of a trial this process now runs, or None when nothing is queued."""
-        return self.store.claim(self.study_id, who)
+    def _order(self) -> Iterator[int]:
+        """The order points are queued in: a seeded shuffle (pruners compare against a spread of the grid, and a
+        budget stops on a random subset); with ladders, a shuffle of the ladders, each one's rungs together and in
+        ascending budget, so that one claim takes a ladder."""
+        if self.ladders is None:
+            yield from (int(p) for p in np.random.default_rng([self.order_seed, len(self.points)])
+                        .permutation(len(self.points)))
+            return
+        rungs = self.ladders.rungs
+        for ladder in np.random.default_rng([self.order_seed, len(self.points)]).permutation(len(rungs)):
+            yield from rungs[int(ladder)]
+
+    def claim(self, who: dict[str, Any], rungs: int | None = None) -> list[tuple[int, int, int]]:
+        """(trial id, number, point) of the trials this process now runs: the oldest queued trial and, in a phase of
+        ladders, the other queued rungs of its ladder (at most ``rungs`` trials in all), ascending in budget; empty
+        when nothing is queued."""
+        first = self.store.claim(self.study_id, who)
+        if first is None:
+            return []
+        ladder = self.ladders.ladder(first[2]) if self.ladders is not None else (first[2],)
+        if len(ladder) == 1 or rungs == 1:
+            return [first]
+        others = set(ladder) - {first[2]}
+        window = min(len(others), (rungs or len(ladder)) - 1)
+        claimed = [first, *self.store.claim_following(self.study_id, first[0], others, window, who)]
+        position = {point: k for k, point in enumerate(ladder)}
+        return sorted(claimed, key=lambda trial: position[trial[2]])

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from hpsearch.storage import engine_for, storage_lock
 
 __all__ = [
-    "ATTEMPT", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED", "NEVER_STARTED", "OWNER",
+    "ATTEMPT", "EXAMPLES", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED", "LADDER_STOPPED",
+    "NEVER_STARTED", "OWNER",
     "POINT", "REAPED", "SEED", "SharedState", "StateTable", "TRACEBACK", "WITHDRAWN", "WORKER_DIED", "decode_param",
     "decode_params", "encode_param",
 ]
@@ -29,7 +30,9 @@ INTERRUPTED = "interrupted"
 WITHDRAWN = "withdrawn: its point left the phase"  # n_trials was lowered after the point was queued
 HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED = "heartbeat lost", "worker died", "claimed by a process that never started it"
 REAPED = (HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED)  # failures of trials whose process is gone
-NOT_COUNTED = (INTERRUPTED, WITHDRAWN)  # failures that use up no retry
+LADDER_STOPPED = "not run: a lower rung of its ladder failed"  # the rung goes back in the queue
+NOT_COUNTED = (INTERRUPTED, WITHDRAWN, LADDER_STOPPED)  # failures that use up no retry
+EXAMPLES = "examples"  # training examples a trial processed (a ladder's rung: its stretch beyond the rung below)
 TRACEBACK = "traceback"  # where a trainable raised, beside the one-line FAILURE
 
 

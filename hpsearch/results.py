@@ -21,7 +21,7 @@ from hpsearch import grid as grids
 from hpsearch.errors import users_failure
 from hpsearch.listener import StudyReport
 from hpsearch.phases import Phases
-from hpsearch.records import FINISHED_STATES, decode_params, counts_as_failure
+from hpsearch.records import EXAMPLES, FINISHED_STATES, counts_as_failure, decode_params
 from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
 from hpsearch.storage import mask_url
 from hpsearch.backends.base import metric_on_test, scores_on_test
@@ -61,6 +61,7 @@ class PhaseView:
         self._failed_rows: dict[int, list[Row]] = {}
         self._seconds = [0.0, 0]
         self.longest = 0.0  # seconds: the longest finished trial
+        self._examples = [0, 0]  # training examples processed, by how many trials counted them
         self._best: Row | None = None
 
     def refresh(self, full: bool = False) -> None:
@@ -79,6 +80,9 @@ class PhaseView:
 
     def _account(self, row: Row, sign: int) -> None:
         self._counts[row.state] += sign
+        if row.examples is not None:
+            self._examples[0] += sign * row.examples
+            self._examples[1] += sign
         if row.point is not None:
             if row.state in FINISHED_STATES:
                 before = self._covered[row.point] > 0
@@ -132,7 +136,9 @@ class PhaseView:
                                   "failed": self._counts["FAIL"], "running": self._counts["RUNNING"],
                                   "waiting": self._counts["WAITING"], "done": 0, "total": self.total,
                                   "best_value": None, "best_trial": None, "failed_points": [],
-                                  "grid": self.record.get("grid") if self.record else None}
+                                  "grid": self.record.get("grid") if self.record else None,
+                                  # what the phase cost: training examples processed (None: not counted)
+                                  "examples": self._examples[0] if self._examples[1] else None}
         if self.record is None:
             return status
         if phase.sampler == "tpe":
@@ -214,8 +220,9 @@ class Results:
         result = self.stored_result(layout)
         complete = bool(phases) and all(p["state"] == "complete" for p in phases) and result is not None \
             and not result.get("partial")  # a time box's result: the completing run scores the winner again
+        counted = [p["examples"] for p in phases if p["examples"] is not None]
         return {"study": self.spec.name, "storage": mask_url(self.url), "complete": complete,
-                "phases": phases, "best": self.best_of(views, layout)}
+                "phases": phases, "best": self.best_of(views, layout), "examples": sum(counted) if counted else None}
 
     def best(self) -> dict[str, Any] | None:
         layout = self.phases.layout()
@@ -238,6 +245,7 @@ class Results:
                     "duration_seconds": t.duration.total_seconds() if t.duration else None,
                     "point": t.user_attrs.get("point"), "attempt": t.user_attrs.get("attempt"),
                     "seed": t.user_attrs.get("seed"), "failure": t.user_attrs.get("failure"),
+                    "examples": t.user_attrs.get(EXAMPLES),
                     "metrics": t.user_attrs.get("metrics"), "traceback": t.user_attrs.get("traceback"),
                     "epoch_history": t.user_attrs.get("epoch_history"), "optuna_study": study.study_name,
                     "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,

@@ -187,6 +187,8 @@ class PhaseSpec(_Strict):
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     grid: dict[str, list[Any]] | DerivedGrid | None = None
     max_retries: int = Field(2, ge=0)
+    # a grid phase's training-length parameter (num_iters, num_epochs): points that differ only in it train once
+    budget: str | None = None
 
     _name = field_validator("name")(_storage_name)
 
@@ -203,7 +205,13 @@ class PhaseSpec(_Strict):
                 empty = [name for name, values in self.grid.items() if not values]
                 if empty:
                     raise ValueError(f"'grid.{empty[0]}' is an empty list: give at least one value")
+                if self.budget is not None and self.budget not in self.grid:
+                    raise ValueError(f"'budget' must be one of the grid's parameters ({', '.join(self.grid)}). Got "
+                                     f"{self.budget!r} instead")
         else:
+            if self.budget is not None:
+                raise ValueError(f"'budget' is for grid phases, whose points can share training; a {self.sampler} "
+                                 "phase draws every point afresh")
             if self.grid is not None:
                 raise ValueError(f"a {self.sampler} phase takes 'space', not 'grid'")
             if not self.space:
@@ -377,7 +385,33 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
     _validate_data(spec)
     _validate_objective(spec)
     _validate_backend_params(spec)
+    from hpsearch.grid import grid_points  # grid builds on this module's ParamSpec
+
+    for index, phase in enumerate(spec.phases):
+        if phase.budget is not None:
+            points = grid_points(phase.grid) if isinstance(phase.grid, dict) else []
+            check_budget(spec, phase, points, where=f"phases[{index}] ({phase.name})")
     return spec
+
+
+def check_budget(spec: StudySpec, phase: PhaseSpec, points: list[dict[str, Any]], *, where: str) -> None:
+    """Refuse a phase ``budget`` its trainable cannot train in stages along, for any of ``points``."""
+    trainable = spec.trainable
+    if trainable.start is None:
+        raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r} needs a trainable that trains in stages; "
+                        f"{spec.model.backend} declares no 'start' (see hpsearch.trainable).")
+    if trainable.budget is not None and phase.budget != trainable.budget:
+        raise SpecError(f"{spec.source}: {where}: the budget must be {trainable.budget!r}, the parameter the "
+                        f"{spec.model.backend} backend trains in stages along. Got {phase.budget!r} instead.")
+    if trainable.budget_blocker is None:
+        return
+    for point in points or [{}]:
+        try:
+            blocker = trainable.budget_blocker(trainable.resolve(spec.config(**point)))
+        except ValidationError:
+            continue  # the point's own values are refused elsewhere, with their own message
+        if blocker:
+            raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r}: {blocker}.")
 
 
 def _validate_objective(spec: StudySpec) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from hpsearch.backends import TrainResult
-from hpsearch.backends.base import scores_on_test
+from hpsearch.backends.base import Training, scores_on_test
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import SpecError
 from hpsearch.spec import StudySpec, validation_message
@@ -62,14 +62,24 @@ def train_once(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train the spec's trainable with ``defaults`` overridden by ``params``, on ``data`` without its test split."""
+    return spec.trainable.run(_trainable_config(spec, data, params), without_test(data),
+                              seed=spec.seed if seed is None else seed, on_epoch=on_epoch)
+
+
+def start_training(spec: StudySpec, data: Dataset, params: dict[str, Any], *, seed: int) -> Training:
+    """The spec's trainable started for ``params`` on ``data`` without its test split, to be advanced along its
+    budget (see :class:`hpsearch.backends.base.Training`); the trainable must have ``start``."""
+    return spec.trainable.start(_trainable_config(spec, data, params), without_test(data), seed=seed)
+
+
+def _trainable_config(spec: StudySpec, data: Dataset, params: dict[str, Any] | None) -> dict[str, Any]:
     config = resolved_config(spec, params)
     batch_size = config.get("batch_size")
     if isinstance(batch_size, int) and batch_size > len(data.y_train):
         raise SpecError(
             f"{spec.source}: batch_size {batch_size} is larger than the training split ({len(data.y_train)} samples)."
         )
-    return spec.trainable.run(config, without_test(data), seed=spec.seed if seed is None else seed,
-                              on_epoch=on_epoch)
+    return config
 
 
 def score_test_split(spec: StudySpec, data: Dataset, result: TrainResult) -> dict[str, float] | None:

@@ -22,11 +22,11 @@ from hpsearch.formatting import format_duration
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, TrialInfo
 from hpsearch.pointqueue import Heartbeat
-from hpsearch.records import FAILURE, INTERRUPTED, SEED, TRACEBACK, decode_params
+from hpsearch.records import EXAMPLES, FAILURE, INTERRUPTED, LADDER_STOPPED, SEED, TRACEBACK, decode_params
 from hpsearch.results import PhaseView
 from hpsearch.spec import PhaseSpec, StudySpec
 from hpsearch.storage import mask_url
-from hpsearch.training import resolved_config, train_once
+from hpsearch.training import resolved_config, start_training, train_once
 from hpsearch.trialstore import Row, TrialStore
 
 __all__ = ["RunningTrial", "TrialRunner"]
@@ -65,8 +65,28 @@ class TrialRunner:
         return TrialInfo(row.trial_id, row.number, row.point, decode_params(trial.params), trial.user_attrs.get(SEED),
                          row.state, row.value, row.failure)
 
-    def run(self, current: RunningTrial, study: optuna.Study) -> None:
-        """Train the claimed trial with its hooks and store its end; a signal ends it as ``interrupted``."""
+    def run(self, rungs: list[RunningTrial], study: optuna.Study) -> None:
+        """Train the claimed trials and store each one's end: one trial, or the rungs of a budget ladder (ascending
+        budget), trained once, each rung's state its own trial. A signal ends them as ``interrupted``."""
+        stages = _Stages(self, rungs) if rungs[0].phase.budget is not None else None  # else: train_once
+        with self.heartbeat.beating(*(current.info.trial_id for current in rungs)):
+            for k, current in enumerate(rungs):
+                try:
+                    outcome = self._run_one(current, study, stages)
+                except (Interrupted, UserError):
+                    for rest in rungs[k + 1:]:  # not started: back in the queue, no retry used
+                        self._finish(rest, TrialState.FAIL, None, None, INTERRUPTED, stages)
+                    raise
+                if outcome is not None:  # the rungs above would diverge alike, or the run cannot go on
+                    state, reason = outcome
+                    for rest in rungs[k + 1:]:
+                        self._finish(rest, state, None, None, reason, stages)
+                    return
+
+    def _run_one(self, current: RunningTrial, study: optuna.Study,
+                 stages: _Stages | None) -> tuple[TrialState, str] | None:
+        """Train one trial (alone, or as the next rung of ``stages``) and store its end. Returns what the rungs
+        above it get without training: diverged, the same; failed, back in the queue."""
         phase, info = current.phase, current.info
         pruning = self.spec.pruner.type != "none"
         if pruning and current.optuna_trial is None:
@@ -74,33 +94,39 @@ class TrialRunner:
         reason: str | None = None
         result = None
         silent = False  # the trainable finished without reporting the objective
-        with self.heartbeat.beating(info.trial_id):
-            try:
-                config = resolved_config(self.spec, info.params)
-                replaced = current.view.replaced(info.point, info.number)
-                self.listener.on_trial_start(phase, info, config, info.seed,
-                                             self.describe(replaced) if replaced else None)
-                with self.interruption.immediate():
-                    result = train_once(self.spec, self.data(), info.params, seed=info.seed,
-                                        on_epoch=functools.partial(self._on_epoch, current, pruning))
-                state, value, reason = self._judge(result)
-                silent = reason is not None and reason.startswith(NO_METRIC)
-            except optuna.TrialPruned as exc:
-                state, value, reason = TrialState.PRUNED, None, str(exc) or "pruned"
-            except DivergedError as exc:
-                state, value, reason = TrialState.PRUNED, None, f"diverged: {exc}"
-            except KeyboardInterrupt:
-                self._finish(current, TrialState.FAIL, None, None, INTERRUPTED)
-                raise Interrupted(self.interruption.signal or "SIGINT") from None
-            except UserError as exc:  # a spec that cannot train at all (a batch larger than the data, no data)
-                self._finish(current, TrialState.FAIL, None, None, str(exc))
-                raise  # the study stops with one line, exit 2
-            except (Exception, SystemExit) as exc:  # the trainable failed: the trial fails, its point is retried
-                state, value, reason = TrialState.FAIL, None, one_line(exc)
-                current.traceback = format_traceback(exc)
-        self._finish(current, state, value, result, reason)
+        outcome = None
+        try:
+            config = resolved_config(self.spec, info.params)
+            replaced = current.view.replaced(info.point, info.number)
+            self.listener.on_trial_start(phase, info, config, info.seed,
+                                         self.describe(replaced) if replaced else None)
+            on_epoch = functools.partial(self._on_epoch, current, pruning)
+            with self.interruption.immediate():
+                if stages is None:
+                    result = train_once(self.spec, self.data(), info.params, seed=info.seed, on_epoch=on_epoch)
+                else:
+                    result = stages.train(current, config, on_epoch)
+            state, value, reason = self._judge(result)
+            silent = reason is not None and reason.startswith(NO_METRIC)
+        except optuna.TrialPruned as exc:
+            state, value, reason = TrialState.PRUNED, None, str(exc) or "pruned"
+        except DivergedError as exc:
+            state, value, reason = TrialState.PRUNED, None, f"diverged: {exc}"
+            outcome = state, reason
+        except KeyboardInterrupt:
+            self._finish(current, TrialState.FAIL, None, None, INTERRUPTED, stages)
+            raise Interrupted(self.interruption.signal or "SIGINT") from None
+        except UserError as exc:  # a spec that cannot train at all (a batch larger than the data, no data)
+            self._finish(current, TrialState.FAIL, None, None, str(exc), stages)
+            raise  # the study stops with one line, exit 2
+        except (Exception, SystemExit) as exc:  # the trainable failed: the trial fails, its point is retried
+            state, value, reason = TrialState.FAIL, None, one_line(exc)
+            current.traceback = format_traceback(exc)
+            outcome = TrialState.FAIL, LADDER_STOPPED
+        self._finish(current, state, value, result, reason, stages)
         if state == TrialState.FAIL and silent:  # the trainable does not report the objective: no trial ever will
             raise SpecError(f"{self.spec.source}: {reason}; set objective.metric to one of the metrics it reports.")
+        return outcome
 
     def _judge(self, result: TrainResult) -> tuple[TrialState, float | None, str | None]:
         """A finished training's end: COMPLETE with the objective, PRUNED when it is not finite, FAIL without it."""
@@ -128,7 +154,7 @@ class TrialRunner:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     def _finish(self, current: RunningTrial, state: TrialState, value: float | None, result: Any,
-                reason: str | None) -> None:
+                reason: str | None, stages: _Stages | None = None) -> None:
         """Store the trial's end in one transaction, then tell the view, the listener and the console."""
         phase, info = current.phase, current.info
         attrs: dict[str, Any] = {}
@@ -138,6 +164,9 @@ class TrialRunner:
             attrs.update(metrics=result.metrics, seconds=round(result.seconds, 3))
             if result.loss_history:
                 attrs["final_loss"] = result.loss
+        examples = stages.spent() if stages is not None else getattr(result, "examples", None)
+        if examples is not None:
+            attrs[EXAMPLES] = examples
         if reason:
             attrs[FAILURE] = mask_url(reason)
         if current.traceback:
@@ -170,3 +199,39 @@ class TrialRunner:
         eta = view.eta_seconds(done, total)
         eta = f", ETA {format_duration(eta)}" if eta is not None else ""
         self.echo(f"[{phase.name}] {done}/{total} trial {row.number} {score}, {best}{eta}")
+
+
+class _Stages:
+    """The run of a ladder's rungs (or of one trial) along the trainable's budget: started once, for the top rung,
+    and advanced rung by rung. Each rung sees every epoch report of the run so far, as the point trained alone would.
+    """
+
+    def __init__(self, runner: TrialRunner, rungs: list[RunningTrial]) -> None:
+        self.runner = runner
+        self.top = rungs[-1].info
+        self.training: Any = None
+        self.epochs: list[tuple[int, dict[str, Any]]] = []  # the run's epoch reports so far
+        self.counted = 0  # training examples already put on a trial's account
+
+    def train(self, current: RunningTrial, config: dict[str, Any],
+              on_epoch: Callable[[int, dict[str, Any]], None]) -> TrainResult:
+        spec = self.runner.spec
+        trainable = spec.trainable
+        if self.training is None:
+            self.training = start_training(spec, self.runner.data(), self.top.params, seed=self.top.seed)
+        for epoch, metrics in self.epochs:  # the point trained alone reports these too (and may be pruned here)
+            on_epoch(epoch, metrics)
+
+        def record(epoch: int, metrics: dict[str, Any]) -> None:
+            self.epochs.append((epoch, metrics))
+            on_epoch(epoch, metrics)
+
+        return trainable.advance(self.training, config[trainable.budget], on_epoch=record)
+
+    def spent(self) -> int | None:
+        """Training examples processed since the last rung's account: this rung's own cost."""
+        if self.training is None:
+            return None
+        examples = self.training.examples
+        spent, self.counted = examples - self.counted, examples
+        return spent

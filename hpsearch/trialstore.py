@@ -7,7 +7,7 @@ keep a trial's storage work constant instead:
 - ``enqueue``: a batch of WAITING trials, with their params, attributes and numbers, in one transaction.
 - ``claim``: one statement moves the oldest WAITING trial to RUNNING (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
   workers never queue behind each other; SQLite runs one writer at a time), in the transaction that records its owner
-  and first heartbeat.
+  and first heartbeat. ``claim_following`` then takes the rest of a budget ladder, enqueued right behind it.
 - ``finish``: RUNNING -> final state only if still RUNNING, with its value and attributes, in one transaction; a
   trial already failed by a reaper is left alone, so no late result is ever counted.
 - ``rows``: light tuples (no params, no histories) of a study's trials, or of those changed since a moment.
@@ -30,7 +30,7 @@ __all__ = ["Row", "TrialStore"]
 
 T, A, V, P, H = (models.TrialModel, models.TrialUserAttributeModel, models.TrialValueModel,
                  models.TrialParamModel, models.TrialHeartbeatModel)
-ROW_ATTRS = ("point", "failure", "hpsearch:owner", "attempt")
+ROW_ATTRS = ("point", "failure", "hpsearch:owner", "attempt", "examples")
 
 
 def utcnow() -> datetime.datetime:
@@ -52,6 +52,7 @@ class Row:
     failure: str | None = None
     owner: dict[str, Any] | None = None
     attempt: int | None = None
+    examples: int | None = None  # training examples the trial processed
 
     @property
     def seconds(self) -> float | None:
@@ -151,6 +152,33 @@ class TrialStore:
             conn.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.current_timestamp()))
             point = conn.execute(sa.select(A.value_json).where(A.trial_id == trial_id, A.key == "point")).scalar()
         return trial_id, number, json.loads(point) if point is not None else None
+
+    def claim_following(self, study_id: int, after: int, points: set[int], window: int,
+                        owner: dict[str, Any]) -> list[tuple[int, int, int]]:
+        """Claim, as ``owner``, the WAITING trials of ``points`` among the ``window`` oldest WAITING trials after
+        trial ``after``: the other rungs of a ladder, which are enqueued together. Returns (trial id, number, point)
+        of each trial claimed; a rung another process took meanwhile is simply not among them."""
+        t = T.__table__
+        following = (sa.select(t.c.trial_id, A.value_json)
+                     .join(A.__table__, sa.and_(A.trial_id == t.c.trial_id, A.key == "point"))
+                     .where(t.c.study_id == study_id, T.state == TrialState.WAITING, t.c.trial_id > after)
+                     .order_by(t.c.trial_id).limit(window))
+        if self.postgres:
+            following = following.with_for_update(of=t, skip_locked=True)
+        with self.engine.begin() as conn:
+            wanted = {trial_id: json.loads(point) for trial_id, point in conn.execute(following)}
+            wanted = {trial_id: point for trial_id, point in wanted.items() if point in points}
+            if not wanted:
+                return []
+            claimed = conn.execute(
+                sa.update(t).where(t.c.trial_id.in_(list(wanted)), T.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, datetime_start=utcnow())
+                .returning(t.c.trial_id, t.c.number)
+            ).all()
+            for trial_id, _ in claimed:
+                self._upsert_attrs(conn, trial_id, {"hpsearch:owner": owner})
+                conn.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.current_timestamp()))
+        return sorted((trial_id, number, wanted[trial_id]) for trial_id, number in claimed)
 
     def own(self, trial_id: int, owner: dict[str, Any]) -> None:
         """Mark a trial created RUNNING (a TPE trial) with its owner and first heartbeat."""

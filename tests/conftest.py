@@ -58,16 +58,23 @@ def write_spec(tmp_path: Path, name: str = "tiny", **changes: Any) -> Path:
     return path
 
 
-GATE = '''"""A test's gate: the first FREE trials finish at once, later ones wait until the file 'open' exists here."""
+GATE = '''"""A test's gate: the first FREE calls finish at once, later ones wait until the file 'open' exists here.
+
+train: a trial's val_acc is its learning rate. ladder: the same, trained in stages along num_iters (one call per
+stage), its val_acc the learning rate plus num_iters / 1000.
+"""
 import os
 import time
 from pathlib import Path
+
+from hpsearch import trainable
+from hpsearch.backends import TrainResult
 
 HERE = Path(__file__).parent
 FREE = {free}
 
 
-def train(config, data, *, seed, on_epoch=None):
+def _wait_at_the_gate():
     calls = os.open(HERE / "calls", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(calls, b".")
@@ -76,24 +83,53 @@ def train(config, data, *, seed, on_epoch=None):
         os.close(calls)
     while call > FREE and not (HERE / "open").exists():
         time.sleep(0.01)
+
+
+def train(config, data, *, seed, on_epoch=None):
+    _wait_at_the_gate()
     return {{"val_acc": config["learning_rate"]}}
+
+
+class Stages:
+    def __init__(self, config):
+        self.config, self.budget, self.examples = config, 0, 0
+
+    def advance(self, budget, *, on_epoch=None):
+        _wait_at_the_gate()
+        self.budget = self.examples = budget
+        return TrainResult(metrics={{"val_acc": self.config["learning_rate"] + budget / 1000}},
+                           config={{**self.config, "num_iters": budget}})
+
+    def save(self, path):
+        raise NotImplementedError
+
+
+def start(config, data, *, seed, resume_from=None):
+    return Stages(config)
+
+
+@trainable(metrics={{"val_acc": "maximize"}}, budget="num_iters", start=start)
+def ladder(config, data, *, seed, on_epoch=None):
+    return start(config, data, seed=seed).advance(config["num_iters"])
 '''
 
 
 def gated_study(tmp_path: Path, name: str, points: int = 6, *, free: int = 0, grace_period: int = 30,
-                grid: dict[str, list] | None = None, tracking: bool = False) -> Path:
+                grid: dict[str, list] | None = None, tracking: bool = False, budget: str | None = None) -> Path:
     """Write a grid study whose trials after the first ``free`` wait until the test creates ``tmp_path / "open"``.
 
     A process stays inside such a trial however busy the machine, so a test polling the storage for it cannot miss
     the moment. The grid is ``points`` learning rates unless ``grid`` is given; a trial's val_acc is its learning
     rate. Tracking is off unless ``tracking``. The ``gate`` fixture opens it, also when the test fails.
+    ``budget="num_iters"``: the phase's ladders train in stages, and every stage (not trial) counts as a call.
     """
     (tmp_path / "gate.py").write_text(GATE.format(free=free))
     grid = grid or {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}
-    return write_spec(tmp_path, name, tracking={"enabled": tracking}, model={"backend": "gate:train"}, defaults={},
+    phase = {"name": "grid", "sampler": "grid", "grid": grid, **({"budget": budget} if budget else {})}
+    return write_spec(tmp_path, name, tracking={"enabled": tracking},
+                      model={"backend": "gate:ladder" if budget else "gate:train"}, defaults={},
                       objective={"metric": "val_acc", "direction": "maximize"},
-                      heartbeat={"interval": 1, "grace_period": grace_period},
-                      phases=[{"name": "grid", "sampler": "grid", "grid": grid}])
+                      heartbeat={"interval": 1, "grace_period": grace_period}, phases=[phase])
 
 
 class Gate:

@@ -474,12 +474,18 @@ print(" ".join(map(str, claimed)))
 """
 
 
-def test_concurrent_claims_never_hand_out_a_trial_twice(tmp_path, storage):
+LADDER_CLAIMER = CLAIMER.replace("""    claimed.append(trial[0])""", """    first = trial[2] - trial[2] % 3  # ladders of 3 rungs: points 3k, 3k + 1, 3k + 2, enqueued together
+    rest = {first, first + 1, first + 2} - {trial[2]}
+    claimed += [trial[0], *(t[0] for t in driver.store.claim_following(study_id, trial[0], rest, 2, owner()))]""")
+
+
+@pytest.mark.parametrize("claimer", [CLAIMER, LADDER_CLAIMER], ids=["trials", "ladders"])
+def test_concurrent_claims_never_hand_out_a_trial_twice(tmp_path, storage, claimer):
     spec = spec_file(tmp_path)
     study = optuna.create_study(study_name="rel.grid", storage=storage)
     for point in range(150):
         study.enqueue_trial({"learning_rate": 0.01}, user_attrs={"point": point})
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(spec), storage], stdin=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", claimer, str(spec), storage], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for p in procs:
         assert p.stdout.readline() == "ready\n", p.communicate()[1]

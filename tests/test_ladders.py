@@ -1,0 +1,157 @@
+"""Budget ladders: the grouping of a phase's points, and a grid phase whose ladders train once."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from hpsearch.driver import Driver
+from hpsearch.errors import SpecError
+from hpsearch.ladders import ladders
+from hpsearch.records import LADDER_STOPPED
+from hpsearch.spec import load_spec
+from hpsearch.training import load_data, train_once
+from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
+
+# 200 training rows / 50 = 4 iterations an epoch: 6 stops inside the second epoch, 12 at the end of the third
+GRID = {"learning_rate": [0.05, 0.3], "num_iters": [6, 12, 20]}
+BUDGET_PHASE = {"name": "grid", "sampler": "grid", "budget": "num_iters", "grid": GRID}
+
+
+def test_points_that_differ_only_in_the_budget_form_one_ladder():
+    points = [{"lr": 0.1, "num_iters": 30}, {"lr": 0.1, "num_iters": 10}, {"lr": 0.2, "num_iters": 10},
+              {"lr": 0.1, "num_iters": 20}, {"lr": 0.2}]
+    found = ladders(points, "num_iters")
+    assert found.rungs == ((1, 3, 0), (2,), (4,))  # ascending budget; a point without the budget stands alone
+    assert found.of_point == (0, 0, 1, 0, 2)
+    assert found.ladder(3) == (1, 3, 0)
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, True, "100"])
+def test_a_budget_value_that_is_not_a_positive_whole_number_is_refused(value):
+    with pytest.raises(ValueError, match="must be a whole number > 0 in every point"):
+        ladders([{"num_iters": value}], "num_iters")
+
+
+def run_study(tmp_path, **changes):
+    spec = write_spec(tmp_path, **{"phases": [BUDGET_PHASE], **changes})
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    summary = Driver(load_spec(spec), url, echo=lambda m: None).run()
+    return spec, summary, optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
+
+
+def test_every_rung_is_its_point_trained_alone_and_each_ladder_trains_once(tmp_path):
+    spec, summary, trials = run_study(tmp_path)
+    assert summary["complete"]
+    assert_exactly_once(trials, 6)
+    assert summary["examples"] == summary["phases"][0]["examples"] == 2 * 20 * 50  # each ladder trains once
+    loaded = load_spec(spec)
+    data = load_data(loaded)
+    for trial in trials:
+        alone = train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"])
+        assert trial.value == alone.val_acc
+        assert trial.user_attrs["metrics"] == alone.metrics
+        assert trial.user_attrs["final_loss"] == alone.loss
+        assert trial.user_attrs["epoch_history"]["val_acc"] == alone.val_acc_history
+    by_rate = {}
+    for trial in trials:
+        by_rate.setdefault(trial.params["learning_rate"], []).append(trial)
+    for rungs in by_rate.values():
+        assert len({t.user_attrs["seed"] for t in rungs}) == 1  # a ladder's seed does not depend on the budget
+        # each rung pays only for its stretch: the ladder costs its top rung, 20 iterations of 50 rows
+        stretch = {t.params["num_iters"]: t.user_attrs["examples"] for t in rungs}
+        assert stretch == {6: 6 * 50, 12: 6 * 50, 20: 8 * 50}
+
+
+def test_a_diverged_rung_prunes_the_rungs_above_without_training_them(tmp_path):
+    _, summary, trials = run_study(
+        tmp_path, defaults={**TINY_STUDY["defaults"], "std": 1.0},
+        phases=[{**BUDGET_PHASE, "grid": {"learning_rate": [1e12, 0.05], "num_iters": [6, 12, 20]}}])
+    assert summary["complete"]
+    diverged = [t for t in trials if t.params["learning_rate"] == 1e12]
+    assert [t.state for t in diverged] == [optuna.trial.TrialState.PRUNED] * 3  # not retried
+    reasons = {t.user_attrs["failure"] for t in diverged}
+    assert len(reasons) == 1 and reasons.pop().startswith("diverged: loss became")
+    assert sorted(t.user_attrs["examples"] for t in diverged)[:2] == [0, 0]
+
+
+def test_a_rung_whose_training_fails_sends_the_rungs_above_back_to_the_queue(tmp_path, monkeypatch):
+    from hpsearch.backends import numpy_twolayer
+
+    advance = numpy_twolayer.Training.advance
+    calls = []
+
+    def failing_once(self, num_iters, **kwargs):
+        calls.append(num_iters)
+        if len(calls) == 1:
+            raise RuntimeError("disk on fire")
+        return advance(self, num_iters, **kwargs)
+
+    monkeypatch.setattr(numpy_twolayer.Training, "advance", failing_once)
+    _, summary, trials = run_study(tmp_path, phases=[{**BUDGET_PHASE, "grid": {"learning_rate": [0.05],
+                                                                              "num_iters": [6, 12, 20]}}])
+    assert summary["complete"]
+    assert_exactly_once(trials, 3)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs["failure"] for t in failed] == ["RuntimeError: disk on fire", LADDER_STOPPED, LADDER_STOPPED]
+    assert calls[:4] == [6, 6, 12, 20]  # the retries train as one ladder again (then the winner is retrained)
+
+
+@pytest.mark.parametrize("phase, message", [
+    ({**BUDGET_PHASE, "budget": "epochs"}, "'budget' must be one of the grid's parameters (learning_rate, num_iters)"),
+    ({**BUDGET_PHASE, "grid": {**GRID, "hidden_size": [4, 8]}, "budget": "hidden_size"},
+     "the budget must be 'num_iters', the parameter the numpy backend trains in stages along. Got 'hidden_size'"),
+    ({"name": "random", "sampler": "random", "n_trials": 3, "budget": "num_iters",
+      "space": {"num_iters": {"type": "int", "low": 5, "high": 20}}}, "'budget' is for grid phases"),
+])
+def test_a_budget_the_trainable_cannot_train_in_stages_along_is_refused(tmp_path, phase, message):
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_spec(write_spec(tmp_path, phases=[phase]))
+
+
+def test_a_torch_schedule_set_by_the_total_length_cannot_form_ladders(tmp_path):
+    pytest.importorskip("torch")
+    spec = write_spec(tmp_path, model={"backend": "torch"},
+                      defaults={"hidden_sizes": [8], "schedule": "cosine", "device": "cpu", "num_epochs": 2},
+                      phases=[{**BUDGET_PHASE, "budget": "num_epochs", "grid": {"num_epochs": [1, 2]}}])
+    with pytest.raises(SpecError, match="budget 'num_epochs': schedule 'cosine' sets every step's learning rate"):
+        load_spec(spec)
+
+
+# A ladder's run killed between rungs --------------------------------------------------------------------------------
+
+def test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_once(tmp_path, gate):
+    spec = gated_study(tmp_path, "lad", free=1, budget="num_iters",
+                       grid={"learning_rate": [0.1, 0.2], "num_iters": [10, 20, 30]})
+    storage = f"sqlite:///{tmp_path / 'lad.db'}"
+    command = [sys.executable, "-m", "hpsearch", "run", str(spec), "--storage", storage]
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gate.watch(first)
+    calls = tmp_path / "calls"
+    # the ladder's first rung is stored and its second stage waits at the gate: the rungs above are claimed
+    while not (calls.exists() and calls.stat().st_size == 2 and
+               collections.Counter(t.state.name for t in study_trials(storage, "lad.grid"))
+               == {"COMPLETE": 1, "RUNNING": 2, "WAITING": 3}):
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    first.kill()
+    first.communicate()
+    gate.open()
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = study_trials(storage, "lad.grid")
+    assert_exactly_once(trials, 6)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert sorted(t.params["num_iters"] for t in failed) == [20, 30]
+    assert {t.user_attrs["failure"] for t in failed} == {"worker died"}
+    assert len(trials) == 8  # the first rung was not trained again
+    for trial in trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == trial.params["learning_rate"] + trial.params["num_iters"] / 1000
+    # the killed run's 2 stages, the two retried rungs as one ladder (2), the other ladder (3), the winner retrained
+    assert calls.stat().st_size == 2 + 2 + 3 + 1
