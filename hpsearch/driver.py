@@ -34,13 +34,13 @@ from hpsearch.data import Dataset
 from hpsearch.errors import SpecError, users_failure
 from hpsearch.formatting import format_duration
 from hpsearch.interrupt import Interrupted, Interruption
-from hpsearch.ladders import Ladders, ladders
+from hpsearch.ladders import Ladders, check_budget
 from hpsearch.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.phases import Phases
 from hpsearch.pointqueue import Heartbeat, PointQueue, owner, reap
 from hpsearch.records import SEED, SharedState, StateTable, counts_as_failure, decode_param, decode_params, encode_param
 from hpsearch.results import PhaseView, Results
-from hpsearch.spec import PhaseSpec, StudySpec, best_fragment, check_budget
+from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
 from hpsearch.storage import StorageError, mask_url, storage_lock
 from hpsearch.training import load_data, score_test_split
 from hpsearch.trials import RunningTrial, TrialRunner
@@ -159,6 +159,7 @@ class Driver:
                              echo=echo)
         self.results = Results(spec, storage_url, self.phases)
         self._views: dict[str, PhaseView] = {}
+        self._ladders: dict[str, Ladders | None] = {}  # per phase with a budget, its ladders
         self.runner = TrialRunner(spec, self.store, lambda: self.data, listener=self.listener, echo=echo,
                                   interruption=self.interruption,
                                   heartbeat=Heartbeat(self.store, spec.heartbeat.interval), views=self._views)
@@ -330,7 +331,8 @@ class Driver:
     def _reap(self, phase: PhaseSpec, view: PhaseView) -> bool:
         """Fail the phase's trials whose process is gone; True when any was."""
         running = self.store.rows(view.study_id, states=(TrialState.RUNNING,))
-        reaped = reap(self.store, view.study_id, self.spec.heartbeat.grace_period, running)
+        reaped = reap(self.store, view.study_id, self.spec.heartbeat.grace_period, running,
+                      self._ladders.get(phase.name))
         for row, reason in reaped:
             row.state, row.failure = "FAIL", reason
             view.apply(row)
@@ -342,9 +344,12 @@ class Driver:
     def _run_points_phase(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
                           budget: Budget) -> bool:
         points = self.phases.points(phase, record)
-        ladders = self._ladders(phase, points)
-        seed_of = (lambda point: grids.trial_seed(self.spec.seed, phase.name, point)) if ladders is None else \
-            (lambda point: grids.trial_seed(self.spec.seed, phase.name, ladders.of_point[point]))
+        ladders = self._ladders[phase.name] = self._phase_ladders(phase, record)
+        identity = ladders.of_point if ladders is not None else range(len(points))  # a ladder's rungs share a seed
+
+        def seed_of(point: int) -> int:
+            return grids.trial_seed(self.spec.seed, phase.name, identity[point])
+
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
                            self.phases.distributions(phase, record), max_retries=phase.max_retries,
                            seed_of=seed_of, order_seed=self.spec.seed, ladders=ladders)
@@ -381,15 +386,12 @@ class Driver:
                    (view.rows.get(current.info.trial_id) for current in rungs) if row is not None):
                 queue.reconcile()  # a failed trial's point goes back in the queue now
 
-    def _ladders(self, phase: PhaseSpec, points: list[dict[str, Any]]) -> Ladders | None:
-        """The phase's budget ladders, checked against the trainable; None for a phase without a budget."""
+    def _phase_ladders(self, phase: PhaseSpec, record: dict[str, Any]) -> Ladders | None:
+        """The phase's budget ladders, checked against the trainable (a derived grid's too); None without a
+        budget."""
         if phase.budget is None:
             return None
-        check_budget(self.spec, phase, points, where=f"phase {phase.name!r}")  # a derived grid is checked here
-        try:
-            return ladders(points, phase.budget)
-        except ValueError as exc:
-            raise SpecError(f"{self.spec.source}: phase {phase.name!r}: {exc}.") from None
+        return check_budget(self.spec, phase, record["grid"], where=f"phase {phase.name!r}")
 
     def _run_sampled_phase(self, phase: PhaseSpec, study: optuna.Study, view: PhaseView, budget: Budget) -> bool:
         """TPE: trials are sampled one by one from the history, until n_trials are COMPLETE or PRUNED."""

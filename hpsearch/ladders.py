@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-__all__ = ["Ladders", "ladders"]
+from pydantic import ValidationError
+
+from hpsearch.errors import SpecError
+from hpsearch.grid import grid_points
+
+if TYPE_CHECKING:
+    from hpsearch.spec import PhaseSpec, StudySpec
+
+__all__ = ["Ladders", "check_budget", "ladders"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +66,29 @@ def ladders(points: Sequence[Mapping[str, Any]], budget: str) -> Ladders:
         of_point.append(ladder)
     rungs = tuple(tuple(sorted(ids, key=lambda i: (points[i].get(budget, 0), i))) for ids in members)
     return Ladders(budget, rungs, tuple(of_point))
+
+
+def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]], *, where: str) -> Ladders:
+    """The ladders of a phase's ``grid`` over its ``budget``; SpecError for a budget the trainable cannot train in
+    stages along, for any of the grid's points, or for a budget value that is not a positive whole number."""
+    trainable = spec.trainable
+    if trainable.start is None:
+        raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r} needs a trainable that trains in stages; "
+                        f"{spec.model.backend} declares no 'start' (see hpsearch.trainable).")
+    if trainable.budget is not None and phase.budget != trainable.budget:
+        raise SpecError(f"{spec.source}: {where}: the budget must be {trainable.budget!r}, the parameter the "
+                        f"{spec.model.backend} backend trains in stages along. Got {phase.budget!r} instead.")
+    points = grid_points(grid)
+    try:
+        found = ladders([spec.config(**point) for point in points], phase.budget)
+    except ValueError as exc:
+        raise SpecError(f"{spec.source}: {where}: {exc}.") from None
+    if trainable.budget_blocker is not None:
+        for rungs in found.rungs:
+            try:
+                blocker = trainable.budget_blocker(trainable.resolve(spec.config(**points[rungs[-1]])))
+            except ValidationError:
+                continue  # the point's own values are refused elsewhere, with their own message
+            if blocker:
+                raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r}: {blocker}.")
+    return found

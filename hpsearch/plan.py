@@ -114,8 +114,9 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
     phases, all_training = [], []
     for phase in spec.phases:
         configs, estimated = _phase_configs(spec, phase)
-        # a ladder trains once, to its top rung (see hpsearch.ladders)
-        trained = [configs[rungs[-1]] for rungs in ladders(configs, phase.budget).rungs] if phase.budget else configs
+        # a ladder trains once, to its top rung (see hpsearch.ladders); a derived grid's are known once it is derived
+        staged = phase.budget is not None and not estimated
+        trained = [configs[rungs[-1]] for rungs in ladders(configs, phase.budget).rungs] if staged else configs
         training = [_cost(spec, c, data) * seconds_per_unit for c in trained]
         all_training += [_cost(spec, c, data) * seconds_per_unit for c in configs]
         phases.append({
@@ -123,7 +124,7 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
             "sampler": phase.sampler,
             "trials": len(configs),
             "trials_upper_bound": isinstance(phase.grid, DerivedGrid),
-            **({"ladders": len(trained)} if phase.budget else {}),
+            **({"ladders": len(trained)} if staged else {}),
             "estimated_seconds": round(sum(training) + len(configs) * probe.trial_overhead_seconds, 1),
             "estimate_from_sample": estimated,
             "grid": phase.grid if isinstance(phase.grid, dict) else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import socket
 import threading
@@ -23,8 +24,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from hpsearch.ladders import Ladders
-from hpsearch.records import (ATTEMPT, HEARTBEAT_LOST, NEVER_STARTED, POINT, SEED, WITHDRAWN, WORKER_DIED,
-                              counts_as_failure, encode_param)
+from hpsearch.records import (ATTEMPT, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED, POINT, SEED, WITHDRAWN,
+                              WORKER_DIED, counts_as_failure, encode_param)
 from hpsearch.storage import storage_lock
 from hpsearch.trialstore import Row, TrialStore
 
@@ -106,26 +107,51 @@ class Heartbeat:
             self._current = ()
 
 
-def reap(store: TrialStore, study_id: int, grace_period: float, running: list[Row]) -> list[tuple[Row, str]]:
-    """Fail the ``running`` trials whose process is gone; returns those this process failed, with the reason."""
+def reap(store: TrialStore, study_id: int, grace_period: float, running: list[Row],
+         ladders: Ladders | None = None) -> list[tuple[Row, str]]:
+    """Fail the ``running`` trials whose process is gone; returns those this process failed, with the reason.
+
+    Of one process's rungs of one ladder only the lowest was training; the others never ran, and fail as
+    ``LADDER_STOPPED``, which uses up no retry.
+    """
     if not running:
         return []
     stale = store.stale(study_id)
     now = store.now()
     grace = datetime.timedelta(seconds=grace_period)
-    reaped = []
+    gone = []
     for row in running:
         if row.trial_id in stale:
-            reason = HEARTBEAT_LOST
+            gone.append((row, HEARTBEAT_LOST))
         elif owner_is_dead(row.owner):
-            reason = WORKER_DIED
+            gone.append((row, WORKER_DIED))
         elif row.owner is None and row.start is not None and now - row.start > grace:
-            reason = NEVER_STARTED
-        else:
-            continue
+            gone.append((row, NEVER_STARTED))
+    if ladders is not None:
+        gone = _untrained_rungs(gone, ladders)
+    reaped = []
+    for row, reason in gone:
         if store.finish(row.trial_id, TrialState.FAIL, None, {"failure": reason}):
             reaped.append((row, reason))  # else it finished, or another process reaped it first
     return reaped
+
+
+def _untrained_rungs(gone: list[tuple[Row, str]], ladders: Ladders) -> list[tuple[Row, str]]:
+    """``gone`` with the reason of every rung above the lowest of its process and ladder set to LADDER_STOPPED."""
+    def ladder_key(row: Row) -> tuple[str, int] | None:
+        if row.point is None or row.point >= len(ladders.of_point):
+            return None
+        return json.dumps(row.owner, sort_keys=True), ladders.of_point[row.point]
+
+    training: dict[tuple[str, int], Row] = {}
+    for row, _ in gone:
+        key = ladder_key(row)
+        if key is not None:
+            rungs = ladders.rungs[key[1]]
+            if key not in training or rungs.index(row.point) < rungs.index(training[key].point):
+                training[key] = row
+    return [(row, reason if ladder_key(row) is None or training[ladder_key(row)] is row else LADDER_STOPPED)
+            for row, reason in gone]
 
 
 @dataclass
@@ -192,14 +218,18 @@ class PointQueue:
         """(trial id, number, point) of the trials this process now runs: the oldest queued trial and, in a phase of
         ladders, the other queued rungs of its ladder (at most ``rungs`` trials in all), ascending in budget; empty
         when nothing is queued."""
-        first = self.store.claim(self.study_id, who)
-        if first is None:
-            return []
-        ladder = self.ladders.ladder(first[2]) if self.ladders is not None else (first[2],)
-        if len(ladder) == 1 or rungs == 1:
-            return [first]
-        others = set(ladder) - {first[2]}
-        window = min(len(others), (rungs or len(ladder)) - 1)
-        claimed = [first, *self.store.claim_following(self.study_id, first[0], others, window, who)]
-        position = {point: k for k, point in enumerate(ladder)}
-        return sorted(claimed, key=lambda trial: position[trial[2]])
+        if self.ladders is None or rungs == 1:
+            return self.store.claim(self.study_id, who)
+        ladders = self.ladders
+
+        def others(point: int) -> tuple[set[int], int]:
+            ladder = ladders.ladder(point)
+            k = ladder.index(point)
+            rest = [*ladder[k + 1:], *ladder[:k]][:None if rungs is None else rungs - 1]  # the rungs above first
+            return set(rest), 2 * len(ladder)  # enqueued together: within a few trials of the first
+
+        claimed = self.store.claim(self.study_id, who, others)
+        if len(claimed) > 1:
+            position = {point: k for k, point in enumerate(ladders.ladder(claimed[0][2]))}
+            claimed.sort(key=lambda trial: position[trial[2]])
+        return claimed

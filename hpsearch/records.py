@@ -32,7 +32,7 @@ HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED = "heartbeat lost", "worker died", "c
 REAPED = (HEARTBEAT_LOST, WORKER_DIED, NEVER_STARTED)  # failures of trials whose process is gone
 LADDER_STOPPED = "not run: a lower rung of its ladder failed"  # the rung goes back in the queue
 NOT_COUNTED = (INTERRUPTED, WITHDRAWN, LADDER_STOPPED)  # failures that use up no retry
-EXAMPLES = "examples"  # training examples a trial processed (a ladder's rung: its stretch beyond the rung below)
+EXAMPLES = "examples"  # training examples a trial processed (a ladder's rung: what its run trained since the last)
 TRACEBACK = "traceback"  # where a trainable raised, beside the one-line FAILURE
 
 

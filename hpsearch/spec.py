@@ -385,33 +385,12 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
     _validate_data(spec)
     _validate_objective(spec)
     _validate_backend_params(spec)
-    from hpsearch.grid import grid_points  # grid builds on this module's ParamSpec
+    from hpsearch.ladders import check_budget  # ladders builds on this module's types
 
     for index, phase in enumerate(spec.phases):
-        if phase.budget is not None:
-            points = grid_points(phase.grid) if isinstance(phase.grid, dict) else []
-            check_budget(spec, phase, points, where=f"phases[{index}] ({phase.name})")
+        if phase.budget is not None and isinstance(phase.grid, dict):  # a derived grid: when it is derived
+            check_budget(spec, phase, phase.grid, where=f"phases[{index}] ({phase.name})")
     return spec
-
-
-def check_budget(spec: StudySpec, phase: PhaseSpec, points: list[dict[str, Any]], *, where: str) -> None:
-    """Refuse a phase ``budget`` its trainable cannot train in stages along, for any of ``points``."""
-    trainable = spec.trainable
-    if trainable.start is None:
-        raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r} needs a trainable that trains in stages; "
-                        f"{spec.model.backend} declares no 'start' (see hpsearch.trainable).")
-    if trainable.budget is not None and phase.budget != trainable.budget:
-        raise SpecError(f"{spec.source}: {where}: the budget must be {trainable.budget!r}, the parameter the "
-                        f"{spec.model.backend} backend trains in stages along. Got {phase.budget!r} instead.")
-    if trainable.budget_blocker is None:
-        return
-    for point in points or [{}]:
-        try:
-            blocker = trainable.budget_blocker(trainable.resolve(spec.config(**point)))
-        except ValidationError:
-            continue  # the point's own values are refused elsewhere, with their own message
-        if blocker:
-            raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r}: {blocker}.")
 
 
 def _validate_objective(spec: StudySpec) -> None:

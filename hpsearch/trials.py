@@ -6,6 +6,7 @@ Knows the storage only through :class:`~hpsearch.trialstore.TrialStore` and the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.backends import DivergedError, TrainableError, TrainResult
-from hpsearch.backends.base import add_epoch
+from hpsearch.backends.base import Training, add_epoch
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration
@@ -67,26 +68,33 @@ class TrialRunner:
 
     def run(self, rungs: list[RunningTrial], study: optuna.Study) -> None:
         """Train the claimed trials and store each one's end: one trial, or the rungs of a budget ladder (ascending
-        budget), trained once, each rung's state its own trial. A signal ends them as ``interrupted``."""
-        stages = _Stages(self, rungs) if rungs[0].phase.budget is not None else None  # else: train_once
+        budget), trained once, each rung's state its own trial. A signal ends them as ``interrupted``; rungs a
+        failure leaves untrained go back in the queue without using a retry."""
+        stages = _Stages(self, rungs) if self._staged(rungs[0].phase) else None
+        pending = list(rungs)
+        untrained = LADDER_STOPPED
         with self.heartbeat.beating(*(current.info.trial_id for current in rungs)):
-            for k, current in enumerate(rungs):
-                try:
-                    outcome = self._run_one(current, study, stages)
-                except (Interrupted, UserError):
-                    for rest in rungs[k + 1:]:  # not started: back in the queue, no retry used
-                        self._finish(rest, TrialState.FAIL, None, None, INTERRUPTED, stages)
-                    raise
-                if outcome is not None:  # the rungs above would diverge alike, or the run cannot go on
-                    state, reason = outcome
-                    for rest in rungs[k + 1:]:
-                        self._finish(rest, state, None, None, reason, stages)
-                    return
+            try:
+                while pending:
+                    if not self._run_one(pending.pop(0), study, stages):
+                        break  # the run cannot go on: the rungs above are trained another time
+            except Interrupted:
+                untrained = INTERRUPTED
+                raise
+            finally:
+                with contextlib.suppress(Exception):  # a storage that fails here: the reaper frees them later
+                    for rest in pending:
+                        self._finish(rest, TrialState.FAIL, None, None, untrained, stages)
 
-    def _run_one(self, current: RunningTrial, study: optuna.Study,
-                 stages: _Stages | None) -> tuple[TrialState, str] | None:
-        """Train one trial (alone, or as the next rung of ``stages``) and store its end. Returns what the rungs
-        above it get without training: diverged, the same; failed, back in the queue."""
+    def _staged(self, phase: PhaseSpec) -> bool:
+        """Whether the phase's trials train through the trainable's ``start`` (always in a phase with a budget;
+        elsewhere when the trainable can, so that a trial that ends early still says what it cost)."""
+        trainable = self.spec.trainable
+        return phase.budget is not None or (trainable.start is not None and trainable.budget is not None)
+
+    def _run_one(self, current: RunningTrial, study: optuna.Study, stages: _Stages | None) -> bool:
+        """Train one trial (alone, or as the next rung of ``stages``) and store its end; False when the trainable
+        failed or the result was discarded, so that the rungs above must not train on from it."""
         phase, info = current.phase, current.info
         pruning = self.spec.pruner.type != "none"
         if pruning and current.optuna_trial is None:
@@ -94,7 +102,7 @@ class TrialRunner:
         reason: str | None = None
         result = None
         silent = False  # the trainable finished without reporting the objective
-        outcome = None
+        go_on = True
         try:
             config = resolved_config(self.spec, info.params)
             replaced = current.view.replaced(info.point, info.number)
@@ -105,14 +113,13 @@ class TrialRunner:
                 if stages is None:
                     result = train_once(self.spec, self.data(), info.params, seed=info.seed, on_epoch=on_epoch)
                 else:
-                    result = stages.train(current, config, on_epoch)
+                    result = stages.train(config, on_epoch)
             state, value, reason = self._judge(result)
             silent = reason is not None and reason.startswith(NO_METRIC)
         except optuna.TrialPruned as exc:
             state, value, reason = TrialState.PRUNED, None, str(exc) or "pruned"
-        except DivergedError as exc:
+        except DivergedError as exc:  # the rungs above replay the run up to here and diverge alike
             state, value, reason = TrialState.PRUNED, None, f"diverged: {exc}"
-            outcome = state, reason
         except KeyboardInterrupt:
             self._finish(current, TrialState.FAIL, None, None, INTERRUPTED, stages)
             raise Interrupted(self.interruption.signal or "SIGINT") from None
@@ -122,11 +129,11 @@ class TrialRunner:
         except (Exception, SystemExit) as exc:  # the trainable failed: the trial fails, its point is retried
             state, value, reason = TrialState.FAIL, None, one_line(exc)
             current.traceback = format_traceback(exc)
-            outcome = TrialState.FAIL, LADDER_STOPPED
-        self._finish(current, state, value, result, reason, stages)
+            go_on = False
+        stored = self._finish(current, state, value, result, reason, stages)
         if state == TrialState.FAIL and silent:  # the trainable does not report the objective: no trial ever will
             raise SpecError(f"{self.spec.source}: {reason}; set objective.metric to one of the metrics it reports.")
-        return outcome
+        return go_on and stored
 
     def _judge(self, result: TrainResult) -> tuple[TrialState, float | None, str | None]:
         """A finished training's end: COMPLETE with the objective, PRUNED when it is not finite, FAIL without it."""
@@ -154,8 +161,9 @@ class TrialRunner:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     def _finish(self, current: RunningTrial, state: TrialState, value: float | None, result: Any,
-                reason: str | None, stages: _Stages | None = None) -> None:
-        """Store the trial's end in one transaction, then tell the view, the listener and the console."""
+                reason: str | None, stages: _Stages | None = None) -> bool:
+        """Store the trial's end in one transaction, then tell the view, the listener and the console; False when
+        the trial was already failed by a reaper, and nothing was stored."""
         phase, info = current.phase, current.info
         attrs: dict[str, Any] = {}
         if current.history:
@@ -174,10 +182,10 @@ class TrialRunner:
         if not self.store.finish(info.trial_id, state, value, attrs):
             self.echo(f"[{phase.name}] trial {info.number}: result discarded, the trial was already failed "
                       "(its point was handed to another worker)")
-            return
+            return False
         running = current.view.rows[info.trial_id]
         row = Row(info.trial_id, info.number, state.name, value, running.start, self.store.now(), info.point,
-                  attrs.get(FAILURE))
+                  attrs.get(FAILURE), examples=attrs.get(EXAMPLES))
         current.view.apply(row)
         status = current.view.status()
         best = [v.best() for v in self.views.values()]
@@ -188,6 +196,7 @@ class TrialRunner:
                              attrs.get(FAILURE), attrs.get(TRACEBACK))
         self.listener.on_trial_end(phase, finished, result, reason, progress)
         self._report_trial(phase, current.view, row, status)
+        return True
 
     def _report_trial(self, phase: PhaseSpec, view: PhaseView, row: Row, status: dict[str, Any]) -> None:
         if row.state == "COMPLETE":
@@ -203,33 +212,40 @@ class TrialRunner:
 
 class _Stages:
     """The run of a ladder's rungs (or of one trial) along the trainable's budget: started once, for the top rung,
-    and advanced rung by rung. Each rung sees every epoch report of the run so far, as the point trained alone would.
+    and advanced rung by rung. Each rung sees every epoch report of the run so far, as the point trained alone
+    would; a rung above one that diverged sees them too, then diverges alike.
     """
 
     def __init__(self, runner: TrialRunner, rungs: list[RunningTrial]) -> None:
-        self.runner = runner
+        self.spec, self.data = runner.spec, runner.data
+        self.budget = rungs[0].phase.budget or runner.spec.trainable.budget
         self.top = rungs[-1].info
-        self.training: Any = None
+        self.training: Training | None = None
         self.epochs: list[tuple[int, dict[str, Any]]] = []  # the run's epoch reports so far
+        self.diverged: DivergedError | None = None
         self.counted = 0  # training examples already put on a trial's account
 
-    def train(self, current: RunningTrial, config: dict[str, Any],
-              on_epoch: Callable[[int, dict[str, Any]], None]) -> TrainResult:
-        spec = self.runner.spec
-        trainable = spec.trainable
+    def train(self, config: dict[str, Any], on_epoch: Callable[[int, dict[str, Any]], None]) -> TrainResult:
         if self.training is None:
-            self.training = start_training(spec, self.runner.data(), self.top.params, seed=self.top.seed)
+            self.training = start_training(self.spec, self.data(), self.top.params, seed=self.top.seed)
         for epoch, metrics in self.epochs:  # the point trained alone reports these too (and may be pruned here)
             on_epoch(epoch, metrics)
+        if self.diverged is not None:
+            raise self.diverged
 
         def record(epoch: int, metrics: dict[str, Any]) -> None:
             self.epochs.append((epoch, metrics))
             on_epoch(epoch, metrics)
 
-        return trainable.advance(self.training, config[trainable.budget], on_epoch=record)
+        try:
+            return self.spec.trainable.advance(self.training, config[self.budget], on_epoch=record)
+        except DivergedError as exc:
+            self.diverged = exc
+            raise
 
     def spent(self) -> int | None:
-        """Training examples processed since the last rung's account: this rung's own cost."""
+        """Training examples the run processed since the last account: what this trial cost (a rung: the run from
+        where it stood, the rung below or the start)."""
         if self.training is None:
             return None
         examples = self.training.examples

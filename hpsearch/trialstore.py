@@ -7,7 +7,7 @@ keep a trial's storage work constant instead:
 - ``enqueue``: a batch of WAITING trials, with their params, attributes and numbers, in one transaction.
 - ``claim``: one statement moves the oldest WAITING trial to RUNNING (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
   workers never queue behind each other; SQLite runs one writer at a time), in the transaction that records its owner
-  and first heartbeat. ``claim_following`` then takes the rest of a budget ladder, enqueued right behind it.
+  and first heartbeat; in a phase of ladders, the same transaction takes the ladder's other queued rungs.
 - ``finish``: RUNNING -> final state only if still RUNNING, with its value and attributes, in one transaction; a
   trial already failed by a reaper is left alone, so no late result is ever counted.
 - ``rows``: light tuples (no params, no histories) of a study's trials, or of those changed since a moment.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, distribution_to_json
@@ -117,68 +117,80 @@ class TrialStore:
                 conn.execute(sa.insert(A.__table__), attrs)
         return len(trials)
 
-    def claim(self, study_id: int, owner: dict[str, Any]) -> tuple[int, int, int | None] | None:
-        """Move the oldest WAITING trial to RUNNING, owned by ``owner``. Returns (trial id, number, point) or None.
+    def claim(self, study_id: int, owner: dict[str, Any],
+              rungs: Callable[[int], tuple[set[int], int]] | None = None) -> list[tuple[int, int, int | None]]:
+        """Move the oldest WAITING trial to RUNNING, owned by ``owner``, and with ``rungs`` the WAITING trials of the
+        points ``rungs(its point)`` names among the next trials (a ladder's rungs, enqueued right behind it), in the
+        same transaction. Returns (trial id, number, point) of each trial claimed, the oldest first; [] when none.
 
         Every process claims the oldest first, so no trial older than the last one this process claimed is still
         waiting (retries are enqueued as new, younger trials): the search starts there, not at the study's first
         trial, and a claim costs the same at the 10,000th trial as at the first.
         """
         hint = self._claimed.get(study_id, 0)
-        found = self._claim(study_id, owner, hint)
-        if found is None and hint:
-            found = self._claim(study_id, owner, 0)  # once more from the start, to be sure nothing is left
-        if found is not None:
-            self._claimed[study_id] = found[0]
+        found = self._claim(study_id, owner, hint, rungs)
+        if not found and hint:
+            found = self._claim(study_id, owner, 0, rungs)  # once more from the start, to be sure nothing is left
+        if found:
+            self._claimed[study_id] = found[0][0]
         return found
 
-    def _claim(self, study_id: int, owner: dict[str, Any], after: int) -> tuple[int, int, int | None] | None:
-        oldest = (sa.select(T.__table__.c.trial_id)
-                  .where(T.study_id == study_id, T.state == TrialState.WAITING, T.__table__.c.trial_id > after)
-                  .order_by(T.__table__.c.trial_id).limit(1))
+    def _claim(self, study_id: int, owner: dict[str, Any], after: int,
+               rungs: Callable[[int], tuple[set[int], int]] | None) -> list[tuple[int, int, int | None]]:
+        t = T.__table__
+        oldest = (sa.select(t.c.trial_id)
+                  .where(T.study_id == study_id, T.state == TrialState.WAITING, t.c.trial_id > after)
+                  .order_by(t.c.trial_id).limit(1))
         if self.postgres:
             oldest = oldest.with_for_update(skip_locked=True)
         with self.engine.begin() as conn:
             claimed = conn.execute(
-                sa.update(T.__table__)
-                .where(T.__table__.c.trial_id == oldest.scalar_subquery(), T.state == TrialState.WAITING)
+                sa.update(t)
+                .where(t.c.trial_id == oldest.scalar_subquery(), T.state == TrialState.WAITING)
                 .values(state=TrialState.RUNNING, datetime_start=utcnow())
-                .returning(T.__table__.c.trial_id, T.__table__.c.number)
+                .returning(t.c.trial_id, t.c.number)
             ).first()
             if claimed is None:
-                return None
+                return []
             trial_id, number = claimed
-            self._upsert_attrs(conn, trial_id, {"hpsearch:owner": owner})
-            conn.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.current_timestamp()))
+            self._own(conn, trial_id, owner)
             point = conn.execute(sa.select(A.value_json).where(A.trial_id == trial_id, A.key == "point")).scalar()
-        return trial_id, number, json.loads(point) if point is not None else None
+            first = (trial_id, number, json.loads(point) if point is not None else None)
+            if rungs is None or first[2] is None:
+                return [first]
+            points, window = rungs(first[2])
+            return [first, *self._claim_following(conn, study_id, trial_id, points, window, owner)]
 
-    def claim_following(self, study_id: int, after: int, points: set[int], window: int,
-                        owner: dict[str, Any]) -> list[tuple[int, int, int]]:
-        """Claim, as ``owner``, the WAITING trials of ``points`` among the ``window`` oldest WAITING trials after
-        trial ``after``: the other rungs of a ladder, which are enqueued together. Returns (trial id, number, point)
-        of each trial claimed; a rung another process took meanwhile is simply not among them."""
+    def _claim_following(self, conn: sa.Connection, study_id: int, after: int, points: set[int], window: int,
+                         owner: dict[str, Any]) -> list[tuple[int, int, int]]:
+        """Claim the WAITING trials of ``points`` among the trials numbered up to ``window`` after trial ``after``."""
+        if not points:
+            return []
         t = T.__table__
         following = (sa.select(t.c.trial_id, A.value_json)
                      .join(A.__table__, sa.and_(A.trial_id == t.c.trial_id, A.key == "point"))
-                     .where(t.c.study_id == study_id, T.state == TrialState.WAITING, t.c.trial_id > after)
-                     .order_by(t.c.trial_id).limit(window))
+                     .where(t.c.study_id == study_id, T.state == TrialState.WAITING,
+                            t.c.trial_id > after, t.c.trial_id <= after + window,
+                            A.value_json.in_([json.dumps(p) for p in sorted(points)]))
+                     .order_by(t.c.trial_id))
         if self.postgres:
-            following = following.with_for_update(of=t, skip_locked=True)
-        with self.engine.begin() as conn:
-            wanted = {trial_id: json.loads(point) for trial_id, point in conn.execute(following)}
-            wanted = {trial_id: point for trial_id, point in wanted.items() if point in points}
-            if not wanted:
-                return []
-            claimed = conn.execute(
-                sa.update(t).where(t.c.trial_id.in_(list(wanted)), T.state == TrialState.WAITING)
-                .values(state=TrialState.RUNNING, datetime_start=utcnow())
-                .returning(t.c.trial_id, t.c.number)
-            ).all()
-            for trial_id, _ in claimed:
-                self._upsert_attrs(conn, trial_id, {"hpsearch:owner": owner})
-                conn.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.current_timestamp()))
+            following = following.with_for_update(of=t, skip_locked=True)  # only the wanted rows are locked
+        wanted = {trial_id: json.loads(point) for trial_id, point in conn.execute(following)}
+        if not wanted:
+            return []
+        claimed = conn.execute(
+            sa.update(t).where(t.c.trial_id.in_(list(wanted)), T.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=utcnow())
+            .returning(t.c.trial_id, t.c.number)
+        ).all()
+        for trial_id, _ in claimed:
+            self._own(conn, trial_id, owner)
         return sorted((trial_id, number, wanted[trial_id]) for trial_id, number in claimed)
+
+    def _own(self, conn: sa.Connection, trial_id: int, owner: dict[str, Any]) -> None:
+        """A claimed trial's owner and first heartbeat, in the claim's transaction."""
+        self._upsert_attrs(conn, trial_id, {"hpsearch:owner": owner})
+        conn.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.current_timestamp()))
 
     def own(self, trial_id: int, owner: dict[str, Any]) -> None:
         """Mark a trial created RUNNING (a TPE trial) with its owner and first heartbeat."""

@@ -85,9 +85,9 @@ def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
     from hpsearch import trials as driver_module
 
     calls = collections.Counter()
-    real = driver_module.train_once
+    real = driver_module.start_training
 
-    def flaky(spec, data, params=None, **kwargs):
+    def flaky(spec, data, params, **kwargs):
         calls[params["hidden_size"]] += 1
         if params["hidden_size"] == 8 and calls[8] <= 1:
             raise RuntimeError("transient")
@@ -95,7 +95,7 @@ def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
             raise RuntimeError("always")
         return real(spec, data, params, **kwargs)
 
-    monkeypatch.setattr(driver_module, "train_once", flaky)
+    monkeypatch.setattr(driver_module, "start_training", flaky)
     spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 2,
                                          "grid": {"hidden_size": [4, 8, 16]}}])
     summary = driver_for(spec, tmp_path).run(only_phase="grid")

@@ -462,30 +462,32 @@ import sys
 from hpsearch.driver import Driver
 from hpsearch.pointqueue import owner
 from hpsearch.spec import load_spec
-spec, url = sys.argv[1], sys.argv[2]
+spec, url, ladders = sys.argv[1], sys.argv[2], sys.argv[3] == "ladders"
 driver = Driver(load_spec(spec), url, echo=lambda m: None)
 study_id = driver.storage.get_study_id_from_name("rel.grid")
+
+
+def rungs(point):  # ladders of 3 rungs: points 3k, 3k + 1, 3k + 2, enqueued together
+    first = point - point % 3
+    return {first, first + 1, first + 2} - {point}, 6
+
+
 print("ready", flush=True)
 sys.stdin.read()  # blocks until the test closes our stdin: all four start claiming together
 claimed = []
-while (trial := driver.store.claim(study_id, owner())) is not None:
-    claimed.append(trial[0])
+while trials := driver.store.claim(study_id, owner(), rungs if ladders else None):
+    claimed += [trial[0] for trial in trials]
 print(" ".join(map(str, claimed)))
 """
 
 
-LADDER_CLAIMER = CLAIMER.replace("""    claimed.append(trial[0])""", """    first = trial[2] - trial[2] % 3  # ladders of 3 rungs: points 3k, 3k + 1, 3k + 2, enqueued together
-    rest = {first, first + 1, first + 2} - {trial[2]}
-    claimed += [trial[0], *(t[0] for t in driver.store.claim_following(study_id, trial[0], rest, 2, owner()))]""")
-
-
-@pytest.mark.parametrize("claimer", [CLAIMER, LADDER_CLAIMER], ids=["trials", "ladders"])
-def test_concurrent_claims_never_hand_out_a_trial_twice(tmp_path, storage, claimer):
+@pytest.mark.parametrize("unit", ["trials", "ladders"])
+def test_concurrent_claims_never_hand_out_a_trial_twice(tmp_path, storage, unit):
     spec = spec_file(tmp_path)
     study = optuna.create_study(study_name="rel.grid", storage=storage)
     for point in range(150):
         study.enqueue_trial({"learning_rate": 0.01}, user_attrs={"point": point})
-    procs = [subprocess.Popen([sys.executable, "-c", claimer, str(spec), storage], stdin=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(spec), storage, unit], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for p in procs:
         assert p.stdout.readline() == "ready\n", p.communicate()[1]
