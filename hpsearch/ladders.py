@@ -68,9 +68,11 @@ def ladders(points: Sequence[Mapping[str, Any]], budget: str) -> Ladders:
     return Ladders(budget, rungs, tuple(of_point))
 
 
-def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]], *, where: str) -> Ladders:
+def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]] | None, *,
+                 where: str) -> Ladders | None:
     """The ladders of a phase's ``grid`` over its ``budget``; SpecError for a budget the trainable cannot train in
-    stages along, for any of the grid's points, or for a budget value that is not a positive whole number."""
+    stages along, for any of the grid's points (for the defaults alone while ``grid`` is None, a grid not derived
+    yet), or for a budget value that is not a positive whole number."""
     trainable = spec.trainable
     if trainable.start is None:
         raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r} needs a trainable that trains in stages; "
@@ -78,17 +80,17 @@ def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]
     if trainable.budget is not None and phase.budget != trainable.budget:
         raise SpecError(f"{spec.source}: {where}: the budget must be {trainable.budget!r}, the parameter the "
                         f"{spec.model.backend} backend trains in stages along. Got {phase.budget!r} instead.")
-    points = grid_points(grid)
+    points = grid_points(grid) if grid is not None else []
     try:
         found = ladders([spec.config(**point) for point in points], phase.budget)
     except ValueError as exc:
         raise SpecError(f"{spec.source}: {where}: {exc}.") from None
     if trainable.budget_blocker is not None:
-        for rungs in found.rungs:
+        for top in [points[rungs[-1]] for rungs in found.rungs] or [{}]:
             try:
-                blocker = trainable.budget_blocker(trainable.resolve(spec.config(**points[rungs[-1]])))
+                blocker = trainable.budget_blocker(trainable.resolve(spec.config(**top)))
             except ValidationError:
                 continue  # the point's own values are refused elsewhere, with their own message
             if blocker:
                 raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r}: {blocker}.")
-    return found
+    return found if grid is not None else None

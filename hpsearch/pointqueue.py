@@ -91,9 +91,8 @@ class Heartbeat:
     def _beat(self) -> None:
         while True:
             time.sleep(self.interval)
-            for trial_id in self._current:
-                with contextlib.suppress(Exception):  # a missed beat is harmless; the grace period absorbs it
-                    self.store.heartbeat(trial_id)
+            with contextlib.suppress(Exception):  # a missed beat is harmless; the grace period absorbs it
+                self.store.heartbeat(*self._current)
 
     @contextlib.contextmanager
     def beating(self, *trial_ids: int) -> Iterator[None]:

@@ -388,8 +388,9 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
     from hpsearch.ladders import check_budget  # ladders builds on this module's types
 
     for index, phase in enumerate(spec.phases):
-        if phase.budget is not None and isinstance(phase.grid, dict):  # a derived grid: when it is derived
-            check_budget(spec, phase, phase.grid, where=f"phases[{index}] ({phase.name})")
+        if phase.budget is not None:  # a derived grid's points are checked when it is derived
+            check_budget(spec, phase, phase.grid if isinstance(phase.grid, dict) else None,
+                         where=f"phases[{index}] ({phase.name})")
     return spec
 
 

@@ -6,10 +6,10 @@ Knows the storage only through :class:`~hpsearch.trialstore.TrialStore` and the 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import optuna
@@ -70,7 +70,7 @@ class TrialRunner:
         """Train the claimed trials and store each one's end: one trial, or the rungs of a budget ladder (ascending
         budget), trained once, each rung's state its own trial. A signal ends them as ``interrupted``; rungs a
         failure leaves untrained go back in the queue without using a retry."""
-        stages = _Stages(self, rungs) if self._staged(rungs[0].phase) else None
+        stages = _Stages(self, rungs) if self._staged(rungs[0]) else None
         pending = list(rungs)
         untrained = LADDER_STOPPED
         with self.heartbeat.beating(*(current.info.trial_id for current in rungs)):
@@ -82,15 +82,26 @@ class TrialRunner:
                 untrained = INTERRUPTED
                 raise
             finally:
-                with contextlib.suppress(Exception):  # a storage that fails here: the reaper frees them later
-                    for rest in pending:
+                for rest in pending:
+                    try:
                         self._finish(rest, TrialState.FAIL, None, None, untrained, stages)
+                    except Exception as exc:  # noqa: BLE001 - a storage that fails here: the reaper frees it later
+                        self.echo(f"[{rest.phase.name}] trial {rest.info.number} stays RUNNING until it is reaped: "
+                                  f"{one_line(exc)}")
 
-    def _staged(self, phase: PhaseSpec) -> bool:
-        """Whether the phase's trials train through the trainable's ``start`` (always in a phase with a budget;
-        elsewhere when the trainable can, so that a trial that ends early still says what it cost)."""
+    def _staged(self, first: RunningTrial) -> bool:
+        """Whether the trials train through the trainable's ``start``: always in a phase with a budget; elsewhere
+        when the trainable can and the configuration names its budget, so that a trial that ends early still says
+        what it cost."""
         trainable = self.spec.trainable
-        return phase.budget is not None or (trainable.start is not None and trainable.budget is not None)
+        if first.phase.budget is not None:
+            return True
+        if trainable.start is None or trainable.budget is None:
+            return False
+        try:
+            return trainable.budget in resolved_config(self.spec, first.info.params)
+        except UserError:
+            return False  # the trial fails on its own configuration, with its own message
 
     def _run_one(self, current: RunningTrial, study: optuna.Study, stages: _Stages | None) -> bool:
         """Train one trial (alone, or as the next rung of ``stages``) and store its end; False when the trainable
@@ -237,11 +248,18 @@ class _Stages:
             self.epochs.append((epoch, metrics))
             on_epoch(epoch, metrics)
 
+        started = time.perf_counter()
         try:
-            return self.spec.trainable.advance(self.training, config[self.budget], on_epoch=record)
+            result = self.spec.trainable.advance(self.training, config[self.budget], on_epoch=record)
         except DivergedError as exc:
             self.diverged = exc
             raise
+        history: dict[str, list[float]] = {}
+        for _, metrics in self.epochs:
+            add_epoch(history, metrics)
+        # what Trainable.run fills in for a function that leaves it out
+        return replace(result, history=result.history or history, config=result.config or dict(config),
+                       seconds=result.seconds or time.perf_counter() - started)
 
     def spent(self) -> int | None:
         """Training examples the run processed since the last account: what this trial cost (a rung: the run from

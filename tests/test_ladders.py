@@ -115,10 +115,13 @@ def test_a_rung_whose_training_fails_sends_the_rungs_above_back_to_the_queue(tmp
      "the budget must be 'num_iters', the parameter the numpy backend trains in stages along. Got 'hidden_size'"),
     ({"name": "random", "sampler": "random", "n_trials": 3, "budget": "num_iters",
       "space": {"num_iters": {"type": "int", "low": 5, "high": 20}}}, "'budget' is for grid phases"),
+    ([TINY_STUDY["phases"][0],  # a grid derived from it later: the budget's name is refused at once
+      {**BUDGET_PHASE, "grid": {"from": "random", "top_k": 2, "points": 2}, "budget": "num_epochs"}],
+     "the budget must be 'num_iters', the parameter the numpy backend trains in stages along. Got 'num_epochs'"),
 ])
 def test_a_budget_the_trainable_cannot_train_in_stages_along_is_refused(tmp_path, phase, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_spec(write_spec(tmp_path, phases=[phase]))
+        load_spec(write_spec(tmp_path, phases=phase if isinstance(phase, list) else [phase]))
 
 
 def test_a_torch_schedule_set_by_the_total_length_cannot_form_ladders(tmp_path):
@@ -160,3 +163,50 @@ def test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_onc
             assert trial.value == trial.params["learning_rate"] + trial.params["num_iters"] / 1000
     # the killed run's 2 stages, the two retried rungs as one ladder (2), the other ladder (3), the winner retrained
     assert calls.stat().st_size == 2 + 2 + 3 + 1
+
+
+STEPS = '''
+from hpsearch import trainable
+from hpsearch.backends import TrainResult
+
+
+class Run:
+    def __init__(self, config):
+        self.config, self.budget, self.examples = config, 0, 0
+
+    def advance(self, steps, *, on_epoch=None):
+        self.budget = self.examples = steps
+        return TrainResult(metrics={"val_acc": steps / 100})
+
+    def save(self, path):
+        raise NotImplementedError
+
+
+def start(config, data, *, seed, resume_from=None):
+    return Run(config)
+
+
+@trainable(metrics={"val_acc": "maximize"}, budget="steps", start=start)
+def declared(config, data, *, seed, on_epoch=None):
+    return start(config, data, seed=seed).advance(config.get("steps", 7))
+
+
+@trainable(metrics={"val_acc": "maximize"}, start=start)  # trains in stages along whatever the phase names
+def undeclared(config, data, *, seed, on_epoch=None):
+    return start(config, data, seed=seed).advance(config.get("steps", 7))
+'''
+
+
+@pytest.mark.parametrize("backend, phase, values", [
+    # the configuration leaves the budget to the function's own default: trained as a plain function
+    ("declared", {"name": "grid", "sampler": "grid", "grid": {"lr": [1, 2]}}, [0.07, 0.07]),
+    ("undeclared", {**BUDGET_PHASE, "budget": "steps", "grid": {"steps": [3, 5]}}, [0.03, 0.05]),
+])
+def test_a_user_s_trainable_in_stages(tmp_path, backend, phase, values):
+    (tmp_path / f"steps_{backend}.py").write_text(STEPS)  # one module name a process: names are not reused
+    spec = write_spec(tmp_path, model={"backend": f"steps_{backend}:{backend}"}, defaults={},
+                      objective={"metric": "val_acc", "direction": "maximize"}, phases=[phase])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    summary = Driver(load_spec(spec), url, echo=lambda m: None).run()
+    trials = optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
+    assert summary["complete"] and sorted(t.value for t in trials) == values
