@@ -126,8 +126,10 @@ def reap(store: TrialStore, study_id: int, grace_period: float, running: list[Ro
             gone.append((row, WORKER_DIED))
         elif row.owner is None and row.start is not None and now - row.start > grace:
             gone.append((row, NEVER_STARTED))
-    if ladders is not None:
+    if ladders is not None:  # in one transaction: another reaper must not take a rung above for the one training
         gone = _untrained_rungs(gone, ladders)
+        failed = store.fail_together([(row.trial_id, {"failure": reason}) for row, reason in gone])
+        return [(row, reason) for row, reason in gone if row.trial_id in failed]
     reaped = []
     for row, reason in gone:
         if store.finish(row.trial_id, TrialState.FAIL, None, {"failure": reason}):

@@ -264,8 +264,8 @@ class _Stages:
     def spent(self) -> int | None:
         """Training examples the run processed since the last account: what this trial cost (a rung: the run from
         where it stood, the rung below or the start)."""
-        if self.training is None:
+        examples = getattr(self.training, "examples", None)  # a user's Training may not count them
+        if examples is None:
             return None
-        examples = self.training.examples
         spent, self.counted = examples - self.counted, examples
         return spent

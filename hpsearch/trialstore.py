@@ -203,18 +203,30 @@ class TrialStore:
         """RUNNING -> ``state`` with ``value`` and ``attrs``, atomically; False (and nothing written) when the trial
         is no longer RUNNING, e.g. a reaper failed it while this process was frozen."""
         with self.engine.begin() as conn:
-            done = conn.execute(
-                sa.update(T.__table__).where(T.__table__.c.trial_id == trial_id, T.state == from_state)
-                .values(state=state, datetime_complete=utcnow())
-            ).rowcount
-            if done != 1:
+            done = self._finish(conn, trial_id, state, value, attrs, from_state)
+            if not done:
                 conn.rollback()
-                return False
-            if value is not None:
-                stored, kind = V.value_to_stored_repr(value)
-                conn.execute(sa.insert(V.__table__).values(trial_id=trial_id, objective=0, value=stored,
-                                                           value_type=kind))
-            self._upsert_attrs(conn, trial_id, attrs)
+        return done
+
+    def fail_together(self, failures: list[tuple[int, dict[str, Any]]]) -> set[int]:
+        """Fail RUNNING trials with their ``attrs`` in one transaction (a dead process's rungs of a ladder: another
+        reaper sees all of them failed or none); returns the ids that were still RUNNING."""
+        with self.engine.begin() as conn:
+            return {trial_id for trial_id, attrs in failures
+                    if self._finish(conn, trial_id, TrialState.FAIL, None, attrs, TrialState.RUNNING)}
+
+    def _finish(self, conn: sa.Connection, trial_id: int, state: TrialState, value: float | None,
+                attrs: dict[str, Any], from_state: TrialState) -> bool:
+        done = conn.execute(
+            sa.update(T.__table__).where(T.__table__.c.trial_id == trial_id, T.state == from_state)
+            .values(state=state, datetime_complete=utcnow())
+        ).rowcount
+        if done != 1:
+            return False
+        if value is not None:
+            stored, kind = V.value_to_stored_repr(value)
+            conn.execute(sa.insert(V.__table__).values(trial_id=trial_id, objective=0, value=stored, value_type=kind))
+        self._upsert_attrs(conn, trial_id, attrs)
         return True
 
     def heartbeat(self, *trial_ids: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -144,10 +145,12 @@ def test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_onc
     gate.watch(first)
     calls = tmp_path / "calls"
     # the ladder's first rung is stored and its second stage waits at the gate: the rungs above are claimed
+    deadline = time.monotonic() + 300
     while not (calls.exists() and calls.stat().st_size == 2 and
                collections.Counter(t.state.name for t in study_trials(storage, "lad.grid"))
                == {"COMPLETE": 1, "RUNNING": 2, "WAITING": 3}):
         assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the ladder's second stage never reached the gate"
     first.kill()
     first.communicate()
     gate.open()
@@ -156,7 +159,8 @@ def test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_onc
     trials = study_trials(storage, "lad.grid")
     assert_exactly_once(trials, 6)
     failed = {t.params["num_iters"]: t.user_attrs["failure"] for t in trials if t.state.name == "FAIL"}
-    assert failed == {20: "worker died", 30: LADDER_STOPPED}  # the rung above never trained: no retry used
+    assert failed.pop(30) == LADDER_STOPPED  # the rung above never trained: no retry used
+    assert failed in ({20: "worker died"}, {20: "heartbeat lost"})  # a slow rerun may find its heartbeat old first
     assert len(trials) == 8  # the first rung was not trained again
     for trial in trials:
         if trial.state == optuna.trial.TrialState.COMPLETE:
