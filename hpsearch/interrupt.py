@@ -5,7 +5,9 @@ garbage-collection callbacks (where the exception is swallowed), a queue's bookk
 the signal; the driver calls :meth:`Interruption.check` at safe points (between trials, at every epoch, while
 waiting) and finishes the current trial's bookkeeping before it raises :class:`Interrupted`. Inside
 :meth:`Interruption.immediate` — pure training computation — the handler raises at once, so a long epoch does not
-delay the stop; should that exception be swallowed, the recorded signal is raised at the next check.
+delay the stop. A signal that lands in a storage or tracking library's code there (in practice a garbage-collection
+callback of SQLAlchemy's, run between two lines of training, where Python would swallow the exception and print a
+traceback) is only recorded, and raised at the next check: at the latest at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import time
 from typing import Any, Iterator
 
 __all__ = ["Interrupted", "Interruption"]
+
+# code that runs inside a stretch of training only as callbacks (garbage collection, finalizers) or bookkeeping:
+# an exception raised there would be swallowed, so a signal that lands there waits for the next check
+NOT_RAISED_IN = frozenset({"sqlalchemy", "alembic", "optuna", "mlflow", "weakref"})
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,7 +40,7 @@ class Interruption:
         # no lock, no Event here: a second signal can arrive while this handler runs, and would wait on its lock
         # forever (a signal handler runs in the main thread, on top of whatever it interrupted)
         self.signal = signal.Signals(signum).name
-        if self._immediate:
+        if self._immediate and not _in_library(frame):
             self._immediate = 0  # once: the cleanup that follows must not be interrupted again
             raise Interrupted(self.signal)
 
@@ -88,3 +94,9 @@ class Interruption:
             self._immediate = saved
         if saved:
             self.check()
+
+
+def _in_library(frame: Any) -> bool:
+    """Whether the code a signal interrupted belongs to one of :data:`NOT_RAISED_IN`'s packages."""
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return str(module).partition(".")[0] in NOT_RAISED_IN
