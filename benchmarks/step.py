@@ -32,7 +32,8 @@ import torch
 from threadpoolctl import threadpool_info
 
 from _common import report
-from hpsearch.backends.numpy_twolayer import TwoLayerNet, _SGDStep
+from hpsearch.backends.numpy_twolayer import TwoLayerNet
+from hpsearch.backends.sgd import _SGDStep
 
 D, C = 3072, 10
 LR, REG = 1e-3, 0.25

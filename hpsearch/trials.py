@@ -1,15 +1,14 @@
 """Running one trial: train it with its hooks, store its end in one transaction, tell the listener and the console.
 
 Knows the storage only through :class:`~hpsearch.trialstore.TrialStore` and the phase only through its
-:class:`~hpsearch.results.PhaseView`; the driver hands it the trials it claimed.
+:class:`~hpsearch.results.PhaseView`; :class:`~hpsearch.phaserun.PhaseRunner` hands it the trials it claimed.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
@@ -233,6 +232,7 @@ class _Stages:
         self.top = rungs[-1].info
         self.training: Training | None = None
         self.epochs: list[tuple[int, dict[str, Any]]] = []  # the run's epoch reports so far
+        self.history: dict[str, list[float]] = {}  # their numbers, by metric name
         self.diverged: DivergedError | None = None
         self.counted = 0  # training examples already put on a trial's account
 
@@ -248,18 +248,12 @@ class _Stages:
             self.epochs.append((epoch, metrics))
             on_epoch(epoch, metrics)
 
-        started = time.perf_counter()
         try:
-            result = self.spec.trainable.advance(self.training, config[self.budget], on_epoch=record)
+            return self.spec.trainable.advance(self.training, config[self.budget], config=config,
+                                               history=self.history, on_epoch=record)
         except DivergedError as exc:
             self.diverged = exc
             raise
-        history: dict[str, list[float]] = {}
-        for _, metrics in self.epochs:
-            add_epoch(history, metrics)
-        # what Trainable.run fills in for a function that leaves it out
-        return replace(result, history=result.history or history, config=result.config or dict(config),
-                       seconds=result.seconds or time.perf_counter() - started)
 
     def spent(self) -> int | None:
         """Training examples the run processed since the last account: what this trial cost (a rung: the run from

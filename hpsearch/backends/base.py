@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping, Protocol
 
 __all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "Training", "add_epoch",
-           "is_number", "metric_on_test", "replacing", "scores_on_test", "trainable"]
+           "is_number", "metric_on_test", "replacing", "scores_on_test", "start_with", "trainable"]
 
 Direction = Literal["maximize", "minimize"]
 Task = Literal["classification", "regression"]
@@ -153,27 +153,31 @@ class Trainable:
         The history of a function that returns only final metrics is what it passed to ``on_epoch``.
         """
         history: dict[str, list[float]] = {}
-
-        def record(epoch: int, metrics: dict[str, Any]) -> None:
-            add_epoch(history, metrics)
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
-
         start = time.perf_counter()
-        returned = self.train(config, data, seed=seed, on_epoch=record)
-        seconds = time.perf_counter() - start
+        returned = self.train(config, data, seed=seed, on_epoch=_recording(history, on_epoch))
         if isinstance(returned, TrainResult):
-            return replace(returned, metrics=self._numbers(returned.metrics), history=returned.history or history,
-                           seconds=returned.seconds or seconds, config=returned.config or dict(config))
-        return TrainResult(metrics=self._numbers(returned), history=history, seconds=seconds, config=dict(config))
+            return self._completed(returned, config, history, time.perf_counter() - start)
+        return TrainResult(metrics=self._numbers(returned), history=history, seconds=time.perf_counter() - start,
+                           config=dict(config))
 
-    def advance(self, training: Training, budget: int, *, on_epoch: OnEpoch | None = None) -> TrainResult:
-        """``training.advance(budget)``, its metrics held to the contract as :meth:`run` holds a function's."""
-        result = training.advance(budget, on_epoch=on_epoch)
+    def advance(self, training: Training, budget: int, *, config: dict[str, Any], history: dict[str, list[float]],
+                on_epoch: OnEpoch | None = None) -> TrainResult:
+        """``training.advance(budget)`` for ``config``, its result held to the contract as :meth:`run` holds a
+        function's. ``history``: the run's epochs before this advance; this advance's epochs are added to it, and a
+        result without a history gets a copy of it (the run's whole curve, as the configuration trained alone)."""
+        start = time.perf_counter()
+        result = training.advance(budget, on_epoch=_recording(history, on_epoch))
         if not isinstance(result, TrainResult):
             raise TrainableError(f"the trainable {self.name}'s advance returned {type(result).__name__}; it must "
                                  "return a TrainResult")
-        return replace(result, metrics=self._numbers(result.metrics))
+        return self._completed(result, config, {name: list(values) for name, values in history.items()},
+                               time.perf_counter() - start)
+
+    def _completed(self, result: TrainResult, config: dict[str, Any], history: dict[str, list[float]],
+                   seconds: float) -> TrainResult:
+        """``result`` with numbers for metrics, and what it leaves out filled in: history, seconds, config."""
+        return replace(result, metrics=self._numbers(result.metrics), history=result.history or history,
+                       seconds=result.seconds or seconds, config=result.config or dict(config))
 
     def _numbers(self, metrics: Any) -> dict[str, float]:
         """Metric names to Python floats (NumPy scalars included; None left out); anything else breaks the contract."""
@@ -190,6 +194,19 @@ class Trainable:
         return numbers
 
 
+def start_with(training: Callable[..., Any]) -> Callable[..., Training]:
+    """A trainable's ``start`` when its runs are ``training(config, data, seed=seed)`` objects that can
+    ``restore(path)`` what their ``save(path)`` wrote: the run at its beginning, or where the saved run stood."""
+
+    def start(config: dict[str, Any], data: Any, *, seed: int, resume_from: str | Path | None = None) -> Training:
+        run = training(config, data, seed=seed)
+        if resume_from is not None:
+            run.restore(resume_from)
+        return run
+
+    return start
+
+
 @contextlib.contextmanager
 def replacing(path: str | Path) -> Iterator[Any]:
     """A binary file that becomes ``path`` when the block ends without an error; nothing changes at ``path`` if not."""
@@ -201,6 +218,17 @@ def replacing(path: str | Path) -> Iterator[Any]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _recording(history: dict[str, list[float]], on_epoch: OnEpoch | None) -> OnEpoch:
+    """An ``on_epoch`` that adds each epoch to ``history``, then passes it on."""
+
+    def record(epoch: int, metrics: dict[str, Any]) -> None:
+        add_epoch(history, metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    return record
 
 
 def add_epoch(history: dict[str, list[float]], metrics: Mapping[str, Any]) -> None:

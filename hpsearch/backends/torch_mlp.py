@@ -2,8 +2,9 @@
 
     input (D) -> [Linear -> (BatchNorm) -> ReLU -> (Dropout)] x len(hidden_sizes) -> Linear (C)
 
-Same interface as the NumPy backend: ``train(config, data, *, seed, on_epoch) -> TrainResult``. torch is imported
-only inside the functions that need it, so specs, plans and the NumPy path never load it.
+Same interface as the NumPy backend: ``train(config, data, *, seed, on_epoch) -> TrainResult``; the network, its
+configuration and its file are :mod:`hpsearch.backends.torch_model`'s. torch is imported only inside the functions
+that need it, so specs, plans and the NumPy path never load it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from hpsearch.backends.base import DivergedError, ModelFileError, Trainable, TrainResult, replacing
-from hpsearch.validation import UserConfig
+from hpsearch.backends.base import DivergedError, Trainable, TrainResult, replacing, start_with
+from hpsearch.backends.torch_model import (TorchConfig, TorchModel, build_mlp, load_model, require,
+                                           resolve_device, save_model)
 from hpsearch.data import Dataset
 from hpsearch.errors import UserError
 
@@ -31,129 +32,7 @@ __all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "PREPROCESS", "TRAINABLE",
 PREPROCESS = "unit_range"  # the template's Normalize(0.5, 0.5): inputs in [-1, 1]
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_acc": "maximize"}
 MODEL_SUFFIX = ".pt"
-INSTALL_HINT = "the torch backend needs PyTorch: pip install 'hpsearch[torch]' (CPU build: torch==2.13.0)"
-
-
-class TorchConfig(UserConfig):
-    """The trainable's configuration. Depth and width come from ``hidden_sizes``, or from ``num_layers`` x
-    ``width`` when both are given (handy to search them separately)."""
-
-    hidden_sizes: list[int] = Field(default_factory=lambda: [100], min_length=1)
-    num_layers: int | None = Field(None, ge=1)
-    width: int | None = Field(None, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
-    init: Literal["normal", "kaiming"] = "normal"
-    init_std: float = Field(1e-3, gt=0)  # for init: normal (the template's N(0, 1e-3^2) weights, zero biases)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # adamw: decoupled weight decay
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False  # sgd only
-    learning_rate: float = Field(1e-3, gt=0)
-    learning_rate_decay: float = Field(0.95, gt=0, le=1)  # schedule: step
-    schedule: Literal["step", "cosine", "onecycle"] = "step"
-    warmup_epochs: float = Field(0.0, ge=0)  # a linear warm-up before the schedule (onecycle: 30 % of the run if 0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(None, gt=0)  # the largest global norm of a step's gradients
-    mirror: bool = False  # image rows only: each training image mirrored left to right with probability 1/2
-    shift: int = Field(0, ge=0, le=16)  # image rows only: each training image moved up to this many pixels each way
-    reg: float = Field(0.001, ge=0)  # weight decay
-    num_epochs: int = Field(10, gt=0)
-    batch_size: int = Field(200, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @model_validator(mode="after")
-    def _depth_and_width(self) -> TorchConfig:
-        if (self.num_layers is None) != (self.width is None):
-            raise ValueError("give both 'num_layers' and 'width', or neither (and 'hidden_sizes')")
-        if any(size < 1 for size in self.hidden_sizes):
-            raise ValueError("'hidden_sizes' must be positive integers")
-        if self.batch_norm and self.batch_size < 2:
-            raise ValueError(f"'batch_norm' needs 'batch_size' >= 2. Got {self.batch_size} instead")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ValueError("'nesterov' needs optimizer 'sgd' and a 'momentum' above 0")
-        if self.warmup_epochs >= self.num_epochs:
-            raise ValueError(f"'warmup_epochs' ({self.warmup_epochs}) must be fewer than 'num_epochs' "
-                             f"({self.num_epochs})")
-        return self
-
-    def layers(self) -> list[int]:
-        return [self.width] * self.num_layers if self.num_layers is not None else list(self.hidden_sizes)
-
-
 CONFIG_MODEL = TorchConfig
-
-
-def require() -> Any:
-    """torch, or one line telling how to install it."""
-    try:
-        import torch
-    except ImportError:
-        raise UserError(INSTALL_HINT) from None
-    return torch
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when a device is present; asking for ``cuda`` without one is an error."""
-    torch = require()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: cuda was asked for, but PyTorch sees no CUDA device here (use device: auto or cpu).")
-    return device
-
-
-def build_mlp(input_size: int, hidden_sizes: list[int], num_classes: int, *, dropout: float = 0.0,
-              batch_norm: bool = False, init: str = "normal", init_std: float = 1e-3) -> Any:
-    torch = require()
-    nn = torch.nn
-    layers: list[Any] = []
-    width = input_size
-    for size in hidden_sizes:
-        layers.append(nn.Linear(width, size))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(size))
-        layers.append(nn.ReLU())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = size
-    layers.append(nn.Linear(width, num_classes))
-    model = nn.Sequential(*layers)
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            if init == "kaiming":
-                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            else:
-                nn.init.normal_(layer.weight, mean=0.0, std=init_std)
-            nn.init.zeros_(layer.bias)
-    return model
-
-
-class TorchModel:
-    """A trained MLP with the NumPy backend's scoring interface (NumPy in, NumPy out)."""
-
-    def __init__(self, module: Any, device: str) -> None:
-        self.module = module
-        self.device = device
-
-    def scores(self, X: np.ndarray, batch: int = 10_000) -> np.ndarray:
-        torch = require()
-        self.module.eval()
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(X), batch):
-                rows = torch.as_tensor(X[start:start + batch], dtype=torch.float32, device=self.device)
-                out.append(self.module(rows).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.argmax(self.scores(X), axis=1)
-
-    def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
-        return float((self.predict(X) == y).mean())
-
-    @property
-    def input_size(self) -> int:
-        return int(self.module[0].in_features)
 
 
 def learning_rate_at(cfg: TorchConfig, step: int, steps_per_epoch: int) -> float:
@@ -293,7 +172,8 @@ class Training:
         self.X_val = torch.as_tensor(data.X_val, dtype=torch.float32, device=device)
         self.y_val = torch.as_tensor(data.y_val, dtype=torch.long, device=device)
         self.generator = torch.Generator().manual_seed(seed % 2**63)
-        with self._default_generator(initial=True):
+        self.rng_state, self.cuda_rng_state = _seeded_states(torch, seed, device)
+        with self._default_generator():
             self.module = build_mlp(self.X.shape[1], cfg.layers(), data.num_classes, dropout=cfg.dropout,
                                     batch_norm=cfg.batch_norm, init=cfg.init, init_std=cfg.init_std).to(device)
         self.optimizer = _optimizer(torch, cfg, self.module.parameters())
@@ -379,18 +259,15 @@ class Training:
                              "lr": lr, "iteration": len(self.loss_history)})
 
     @contextlib.contextmanager
-    def _default_generator(self, initial: bool = False) -> Iterator[None]:
+    def _default_generator(self) -> Iterator[None]:
         """torch's default generators (CPU, and the CUDA device's) set to this run's state while the block runs;
         the caller's state back afterwards."""
         torch = self.torch
         cuda = [torch.device(self.device)] if self.device.startswith("cuda") else []
         with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            if initial:
-                torch.manual_seed(self.seed % 2**63)
-            else:
-                torch.set_rng_state(self.rng_state)
-                if cuda:
-                    torch.cuda.set_rng_state(self.cuda_rng_state, cuda[0])
+            torch.set_rng_state(self.rng_state)
+            if cuda:
+                torch.cuda.set_rng_state(self.cuda_rng_state, cuda[0])
             try:
                 yield
             finally:
@@ -439,16 +316,20 @@ class Training:
         return {"config": config, "seed": self.seed, "data": self.data_identity, "device": self.device}
 
 
+def _seeded_states(torch: Any, seed: int, device: str) -> tuple[Any, Any]:
+    """torch's default generator states (CPU, and the CUDA device's or None) seeded with ``seed``; the caller's
+    states are left as they were."""
+    cuda = [torch.device(device)] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.manual_seed(seed % 2**63)
+        return torch.get_rng_state(), torch.cuda.get_rng_state(cuda[0]) if cuda else None
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def start(config: dict[str, Any], data: Dataset, *, seed: int, resume_from: str | Path | None = None) -> Training:
-    """A :class:`Training` of ``config`` at epoch 0, or where the run saved at ``resume_from`` stood."""
-    training = Training(config, data, seed=seed)
-    if resume_from is not None:
-        training.restore(resume_from)
-    return training
+start = start_with(Training)  # at epoch 0, or where the run saved at ``resume_from`` stood
 
 
 def budget_blocker(config: dict[str, Any]) -> str | None:
@@ -478,58 +359,6 @@ def cost(config: dict[str, Any], data: Dataset) -> float:
 
 def probe(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "num_epochs": 1}
-
-
-def save_model(model: TorchModel, config: dict[str, Any], path: str | Path) -> None:
-    """The state dict and the configuration, loadable with ``weights_only=True`` (no pickled code)."""
-    torch = require()
-    state = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
-    first = model.module[0]
-    last = [layer for layer in model.module if isinstance(layer, torch.nn.Linear)][-1]
-    torch.save({"state_dict": state, "config": json.dumps(config), "input_size": first.in_features,
-                "num_classes": last.out_features}, path)
-
-
-def load_model(path: str | Path) -> tuple[TorchModel, dict[str, Any]]:
-    """A network saved by :func:`save_model` and its configuration.
-
-    Raises ModelFileError for any other file. The network the configuration describes is first built on PyTorch's
-    ``meta`` device (no memory) and its shapes compared with the stored tensors, so absurd declared sizes are
-    refused without being allocated.
-    """
-    torch = require()
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError... by file kind
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"not a PyTorch file saved by a study: {reason}") from None
-    if not isinstance(saved, dict) or not {"state_dict", "config", "input_size", "num_classes"} <= saved.keys():
-        raise ModelFileError("not the {state_dict, config, input_size, num_classes} a study saves")
-    try:
-        config = json.loads(saved["config"])
-        cfg = TorchConfig(**config)
-    except (TypeError, ValueError) as exc:  # a ValidationError is a ValueError
-        raise ModelFileError(f"its config is not one a study saves ({str(exc).splitlines()[0]})") from None
-    sizes = (saved["input_size"], saved["num_classes"])
-    if not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in sizes):
-        raise ModelFileError(f"input_size and num_classes must be positive integers. Got {sizes} instead")
-    state = saved["state_dict"]
-    def build() -> Any:
-        return build_mlp(sizes[0], cfg.layers(), sizes[1], dropout=cfg.dropout, batch_norm=cfg.batch_norm,
-                         init=cfg.init, init_std=cfg.init_std)
-
-    try:
-        with torch.device("meta"):
-            expected = build().state_dict()
-    except (RuntimeError, ValueError, OverflowError) as exc:  # sizes beyond what a tensor can hold
-        raise ModelFileError(f"it declares layers no tensor can hold ({str(exc).splitlines()[0]})") from None
-    stored = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) and all(
-        isinstance(v, torch.Tensor) for v in state.values()) else None
-    if stored != {k: tuple(v.shape) for k, v in expected.items()}:
-        raise ModelFileError("its tensors do not have the shapes its config and sizes describe")
-    module = build()
-    module.load_state_dict(state)
-    return TorchModel(module, "cpu"), config
 
 
 TRAINABLE = Trainable(

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hpsearch.backends import DivergedError
-from hpsearch.backends.numpy_twolayer import TwoLayerNet, _SGDStep, lr_at_epoch, start, train
+from hpsearch.backends.numpy_twolayer import TwoLayerNet, lr_at_epoch, start, train
+from hpsearch.backends.sgd import _SGDStep
 
 
 def _tiny_problem(rng: np.random.Generator, n: int = 5, d: int = 4, h: int = 10, c: int = 3):
