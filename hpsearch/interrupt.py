@@ -2,8 +2,8 @@
 
 Raising from a signal handler interrupts whatever the main thread is doing: a storage transaction, SQLAlchemy's
 garbage-collection callbacks (where the exception is swallowed), a queue's bookkeeping. So the handler only records
-the signal; the driver calls :meth:`Interruption.check` at safe points (between trials, at every epoch, while
-waiting) and finishes the current trial's bookkeeping before it raises :class:`Interrupted`. Inside
+the signal; the driver and its phase runner call :meth:`Interruption.check` at safe points (between trials, at every
+epoch, while waiting) and finish the current trial's bookkeeping before it raises :class:`Interrupted`. Inside
 :meth:`Interruption.immediate` — pure training computation — the handler raises at once, so a long epoch does not
 delay the stop. A signal that lands in a storage or tracking library's code there (in practice a garbage-collection
 callback of SQLAlchemy's, run between two lines of training, where Python would swallow the exception and print a

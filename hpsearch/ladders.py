@@ -4,7 +4,9 @@ A phase that names its ``budget`` parameter (``num_iters``, ``num_epochs``) grou
 each group is a *ladder* and its points are *rungs*, in ascending budget. The run to the top rung passes through
 every lower rung, so a ladder trains once and each rung's state becomes that point's own trial, with exactly the
 numbers the point gets when trained alone: every rung of a ladder has one seed, derived from the ladder, not from the
-budget value. Pure functions of the points, like :mod:`hpsearch.grid`: no storage, no Optuna.
+budget value. :func:`ladders` is a pure function of the points, like :mod:`hpsearch.grid`; :func:`check_budget`
+holds a phase's budget against the spec's trainable as well, with one SpecError line for what it cannot train in
+stages. No storage, no Optuna.
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ The read-only commands (status, best, export, report) build views from one snaps
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 from collections import Counter
 import warnings
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import optuna
 from optuna.trial import TrialState
@@ -252,10 +253,12 @@ class Results:
                 })
         return rows
 
-    def report(self, data: Any, retrain: bool = True, full: bool = True) -> StudyReport | None:
+    def report(self, data: Any, retrain: bool = True, full: bool = True,
+               retraining: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> StudyReport | None:
         """Plain data for plots and summaries; retrains the best trial for its curves and model.
 
-        ``full`` False leaves out what only plots need (every trial's row, parameter importances)."""
+        ``full`` False leaves out what only plots need (every trial's row, parameter importances). ``retraining``:
+        the context the retraining runs in (the driver's: a signal ends it at once), not the storage reads."""
         from hpsearch.training import train_once
 
         layout = self.phases.layout()
@@ -265,8 +268,9 @@ class Results:
         best = self.best_of(views, layout)
         best_result, failure = None, None
         if best is not None and retrain:  # the user's trainable may fail where it succeeded before
-            best_result, failure = users_failure(
-                "retraining the winner", lambda: train_once(self.spec, data, best["params"], seed=best["seed"]))
+            with retraining():
+                best_result, failure = users_failure(
+                    "retraining the winner", lambda: train_once(self.spec, data, best["params"], seed=best["seed"]))
         spaces: dict[str, dict[str, bool]] = {}
         importances: dict[str, dict[str, float]] = {}
         for view in views:

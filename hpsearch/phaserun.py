@@ -1,0 +1,182 @@
+"""Running one phase: its trials, one after another, until the phase is done or the run's budget is spent.
+
+A random or grid phase draws its points from the exactly-once queue (:mod:`hpsearch.pointqueue`), a ladder's rungs
+in one claim; a TPE phase asks Optuna's sampler for each trial under the phase's claim lock. Either way the trial
+itself is :class:`hpsearch.trials.TrialRunner`'s, and trials of processes that died are reaped on the heartbeat's
+cadence and retried.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch import grid as grids
+from hpsearch.budget import Budget
+from hpsearch.interrupt import Interruption
+from hpsearch.ladders import Ladders, check_budget
+from hpsearch.listener import StudyListener, TrialInfo
+from hpsearch.phases import Phases
+from hpsearch.pointqueue import PointQueue, owner, reap
+from hpsearch.records import SEED, counts_as_failure, decode_param, encode_param
+from hpsearch.results import PhaseView
+from hpsearch.spec import PhaseSpec, StudySpec
+from hpsearch.storage import storage_lock
+from hpsearch.trials import RunningTrial, TrialRunner
+from hpsearch.trialstore import Row, TrialStore
+
+__all__ = ["POLL_SECONDS", "PhaseRunner"]
+
+POLL_SECONDS = 2.0  # how often a process waiting for others' last trials looks again
+
+
+class PhaseRunner:
+    """Runs the phases of one spec on one storage, a phase at a time (see :meth:`run`)."""
+
+    def __init__(self, spec: StudySpec, url: str, store: TrialStore, phases: Phases, runner: TrialRunner, *,
+                 listener: StudyListener, echo: Callable[[str], None], interruption: Interruption) -> None:
+        self.spec, self.url, self.store, self.phases, self.runner = spec, url, store, phases, runner
+        self.listener, self.echo, self.interruption = listener, echo, interruption
+        self._ladders: dict[str, Ladders | None] = {}  # per phase with a budget, its ladders
+
+    def run(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
+            budget: Budget) -> bool:
+        """Run the phase's trials; True when the phase is done, False when the budget ran out first."""
+        if phase.sampler == "tpe":
+            return self._run_sampled(phase, study, view, budget)
+        return self._run_points(phase, study, record, view, budget)
+
+    def reap(self, phase: PhaseSpec, view: PhaseView) -> bool:
+        """Fail the phase's trials whose process is gone; True when any was."""
+        running = self.store.rows(view.study_id, states=(TrialState.RUNNING,))
+        reaped = reap(self.store, view.study_id, self.spec.heartbeat.grace_period, running,
+                      self._ladders.get(phase.name))
+        for row, reason in reaped:
+            row.state, row.failure = "FAIL", reason
+            view.apply(row)
+            self.echo(f"[{phase.name}] trial {row.number} (point {row.point}) failed: {reason}; "
+                      "its point will be retried")
+            self.listener.on_trial_reaped(phase, self.runner.describe(row), reason)
+        return bool(reaped)
+
+    # ---- a random or grid phase: the exactly-once queue ----------------------------------------------------------
+
+    def _run_points(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
+                    budget: Budget) -> bool:
+        points = self.phases.points(phase, record)
+        found = self._ladders[phase.name] = self._ladders_of(phase, record)
+        identity = found.of_point if found is not None else range(len(points))  # a ladder's rungs share a seed
+
+        def seed_of(point: int) -> int:
+            return grids.trial_seed(self.spec.seed, phase.name, identity[point])
+
+        queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
+                           self.phases.distributions(phase, record), max_retries=phase.max_retries,
+                           seed_of=seed_of, order_seed=self.spec.seed, ladders=found)
+        me = owner()
+        self.reap(phase, view)
+        queue.reconcile()
+        next_look = time.monotonic() + self.spec.heartbeat.interval
+        while True:
+            self.interruption.check()
+            if time.monotonic() >= next_look:  # the heartbeat's cadence: others' dead trials, others' progress
+                if self.reap(phase, view):
+                    queue.reconcile()
+                view.refresh()
+                next_look = time.monotonic() + self.spec.heartbeat.interval
+            budget.expect(view.longest)
+            if budget.exhausted():
+                return False
+            claimed = queue.claim(me, rungs=budget.trials_left())
+            if not claimed:
+                if self.reap(phase, view) | bool(queue.reconcile()):
+                    continue  # a trial failed since the last look: its retry was just queued
+                view.refresh(full=True)
+                if view.status()["running"]:
+                    self.interruption.wait(POLL_SECONDS)  # another process holds the last points
+                    continue
+                return True
+            rungs = []
+            for trial_id, number, point in claimed:
+                view.apply(Row(trial_id, number, "RUNNING", None, self.store.now(), None, point, owner=me))
+                rungs.append(RunningTrial(phase, view, TrialInfo(trial_id, number, point, points[point],
+                                                                 seed_of(point))))
+            budget.timed(lambda: self.runner.run(rungs, study), trials=len(rungs))
+            if any(counts_as_failure(row.state, row.failure) for row in
+                   (view.rows.get(current.info.trial_id) for current in rungs) if row is not None):
+                queue.reconcile()  # a failed trial's point goes back in the queue now
+
+    def _ladders_of(self, phase: PhaseSpec, record: dict[str, Any]) -> Ladders | None:
+        """The phase's budget ladders, checked against the trainable (a derived grid's once it is known; an explicit
+        grid's again, for a spec the Python API was handed without :func:`hpsearch.spec.load_spec`); None without a
+        budget."""
+        if phase.budget is None:
+            return None
+        return check_budget(self.spec, phase, record["grid"], where=f"phase {phase.name!r}")
+
+    # ---- a TPE phase: Optuna's sampler ----------------------------------------------------------------------------
+
+    def _run_sampled(self, phase: PhaseSpec, study: optuna.Study, view: PhaseView, budget: Budget) -> bool:
+        """TPE: trials are sampled one by one from the history, until n_trials are COMPLETE or PRUNED."""
+        me = owner()
+        while True:
+            self.interruption.check()
+            self.reap(phase, view)
+            view.refresh()
+            rows = list(view.rows.values())
+            finished = sum(r.state in ("COMPLETE", "PRUNED") for r in rows)
+            running = sum(r.state == "RUNNING" for r in rows)
+            failures = sum(counts_as_failure(r.state, r.failure) for r in rows)
+            if finished >= phase.n_trials:
+                return True
+            if failures > phase.max_retries * phase.n_trials:
+                self.echo(f"[{phase.name}] giving up after {failures} failed trials")
+                return True
+            budget.expect(view.longest)
+            if budget.exhausted():
+                return False
+            if finished + running >= phase.n_trials:
+                self.interruption.wait(POLL_SECONDS)  # others' trials will end the phase
+                continue
+            trial = self._ask(phase, study, me)
+            if trial is None:
+                continue
+            view.apply(Row(trial._trial_id, trial.number, "RUNNING", None, self.store.now(), None, owner=me))
+            params = _suggest(trial, phase)
+            info = TrialInfo(trial._trial_id, trial.number, None, params, trial.user_attrs.get(SEED))
+            budget.timed(lambda: self.runner.run([RunningTrial(phase, view, info, optuna_trial=trial)], study))
+
+    def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
+        """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""
+        with storage_lock(self.url, f"{study.study_name}:claim"):
+            trials = study.get_trials(deepcopy=False)
+            taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+            if taken >= phase.n_trials:
+                return None
+            # a resumed phase must not replay its first draws; parallel workers must not draw alike
+            parallel = any(t.state == TrialState.RUNNING for t in trials)
+            study.sampler = self.phases.sampler(phase, len(trials) * 100_003 + (os.getpid() if parallel else 0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "heartbeat is meant for optimize": we beat ourselves
+                trial = study.ask()
+            self.store.own(trial._trial_id, me)
+            trial.set_user_attr(SEED, grids.trial_seed(self.spec.seed, phase.name, trial.number))
+            return trial
+
+
+def _suggest(trial: optuna.Trial, phase: PhaseSpec) -> dict[str, Any]:
+    """The trial's configuration, drawn from the phase's search space."""
+    params = {}
+    for name, p in phase.space.items():
+        if p.type == "categorical":
+            params[name] = decode_param(trial.suggest_categorical(name, [encode_param(c) for c in p.choices]))
+        elif p.type == "int":
+            params[name] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            params[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    return params
