@@ -117,12 +117,22 @@ def derive_grid(
 MAX_POINTS = 1_000_000  # per phase: beyond this, enqueuing alone takes minutes and the study is surely a typo
 
 
+def with_first_rung(phase: Any, grid: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+    """The grid a phase enumerates: ``grid`` with a halving schedule's ``first_rung`` added to its budget's values
+    (each ladder's value there is a trial of its own), or ``grid`` as it is."""
+    schedule = getattr(phase, "schedule", None)
+    first = schedule.first_rung if schedule is not None else None
+    if first is None or phase.budget not in grid or first in grid[phase.budget]:
+        return dict(grid)
+    return {**grid, phase.budget: [first, *grid[phase.budget]]}
+
+
 def phase_size(phase: Any) -> int | None:
     """How many points (or trials) a phase runs, computed without building them; None for a derived grid."""
     if phase.sampler != "grid":
         return phase.n_trials
     if isinstance(phase.grid, Mapping):
-        return math.prod(len(values) for values in phase.grid.values())
+        return math.prod(len(values) for values in with_first_rung(phase, phase.grid).values())
     return None
 
 

@@ -6,24 +6,30 @@ every lower rung, so a ladder trains once and each rung's state becomes that poi
 numbers the point gets when trained alone: every rung of a ladder has one seed, derived from the ladder, not from the
 budget value. :func:`ladders` is a pure function of the points, like :mod:`hpsearch.grid`; :func:`check_budget`
 holds a phase's budget against the spec's trainable as well, with one SpecError line for what it cannot train in
-stages. No storage, no Optuna.
+stages.
+
+A phase with ``schedule: {type: halving}`` trains every ladder to its first rung, the best 1/reduction_factor of them
+to the next, and so on. :func:`halve` decides which rungs run and which end ``not promoted at <budget>`` from the
+rungs decided so far alone, so every process that looks decides alike, and a resumed phase goes on where it stood.
+No storage, no Optuna.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import ValidationError
 
 from hpsearch.errors import SpecError
-from hpsearch.grid import grid_points
+from hpsearch.grid import grid_points, with_first_rung
 
 if TYPE_CHECKING:
     from hpsearch.spec import PhaseSpec, StudySpec
 
-__all__ = ["Ladders", "check_budget", "ladders"]
+__all__ = ["Halving", "Ladders", "check_budget", "halve", "ladders", "not_promoted"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,48 @@ def ladders(points: Sequence[Mapping[str, Any]], budget: str) -> Ladders:
     return Ladders(budget, rungs, tuple(of_point))
 
 
+def not_promoted(budget: int) -> str:
+    """Why a rung of halving did not run: its ladder was not among the best at ``budget``."""
+    return f"not promoted at {budget}"
+
+
+@dataclass(frozen=True)
+class Halving:
+    """Where a halving phase stands. admitted: the points whose trials may run now (each ladder's rungs up to the
+    level it reached). stopped: the rungs that will never run, each with the budget its ladder stopped at."""
+
+    admitted: frozenset[int]
+    stopped: dict[int, int]
+
+
+def halve(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | None], *, reduction_factor: int,
+          maximize: bool) -> Halving:
+    """Successive halving over ``found``'s ladders, level by level (a level: every ladder's k-th rung).
+
+    budgets: each point's budget value. decided: the points that will not run again, each with its value, or None
+    for one without (pruned, diverged, failed for good). A level is decided once each of its rungs is; of its n
+    ladders the best ceil(n / reduction_factor) with a value go on (ties by ladder number), the others' rungs above
+    stop. A pure function of its arguments.
+    """
+    alive = list(range(len(found.rungs)))
+    admitted: set[int] = set()
+    stopped: dict[int, int] = {}
+    depth = max((len(rungs) for rungs in found.rungs), default=0)
+    for level in range(depth):
+        current = [(ladder, found.rungs[ladder][level]) for ladder in alive if level < len(found.rungs[ladder])]
+        admitted.update(point for _, point in current)
+        if any(point not in decided for _, point in current):
+            break  # the level is still running
+        scored = sorted(((decided[point], ladder) for ladder, point in current if decided[point] is not None),
+                        key=lambda pair: (-pair[0] if maximize else pair[0], pair[1]))
+        promoted = sorted(ladder for _, ladder in scored[:math.ceil(len(current) / reduction_factor)])
+        for ladder, point in current:
+            if ladder not in promoted:
+                stopped.update((above, budgets[point]) for above in found.rungs[ladder][level + 1:])
+        alive = promoted
+    return Halving(frozenset(admitted), stopped)
+
+
 def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]] | None, *,
                  where: str) -> Ladders | None:
     """The ladders of a phase's ``grid`` over its ``budget``; SpecError for a budget the trainable cannot train in
@@ -82,7 +130,15 @@ def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]
     if trainable.budget is not None and phase.budget != trainable.budget:
         raise SpecError(f"{spec.source}: {where}: the budget must be {trainable.budget!r}, the parameter the "
                         f"{spec.model.backend} backend trains in stages along. Got {phase.budget!r} instead.")
+    if phase.schedule is not None and grid is not None and phase.budget not in grid:
+        raise SpecError(f"{spec.source}: {where}: halving needs {phase.budget!r} in the grid; the derived grid has "
+                        f"{', '.join(grid)} (let its source phase search {phase.budget}).")
+    grid = with_first_rung(phase, grid) if grid is not None else None
     points = grid_points(grid) if grid is not None else []
+    first = phase.schedule.first_rung if phase.schedule is not None else None
+    if first is not None and grid is not None and any(isinstance(v, int) and v < first for v in grid[phase.budget]):
+        raise SpecError(f"{spec.source}: {where}: schedule.first_rung ({first}) must be below every {phase.budget} "
+                        f"of the grid ({', '.join(map(str, grid[phase.budget]))}).")
     try:
         found = ladders([spec.config(**point) for point in points], phase.budget)
     except ValueError as exc:

@@ -9,8 +9,11 @@ cadence and retried.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -22,12 +25,12 @@ from hpsearch.interrupt import Interruption
 from hpsearch.ladders import Ladders, check_budget
 from hpsearch.listener import StudyListener, TrialInfo
 from hpsearch.phases import Phases
-from hpsearch.pointqueue import PointQueue, owner, reap
+from hpsearch.pointqueue import HalvingRule, PointQueue, owner, reap
 from hpsearch.records import SEED, counts_as_failure, decode_param, encode_param
 from hpsearch.results import PhaseView
 from hpsearch.spec import PhaseSpec, StudySpec
-from hpsearch.storage import storage_lock
-from hpsearch.trials import RunningTrial, TrialRunner
+from hpsearch.storage import runs_folder, storage_lock
+from hpsearch.trials import PausedRun, RunningTrial, TrialRunner
 from hpsearch.trialstore import Row, TrialStore
 
 __all__ = ["POLL_SECONDS", "PhaseRunner"]
@@ -75,9 +78,15 @@ class PhaseRunner:
         def seed_of(point: int) -> int:
             return grids.trial_seed(self.spec.seed, phase.name, identity[point])
 
+        paused = self._paused_runs(phase, study, points, found)  # None unless the phase halves its ladders
+        halving = None
+        if paused is not None:
+            halving = HalvingRule(phase.schedule.reduction_factor, self.spec.objective.direction == "maximize",
+                                  on_stop=lambda stopped: self._stopped(phase, view, found, paused, stopped),
+                                  on_fresh=lambda: shutil.rmtree(paused.folder, ignore_errors=True))
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
                            self.phases.distributions(phase, record), max_retries=phase.max_retries,
-                           seed_of=seed_of, order_seed=self.spec.seed, ladders=found)
+                           seed_of=seed_of, order_seed=self.spec.seed, ladders=found, halving=halving)
         me = owner()
         self.reap(phase, view)
         queue.reconcile()
@@ -94,22 +103,47 @@ class PhaseRunner:
                 return False
             claimed = queue.claim(me, rungs=budget.trials_left())
             if not claimed:
+                # a trial failed since the last look (its retry is queued now), or one ended a halving level
                 if self.reap(phase, view) | bool(queue.reconcile()):
-                    continue  # a trial failed since the last look: its retry was just queued
-                view.refresh(full=True)
-                if view.status()["running"]:
-                    self.interruption.wait(POLL_SECONDS)  # another process holds the last points
                     continue
+                if queue.open:  # queued since the claim, or running in another process
+                    view.refresh(full=True)
+                    self.interruption.wait(POLL_SECONDS)
+                    continue
+                view.refresh(full=True)
                 return True
             rungs = []
             for trial_id, number, point in claimed:
                 view.apply(Row(trial_id, number, "RUNNING", None, self.store.now(), None, point, owner=me))
                 rungs.append(RunningTrial(phase, view, TrialInfo(trial_id, number, point, points[point],
-                                                                 seed_of(point))))
+                                                                 seed_of(point)),
+                                          paused=paused(found.of_point[point], point) if paused else None))
             budget.timed(lambda: self.runner.run(rungs, study), trials=len(rungs))
             if any(counts_as_failure(row.state, row.failure) for row in
                    (view.rows.get(current.info.trial_id) for current in rungs) if row is not None):
                 queue.reconcile()  # a failed trial's point goes back in the queue now
+
+    def _paused_runs(self, phase: PhaseSpec, study: optuna.Study, points: list[dict[str, Any]],
+                     found: Ladders | None) -> _PausedRuns | None:
+        """Where a halving phase keeps its ladders' runs between levels; None for other phases."""
+        if phase.schedule is None or found is None:
+            return None
+        return _PausedRuns(runs_folder(self.url) / study.study_name, found, points)
+
+    def _stopped(self, phase: PhaseSpec, view: PhaseView, found: Ladders, paused: _PausedRuns,
+                 stopped: dict[int, int]) -> None:
+        """Ladders halving did not promote: their paused runs go, the view counts their rungs, and the console
+        hears of each level's cut."""
+        view.refresh()
+        ladders_at: dict[int, set[int]] = {}
+        for point, budget in stopped.items():
+            ladders_at.setdefault(budget, set()).add(found.of_point[point])
+        for budget, stopped_ladders in sorted(ladders_at.items()):
+            for ladder in stopped_ladders:
+                paused(ladder).forget()
+            rungs = sum(budget_of == budget for budget_of in stopped.values())
+            self.echo(f"[{phase.name}] halving: {len(stopped_ladders)} ladders not promoted at {phase.budget} "
+                      f"{budget}; their {rungs} rungs above end PRUNED")
 
     def _ladders_of(self, phase: PhaseSpec, record: dict[str, Any]) -> Ladders | None:
         """The phase's budget ladders, checked against the trainable (a derived grid's once it is known; an explicit
@@ -167,6 +201,21 @@ class PhaseRunner:
             self.store.own(trial._trial_id, me)
             trial.set_user_attr(SEED, grids.trial_seed(self.spec.seed, phase.name, trial.number))
             return trial
+
+
+@dataclass(frozen=True)
+class _PausedRuns:
+    """A halving phase's ladders' runs between levels, one file each in ``folder``; every one is started for its
+    ladder's top rung."""
+
+    folder: Path
+    found: Ladders
+    points: list[dict[str, Any]]
+
+    def __call__(self, ladder: int, point: int | None = None) -> PausedRun:
+        """Ladder ``ladder``'s run; ``point``: the last rung a claim trains (the top one: the run is let go after)."""
+        rungs = self.found.rungs[ladder]
+        return PausedRun(self.points[rungs[-1]], self.folder / f"ladder-{ladder}", top=point == rungs[-1])
 
 
 def _suggest(trial: optuna.Trial, phase: PhaseSpec) -> dict[str, Any]:

@@ -61,7 +61,9 @@ def describe_changes(stored: Any, current: Any, path: str = "") -> list[str]:
 
 
 def definition_of(phase: PhaseSpec) -> dict[str, Any]:
-    definition = phase.model_dump(mode="json", by_alias=True, exclude={"name", "n_trials", "max_retries"})
+    # max_retries may change between runs, except under halving: when a point has failed for good decides a level
+    kept = {"name", "n_trials"} | ({"max_retries"} if phase.schedule is None else set())
+    definition = phase.model_dump(mode="json", by_alias=True, exclude=kept)
     return json.loads(json.dumps({key: value for key, value in definition.items() if value not in (None, {}, [])}))
 
 
@@ -265,7 +267,7 @@ class Phases:
         if phase.sampler != "grid":
             return None
         if isinstance(phase.grid, dict):
-            return phase.grid
+            return grids.with_first_rung(phase, phase.grid)
         source_phase = self.spec.phase(phase.grid.source)
         record = self.record(source_phase)
         source = self.load(source_phase, record) if record else None
@@ -279,7 +281,8 @@ class Phases:
                             f"has no complete trials{why}.")
         reverse = self.spec.objective.direction == "maximize"
         top = sorted(complete, key=lambda t: t.value, reverse=reverse)[: phase.grid.top_k]
-        return grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
+        derived = grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
+        return grids.with_first_rung(phase, derived)
 
     def points(self, phase: PhaseSpec, record: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The phase's fixed list of points; None for a TPE phase."""

@@ -48,7 +48,7 @@ class Probe:
 def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, Any]], bool]:
     """The configurations a phase will train (exact), or a stand-in sample of them (estimated=True)."""
     if isinstance(phase.grid, dict):
-        return [spec.config(**p) for p in grids.grid_points(phase.grid)], False
+        return [spec.config(**p) for p in grids.grid_points(grids.with_first_rung(phase, phase.grid))], False
     if phase.sampler in ("random", "tpe"):  # TPE's points are not known in advance: random ones stand in
         points = grids.random_points(phase.space, phase.n_trials, spec.seed, phase.name)
         return [spec.config(**p) for p in points], phase.sampler == "tpe"
@@ -105,6 +105,16 @@ def _cost(spec: StudySpec, config: dict[str, Any], data: Dataset) -> float:
     return cost(config, data) if cost is not None else 1.0
 
 
+def _halving_share(configs: list[dict[str, Any]], phase: PhaseSpec) -> float:
+    """What halving trains of its ladders' full runs: at each level, the ladders left times the level's stretch."""
+    levels = sorted({c[phase.budget] for c in configs})
+    alive, share, below = len(ladders(configs, phase.budget).rungs), 0.0, 0
+    for level in levels:
+        share += alive * (level - below) / levels[-1]
+        alive, below = math.ceil(alive / phase.schedule.reduction_factor), level
+    return share / len(ladders(configs, phase.budget).rungs)
+
+
 def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str, Any]:
     """Each phase's trial count and estimated seconds (training by the backend's cost model, priced by the probe,
     plus the probe's overhead per trial), and the run's total with its fixed costs and the winner's retraining."""
@@ -118,6 +128,8 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
         staged = phase.budget is not None and not estimated
         trained = [configs[rungs[-1]] for rungs in ladders(configs, phase.budget).rungs] if staged else configs
         training = [_cost(spec, c, data) * seconds_per_unit for c in trained]
+        if staged and phase.schedule is not None and training:  # the ladders' average, by the levels' survivors
+            training = [sum(training) / len(training) * _halving_share(configs, phase)] * len(training)
         all_training += [_cost(spec, c, data) * seconds_per_unit for c in configs]
         phases.append({
             "phase": phase.name,
@@ -125,6 +137,7 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
             "trials": len(configs),
             "trials_upper_bound": isinstance(phase.grid, DerivedGrid),
             **({"ladders": len(trained)} if staged else {}),
+            **({"halving": phase.schedule.reduction_factor} if staged and phase.schedule is not None else {}),
             "estimated_seconds": round(sum(training) + len(configs) * probe.trial_overhead_seconds, 1),
             "estimate_from_sample": estimated,
             "grid": phase.grid if isinstance(phase.grid, dict) else None,

@@ -23,13 +23,13 @@ import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from hpsearch.ladders import Ladders
-from hpsearch.records import (ATTEMPT, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED, POINT, SEED, WITHDRAWN,
-                              WORKER_DIED, counts_as_failure, encode_param)
+from hpsearch.ladders import Halving, Ladders, halve, not_promoted
+from hpsearch.records import (ATTEMPT, FAILURE, FINISHED_STATES, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED,
+                              POINT, SEED, WITHDRAWN, WORKER_DIED, counts_as_failure, encode_param)
 from hpsearch.storage import storage_lock
 from hpsearch.trialstore import Row, TrialStore
 
-__all__ = ["Heartbeat", "PointQueue", "owner", "owner_is_dead", "reap"]
+__all__ = ["HalvingRule", "Heartbeat", "PointQueue", "owner", "owner_is_dead", "reap"]
 
 ENQUEUE_BATCH = 2000  # trials per transaction when a big grid is enqueued
 
@@ -155,6 +155,18 @@ def _untrained_rungs(gone: list[tuple[Row, str]], ladders: Ladders) -> list[tupl
             for row, reason in gone]
 
 
+@dataclass(frozen=True)
+class HalvingRule:
+    """A halving phase's rule: keep the best 1/reduction_factor at each level. ``on_stop(stopped)`` hears of the
+    rungs that just ended PRUNED (point: the budget its ladder stopped at), so that what their runs kept between
+    levels can go; ``on_fresh()``, under the lock, that the phase has no trial yet."""
+
+    reduction_factor: int
+    maximize: bool
+    on_stop: Callable[[dict[int, int]], None] = lambda stopped: None
+    on_fresh: Callable[[], None] = lambda: None
+
+
 @dataclass
 class PointQueue:
     """The queue of one phase's points in one Optuna study."""
@@ -169,17 +181,28 @@ class PointQueue:
     seed_of: Callable[[int], int]  # a point's training seed
     order_seed: int  # the seed of the order points are queued in
     ladders: Ladders | None = None  # a phase with a budget: points that train as one
+    halving: HalvingRule | None = None  # a phase with ``schedule: halving`` (needs ladders)
+    open: int = 0  # the phase's trials queued or running at the last reconcile, those it queued included
 
     def reconcile(self) -> int:
         """Enqueue every point that needs a trial (one read of the phase, batched writes); returns how many.
+        Afterwards ``open`` counts the phase's queued and running trials: when it is 0, the phase is done, since
+        only a running trial's end can make another reconcile queue anything.
 
         Under the lock, so no two processes enqueue one point. Queued trials of points that left the phase (its
-        n_trials was lowered) are withdrawn: failed with a reason that uses up no retry.
+        n_trials was lowered) are withdrawn: failed with a reason that uses up no retry. With halving, only the
+        rungs the ladders' levels admit are queued, and the rungs of ladders that were not promoted end PRUNED here,
+        together, in one transaction.
         """
         with storage_lock(self.url, f"{self.study_name}:points"):
             by_point: dict[int, list[Row]] = {}
             for row in self.store.rows(self.study_id):
                 by_point.setdefault(row.point if row.point is not None else -1, []).append(row)
+            if self.halving is not None and not by_point:
+                self.halving.on_fresh()  # a new phase: nothing left from an earlier study of this name is taken up
+            plan = self._halving(by_point) if self.halving is not None else None
+            self.open = sum(r.state in ("WAITING", "RUNNING") for point, rows in by_point.items()
+                            if point < len(self.points) for r in rows)
             for point, rows in by_point.items():
                 if point >= len(self.points):
                     for row in rows:
@@ -188,6 +211,7 @@ class PointQueue:
                                           from_state=TrialState.WAITING)
             batch: list[tuple[dict[str, Any], dict[str, Any]]] = []
             enqueued = 0
+            stopped = []
             for point in self._order():
                 rows = by_point.get(point, [])
                 if any(r.state != "FAIL" for r in rows):
@@ -196,12 +220,36 @@ class PointQueue:
                     continue  # exhausted: reported as failed
                 params = {name: (encode_param(value), self.distributions[name])
                           for name, value in self.points[point].items()}
-                batch.append((params, {POINT: point, ATTEMPT: len(rows) + 1, SEED: self.seed_of(point)}))
+                attrs = {POINT: point, ATTEMPT: len(rows) + 1, SEED: self.seed_of(point)}
+                if plan is not None and point in plan.stopped:
+                    stopped.append((params, {**attrs, FAILURE: not_promoted(plan.stopped[point])}))
+                    continue
+                if plan is not None and point not in plan.admitted:
+                    continue  # its ladder's level below is not decided yet
+                batch.append((params, attrs))
                 if len(batch) == ENQUEUE_BATCH:
                     enqueued += self.store.enqueue(self.study_id, batch)
                     batch = []
             enqueued += self.store.enqueue(self.study_id, batch)
+            if stopped:
+                self.store.enqueue(self.study_id, stopped, state=TrialState.PRUNED)
+                self.halving.on_stop({attrs[POINT]: plan.stopped[attrs[POINT]] for _, attrs in stopped})
+        self.open += enqueued
         return enqueued
+
+    def _halving(self, by_point: dict[int, list[Row]]) -> Halving:
+        """Where the phase's halving stands, from its trials: a point is decided once it finished, or failed more
+        often than it may."""
+        decided: dict[int, float | None] = {}
+        for point, rows in by_point.items():
+            done = [r for r in rows if r.state in FINISHED_STATES]
+            if done:
+                decided[point] = done[0].value if done[0].state == "COMPLETE" else None
+            elif sum(counts_as_failure(r.state, r.failure) for r in rows) > self.max_retries:
+                decided[point] = None
+        budgets = [point.get(self.ladders.budget, 0) for point in self.points]
+        return halve(self.ladders, budgets, decided, reduction_factor=self.halving.reduction_factor,
+                     maximize=self.halving.maximize)
 
     def _order(self) -> Iterator[int]:
         """The order points are queued in: a seeded shuffle (pruners compare against a spread of the grid, and a

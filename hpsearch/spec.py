@@ -180,6 +180,16 @@ def _storage_name(value: str) -> str:
     return value
 
 
+class ScheduleSpec(_Strict):
+    """Successive halving over a grid phase's budget ladders: every ladder trains to the first level, the best
+    1/``reduction_factor`` of them go on to the next, and so on; the levels are the grid's budget values, with
+    ``first_rung`` below them when given (it joins the grid: each ladder's value there is a trial of its own)."""
+
+    type: Literal["halving"]
+    reduction_factor: int = Field(3, ge=2)
+    first_rung: int | None = Field(None, gt=0)
+
+
 class PhaseSpec(_Strict):
     name: str
     sampler: Literal["random", "tpe", "grid"]
@@ -189,12 +199,16 @@ class PhaseSpec(_Strict):
     max_retries: int = Field(2, ge=0)
     # a grid phase's training-length parameter (num_iters, num_epochs): points that differ only in it train once
     budget: str | None = None
+    schedule: ScheduleSpec | None = None  # halving over the budget ladders
 
     _name = field_validator("name")(_storage_name)
 
     @model_validator(mode="after")
     def _sampler_fits(self) -> PhaseSpec:
         if self.sampler == "grid":
+            if self.schedule is not None and self.budget is None:
+                raise ValueError("'schedule' halves a grid's budget ladders: name the phase's 'budget' too (num_iters "
+                                 "for the numpy backend, num_epochs for torch)")
             if self.grid is None:
                 raise ValueError("a grid phase needs 'grid': a mapping of lists or {from: PHASE, top_k, points}")
             if self.space:
@@ -208,10 +222,15 @@ class PhaseSpec(_Strict):
                 if self.budget is not None and self.budget not in self.grid:
                     raise ValueError(f"'budget' must be one of the grid's parameters ({', '.join(self.grid)}). Got "
                                      f"{self.budget!r} instead")
+                values = self.grid.get(self.budget) or []
+                first = self.schedule.first_rung if self.schedule is not None else None
+                if first is not None and values and all(type(v) is int for v in values) and first >= min(values):
+                    raise ValueError(f"'schedule.first_rung' ({first}) must be below the grid's smallest "
+                                     f"{self.budget} ({min(values)}): the grid's values are the levels above it")
         else:
-            if self.budget is not None:
-                raise ValueError(f"'budget' is for grid phases, whose points can share training; a {self.sampler} "
-                                 "phase draws every point afresh")
+            if self.budget is not None or self.schedule is not None:
+                raise ValueError(f"'budget' and 'schedule' are for grid phases, whose points can share training; a "
+                                 f"{self.sampler} phase draws every point afresh")
             if self.grid is not None:
                 raise ValueError(f"a {self.sampler} phase takes 'space', not 'grid'")
             if not self.space:

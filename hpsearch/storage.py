@@ -23,7 +23,7 @@ from urllib.parse import quote, quote_plus, unquote
 from hpsearch.errors import UserError
 
 __all__ = ["StorageError", "engine_for", "mask_url", "no_study_stored", "refuse_foreign_database",
-           "register_secret_url", "resolve_storage_url", "sqlite_path", "storage_lock"]
+           "register_secret_url", "resolve_storage_url", "runs_folder", "sqlite_path", "storage_lock"]
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
 MASK = "***"
@@ -175,6 +175,18 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
+
+
+def runs_folder(url: str) -> Path:
+    """Where runs paused between halving levels are kept for the storage at ``url``: ``.<database>.runs/`` beside a
+    SQLite database; for a server database, a folder per storage in the user's cache folder (``$XDG_CACHE_HOME`` or
+    ``~/.cache``, ``hpsearch/runs/``): a worker on another machine does not find the file and trains the run again
+    from its start, to the same numbers."""
+    path = sqlite_path(url)
+    if path is not None:
+        return path.parent / f".{path.name}.runs"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "hpsearch" / "runs" / f"{zlib.crc32(url.encode()):08x}"
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ Shared by ``hpsearch train`` and the study driver; knows neither Optuna nor MLfl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import ValidationError
@@ -66,10 +67,15 @@ def train_once(
                               seed=spec.seed if seed is None else seed, on_epoch=on_epoch)
 
 
-def start_training(spec: StudySpec, data: Dataset, params: dict[str, Any], *, seed: int) -> Training:
+def start_training(spec: StudySpec, data: Dataset, params: dict[str, Any], *, seed: int,
+                   resume_from: str | Path | None = None) -> Training:
     """The spec's trainable started for ``params`` on ``data`` without its test split, to be advanced along its
-    budget (see :class:`hpsearch.backends.base.Training`); the trainable must have ``start``."""
-    return spec.trainable.start(_trainable_config(spec, data, params), without_test(data), seed=seed)
+    budget (see :class:`hpsearch.backends.base.Training`), or taken up where the run saved at ``resume_from`` stood;
+    the trainable must have ``start``."""
+    config, data = _trainable_config(spec, data, params), without_test(data)
+    if resume_from is None:
+        return spec.trainable.start(config, data, seed=seed)
+    return spec.trainable.start(config, data, seed=seed, resume_from=resume_from)
 
 
 def _trainable_config(spec: StudySpec, data: Dataset, params: dict[str, Any] | None) -> dict[str, Any]:

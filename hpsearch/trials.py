@@ -7,8 +7,10 @@ Knows the storage only through :class:`~hpsearch.trialstore.TrialStore` and the 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -29,9 +31,24 @@ from hpsearch.storage import mask_url
 from hpsearch.training import resolved_config, start_training, train_once
 from hpsearch.trialstore import Row, TrialStore
 
-__all__ = ["RunningTrial", "TrialRunner"]
+__all__ = ["PausedRun", "RunningTrial", "TrialRunner"]
 
 NO_METRIC = "the trainable reported no metric"
+
+
+@dataclass(frozen=True)
+class PausedRun:
+    """Where a halving phase keeps a ladder's run between levels: the run is started for the ladder's top rung
+    (``params``; every rung has the ladder's seed), saved at ``path`` when it stops below the top, and taken up from
+    there by whichever process trains the ladder's next level; without the file, it trains again from its start."""
+
+    params: dict[str, Any]
+    path: Path
+    top: bool  # whether the claimed rungs end at the ladder's top: the run is not saved again, the file goes
+
+    def forget(self) -> None:
+        for file in (self.path, self.path.with_suffix(".json")):
+            file.unlink(missing_ok=True)
 
 
 @dataclass
@@ -42,6 +59,7 @@ class RunningTrial:
     view: PhaseView
     info: TrialInfo
     optuna_trial: optuna.Trial | None = None  # only where Optuna must see it (TPE, pruning)
+    paused: PausedRun | None = None  # a rung of halving: where its ladder's run is kept between levels
     history: dict[str, list[Any]] = field(default_factory=dict)
     traceback: str | None = None  # where the trainable failed, kept with the trial and its MLflow run
 
@@ -77,6 +95,9 @@ class TrialRunner:
                 while pending:
                     if not self._run_one(pending.pop(0), study, stages):
                         break  # the run cannot go on: the rungs above are trained another time
+                else:
+                    if stages is not None:  # every rung stored: the ladder's next level may go on from here
+                        stages.pause()
             except Interrupted:
                 untrained = INTERRUPTED
                 raise
@@ -226,10 +247,13 @@ class _Stages:
     would; a rung above one that diverged sees them too, then diverges alike.
     """
 
+    unsaved_told = False  # whether this process said that a run could not be saved between levels
+
     def __init__(self, runner: TrialRunner, rungs: list[RunningTrial]) -> None:
-        self.spec, self.data = runner.spec, runner.data
+        self.spec, self.data, self.echo = runner.spec, runner.data, runner.echo
         self.budget = rungs[0].phase.budget or runner.spec.trainable.budget
         self.top = rungs[-1].info
+        self.paused = rungs[-1].paused
         self.training: Training | None = None
         self.epochs: list[tuple[int, dict[str, Any]]] = []  # the run's epoch reports so far
         self.history: dict[str, list[float]] = {}  # their numbers, by metric name
@@ -238,7 +262,8 @@ class _Stages:
 
     def train(self, config: dict[str, Any], on_epoch: Callable[[int, dict[str, Any]], None]) -> TrainResult:
         if self.training is None:
-            self.training = start_training(self.spec, self.data(), self.top.params, seed=self.top.seed)
+            self.training = self._resumed(config[self.budget]) or start_training(
+                self.spec, self.data(), self.paused.params if self.paused else self.top.params, seed=self.top.seed)
         for epoch, metrics in self.epochs:  # the point trained alone reports these too (and may be pruned here)
             on_epoch(epoch, metrics)
         if self.diverged is not None:
@@ -254,6 +279,47 @@ class _Stages:
         except DivergedError as exc:
             self.diverged = exc
             raise
+
+    def _resumed(self, budget: int) -> Training | None:
+        """The ladder's run where the last level saved it (with its epoch reports), if it is there and not past
+        ``budget``; None to train from the start."""
+        if self.paused is None or not self.paused.path.exists():
+            return None
+        try:
+            saved = json.loads(self.paused.path.with_suffix(".json").read_text())
+            training = start_training(self.spec, self.data(), self.paused.params, seed=self.top.seed,
+                                      resume_from=self.paused.path)
+            if training.budget != saved["budget"] or training.budget > budget:
+                raise ValueError(f"it stands at {training.budget}, its reports at {saved['budget']}")
+        except Exception as exc:  # noqa: BLE001 - a user's restore too: the run trains from its start instead
+            self.echo(f"the saved run at {self.paused.path} is not taken up ({one_line(exc)}); it trains from the "
+                      "start")
+            return None
+        self.epochs = [(epoch, metrics) for epoch, metrics in saved["epochs"]]
+        for _, metrics in self.epochs:
+            add_epoch(self.history, metrics)
+        self.counted = training.examples or 0  # trained and counted at the levels below
+        return training
+
+    def pause(self) -> None:
+        """After the last claimed rung: keep the run for the ladder's next level, or let it go after its top. A run
+        that cannot be saved trains again from its start at the next level (same numbers, more compute)."""
+        if self.paused is None or self.training is None:
+            return
+        if self.paused.top or self.diverged is not None:
+            self.paused.forget()
+            return
+        try:
+            self.paused.path.parent.mkdir(parents=True, exist_ok=True)
+            self.paused.path.with_suffix(".json").write_text(json.dumps(
+                {"budget": self.training.budget, "epochs": self.epochs}, default=float))
+            self.training.save(self.paused.path)
+        except Exception as exc:  # noqa: BLE001 - a user's save, a full disk: the next level trains from the start
+            if not _Stages.unsaved_told:
+                _Stages.unsaved_told = True
+                self.echo(f"a ladder's run is not kept for its next level, which trains it again from its start "
+                          f"(told once): {one_line(exc)}")
+            self.paused.forget()
 
     def spent(self) -> int | None:
         """Training examples the run processed since the last account: what this trial cost (a rung: the run from

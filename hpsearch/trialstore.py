@@ -84,14 +84,17 @@ class TrialStore:
     # ---- the queue -------------------------------------------------------------------------------------------
 
     def enqueue(self, study_id: int, trials: Iterable[tuple[dict[str, tuple[Any, BaseDistribution]],
-                                                            dict[str, Any]]]) -> int:
+                                                            dict[str, Any]]],
+                state: TrialState = TrialState.WAITING) -> int:
         """Add WAITING trials ``(params, user_attrs)`` in one transaction; params map names to (value, distribution).
+        ``state=PRUNED``: trials decided without running (rungs halving did not promote), started and ended now.
 
         The caller holds the phase's points lock, so no other process numbers trials of this study meanwhile.
         """
         trials = list(trials)
         if not trials:
             return 0
+        now = None if state == TrialState.WAITING else self.now()
         with self.engine.begin() as conn:
             if self.postgres:  # Optuna's own trial creation locks the study row too
                 conn.execute(sa.select(models.StudyModel.study_id).where(models.StudyModel.study_id == study_id)
@@ -100,8 +103,8 @@ class TrialStore:
                                  .where(T.study_id == study_id)).scalar_one()
             created = conn.execute(
                 sa.insert(T.__table__).returning(T.__table__.c.trial_id, sort_by_parameter_order=True),
-                [{"number": first + k, "study_id": study_id, "state": TrialState.WAITING,
-                  "datetime_start": None, "datetime_complete": None} for k in range(len(trials))],
+                [{"number": first + k, "study_id": study_id, "state": state,
+                  "datetime_start": now, "datetime_complete": now} for k in range(len(trials))],
             ).scalars().all()
             params, attrs = [], []
             for trial_id, (values, user_attrs) in zip(created, trials):

@@ -13,6 +13,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ GATE = '''"""A test's gate: the first FREE calls finish at once, later ones wait
 train: a trial's val_acc is its learning rate. ladder: the same, trained in stages along num_iters (one call per
 stage), its val_acc the learning rate plus num_iters / 1000.
 """
+import json
 import os
 import time
 from pathlib import Path
@@ -101,11 +103,17 @@ class Stages:
                            config={{**self.config, "num_iters": budget}})
 
     def save(self, path):
-        raise NotImplementedError
+        Path(path).write_text(json.dumps({{"config": self.config, "budget": self.budget}}))
 
 
 def start(config, data, *, seed, resume_from=None):
-    return Stages(config)
+    stages = Stages(config)
+    if resume_from is not None:
+        saved = json.loads(Path(resume_from).read_text())
+        if {{**saved["config"], "num_iters": 0}} != {{**config, "num_iters": 0}}:
+            raise ValueError("another configuration's run")
+        stages.budget = stages.examples = saved["budget"]
+    return stages
 
 
 @trainable(metrics={{"val_acc": "maximize"}}, budget="num_iters", start=start)
@@ -115,17 +123,21 @@ def ladder(config, data, *, seed, on_epoch=None):
 
 
 def gated_study(tmp_path: Path, name: str, points: int = 6, *, free: int = 0, grace_period: int = 30,
-                grid: dict[str, list] | None = None, tracking: bool = False, budget: str | None = None) -> Path:
+                grid: dict[str, list] | None = None, tracking: bool = False, budget: str | None = None,
+                schedule: dict | None = None) -> Path:
     """Write a grid study whose trials after the first ``free`` wait until the test creates ``tmp_path / "open"``.
 
     A process stays inside such a trial however busy the machine, so a test polling the storage for it cannot miss
     the moment. The grid is ``points`` learning rates unless ``grid`` is given; a trial's val_acc is its learning
     rate. Tracking is off unless ``tracking``. The ``gate`` fixture opens it, also when the test fails.
-    ``budget="num_iters"``: the phase's ladders train in stages, and every stage (not trial) counts as a call.
+    ``budget="num_iters"``: the phase's ladders train in stages, and every stage (not trial) counts as a call; a
+    stage taken up from a saved run trains (and counts examples) only from where it was saved. ``schedule``: the
+    phase's halving.
     """
     (tmp_path / "gate.py").write_text(GATE.format(free=free))
     grid = grid or {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}
-    phase = {"name": "grid", "sampler": "grid", "grid": grid, **({"budget": budget} if budget else {})}
+    phase = {"name": "grid", "sampler": "grid", "grid": grid, **({"budget": budget} if budget else {}),
+             **({"schedule": schedule} if schedule else {})}
     return write_spec(tmp_path, name, tracking={"enabled": tracking},
                       model={"backend": "gate:ladder" if budget else "gate:train"}, defaults={},
                       objective={"metric": "val_acc", "direction": "maximize"},
@@ -160,6 +172,29 @@ def gate(tmp_path: Path):
     gate = Gate(tmp_path)
     yield gate
     gate.close()
+
+
+def kill_at_the_gate_and_rerun(spec: Path, storage: str, gate: Gate, calls: int, states: dict[str, int],
+                               ) -> subprocess.CompletedProcess:
+    """Run a :func:`gated_study` until its trainable was called ``calls`` times and its grid phase's trials are in
+    ``states`` (e.g. ``{"COMPLETE": 1, "RUNNING": 2}``), kill the process there (SIGKILL), open the gate and run
+    the same command again to its end; returns the second run."""
+    command = [sys.executable, "-m", "hpsearch", "run", str(spec), "--storage", storage]
+    first = subprocess.Popen(command, cwd=spec.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gate.watch(first)
+    called = spec.parent / "calls"
+    study = f"{spec.stem}.grid"
+    deadline = time.monotonic() + 300
+    while not (called.exists() and called.stat().st_size == calls and
+               collections.Counter(t.state.name for t in study_trials(storage, study)) == states):
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, f"the study never reached {calls} calls with its trials {states}"
+    first.kill()
+    first.communicate()
+    gate.open()
+    again = subprocess.run(command, cwd=spec.parent, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    return again
 
 
 def study_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import subprocess
-import sys
-import time
-
 import optuna
 import pytest
 
@@ -16,7 +11,8 @@ from hpsearch.ladders import ladders
 from hpsearch.records import LADDER_STOPPED
 from hpsearch.spec import load_spec
 from hpsearch.training import load_data, train_once
-from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
+from tests.conftest import (TINY_STUDY, assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, study_trials,
+                            write_spec)
 
 # 200 training rows / 50 = 4 iterations an epoch: 6 stops inside the second epoch, 12 at the end of the third
 GRID = {"learning_rate": [0.05, 0.3], "num_iters": [6, 12, 20]}
@@ -115,7 +111,7 @@ def test_a_rung_whose_training_fails_sends_the_rungs_above_back_to_the_queue(tmp
     ({**BUDGET_PHASE, "grid": {**GRID, "hidden_size": [4, 8]}, "budget": "hidden_size"},
      "the budget must be 'num_iters', the parameter the numpy backend trains in stages along. Got 'hidden_size'"),
     ({"name": "random", "sampler": "random", "n_trials": 3, "budget": "num_iters",
-      "space": {"num_iters": {"type": "int", "low": 5, "high": 20}}}, "'budget' is for grid phases"),
+      "space": {"num_iters": {"type": "int", "low": 5, "high": 20}}}, "'budget' and 'schedule' are for grid phases"),
     ([TINY_STUDY["phases"][0],  # a grid derived from it later: the budget's name is refused at once
       {**BUDGET_PHASE, "grid": {"from": "random", "top_k": 2, "points": 2}, "budget": "num_epochs"}],
      "the budget must be 'num_iters', the parameter the numpy backend trains in stages along. Got 'num_epochs'"),
@@ -140,22 +136,8 @@ def test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_onc
     spec = gated_study(tmp_path, "lad", free=1, budget="num_iters",
                        grid={"learning_rate": [0.1, 0.2], "num_iters": [10, 20, 30]})
     storage = f"sqlite:///{tmp_path / 'lad.db'}"
-    command = [sys.executable, "-m", "hpsearch", "run", str(spec), "--storage", storage]
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    gate.watch(first)
-    calls = tmp_path / "calls"
-    # the ladder's first rung is stored and its second stage waits at the gate: the rungs above are claimed
-    deadline = time.monotonic() + 300
-    while not (calls.exists() and calls.stat().st_size == 2 and
-               collections.Counter(t.state.name for t in study_trials(storage, "lad.grid"))
-               == {"COMPLETE": 1, "RUNNING": 2, "WAITING": 3}):
-        assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, "the ladder's second stage never reached the gate"
-    first.kill()
-    first.communicate()
-    gate.open()
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    # the ladder's first rung is stored and its second stage waits at the gate, the rungs above claimed: killed
+    kill_at_the_gate_and_rerun(spec, storage, gate, calls=2, states={"COMPLETE": 1, "RUNNING": 2, "WAITING": 3})
     trials = study_trials(storage, "lad.grid")
     assert_exactly_once(trials, 6)
     failed = {t.params["num_iters"]: t.user_attrs["failure"] for t in trials if t.state.name == "FAIL"}
@@ -166,7 +148,7 @@ def test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_onc
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == trial.params["learning_rate"] + trial.params["num_iters"] / 1000
     # the killed run's 2 stages, the two retried rungs as one ladder (2), the other ladder (3), the winner retrained
-    assert calls.stat().st_size == 2 + 2 + 3 + 1
+    assert (tmp_path / "calls").stat().st_size == 2 + 2 + 3 + 1
 
 
 STEPS = '''

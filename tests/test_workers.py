@@ -18,12 +18,17 @@ from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_t
 GRID = {"learning_rate": [0.02, 0.05, 0.1, 0.2], "hidden_size": [4, 8, 12], "batch_size": [25, 50]}  # 24 points
 
 
-def spec_file(tmp_path: Path, **defaults) -> Path:
+# the same grid trained as 24 ladders of three rungs, halved: 24 ladders train to 10 iterations, 8 to 20, 3 to 40
+HALVING = {"grid": {**GRID, "num_iters": [10, 20, 40]}, "budget": "num_iters",
+           "schedule": {"type": "halving", "reduction_factor": 3}}
+
+
+def spec_file(tmp_path: Path, phase: dict | None = None, **defaults) -> Path:
     # same-host deaths are seen at once (the pid is gone); a long grace period keeps a loaded machine's late
     # heartbeats from failing live trials
     return write_spec(tmp_path, "scaled", defaults={**TINY_STUDY["defaults"], "num_iters": 40, **defaults},
                       heartbeat={"interval": 1, "grace_period": 30},
-                      phases=[{"name": "grid", "sampler": "grid", "grid": GRID}])
+                      phases=[{"name": "grid", "sampler": "grid", "grid": GRID, **(phase or {})}])
 
 
 def start_workers(spec: Path, storage: str, tracking: str, n: int) -> list[subprocess.Popen]:
@@ -55,19 +60,23 @@ def assert_tracking(tracking: str, trials: list, logs: object = None) -> None:
 
 
 @pytest.mark.postgres
-def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path):
-    spec = spec_file(tmp_path)
+@pytest.mark.parametrize("phase, points, trained", [({}, 24, 24), (HALVING, 72, 24 + 8 + 3)],
+                         ids=["grid", "halving"])
+def test_three_workers_cover_the_grid_exactly_once(pg_database, tmp_path, phase, points, trained):
+    spec = spec_file(tmp_path, phase)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     workers = start_workers(spec, pg_database, tracking, 3)
     outputs = [w.communicate(timeout=300) for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], [err for _, err in outputs]
     trials = _trials(pg_database)
-    assert_exactly_once(trials, 24)
-    assert len(trials) == 24
+    assert_exactly_once(trials, points)
+    assert len(trials) == points
     assert all("SECRET" not in err and "Traceback" not in err for _, err in outputs)
-    # every trial was trained by exactly one of the workers
-    trained = [sum(line.startswith("[grid]") for line in err.splitlines()) for _, err in outputs]
-    assert sum(trained) == 24, trained
+    # every trial was trained by exactly one of the workers; halving's levels were each cut once
+    lines = [line for _, err in outputs for line in err.splitlines() if line.startswith("[grid]")]
+    assert sum(" trial " in line for line in lines) == trained, lines
+    cuts = [line for line in lines if "not promoted" in line]
+    assert len(cuts) == (2 if phase else 0), cuts
     assert_tracking(tracking, trials, [err for _, err in outputs])
 
 

@@ -23,7 +23,7 @@ from hpsearch.backends.base import DivergedError, Trainable, TrainResult, replac
 from hpsearch.backends.torch_model import (TorchConfig, TorchModel, build_mlp, load_model, require,
                                            resolve_device, save_model)
 from hpsearch.data import Dataset
-from hpsearch.errors import UserError
+from hpsearch.errors import UserError, one_line
 
 __all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "PREPROCESS", "TRAINABLE", "TorchConfig", "TorchModel",
            "Training", "augmenter", "budget_blocker", "build_mlp", "cost", "evaluate", "image_layout", "load_model",
@@ -296,7 +296,7 @@ class Training:
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError... by file kind
-            raise ValueError(f"{path}: not a saved run: {_first_line(exc)}") from None
+            raise ValueError(f"{path}: not a saved run: {one_line(exc)}") from None
         if not isinstance(saved, dict) or saved.get("identity") != json.dumps(self._identity()):
             raise ValueError(f"{path} holds the run of another configuration, seed, dataset or device")
         try:
@@ -308,7 +308,7 @@ class Training:
             self.epoch, self.seconds = saved["epoch"], saved["seconds"]
             self.loss_history, self.history = saved["loss_history"], saved["history"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: not a saved run: {_first_line(exc)}") from None
+            raise ValueError(f"{path}: not a saved run: {one_line(exc)}") from None
 
     def _identity(self) -> dict[str, Any]:
         """What a saved run must match to be taken up: the configuration without its budget, the seed, the shapes."""
@@ -323,10 +323,6 @@ def _seeded_states(torch: Any, seed: int, device: str) -> tuple[Any, Any]:
     with torch.random.fork_rng(devices=cuda, device_type="cuda"):
         torch.manual_seed(seed % 2**63)
         return torch.get_rng_state(), torch.cuda.get_rng_state(cuda[0]) if cuda else None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 start = start_with(Training)  # at epoch 0, or where the run saved at ``resume_from`` stood

@@ -1,0 +1,132 @@
+"""Successive halving over budget ladders: who goes on, what the others' rungs become, and what it costs."""
+
+from __future__ import annotations
+
+import collections
+
+import optuna
+import pytest
+
+from hpsearch.driver import Driver
+from hpsearch.errors import SpecError
+from hpsearch.ladders import halve, ladders
+from hpsearch.records import WORKER_DIED
+from hpsearch.spec import load_spec
+from hpsearch.storage import runs_folder
+from hpsearch.training import load_data, train_once
+from tests.conftest import (assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, study_trials,
+                            write_spec)
+
+# nine ladders of the tiny study's learning rates; 200 training rows / 50 = 4 iterations an epoch
+RATES = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0]
+HALVING_PHASE = {"name": "grid", "sampler": "grid", "budget": "num_iters",
+                 "schedule": {"type": "halving", "reduction_factor": 3, "first_rung": 3},
+                 "grid": {"learning_rate": RATES, "num_iters": [6, 12, 20]}}
+
+
+def test_each_level_promotes_the_best_third_of_its_ladders():
+    points = [{"lr": lr, "n": n} for lr in range(6) for n in (1, 2, 3)]  # six ladders, three levels
+    found = ladders(points, "n")
+    budgets = [p["n"] for p in points]
+    first = {3 * ladder: value for ladder, value in enumerate([0.1, 0.5, 0.3, 0.5, None, 0.2])}
+    state = halve(found, budgets, {0: 0.1, 3: 0.5}, reduction_factor=3, maximize=True)
+    assert state.admitted == {3 * ladder for ladder in range(6)} and state.stopped == {}  # level 1 still running
+    state = halve(found, budgets, first, reduction_factor=3, maximize=True)
+    # ladders 1 and 3 tie at 0.5: both go on, ahead of 0.3; the one without a value (pruned) never does
+    assert state.admitted == {*first, 4, 10}
+    assert state.stopped == {p: 1 for ladder in (0, 2, 4, 5) for p in (3 * ladder + 1, 3 * ladder + 2)}
+    state = halve(found, budgets, {**first, 4: 0.7, 10: 0.7}, reduction_factor=3, maximize=True)
+    assert state.admitted == {*first, 4, 10, 5} and state.stopped[11] == 2  # the tie at level 2: the first ladder
+    assert halve(found, budgets, first, reduction_factor=3, maximize=False).admitted == {*first, 1, 16}
+
+
+def run_study(tmp_path, phase=HALVING_PHASE, **changes):
+    spec = write_spec(tmp_path, **{"phases": [phase], **changes})
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    summary = Driver(load_spec(spec), url, echo=lambda m: None).run()
+    return spec, url, summary, optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
+
+
+def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_alone(tmp_path):
+    spec, url, summary, trials = run_study(tmp_path)
+    assert summary["complete"]
+    assert_exactly_once(trials, len(RATES) * 4)  # first_rung 3 joins the grid's num_iters
+    assert len(trials) == len(RATES) * 4
+    by_budget = collections.defaultdict(list)
+    for trial in trials:
+        by_budget[trial.params["num_iters"]].append(trial)
+    complete = {n: sorted(t.params["learning_rate"] for t in by_budget[n] if t.state.name == "COMPLETE")
+                for n in (3, 6, 12, 20)}
+    assert [len(complete[n]) for n in (3, 6, 12, 20)] == [9, 3, 1, 1]  # ceil(9 / 3), ceil(3 / 3)
+    best_at_3 = sorted(by_budget[3], key=lambda t: (-t.value, RATES.index(t.params["learning_rate"])))
+    assert complete[6] == sorted(t.params["learning_rate"] for t in best_at_3[:3])
+    for trial in trials:
+        if trial.state.name == "PRUNED":
+            lr = trial.params["learning_rate"]
+            stopped_at = 3 if lr not in complete[6] else 6
+            assert trial.user_attrs["failure"] == f"not promoted at {stopped_at}"
+            assert "examples" not in trial.user_attrs
+    loaded = load_spec(spec)
+    data = load_data(loaded)
+    for trial in trials:
+        if trial.state.name == "COMPLETE":  # a promoted run went on from where its level saved it
+            alone = train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"])
+            assert trial.value == alone.val_acc
+            assert trial.user_attrs["metrics"] == alone.metrics
+            assert trial.user_attrs.get("epoch_history", {}).get("val_acc", []) == alone.val_acc_history
+    # each ladder paid once for each stretch it trained: no run was trained again from its start
+    reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
+    assert summary["examples"] == sum(reached.values()) * 50
+    assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
+
+
+def test_a_halving_schedule_needs_a_budget_and_a_first_rung_below_the_grid(tmp_path):
+    with pytest.raises(SpecError, match="'schedule' halves a grid's budget ladders: name the phase's 'budget'"):
+        load_spec(write_spec(tmp_path, phases=[{k: v for k, v in HALVING_PHASE.items() if k != "budget"}]))
+    late = {**HALVING_PHASE, "schedule": {"type": "halving", "first_rung": 6}}
+    with pytest.raises(SpecError, match=r"'schedule.first_rung' \(6\) must be below the grid's smallest num_iters"):
+        load_spec(write_spec(tmp_path, phases=[late]))
+
+
+def test_a_derived_grid_without_the_budget_cannot_be_halved(tmp_path):
+    phases = [{"name": "random", "sampler": "random", "n_trials": 3,
+               "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True}}},
+              {**HALVING_PHASE, "grid": {"from": "random", "top_k": 2, "points": 2}}]
+    with pytest.raises(SpecError, match="halving needs 'num_iters' in the grid; the derived grid has learning_rate"):
+        run_study(tmp_path, phase=None, phases=phases)
+
+
+def test_max_retries_of_a_halving_phase_cannot_change_under_it(tmp_path):
+    """When a point has failed for good decides a level: a rerun with another max_retries is a changed phase."""
+    spec, url, _, _ = run_study(tmp_path)
+    write_spec(tmp_path, phases=[{**HALVING_PHASE, "max_retries": 5}])
+    with pytest.raises(SpecError, match="phase 'grid' changed since it started: max_retries"):
+        Driver(load_spec(spec), url, echo=lambda m: None).run()
+
+
+# A halving phase killed inside a promoted run ------------------------------------------------------------------------
+
+def test_a_killed_halving_phase_resumes_its_schedule_and_its_saved_runs(tmp_path, gate):
+    rates = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # the gate's val_acc: learning rate + num_iters / 1000
+    spec = gated_study(tmp_path, "hal", free=7, budget="num_iters", grid={"learning_rate": rates,
+                                                                       "num_iters": [10, 20, 30]},
+                       schedule={"type": "halving", "reduction_factor": 3})
+    storage = f"sqlite:///{tmp_path / 'hal.db'}"
+    # six ladders trained to 10, the best two promoted; one trained on to 20, the other waits at the gate: killed
+    kill_at_the_gate_and_rerun(spec, storage, gate, calls=8, states={"COMPLETE": 7, "RUNNING": 1, "PRUNED": 8})
+    trials = study_trials(storage, "hal.grid")
+    assert_exactly_once(trials, 18)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].user_attrs["failure"] in (WORKER_DIED, "heartbeat lost")
+    complete = {(t.params["learning_rate"], t.params["num_iters"]): t for t in trials if t.state.name == "COMPLETE"}
+    assert sorted(complete) == sorted([(lr, 10) for lr in rates] + [(0.5, 20), (0.6, 20), (0.6, 30)])
+    for (lr, n), trial in complete.items():
+        assert trial.value == pytest.approx(lr + n / 1000)
+        # every stretch was trained once: the killed rung's retry and the top rung went on from the saved runs
+        assert trial.user_attrs["examples"] == 10
+    reasons = collections.Counter(t.user_attrs["failure"] for t in trials if t.state.name == "PRUNED")
+    assert reasons == {"not promoted at 10": 8, "not promoted at 20": 1}
+    # the killed run's 8 stages, the retried rung, the top rung, the winner retrained
+    assert (tmp_path / "calls").stat().st_size == 8 + 1 + 1 + 1
+    assert not list(runs_folder(storage).glob("*/*"))
+
