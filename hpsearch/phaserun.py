@@ -8,13 +8,14 @@ cadence and retried.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 from hpsearch import grid as grids
 from hpsearch.budget import Budget
 from hpsearch.interrupt import Interruption
-from hpsearch.ladders import Ladders, check_budget
+from hpsearch.ladders import Ladders, check_budget, ladders
 from hpsearch.listener import StudyListener, TrialInfo
 from hpsearch.phases import Phases
 from hpsearch.pointqueue import HalvingRule, PointQueue, owner, reap
@@ -73,7 +74,7 @@ class PhaseRunner:
                     budget: Budget) -> bool:
         points = self.phases.points(phase, record)
         found = self._ladders[phase.name] = self._ladders_of(phase, record)
-        identity = found.of_point if found is not None else range(len(points))  # a ladder's rungs share a seed
+        identity = self._seed_identity(phase, points, found)
 
         def seed_of(point: int) -> int:
             return grids.trial_seed(self.spec.seed, phase.name, identity[point])
@@ -144,6 +145,18 @@ class PhaseRunner:
             rungs = sum(budget_of == budget for budget_of in stopped.values())
             self.echo(f"[{phase.name}] halving: {len(stopped_ladders)} ladders not promoted at {phase.budget} "
                       f"{budget}; their {rungs} rungs above end PRUNED")
+
+    def _seed_identity(self, phase: PhaseSpec, points: list[dict[str, Any]], found: Ladders | None) -> Sequence[int]:
+        """Per point, what its seed derives from: its ladder. In a grid phase without a ``budget`` too, the points
+        that differ only in the trainable's budget parameter share a seed, so that a grid's values are the same
+        whether or not it trains them as ladders; every other point its own."""
+        if found is not None:
+            return found.of_point
+        budget = self.spec.trainable.budget
+        if phase.sampler == "grid" and budget is not None:
+            with contextlib.suppress(ValueError):  # a budget value the trainable refuses: that trial says so
+                return ladders([self.spec.config(**point) for point in points], budget).of_point
+        return range(len(points))
 
     def _ladders_of(self, phase: PhaseSpec, record: dict[str, Any]) -> Ladders | None:
         """The phase's budget ladders, checked against the trainable (a derived grid's once it is known; an explicit

@@ -64,6 +64,18 @@ def test_every_rung_is_its_point_trained_alone_and_each_ladder_trains_once(tmp_p
         assert stretch == {6: 6 * 50, 12: 6 * 50, 20: 8 * 50}
 
 
+def test_a_grid_has_the_same_values_with_and_without_its_ladders(tmp_path):
+    """Points that differ only in the trainable's budget share a seed in any grid phase: naming the budget changes
+    what the grid costs, never what it finds."""
+    (tmp_path / "ladders").mkdir()
+    (tmp_path / "alone").mkdir()
+    _, _, trials = run_study(tmp_path / "ladders")
+    _, _, alone = run_study(tmp_path / "alone", phases=[{k: v for k, v in BUDGET_PHASE.items() if k != "budget"}])
+    values = {tuple(sorted(t.params.items())): (t.value, t.user_attrs["seed"]) for t in trials}
+    assert {tuple(sorted(t.params.items())): (t.value, t.user_attrs["seed"]) for t in alone} == values
+    assert len({seed for _, seed in values.values()}) == 2  # one per ladder
+
+
 def test_the_rungs_above_a_diverged_one_diverge_alike_without_training(tmp_path):
     from hpsearch.backends import DivergedError
 
