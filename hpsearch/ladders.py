@@ -29,7 +29,7 @@ from hpsearch.grid import grid_points, with_first_rung
 if TYPE_CHECKING:
     from hpsearch.spec import PhaseSpec, StudySpec
 
-__all__ = ["Halving", "Ladders", "check_budget", "halve", "ladders", "not_promoted"]
+__all__ = ["Halving", "Ladders", "check_budget", "halve", "ladders", "not_promoted", "rank_metric"]
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,10 @@ def halve(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | 
           maximize: bool) -> Halving:
     """Successive halving over ``found``'s ladders, level by level (a level: every ladder's k-th rung).
 
-    budgets: each point's budget value. decided: the points that will not run again, each with its value, or None
-    for one without (pruned, diverged, failed for good). A level is decided once each of its rungs is; of its n
-    ladders the best ceil(n / reduction_factor) with a value go on (ties by ladder number), the others' rungs above
-    stop. A pure function of its arguments.
+    budgets: each point's budget value. decided: the points that will not run again, each with the value it is
+    ranked by, or None for one without (pruned, diverged, failed for good). A level is decided once each of its
+    rungs is; of its n ladders the best ceil(n / reduction_factor) with a value go on (ties by ladder number), the
+    others' rungs above stop. A pure function of its arguments.
     """
     alive = list(range(len(found.rungs)))
     admitted: set[int] = set()
@@ -118,6 +118,15 @@ def halve(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | 
     return Halving(frozenset(admitted), stopped)
 
 
+def rank_metric(spec: StudySpec, phase: PhaseSpec) -> tuple[str | None, bool]:
+    """What halving ranks a level's ladders by: a metric of the trials' ``metrics`` (None: the objective, the
+    trials' value), and whether higher is better."""
+    rank_by = phase.schedule.rank_by if phase.schedule is not None else None
+    if rank_by is None or rank_by == spec.objective.metric:
+        return None, spec.objective.direction == "maximize"
+    return rank_by, (spec.trainable.metrics or {}).get(rank_by) == "maximize"
+
+
 def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]] | None, *,
                  where: str) -> Ladders | None:
     """The ladders of a phase's ``grid`` over its ``budget``; SpecError for a budget the trainable cannot train in
@@ -133,6 +142,12 @@ def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]
     if phase.schedule is not None and grid is not None and phase.budget not in grid:
         raise SpecError(f"{spec.source}: {where}: halving needs {phase.budget!r} in the grid; the derived grid has "
                         f"{', '.join(grid)} (let its source phase search {phase.budget}).")
+    rank_by = phase.schedule.rank_by if phase.schedule is not None else None
+    declared = trainable.metrics or {}
+    if rank_by is not None and rank_by != spec.objective.metric and rank_by not in declared:
+        what = f"one of {', '.join(declared)}" if declared else "the objective (it declares no metrics)"
+        raise SpecError(f"{spec.source}: {where}: schedule.rank_by must be {what}, a metric the "
+                        f"{spec.model.backend} trainable reports with its direction. Got {rank_by!r} instead.")
     grid = with_first_rung(phase, grid) if grid is not None else None
     points = grid_points(grid) if grid is not None else []
     first = phase.schedule.first_rung if phase.schedule is not None else None

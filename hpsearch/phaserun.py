@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from hpsearch import grid as grids
 from hpsearch.budget import Budget
 from hpsearch.interrupt import Interruption
-from hpsearch.ladders import Ladders, check_budget, ladders
+from hpsearch.ladders import Ladders, check_budget, ladders, rank_metric
 from hpsearch.listener import StudyListener, TrialInfo
 from hpsearch.phases import Phases
 from hpsearch.pointqueue import HalvingRule, PointQueue, owner, reap
@@ -82,7 +82,8 @@ class PhaseRunner:
         paused = self._paused_runs(phase, study, points, found)  # None unless the phase halves its ladders
         halving = None
         if paused is not None:
-            halving = HalvingRule(phase.schedule.reduction_factor, self.spec.objective.direction == "maximize",
+            rank_by, maximize = rank_metric(self.spec, phase)
+            halving = HalvingRule(phase.schedule.reduction_factor, maximize, rank_by,
                                   on_stop=lambda stopped: self._stopped(phase, view, found, paused, stopped),
                                   on_fresh=lambda: shutil.rmtree(paused.folder, ignore_errors=True))
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import socket
 import threading
@@ -162,7 +163,8 @@ class HalvingRule:
     levels can go; ``on_fresh()``, under the lock, that the phase has no trial yet."""
 
     reduction_factor: int
-    maximize: bool
+    maximize: bool  # whether a higher rank_by (or objective) is better
+    rank_by: str | None = None  # a metric of the trials' ``metrics``; None: the objective, the trials' value
     on_stop: Callable[[dict[int, int]], None] = lambda stopped: None
     on_fresh: Callable[[], None] = lambda: None
 
@@ -241,12 +243,20 @@ class PointQueue:
         """Where the phase's halving stands, from its trials: a point is decided once it finished, or failed more
         often than it may."""
         decided: dict[int, float | None] = {}
+        complete: dict[int, int] = {}  # point: its complete trial
         for point, rows in by_point.items():
             done = [r for r in rows if r.state in FINISHED_STATES]
             if done:
                 decided[point] = done[0].value if done[0].state == "COMPLETE" else None
+                if done[0].state == "COMPLETE":
+                    complete[point] = done[0].trial_id
             elif sum(counts_as_failure(r.state, r.failure) for r in rows) > self.max_retries:
                 decided[point] = None
+        if self.halving.rank_by is not None:  # ranked by another metric the trials report: one without it is last
+            metrics = self.store.user_attr(list(complete.values()), "metrics")
+            for point, trial_id in complete.items():
+                value = (metrics.get(trial_id) or {}).get(self.halving.rank_by)
+                decided[point] = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
         budgets = [point.get(self.ladders.budget, 0) for point in self.points]
         return halve(self.ladders, budgets, decided, reduction_factor=self.halving.reduction_factor,
                      maximize=self.halving.maximize)

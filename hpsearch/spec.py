@@ -182,12 +182,16 @@ def _storage_name(value: str) -> str:
 
 class ScheduleSpec(_Strict):
     """Successive halving over a grid phase's budget ladders: every ladder trains to the first level, the best
-    1/``reduction_factor`` of them go on to the next, and so on; the levels are the grid's budget values, with
-    ``first_rung`` below them when given (it joins the grid: each ladder's value there is a trial of its own)."""
+    1/``reduction_factor`` of them (by ``rank_by``) go on to the next, and so on; the levels are the grid's budget
+    values, with ``first_rung`` below them when given (it joins the grid: each ladder's value there is a trial of its
+    own)."""
 
     type: Literal["halving"]
     reduction_factor: int = Field(3, ge=2)
     first_rung: int | None = Field(None, gt=0)
+    # the metric a level's ladders are ranked by; default: the objective. One the trainable declares, e.g. val_loss:
+    # early in training a small validation set's loss orders runs more steadily than its accuracy
+    rank_by: str | None = Field(None, min_length=1)
 
 
 class PhaseSpec(_Strict):

@@ -286,5 +286,16 @@ class TrialStore:
                         setattr(row, {"hpsearch:owner": "owner"}.get(key, key), json.loads(value))
         return sorted(found.values(), key=lambda r: r.number)
 
+    def user_attr(self, trial_ids: list[int], key: str) -> dict[int, Any]:
+        """The user attribute ``key`` of those of ``trial_ids`` that have it (a query per 500 trials)."""
+        found = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(trial_ids), 500):
+                chunk = trial_ids[start:start + 500]
+                for trial_id, value in conn.execute(sa.select(A.trial_id, A.value_json)
+                                                    .where(A.trial_id.in_(chunk), A.key == key)):
+                    found[trial_id] = json.loads(value)
+        return found
+
     def now(self) -> datetime.datetime:
         return utcnow()

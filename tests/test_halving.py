@@ -80,6 +80,18 @@ def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_al
     assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
 
 
+def test_levels_can_be_ranked_by_another_metric_with_its_own_direction(tmp_path):
+    schedule = {**HALVING_PHASE["schedule"], "rank_by": "val_loss"}
+    _, _, summary, trials = run_study(tmp_path, phase={**HALVING_PHASE, "schedule": schedule})
+    assert summary["complete"]
+    first = sorted((t for t in trials if t.params["num_iters"] == 3), key=lambda t: t.user_attrs["metrics"]["val_loss"])
+    promoted = sorted(t.params["learning_rate"] for t in trials
+                      if t.params["num_iters"] == 6 and t.state.name == "COMPLETE")
+    assert promoted == sorted(t.params["learning_rate"] for t in first[:3])  # the lowest losses go on
+    with pytest.raises(SpecError, match="schedule.rank_by must be one of val_acc, val_loss, train_acc"):
+        load_spec(write_spec(tmp_path, phases=[{**HALVING_PHASE, "schedule": {**schedule, "rank_by": "val_ac"}}]))
+
+
 def test_a_halving_schedule_needs_a_budget_and_a_first_rung_below_the_grid(tmp_path):
     with pytest.raises(SpecError, match="'schedule' halves a grid's budget ladders: name the phase's 'budget'"):
         load_spec(write_spec(tmp_path, phases=[{k: v for k, v in HALVING_PHASE.items() if k != "budget"}]))
