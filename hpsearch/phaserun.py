@@ -115,10 +115,11 @@ class PhaseRunner:
                 view.refresh(full=True)
                 return True
             rungs = []
+            stored = self.store.user_attr([trial_id for trial_id, _, _ in claimed], SEED)  # what it was queued with
             for trial_id, number, point in claimed:
                 view.apply(Row(trial_id, number, "RUNNING", None, self.store.now(), None, point, owner=me))
                 rungs.append(RunningTrial(phase, view, TrialInfo(trial_id, number, point, points[point],
-                                                                 seed_of(point)),
+                                                                 stored.get(trial_id, seed_of(point))),
                                           paused=paused(found.of_point[point], point) if paused else None))
             budget.timed(lambda: self.runner.run(rungs, study), trials=len(rungs))
             if any(counts_as_failure(row.state, row.failure) for row in
@@ -154,7 +155,7 @@ class PhaseRunner:
         if found is not None:
             return found.of_point
         budget = self.spec.trainable.budget
-        if phase.sampler == "grid" and budget is not None:
+        if phase.sampler == "grid" and budget is not None and any(budget in point for point in points):
             with contextlib.suppress(ValueError):  # a budget value the trainable refuses: that trial says so
                 return ladders([self.spec.config(**point) for point in points], budget).of_point
         return range(len(points))

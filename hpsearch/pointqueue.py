@@ -252,7 +252,7 @@ class PointQueue:
                     complete[point] = done[0].trial_id
             elif sum(counts_as_failure(r.state, r.failure) for r in rows) > self.max_retries:
                 decided[point] = None
-        if self.halving.rank_by is not None:  # ranked by another metric the trials report: one without it is last
+        if self.halving.rank_by is not None:  # ranked by another metric the trials report: one without it stops
             metrics = self.store.user_attr(list(complete.values()), "metrics")
             for point, trial_id in complete.items():
                 value = (metrics.get(trial_id) or {}).get(self.halving.rank_by)

@@ -76,6 +76,27 @@ def test_a_grid_has_the_same_values_with_and_without_its_ladders(tmp_path):
     assert len({seed for _, seed in values.values()}) == 2  # one per ladder
 
 
+def test_a_queued_trial_trains_with_the_seed_stored_with_it(tmp_path):
+    """A phase queued by another version of hpsearch (or seeds derived otherwise) trains what its trials record."""
+    from hpsearch.budget import Budget
+
+    spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": GRID}])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    Driver(load_spec(spec), url, echo=lambda m: None).run(Budget(max_trials=1))
+    storage = optuna.storages.RDBStorage(url)
+    waiting = [t for t in optuna.load_study(study_name="tiny.grid", storage=storage).get_trials()
+               if t.state == optuna.trial.TrialState.WAITING]
+    storage.set_trial_user_attr(waiting[0]._trial_id, "seed", 12345)
+    storage.engine.dispose()
+    Driver(load_spec(spec), url, echo=lambda m: None).run()
+    trial = next(t for t in optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
+                 if t.number == waiting[0].number)
+    loaded = load_spec(spec)
+    alone = train_once(loaded, load_data(loaded), trial.params, seed=12345)
+    assert trial.user_attrs["seed"] == 12345
+    assert (trial.value, trial.user_attrs["final_loss"]) == (alone.val_acc, alone.loss)
+
+
 def test_the_rungs_above_a_diverged_one_diverge_alike_without_training(tmp_path):
     from hpsearch.backends import DivergedError
 
