@@ -18,7 +18,7 @@ from hpsearch.data import DATASETS, FILE_DATASETS
 from hpsearch.errors import SpecError
 from hpsearch.plugins import allow_import_from_env, is_reference, is_well_formed
 from hpsearch.specyaml import apply_override, parse_override, yaml_load
-from hpsearch.validation import UserConfig
+from hpsearch.validation import UserConfig, format_error, validation_message
 
 if TYPE_CHECKING:
     from hpsearch.backends import Trainable
@@ -306,43 +306,6 @@ class StudySpec(_Strict):
         return {**self.defaults, **params}
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in ("dict[str,list[any]]", "DerivedGrid", "function-after[_sampler_fits(), PhaseSpec]"):
-            continue  # pydantic's names for union members, not part of the YAML path
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
-
-
-def _format_error(error: dict[str, Any]) -> str:
-    path = _format_loc(tuple(error["loc"]))
-    message = error["msg"]
-    message = re.sub(r"^(Value error|Assertion failed), ", "", message)
-    if message.startswith("Input should be "):
-        message = "must be " + message[len("Input should be "):]
-    if error["type"] == "extra_forbidden":
-        return f"unknown key {path!r}"
-    if error["type"] == "missing":
-        return f"{path} is required"
-    got = error.get("input")
-    shown = f" Got {got!r} instead." if error["type"] not in ("value_error",) and not isinstance(got, dict) else ""
-    text = f"{path + ' ' if path else ''}{message}"
-    return f"{text}{'' if text.endswith('.') else '.'}{shown}"
-
-
-def validation_message(source: str, exc: ValidationError) -> str:
-    """One line for a pydantic error: the first problem, and how many more there are."""
-    errors = exc.errors()
-    # a union (explicit grid | derived grid) reports one error per member: keep those of the likelier member
-    first = _format_error(errors[0])
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{source}: {first}{more}"
-
-
 def _validate_backend_params(spec: StudySpec) -> None:
     """Check defaults, searched names and grid values against the backend's own configuration model."""
     config_model = spec.trainable.config_model
@@ -361,7 +324,7 @@ def _validate_backend_params(spec: StudySpec) -> None:
                     f"{spec.source}: {where}.{name} is not a parameter of the {spec.model.backend} backend; "
                     f"it takes {', '.join(sorted(fields))}."
                 ) from None
-            detail = _format_error({**error, "loc": ()})
+            detail = format_error({**error, "loc": ()})
             raise SpecError(f"{spec.source}: {where}.{name} {detail}") from None
 
     check(spec.defaults, "defaults")
@@ -472,7 +435,7 @@ def _validate_data(spec: StudySpec) -> None:
             takes = ", ".join(model.model_fields) or "none"
             raise SpecError(f"{source}: data.options.{name} is not an option of the {data.dataset} "
                             f"dataset; it takes {takes}.") from None
-        raise SpecError(f"{source}: data.options.{name} {_format_error({**error, 'loc': ()})}") from None
+        raise SpecError(f"{source}: data.options.{name} {format_error({**error, 'loc': ()})}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None, allow_import: bool | None = None) -> StudySpec:

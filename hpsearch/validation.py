@@ -2,15 +2,17 @@
 
 Pydantic's lax mode takes ``true`` for the number 1 and ``.inf`` for a float; in a configuration both are mistakes
 that would train something other than what the user meant, so they are refused, as are unknown keys.
+:func:`validation_message` puts what pydantic refuses in one line, with its YAML path.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-__all__ = ["UserConfig"]
+__all__ = ["UserConfig", "format_error", "validation_message"]
 
 
 def _numeric(annotation: Any) -> bool:
@@ -34,3 +36,41 @@ class UserConfig(BaseModel):
         if field is not None and _numeric(field.annotation) and any(isinstance(item, bool) for item in items):
             raise ValueError(f"must be a number, not true or false. Got {value!r} instead")
         return value
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("dict[str,list[any]]", "DerivedGrid", "function-after[_sampler_fits(), PhaseSpec]"):
+            continue  # pydantic's names for union members, not part of the YAML path
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def format_error(error: dict[str, Any]) -> str:
+    """One pydantic error as a line: its YAML path (with ``loc``), what is wrong, and what was given."""
+    path = _format_loc(tuple(error["loc"]))
+    message = error["msg"]
+    message = re.sub(r"^(Value error|Assertion failed), ", "", message)
+    if message.startswith("Input should be "):
+        message = "must be " + message[len("Input should be "):]
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {path!r}"
+    if error["type"] == "missing":
+        return f"{path} is required"
+    got = error.get("input")
+    shown = f" Got {got!r} instead." if error["type"] not in ("value_error",) and not isinstance(got, dict) else ""
+    text = f"{path + ' ' if path else ''}{message}"
+    return f"{text}{'' if text.endswith('.') else '.'}{shown}"
+
+
+def validation_message(source: str, exc: ValidationError) -> str:
+    """One line for a pydantic error: the first problem, and how many more there are."""
+    errors = exc.errors()
+    # a union (explicit grid | derived grid) reports one error per member: keep those of the likelier member
+    first = format_error(errors[0])
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{source}: {first}{more}"
