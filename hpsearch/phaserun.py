@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -25,13 +22,14 @@ from hpsearch.budget import Budget
 from hpsearch.interrupt import Interruption
 from hpsearch.ladders import Ladders, check_budget, ladders, rank_metric
 from hpsearch.listener import StudyListener, TrialInfo
+from hpsearch.pausedruns import PausedRuns
 from hpsearch.phases import Phases
 from hpsearch.pointqueue import HalvingRule, PointQueue, owner, reap
 from hpsearch.records import SEED, counts_as_failure, decode_param, encode_param
 from hpsearch.results import PhaseView
 from hpsearch.spec import PhaseSpec, StudySpec
 from hpsearch.storage import runs_folder, storage_lock
-from hpsearch.trials import PausedRun, RunningTrial, TrialRunner
+from hpsearch.trials import RunningTrial, TrialRunner
 from hpsearch.trialstore import Row, TrialStore
 
 __all__ = ["POLL_SECONDS", "PhaseRunner"]
@@ -85,7 +83,7 @@ class PhaseRunner:
             rank_by, maximize = rank_metric(self.spec, phase)
             halving = HalvingRule(phase.schedule.reduction_factor, maximize, rank_by,
                                   on_stop=lambda stopped: self._stopped(phase, view, found, paused, stopped),
-                                  on_fresh=lambda: shutil.rmtree(paused.folder, ignore_errors=True))
+                                  on_fresh=paused.clear)
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
                            self.phases.distributions(phase, record), max_retries=phase.max_retries,
                            seed_of=seed_of, order_seed=self.spec.seed, ladders=found, halving=halving)
@@ -108,12 +106,11 @@ class PhaseRunner:
                 # a trial failed since the last look (its retry is queued now), or one ended a halving level
                 if self.reap(phase, view) | bool(queue.reconcile()):
                     continue
-                if queue.open:  # queued since the claim, or running in another process
-                    view.refresh(full=True)
-                    self.interruption.wait(POLL_SECONDS)
-                    continue
                 view.refresh(full=True)
-                return True
+                if not queue.open:
+                    return True
+                self.interruption.wait(POLL_SECONDS)  # queued since the claim, or running in another process
+                continue
             rungs = []
             stored = self.store.user_attr([trial_id for trial_id, _, _ in claimed], SEED)  # what it was queued with
             for trial_id, number, point in claimed:
@@ -127,13 +124,13 @@ class PhaseRunner:
                 queue.reconcile()  # a failed trial's point goes back in the queue now
 
     def _paused_runs(self, phase: PhaseSpec, study: optuna.Study, points: list[dict[str, Any]],
-                     found: Ladders | None) -> _PausedRuns | None:
+                     found: Ladders | None) -> PausedRuns | None:
         """Where a halving phase keeps its ladders' runs between levels; None for other phases."""
         if phase.schedule is None or found is None:
             return None
-        return _PausedRuns(runs_folder(self.url) / study.study_name, found, points)
+        return PausedRuns(runs_folder(self.url) / study.study_name, found, points)
 
-    def _stopped(self, phase: PhaseSpec, view: PhaseView, found: Ladders, paused: _PausedRuns,
+    def _stopped(self, phase: PhaseSpec, view: PhaseView, found: Ladders, paused: PausedRuns,
                  stopped: dict[int, int]) -> None:
         """Ladders halving did not promote: their paused runs go, the view counts their rungs, and the console
         hears of each level's cut."""
@@ -216,21 +213,6 @@ class PhaseRunner:
             self.store.own(trial._trial_id, me)
             trial.set_user_attr(SEED, grids.trial_seed(self.spec.seed, phase.name, trial.number))
             return trial
-
-
-@dataclass(frozen=True)
-class _PausedRuns:
-    """A halving phase's ladders' runs between levels, one file each in ``folder``; every one is started for its
-    ladder's top rung."""
-
-    folder: Path
-    found: Ladders
-    points: list[dict[str, Any]]
-
-    def __call__(self, ladder: int, point: int | None = None) -> PausedRun:
-        """Ladder ``ladder``'s run; ``point``: the last rung a claim trains (the top one: the run is let go after)."""
-        rungs = self.found.rungs[ladder]
-        return PausedRun(self.points[rungs[-1]], self.folder / f"ladder-{ladder}", top=point == rungs[-1])
 
 
 def _suggest(trial: optuna.Trial, phase: PhaseSpec) -> dict[str, Any]:

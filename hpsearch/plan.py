@@ -105,14 +105,14 @@ def _cost(spec: StudySpec, config: dict[str, Any], data: Dataset) -> float:
     return cost(config, data) if cost is not None else 1.0
 
 
-def _halving_share(configs: list[dict[str, Any]], phase: PhaseSpec) -> float:
-    """What halving trains of its ladders' full runs: at each level, the ladders left times the level's stretch."""
-    levels = sorted({c[phase.budget] for c in configs})
-    alive, share, below = len(ladders(configs, phase.budget).rungs), 0.0, 0
+def _halving_share(levels: list[int], ladder_count: int, reduction_factor: int) -> float:
+    """What halving trains of its ladders' full runs: at each level (a budget value, in order), the ladders left
+    times the level's stretch."""
+    alive, share, below = ladder_count, 0.0, 0
     for level in levels:
         share += alive * (level - below) / levels[-1]
-        alive, below = math.ceil(alive / phase.schedule.reduction_factor), level
-    return share / len(ladders(configs, phase.budget).rungs)
+        alive, below = math.ceil(alive / reduction_factor), level
+    return share / ladder_count
 
 
 def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str, Any]:
@@ -129,7 +129,9 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
         trained = [configs[rungs[-1]] for rungs in ladders(configs, phase.budget).rungs] if staged else configs
         training = [_cost(spec, c, data) * seconds_per_unit for c in trained]
         if staged and phase.schedule is not None and training:  # the ladders' average, by the levels' survivors
-            training = [sum(training) / len(training) * _halving_share(configs, phase)] * len(training)
+            share = _halving_share(sorted({c[phase.budget] for c in configs}), len(trained),
+                                   phase.schedule.reduction_factor)
+            training = [sum(training) / len(training) * share] * len(training)
         all_training += [_cost(spec, c, data) * seconds_per_unit for c in configs]
         phases.append({
             "phase": phase.name,

@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -185,6 +185,7 @@ class PointQueue:
     ladders: Ladders | None = None  # a phase with a budget: points that train as one
     halving: HalvingRule | None = None  # a phase with ``schedule: halving`` (needs ladders)
     open: int = 0  # the phase's trials queued or running at the last reconcile, those it queued included
+    _ranks: dict[int, float | None] = field(default_factory=dict)  # complete trial: its rank_by (never changes)
 
     def reconcile(self) -> int:
         """Enqueue every point that needs a trial (one read of the phase, batched writes); returns how many.
@@ -253,10 +254,14 @@ class PointQueue:
             elif sum(counts_as_failure(r.state, r.failure) for r in rows) > self.max_retries:
                 decided[point] = None
         if self.halving.rank_by is not None:  # ranked by another metric the trials report: one without it stops
-            metrics = self.store.user_attr(list(complete.values()), "metrics")
-            for point, trial_id in complete.items():
+            unread = [trial_id for trial_id in complete.values() if trial_id not in self._ranks]
+            metrics = self.store.user_attr(unread, "metrics")  # stored with the trial's end, in one transaction
+            for trial_id in unread:
                 value = (metrics.get(trial_id) or {}).get(self.halving.rank_by)
-                decided[point] = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+                number = isinstance(value, (int, float)) and math.isfinite(value)
+                self._ranks[trial_id] = float(value) if number else None
+            for point, trial_id in complete.items():
+                decided[point] = self._ranks[trial_id]
         budgets = [point.get(self.ladders.budget, 0) for point in self.points]
         return halve(self.ladders, budgets, decided, reduction_factor=self.halving.reduction_factor,
                      maximize=self.halving.maximize)

@@ -7,10 +7,8 @@ Knows the storage only through :class:`~hpsearch.trialstore.TrialStore` and the 
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -23,6 +21,7 @@ from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration
 from hpsearch.interrupt import Interrupted, Interruption
 from hpsearch.listener import StudyListener, TrialInfo
+from hpsearch.pausedruns import PausedRun
 from hpsearch.pointqueue import Heartbeat
 from hpsearch.records import EXAMPLES, FAILURE, INTERRUPTED, LADDER_STOPPED, SEED, TRACEBACK, decode_params
 from hpsearch.results import PhaseView
@@ -31,24 +30,9 @@ from hpsearch.storage import mask_url
 from hpsearch.training import resolved_config, start_training, train_once
 from hpsearch.trialstore import Row, TrialStore
 
-__all__ = ["PausedRun", "RunningTrial", "TrialRunner"]
+__all__ = ["RunningTrial", "TrialRunner"]
 
 NO_METRIC = "the trainable reported no metric"
-
-
-@dataclass(frozen=True)
-class PausedRun:
-    """Where a halving phase keeps a ladder's run between levels: the run is started for the ladder's top rung
-    (``params``; every rung has the ladder's seed), saved at ``path`` when it stops below the top, and taken up from
-    there by whichever process trains the ladder's next level; without the file, it trains again from its start."""
-
-    params: dict[str, Any]
-    path: Path
-    top: bool  # whether the claimed rungs end at the ladder's top: the run is not saved again, the file goes
-
-    def forget(self) -> None:
-        for file in (self.path, self.path.with_suffix(".json")):
-            file.unlink(missing_ok=True)
 
 
 @dataclass
@@ -283,19 +267,22 @@ class _Stages:
     def _resumed(self, budget: int) -> Training | None:
         """The ladder's run where the last level saved it (with its epoch reports), if it is there and not past
         ``budget``; None to train from the start."""
-        if self.paused is None or not self.paused.path.exists():
+        if self.paused is None:
             return None
         try:
-            saved = json.loads(self.paused.path.with_suffix(".json").read_text())
+            saved = self.paused.reports()
+            if saved is None:
+                return None
             training = start_training(self.spec, self.data(), self.paused.params, seed=self.top.seed,
                                       resume_from=self.paused.path)
-            if training.budget != saved["budget"] or training.budget > budget:
-                raise ValueError(f"it stands at {training.budget}, its reports at {saved['budget']}")
+            stood, epochs = saved
+            if training.budget != stood or training.budget > budget:
+                raise ValueError(f"it stands at {training.budget}, its reports at {stood}")
         except Exception as exc:  # noqa: BLE001 - a user's restore too: the run trains from its start instead
             self.echo(f"the saved run at {self.paused.path} is not taken up ({one_line(exc)}); it trains from the "
                       "start")
             return None
-        self.epochs = [(epoch, metrics) for epoch, metrics in saved["epochs"]]
+        self.epochs = epochs
         for _, metrics in self.epochs:
             add_epoch(self.history, metrics)
         self.counted = training.examples or 0  # trained and counted at the levels below
@@ -310,10 +297,7 @@ class _Stages:
             self.paused.forget()
             return
         try:
-            self.paused.path.parent.mkdir(parents=True, exist_ok=True)
-            self.paused.path.with_suffix(".json").write_text(json.dumps(
-                {"budget": self.training.budget, "epochs": self.epochs}, default=float))
-            self.training.save(self.paused.path)
+            self.paused.save(self.training, self.epochs)
         except Exception as exc:  # noqa: BLE001 - a user's save, a full disk: the next level trains from the start
             if not _Stages.unsaved_told:
                 _Stages.unsaved_told = True

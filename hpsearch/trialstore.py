@@ -288,7 +288,9 @@ class TrialStore:
 
     def user_attr(self, trial_ids: list[int], key: str) -> dict[int, Any]:
         """The user attribute ``key`` of those of ``trial_ids`` that have it (a query per 500 trials)."""
-        found = {}
+        found: dict[int, Any] = {}
+        if not trial_ids:
+            return found
         with self.engine.connect() as conn:
             for start in range(0, len(trial_ids), 500):
                 chunk = trial_ids[start:start + 500]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import optuna
 import pytest
 
+from hpsearch.backends import numpy_twolayer
 from hpsearch.driver import Driver
 from hpsearch.errors import SpecError
 from hpsearch.ladders import halve, ladders
@@ -14,6 +16,7 @@ from hpsearch.records import WORKER_DIED
 from hpsearch.spec import load_spec
 from hpsearch.storage import runs_folder
 from hpsearch.training import load_data, train_once
+from hpsearch.trials import _Stages
 from tests.conftest import (assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, study_trials,
                             write_spec)
 
@@ -78,6 +81,35 @@ def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_al
     reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
     assert summary["examples"] == sum(reached.values()) * 50
     assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
+
+
+@pytest.mark.parametrize("failure", ["save", "restore"])
+def test_a_run_that_cannot_be_kept_between_levels_trains_again_to_the_same_numbers(tmp_path, monkeypatch, failure):
+    def broken_save(self, path):
+        if failure == "save":
+            raise OSError("No space left on device")
+        Path(path).write_bytes(b"not a saved run")  # taken up at the next level: the restore refuses it
+
+    monkeypatch.setattr(numpy_twolayer.Training, "save", broken_save)
+    monkeypatch.setattr(_Stages, "unsaved_told", False)
+    said = []
+    spec = write_spec(tmp_path, phases=[HALVING_PHASE])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    summary = Driver(load_spec(spec), url, echo=said.append).run()
+    trials = optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
+    assert summary["complete"] and len(trials) == len(RATES) * 4
+    loaded = load_spec(spec)
+    data = load_data(loaded)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    for trial in complete:
+        assert trial.value == train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"]).val_acc
+    # each promoted rung trained its run again from the start
+    assert summary["examples"] == sum(t.params["num_iters"] for t in complete) * 50
+    if failure == "save":
+        assert sum("is not kept for its next level" in line and "No space left" in line for line in said) == 1
+    else:
+        assert sum("is not taken up" in line for line in said) == 3 + 1 + 1  # the levels 6, 12 and 20 began
+    assert not list(runs_folder(url).glob("*/*"))
 
 
 def test_levels_can_be_ranked_by_another_metric_with_its_own_direction(tmp_path):
