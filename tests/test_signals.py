@@ -38,18 +38,20 @@ def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def wait_until(predicate, proc: subprocess.Popen, give_up_after: float | None = None):
-    """Poll the storage until ``predicate`` holds; fail (with the process's stderr) if the process ends first.
+    """Poll the storage until ``predicate`` holds; fail (with the process's stderr) if the process ended without it.
 
-    give_up_after: seconds after which a wait that can never end (a gated trial that never came) fails instead of
-    hanging; not a synchronisation: the state it waits for comes within seconds."""
+    The exit is seen before the storage is read, so a process that reached the state and ended between the two looks
+    is not taken for one that ended first. give_up_after: seconds after which a wait that can never end (a gated trial
+    that never came) fails instead of hanging; not a synchronisation: the state it waits for comes within seconds."""
     import time
 
     deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
+        ended = proc.poll() is not None
         found = predicate()
         if found:
             return found
-        if proc.poll() is not None:
+        if ended:
             pytest.fail(f"the process ended first (exit {proc.returncode}): {proc.communicate()[1][-2000:]}")
         if deadline is not None and time.monotonic() > deadline:
             pytest.fail(f"still waiting after {give_up_after} s")
