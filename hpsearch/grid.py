@@ -117,14 +117,14 @@ def derive_grid(
 MAX_POINTS = 1_000_000  # per phase: beyond this, enqueuing alone takes minutes and the study is surely a typo
 
 
-def with_first_rung(phase: Any, grid: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
-    """The grid a phase enumerates: ``grid`` with a halving schedule's ``first_rung`` added to its budget's values
-    (each ladder's value there is a trial of its own), or ``grid`` as it is."""
+def with_rungs(phase: Any, grid: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+    """The grid a phase enumerates: ``grid`` with a halving schedule's ``first_rung`` and the ``levels`` it lacks
+    added before its budget's values (each ladder's value there is a trial of its own), or ``grid`` as it is."""
     schedule = getattr(phase, "schedule", None)
-    first = schedule.first_rung if schedule is not None else None
-    if first is None or phase.budget not in grid or first in grid[phase.budget]:
+    if schedule is None or phase.budget not in grid:
         return dict(grid)
-    return {**grid, phase.budget: [first, *grid[phase.budget]]}
+    extra = sorted({schedule.first_rung, *(schedule.levels or [])} - {None, *grid[phase.budget]})
+    return {**grid, phase.budget: [*extra, *grid[phase.budget]]} if extra else dict(grid)
 
 
 def phase_size(phase: Any) -> int | None:
@@ -132,7 +132,7 @@ def phase_size(phase: Any) -> int | None:
     if phase.sampler != "grid":
         return phase.n_trials
     if isinstance(phase.grid, Mapping):
-        return math.prod(len(values) for values in with_first_rung(phase, phase.grid).values())
+        return math.prod(len(values) for values in with_rungs(phase, phase.grid).values())
     return None
 
 

@@ -16,6 +16,7 @@ No storage, no Optuna.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from pydantic import ValidationError
 
 from hpsearch.errors import SpecError
-from hpsearch.grid import grid_points, with_first_rung
+from hpsearch.grid import grid_points, with_rungs
 
 if TYPE_CHECKING:
     from hpsearch.spec import PhaseSpec, StudySpec
@@ -91,31 +92,46 @@ class Halving:
 
 
 def halve(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | None], *, reduction_factor: int,
-          maximize: bool) -> Halving:
-    """Successive halving over ``found``'s ladders, level by level (a level: every ladder's k-th rung).
+          maximize: bool, levels: Sequence[int] | None = None) -> Halving:
+    """Successive halving over ``found``'s ladders, level by level (a level: every ladder's k-th rung; with
+    ``levels``, budget values in ascending order, a ladder's rungs up to the k-th of them, above the one before).
 
     budgets: each point's budget value. decided: the points that will not run again, each with the value it is
     ranked by, or None for one without (pruned, diverged, failed for good). A level is decided once each of its
-    rungs is; of its n ladders the best ceil(n / reduction_factor) with a value go on (ties by ladder number), the
-    others' rungs above stop. A pure function of its arguments.
+    rungs is; of its n ladders the best ceil(n / reduction_factor) with a value at the level's top rung go on (ties
+    by ladder number), the others' rungs above stop. A pure function of its arguments.
     """
+    by_level = [_by_level(rungs, budgets, levels) for rungs in found.rungs]
     alive = list(range(len(found.rungs)))
     admitted: set[int] = set()
     stopped: dict[int, int] = {}
-    depth = max((len(rungs) for rungs in found.rungs), default=0)
+    depth = max((max(groups, default=-1) + 1 for groups in by_level), default=0)
     for level in range(depth):
-        current = [(ladder, found.rungs[ladder][level]) for ladder in alive if level < len(found.rungs[ladder])]
-        admitted.update(point for _, point in current)
-        if any(point not in decided for _, point in current):
+        current = [(ladder, by_level[ladder][level]) for ladder in alive if level in by_level[ladder]]
+        admitted.update(point for _, group in current for point in group)
+        if any(point not in decided for _, group in current for point in group):
             break  # the level is still running
-        scored = sorted(((decided[point], ladder) for ladder, point in current if decided[point] is not None),
+        scored = sorted(((decided[group[-1]], ladder) for ladder, group in current if decided[group[-1]] is not None),
                         key=lambda pair: (-pair[0] if maximize else pair[0], pair[1]))
         promoted = sorted(ladder for _, ladder in scored[:math.ceil(len(current) / reduction_factor)])
-        for ladder, point in current:
+        for ladder, group in current:
             if ladder not in promoted:
-                stopped.update((above, budgets[point]) for above in found.rungs[ladder][level + 1:])
+                rungs = found.rungs[ladder]
+                stopped.update((above, budgets[group[-1]]) for above in rungs[rungs.index(group[-1]) + 1:])
         alive = promoted
     return Halving(frozenset(admitted), stopped)
+
+
+def _by_level(rungs: Sequence[int], budgets: Sequence[int], levels: Sequence[int] | None) -> dict[int, tuple[int, ...]]:
+    """A ladder's rungs by level: each rung a level of its own, or, with ``levels``, the rungs whose budget is above
+    the level before and at most the level's (those above the last level: one level more)."""
+    if levels is None:
+        return {k: (point,) for k, point in enumerate(rungs)}
+    grouped: dict[int, tuple[int, ...]] = {}
+    for point in rungs:
+        level = bisect.bisect_left(levels, budgets[point])
+        grouped[level] = (*grouped.get(level, ()), point)
+    return grouped
 
 
 def rank_metric(spec: StudySpec, phase: PhaseSpec) -> tuple[str | None, bool]:
@@ -148,7 +164,12 @@ def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]
         what = f"one of {', '.join(declared)}" if declared else "the objective (it declares no metrics)"
         raise SpecError(f"{spec.source}: {where}: schedule.rank_by must be {what}, a metric the "
                         f"{spec.model.backend} trainable reports with its direction. Got {rank_by!r} instead.")
-    grid = with_first_rung(phase, grid) if grid is not None else None
+    levels = phase.schedule.levels if phase.schedule is not None else None
+    values = grid.get(phase.budget) if grid is not None else None
+    if levels and values and all(type(v) is int for v in values) and levels[-1] > max(values):
+        raise SpecError(f"{spec.source}: {where}: schedule.levels must end at or below the grid's largest "
+                        f"{phase.budget} ({max(values)}): a ladder trains no further. Got {levels[-1]} instead.")
+    grid = with_rungs(phase, grid) if grid is not None else None
     points = grid_points(grid) if grid is not None else []
     first = phase.schedule.first_rung if phase.schedule is not None else None
     if first is not None and grid is not None and any(isinstance(v, int) and v < first for v in grid[phase.budget]):

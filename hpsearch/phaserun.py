@@ -81,7 +81,8 @@ class PhaseRunner:
         halving = None
         if paused is not None:
             rank_by, maximize = rank_metric(self.spec, phase)
-            halving = HalvingRule(phase.schedule.reduction_factor, maximize, rank_by,
+            levels = tuple(phase.schedule.levels) if phase.schedule.levels else None
+            halving = HalvingRule(phase.schedule.reduction_factor, maximize, rank_by, levels,
                                   on_stop=lambda stopped: self._stopped(phase, view, found, paused, stopped),
                                   on_fresh=paused.clear)
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,

@@ -267,7 +267,7 @@ class Phases:
         if phase.sampler != "grid":
             return None
         if isinstance(phase.grid, dict):
-            return grids.with_first_rung(phase, phase.grid)
+            return grids.with_rungs(phase, phase.grid)
         source_phase = self.spec.phase(phase.grid.source)
         record = self.record(source_phase)
         source = self.load(source_phase, record) if record else None
@@ -282,7 +282,7 @@ class Phases:
         reverse = self.spec.objective.direction == "maximize"
         top = sorted(complete, key=lambda t: t.value, reverse=reverse)[: phase.grid.top_k]
         derived = grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
-        return grids.with_first_rung(phase, derived)
+        return grids.with_rungs(phase, derived)
 
     def points(self, phase: PhaseSpec, record: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The phase's fixed list of points; None for a TPE phase."""

@@ -48,7 +48,7 @@ class Probe:
 def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, Any]], bool]:
     """The configurations a phase will train (exact), or a stand-in sample of them (estimated=True)."""
     if isinstance(phase.grid, dict):
-        return [spec.config(**p) for p in grids.grid_points(grids.with_first_rung(phase, phase.grid))], False
+        return [spec.config(**p) for p in grids.grid_points(grids.with_rungs(phase, phase.grid))], False
     if phase.sampler in ("random", "tpe"):  # TPE's points are not known in advance: random ones stand in
         points = grids.random_points(phase.space, phase.n_trials, spec.seed, phase.name)
         return [spec.config(**p) for p in points], phase.sampler == "tpe"
@@ -129,8 +129,9 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
         trained = [configs[rungs[-1]] for rungs in ladders(configs, phase.budget).rungs] if staged else configs
         training = [_cost(spec, c, data) * seconds_per_unit for c in trained]
         if staged and phase.schedule is not None and training:  # the ladders' average, by the levels' survivors
-            share = _halving_share(sorted({c[phase.budget] for c in configs}), len(trained),
-                                   phase.schedule.reduction_factor)
+            budgets = sorted({c[phase.budget] for c in configs})
+            levels = [*(v for v in phase.schedule.levels or budgets if v < budgets[-1]), budgets[-1]]
+            share = _halving_share(levels, len(trained), phase.schedule.reduction_factor)
             training = [sum(training) / len(training) * share] * len(training)
         all_training += [_cost(spec, c, data) * seconds_per_unit for c in configs]
         phases.append({

@@ -165,6 +165,7 @@ class HalvingRule:
     reduction_factor: int
     maximize: bool  # whether a higher rank_by (or objective) is better
     rank_by: str | None = None  # a metric of the trials' ``metrics``; None: the objective, the trials' value
+    levels: tuple[int, ...] | None = None  # the budget values where a level ends; None: at each rung
     on_stop: Callable[[dict[int, int]], None] = lambda stopped: None
     on_fresh: Callable[[], None] = lambda: None
 
@@ -264,7 +265,7 @@ class PointQueue:
                 decided[point] = self._ranks[trial_id]
         budgets = [point.get(self.ladders.budget, 0) for point in self.points]
         return halve(self.ladders, budgets, decided, reduction_factor=self.halving.reduction_factor,
-                     maximize=self.halving.maximize)
+                     maximize=self.halving.maximize, levels=self.halving.levels)
 
     def _order(self) -> Iterator[int]:
         """The order points are queued in: a seeded shuffle (pruners compare against a spread of the grid, and a

@@ -184,11 +184,20 @@ class ScheduleSpec(_Strict):
     """Successive halving over a grid phase's budget ladders: every ladder trains to the first level, the best
     1/``reduction_factor`` of them (by ``rank_by``) go on to the next, and so on; the levels are the grid's budget
     values, with ``first_rung`` below them when given (it joins the grid: each ladder's value there is a trial of its
-    own)."""
+    own), or the budget values ``levels`` names (one not in the grid joins it the same way; the grid's values between
+    two levels train along, as trials of their own, without a ranking)."""
 
     type: Literal["halving"]
     reduction_factor: int = Field(3, ge=2)
     first_rung: int | None = Field(None, gt=0)
+    levels: list[int] | None = Field(None, min_length=1)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_ascend(cls, levels: list[int] | None) -> list[int] | None:
+        if levels is not None and (levels != sorted(set(levels)) or levels[0] <= 0):
+            raise ValueError(f"must be budget values > 0 in ascending order. Got {levels} instead")
+        return levels
     # the metric a level's ladders are ranked by; default: the objective. One the trainable declares, e.g. val_loss:
     # early in training a small validation set's loss orders runs more steadily than its accuracy
     rank_by: str | None = Field(None, min_length=1)

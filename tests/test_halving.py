@@ -43,6 +43,25 @@ def test_each_level_promotes_the_best_third_of_its_ladders():
     assert halve(found, budgets, first, reduction_factor=3, maximize=False).admitted == {*first, 1, 16}
 
 
+def test_with_levels_a_level_ends_at_its_budget_and_the_rungs_between_run_along():
+    points = [{"lr": lr, "n": n} for lr in range(6) for n in (1, 2, 3)]
+    found = ladders(points, "n")
+    budgets = [p["n"] for p in points]
+    first = {3 * ladder: value for ladder, value in enumerate([0.1, 0.5, 0.3, 0.4, None, 0.2])}
+    state = halve(found, budgets, first, reduction_factor=3, maximize=True, levels=[1, 3])
+    # ladders 1 and 3 go on, each to both rungs above at once; the others' stop at 1
+    assert state.admitted == {*first, 4, 5, 10, 11}
+    assert state.stopped == {p: 1 for ladder in (0, 2, 4, 5) for p in (3 * ladder + 1, 3 * ladder + 2)}
+    # levels [2, 3]: the first level is every ladder's rungs 1 and 2, undecided while one of them runs
+    state = halve(found, budgets, {**first, 4: 0.6, 10: 0.9}, reduction_factor=2, maximize=True, levels=[2, 3])
+    assert state.admitted == {p for p in range(18) if p % 3 != 2} and state.stopped == {}
+    # then ranked by the rung at 2 alone (ladder 4 has no value at 1): the best ceil(6 / 2) go on
+    at_2 = {1: 0.2, 4: 0.3, 7: 0.9, 10: 0.1, 13: 0.5, 16: 0.4}
+    state = halve(found, budgets, {**first, **at_2}, reduction_factor=2, maximize=True, levels=[2, 3])
+    assert state.admitted == {p for p in range(18) if p % 3 != 2} | {8, 14, 17}
+    assert state.stopped == {2: 2, 5: 2, 11: 2}
+
+
 def run_study(tmp_path, phase=HALVING_PHASE, **changes):
     spec = write_spec(tmp_path, **{"phases": [phase], **changes})
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -81,6 +100,35 @@ def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_al
     reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
     assert summary["examples"] == sum(reached.values()) * 50
     assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
+
+
+def test_a_phase_with_levels_ranks_at_them_and_trains_the_rungs_between_along(tmp_path):
+    schedule = {"type": "halving", "reduction_factor": 3, "levels": [3, 12]}  # 3 joins the grid; 6 runs along
+    spec, url, summary, trials = run_study(tmp_path, phase={**HALVING_PHASE, "schedule": schedule})
+    assert summary["complete"]
+    assert_exactly_once(trials, len(RATES) * 4)
+    complete = {n: sorted(t.params["learning_rate"] for t in trials
+                          if t.params["num_iters"] == n and t.state.name == "COMPLETE") for n in (3, 6, 12, 20)}
+    assert [len(complete[n]) for n in (3, 6, 12, 20)] == [9, 3, 3, 1]
+    assert complete[6] == complete[12]
+    best_at_12 = max((t for t in trials if t.params["num_iters"] == 12 and t.state.name == "COMPLETE"),
+                     key=lambda t: (t.value, -RATES.index(t.params["learning_rate"])))
+    assert complete[20] == [best_at_12.params["learning_rate"]]
+    for trial in trials:
+        if trial.state.name == "PRUNED":
+            stopped_at = 3 if trial.params["learning_rate"] not in complete[6] else 12
+            assert trial.user_attrs["failure"] == f"not promoted at {stopped_at}"
+    loaded = load_spec(spec)
+    data = load_data(loaded)
+    for trial in trials:
+        if trial.state.name == "COMPLETE":
+            assert trial.value == train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"]).val_acc
+    reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
+    assert summary["examples"] == sum(reached.values()) * 50  # each ladder trained once, to where it stopped
+    for levels, message in [([12, 3], r"must be budget values > 0 in ascending order\. Got \[12, 3\]"),
+                            ([3, 30], r"schedule.levels must end at or below the grid's largest num_iters \(20\)")]:
+        with pytest.raises(SpecError, match=message):
+            load_spec(write_spec(tmp_path, phases=[{**HALVING_PHASE, "schedule": {**schedule, "levels": levels}}]))
 
 
 @pytest.mark.parametrize("failure", ["save", "restore"])

@@ -52,3 +52,21 @@ def test_a_diverging_probe_is_a_spec_error(tmp_path):
     spec = load_spec(write_spec(tmp_path, defaults={**TINY_STUDY["defaults"], "learning_rate": 1e30, "std": 1.0}))
     with pytest.raises(SpecError, match="the probe training with the spec's defaults diverged"):
         measure_probe(spec, load_data(spec))
+
+
+@pytest.mark.parametrize("schedule, trained", [
+    ({"first_rung": 3}, 9 * 3 + 3 * 3 + 1 * 6 + 1 * 8),  # ladders alive at each level times its stretch
+    ({"levels": [3, 12]}, 9 * 3 + 3 * 9 + 1 * 8),  # 6 runs along with 12, 3 is a level below the grid
+])
+def test_a_halving_phase_is_priced_by_the_ladders_its_levels_keep(tmp_path, schedule, trained):
+    rates = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0]
+    spec = load_spec(write_spec(tmp_path, phases=[{
+        "name": "grid", "sampler": "grid", "budget": "num_iters", "schedule": {"type": "halving", **schedule},
+        "grid": {"learning_rate": rates, "num_iters": [6, 12, 20]}}]))
+    data = load_data(spec)
+    cost = load_trainable("numpy").cost
+    probe = Probe(train_seconds=1.0, cost=cost(resolved_config(spec, {"num_iters": 20}), data),
+                  trial_overhead_seconds=0.0, fixed_seconds=0.0)
+    (phase,) = plan(spec, data, probe)["phases"]
+    assert phase["trials"] == 9 * 4 and phase["ladders"] == 9
+    assert phase["estimated_seconds"] == pytest.approx(trained / 20, abs=0.05)  # 1 s: one ladder to 20
