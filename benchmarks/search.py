@@ -5,7 +5,8 @@
 By default every study runs on a documented 48-point subset of the assignment's 288-point grid (hidden_size 80/120,
 num_iters 1000/3000, batch_size 100/200, learning_rate 1e-2/1e-3/1e-4, reg 0.10/0.25), which takes minutes here;
 --full runs all 288 points (about 25 minutes for the three on 2 idle cores; ``--results FILE`` keeps each study's
-result, so the studies can also run one at a time and the last run prints the table). The data: 48,000 training
+result, so the studies can also run one at a time and the last run prints the table; ``--seed S`` runs them with
+another seed, and ``halving_replay.py`` replays halving schedules on the ladders' export). The data: 48,000 training
 and 1,000 validation images, and the last 1,000 of the 50,000 training images held out as the test split
 (``data.options.holdout``) that no trial sees, to check that each winner generalises.
 
@@ -42,10 +43,12 @@ STUDIES = {  # name: (spec in studies/, what the grid phase gains)
 }
 
 
-def run(name: str, data: str, full: bool, workdir: Path | None) -> dict:
+def run(name: str, data: str, full: bool, workdir: Path | None, seed: int | None = None) -> dict:
     study, phase_extra = STUDIES[name]
     spec = yaml.safe_load((REPO / "studies" / study).read_text())
     spec["name"] = f"search-{name}"
+    if seed is not None:  # another draw of every point's training: how much a result owes to one draw
+        spec["seed"] = seed
     spec["data"] = {key: value for key, value in spec["data"].items() if key != "num_test"}
     spec["data"].update(DATA, path=data)
     spec.pop("storage", None)
@@ -61,7 +64,7 @@ def run(name: str, data: str, full: bool, workdir: Path | None) -> dict:
         if workdir is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
         else:  # kept: an interrupted study resumes where it stopped when the benchmark runs again
-            tmp = workdir / f"{'full' if full else 'subset'}-{name}"
+            tmp = workdir / f"{'full' if full else 'subset'}-{name}{'' if seed is None else f'-seed{seed}'}"
             tmp.mkdir(parents=True, exist_ok=True)
         path = Path(tmp) / "spec.yaml"
         path.write_text(yaml.safe_dump(spec))
@@ -87,15 +90,16 @@ def main() -> None:
                         "not run now, written with the ones that are (the full grid takes hours: run it in parts)")
     parser.add_argument("--workdir", type=Path, help="keep each study's storage in a folder here (default: a "
                         "temporary folder), so that a study stopped midway resumes")
+    parser.add_argument("--seed", type=int, help="the studies' seed instead of their spec's (results kept apart)")
     args = parser.parse_args()
     data = str(Path(args.data).resolve())
-    grid = "full" if args.full else "subset"
+    grid = ("full" if args.full else "subset") + ("" if args.seed is None else f"-seed{args.seed}")
     kept = json.loads(args.results.read_text()) if args.results and args.results.exists() else {}
     results = {}
     for name in STUDIES:
         if name in args.studies:
-            results[name] = {**run(name, data, args.full, args.workdir), "measured": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                      time.gmtime())}
+            result = run(name, data, args.full, args.workdir, args.seed)
+            results[name] = {**result, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
             if args.results:
                 kept[f"{grid}:{name}"] = results[name]
                 args.results.write_text(json.dumps(kept, indent=1))
