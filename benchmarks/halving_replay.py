@@ -15,65 +15,68 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
 from _common import report
 
+from hpsearch.backends import load_trainable
 from hpsearch.grid import grid_points, with_rungs
 from hpsearch.ladders import halve, ladders
 
 
-def replay(export: Path, budget: str, levels: list[int], reduction_factor: int, rank_by: str | None) -> dict:
+def replay(export: Path, levels: list[int], reduction_factor: int, rank_by: str | None) -> dict:
     rows = json.loads(export.read_text())
-    grid = {}  # (rest of the params, budget value): row
-    for row in rows:
-        rest = {k: v for k, v in row["params"].items() if k != budget}
-        grid[json.dumps(rest, sort_keys=True), row["params"][budget]] = row
     # the phase's points in its own order (the spec beside the export), so ladders are numbered, and ties broken,
     # as the halving phase does
     spec = yaml.safe_load((export.parent / "spec.yaml").read_text())
     phase = next(p for p in spec["phases"] if p["sampler"] == "grid")
+    budget, objective = phase["budget"], spec["objective"]
+    metric = rank_by or objective["metric"]
+    maximize = (objective["direction"] == "maximize" if metric == objective["metric"]
+                else load_trainable(spec["model"]["backend"]).metrics.get(metric) == "maximize")
     schedule = SimpleNamespace(first_rung=None, levels=levels)
     points = grid_points(with_rungs(SimpleNamespace(schedule=schedule, budget=budget), phase["grid"]))
     found = ladders(points, budget)
-    rests = {json.dumps({k: v for k, v in point.items() if k != budget}, sort_keys=True) for point in points}
-    tops = {rest: grid[rest, max(v for r, v in grid if r == rest)] for rest in rests}
+    stored = {json.dumps(row["params"], sort_keys=True): row for row in rows}
 
-    def metric(point: dict) -> float | None:
-        rest = json.dumps({k: v for k, v in point.items() if k != budget}, sort_keys=True)
-        row = grid.get((rest, point[budget])) or tops[rest]
-        if row["state"] != "COMPLETE":
-            return None
-        if (rest, point[budget]) in grid:
-            return row["metrics"][rank_by] if rank_by else row["value"]
-        history = row["epoch_history"]
-        return history[rank_by or "val_acc"][history["iteration"].index(float(point[budget]))]
+    def row_of(point: int) -> dict | None:  # None: a level the grid lacks
+        return stored.get(json.dumps(points[point], sort_keys=True))
+
+    def value(point: int, top: dict) -> float | None:
+        row = row_of(point)
+        if row is not None:
+            number = row["metrics"].get(metric) if row["state"] == "COMPLETE" else None
+        else:  # read from the ladder's run, at that iteration (as the rung trained alone reports it)
+            history = top.get("epoch_history") or {}
+            at = [k for k, n in enumerate(history.get("iteration", [])) if n == points[point][budget]]
+            number = history[metric][at[0]] if at else None
+        return number if isinstance(number, (int, float)) and math.isfinite(number) else None
 
     budgets = [point[budget] for point in points]
-    decided = {index: metric(point) for index, point in enumerate(points)}
-    stopped = halve(found, budgets, decided, reduction_factor=reduction_factor, maximize=rank_by != "val_loss",
+    decided = {}
+    for rungs in found.rungs:
+        top = row_of(rungs[-1]) or {}
+        decided.update((point, value(point, top)) for point in rungs)
+    stopped = halve(found, budgets, decided, reduction_factor=reduction_factor, maximize=maximize,
                     levels=levels).stopped
+    sign = 1 if objective["direction"] == "maximize" else -1
     best, examples, exhaustive = None, 0, 0
     for rungs in found.rungs:
-        rest = json.dumps({k: v for k, v in points[rungs[0]].items() if k != budget}, sort_keys=True)
-        batch, top = points[rungs[0]]["batch_size"], tops[rest]
+        own = [row_of(point) for point in rungs if row_of(point) is not None]
+        trained = sum(row["examples"] or 0 for row in own)  # the ladder's run, to its top or to where it diverged
+        batch = points[rungs[0]]["batch_size"]
         ran = [point for point in rungs if point not in stopped]
-        if top["state"] != "COMPLETE":  # diverged: every point alone, and the ladder once, to where it did
-            spent = max(row["examples"] or 0 for (r, _), row in grid.items() if r == rest)
-            examples += spent
-            exhaustive += spent * sum((r == rest) for r, _ in grid)
-            continue
-        examples += budgets[ran[-1]] * batch
-        exhaustive += sum(value * batch for r, value in grid if r == rest)
-        for point in ran:
-            row = grid.get((rest, budgets[point]))
-            if row is not None and (best is None or row["value"] > best["value"]):
-                best = row
-    top_value = max(row["value"] for row in grid.values() if row["state"] == "COMPLETE")
-    return {"best": best["value"], "params": best["params"], "examples": examples, "share": examples / exhaustive,
-            "below_grid_best": round((top_value - best["value"]) * 100, 2)}
+        examples += min(trained, budgets[ran[-1]] * batch)
+        exhaustive += sum(min(trained, row["params"][budget] * batch) for row in own)  # each point alone
+        for row in (row_of(point) for point in ran):
+            if row is not None and row["state"] == "COMPLETE" and (best is None or sign * row["value"] > sign * best):
+                best = row["value"]
+    grid_best = (max if sign > 0 else min)(row["value"] for row in rows if row["state"] == "COMPLETE")
+    return {"best": best, "below_grid_best": round(abs(grid_best - best) * 100, 2), "examples": examples,
+            "exhaustive_examples": exhaustive, "share": examples / exhaustive}
 
 
 def main() -> None:
@@ -83,10 +86,8 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", type=int, required=True)
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--rank-by", help="a metric of the trials (default: the objective, val_acc)")
-    parser.add_argument("--budget", default="num_iters")
     args = parser.parse_args()
-    results = {str(path): replay(path, args.budget, args.levels, args.reduction_factor,
-                                 args.rank_by) for path in args.exports}
+    results = {str(path): replay(path, args.levels, args.reduction_factor, args.rank_by) for path in args.exports}
     rows = [(path, f"best {r['best']:.4f}, {r['below_grid_best']:.2f} points below the grid's best, "
                    f"{r['examples']:,} examples = {r['share']:.1%} of the exhaustive grid's")
             for path, r in results.items()]

@@ -118,13 +118,18 @@ MAX_POINTS = 1_000_000  # per phase: beyond this, enqueuing alone takes minutes 
 
 
 def with_rungs(phase: Any, grid: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
-    """The grid a phase enumerates: ``grid`` with a halving schedule's ``first_rung`` and the ``levels`` it lacks
-    added before its budget's values (each ladder's value there is a trial of its own), or ``grid`` as it is."""
+    """The grid a phase enumerates: ``grid`` with a halving schedule's ``first_rung``, and the ``levels`` it lacks,
+    among its budget's values, each before the first larger one (each ladder's value there is a trial of its own),
+    or ``grid`` as it is."""
     schedule = getattr(phase, "schedule", None)
     if schedule is None or phase.budget not in grid:
         return dict(grid)
-    extra = sorted({schedule.first_rung, *(schedule.levels or [])} - {None, *grid[phase.budget]})
-    return {**grid, phase.budget: [*extra, *grid[phase.budget]]} if extra else dict(grid)
+    values = list(grid[phase.budget])
+    for extra in sorted({schedule.first_rung, *(schedule.levels or [])} - {None}):
+        if extra not in values:
+            larger = [k for k, v in enumerate(values) if isinstance(v, (int, float)) and v > extra]
+            values.insert(larger[0] if larger else len(values), extra)
+    return {**grid, phase.budget: values}
 
 
 def phase_size(phase: Any) -> int | None:

@@ -30,7 +30,7 @@ from hpsearch.grid import grid_points, with_rungs
 if TYPE_CHECKING:
     from hpsearch.spec import PhaseSpec, StudySpec
 
-__all__ = ["Halving", "Ladders", "check_budget", "halve", "ladders", "not_promoted", "rank_metric"]
+__all__ = ["Halving", "Ladders", "check_budget", "check_levels", "halve", "ladders", "not_promoted", "rank_metric"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,15 @@ def _by_level(rungs: Sequence[int], budgets: Sequence[int], levels: Sequence[int
     return grouped
 
 
+def check_levels(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]], *, where: str) -> None:
+    """SpecError for halving levels above the largest budget value of ``grid`` (the phase's, before they join it)."""
+    levels = phase.schedule.levels if phase.schedule is not None else None
+    values = grid.get(phase.budget)
+    if levels and values and all(type(v) is int for v in values) and levels[-1] > max(values):
+        raise SpecError(f"{spec.source}: {where}: schedule.levels must end at or below the grid's largest "
+                        f"{phase.budget} ({max(values)}): a ladder trains no further. Got {levels[-1]} instead.")
+
+
 def rank_metric(spec: StudySpec, phase: PhaseSpec) -> tuple[str | None, bool]:
     """What halving ranks a level's ladders by: a metric of the trials' ``metrics`` (None: the objective, the
     trials' value), and whether higher is better."""
@@ -164,11 +173,8 @@ def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]
         what = f"one of {', '.join(declared)}" if declared else "the objective (it declares no metrics)"
         raise SpecError(f"{spec.source}: {where}: schedule.rank_by must be {what}, a metric the "
                         f"{spec.model.backend} trainable reports with its direction. Got {rank_by!r} instead.")
-    levels = phase.schedule.levels if phase.schedule is not None else None
-    values = grid.get(phase.budget) if grid is not None else None
-    if levels and values and all(type(v) is int for v in values) and levels[-1] > max(values):
-        raise SpecError(f"{spec.source}: {where}: schedule.levels must end at or below the grid's largest "
-                        f"{phase.budget} ({max(values)}): a ladder trains no further. Got {levels[-1]} instead.")
+    if grid is not None:  # a derived grid's levels are checked as it is derived, before they join it
+        check_levels(spec, phase, grid, where=where)
     grid = with_rungs(phase, grid) if grid is not None else None
     points = grid_points(grid) if grid is not None else []
     first = phase.schedule.first_rung if phase.schedule is not None else None

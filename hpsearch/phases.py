@@ -18,6 +18,7 @@ import optuna
 
 from hpsearch import grid as grids
 from hpsearch.errors import SpecError, UserError
+from hpsearch.ladders import check_levels
 from hpsearch.records import SharedState, StateTable, decode_params, encode_param
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
 from hpsearch.storage import storage_lock
@@ -282,6 +283,8 @@ class Phases:
         reverse = self.spec.objective.direction == "maximize"
         top = sorted(complete, key=lambda t: t.value, reverse=reverse)[: phase.grid.top_k]
         derived = grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
+        if phase.budget is not None:
+            check_levels(self.spec, phase, derived, where=f"phase {phase.name!r}")
         return grids.with_rungs(phase, derived)
 
     def points(self, phase: PhaseSpec, record: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hpsearch.data import DATASETS, FILE_DATASETS
 from hpsearch.errors import SpecError
@@ -182,24 +182,24 @@ def _storage_name(value: str) -> str:
 
 class ScheduleSpec(_Strict):
     """Successive halving over a grid phase's budget ladders: every ladder trains to the first level, the best
-    1/``reduction_factor`` of them (by ``rank_by``) go on to the next, and so on; the levels are the grid's budget
-    values, with ``first_rung`` below them when given (it joins the grid: each ladder's value there is a trial of its
-    own), or the budget values ``levels`` names (one not in the grid joins it the same way; the grid's values between
-    two levels train along, as trials of their own, without a ranking)."""
+    1/``reduction_factor`` (by ``rank_by``) go on to the next, and so on. Levels: the grid's budget values, and
+    ``first_rung`` below them (it joins the grid), or the values ``levels`` names (the grid's values between two
+    levels train along, trials of their own without a ranking; a value the grid lacks joins it)."""
 
     type: Literal["halving"]
     reduction_factor: int = Field(3, ge=2)
     first_rung: int | None = Field(None, gt=0)
-    levels: list[int] | None = Field(None, min_length=1)
+    levels: list[StrictInt] | None = None
 
     @field_validator("levels")
     @classmethod
-    def _levels_ascend(cls, levels: list[int] | None) -> list[int] | None:
-        if levels is not None and (levels != sorted(set(levels)) or levels[0] <= 0):
-            raise ValueError(f"must be budget values > 0 in ascending order. Got {levels} instead")
-        return levels
-    # the metric a level's ladders are ranked by; default: the objective. One the trainable declares, e.g. val_loss:
-    # early in training a small validation set's loss orders runs more steadily than its accuracy
+    def _levels_ascend(cls, levels: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if levels is not None and info.data.get("first_rung") is not None:
+            raise ValueError("and 'first_rung' exclude each other: a level below the grid joins it as first_rung does")
+        if levels is None or (levels and levels == sorted(set(levels)) and levels[0] > 0):
+            return levels
+        raise ValueError(f"must be budget values > 0 in ascending order. Got {levels} instead")
+    # the metric a level's ladders are ranked by, one the trainable declares (e.g. val_loss); default: the objective
     rank_by: str | None = Field(None, min_length=1)
 
 

@@ -125,10 +125,14 @@ def test_a_phase_with_levels_ranks_at_them_and_trains_the_rungs_between_along(tm
             assert trial.value == train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"]).val_acc
     reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
     assert summary["examples"] == sum(reached.values()) * 50  # each ladder trained once, to where it stopped
-    for levels, message in [([12, 3], r"must be budget values > 0 in ascending order\. Got \[12, 3\]"),
-                            ([3, 30], r"schedule.levels must end at or below the grid's largest num_iters \(20\)")]:
+    for change, message in [({"levels": [12, 3]}, r"levels must be budget values > 0 in ascending order\. Got \[12, 3"),
+                            ({"levels": []}, r"levels must be budget values > 0 in ascending order\. Got \[\]"),
+                            ({"levels": [True, 12]}, r"schedule\.levels\[0\]"),
+                            ({"levels": [3, 30]}, r"schedule.levels must end at or below the grid's largest num_iters "
+                                                  r"\(20\)"),
+                            ({"first_rung": 3}, r"levels and 'first_rung' exclude each other")]:
         with pytest.raises(SpecError, match=message):
-            load_spec(write_spec(tmp_path, phases=[{**HALVING_PHASE, "schedule": {**schedule, "levels": levels}}]))
+            load_spec(write_spec(tmp_path, phases=[{**HALVING_PHASE, "schedule": {**schedule, **change}}]))
 
 
 @pytest.mark.parametrize("failure", ["save", "restore"])
@@ -180,6 +184,17 @@ def test_a_halving_schedule_needs_a_budget_and_a_first_rung_below_the_grid(tmp_p
         load_spec(write_spec(tmp_path, phases=[late]))
 
 
+def test_a_derived_grid_s_levels_end_at_its_largest_budget(tmp_path):
+    phases = [{"name": "random", "sampler": "random", "n_trials": 3,
+               "space": {"num_iters": {"type": "int", "low": 4, "high": 12}}},
+              {**HALVING_PHASE, "schedule": {"type": "halving", "levels": [2, 40]},
+               "grid": {"from": "random", "top_k": 2, "points": 2}}]
+    with pytest.raises(SpecError, match=r"schedule.levels must end at or below the grid's largest num_iters \(\d+\)"):
+        run_study(tmp_path, phase=None, phases=phases)
+    trials = optuna.load_study(study_name="tiny.random", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # the phase before keeps what it found
+
+
 def test_a_derived_grid_without_the_budget_cannot_be_halved(tmp_path):
     phases = [{"name": "random", "sampler": "random", "n_trials": 3,
                "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True}}},
@@ -222,3 +237,33 @@ def test_a_killed_halving_phase_resumes_its_schedule_and_its_saved_runs(tmp_path
     assert (tmp_path / "calls").stat().st_size == 8 + 1 + 1 + 1
     assert not list(runs_folder(storage).glob("*/*"))
 
+
+
+def test_a_halving_phase_killed_inside_a_level_of_several_rungs_resumes_it(tmp_path, gate):
+    rates = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    spec = gated_study(tmp_path, "hal", free=7, budget="num_iters", grid={"learning_rate": rates,
+                                                                       "num_iters": [10, 20, 30]},
+                       schedule={"type": "halving", "reduction_factor": 3, "levels": [10, 30]})
+    storage = f"sqlite:///{tmp_path / 'hal.db'}"
+    # six ladders trained to 10, the best two promoted to 20 and 30 at once; the first claimed trained to 20, then
+    # waits at the gate on its way to 30: killed there, with the other ladder's two rungs still queued
+    kill_at_the_gate_and_rerun(spec, storage, gate, calls=8,
+                               states={"COMPLETE": 7, "RUNNING": 1, "WAITING": 2, "PRUNED": 8})
+    trials = study_trials(storage, "hal.grid")
+    assert_exactly_once(trials, 18)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].params["num_iters"] == 30
+    complete = {(t.params["learning_rate"], t.params["num_iters"]): t for t in trials if t.state.name == "COMPLETE"}
+    assert sorted(complete) == sorted([(lr, 10) for lr in rates] + [(lr, n) for lr in (0.5, 0.6) for n in (20, 30)])
+    for (lr, n), trial in complete.items():
+        assert trial.value == pytest.approx(lr + n / 1000)
+    reasons = collections.Counter(t.user_attrs["failure"] for t in trials if t.state.name == "PRUNED")
+    assert reasons == {"not promoted at 10": 8}
+    # the killed rung went on from the run its ladder saved at 10 (its 20 was done, but not saved apart): 20
+    # examples; every other stretch was trained once
+    retried = complete[failed[0].params["learning_rate"], 30]
+    assert retried.user_attrs["examples"] == 20
+    assert sum(t.user_attrs["examples"] for t in complete.values()) == 6 * 10 + 2 * 10 + 10 + 20
+    # the killed run's 8 stages, the retried rung, the other ladder's two, the winner retrained
+    assert (tmp_path / "calls").stat().st_size == 8 + 1 + 2 + 1
+    assert not list(runs_folder(storage).glob("*/*"))
