@@ -105,14 +105,17 @@ def main() -> None:
                 args.results.write_text(json.dumps(kept, indent=1))
         elif f"{grid}:{name}" in kept:
             results[name] = kept[f"{grid}:{name}"]
-    if any(name not in results for name in STUDIES):
-        missing = [name for name in STUDIES if name not in results]
-        raise SystemExit(f"no result for {', '.join(missing)} on the {grid} grid: run them (--studies) first")
-    exhaustive, ladders, halving = results["exhaustive"], results["ladders"], results["halving"]
-    differ = sum(ladders["values"].get(point) != value for point, value in exhaustive["values"].items())
     rows = [(f"{name}: best val_acc / test_acc / examples / trials (pruned) / wall",
              f"{r['best_val_acc']:.4f} / {r['test_acc']:.4f} / {r['examples']:,} / {r['trials']} ({r['pruned']}) / "
              f"{r['wall_s']} s") for name, r in results.items()]
+    missing = [name for name in STUDIES if name not in results]
+    if missing:  # the studies run now, without the comparison
+        rows.append(("no comparison", f"no result for {', '.join(missing)} on the {grid} grid yet (--studies, "
+                                      "--results)"))
+        report("search", rows, {name: {k: v for k, v in r.items() if k != "values"} for name, r in results.items()})
+        return
+    exhaustive, ladders, halving = results["exhaustive"], results["ladders"], results["halving"]
+    differ = sum(ladders["values"].get(point) != value for point, value in exhaustive["values"].items())
     rows += [(f"{name}: winner", json.dumps(r["best_params"], sort_keys=True)) for name, r in results.items()]
     share = {name: r["examples"] / exhaustive["examples"] for name, r in results.items()}
     gap = (exhaustive["best_val_acc"] - halving["best_val_acc"]) * 100

@@ -195,7 +195,7 @@ class ScheduleSpec(_Strict):
     @classmethod
     def _levels_ascend(cls, levels: list[int] | None, info: ValidationInfo) -> list[int] | None:
         if levels is not None and info.data.get("first_rung") is not None:
-            raise ValueError("and 'first_rung' exclude each other: a level below the grid joins it as first_rung does")
+            raise ValueError("and 'first_rung' exclude each other: name that value first in levels instead")
         if levels is None or (levels and levels == sorted(set(levels)) and levels[0] > 0):
             return levels
         raise ValueError(f"must be budget values > 0 in ascending order. Got {levels} instead")
