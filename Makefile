@@ -29,6 +29,7 @@ STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_win
 	tests/test_reliability.py::test_concurrent_claims_never_hand_out_a_trial_twice \
 	tests/test_ladders.py::test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_once \
 	tests/test_halving.py::test_a_killed_halving_phase_resumes_its_schedule_and_its_saved_runs \
+	tests/test_halving.py::test_a_halving_phase_killed_inside_a_level_of_several_rungs_resumes_it \
 	tests/test_reliability.py::test_two_processes_on_one_sqlite_study
 stress: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[torch,test]'
