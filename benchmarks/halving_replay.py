@@ -41,12 +41,10 @@ def replay(export: Path, levels: list[int], reduction_factor: int, rank_by: str 
     points = grid_points(with_rungs(SimpleNamespace(schedule=schedule, budget=budget), phase["grid"]))
     found = ladders(points, budget)
     stored = {json.dumps(row["params"], sort_keys=True): row for row in rows}
-
-    def row_of(point: int) -> dict | None:  # None: a level the grid lacks
-        return stored.get(json.dumps(points[point], sort_keys=True))
+    row_at = [stored.get(json.dumps(point, sort_keys=True)) for point in points]  # None: a level the grid lacks
 
     def value(point: int, top: dict) -> float | None:
-        row = row_of(point)
+        row = row_at[point]
         if row is not None:
             number = row["metrics"].get(metric) if row["state"] == "COMPLETE" else None
         else:  # read from the ladder's run, at that iteration (as the rung trained alone reports it)
@@ -58,20 +56,20 @@ def replay(export: Path, levels: list[int], reduction_factor: int, rank_by: str 
     budgets = [point[budget] for point in points]
     decided = {}
     for rungs in found.rungs:
-        top = row_of(rungs[-1]) or {}
+        top = row_at[rungs[-1]] or {}
         decided.update((point, value(point, top)) for point in rungs)
     stopped = halve(found, budgets, decided, reduction_factor=reduction_factor, maximize=maximize,
                     levels=levels).stopped
     sign = 1 if objective["direction"] == "maximize" else -1
     best, examples, exhaustive = None, 0, 0
     for rungs in found.rungs:
-        own = [row_of(point) for point in rungs if row_of(point) is not None]
+        own = [row_at[point] for point in rungs if row_at[point] is not None]
         trained = sum(row["examples"] or 0 for row in own)  # the ladder's run, to its top or to where it diverged
         batch = points[rungs[0]]["batch_size"]
         ran = [point for point in rungs if point not in stopped]
         examples += min(trained, budgets[ran[-1]] * batch)
         exhaustive += sum(min(trained, row["params"][budget] * batch) for row in own)  # each point alone
-        for row in (row_of(point) for point in ran):
+        for row in (row_at[point] for point in ran):
             if row is not None and row["state"] == "COMPLETE" and (best is None or sign * row["value"] > sign * best):
                 best = row["value"]
     grid_best = (max if sign > 0 else min)(row["value"] for row in rows if row["state"] == "COMPLETE")
