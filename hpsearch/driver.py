@@ -119,21 +119,25 @@ class Driver:
     @_storage_failures
     def status(self) -> dict[str, Any]:
         """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy."""
+        self.phases.check_stored(self.spec.phases)
         return self.results.status()
 
     @_storage_failures
     def best(self) -> dict[str, Any] | None:
         """The best trial over all phases, with everything needed to train it again."""
+        self.phases.check_stored(self.spec.phases)
         return self.results.best()
 
     @_storage_failures
     def trials(self) -> list[dict[str, Any]]:
         """Every trial of every phase: phase, number, state, value, params, duration and bookkeeping."""
+        self.phases.check_stored(self.spec.phases)
         return self.results.trials()
 
     @_storage_failures
     def report(self, retrain: bool = True) -> StudyReport | None:
         """Plain data for plots and summaries; retrains the best trial for its curves and model."""
+        self.phases.check_stored(self.spec.phases)
         return self.results.report(self.data if retrain else None, retrain=retrain)
 
     # ---- running -----------------------------------------------------------------------------------------------
@@ -242,7 +246,7 @@ class Driver:
         ``partial``: the study is not complete (a time box); its completion finalises again, for the full report.
         """
         with storage_lock(self.url, f"{self.spec.name}:finalise"):
-            layout = self.phases.layout()
+            layout = self.phases.follow()  # a winner of this spec's generation, stored as that generation's
             best = self.results.best()
             stored = self.results.stored_result(layout) or {}
             if best is not None and (stored.get("phase"), stored.get("trial")) == (best["phase"], best["trial"]) \
@@ -260,9 +264,10 @@ class Driver:
                 scores, report.failure = scores or {}, report.failure or failure
             if report.failure:
                 self.echo(f"warning: {report.failure}; the study ends without the winner's test score.")
+            self.phases.follow()  # still this generation after the retraining, before its result is stored
             result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],
                       "retrained_value": retrained.metrics.get(self.spec.objective.metric) if retrained else None,
-                      "data_fingerprint": self.data.fingerprint, "generation": layout["generation"],
+                      "data_fingerprint": self.data.fingerprint, "generation": self.phases.generation,
                       **({"partial": True} if partial else {}),
                       **scores, **({"failure": report.failure} if report.failure else {})}
             self.table.put(self.spec.name, "result", result)

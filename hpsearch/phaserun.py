@@ -102,6 +102,7 @@ class PhaseRunner:
             budget.expect(view.longest)
             if budget.exhausted():
                 return False
+            self.phases.follow(phase, study.study_name)  # the study was not started afresh with another spec
             claimed = queue.claim(me, rungs=budget.trials_left())
             if not claimed:
                 # a trial failed since the last look (its retry is queued now), or one ended a halving level
@@ -201,6 +202,7 @@ class PhaseRunner:
     def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
         """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""
         with storage_lock(self.url, f"{study.study_name}:claim"):
+            self.phases.follow(phase, study.study_name)  # the study was not started afresh with another spec
             trials = study.get_trials(deepcopy=False)
             taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
             if taken >= phase.n_trials:

@@ -80,6 +80,8 @@ class Phases:
         self.store = TrialStore(storage)
         self.force_new_phase = force_new_phase
         self.echo = echo
+        self.generation: int | None = None  # the layout's generation this process works in (see :meth:`follow`)
+        self._context: dict[str, Any] | None = None  # the context of this process's spec
 
     # ---- the layout ------------------------------------------------------------------------------------------
 
@@ -130,13 +132,14 @@ class Phases:
 
     def check_context(self, fingerprint: str, *, write: bool = True) -> dict[str, Any]:
         """The stored layout, created with this context on the first run; a changed context is refused, or with
-        --force-new-phase starts every phase afresh (one write: new context, no phases)."""
+        --force-new-phase starts every phase afresh (one write: new context, no phases). The layout returned is the
+        generation this process then works in (see :meth:`follow`)."""
         current = context_of(self.spec, fingerprint)
         layout = self.layout()
         if layout is not None:
             changes = describe_changes(layout["context"], self._as_stored(layout["context"], current))
             if not changes:
-                return layout
+                return self._working_in(layout, current)
             if not self.force_new_phase:
                 raise SpecError(
                     f"{self.spec.source}: the spec changed since study {self.spec.name!r} started: "
@@ -149,11 +152,73 @@ class Phases:
             stored = self.table.get(self.spec.name, "layout")
             if stored is not None and not describe_changes(stored["context"],
                                                            self._as_stored(stored["context"], current)):
-                return stored  # another process wrote the same change first
+                return self._working_in(stored, current)  # another process wrote the same change first
             generation = (stored or {}).get("generation", 0) + 1
             layout = {"generation": generation, "context": current, "phases": {}}
             self._write(layout)
+            return self._working_in(layout, current)
+
+    def _working_in(self, layout: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        self.generation, self._context = layout["generation"], context
+        return layout
+
+    def check_stored(self, phases: list[PhaseSpec]) -> dict[str, Any] | None:
+        """For the commands that only read a study (status, best, export, report, sync): the stored layout, refused
+        when the spec differs from the one the study ran with (its context, but the data's fingerprint, which would
+        need the data loaded; or a phase's definition). Without this, a changed ``--set`` or a spec left behind by
+        another process's --force-new-phase would present the stored winner under values it never trained with."""
+        layout = self.layout()
+        if layout is None:
+            return None
+        stored = layout["context"]
+        current = {**context_of(self.spec, stored.get("data_fingerprint")), "data_fingerprint": stored.get(
+            "data_fingerprint")}
+        changes = describe_changes(stored, self._as_stored(stored, current))
+        for phase in phases:
+            record = layout["phases"].get(phase.name)
+            if record is not None:
+                changes += [f"phase {phase.name!r}: {change}"
+                            for change in describe_changes(record["definition"], definition_of(phase))]
+        if changes:
+            raise SpecError(
+                f"{self.spec.source}: the spec differs from the one study {self.spec.name!r} was run with: "
+                f"{'; '.join(changes)}. A stored study is read with the spec it ran with: restore it (or leave out "
+                "the --set)."
+            )
+        return layout
+
+    def follow(self, phase: PhaseSpec | None = None, study_name: str | None = None) -> dict[str, Any]:
+        """The stored layout, checked to be still the generation this process works in, before the process writes on
+        its behalf (claims a trial, creates a phase, stores the result).
+
+        Another process's --force-new-phase moves the generation. When its spec is this one's (two processes
+        restarting a study alike), this process goes on in the new generation; otherwise it stops with one line,
+        its finished trials kept, so that trials of two specs never mix in one study. ``phase``/``study_name``: the
+        phase this process is running and its Optuna study, which must still be the phase's.
+        """
+        layout = self.layout()
+        if layout is not None and layout["generation"] == self.generation:
             return layout
+        changes = ["its records were removed"] if layout is None else describe_changes(
+            self._as_stored(layout["context"], self._context or {}), layout["context"])
+        for mine in self.spec.phases if layout is not None else []:
+            record = layout["phases"].get(mine.name)
+            if record is not None:
+                changes += [f"phase {mine.name!r}: {change}"
+                            for change in describe_changes(definition_of(mine), record["definition"])]
+        if not changes and phase is not None and study_name is not None:
+            record = layout["phases"].get(phase.name)
+            if record is not None and record["study"] != study_name:
+                changes.append(f"phase {phase.name!r} was started afresh as {record['study']!r}")
+        if changes:
+            raise SpecError(
+                f"{self.spec.source}: study {self.spec.name!r} changed under this run: another process started it "
+                f"afresh (--force-new-phase), {'; '.join(changes)}. This run stops here and keeps its finished "
+                "trials; rerun with the study's spec as it is now, or with --force-new-phase to start afresh with "
+                "this one."
+            )
+        self.generation = layout["generation"]
+        return layout
 
     def _as_stored(self, stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         """``current`` without the trainable's settings that the stored context predates and that are at their
@@ -175,9 +240,11 @@ class Phases:
                 return
             changed = [p.name for p in self.spec.phases if p.name in layout["phases"]
                        and describe_changes(layout["phases"][p.name]["definition"], definition_of(p))]
-            if changed:
-                layout = {**layout, "phases": {k: v for k, v in layout["phases"].items() if k not in changed}}
+            if changed:  # a new generation: a process still running the old definitions stops (see follow)
+                layout = {**layout, "generation": layout["generation"] + 1,
+                          "phases": {k: v for k, v in layout["phases"].items() if k not in changed}}
                 self._write(layout)
+            self.generation = layout["generation"]
 
     def refuse_changes(self, phases: list[PhaseSpec]) -> list[str]:
         """Names of ``phases`` whose definition changed; raises unless --force-new-phase was given."""
@@ -220,7 +287,7 @@ class Phases:
         record = self.record(phase)
         if record is None or describe_changes(record["definition"], definition_of(phase)):
             with storage_lock(self.url, f"{self.spec.name}:phases"):
-                layout = self.layout()
+                layout = self.follow()
                 record = layout["phases"].get(phase.name)
                 if record is None or describe_changes(record["definition"], definition_of(phase)):
                     record = self._create(phase, layout)
@@ -240,7 +307,10 @@ class Phases:
             warnings.simplefilter("ignore")  # experimental in Optuna; optuna-dashboard shows the name
             study.set_metric_names([self.spec.objective.metric])
         record = {"study": name, "definition": definition_of(phase), "grid": grid}
-        self._write({**layout, "phases": {**layout["phases"], phase.name: record}})
+        # a phase started afresh (--force-new-phase) is a new generation: a process running its old definition stops
+        generation = layout["generation"] + (phase.name in layout["phases"])
+        self._write({**layout, "generation": generation, "phases": {**layout["phases"], phase.name: record}})
+        self.generation = generation
         if isinstance(phase.grid, DerivedGrid):
             self.echo(f"[{phase.name}] derived grid from the top {phase.grid.top_k} trials of "
                       f"{phase.grid.source!r}: {json.dumps(grid)}")
