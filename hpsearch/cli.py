@@ -11,7 +11,8 @@ import typer
 
 from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OutputFormat, PhaseOpt, SetOpt,
                               SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt, cannot_write, check_output_file,
-                              check_output_folder, echo_err, fail, users_code)
+                              check_output_folder, echo_err, fail, interrupted_message, users_code)
+from hpsearch.localworkers import report_stopped
 from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
 from hpsearch.output import print_summary, write_csv
@@ -211,8 +212,8 @@ def _work(request: _Work) -> None:
     except (KeyboardInterrupt, Interrupted):
         for sig in (signal.SIGINT, signal.SIGTERM):  # winding down: a second Ctrl-C must not cut the exit short
             signal.signal(sig, signal.SIG_IGN)
-        typer.echo("Interrupted: a trial that was running is marked failed and will be retried. "
-                   "Rerun the same command to resume.", err=True)
+        if not report_stopped(interruption.stopped):  # a worker of `run --workers`: the parent says it once
+            typer.echo(interrupted_message(interruption.stopped), err=True)
         raise typer.Exit(code=130) from None
     summary = {**result.summary, "spec": str(request.spec)}
     if request.json:
@@ -252,10 +253,9 @@ def _run_local_workers(request: _Work, workers: int) -> None:
             command += [flag, str(value)]
     env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    codes, interrupted = run_workers(command, env, workers)
+    codes, interrupted, stopped = run_workers(command, env, workers)
     if interrupted:
-        typer.echo(f"Interrupted: {len(codes)} workers stopped (exit codes {codes}); a trial that was running is "
-                   "marked failed and will be retried. Rerun the same command to resume.", err=True)
+        typer.echo(interrupted_message(stopped, workers=len(codes)), err=True)
         raise typer.Exit(code=130)
     if any(code == 2 for code in codes):
         raise typer.Exit(code=2)  # each worker already said why, in one line

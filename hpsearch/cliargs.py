@@ -95,6 +95,17 @@ def users_code(spec: Path, backend: str, let_through: tuple[type[BaseException],
         raise fail(f"{spec}: the trainable {backend} raised {one_line(exc)}") from None
 
 
+def interrupted_message(stopped: list[str], workers: int | None = None) -> str:
+    """The one line an interrupted run ends with: which trials the signal stopped (each is failed and retried on the
+    next run, using up no retry), or that it came between trials."""
+    who = f"Interrupted: {workers} workers stopped" if workers else "Interrupted"
+    if not stopped:
+        return f"{who} between trials; nothing was lost. Rerun the same command to resume."
+    trials = f"{stopped[0]} was" if len(stopped) == 1 else f"{', '.join(stopped[:-1])} and {stopped[-1]} were"
+    return (f"{who}; {trials} running: marked failed, to be trained again on the next run. Rerun the same command to "
+            "resume.")
+
+
 def echo_err(message: str) -> None:
     typer.echo(message, err=True)
 

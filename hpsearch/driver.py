@@ -47,6 +47,8 @@ from hpsearch.trialstore import TrialStore
 __all__ = ["Budget", "Driver", "Interrupted", "SharedState", "StudyListener", "StudyReport",
            "decode_param", "decode_params", "encode_param"]
 
+INTERRUPTED_CLOSE_SECONDS = 0.5  # what tracking may still send after Ctrl-C, before its process is stopped
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -181,8 +183,11 @@ class Driver:
             if not only_phase and (stopped_in is None or boxed):
                 complete = all_complete(self._views.get(phase.name) for phase in self.spec.phases)
                 report = self._finalise(partial=not complete)
+        except KeyboardInterrupt:  # Interrupted too: the user waits for the exit, and the next run mends the rest
+            self.listener.close(timeout=INTERRUPTED_CLOSE_SECONDS, quiet=True)
+            raise
         except BaseException:
-            # an interrupted or failing run sends what it can in a few seconds; the next run mends the rest
+            # a failing run sends what it can in a few seconds; the next run mends the rest
             self.listener.close(timeout=10)
             raise
         summary = self.results.status()

@@ -34,6 +34,7 @@ class Interruption:
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.stopped: list[str] = []  # the trials the signal stopped while they trained ("trial 4 of phase 'grid'")
         self._immediate = 0
 
     def _handler(self, signum: int, frame: Any) -> None:

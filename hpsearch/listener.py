@@ -56,8 +56,9 @@ class StudyListener:
 
     def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None: ...
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Finish whatever is pending; called however the run ends."""
+    def close(self, timeout: float = 60.0, *, quiet: bool = False) -> None:
+        """Finish whatever is pending, within ``timeout`` seconds; called however the run ends. ``quiet``: what is
+        left is not worth a message (an interrupted run: the next run mends it)."""
 
 
 @dataclass

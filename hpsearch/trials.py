@@ -136,7 +136,8 @@ class TrialRunner:
         except DivergedError as exc:  # the rungs above replay the run up to here and diverge alike
             state, value, reason = TrialState.PRUNED, None, f"diverged: {exc}"
         except KeyboardInterrupt:
-            self._finish(current, TrialState.FAIL, None, None, INTERRUPTED, stages)
+            if self._finish(current, TrialState.FAIL, None, None, INTERRUPTED, stages):
+                self.interruption.stopped.append(f"trial {info.number} of phase {phase.name!r}")
             raise Interrupted(self.interruption.signal or "SIGINT") from None
         except UserError as exc:  # a spec that cannot train at all (a batch larger than the data, no data)
             self._finish(current, TrialState.FAIL, None, None, str(exc), stages)

@@ -328,7 +328,7 @@ def test_run_workers_pass_on_their_options_and_report_the_tracking_uri_they_used
 
     def started(command, env, n):
         commands.append(command)
-        return [0] * n, False
+        return [0] * n, False, []
 
     monkeypatch.setattr(localworkers, "run_workers", started)
     limits = ["--timeout", "600", "--time-box", "1e-05", "--max-trials", "3"]
@@ -515,3 +515,18 @@ def test_random_bytes_as_a_model_file_are_one_line(saved_models, tmp_path, conte
     path.write_bytes(content)
     result = runner.invoke(app, ["predict", str(folder / SPEC_OF[backend]), "--model", str(path)])
     one_error_line(result, f"not a {backend} model file saved by a study (")
+
+
+@pytest.mark.parametrize("stopped, workers, expected", [
+    ([], None, "Interrupted between trials; nothing was lost. Rerun the same command to resume."),
+    (["trial 3 of phase 'grid'"], None, "Interrupted; trial 3 of phase 'grid' was running: marked failed, to be "
+                                        "trained again on the next run. Rerun the same command to resume."),
+    ([], 3, "Interrupted: 3 workers stopped between trials; nothing was lost. Rerun the same command to resume."),
+    (["trial 1 of phase 'r'", "trial 4 of phase 'r'"], 2,
+     "Interrupted: 2 workers stopped; trial 1 of phase 'r' and trial 4 of phase 'r' were running: marked failed, to be "
+     "trained again on the next run. Rerun the same command to resume."),
+])
+def test_the_interrupted_line_says_what_the_signal_stopped(stopped, workers, expected):
+    from hpsearch.cliargs import interrupted_message
+
+    assert interrupted_message(stopped, workers=workers) == expected

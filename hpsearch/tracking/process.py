@@ -22,6 +22,9 @@ from hpsearch.tracking.logger import MlflowLogger
 __all__ = ["MlflowTracker"]
 
 
+_STUDY_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
     """The tracking process: apply hook calls in order until told to stop; messages go to outbox.
 
@@ -30,8 +33,9 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
     """
     logger.echo = outbox.put
     register_secret_url(logger.uri)  # a spawned process starts with no known passwords
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STUDY_SIGNALS:  # blocked since the spawn (see MlflowTracker._start): ignored from now on
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STUDY_SIGNALS)
     from hpsearch import report  # noqa: F401 - warm the plotting imports while the study trains
     report._pyplot()
     # the queue came with its writing end too: closed here, a study process killed in the middle of sending a
@@ -106,7 +110,14 @@ class MlflowTracker(StudyListener):
         logger = MlflowLogger(self.spec, self.uri)
         self._process = context.Process(target=_serve, args=(logger, self._inbox, self._outbox, self._seconds),
                                         name="hpsearch-tracking", daemon=True)
-        self._process.start()
+        # Ctrl-C reaches the whole process group: the new process starts with SIGINT and SIGTERM blocked (a signal
+        # mask survives the spawn's exec), so one that lands while it imports is no KeyboardInterrupt traceback; it
+        # then ignores them, and this process tells it when to stop. Here they are only held back for the start.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STUDY_SIGNALS)
+        try:
+            self._process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _send(self, name: str, *args: Any) -> None:
         if self._dead:
@@ -133,17 +144,18 @@ class MlflowTracker(StudyListener):
             except (queue.Empty, OSError, EOFError):
                 return
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Wait (at most ``timeout`` seconds) for the tracking process to send everything queued."""
+    def close(self, timeout: float = 60.0, *, quiet: bool = False) -> None:
+        """Wait (at most ``timeout`` seconds) for the tracking process to send everything queued, then stop it."""
         if self._process is None:
             return
         if self._process.is_alive():
             self._inbox.put(None)
             self._process.join(timeout)
             if self._process.is_alive():
-                self.echo(f"tracking: MLflow did not take everything within {timeout:.0f}s; "
-                          f"run `hpsearch sync {self.spec.source}` to fill it in")
-                self._process.kill()
+                if not quiet:
+                    self.echo(f"tracking: MLflow did not take everything within {timeout:.0f}s; "
+                              f"run `hpsearch sync {self.spec.source}` to fill it in")
+                self._process.kill()  # it ignores SIGINT and SIGTERM
                 self._process.join(5)
         elif not self._dead:
             self._died()
