@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from hpsearch.ladders import Halving, Ladders, halve, not_promoted
 from hpsearch.records import (ATTEMPT, FAILURE, FINISHED_STATES, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED,
-                              POINT, SEED, WITHDRAWN, WORKER_DIED, counts_as_failure, encode_param)
+                              POINT, SEED, WITHDRAWN, WORKER_DIED, counts_as_failure)
 from hpsearch.storage import storage_lock
 from hpsearch.trialstore import Row, TrialStore
 
@@ -179,7 +179,7 @@ class PointQueue:
     study_id: int
     study_name: str
     points: list[dict[str, Any]]
-    distributions: dict[str, BaseDistribution]
+    params_of: Callable[[dict[str, Any]], dict[str, tuple[Any, BaseDistribution]]]  # a point as a trial's params
     max_retries: int
     seed_of: Callable[[int], int]  # a point's training seed
     order_seed: int  # the seed of the order points are queued in
@@ -222,8 +222,7 @@ class PointQueue:
                     continue  # finished, or claimed / queued
                 if sum(counts_as_failure(r.state, r.failure) for r in rows) > self.max_retries:
                     continue  # exhausted: reported as failed
-                params = {name: (encode_param(value), self.distributions[name])
-                          for name, value in self.points[point].items()}
+                params = self.params_of(self.points[point])
                 attrs = {POINT: point, ATTEMPT: len(rows) + 1, SEED: self.seed_of(point)}
                 if plan is not None and point in plan.stopped:
                     stopped.append((params, {**attrs, FAILURE: not_promoted(plan.stopped[point])}))
