@@ -340,7 +340,9 @@ class Phases:
         derived = grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
         if phase.budget is not None:
             check_levels(self.spec, phase, derived, where=f"phase {phase.name!r}")
-        return grids.with_rungs(phase, derived)
+        grid = grids.with_rungs(phase, derived)
+        grids.check_derived_size(self.spec, phase, grid)  # before the phase's record: a rerun is refused alike
+        return grid
 
     def points(self, phase: PhaseSpec, record: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The phase's fixed list of points; None for a TPE phase."""
