@@ -108,18 +108,36 @@ def test_force_new_phase_killed_mid_way_never_mixes_contexts(tmp_path, monkeypat
     assert status["phases"][0]["study_name"] == "win.random.v2"
 
 
+HUGE_GRID = "phases.1.grid={learning_rate: [%s], reg: [%s], std: [%s], hidden_size: [%s]}" % (
+    ", ".join(str(0.001 * (k + 1)) for k in range(100)), ", ".join(str(1e-5 * k) for k in range(100)),
+    ", ".join(str(1e-4 * (k + 1)) for k in range(10)), ", ".join(str(k + 1) for k in range(100)))  # 10^7 points
+
+
 def test_absurd_sizes_are_refused_at_once_with_one_line(tmp_path):
     spec = two_phase_spec(tmp_path)
     storage = f"sqlite:///{tmp_path / 'win.db'}"
-    huge_grid = "phases.1.grid={learning_rate: [%s], reg: [%s], std: [%s], hidden_size: [%s]}" % (
-        ", ".join(str(0.001 * (k + 1)) for k in range(100)), ", ".join(str(1e-5 * k) for k in range(100)),
-        ", ".join(str(1e-4 * (k + 1)) for k in range(10)), ", ".join(str(k + 1) for k in range(100)))
-    for override in ("phases.0.n_trials=1000000000", huge_grid):
+    for override in ("phases.0.n_trials=1000000000", HUGE_GRID):
         for command in (["run", spec, "--storage", storage], ["plan", spec]):
             result = invoke(*command, "--set", override)
             assert result.exit_code == 2, result.output
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and "at most 1,000,000" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ["phases.0.n_trials=1000000000"], [HUGE_GRID],
+    ["data.num_train=10"],  # batch_size 50 is larger than the training split
+    ["data.dataset=arrays", "data.path=missing.npz"],  # data that do not load
+], ids=["n_trials", "grid", "batch_size", "data"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_refused_run_creates_nothing(tmp_path, monkeypatch, overrides, workers):
+    """Neither the default storage's folder, nor its database, nor its locks: the checks come before them."""
+    spec = two_phase_spec(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("run", spec, "--workers", workers, *(arg for item in overrides for arg in ("--set", item)))
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["win.yaml"]
 
 
 def one_error_line(result) -> str:
