@@ -87,7 +87,8 @@ class PhaseRunner:
                                   on_fresh=paused.clear)
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
                            point_params(phase, record), max_retries=phase.max_retries,
-                           seed_of=seed_of, order_seed=self.spec.seed, ladders=found, halving=halving)
+                           seed_of=seed_of, order_seed=self.spec.seed, ladders=found, halving=halving,
+                           check_interrupt=self.interruption.check)
         me = owner()
         self.reap(phase, view)
         queue.reconcile()

@@ -185,6 +185,7 @@ class PointQueue:
     order_seed: int  # the seed of the order points are queued in
     ladders: Ladders | None = None  # a phase with a budget: points that train as one
     halving: HalvingRule | None = None  # a phase with ``schedule: halving`` (needs ladders)
+    check_interrupt: Callable[[], None] = lambda: None  # raises when the run was told to stop (SIGTERM, Ctrl-C)
     open: int = 0  # the phase's trials queued or running at the last reconcile, those it queued included
     _ranks: dict[int, float | None] = field(default_factory=dict)  # complete trial: its rank_by (never changes)
 
@@ -193,7 +194,7 @@ class PointQueue:
         Afterwards ``open`` counts the phase's queued and running trials: when it is 0, the phase is done, since
         only a running trial's end can make another reconcile queue anything.
 
-        Under the lock, so no two processes enqueue one point. Queued trials of points that left the phase (its
+        Under the lock, so no two processes enqueue one point. A signal stops it between two batches. Queued trials of points that left the phase (its
         n_trials was lowered) are withdrawn: failed with a reason that uses up no retry. With halving, only the
         rungs the ladders' levels admit are queued, and the rungs of ladders that were not promoted end PRUNED here,
         together, in one transaction.
@@ -233,6 +234,7 @@ class PointQueue:
                 if len(batch) == ENQUEUE_BATCH:
                     enqueued += self.store.enqueue(self.study_id, batch)
                     batch = []
+                    self.check_interrupt()  # each batch is a transaction: a rerun enqueues the rest, once each
             enqueued += self.store.enqueue(self.study_id, batch)
             if stopped:
                 self.store.enqueue(self.study_id, stopped, state=TrialState.PRUNED)
