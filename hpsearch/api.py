@@ -117,20 +117,22 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     """
     import time
 
-    from hpsearch.driver import Budget
+    from hpsearch.driver import Budget, check_run
     from hpsearch.interrupt import Interruption
     from hpsearch.storage import mask_url
+    from hpsearch.training import load_data
 
     study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
     try:
         box = study.time_box if time_box is None else seconds(time_box)
     except ValueError as exc:
         raise SpecError(f"time_box {exc}.") from None
+    _, data = check_run(study, phase, lambda: load_data(study))  # a run refused here creates no storage
     own = interruption is None
     interruption = interruption or Interruption()
     with interruption.installed() if own else contextlib.nullcontext():
         work = driver(study, storage=storage, tracking=tracking, tracking_uri=tracking_uri, echo=echo,
-                      force_new_phase=force_new_phase, interruption=interruption)
+                      force_new_phase=force_new_phase, interruption=interruption, data=data)
         started = time.perf_counter()
         summary = work.run(Budget(timeout=timeout, max_trials=max_trials, time_box=box), only_phase=phase)
         interruption.check()  # a signal during the study's last steps still means "interrupted"

@@ -227,17 +227,20 @@ def _run_local_workers(request: _Work, workers: int) -> None:
     import os
     import sys
 
-    from hpsearch.driver import Driver
+    from hpsearch.driver import Driver, check_run
     from hpsearch.localworkers import run_workers
     from hpsearch.spec import load_spec
     from hpsearch.storage import refuse_foreign_database, resolve_storage_url
+    from hpsearch.training import load_data
 
     try:
         study = load_spec(request.spec, request.overrides, request.allow_import or None)
+        # refused once, here, and before anything is created, rather than by N workers
+        _, data = check_run(study, request.phase, lambda: load_data(study))
         url = resolve_storage_url(request.storage, study.storage, study.name)
         refuse_foreign_database(url)
         if request.force_new_phase:  # decide the new phases once, here, rather than in N racing workers
-            Driver(study, url, echo=echo_err, force_new_phase=True).prepare()
+            Driver(study, url, echo=echo_err, force_new_phase=True, data=data).prepare()
     except UserError as exc:
         raise fail(str(exc)) from None
     # -P: the working directory is not put first on sys.path, so workers import what the `hpsearch` command imports

@@ -44,7 +44,7 @@ from hpsearch.training import load_data, score_test_split
 from hpsearch.trials import TrialRunner
 from hpsearch.trialstore import TrialStore
 
-__all__ = ["Budget", "Driver", "Interrupted", "SharedState", "StudyListener", "StudyReport",
+__all__ = ["Budget", "Driver", "Interrupted", "check_run", "SharedState", "StudyListener", "StudyReport",
            "decode_param", "decode_params", "encode_param"]
 
 INTERRUPTED_CLOSE_SECONDS = 0.5  # what tracking may still send after Ctrl-C, before its process is stopped
@@ -73,18 +73,47 @@ def _storage_failures(method: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def check_run(spec: StudySpec, only_phase: str | None,
+              load: Callable[[], Dataset]) -> tuple[list[PhaseSpec], Dataset]:
+    """The phases a run of ``spec`` goes through, and its data (from ``load``), checked without the storage: a run
+    refused here (no phases, a phase too big to enqueue, data that do not load, points no trial could train with)
+    has created nothing."""
+    if not spec.phases:
+        raise SpecError(f"{spec.source}: the spec has no phases to run; add 'phases' "
+                        "(or use 'hpsearch train' to train the defaults once).")
+    phases = [spec.phase(only_phase)] if only_phase else spec.phases
+    grids.check_sizes(spec)
+    data = load()
+    _check_points(spec, phases, len(data.y_train))
+    return phases, data
+
+
+def _check_points(spec: StudySpec, phases: list[PhaseSpec], n: int) -> None:
+    """Refuse explicit points no trial could train with: a batch larger than the ``n`` training samples."""
+    for phase in phases:
+        sizes = (phase.grid or {}).get("batch_size", []) if isinstance(phase.grid, dict) else []
+        space = phase.space.get("batch_size")
+        if space is not None:
+            sizes = space.choices if space.type == "categorical" else [space.high]
+        sizes = [*sizes, spec.defaults.get("batch_size", 0)]
+        too_big = [s for s in sizes if isinstance(s, (int, float)) and s > n]
+        if too_big:
+            raise SpecError(f"{spec.source}: phase {phase.name!r}: batch_size {too_big[0]} is larger "
+                            f"than the training split ({n} samples).")
+
+
 class Driver:
     """Runs, inspects and reports one study spec on one storage."""
 
     def __init__(self, spec: StudySpec, storage_url: str, *, listener: StudyListener | None = None,
                  echo: Callable[[str], None] = print, force_new_phase: bool = False,
-                 interruption: Interruption | None = None) -> None:
+                 interruption: Interruption | None = None, data: Dataset | None = None) -> None:
         self.spec = spec
         self.url = storage_url
         self.listener = listener or StudyListener()
         self.echo = echo
         self.interruption = interruption or Interruption()
-        self._data: Dataset | None = None
+        self._data = data  # loaded when first needed, unless the caller has it already (see check_run)
         try:
             with warnings.catch_warnings(), storage_lock(storage_url, "schema"):
                 # under the lock: processes starting together on a fresh database would race creating its tables
@@ -155,13 +184,7 @@ class Driver:
     def run(self, budget: Budget | None = None, only_phase: str | None = None) -> dict[str, Any]:
         """Run the phases in order until done or out of budget. Returns the summary (see :meth:`status`)."""
         budget = budget or Budget()
-        if not self.spec.phases:
-            raise SpecError(f"{self.spec.source}: the spec has no phases to run; add 'phases' "
-                            "(or use 'hpsearch train' to train the defaults once).")
-        phases = [self.spec.phase(only_phase)] if only_phase else self.spec.phases
-        grids.check_sizes(self.spec)
-        self.data  # noqa: B018 - load (and validate) the data before touching the storage
-        self._check_points(phases)
+        phases, _ = check_run(self.spec, only_phase, lambda: self.data)
         self.phases.check_context(self.data.fingerprint)
         changed = self.phases.refuse_changes(phases)
         before = self.results.status()
@@ -209,20 +232,6 @@ class Driver:
         if stored:
             self.listener.on_existing_trials(stored, {row["phase"]: {"study_name": row["optuna_study"]}
                                                       for row in stored})
-
-    def _check_points(self, phases: list[PhaseSpec]) -> None:
-        """Refuse, before anything runs, explicit points no trial could train with."""
-        n = len(self.data.y_train)
-        for phase in phases:
-            sizes = (phase.grid or {}).get("batch_size", []) if isinstance(phase.grid, dict) else []
-            space = phase.space.get("batch_size")
-            if space is not None:
-                sizes = space.choices if space.type == "categorical" else [space.high]
-            sizes = [*sizes, self.spec.defaults.get("batch_size", 0)]
-            too_big = [s for s in sizes if isinstance(s, (int, float)) and s > n]
-            if too_big:
-                raise SpecError(f"{self.spec.source}: phase {phase.name!r}: batch_size {too_big[0]} is larger "
-                                f"than the training split ({n} samples).")
 
     def _run_phases(self, phases: list[PhaseSpec], budget: Budget) -> str | None:
         """Run ``phases`` in order; the name of the phase the budget ran out in, None when all ran to their end."""

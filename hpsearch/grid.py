@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from hpsearch.spec import ParamSpec
+from hpsearch.spec import MAX_POINTS, ParamSpec
 
 __all__ = ["derive_grid", "grid_points", "random_points", "sample_point", "trial_seed"]
 
@@ -114,9 +114,6 @@ def derive_grid(
     return grid
 
 
-MAX_POINTS = 1_000_000  # per phase: beyond this, enqueuing alone takes minutes and the study is surely a typo
-
-
 def with_rungs(phase: Any, grid: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
     """The grid a phase enumerates: ``grid`` with a halving schedule's ``first_rung``, and the ``levels`` it lacks,
     among its budget's values, each before the first larger one (each ladder's value there is a trial of its own),
@@ -141,13 +138,26 @@ def phase_size(phase: Any) -> int | None:
     return None
 
 
+def _refuse_size(spec: Any, phase: Any, size: int, what: str, remedy: str) -> None:
+    if size > MAX_POINTS:
+        from hpsearch.errors import SpecError
+
+        raise SpecError(f"{spec.source}: phase {phase.name!r}: {what} {size:,} points; a phase runs at most "
+                        f"{MAX_POINTS:,}. {remedy}")
+
+
 def check_sizes(spec: Any) -> None:
     """Refuse, with one line, a phase too big to enqueue (``n_trials: 1e9``, a grid of 10^7 points)."""
-    from hpsearch.errors import SpecError
-
     for phase in spec.phases:
         size = phase_size(phase)
-        if size is not None and size > MAX_POINTS:
-            what = "n_trials is" if phase.sampler != "grid" else "the grid has"
-            raise SpecError(f"{spec.source}: phase {phase.name!r}: {what} {size:,} points; a phase runs at most "
-                            f"{MAX_POINTS:,}. Split it into several phases, or search with a random or tpe phase.")
+        if size is not None:
+            _refuse_size(spec, phase, size, "n_trials is" if phase.sampler != "grid" else "the grid has",
+                         "Split it into several phases, or search with a random or tpe phase.")
+
+
+def check_derived_size(spec: Any, phase: Any, grid: Mapping[str, list[Any]]) -> None:
+    """Refuse, with one line, a derived ``grid`` too big to enqueue; its size is counted, not enumerated."""
+    index = spec.phases.index(phase)
+    _refuse_size(spec, phase, math.prod(len(values) for values in grid.values()),
+                 f"the grid derived from the top {phase.grid.top_k} trials of {phase.grid.source!r} has",
+                 f"Lower phases[{index}].grid.points ({phase.grid.points} values per numeric parameter).")

@@ -23,7 +23,7 @@ from hpsearch.interrupt import Interruption
 from hpsearch.ladders import Ladders, check_budget, ladders, rank_metric
 from hpsearch.listener import StudyListener, TrialInfo
 from hpsearch.pausedruns import PausedRuns
-from hpsearch.phases import Phases
+from hpsearch.phases import Phases, point_params
 from hpsearch.pointqueue import HalvingRule, PointQueue, owner, reap
 from hpsearch.records import SEED, counts_as_failure, decode_param, encode_param
 from hpsearch.results import PhaseView
@@ -86,8 +86,9 @@ class PhaseRunner:
                                   on_stop=lambda stopped: self._stopped(phase, view, found, paused, stopped),
                                   on_fresh=paused.clear)
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
-                           self.phases.distributions(phase, record), max_retries=phase.max_retries,
-                           seed_of=seed_of, order_seed=self.spec.seed, ladders=found, halving=halving)
+                           point_params(phase, record), max_retries=phase.max_retries,
+                           seed_of=seed_of, order_seed=self.spec.seed, ladders=found, halving=halving,
+                           check_interrupt=self.interruption.check)
         me = owner()
         self.reap(phase, view)
         queue.reconcile()

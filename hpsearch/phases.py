@@ -11,8 +11,9 @@ so old trials are never read under a new context.
 from __future__ import annotations
 
 import json
+import math
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import optuna
 
@@ -25,9 +26,31 @@ from hpsearch.storage import storage_lock
 from hpsearch.training import resolved_config
 from hpsearch.trialstore import TrialStore
 
-__all__ = ["Phases", "context_of", "describe_changes"]
+__all__ = ["GRID_CHOICES", "PointParams", "Phases", "context_of", "describe_changes", "point_params"]
 
 LEGACY = "hpsearch:"  # attribute prefix of the registry study that older versions kept
+GRID_CHOICES = 64  # a grid parameter with more values is stored in constant size per point (_shared_distribution)
+BOUNDED = "bounded_params"  # in a phase record: its trials' params are stored that way (records written before not)
+
+PointParams = Callable[[Mapping[str, Any]], dict[str, tuple[Any, optuna.distributions.BaseDistribution]]]
+
+
+def _shared_distribution(values: list[Any], bounded: bool) -> optuna.distributions.BaseDistribution | None:
+    """The distribution every value of a grid parameter is stored with; None: each value with itself as the choice.
+
+    Every value as a choice, as Optuna's GridSampler has it; but each trial stores its own copy, so a parameter of
+    more than GRID_CHOICES values (in a record with ``bounded``) gets one whose size does not grow with the grid: the
+    values' range when all are ints (exactly representable as the float Optuna stores) or all finite floats, else
+    none. Either way a trial's param reads back as the value it trained with, its type included.
+    """
+    D = optuna.distributions
+    if not bounded or len(values) <= GRID_CHOICES:
+        return D.CategoricalDistribution([encode_param(v) for v in values])
+    if all(type(v) is int and abs(v) <= 2**53 for v in values):
+        return D.IntDistribution(min(values), max(values))
+    if all(type(v) is float and math.isfinite(v) for v in values):
+        return D.FloatDistribution(min(values), max(values))
+    return None
 
 
 def context_of(spec: StudySpec, fingerprint: str) -> dict[str, Any]:
@@ -66,6 +89,38 @@ def definition_of(phase: PhaseSpec) -> dict[str, Any]:
     kept = {"name", "n_trials"} | ({"max_retries"} if phase.schedule is None else set())
     definition = phase.model_dump(mode="json", by_alias=True, exclude=kept)
     return json.loads(json.dumps({key: value for key, value in definition.items() if value not in (None, {}, [])}))
+
+
+def point_params(phase: PhaseSpec, record: dict[str, Any]) -> PointParams:
+    """How a point of the phase is stored as a trial's params: each value in Optuna's encoding (lists as JSON text),
+    with the distribution Optuna (importances, optuna-dashboard) is told it was drawn from."""
+    if phase.sampler == "grid":
+        shared = {name: _shared_distribution(values, bool(record.get(BOUNDED)))
+                  for name, values in record["grid"].items()}
+    else:
+        shared = _space_distributions(phase)
+    one_choice = optuna.distributions.CategoricalDistribution
+
+    def params(point: Mapping[str, Any]) -> dict[str, tuple[Any, optuna.distributions.BaseDistribution]]:
+        encoded = {name: encode_param(value) for name, value in point.items()}
+        return {name: (value, shared[name] or one_choice([value])) for name, value in encoded.items()}
+
+    return params
+
+
+def _space_distributions(phase: PhaseSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    D = optuna.distributions
+    found: dict[str, D.BaseDistribution] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna adjusts a high that is off the step lattice, and says so
+        for name, p in phase.space.items():
+            if p.type == "categorical":
+                found[name] = D.CategoricalDistribution([encode_param(c) for c in p.choices])
+            elif p.type == "int":
+                found[name] = D.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+            else:
+                found[name] = D.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return found
 
 
 class Phases:
@@ -306,7 +361,7 @@ class Phases:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental in Optuna; optuna-dashboard shows the name
             study.set_metric_names([self.spec.objective.metric])
-        record = {"study": name, "definition": definition_of(phase), "grid": grid}
+        record = {"study": name, "definition": definition_of(phase), "grid": grid, BOUNDED: True}
         # a phase started afresh (--force-new-phase) is a new generation: a process running its old definition stops
         generation = layout["generation"] + (phase.name in layout["phases"])
         self._write({**layout, "generation": generation, "phases": {**layout["phases"], phase.name: record}})
@@ -355,7 +410,9 @@ class Phases:
         derived = grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
         if phase.budget is not None:
             check_levels(self.spec, phase, derived, where=f"phase {phase.name!r}")
-        return grids.with_rungs(phase, derived)
+        grid = grids.with_rungs(phase, derived)
+        grids.check_derived_size(self.spec, phase, grid)  # before the phase's record: a rerun is refused alike
+        return grid
 
     def points(self, phase: PhaseSpec, record: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The phase's fixed list of points; None for a TPE phase."""
@@ -364,24 +421,6 @@ class Phases:
         if phase.sampler == "random":
             return grids.random_points(phase.space, phase.n_trials, self.spec.seed, phase.name)
         return None
-
-    def distributions(self, phase: PhaseSpec, record: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
-        """What Optuna (importances, optuna-dashboard) is told each parameter of a point was drawn from."""
-        D = optuna.distributions
-        if phase.sampler == "grid":
-            return {name: D.CategoricalDistribution([encode_param(v) for v in values])
-                    for name, values in record["grid"].items()}
-        found: dict[str, D.BaseDistribution] = {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna adjusts a high that is off the step lattice, and says so
-            for name, p in phase.space.items():
-                if p.type == "categorical":
-                    found[name] = D.CategoricalDistribution([encode_param(c) for c in p.choices])
-                elif p.type == "int":
-                    found[name] = D.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-                else:
-                    found[name] = D.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-        return found
 
     def sampler(self, phase: PhaseSpec, salt: int) -> optuna.samplers.BaseSampler:
         seed = grids.trial_seed(self.spec.seed, phase.name, salt)

@@ -26,6 +26,7 @@ from hpsearch.training import resolved_config, train_once
 __all__ = ["PROBE_TRIALS", "Probe", "measure_probe", "plan"]
 
 PROBE_TRIALS = 4  # the first pays the process's start-up; the others are timed
+STAND_INS = 1000  # configurations priced for a phase whose points are not known yet (tpe, a derived grid)
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,24 @@ class Probe:
     trials: int = PROBE_TRIALS
 
 
-def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, Any]], bool]:
-    """The configurations a phase will train (exact), or a stand-in sample of them (estimated=True)."""
+def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, Any]], int, bool]:
+    """The configurations a phase will train and how many (exact), or a stand-in sample of at most STAND_INS and the
+    most the phase can train (estimated=True)."""
     if isinstance(phase.grid, dict):
-        return [spec.config(**p) for p in grids.grid_points(grids.with_rungs(phase, phase.grid))], False
-    if phase.sampler in ("random", "tpe"):  # TPE's points are not known in advance: random ones stand in
-        points = grids.random_points(phase.space, phase.n_trials, spec.seed, phase.name)
-        return [spec.config(**p) for p in points], phase.sampler == "tpe"
-    # a derived grid: at most `points` values per numeric parameter and every choice per categorical
-    source = spec.phase(phase.grid.source)
-    size = math.prod(len(p.choices) if p.type == "categorical" else phase.grid.points for p in source.space.values())
-    stand_in = grids.random_points(source.space, size, spec.seed, source.name)
-    return [spec.config(**p) for p in stand_in], True
+        configs = [spec.config(**p) for p in grids.grid_points(grids.with_rungs(phase, phase.grid))]
+        return configs, len(configs), False
+    if phase.sampler == "random":
+        configs = [spec.config(**p) for p in grids.random_points(phase.space, phase.n_trials, spec.seed, phase.name)]
+        return configs, len(configs), False
+    if phase.sampler == "tpe":  # TPE's points are not known in advance: random ones stand in
+        source, size = phase, phase.n_trials
+    else:  # a derived grid: at most `points` values per numeric parameter and every choice per categorical
+        source = spec.phase(phase.grid.source)
+        size = math.prod(len(p.choices) if p.type == "categorical" else phase.grid.points
+                         for p in source.space.values())
+        size = min(size, grids.MAX_POINTS)  # a run refuses a larger one
+    stand_in = grids.random_points(source.space, min(size, STAND_INS), spec.seed, source.name)
+    return [spec.config(**p) for p in stand_in], size, True
 
 
 def _probe_spec(spec: StudySpec, probe_config: dict[str, Any]) -> StudySpec:
@@ -123,11 +130,11 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
     seconds_per_unit = probe.train_seconds / probe.cost
     phases, all_training = [], []
     for phase in spec.phases:
-        configs, estimated = _phase_configs(spec, phase)
+        configs, trials, estimated = _phase_configs(spec, phase)
         # a ladder trains once, to its top rung (see hpsearch.ladders); a derived grid's are known once it is derived
         staged = phase.budget is not None and not estimated
         trained = [configs[rungs[-1]] for rungs in ladders(configs, phase.budget).rungs] if staged else configs
-        training = [_cost(spec, c, data) * seconds_per_unit for c in trained]
+        training = [_cost(spec, c, data) * seconds_per_unit * trials / len(configs) for c in trained]
         if staged and phase.schedule is not None and training:  # the ladders' average, by the levels' survivors
             budgets = sorted({c[phase.budget] for c in configs})
             levels = [*(v for v in phase.schedule.levels or budgets if v < budgets[-1]), budgets[-1]]
@@ -137,11 +144,11 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
         phases.append({
             "phase": phase.name,
             "sampler": phase.sampler,
-            "trials": len(configs),
+            "trials": trials,
             "trials_upper_bound": isinstance(phase.grid, DerivedGrid),
             **({"ladders": len(trained)} if staged else {}),
             **({"halving": phase.schedule.reduction_factor} if staged and phase.schedule is not None else {}),
-            "estimated_seconds": round(sum(training) + len(configs) * probe.trial_overhead_seconds, 1),
+            "estimated_seconds": round(sum(training) + trials * probe.trial_overhead_seconds, 1),
             "estimate_from_sample": estimated,
             "grid": phase.grid if isinstance(phase.grid, dict) else None,
         })

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from hpsearch.ladders import Halving, Ladders, halve, not_promoted
 from hpsearch.records import (ATTEMPT, FAILURE, FINISHED_STATES, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED,
-                              POINT, SEED, WITHDRAWN, WORKER_DIED, counts_as_failure, encode_param)
+                              POINT, SEED, WITHDRAWN, WORKER_DIED, counts_as_failure)
 from hpsearch.storage import storage_lock
 from hpsearch.trialstore import Row, TrialStore
 
@@ -179,12 +179,13 @@ class PointQueue:
     study_id: int
     study_name: str
     points: list[dict[str, Any]]
-    distributions: dict[str, BaseDistribution]
+    params_of: Callable[[dict[str, Any]], dict[str, tuple[Any, BaseDistribution]]]  # a point as a trial's params
     max_retries: int
     seed_of: Callable[[int], int]  # a point's training seed
     order_seed: int  # the seed of the order points are queued in
     ladders: Ladders | None = None  # a phase with a budget: points that train as one
     halving: HalvingRule | None = None  # a phase with ``schedule: halving`` (needs ladders)
+    check_interrupt: Callable[[], None] = lambda: None  # raises when the run was told to stop (SIGTERM, Ctrl-C)
     open: int = 0  # the phase's trials queued or running at the last reconcile, those it queued included
     _ranks: dict[int, float | None] = field(default_factory=dict)  # complete trial: its rank_by (never changes)
 
@@ -193,7 +194,7 @@ class PointQueue:
         Afterwards ``open`` counts the phase's queued and running trials: when it is 0, the phase is done, since
         only a running trial's end can make another reconcile queue anything.
 
-        Under the lock, so no two processes enqueue one point. Queued trials of points that left the phase (its
+        Under the lock, so no two processes enqueue one point. A signal stops it between two batches. Queued trials of points that left the phase (its
         n_trials was lowered) are withdrawn: failed with a reason that uses up no retry. With halving, only the
         rungs the ladders' levels admit are queued, and the rungs of ladders that were not promoted end PRUNED here,
         together, in one transaction.
@@ -222,8 +223,7 @@ class PointQueue:
                     continue  # finished, or claimed / queued
                 if sum(counts_as_failure(r.state, r.failure) for r in rows) > self.max_retries:
                     continue  # exhausted: reported as failed
-                params = {name: (encode_param(value), self.distributions[name])
-                          for name, value in self.points[point].items()}
+                params = self.params_of(self.points[point])
                 attrs = {POINT: point, ATTEMPT: len(rows) + 1, SEED: self.seed_of(point)}
                 if plan is not None and point in plan.stopped:
                     stopped.append((params, {**attrs, FAILURE: not_promoted(plan.stopped[point])}))
@@ -234,6 +234,7 @@ class PointQueue:
                 if len(batch) == ENQUEUE_BATCH:
                     enqueued += self.store.enqueue(self.study_id, batch)
                     batch = []
+                    self.check_interrupt()  # each batch is a transaction: a rerun enqueues the rest, once each
             enqueued += self.store.enqueue(self.study_id, batch)
             if stopped:
                 self.store.enqueue(self.study_id, stopped, state=TrialState.PRUNED)

@@ -29,6 +29,7 @@ __all__ = ["StudySpec", "PhaseSpec", "ParamSpec", "DerivedGrid", "apply_override
 
 
 SEED_BOUND = 2**63  # seeds are stored as 64-bit integers
+MAX_POINTS = 1_000_000  # per phase: beyond this, enqueuing alone takes minutes and the study is surely a typo
 
 
 class _Strict(UserConfig):
@@ -169,7 +170,7 @@ class DerivedGrid(_Strict):
 
     source: str = Field(alias="from")
     top_k: int = Field(5, ge=1)
-    points: int = Field(4, ge=1)
+    points: int = Field(4, ge=1, le=MAX_POINTS)  # per numeric parameter
 
 
 def _storage_name(value: str) -> str:

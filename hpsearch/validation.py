@@ -38,12 +38,15 @@ class UserConfig(BaseModel):
         return value
 
 
+_UNION_MEMBERS = ("dict[str,list[any]]", "DerivedGrid")  # pydantic's names for a grid's two forms
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("dict[str,list[any]]", "DerivedGrid", "function-after[_sampler_fits(), PhaseSpec]"):
+        elif item in (*_UNION_MEMBERS, "function-after[_sampler_fits(), PhaseSpec]"):
             continue  # pydantic's names for union members, not part of the YAML path
         else:
             parts.append(("." if parts else "") + str(item))
@@ -67,10 +70,29 @@ def format_error(error: dict[str, Any]) -> str:
     return f"{text}{'' if text.endswith('.') else '.'}{shown}"
 
 
+def _likelier_member(errors: list[Any]) -> list[Any]:
+    """``errors`` with those of a union's (explicit grid | derived grid) members kept for the member with the fewest
+    only: the one the value was meant as (``{from: random, points: -1}``: DerivedGrid's one, not the dict's three)."""
+    def member(error: Any) -> tuple[Any, ...] | None:
+        loc = tuple(error["loc"])
+        found = [k for k, item in enumerate(loc) if item in _UNION_MEMBERS]
+        return loc[:found[0] + 1] if found else None
+
+    counts: dict[tuple[Any, ...], int] = {}
+    for error in errors:
+        if (where := member(error)) is not None:
+            counts[where] = counts.get(where, 0) + 1
+    kept = {}  # per union: the member with the fewest errors (the first of equals)
+    for where, count in counts.items():
+        union = where[:-1]
+        if union not in kept or count < counts[kept[union]]:
+            kept[union] = where
+    return [error for error in errors if member(error) is None or member(error) in kept.values()]
+
+
 def validation_message(source: str, exc: ValidationError) -> str:
     """One line for a pydantic error: the first problem, and how many more there are."""
-    errors = exc.errors()
-    # a union (explicit grid | derived grid) reports one error per member: keep those of the likelier member
+    errors = _likelier_member(exc.errors())
     first = format_error(errors[0])
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"{source}: {first}{more}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 
 import optuna
 import pytest
@@ -101,25 +102,83 @@ def test_force_new_phase_killed_mid_way_never_mixes_contexts(tmp_path, monkeypat
     assert claimed["defaults"]["num_iters"] == 40
     trained = invoke("train", str(best_file), "--json")
     assert trained.exit_code == 0, trained.output
-    import json
     status = json.loads(invoke("status", spec, "--storage", storage, "--set", "defaults.num_iters=40",
                                "--json").output)
     assert json.loads(trained.output)["val_acc"] == status["best"]["value"]
     assert status["phases"][0]["study_name"] == "win.random.v2"
 
 
+HUGE_GRID = "phases.1.grid={learning_rate: [%s], reg: [%s], std: [%s], hidden_size: [%s]}" % (
+    ", ".join(str(0.001 * (k + 1)) for k in range(100)), ", ".join(str(1e-5 * k) for k in range(100)),
+    ", ".join(str(1e-4 * (k + 1)) for k in range(10)), ", ".join(str(k + 1) for k in range(100)))  # 10^7 points
+
+
 def test_absurd_sizes_are_refused_at_once_with_one_line(tmp_path):
     spec = two_phase_spec(tmp_path)
     storage = f"sqlite:///{tmp_path / 'win.db'}"
-    huge_grid = "phases.1.grid={learning_rate: [%s], reg: [%s], std: [%s], hidden_size: [%s]}" % (
-        ", ".join(str(0.001 * (k + 1)) for k in range(100)), ", ".join(str(1e-5 * k) for k in range(100)),
-        ", ".join(str(1e-4 * (k + 1)) for k in range(10)), ", ".join(str(k + 1) for k in range(100)))
-    for override in ("phases.0.n_trials=1000000000", huge_grid):
+    for override in ("phases.0.n_trials=1000000000", HUGE_GRID):
         for command in (["run", spec, "--storage", storage], ["plan", spec]):
             result = invoke(*command, "--set", override)
             assert result.exit_code == 2, result.output
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and "at most 1,000,000" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ["phases.0.n_trials=1000000000"], [HUGE_GRID],
+    ["data.num_train=10"],  # batch_size 50 is larger than the training split
+    ["data.dataset=arrays", "data.path=missing.npz"],  # data that do not load
+], ids=["n_trials", "grid", "batch_size", "data"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_refused_run_creates_nothing(tmp_path, monkeypatch, overrides, workers):
+    """Neither the default storage's folder, nor its database, nor its locks: the checks come before them."""
+    spec = two_phase_spec(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("run", spec, "--workers", workers, *(arg for item in overrides for arg in ("--set", item)))
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["win.yaml"]
+
+
+def one_error_line(result) -> str:
+    """The error line of a refused command: exit code 2, one line starting with 'error:', the last one."""
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    return errors[0]
+
+
+def test_a_derived_grid_too_big_is_refused_before_its_phase_is_written_and_again_on_the_rerun(tmp_path):
+    space = {name: {"type": "float", "low": 1e-4, "high": 0.5, "log": True} for name in ("learning_rate", "reg", "std")}
+    spec = str(write_spec(tmp_path, "win", tracking={"enabled": False}, phases=[
+        {"name": "random", "sampler": "random", "n_trials": 4, "space": space},
+        {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 3, "points": 101}}]))
+    storage = f"sqlite:///{tmp_path / 'win.db'}"
+    for _ in range(2):  # the rerun: refused alike, the earlier phase not run again
+        line = one_error_line(invoke("run", spec, "--storage", storage))
+        assert line == (f"error: {spec}: phase 'grid': the grid derived from the top 3 trials of 'random' has "
+                        "1,030,301 points; a phase runs at most 1,000,000. Lower phases[1].grid.points (101 values "
+                        "per numeric parameter).")
+        assert optuna.get_all_study_names(storage) == ["win.random"]
+        assert points_of(storage, "win.random") == {p: 1 for p in range(4)}
+        assert list(StateTable(storage).get("win", "layout")["phases"]) == ["random"]
+
+
+def test_plan_refuses_points_past_the_maximum_at_once_and_bounds_a_derived_grid_by_it(tmp_path):
+    space = {name: {"type": "float", "low": 1e-4, "high": 0.5, "log": True} for name in ("learning_rate", "reg", "std")}
+    phases = [{"name": "random", "sampler": "random", "n_trials": 4, "space": space},
+              {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 3, "points": 1e9}}]
+    spec = str(write_spec(tmp_path, "win", tracking={"enabled": False}, phases=phases))
+    line = one_error_line(invoke("plan", spec))
+    assert line == (f"error: {spec}: phases[1].grid.points must be less than or equal to 1000000. "
+                    "Got 1000000000.0 instead.")
+
+    phases[1]["grid"]["points"] = 200  # 8,000,000 points at most: a run refuses more than 1,000,000
+    spec = str(write_spec(tmp_path, "win", tracking={"enabled": False}, phases=phases))
+    result = invoke("plan", spec, "--json")
+    assert result.exit_code == 0, result.output
+    grid = json.loads(result.stdout)["phases"][1]
+    assert grid["trials"] == 1_000_000 and grid["trials_upper_bound"] and grid["estimate_from_sample"]
 
 
 def test_a_big_grid_is_enqueued_in_batches_and_a_budget_of_one_trial_runs_one(tmp_path):

@@ -17,6 +17,11 @@ name: tiny
 data: {dataset: synthetic, path: blobs}
 defaults: {hidden_size: 8, learning_rate: 1e-4, reg: .5}
 """
+DERIVED = """
+phases:
+  - {name: random, sampler: random, n_trials: 4, space: {learning_rate: {type: float, low: 0.001, high: 0.1}}}
+  - {name: grid, sampler: grid, grid: {from: random, top_k: 2, points: 3}}
+"""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -70,6 +75,13 @@ def test_overrides_keep_their_yaml_types(tmp_path):
          r"reports\). Got 'val_rmse' instead.$"),
         (MINIMAL, ["objective.metric=val_loss", "objective.direction=maximize"],
          r"objective.direction must be 'minimize' for the metric 'val_loss' \(lower is better\)"),
+        # a grid is a mapping of lists or a derived grid: the error is the one of the form the value was meant as
+        (MINIMAL + DERIVED, ["phases.1.grid.top_k=0"],
+         r"study.yaml: phases\[1\].grid.top_k must be greater than or equal to 1. Got 0 instead.$"),
+        (MINIMAL + DERIVED, ["phases.1.grid.points=1e9"],
+         r"study.yaml: phases\[1\].grid.points must be less than or equal to 1000000. Got 1000000000.0 instead.$"),
+        (MINIMAL + DERIVED, ["phases.1.grid={learning_rate: 0.1}"],
+         r"study.yaml: phases\[1\].grid.learning_rate must be a valid list. Got 0.1 instead.$"),
     ],
 )
 def test_bad_specs_give_one_line_naming_file_and_path(tmp_path, text, overrides, expected):
