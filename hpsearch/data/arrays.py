@@ -31,6 +31,8 @@ import numpy as np
 
 from hpsearch.data import TASKS, Dataset, split_and_preprocess
 from hpsearch.errors import DataError
+from hpsearch.files import FileTooLarge, NotRegularFile, data_bound, open_regular, read_npy_header
+from hpsearch.formatting import format_bytes
 
 __all__ = ["KEYS", "Split", "check_arrays", "file_problem", "from_arrays", "load", "read_npz"]
 
@@ -62,20 +64,24 @@ def load(path: str | Path | None, split: Split, *, task: str | None = None) -> D
 
 
 def file_problem(path: Path, exc: OSError, what: str) -> DataError:
-    """One line for a data file that cannot be opened; ``what``: the file data.path should name."""
+    """One line for a data file that cannot be opened or is refused (see :mod:`hpsearch.files`); ``what``: the file
+    data.path should name."""
+    if isinstance(exc, FileTooLarge):
+        return DataError(f"{path}: {exc}")
     if isinstance(exc, FileNotFoundError):
         problem = "file not found"
-    elif isinstance(exc, IsADirectoryError):
-        problem = "a folder, not a file"
+    elif isinstance(exc, NotRegularFile):
+        problem = str(exc)
     else:
         problem = f"unreadable ({exc.strerror or exc})"
     return DataError(f"{path}: {problem}; data.path names {what}.")
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the archive, by key, read without pickle; the keys are checked before any array is read."""
+    """Every array of the archive, by key, read without pickle; the keys, and the sizes the arrays' headers declare,
+    are checked before any array is read."""
     try:
-        with path.open("rb") as f:
+        with open_regular(path, data_bound("a data file")) as f:
             return _read_archive(f, path)
     except OSError as exc:
         raise file_problem(path, exc, "an .npz file written by numpy.savez") from None
@@ -92,6 +98,7 @@ def _read_archive(f: Any, path: Path) -> dict[str, np.ndarray]:
                         "by numpy.savez(path, X_train=..., y_train=...).")
     with archive:
         _check_keys(archive.files, str(path))
+        _check_declared(archive, path)
         arrays = {}
         for key in archive.files:
             try:
@@ -109,6 +116,37 @@ def _read_archive(f: Any, path: Path) -> dict[str, np.ndarray]:
                 raise DataError(f"{path}: {key} is not a NumPy array.")
             arrays[key] = array
     return arrays
+
+
+def _check_declared(archive: Any, path: Path) -> None:
+    """Each member's array header, read before any data: an object array, a header declaring more data than its
+    member holds, or arrays declaring more than a data file may hold (decompressed) are refused before anything is
+    allocated for them."""
+    bound = data_bound("the arrays of a data file, decompressed,")
+    names = set(archive.zip.namelist())
+    declared = 0
+    for key in archive.files:
+        info = archive.zip.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)  # NpzFile's own lookup
+        try:
+            with archive.zip.open(info) as member:
+                if not member.peek(len(np.lib.format.MAGIC_PREFIX)).startswith(np.lib.format.MAGIC_PREFIX):
+                    raise DataError(f"{path}: {key} is not a NumPy array.")
+                header = read_npy_header(member)
+        except ValueError as exc:
+            raise DataError(f"{path}: {key} is not a readable array ({exc}).") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{path}: {key} is truncated or corrupt ({exc or type(exc).__name__}).") from None
+        if header.dtype.hasobject:
+            raise DataError(f"{path}: {key} is an object array, which loads through pickle and can run code; save "
+                            "numeric arrays (or text labels) instead.")
+        if header.nbytes > info.file_size - header.offset:
+            raise DataError(f"{path}: {key} is truncated or corrupt (its header declares {header.shape} "
+                            f"{header.dtype} values, more than the {format_bytes(info.file_size)} stored for it).")
+        declared += header.nbytes
+        try:
+            bound.check(declared)
+        except FileTooLarge as exc:
+            raise DataError(f"{path}: {exc}") from None
 
 
 def _check_keys(keys: Any, source: str) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 from hpsearch.data import Dataset, split_and_preprocess
 from hpsearch.data.cache import save_atomically
 from hpsearch.errors import DataError
+from hpsearch.files import FileTooLarge, NotRegularFile, data_bound, open_regular
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 49000, 1000, 1000
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -65,13 +66,19 @@ def _missing(path: Path) -> DataError:
 
 
 def _not_readable(path: Path, exc: OSError) -> DataError:
-    what = "a folder, not a batch file" if isinstance(exc, IsADirectoryError) else f"unreadable ({exc.strerror})"
+    if isinstance(exc, FileTooLarge):
+        return DataError(f"{path}: {exc}")
+    what = str(exc) if isinstance(exc, NotRegularFile) else f"unreadable ({exc.strerror})"
     return DataError(f"{path}: {what}; the CIFAR-10 folder holds the files data_batch_1..5.")
+
+
+def _open_batch(path: Path) -> Any:
+    return open_regular(path, data_bound("a CIFAR-10 batch"))
 
 
 def _unpickle(path: Path) -> Any:
     try:
-        with path.open("rb") as f:
+        with _open_batch(path) as f:
             return _RestrictedUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise _missing(path) from None
@@ -122,7 +129,7 @@ def _labels_problem(labels: np.ndarray, num_images: int) -> str | None:
 def _content_key(path: Path) -> str:
     """The first 16 hex digits of the SHA-256 of the file's bytes (about 0.1 s for CIFAR-10's five batches)."""
     try:
-        with path.open("rb") as f:
+        with _open_batch(path) as f:
             return hashlib.file_digest(f, "sha256").hexdigest()[:16]
     except FileNotFoundError:
         raise _missing(path) from None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -224,8 +225,10 @@ def test_extreme_label_values_are_a_data_error(small_cifar, labels, message):
 
 
 @pytest.mark.parametrize("name", ["data_batch_2", "test_batch"])
-def test_a_batch_name_that_is_a_folder_is_a_data_error(small_cifar, name):
+@pytest.mark.parametrize("make, message", [(Path.mkdir, "a folder, not a file"),
+                                           (os.mkfifo, r"a FIFO \(named pipe\), not a regular file")])
+def test_a_batch_name_that_is_a_folder_or_a_fifo_is_a_data_error(small_cifar, name, make, message):
     (small_cifar / name).unlink()
-    (small_cifar / name).mkdir()
-    with pytest.raises(DataError, match=f"{name}: a folder, not a batch file"):
+    make(small_cifar / name)  # a FIFO is refused, not waited on
+    with pytest.raises(DataError, match=f"{name}: {message}; the CIFAR-10 folder holds the files data_batch_1..5"):
         load_dataset("cifar10", path=small_cifar, num_train=30, num_val=5, num_test=5)
