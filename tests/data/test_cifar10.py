@@ -169,6 +169,16 @@ def test_corrupt_cache_file_is_ignored_and_rebuilt(small_cifar, damage):
     assert np.load(images).shape == (20, 32, 32, 3)  # rewritten
 
 
+@pytest.mark.parametrize("entry", ["images", "labels"])
+def test_a_damaged_cache_entry_is_rebuilt_not_a_crash(small_cifar, entry, damage_entry):
+    first = load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5)
+    (cached,) = (small_cifar / cifar10.CACHE_DIR).glob(f"data_batch_1-*.{entry}.npy")
+    damage_entry(cached)
+    _same(load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5), first)
+    if not cached.is_dir():  # a folder in its place stays: the batch is decoded on every load instead
+        assert cache.load_entry(cached) is not None  # rewritten whole
+
+
 def test_failed_cache_write_leaves_no_entry_and_unwritable_folder_loads(small_cifar, monkeypatch):
     def crash_midway(file, array, allow_pickle=True):
         file.write(b"\x93NUMPY half")
