@@ -328,6 +328,17 @@ def test_arrays_declaring_more_than_a_data_file_may_hold_are_refused_before_they
     assert read == []
 
 
+def test_arrays_whose_headers_declare_a_wrong_layout_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    read = []
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda archive, key: read.append(key))
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, X_train=np.zeros((2**16, 8)), y_train=np.zeros(2**16 - 1))  # 4 MiB, a target short
+    with pytest.raises(DataError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: y_train has 65535 rows, X_train has 65536."
+    assert read == []
+
+
 def test_a_header_declaring_more_than_its_member_holds_is_one_line_and_allocates_nothing(tmp_path):
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (2**40, 3)})
