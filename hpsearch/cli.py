@@ -133,7 +133,10 @@ def run(
     spec: SpecArg,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes, one BLAS thread each.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes, one BLAS thread each; at most 4 per "
+                                         "core unless --allow-many-workers.")] = 1,
+    allow_many_workers: Annotated[bool, typer.Option(
+        "--allow-many-workers", help="Let --workers go past 4 per core, up to 1024.")] = False,
     phase: PhaseOpt = None,
     timeout: TimeoutOpt = None,
     time_box: TimeBoxOpt = None,
@@ -148,6 +151,12 @@ def run(
                     time_box=time_box, max_trials=max_trials, force_new_phase=force_new_phase, overrides=set_,
                     allow_import=allow_import, json=json_)
     if workers > 1:
+        from hpsearch.localworkers import check_workers
+
+        try:
+            check_workers(workers, allow_many_workers)
+        except UserError as exc:
+            raise fail(str(exc)) from None
         _run_local_workers(request, workers)
         return
     _work(request)

@@ -1,8 +1,9 @@
-"""Numbers as people read them. Every duration the CLI prints goes through :func:`format_duration`."""
+"""Numbers as people read them. Every duration the CLI prints goes through :func:`format_duration`, every size of a
+file through :func:`format_bytes`."""
 
 from __future__ import annotations
 
-__all__ = ["format_duration"]
+__all__ = ["format_bytes", "format_duration"]
 
 
 def format_duration(seconds: float) -> str:
@@ -27,3 +28,16 @@ def format_duration(seconds: float) -> str:
 
 def _two_units(large: int, small: int, large_unit: str, small_unit: str) -> str:
     return f"{large} {large_unit}" + (f" {small} {small_unit}" if small else "")
+
+
+def format_bytes(size: int) -> str:
+    """``512 bytes``, ``1 MiB``, ``2.5 GiB``: the largest binary unit the size reaches, one decimal unless it is a
+    whole number of them (so a size just past a bound never reads as the bound)."""
+    value, unit = float(size), "bytes"
+    for larger in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    if unit == "bytes":
+        return f"{size} byte{'' if size == 1 else 's'}"
+    return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"

@@ -1,4 +1,4 @@
-"""``run --workers N`` on one machine: start the worker processes, forward SIGINT/SIGTERM to them, wait.
+"""``run --workers N`` on one machine: bound N, start the worker processes, forward SIGINT/SIGTERM to them, wait.
 
 An interrupted worker does not print its own "Interrupted" line: it writes the trials the signal stopped to a pipe
 the parent handed it (``$HPSEARCH_STOPPED_FD``), and the parent says it once for all of them.
@@ -10,17 +10,48 @@ import os
 import signal
 import subprocess
 
-__all__ = ["STOPPED_FD", "report_stopped", "run_workers"]
+from hpsearch.errors import UserError
+
+__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "check_workers", "report_stopped", "run_workers",
+           "usable_cores"]
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
 
+# workers are processes with a BLAS thread each: past a few per core they only add memory, connections and
+# contention (a 2-core machine runs 16 workers at 1.28x one worker), and a mistyped count can fork the machine to
+# its knees, so the bound follows the machine; --allow-many-workers lifts it to the ceiling, never past it
+WORKERS_PER_CORE = 4
+MAX_WORKERS = 1024
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: int, allow_many: bool) -> None:
+    """Raise UserError (one line naming the bound and how to lift it) for more workers than this machine takes."""
+    cores = usable_cores()
+    bound = MAX_WORKERS if allow_many else min(WORKERS_PER_CORE * cores, MAX_WORKERS)
+    if workers <= bound:
+        return
+    if allow_many:
+        raise UserError(f"--workers must be at most {MAX_WORKERS}, even with --allow-many-workers. Got {workers} "
+                        "instead.")
+    raise UserError(f"--workers must be at most {bound} ({WORKERS_PER_CORE} for each of the {cores} cores this "
+                    f"process may use); --allow-many-workers lifts the bound to {MAX_WORKERS}. Got {workers} instead.")
+
 
 def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[list[int], bool, list[str]]:
-    """Run ``workers`` copies of ``command``; returns their exit codes, whether a signal stopped them, and the trials
-    the signal stopped while they trained.
+    """Run ``workers`` copies of ``command``; returns the exit codes of those started, whether a signal stopped them,
+    and the trials the signal stopped while they trained.
 
-    A SIGINT or SIGTERM to this process goes to every worker (each ends its trial as interrupted and exits), also
-    one that arrives while they start; this process waits for all of them, so none outlives it.
+    The workers start one at a time. A SIGINT or SIGTERM to this process stops the starting at once and goes to
+    every worker started (each ends its trial as interrupted and exits), the one starting as it came included; this
+    process waits for all of them, so none outlives it.
     """
     received: list[int] = []
     processes: list[subprocess.Popen] = []
@@ -35,12 +66,17 @@ def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            processes += [subprocess.Popen(command, env={**env, STOPPED_FD: str(write_end)}, pass_fds=(write_end,),
-                                           stdout=subprocess.DEVNULL) for _ in range(workers)]
+            for _ in range(workers):
+                if received:
+                    break
+                told = len(received)
+                process = subprocess.Popen(command, env={**env, STOPPED_FD: str(write_end)}, pass_fds=(write_end,),
+                                           stdout=subprocess.DEVNULL)
+                processes.append(process)
+                if len(received) > told:  # it came while this one started, before the handler could see it
+                    process.send_signal(received[-1])
         finally:
             os.close(write_end)  # the workers hold it now: the pipe ends when the last of them exits
-        if received:  # a signal that came while they started
-            forward(received[-1], None)
         codes = [process.wait() for process in processes]
     finally:
         for sig, old in previous.items():

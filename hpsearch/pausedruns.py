@@ -2,50 +2,98 @@
 
 A ladder's run is started for its top rung, trained to the level its ladder reached, and saved here; whichever
 process trains the ladder's next level takes it up, and without the files (another machine, a crash before the save)
-trains it again from its start, to the same numbers. Knows files only: no storage, no Optuna.
+trains it again from its start, to the same numbers. The reports carry a SHA-256 of the run and of themselves, so a
+run is taken up only as it was saved: files altered, cut short, replaced by a folder or a FIFO, or left half-saved
+by a crash are refused, and the run trains from its start instead. Knows files only: no storage, no Optuna.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpsearch.backends.base import Training
+from hpsearch.backends.base import Training, replacing
+from hpsearch.files import SizeBound, data_bound, open_regular, read_bounded
 from hpsearch.ladders import Ladders
 
 __all__ = ["PausedRun", "PausedRuns"]
+
+REPORTS = SizeBound("a paused run's reports", 64 * 2**20)  # a few numbers per epoch, thousands of epochs
 
 
 @dataclass(frozen=True)
 class PausedRun:
     """One ladder's run: started for its top rung (``params``; every rung has the ladder's seed), saved at ``path``
-    (the trainable's own format) with its epoch reports beside it (``path`` + ``.json``)."""
+    (the trainable's own format, one file) with its epoch reports and their checksum beside it (``path`` +
+    ``.json``)."""
 
     params: dict[str, Any]
     path: Path
     top: bool  # whether the claimed rungs end at the ladder's top: the run is not saved again, the files go
 
+    @property
+    def reports_path(self) -> Path:
+        return self.path.with_suffix(".json")
+
     def reports(self) -> tuple[int, list[tuple[int, dict[str, Any]]]] | None:
-        """The saved run's budget and its epoch reports, or None when no run is saved; raises for unreadable
-        reports."""
-        if not self.path.exists():
+        """The saved run's budget and its epoch reports, or None when no run is saved. Raises ValueError, saying why,
+        when what is there is not the run as it was saved: either file not a regular file, reports that do not
+        parse, a checksum that does not match."""
+        if not any(os.path.lexists(file) for file in (self.path, self.reports_path)):
             return None
-        saved = json.loads(self.path.with_suffix(".json").read_text())
-        return saved["budget"], [(epoch, metrics) for epoch, metrics in saved["epochs"]]
+        try:
+            saved = json.loads(read_bounded(self.reports_path, REPORTS))
+            budget, epochs, checksum = saved["budget"], saved["epochs"], saved["sha256"]
+        except OSError as exc:  # FileRefused among them: a folder, a FIFO, a file too large
+            raise ValueError(f"its reports: {exc.strerror or exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"its reports are not a saved run's ({exc})") from None
+        try:
+            matches = checksum == _checksum(self.path, budget, epochs)
+        except OSError as exc:
+            raise ValueError(f"the run: {exc.strerror or exc}") from None
+        if not matches:
+            raise ValueError("the run or its reports changed since they were saved (their checksum differs)")
+        return budget, [(epoch, metrics) for epoch, metrics in epochs]
 
     def save(self, training: Training, epochs: list[tuple[int, dict[str, Any]]]) -> None:
-        """Keep ``training`` and its epoch reports for the ladder's next level."""
+        """Keep ``training`` and its epoch reports for the ladder's next level, in place of whatever was there.
+
+        The run is written first, its reports with their checksum last, each whole (renamed into place): a crash
+        in between leaves reports that do not match the run, which is then trained again from its start."""
+        self.forget()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.with_suffix(".json").write_text(json.dumps({"budget": training.budget, "epochs": epochs},
-                                                             default=float))
         training.save(self.path)
+        epochs = json.loads(json.dumps(epochs, default=float))  # as they will be read back
+        text = json.dumps({"budget": training.budget, "epochs": epochs,
+                           "sha256": _checksum(self.path, training.budget, epochs)})
+        with replacing(self.reports_path) as file:
+            file.write(text.encode())
 
     def forget(self) -> None:
-        for file in (self.path, self.path.with_suffix(".json")):
-            file.unlink(missing_ok=True)
+        """Remove the run's files, whatever stands at their paths (a folder too); what cannot be removed stays, and
+        is refused when the run is next taken up."""
+        for file in (self.path, self.reports_path):
+            if file.is_dir() and not file.is_symlink():
+                shutil.rmtree(file, ignore_errors=True)
+            else:
+                try:
+                    file.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
+
+def _checksum(run: Path, budget: Any, epochs: Any) -> str:
+    """The SHA-256 of the run file's bytes and of the reports saved with it."""
+    with open_regular(run, data_bound("a paused run")) as file:
+        digest = hashlib.file_digest(file, "sha256")
+    digest.update(json.dumps({"budget": budget, "epochs": epochs}, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, StrictInt, ValidationError, ValidationIn
 
 from hpsearch.data import DATASETS, FILE_DATASETS
 from hpsearch.errors import SpecError
+from hpsearch.files import SPEC, FileTooLarge, NotRegularFile, read_bounded
 from hpsearch.plugins import allow_import_from_env, is_reference, is_well_formed
 from hpsearch.specyaml import apply_override, parse_override, yaml_load
 from hpsearch.validation import UserConfig, format_error, validation_message
@@ -457,10 +458,14 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, allow_import
     spec_path = Path(path)
     source = str(path)
     try:
-        text = spec_path.read_text()
+        text = read_bounded(spec_path, SPEC).decode()
     except FileNotFoundError:
         raise SpecError(f"{source}: spec file not found.") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except NotRegularFile as exc:  # /dev/zero, a FIFO, a folder
+        raise SpecError(f"{source}: {exc}; a spec is a YAML file.") from None
+    except FileTooLarge as exc:
+        raise SpecError(f"{source}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{source}: cannot read the spec ({exc.__class__.__name__}).") from None
     raw = yaml_load(text, source)
     if raw is None:

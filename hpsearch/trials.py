@@ -282,6 +282,7 @@ class _Stages:
         except Exception as exc:  # noqa: BLE001 - a user's restore too: the run trains from its start instead
             self.echo(f"the saved run at {self.paused.path} is not taken up ({one_line(exc)}); it trains from the "
                       "start")
+            self.paused.forget()
             return None
         self.epochs = epochs
         for _, metrics in self.epochs:

@@ -44,6 +44,8 @@ def test_train_json_and_overrides():
         (["--set", "data.dataset=cifar10", "--set", "data.path=/nonexistent"], "CIFAR-10 folder not found"),
         (["--set", "defaults.learning_rate=1e30", "--set", "defaults.std=1"], "loss became"),
         (["--set", "oops"], "expected KEY=VALUE"),
+        (["--set", "data={dataset: csv, target: y, path: /dev/zero}"],
+         "/dev/zero: a character device, not a regular file; data.path names a .csv file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
@@ -125,6 +127,12 @@ def test_train_on_regression_targets_with_a_classifier_is_one_line(tmp_path):
 def test_missing_spec_exits_2():
     result = runner.invoke(app, ["train", "no-such-spec.yaml"])
     assert result.exit_code == 2 and "spec file not found" in result.stderr
+
+
+def test_plan_of_a_device_is_one_line_read_no_further():
+    result = runner.invoke(app, ["plan", "/dev/zero"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: /dev/zero: a character device, not a regular file; a spec is a YAML file.\n"
 
 
 def test_help_does_not_import_heavy_packages():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpsearch.formatting import format_duration
+from hpsearch.formatting import format_bytes, format_duration
 
 
 @pytest.mark.parametrize(
@@ -20,3 +20,11 @@ def test_durations_read_as_people_write_them(seconds, shown):
 def test_a_negative_duration_is_a_bug():
     with pytest.raises(ValueError, match="must be >= 0. Got -1 instead"):
         format_duration(-1)
+
+
+@pytest.mark.parametrize("size, shown", [
+    (0, "0 bytes"), (1, "1 byte"), (1023, "1023 bytes"), (1024, "1 KiB"), (1536, "1.5 KiB"), (2**20, "1 MiB"),
+    (2**20 + 1, "1.0 MiB"), (3 * 2**30 // 2, "1.5 GiB"), (2**43, "8 TiB"),
+])
+def test_sizes_read_in_the_largest_unit_they_reach(size, shown):
+    assert format_bytes(size) == shown

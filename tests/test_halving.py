@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import os
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -12,6 +14,7 @@ from hpsearch.backends import numpy_twolayer
 from hpsearch.driver import Driver
 from hpsearch.errors import SpecError
 from hpsearch.ladders import halve, ladders
+from hpsearch.pausedruns import PausedRun
 from hpsearch.records import WORKER_DIED
 from hpsearch.spec import load_spec
 from hpsearch.storage import runs_folder
@@ -62,11 +65,16 @@ def test_with_levels_a_level_ends_at_its_budget_and_the_rungs_between_run_along(
     assert state.stopped == {2: 2, 5: 2, 11: 2}
 
 
-def run_study(tmp_path, phase=HALVING_PHASE, **changes):
+def run_study(tmp_path, phase=HALVING_PHASE, echo=lambda line: None, **changes):
     spec = write_spec(tmp_path, **{"phases": [phase], **changes})
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    summary = Driver(load_spec(spec), url, echo=lambda m: None).run()
+    summary = Driver(load_spec(spec), url, echo=echo).run()
     return spec, url, summary, optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
+
+
+def ends(trials) -> dict:
+    """Each point's end: {(learning rate, num_iters): (state, value)}."""
+    return {(t.params["learning_rate"], t.params["num_iters"]): (t.state.name, t.value) for t in trials}
 
 
 def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_alone(tmp_path):
@@ -161,6 +169,74 @@ def test_a_run_that_cannot_be_kept_between_levels_trains_again_to_the_same_numbe
         assert sum("is not kept for its next level" in line and "No space left" in line for line in said) == 1
     else:
         assert sum("is not taken up" in line for line in said) == 3 + 1 + 1  # the levels 6, 12 and 20 began
+    assert not list(runs_folder(url).glob("*/*"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    """The ends of the halving phase's points in a run where every saved run was taken up as it was saved."""
+    _, _, summary, trials = run_study(tmp_path_factory.mktemp("uninterrupted"))
+    assert summary["complete"]
+    return ends(trials)
+
+
+def _rewritten(change):
+    """A damage that rewrites the saved run (an .npz of the numpy backend's state) with ``change`` made to its arrays."""
+    def damage(path: Path) -> None:
+        with np.load(path) as saved:
+            arrays = dict(saved)
+        change(arrays)
+        with path.open("wb") as file:
+            np.savez(file, **arrays)
+
+    return damage
+
+
+def _cut_short(arrays: dict) -> None:
+    # the minibatch order of the epoch under way (it loads, then fails the epoch), or at the end of an epoch, the
+    # run's history of validation accuracy
+    name = "order" if "order" in arrays else "history_val_acc"
+    arrays[name] = arrays[name][:len(arrays[name]) // 2]
+
+
+def _replaced(make):
+    def damage(path: Path) -> None:
+        path.unlink()
+        make(path)
+
+    return damage
+
+
+PAUSED_RUN_DAMAGES = {
+    "a folder in its place": _replaced(lambda path: (path.mkdir(), (path / "weights.npy").write_bytes(b""))),
+    "a short but loadable array": _rewritten(_cut_short),
+    "altered weights": _rewritten(lambda arrays: arrays.update(param_W1=-arrays["param_W1"])),
+    "a FIFO in its place": _replaced(os.mkfifo),
+}
+
+
+@pytest.mark.parametrize("damage", PAUSED_RUN_DAMAGES)
+def test_a_saved_run_that_is_not_as_it_was_saved_trains_from_its_start_to_the_same_numbers(
+        tmp_path, monkeypatch, uninterrupted, damage):
+    save = PausedRun.save
+
+    def save_then_damage(run, training, epochs):
+        save(run, training, epochs)
+        PAUSED_RUN_DAMAGES[damage](run.path)
+
+    monkeypatch.setattr(PausedRun, "save", save_then_damage)
+    said = []
+    _, url, summary, trials = run_study(tmp_path, echo=said.append)
+    assert summary["complete"]
+    assert_exactly_once(trials, len(RATES) * 4)
+    assert len(trials) == len(RATES) * 4  # no rung failed
+    assert ends(trials) == uninterrupted
+    refused = [line for line in said if "is not taken up" in line]
+    assert len(refused) == 3 + 1 + 1, said  # each time one of the levels 6, 12 and 20 began
+    assert all(line.endswith("; it trains from the start") for line in refused), refused
+    # each promoted rung trained its run again from the start
+    complete = [n for (_, n), (state, _) in ends(trials).items() if state == "COMPLETE"]
+    assert summary["examples"] == sum(complete) * 50
     assert not list(runs_folder(url).glob("*/*"))
 
 

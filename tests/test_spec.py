@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,21 @@ def test_a_time_box_is_seconds_or_a_duration_with_its_unit(tmp_path, value, seco
 def test_missing_spec_file(tmp_path):
     with pytest.raises(SpecError, match="nope.yaml: spec file not found"):
         load_spec(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.symlink_to("/dev/zero"), "a character device, not a regular file; a spec is a YAML file."),
+    (os.mkfifo, "a FIFO (named pipe), not a regular file; a spec is a YAML file."),
+    (Path.mkdir, "a folder, not a file; a spec is a YAML file."),
+    (lambda path: path.write_text(MINIMAL + "#" * 2**20), "a spec must be at most 1 MiB. Got 1.0 MiB instead."),
+])
+def test_a_spec_that_is_no_file_or_too_large_is_one_line_read_no_further(tmp_path, make, message):
+    """/dev/zero never ends and a FIFO waits for a writer: both are refused before a byte is read."""
+    path = tmp_path / "study.yaml"
+    make(path)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: {message}"
 
 
 def test_objective_direction_follows_the_metric(tmp_path):

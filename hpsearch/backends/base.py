@@ -96,7 +96,8 @@ class Training(Protocol):
         """Train on to ``budget`` in all; the result the configuration with that budget gets when trained alone."""
 
     def save(self, path: str | Path) -> None:
-        """The whole state, for ``start(..., resume_from=path)`` in this process or another."""
+        """The whole state, in one file at ``path``, for ``start(..., resume_from=path)`` in this process or
+        another."""
 
 
 @dataclass(frozen=True)

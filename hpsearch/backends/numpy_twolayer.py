@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import time
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from threadpoolctl import ThreadpoolController
 
 from hpsearch.backends.base import ModelFileError, Trainable, TrainResult, replacing, start_with
 from hpsearch.backends.sgd import SGDRun, lr_at_epoch
+from hpsearch.files import read_npy_header
 from hpsearch.validation import UserConfig
 from hpsearch.data import Dataset
 
@@ -345,14 +345,12 @@ def _read_member(saved: Any, name: str) -> np.ndarray:
     """One array of an ``.npz``, its declared size checked against the bytes stored for it first."""
     info = saved.zip.getinfo(f"{name}.npy")
     with saved.zip.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version not in ((1, 0), (2, 0)):
-            raise ModelFileError(f"{name} is stored in .npy format {version}, which np.save does not write")
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(member)
-        declared = math.prod(shape) * dtype.itemsize
-        if dtype.hasobject or declared > info.file_size:
-            raise ModelFileError(f"{name} declares {shape} {dtype} values, more than the file holds")
+        try:
+            header = read_npy_header(member)
+        except ValueError as exc:
+            raise ModelFileError(f"{name}: {exc}") from None
+        if header.dtype.hasobject or header.nbytes > info.file_size:
+            raise ModelFileError(f"{name} declares {header.shape} {header.dtype} values, more than the file holds")
     return saved[name]
 
 

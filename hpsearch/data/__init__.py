@@ -10,11 +10,12 @@ table with a header row) and ``package.module:function`` (a loader of the user's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 from pydantic import Field
@@ -196,6 +197,16 @@ def split_and_preprocess(
     )
 
 
+@contextlib.contextmanager
+def _within_memory(source: str) -> Iterator[None]:
+    """A MemoryError while the data are loaded, split or preprocessed becomes one line naming ``source``."""
+    try:
+        yield
+    except MemoryError:
+        raise DataError(f"{source}: the data do not fit in this machine's memory; ask for fewer rows (data.num_train, "
+                        "data.num_val, data.num_test) or give a smaller file.") from None
+
+
 def load_dataset(
     name: str,
     *,
@@ -220,36 +231,38 @@ def load_dataset(
     base_dir, allow_import: where a loader reference (``package.module:function``) may be imported from; see
         :func:`hpsearch.plugins.load_reference`.
     """
-    from hpsearch.data.whitening import WHITENING, whiten
+    with _within_memory(str(path) if path is not None else f"{name} data"):
+        from hpsearch.data.whitening import WHITENING, whiten
 
-    if preprocess in WHITENING:
-        data = load_dataset(name, path=path, num_train=num_train, num_val=num_val, num_test=num_test, dtype=dtype,
-                            seed=seed, preprocess="center", target=target, base_dir=base_dir,
-                            allow_import=allow_import, **options)
-        return whiten(data, preprocess, **(whitening or {}), source=f"{name} data")
-    if whitening:
-        raise DataError(f"{name} data: data.whitening is for preprocess pca or zca, not {preprocess!r}.")
-    sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "dtype": dtype,
-             "preprocess": preprocess}
-    if name == "cifar10":
-        from hpsearch.data import cifar10
+        if preprocess in WHITENING:
+            data = load_dataset(name, path=path, num_train=num_train, num_val=num_val, num_test=num_test, dtype=dtype,
+                                seed=seed, preprocess="center", target=target, base_dir=base_dir,
+                                allow_import=allow_import, **options)
+            return whiten(data, preprocess, **(whitening or {}), source=f"{name} data")
+        if whitening:
+            raise DataError(f"{name} data: data.whitening is for preprocess pca or zca, not {preprocess!r}.")
+        sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "dtype": dtype,
+                 "preprocess": preprocess}
+        if name == "cifar10":
+            from hpsearch.data import cifar10
 
-        return cifar10.load(path, **sizes, **options)
-    if name == "digits":
-        from hpsearch.data import digits
+            return cifar10.load(path, **sizes, **options)
+        if name == "digits":
+            from hpsearch.data import digits
 
-        return digits.load(seed=seed, **sizes)
-    if name == "synthetic":
-        from hpsearch.data import synthetic
+            return digits.load(seed=seed, **sizes)
+        if name == "synthetic":
+            from hpsearch.data import synthetic
 
-        return synthetic.load(seed=seed, **sizes, **options)
-    if name in FILE_DATASETS or is_reference(name):  # the user's own data
-        from hpsearch.data import arrays, loader, table
+            return synthetic.load(seed=seed, **sizes, **options)
+        if name in FILE_DATASETS or is_reference(name):  # the user's own data
+            from hpsearch.data import arrays, loader, table
 
-        split = arrays.Split(seed=seed, **sizes)
-        if name == "arrays":
-            return arrays.load(path, split, **options)
-        if name == "csv":
-            return table.load(path, target, split, **options)
-        return loader.load(name, split, path=path, base_dir=base_dir, allow_import=allow_import, options=options)
-    raise DataError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, or 'package.module:function'.")
+            split = arrays.Split(seed=seed, **sizes)
+            if name == "arrays":
+                return arrays.load(path, split, **options)
+            if name == "csv":
+                return table.load(path, target, split, **options)
+            return loader.load(name, split, path=path, base_dir=base_dir, allow_import=allow_import, options=options)
+        raise DataError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, or "
+                        "'package.module:function'.")

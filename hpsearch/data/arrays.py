@@ -31,6 +31,8 @@ import numpy as np
 
 from hpsearch.data import TASKS, Dataset, split_and_preprocess
 from hpsearch.errors import DataError
+from hpsearch.files import FileTooLarge, NotRegularFile, NpyHeader, data_bound, open_regular, read_npy_header
+from hpsearch.formatting import format_bytes
 
 __all__ = ["KEYS", "Split", "check_arrays", "file_problem", "from_arrays", "load", "read_npz"]
 
@@ -62,20 +64,24 @@ def load(path: str | Path | None, split: Split, *, task: str | None = None) -> D
 
 
 def file_problem(path: Path, exc: OSError, what: str) -> DataError:
-    """One line for a data file that cannot be opened; ``what``: the file data.path should name."""
+    """One line for a data file that cannot be opened or is refused (see :mod:`hpsearch.files`); ``what``: the file
+    data.path should name."""
+    if isinstance(exc, FileTooLarge):
+        return DataError(f"{path}: {exc}")
     if isinstance(exc, FileNotFoundError):
         problem = "file not found"
-    elif isinstance(exc, IsADirectoryError):
-        problem = "a folder, not a file"
+    elif isinstance(exc, NotRegularFile):
+        problem = str(exc)
     else:
         problem = f"unreadable ({exc.strerror or exc})"
     return DataError(f"{path}: {problem}; data.path names {what}.")
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the archive, by key, read without pickle; the keys are checked before any array is read."""
+    """Every array of the archive, by key, read without pickle; the keys, and the sizes the arrays' headers declare,
+    are checked before any array is read."""
     try:
-        with path.open("rb") as f:
+        with open_regular(path, data_bound("a data file")) as f:
             return _read_archive(f, path)
     except OSError as exc:
         raise file_problem(path, exc, "an .npz file written by numpy.savez") from None
@@ -91,24 +97,54 @@ def _read_archive(f: Any, path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: a single .npy array; dataset arrays reads an .npz archive of named arrays, written "
                         "by numpy.savez(path, X_train=..., y_train=...).")
     with archive:
-        _check_keys(archive.files, str(path))
+        pool = _check_keys(archive.files, str(path))
+        headers = _check_declared(archive, path)
+        # what the headers declare, as arrays that take no memory: a wrong shape or dtype is refused before any read
+        declared = {key: np.broadcast_to(np.zeros((), header.dtype), header.shape) for key, header in headers.items()}
+        _check_layout(declared, str(path), pool, _names(None))
         arrays = {}
         for key in archive.files:
             try:
-                array = archive[key]
+                arrays[key] = archive[key]
             except ValueError as exc:
-                if "allow_pickle" not in str(exc):
-                    raise DataError(f"{path}: {key} is not a readable array ({exc}).") from None
-                raise DataError(f"{path}: {key} is an object array, which loads through pickle and can run code; "
-                                "save numeric arrays (or text labels) instead.") from None
+                raise DataError(f"{path}: {key} is not a readable array ({exc}).") from None
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                 raise DataError(f"{path}: {key} is truncated or corrupt ({exc or type(exc).__name__}).") from None
             except MemoryError:
                 raise DataError(f"{path}: {key} does not fit in memory.") from None
-            if not isinstance(array, np.ndarray):  # a member that is not .npy data comes back as bytes
-                raise DataError(f"{path}: {key} is not a NumPy array.")
-            arrays[key] = array
     return arrays
+
+
+def _check_declared(archive: Any, path: Path) -> dict[str, NpyHeader]:
+    """Each member's array header, read before any data: a member that is no array, an object array, a header
+    declaring more data than its member holds, or arrays declaring more than a data file may hold (decompressed)
+    are refused before anything is allocated for them."""
+    bound = data_bound("the arrays of a data file, decompressed,")
+    names = set(archive.zip.namelist())
+    headers = {}
+    for key in archive.files:
+        info = archive.zip.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)  # NpzFile's own lookup
+        try:
+            with archive.zip.open(info) as member:
+                if not member.peek(len(np.lib.format.MAGIC_PREFIX)).startswith(np.lib.format.MAGIC_PREFIX):
+                    raise DataError(f"{path}: {key} is not a NumPy array.")
+                header = read_npy_header(member)
+        except ValueError as exc:
+            raise DataError(f"{path}: {key} is not a readable array ({exc}).") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{path}: {key} is truncated or corrupt ({exc or type(exc).__name__}).") from None
+        if header.dtype.hasobject:
+            raise DataError(f"{path}: {key} is an object array, which loads through pickle and can run code; save "
+                            "numeric arrays (or text labels) instead.")
+        if header.nbytes > info.file_size - header.offset:
+            raise DataError(f"{path}: {key} is truncated or corrupt (its header declares {header.shape} "
+                            f"{header.dtype} values, more than the {format_bytes(info.file_size)} stored for it).")
+        headers[key] = header
+        try:
+            bound.check(sum(header.nbytes for header in headers.values()))
+        except FileTooLarge as exc:
+            raise DataError(f"{path}: {exc}") from None
+    return headers
 
 
 def _check_keys(keys: Any, source: str) -> str:
@@ -142,24 +178,33 @@ def _as_array(key: str, value: Any, source: str) -> np.ndarray:
 
 def check_arrays(arrays: Mapping[str, Any], source: str, names: Mapping[str, str] | None = None
                  ) -> tuple[str, dict[str, np.ndarray]]:
-    """The key of the training rows and the arrays, once the keys, dtypes, shapes and values pass the module's checks.
+    """The key of the training rows and the arrays, once the keys, dtypes, shapes and values pass the module's checks
+    (the values last: every layout problem is found without them).
 
     names: how messages call a key (a csv table's ``y`` is ``column 'label'``); the key itself otherwise.
     """
     pool = _check_keys(arrays, source)
     name = _names(names)
     checked = {key: _as_array(key, value, source) for key, value in arrays.items()}
+    _check_layout(checked, source, pool, name)
+    for key, array in checked.items():
+        _check_finite(name[key], array.reshape(len(array), -1), source)
+    return pool, checked
+
+
+def _check_layout(arrays: dict[str, np.ndarray], source: str, pool: str, name: Mapping[str, str]) -> None:
+    """The dtypes and shapes of the arrays under the keys of a layout, ``pool`` the key of the training rows; not
+    their values, so that what a file's headers declare can be checked before it is read."""
     for x_key, y_key in PAIRS.items():
-        if x_key in checked:
-            _check_features(name[x_key], checked[x_key], source)
-            _check_targets(name[y_key], checked[y_key], checked[x_key], name[x_key], source)
-            _check_sample_shape(name[x_key], checked[x_key], name[pool], checked[pool], source)
-    text = [key for key in checked if key.startswith("y") and checked[key].dtype.kind == "U"]
-    numbers = [key for key in checked if key.startswith("y") and key not in text]
+        if x_key in arrays:
+            _check_features(name[x_key], arrays[x_key], source)
+            _check_targets(name[y_key], arrays[y_key], arrays[x_key], name[x_key], source)
+            _check_sample_shape(name[x_key], arrays[x_key], name[pool], arrays[pool], source)
+    text = [key for key in arrays if key.startswith("y") and arrays[key].dtype.kind == "U"]
+    numbers = [key for key in arrays if key.startswith("y") and key not in text]
     if text and numbers:
         raise DataError(f"{source}: {name[text[0]]} holds text labels, {name[numbers[0]]} numbers; give every split "
                         "the same kind.")
-    return pool, checked
 
 
 def _names(names: Mapping[str, str] | None) -> dict[str, str]:
@@ -174,7 +219,6 @@ def _check_features(key: str, X: np.ndarray, source: str) -> None:
                         "instead.")
     if len(X) == 0 or X.size == 0:
         raise DataError(f"{source}: {key} is empty (shape {X.shape}).")
-    _check_finite(key, X.reshape(len(X), -1), source)
 
 
 def _check_targets(key: str, y: np.ndarray, X: np.ndarray, x_key: str, source: str) -> None:
@@ -184,7 +228,6 @@ def _check_targets(key: str, y: np.ndarray, X: np.ndarray, x_key: str, source: s
         raise DataError(f"{source}: {key} must be 1-D, a target per row of {x_key}. Got shape {y.shape} instead.")
     if len(y) != len(X):
         raise DataError(f"{source}: {key} has {len(y)} rows, {x_key} has {len(X)}.")
-    _check_finite(key, y.reshape(len(y), 1), source)
 
 
 def _check_finite(key: str, rows: np.ndarray, source: str) -> None:

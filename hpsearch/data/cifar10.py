@@ -7,11 +7,11 @@ any of it runs.
 
 Decoded batches are cached as ``.npy`` files in ``<folder>/.hpsearch-cache/``, one pair (images, labels) per batch
 file, named by the SHA-256 of the batch file's bytes: a changed batch gets a new name, so a stale entry is never
-read. Later loads memory-map the cache (``np.load(mmap_mode="r")``, no pickle) instead of unpickling. Each cache
-file is written to a temporary name and moved into place with ``os.replace``, so a crash leaves either no entry or
-a whole one; an entry that cannot be read back (truncated, bad header) or fails the checks of a fresh batch (dtype,
-shape, label range) is ignored and rewritten. A
-folder that cannot be written to simply goes without a cache.
+read. Later loads memory-map the cache (no pickle) instead of unpickling. Each cache file is written to a temporary
+name and moved into place with ``os.replace``, so a crash leaves either no entry or a whole one; an entry that is
+not a regular file, whose header declares other data than the file holds (truncated, absurd sizes) or that fails
+the checks of a fresh batch (dtype, shape, label range) is ignored and rewritten. A folder that cannot be written
+to simply goes without a cache.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from hpsearch.data import Dataset, split_and_preprocess
-from hpsearch.data.cache import save_atomically
+from hpsearch.data.cache import load_entry, save_atomically
 from hpsearch.errors import DataError
+from hpsearch.files import FileTooLarge, NotRegularFile, data_bound, open_regular
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 49000, 1000, 1000
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -65,13 +66,20 @@ def _missing(path: Path) -> DataError:
 
 
 def _not_readable(path: Path, exc: OSError) -> DataError:
-    what = "a folder, not a batch file" if isinstance(exc, IsADirectoryError) else f"unreadable ({exc.strerror})"
+    if isinstance(exc, FileTooLarge):
+        return DataError(f"{path}: {exc}")
+    what = str(exc) if isinstance(exc, NotRegularFile) else f"unreadable ({exc.strerror})"
     return DataError(f"{path}: {what}; the CIFAR-10 folder holds the files data_batch_1..5.")
+
+
+def _open_batch(path: Path) -> Any:
+    """The batch file opened for reading, if it is a regular file of at most what a data file may hold."""
+    return open_regular(path, data_bound("a CIFAR-10 batch"))
 
 
 def _unpickle(path: Path) -> Any:
     try:
-        with path.open("rb") as f:
+        with _open_batch(path) as f:
             return _RestrictedUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise _missing(path) from None
@@ -122,7 +130,7 @@ def _labels_problem(labels: np.ndarray, num_images: int) -> str | None:
 def _content_key(path: Path) -> str:
     """The first 16 hex digits of the SHA-256 of the file's bytes (about 0.1 s for CIFAR-10's five batches)."""
     try:
-        with path.open("rb") as f:
+        with _open_batch(path) as f:
             return hashlib.file_digest(f, "sha256").hexdigest()[:16]
     except FileNotFoundError:
         raise _missing(path) from None
@@ -131,12 +139,12 @@ def _content_key(path: Path) -> str:
 
 
 def _read_cache(images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached images (memory-mapped) and labels, or None when the entry is absent, unreadable or fails the
-    checks a fresh batch must pass (dtype, shape, label range): the caller then rebuilds it from the batch."""
-    try:
-        images = np.load(images_file, mmap_mode="r", allow_pickle=False)
-        labels = np.load(labels_file, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+    """The cached images (memory-mapped) and labels, or None when the entry is not one to trust (see
+    :func:`~hpsearch.data.cache.load_entry`) or fails the checks a fresh batch must pass (dtype, shape, label
+    range): the caller then rebuilds it from the batch."""
+    images = load_entry(images_file, mmap=True)
+    labels = load_entry(labels_file)
+    if images is None or labels is None:
         return None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE or labels.dtype != np.int64 \
             or _labels_problem(labels, images.shape[0]):

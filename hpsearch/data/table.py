@@ -11,6 +11,7 @@ and split as one ``X``/``y`` of :mod:`hpsearch.data.arrays`.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import TextIO
 
@@ -19,10 +20,21 @@ import numpy as np
 from hpsearch.data import Dataset
 from hpsearch.data.arrays import Split, file_problem, from_arrays
 from hpsearch.errors import DataError
+from hpsearch.files import SizeBound, data_bound, open_regular
 
 __all__ = ["load", "read_table"]
 
 SHOWN_COLUMNS = 10  # an unknown target lists this many of the header's columns
+# while a table is read every field is held as text: 12 times the file's size in memory for fields like 0.123456,
+# about 25 times for fields of two characters
+TEXT_PER_BYTE = 32
+
+
+def table_bound() -> SizeBound:
+    """The most a table may hold: what a data file may hold, divided by :data:`TEXT_PER_BYTE`."""
+    data = data_bound("a csv table")
+    return SizeBound(data.what, data.limit // TEXT_PER_BYTE, f"its fields are held as text while it is read; "
+                                                             "save larger data as an .npz")
 
 
 def load(path: str | Path | None, target: str | None, split: Split, *, task: str | None = None) -> Dataset:
@@ -40,7 +52,8 @@ def load(path: str | Path | None, target: str | None, split: Split, *, task: str
 def read_table(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, D) float64 and the target column (N,): float64 when every value is a number, else text."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of a name
+        with open_regular(path, table_bound()) as raw, \
+                io.TextIOWrapper(raw, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is no name
             header, cells, lines = _read_cells(f, path, target)
     except OSError as exc:
         raise file_problem(path, exc, "a .csv file whose first line names the columns") from None

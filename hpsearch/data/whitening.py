@@ -27,7 +27,7 @@ import hashlib
 import numpy as np
 
 from hpsearch.data import Dataset
-from hpsearch.data.cache import cache_dir, locked, save_atomically
+from hpsearch.data.cache import cache_dir, load_entry, locked, save_atomically
 from hpsearch.errors import DataError
 
 WHITENING = ("pca", "zca")
@@ -69,12 +69,10 @@ def _projection(X_train: np.ndarray, method: str, components: int, epsilon: floa
     entry = cache_dir() / "whitening" / f"{method}-{digest.hexdigest()}.npy"
     expected = (X_train.shape[1], components)
     with locked(entry.with_suffix(".lock")):  # workers starting together: one fits, the others read its entry
-        try:
-            cached = np.load(entry, allow_pickle=False)
-            if cached.shape == expected and cached.dtype == X_train.dtype and np.isfinite(cached).all():
-                return cached
-        except (OSError, ValueError, EOFError):
-            pass  # absent, truncated or unreadable: fit again and rewrite it
+        cached = load_entry(entry)  # None: absent or damaged; fit again and rewrite it
+        if cached is not None and cached.shape == expected and cached.dtype == X_train.dtype \
+                and np.isfinite(cached).all():
+            return cached
         projection = fit(X_train, method, components, epsilon)
         try:
             save_atomically(entry, projection)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hpsearch import files
 from hpsearch.data import load_dataset
 from hpsearch.errors import DataError
 
@@ -267,12 +270,18 @@ def test_object_arrays_are_refused_without_unpickling(tmp_path):
         (b"PK\x03\x04 truncated", "not an .npz archive; write one with numpy.savez(path, X_train=..., y_train=...)."),
         ("npy", "a single .npy array; dataset arrays reads an .npz archive of named arrays, written by "
                 "numpy.savez(path, X_train=..., y_train=...)."),
+        ("fifo", "a FIFO (named pipe), not a regular file; data.path names an .npz file written by numpy.savez."),
+        ("/dev/zero", "a character device, not a regular file; data.path names an .npz file written by numpy.savez."),
     ],
 )
 def test_files_that_are_not_npz_archives_are_one_line(tmp_path, content, message):
     path = tmp_path / "data.npz"
     if content == "folder":
         path.mkdir()
+    elif content == "fifo":  # refused, not waited on
+        os.mkfifo(path)
+    elif content == "/dev/zero":
+        path.symlink_to(content)
     elif content == "npy":
         with path.open("wb") as f:
             np.save(f, X4)
@@ -303,6 +312,57 @@ def test_a_member_with_a_bad_header_is_one_line(tmp_path):
         load(path)
     assert str(caught.value).startswith(f"{path}: X_train is not a readable array (")
     assert "\n" not in str(caught.value)
+
+
+def test_arrays_declaring_more_than_a_data_file_may_hold_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "machine_memory", lambda: 4 * 2**20)  # a data file may hold 1 MiB
+    read = []
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda archive, key: read.append(key))
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, X_train=np.zeros((2**17, 2)), y_train=np.zeros(2**17))  # 3 MiB in a few KiB
+    assert path.stat().st_size < 2**15
+    with pytest.raises(DataError) as caught:
+        load(path)
+    assert str(caught.value) == (f"{path}: the arrays of a data file, decompressed, must be at most 1 MiB (a quarter "
+                                 "of this machine's memory). Got 2 MiB instead.")
+    assert read == []
+
+
+def test_arrays_whose_headers_declare_a_wrong_layout_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    read = []
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda archive, key: read.append(key))
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, X_train=np.zeros((2**16, 8)), y_train=np.zeros(2**16 - 1))  # 4 MiB, a target short
+    with pytest.raises(DataError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: y_train has 65535 rows, X_train has 65536."
+    assert read == []
+
+
+def test_a_header_declaring_more_than_its_member_holds_is_one_line_and_allocates_nothing(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (2**40, 3)})
+    path = tmp_path / "data.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("X_train.npy", header.getvalue() + bytes(48))  # 24 TiB declared, two rows stored
+        archive.writestr("y_train.npy", b"")
+    with pytest.raises(DataError) as caught:
+        load(path)
+    assert str(caught.value) == (f"{path}: X_train is truncated or corrupt (its header declares (1099511627776, 3) "
+                                 "float64 values, more than the 176 bytes stored for it).")
+
+
+def test_data_that_do_not_fit_in_memory_are_one_line(tmp_path, monkeypatch):
+    path = save(tmp_path, X_train=grid(100), y_train=np.arange(100) % 2)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 9.31 GiB for an array with shape (50000, 50000) and data type float32")
+
+    monkeypatch.setattr("hpsearch.data.arrays.split_and_preprocess", out_of_memory)  # the float copy of a large X
+    with pytest.raises(DataError) as caught:
+        load(path)
+    assert str(caught.value) == (f"{path}: the data do not fit in this machine's memory; ask for fewer rows "
+                                 "(data.num_train, data.num_val, data.num_test) or give a smaller file.")
 
 
 def test_path_is_required(tmp_path):

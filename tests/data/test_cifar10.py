@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -168,6 +169,16 @@ def test_corrupt_cache_file_is_ignored_and_rebuilt(small_cifar, damage):
     assert np.load(images).shape == (20, 32, 32, 3)  # rewritten
 
 
+@pytest.mark.parametrize("entry", ["images", "labels"])
+def test_a_damaged_cache_entry_is_rebuilt_not_a_crash(small_cifar, entry, damage_entry):
+    first = load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5)
+    (cached,) = (small_cifar / cifar10.CACHE_DIR).glob(f"data_batch_1-*.{entry}.npy")
+    damage_entry(cached)
+    _same(load_dataset("cifar10", path=small_cifar, num_train=15, num_val=5, num_test=5), first)
+    if not cached.is_dir():  # a folder in its place stays: the batch is decoded on every load instead
+        assert cache.load_entry(cached) is not None  # rewritten whole
+
+
 def test_failed_cache_write_leaves_no_entry_and_unwritable_folder_loads(small_cifar, monkeypatch):
     def crash_midway(file, array, allow_pickle=True):
         file.write(b"\x93NUMPY half")
@@ -224,8 +235,10 @@ def test_extreme_label_values_are_a_data_error(small_cifar, labels, message):
 
 
 @pytest.mark.parametrize("name", ["data_batch_2", "test_batch"])
-def test_a_batch_name_that_is_a_folder_is_a_data_error(small_cifar, name):
+@pytest.mark.parametrize("make, message", [(Path.mkdir, "a folder, not a file"),
+                                           (os.mkfifo, r"a FIFO \(named pipe\), not a regular file")])
+def test_a_batch_name_that_is_a_folder_or_a_fifo_is_a_data_error(small_cifar, name, make, message):
     (small_cifar / name).unlink()
-    (small_cifar / name).mkdir()
-    with pytest.raises(DataError, match=f"{name}: a folder, not a batch file"):
+    make(small_cifar / name)  # a FIFO is refused, not waited on
+    with pytest.raises(DataError, match=f"{name}: {message}; the CIFAR-10 folder holds the files data_batch_1..5"):
         load_dataset("cifar10", path=small_cifar, num_train=30, num_val=5, num_test=5)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hpsearch import files
 from hpsearch.data import load_dataset
 from hpsearch.errors import DataError
 
@@ -109,14 +111,27 @@ def test_what_a_good_table_cannot_give_is_one_line(tmp_path, kwargs, message):
     [
         (lambda path: None, "file not found; data.path names a .csv file whose first line names the columns."),
         (Path.mkdir, "a folder, not a file; data.path names a .csv file whose first line names the columns."),
+        (os.mkfifo, "a FIFO (named pipe), not a regular file; data.path names a .csv file whose first line names "
+                    "the columns."),
+        (lambda path: path.symlink_to("/dev/zero"), "a character device, not a regular file; data.path names a .csv "
+                                                    "file whose first line names the columns."),
     ],
 )
-def test_a_missing_table_is_one_line(tmp_path, make, message):
+def test_a_missing_table_or_one_that_is_no_file_is_one_line(tmp_path, make, message):
     path = tmp_path / "table.csv"
     make(path)
     with pytest.raises(DataError) as caught:
         load(path)
     assert str(caught.value) == f"{path}: {message}"
+
+
+def test_a_table_larger_than_its_bound_is_one_line_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "machine_memory", lambda: 128 * 2**20)  # data files 32 MiB, so tables 1 MiB
+    path = write(tmp_path, "a,label\n" + "1,2\n" * 400_000)  # 1.5 MiB
+    with pytest.raises(DataError) as caught:
+        load(path)
+    assert str(caught.value) == (f"{path}: a csv table must be at most 1 MiB (its fields are held as text while it is "
+                                 "read; save larger data as an .npz). Got 1.5 MiB instead.")
 
 
 def test_path_and_target_are_required(tmp_path):

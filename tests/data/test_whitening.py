@@ -1,10 +1,11 @@
 import dataclasses
+import os
 
 import numpy as np
 import pytest
 
 import hpsearch
-from hpsearch.data import load_dataset, whitening
+from hpsearch.data import cache, load_dataset, whitening
 from hpsearch.errors import DataError, SpecError
 from hpsearch.spec import load_spec
 from tests.conftest import TINY_STUDY, write_spec
@@ -92,6 +93,19 @@ def test_the_matrix_is_cached_and_a_broken_entry_is_fitted_again(_cache, monkeyp
     assert len(fits) == 2
 
 
+def test_a_damaged_entry_is_fitted_again_not_a_crash(_cache, monkeypatch, damage_entry):
+    first = blobs(preprocess="pca", whitening={"components": 4})
+    (entry,) = _cache.glob("*.npy")
+    damage_entry(entry)
+    fits = []
+    fit = whitening.fit
+    monkeypatch.setattr(whitening, "fit", lambda *a: fits.append(a) or fit(*a))
+    np.testing.assert_array_equal(blobs(preprocess="pca", whitening={"components": 4}).X_train, first.X_train)
+    assert len(fits) == 1
+    if not entry.is_dir():  # a folder in its place stays: each load fits again
+        assert cache.load_entry(entry).shape == (12, 4)  # rewritten whole
+
+
 def test_an_unwritable_cache_only_costs_a_fit(tmp_path, monkeypatch):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")  # the cache's folder cannot be made: OSError on every write, as on a read-only disk
@@ -138,3 +152,13 @@ def test_the_fit_runs_under_a_lock_that_other_processes_wait_on(_cache, monkeypa
     monkeypatch.setattr(whitening, "fit", fit_and_probe)
     blobs(preprocess="pca", whitening={"components": 4})
     assert len(held) == 1
+
+
+def test_a_fifo_in_the_lock_s_place_is_worked_around_not_waited_on(_cache, monkeypatch):
+    first = blobs(preprocess="pca", whitening={"components": 4})
+    (lock,) = _cache.glob("*.lock")
+    (entry,) = _cache.glob("*.npy")
+    lock.unlink()
+    os.mkfifo(lock)
+    entry.unlink()  # so the fit runs where the lock would be held
+    np.testing.assert_array_equal(blobs(preprocess="pca", whitening={"components": 4}).X_train, first.X_train)
