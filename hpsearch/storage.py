@@ -22,7 +22,7 @@ from urllib.parse import quote, quote_plus, unquote
 
 from hpsearch.errors import UserError
 
-__all__ = ["StorageError", "engine_for", "mask_url", "no_study_stored", "refuse_foreign_database",
+__all__ = ["StorageError", "engine_for", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
            "register_secret_url", "resolve_storage_url", "runs_folder", "sqlite_path", "storage_lock"]
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
@@ -96,8 +96,31 @@ def resolve_storage_url(cli_value: str | None, spec_value: str | None, study_nam
     """
     url = cli_value or os.environ.get(ENV_STORAGE) or spec_value or f"sqlite:///runs/{study_name}.db"
     register_secret_url(url)
+    url = expand_home(url, "storage")
     _check(url, writable)
     return url
+
+
+def expand_home(url: str, what: str) -> str:
+    """``url`` with a SQLite database path that starts with ``~`` or ``~user`` made absolute, as data paths are;
+    SQLAlchemy would otherwise read ``~`` as a folder of that name in the working directory. Other URLs unchanged.
+
+    what: how a message names the URL (``storage``, ``--tracking-uri``).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url  # not a database URL: whoever opens it says so
+    if parsed.get_backend_name() != "sqlite" or not (parsed.database or "").startswith("~"):
+        return url
+    try:
+        home = Path(parsed.database).expanduser()
+    except RuntimeError:  # '~someone' for a user this machine does not know
+        raise StorageError(f"{what} {mask_url(url)!r} names a user's home folder that does not exist.") from None
+    return parsed.set(database=str(home)).render_as_string(hide_password=False)
 
 
 def _check(url: str, writable: bool) -> None:

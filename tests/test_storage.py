@@ -173,3 +173,27 @@ def test_a_read_only_command_on_a_missing_database_creates_nothing(tmp_path, mon
     assert result.stderr.strip() == "error: no study stored at 'sqlite:///runs/st.db'; run the study first " \
                                     "(hpsearch run SPEC)."
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st.yaml"]
+
+
+# ---- where a SQLite URL's path leads ---------------------------------------------------------------------------------
+
+def test_a_storage_in_the_home_folder_is_found_there_as_data_paths_are(tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    spec = spec_file(work)
+    result = runner.invoke(app, ["run", str(spec), "--storage", "sqlite:///~/studies/st.db"])
+    assert result.exit_code == 0, result.output
+    assert f"optuna-dashboard sqlite:///{home}/studies/st.db" in result.stdout.splitlines()[-1]
+    assert (home / "studies" / "st.db").is_file() and sorted(p.name for p in work.iterdir()) == ["st.yaml"]
+
+
+def test_the_home_folder_of_an_unknown_user_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError) as caught:
+        resolve_storage_url("sqlite:///~no_such_user_hpsearch/st.db", None, "st")
+    assert str(caught.value) == ("storage 'sqlite:///~no_such_user_hpsearch/st.db' names a user's home folder that "
+                                 "does not exist.")
+    assert list(tmp_path.iterdir()) == []
+
