@@ -23,7 +23,8 @@ from urllib.parse import quote, quote_plus, unquote
 from hpsearch.errors import UserError
 
 __all__ = ["StorageError", "engine_for", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
-           "register_secret_url", "resolve_storage_url", "runs_folder", "sqlite_path", "storage_lock"]
+           "register_secret_url", "resolve_storage_url", "runs_folder", "same_database", "sqlite_path",
+           "storage_lock"]
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
 MASK = "***"
@@ -188,6 +189,38 @@ def refuse_foreign_database(url: str) -> None:
             f"storage {mask_url(url)!r} holds {len(tables)} tables of another application ({shown}) and no Optuna "
             "study; give a database of its own (e.g. sqlite:///runs/STUDY.db)."
         )
+
+
+def same_database(url: str, other: str) -> bool:
+    """Whether two URLs name one database: one SQLite file (however its path is written: through ``..``, symlinks
+    or a hard link), or one PostgreSQL database on one host and port. Anything that is not a database URL (an
+    MLflow server's ``http://``) names none."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        first, second = make_url(url), make_url(other)
+    except (ArgumentError, ValueError):
+        return False
+    if first.get_backend_name() != second.get_backend_name():
+        return False
+    if first.get_backend_name() == "sqlite":
+        paths = sqlite_path(url), sqlite_path(other)
+        return None not in paths and same_file(*paths)
+    if first.get_backend_name() == "postgresql":
+        return ((first.host or "localhost").lower(), first.port or 5432, first.database) == \
+            ((second.host or "localhost").lower(), second.port or 5432, second.database)
+    return False
+
+
+def same_file(path: Path, other: Path) -> bool:
+    """Whether two paths name one file or folder, existing or not: through ``..``, symlinks, or a hard link."""
+    if path.resolve() == other.resolve():
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def sqlite_path(url: str) -> Path | None:
