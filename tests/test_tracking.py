@@ -114,7 +114,7 @@ def test_a_time_box_that_ends_with_the_winner_scored_finishes_the_study_run_each
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert runner.invoke(app, ["run", str(study), "--max-trials", "3"]).exit_code == 0
     assert [run.info.status for run in runs_by_kind(uri)["study"]] == ["KILLED"]  # stopped, no result
-    for attempt in range(2):  # the stored trials leave no room in the box: the winner is scored, then found scored
+    for attempt in range(2):  # each run starts one trial, then the box is reached and the winner so far is scored
         result = runner.invoke(app, ["run", str(study), "--time-box", "1e-06", "--json"])
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
