@@ -515,3 +515,31 @@ def test_random_bytes_as_a_model_file_are_one_line(saved_models, tmp_path, conte
     path.write_bytes(content)
     result = runner.invoke(app, ["predict", str(folder / SPEC_OF[backend]), "--model", str(path)])
     one_error_line(result, f"not a {backend} model file saved by a study (")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(backend=st.sampled_from(["numpy", "torch"]), value=st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+       which=st.integers(0, 7), where=st.floats(0, 1, exclude_max=True))
+def test_a_model_with_one_weight_nan_or_infinite_is_one_line(saved_models, tmp_path, backend, value, which, where):
+    """Training that diverges saves no model: a non-finite weight anywhere means the file was altered or broken."""
+    import torch
+
+    folder, np = saved_models
+    path = tmp_path / f"bad{'.npz' if backend == 'numpy' else '.pt'}"
+    if backend == "numpy":
+        with np.load(folder / "m.npz") as genuine:
+            arrays = {name: genuine[name].copy() for name in genuine.files}
+        name = ("W1", "b1", "W2", "b2")[which % 4]
+        arrays[name].flat[int(where * arrays[name].size)] = value
+        np.savez(path, **arrays)
+    else:
+        saved = torch.load(folder / "m.pt", weights_only=True)
+        weights = [name for name, tensor in saved["state_dict"].items() if tensor.is_floating_point()]
+        name = weights[which % len(weights)]
+        tensor = saved["state_dict"][name]
+        tensor.view(-1)[int(where * tensor.numel())] = value
+        torch.save(saved, path)
+    result = runner.invoke(app, ["predict", str(folder / SPEC_OF[backend]), "--model", str(path)])
+    one_error_line(result, f"{path}: not a {backend} model file saved by a study (its {name} holds NaN or infinite "
+                           "values).")
+
