@@ -24,7 +24,7 @@ from hpsearch.errors import UserError
 
 __all__ = ["StorageError", "engine_for", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
            "register_secret_url", "resolve_storage_url", "runs_folder", "same_database", "sqlite_path",
-           "storage_lock"]
+           "storage_files", "storage_lock"]
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
 MASK = "***"
@@ -223,6 +223,20 @@ def same_file(path: Path, other: Path) -> bool:
         return False
 
 
+def storage_files(url: str) -> list[Path]:
+    """Everything the storage at ``url`` keeps on this machine: a SQLite database with its rollback journal,
+    write-ahead log and shared memory, and its locks folder; the folder of paused runs (of any database)."""
+    path = sqlite_path(url)
+    if path is None:
+        return [runs_folder(url)]
+    companions = [path.with_name(f"{path.name}{suffix}") for suffix in ("-journal", "-wal", "-shm")]
+    return [path, *companions, _locks_folder(path), runs_folder(url)]
+
+
+def _locks_folder(database: Path) -> Path:
+    return database.parent / f".{database.name}.locks"
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL, None for other databases and in-memory SQLite."""
     from sqlalchemy.engine import make_url
@@ -255,7 +269,7 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
     key = zlib.crc32(name.encode())
     path = sqlite_path(url)
     if path is not None:
-        folder = path.parent / f".{path.name}.locks"
+        folder = _locks_folder(path)
         try:
             folder.mkdir(exist_ok=True)
             handle = open(folder / f"{key}.lock", "a")
