@@ -22,7 +22,9 @@ class Budget:
     time_box: seconds within which the run aims to end with a result. A trial starts only while it and the winner's
     retraining still fit, each counted as long as the longest finished trial known (of this run, or stored); once
     the box is reached the study is finalised with the trials it has (the winner retrained and scored on the test
-    split), and a later run goes on with it. An estimate, not a bound: a trial longer than all before it overruns.
+    split), and a later run goes on with it. The first trial of a run always starts, so that rerunning the same
+    command goes on with the study even when the box is shorter than its trials. An estimate, not a bound: that
+    first trial may overrun, as may a trial longer than all before it.
     """
 
     timeout: float | None = None
@@ -47,7 +49,8 @@ class Budget:
             return True
         if self.timeout is not None and self.elapsed() >= self.timeout:
             return True
-        self.box_reached = self.time_box is not None and self.elapsed() + 2 * self.longest >= self.time_box
+        self.box_reached = (self.time_box is not None and self.trials > 0
+                            and self.elapsed() + 2 * self.longest >= self.time_box)
         return self.box_reached
 
     def elapsed(self) -> float:

@@ -9,13 +9,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OutputFormat, PhaseOpt, SetOpt,
-                              SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt, cannot_write, check_output_file,
-                              check_output_folder, echo_err, fail, interrupted_message, users_code)
+from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OutputFormat, OverwriteOpt, PhaseOpt,
+                              SetOpt, SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt, cannot_write,
+                              check_output_file, check_output_folder, check_overwrite, echo_err, fail,
+                              interrupted_message, output_path, users_code)
 from hpsearch.localworkers import report_stopped
 from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
-from hpsearch.output import print_summary, write_csv
+from hpsearch.output import print_summary, trials_csv
 
 app = typer.Typer(
     help="Hyperparameter search with experiment tracking: random then grid phases on Optuna, logged to MLflow.",
@@ -308,7 +309,9 @@ def best(
     spec: SpecArg,
     storage: StorageOpt = None,
     format_: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.yaml,
-    output: Annotated[Optional[Path], typer.Option(help="Write to this file instead of stdout.")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write to this file instead of stdout.",
+                                                   parser=output_path("--output", "file"))] = None,
+    force: OverwriteOpt = False,
     set_: SetOpt = None,
     allow_import: AllowImportOpt = False,
 ) -> None:
@@ -321,6 +324,8 @@ def best(
         check_output_file(output, "--output")
     try:
         driver = _driver(spec, set_, storage, writable=False, allow_import=allow_import)
+        if output is not None:
+            check_overwrite("--output", output, [output], _kept(spec, driver.url), force)
         found = driver.best()
     except UserError as exc:
         raise fail(str(exc)) from None
@@ -332,11 +337,27 @@ def best(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        try:
-            output.write_text(text)
-        except OSError as exc:
-            raise cannot_write("--output", output, exc) from None
+        _write("--output", output, text)
         typer.echo(f"wrote {output}", err=True)
+
+
+def _kept(spec: Path, storage_url: str) -> dict[Path, str]:
+    """What an output never overwrites, --force or not: the spec being read and the study storage's files."""
+    from hpsearch.storage import mask_url, storage_files
+
+    kept = {path: f"kept by the study storage {mask_url(storage_url)!r}" for path in storage_files(storage_url)}
+    return {spec: "the spec being read", **kept}
+
+
+def _write(option: str, output: Path, text: str) -> None:
+    """Write ``text`` whole or not at all (beside the file, then renamed), through a symlink to where it points."""
+    from hpsearch.backends.base import replacing
+
+    try:
+        with replacing(output.resolve()) as file:
+            file.write(text.encode())
+    except OSError as exc:
+        raise cannot_write(option, output, exc) from None
 
 
 @app.command()
@@ -373,7 +394,9 @@ def plan(spec: SpecArg, set_: SetOpt = None, allow_import: AllowImportOpt = Fals
 @app.command()
 def export(
     spec: SpecArg,
-    output: Annotated[Path, typer.Option(help="FILE.csv or FILE.json.", show_default=False)],
+    output: Annotated[Path, typer.Option(help="FILE.csv or FILE.json.", show_default=False,
+                                         parser=output_path("--output", "file"))],
+    force: OverwriteOpt = False,
     storage: StorageOpt = None,
     set_: SetOpt = None,
     allow_import: AllowImportOpt = False,
@@ -383,33 +406,34 @@ def export(
         raise fail(f"--output {output}: give a .csv or .json file.")
     check_output_file(output, "--output")
     try:
-        rows = _driver(spec, set_, storage, writable=False, allow_import=allow_import).trials()
+        driver = _driver(spec, set_, storage, writable=False, allow_import=allow_import)
+        check_overwrite("--output", output, [output], _kept(spec, driver.url), force)
+        rows = driver.trials()
     except UserError as exc:
         raise fail(str(exc)) from None
-    try:
-        if output.suffix == ".json":
-            output.write_text(json.dumps(rows, indent=1, default=str))
-        else:
-            write_csv(output, rows)
-    except OSError as exc:
-        raise cannot_write("--output", output, exc) from None
+    _write("--output", output, json.dumps(rows, indent=1, default=str) if output.suffix == ".json"
+           else trials_csv(rows))
     typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
 
 
 @app.command()
 def report(
     spec: SpecArg,
-    out: Annotated[Path, typer.Option(help="Folder for the plots, best_config.yaml and summary.md.")],
+    out: Annotated[Path, typer.Option(help="Folder for the plots, best_config.yaml and summary.md.",
+                                      parser=output_path("--out", "folder"))],
+    force: OverwriteOpt = False,
     storage: StorageOpt = None,
     set_: SetOpt = None,
     allow_import: AllowImportOpt = False,
 ) -> None:
     """Write the comparison plots and a Markdown summary of the study to a folder, without MLflow."""
-    from hpsearch.report import write_report
+    from hpsearch.report import report_files, write_report
 
     check_output_folder(out, "--out")
     try:
-        data = _driver(spec, set_, storage, writable=False, allow_import=allow_import).report()
+        driver = _driver(spec, set_, storage, writable=False, allow_import=allow_import)
+        check_overwrite("--out", out, report_files(out), _kept(spec, driver.url), force)
+        data = driver.report()
     except UserError as exc:
         raise fail(str(exc)) from None
     if data is None or data.best is None:

@@ -6,7 +6,7 @@ import contextlib
 import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Callable, Iterable, Iterator, Mapping, Optional
 
 import typer
 
@@ -60,6 +60,44 @@ def check_output_file(path: Path, option: str) -> None:
         raise fail(f"{option} {path}: the folder {path.parent} does not exist.")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise fail(f"{option} {path}: not writable.")
+
+
+def output_path(option: str, kind: str) -> Callable[[str | Path], Path]:
+    """An option's parser that refuses an empty path, which would otherwise mean the working directory."""
+
+    def parse(value: str | Path) -> Path:
+        if value == "":
+            raise fail(f"{option} must name a {kind}. Got '' instead.")
+        return Path(value)
+
+    return parse
+
+
+def check_overwrite(option: str, given: Path, targets: Iterable[Path], kept: Mapping[Path, str], force: bool) -> None:
+    """Refuse, before any work is done, to write over what the study keeps, --force or not, and over an existing
+    file without --force.
+
+    given: the path as the option gave it. targets: the files the command would write for it. kept: a file or folder
+    (whatever is in it counts too) that is never overwritten, with what it is (``the spec being read``).
+    """
+    from hpsearch.storage import same_file
+
+    targets = list(targets)
+
+    def named(target: Path) -> str:
+        return "that file" if target == given else str(target)
+
+    for target in targets:
+        for path, what in kept.items():
+            if same_file(target, path) or path.resolve() in target.resolve().parents:
+                raise fail(f"{option} {given}: {named(target)} is {what}; --force never overwrites it. "
+                           "Give another path.")
+    existing = [target for target in targets if target.exists()]
+    if len(existing) == 1 and not force:
+        raise fail(f"{option} {given}: {named(existing[0])} already exists; give --force to overwrite it.")
+    if existing and not force:
+        raise fail(f"{option} {given}: {existing[0]} and {len(existing) - 1} more of its files already exist; "
+                   "give --force to overwrite them.")
 
 
 def check_output_folder(path: Path, option: str) -> None:
@@ -145,3 +183,5 @@ MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this ma
 ForceOpt = Annotated[
     bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
 ]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--force", help="Overwrite existing files (never the spec being read nor the study storage's files).")]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import typer
 
 from hpsearch.formatting import format_duration
 
-__all__ = ["print_summary", "write_csv"]
+__all__ = ["print_summary", "trials_csv"]
 
 
 def print_summary(summary: dict) -> None:
@@ -75,16 +74,18 @@ def print_summary(summary: dict) -> None:
     say(f"  optuna-dashboard {summary['storage']}")
 
 
-def write_csv(output: Path, rows: list[dict]) -> None:
+def trials_csv(rows: list[dict]) -> str:
     """Every trial a row, its params in columns of their own; lists and mappings as JSON text."""
     import csv
+    import io
 
     names = sorted({name for row in rows for name in row["params"]})
-    with output.open("w", newline="") as f:
-        writer = csv.writer(f)
-        columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
-        writer.writerow(columns + [f"param_{n}" for n in names])
-        for row in rows:
-            cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
-            params = [row["params"].get(n, "") for n in names]
-            writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
+    writer.writerow(columns + [f"param_{n}" for n in names])
+    for row in rows:
+        cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
+        params = [row["params"].get(n, "") for n in names]
+        writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
+    return text.getvalue()

@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
+from hpsearch.backends.base import replacing
+
 if TYPE_CHECKING:
     from hpsearch.driver import StudyReport
 
-__all__ = ["PLOTS", "history_positions", "write_report"]
+__all__ = ["PLOTS", "history_positions", "report_files", "write_report"]
 
 PLOTS = ("metric_vs_params.png", "best_loss_curve.png", "best_metric_curves.png", "optimization_history.png",
          "param_importances.png")
+TEXTS = ("best_config.yaml", "summary.md")
 
 
 CATEGORICAL_UP_TO = 6  # a parameter with at most this many distinct values gets one column per value
@@ -52,7 +55,8 @@ def _figure(path: Path, size: tuple[float, float], panels: int = 1, cols: int = 
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
+        with replacing(path.resolve()) as file:
+            fig.savefig(file, format=path.suffix.lstrip("."), dpi=90)
     finally:
         plt.close(fig)
 
@@ -267,17 +271,26 @@ def summary_markdown(report: StudyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_files(out: Path) -> list[Path]:
+    """Every file :func:`write_report` may write into ``out``."""
+    return [out / name for name in (*PLOTS, *TEXTS)]
+
+
 def write_report(report: StudyReport, out: Path) -> list[Path]:
-    """Write the plots, ``best_config.yaml`` and ``summary.md`` into ``out``; return the files written."""
+    """Write the plots, ``best_config.yaml`` and ``summary.md`` into ``out``; return the files written.
+
+    Each file is written whole or not at all (beside its place, then renamed), through a symlink to where it points.
+    """
     out.mkdir(parents=True, exist_ok=True)
     drawers = (plot_params, plot_loss, plot_curves, plot_history, plot_importances)
     written = []
     for name, draw in zip(PLOTS, drawers):
         draw(report, out / name)
         written.append(out / name)
-    if report.best_fragment:
-        (out / "best_config.yaml").write_text(yaml.safe_dump(report.best_fragment, sort_keys=False))
-        written.append(out / "best_config.yaml")
-    (out / "summary.md").write_text(summary_markdown(report))
-    written.append(out / "summary.md")
+    best_config = yaml.safe_dump(report.best_fragment, sort_keys=False) if report.best_fragment else None
+    for name, text in zip(TEXTS, (best_config, summary_markdown(report))):
+        if text is not None:
+            with replacing((out / name).resolve()) as file:
+                file.write(text.encode())
+            written.append(out / name)
     return written

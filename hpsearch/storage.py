@@ -22,8 +22,9 @@ from urllib.parse import quote, quote_plus, unquote
 
 from hpsearch.errors import UserError
 
-__all__ = ["StorageError", "engine_for", "mask_url", "no_study_stored", "refuse_foreign_database",
-           "register_secret_url", "resolve_storage_url", "runs_folder", "sqlite_path", "storage_lock"]
+__all__ = ["StorageError", "engine_for", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
+           "register_secret_url", "resolve_storage_url", "runs_folder", "same_database", "sqlite_path",
+           "storage_files", "storage_lock"]
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
 MASK = "***"
@@ -96,8 +97,31 @@ def resolve_storage_url(cli_value: str | None, spec_value: str | None, study_nam
     """
     url = cli_value or os.environ.get(ENV_STORAGE) or spec_value or f"sqlite:///runs/{study_name}.db"
     register_secret_url(url)
+    url = expand_home(url, "storage")
     _check(url, writable)
     return url
+
+
+def expand_home(url: str, what: str) -> str:
+    """``url`` with a SQLite database path that starts with ``~`` or ``~user`` made absolute, as data paths are;
+    SQLAlchemy would otherwise read ``~`` as a folder of that name in the working directory. Other URLs unchanged.
+
+    what: how a message names the URL (``storage``, ``--tracking-uri``).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url  # not a database URL: whoever opens it says so
+    if parsed.get_backend_name() != "sqlite" or not (parsed.database or "").startswith("~"):
+        return url
+    try:
+        home = Path(parsed.database).expanduser()
+    except RuntimeError:  # '~someone' for a user this machine does not know
+        raise StorageError(f"{what} {mask_url(url)!r} names a user's home folder that does not exist.") from None
+    return parsed.set(database=str(home)).render_as_string(hide_password=False)
 
 
 def _check(url: str, writable: bool) -> None:
@@ -167,6 +191,52 @@ def refuse_foreign_database(url: str) -> None:
         )
 
 
+def same_database(url: str, other: str) -> bool:
+    """Whether two URLs name one database: one SQLite file (however its path is written: through ``..``, symlinks
+    or a hard link), or one PostgreSQL database on one host and port. Anything that is not a database URL (an
+    MLflow server's ``http://``) names none."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        first, second = make_url(url), make_url(other)
+    except (ArgumentError, ValueError):
+        return False
+    if first.get_backend_name() != second.get_backend_name():
+        return False
+    if first.get_backend_name() == "sqlite":
+        paths = sqlite_path(url), sqlite_path(other)
+        return None not in paths and same_file(*paths)
+    if first.get_backend_name() == "postgresql":
+        return ((first.host or "localhost").lower(), first.port or 5432, first.database) == \
+            ((second.host or "localhost").lower(), second.port or 5432, second.database)
+    return False
+
+
+def same_file(path: Path, other: Path) -> bool:
+    """Whether two paths name one file or folder, existing or not: through ``..``, symlinks, or a hard link."""
+    if path.resolve() == other.resolve():
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def storage_files(url: str) -> list[Path]:
+    """Everything the storage at ``url`` keeps on this machine: a SQLite database with its rollback journal,
+    write-ahead log and shared memory, and its locks folder; the folder of paused runs (of any database)."""
+    path = sqlite_path(url)
+    if path is None:
+        return [runs_folder(url)]
+    companions = [path.with_name(f"{path.name}{suffix}") for suffix in ("-journal", "-wal", "-shm")]
+    return [path, *companions, _locks_folder(path), runs_folder(url)]
+
+
+def _locks_folder(database: Path) -> Path:
+    return database.parent / f".{database.name}.locks"
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL, None for other databases and in-memory SQLite."""
     from sqlalchemy.engine import make_url
@@ -199,7 +269,7 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
     key = zlib.crc32(name.encode())
     path = sqlite_path(url)
     if path is not None:
-        folder = path.parent / f".{path.name}.locks"
+        folder = _locks_folder(path)
         try:
             folder.mkdir(exist_ok=True)
             handle = open(folder / f"{key}.lock", "a")

@@ -538,3 +538,121 @@ def test_the_interrupted_line_says_what_the_signal_stopped(stopped, workers, exp
     from hpsearch.cliargs import interrupted_message
 
     assert interrupted_message(stopped, workers=workers) == expected
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(backend=st.sampled_from(["numpy", "torch"]), value=st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+       which=st.integers(0, 7), where=st.floats(0, 1, exclude_max=True))
+def test_a_model_with_one_weight_nan_or_infinite_is_one_line(saved_models, tmp_path, backend, value, which, where):
+    """Training that diverges saves no model: a non-finite weight anywhere means the file was altered or broken."""
+    import torch
+
+    folder, np = saved_models
+    path = tmp_path / f"bad{'.npz' if backend == 'numpy' else '.pt'}"
+    if backend == "numpy":
+        with np.load(folder / "m.npz") as genuine:
+            arrays = {name: genuine[name].copy() for name in genuine.files}
+        name = ("W1", "b1", "W2", "b2")[which % 4]
+        arrays[name].flat[int(where * arrays[name].size)] = value
+        np.savez(path, **arrays)
+    else:
+        saved = torch.load(folder / "m.pt", weights_only=True)
+        weights = [name for name, tensor in saved["state_dict"].items() if tensor.is_floating_point()]
+        name = weights[which % len(weights)]
+        tensor = saved["state_dict"][name]
+        tensor.view(-1)[int(where * tensor.numel())] = value
+        torch.save(saved, path)
+    result = runner.invoke(app, ["predict", str(folder / SPEC_OF[backend]), "--model", str(path)])
+    one_error_line(result, f"{path}: not a {backend} model file saved by a study (its {name} holds NaN or infinite "
+                           "values).")
+
+
+# ---- outputs: never over the study's own files, over another file only with --force -----------------------------------
+
+def _fingerprints(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (symlinks as where they point) and its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else b"<folder>"
+            for path in sorted(folder.rglob("*"))}
+
+
+def test_outputs_never_overwrite_the_spec_or_the_study_storage_even_with_force(finished_study, tmp_path):
+    (tmp_path / "runs" / "tiny.db-wal").write_bytes(b"")  # as SQLite leaves one beside a database in WAL mode
+    (tmp_path / "runs" / ".tiny.db.runs").mkdir(exist_ok=True)
+    (tmp_path / "alias.yaml").symlink_to(tmp_path / "runs" / "tiny.db")
+    (tmp_path / "runs" / "hard.db").hardlink_to(tmp_path / "runs" / "tiny.db")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "summary.md").hardlink_to(finished_study)  # the spec, where a report would write summary.md
+    before = _fingerprints(tmp_path)
+    storage = "kept by the study storage 'sqlite:///runs/tiny.db'; --force never overwrites it. Give another path."
+    cases = [
+        (["best", "--output", "runs/tiny.db"], f"--output runs/tiny.db: that file is {storage}"),
+        (["best", "--output", "runs/../runs/tiny.db"], f"--output runs/../runs/tiny.db: that file is {storage}"),
+        (["best", "--output", "alias.yaml"], f"--output alias.yaml: that file is {storage}"),
+        (["best", "--output", "runs/hard.db"], f"--output runs/hard.db: that file is {storage}"),
+        (["best", "--output", "tiny.yaml"], "--output tiny.yaml: that file is the spec being read; --force never "
+                                            "overwrites it. Give another path."),
+        (["export", "--output", "runs/tiny.db-wal.json"], None),  # a new file beside them is fine
+        (["export", "--output", "./tiny.yaml.json"], None),
+        (["export", "--output", "runs/.tiny.db.runs/t.json"], f"that file is {storage}"),
+        (["export", "--output", "./runs/tiny.db-wal"], "give a .csv or .json file."),
+        (["report", "--out", "runs/.tiny.db.runs/report"], f"runs/.tiny.db.runs/report/metric_vs_params.png is {storage}"),
+        (["report", "--out", "own"], "own/summary.md is the spec being read; --force never overwrites it."),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, [args[0], str(finished_study), *args[1:], "--force"])
+        if message is None:
+            assert result.exit_code == 0, (args, result.output)
+            (tmp_path / args[-1]).unlink()
+        else:
+            one_error_line(result, message)
+    assert _fingerprints(tmp_path) == before
+
+
+@pytest.mark.parametrize("args, written", [
+    (["best", "--output", "b.yaml"], "b.yaml"),
+    (["export", "--output", "t.csv"], "t.csv"),
+    (["report", "--out", "rep"], "rep/summary.md"),
+])
+def test_outputs_overwrite_an_existing_file_only_with_force(finished_study, tmp_path, args, written):
+    (tmp_path / "rep").mkdir()
+    (tmp_path / written).write_text("mine")
+    refused = runner.invoke(app, [args[0], str(finished_study), *args[1:]])
+    one_error_line(refused, f"{args[1]} {args[2]}: {'that file' if written == args[2] else written} already exists; "
+                            "give --force to overwrite it.")
+    assert (tmp_path / written).read_text() == "mine"
+    forced = runner.invoke(app, [args[0], str(finished_study), *args[1:], "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (tmp_path / written).read_text() not in ("mine", "")
+    again = runner.invoke(app, [args[0], str(finished_study), *args[1:]])
+    assert again.exit_code == 2 and "already exist" in again.stderr  # a report's second run finds all its files
+
+
+@pytest.mark.parametrize("args, message", [
+    (["best", "--output", ""], "--output must name a file. Got '' instead."),
+    (["export", "--output", ""], "--output must name a file. Got '' instead."),
+    (["report", "--out", ""], "--out must name a folder. Got '' instead."),
+])
+def test_an_empty_output_path_is_one_line_and_writes_nothing(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    one_error_line(runner.invoke(app, [args[0], str(spec), *args[1:]]), message)  # refused before the spec is read
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
+def test_a_write_that_fails_leaves_the_file_it_would_replace_whole(finished_study, tmp_path):
+    """In a process of its own: the file-size limit that makes the write fail half-way must not bind pytest."""
+    import resource
+    import signal
+
+    (tmp_path / "t.json").write_text("mine")
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))
+
+    result = subprocess.run([sys.executable, "-m", "hpsearch", "export", str(finished_study), "--output", "t.json",
+                             "--force"], cwd=tmp_path, capture_output=True, text=True, preexec_fn=small_files)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "error: --output t.json: cannot write (File too large).\n"
+    assert (tmp_path / "t.json").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "t.json", "tiny.yaml"]  # no partial file left

@@ -166,8 +166,8 @@ def test_only_the_time_box_finalises_an_unfinished_study_and_never_under_phase(t
     messages = []
     driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
     summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0), only_phase="random")
-    assert "test_acc" not in summary["best"] and summary["phases"][0]["done"] == 2
-    assert messages[-1].endswith("after 0 trials; rerun the same command to go on."), messages
+    assert "test_acc" not in summary["best"] and summary["phases"][0]["done"] == 3
+    assert messages[-1].endswith("after 1 trial; rerun the same command to go on."), messages
 
 
 def test_a_time_box_counts_the_stored_trials_lengths_from_a_run_s_first_trial(tmp_path):
@@ -175,10 +175,26 @@ def test_a_time_box_counts_the_stored_trials_lengths_from_a_run_s_first_trial(tm
     driver_for(spec, tmp_path).run(Budget(max_trials=2))
     messages = []
     driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
-    # no time passes, but a box shorter than the stored trials leaves no room for one more and the retraining
+    # no time passes (this run's trial lasts 0 s by its clock), but a box shorter than the stored trials leaves no
+    # room for a second trial and the retraining
     summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0))
-    assert summary["phases"][0]["done"] == 2 and summary["best"]["test_acc"] is not None
-    assert "after 0 trials: the best trial so far is scored on the test split" in messages[-1]
+    assert summary["phases"][0]["done"] == 3 and summary["best"]["test_acc"] is not None
+    assert "after 1 trial: the best trial so far is scored on the test split" in messages[-1]
+
+
+def test_every_run_starts_a_trial_however_short_its_time_box(tmp_path):
+    """The same command rerun goes on with the study: each run's first trial starts, although every stored trial
+    is longer than the box (and the box is gone before the run reaches its first trial)."""
+    from hpsearch import api
+
+    spec = write_spec(tmp_path, tracking={"enabled": False},
+                      phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8, 12]}}])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for run in (1, 2):
+        result = api.run(spec, storage=storage, time_box=1e-6, echo=lambda m: None)
+        assert result.summary["phases"][0]["done"] == run and result.summary["time_box"]["scored"]
+        assert not result.complete and result.test_scores
+    assert api.run(spec, storage=storage, time_box=1e-6, echo=lambda m: None).complete
 
 
 def test_changing_the_grid_is_refused_with_a_diff_and_the_storage_untouched(tmp_path):

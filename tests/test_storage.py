@@ -173,3 +173,75 @@ def test_a_read_only_command_on_a_missing_database_creates_nothing(tmp_path, mon
     assert result.stderr.strip() == "error: no study stored at 'sqlite:///runs/st.db'; run the study first " \
                                     "(hpsearch run SPEC)."
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st.yaml"]
+
+
+# ---- where a SQLite URL's path leads ---------------------------------------------------------------------------------
+
+def test_a_storage_in_the_home_folder_is_found_there_as_data_paths_are(tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    spec = spec_file(work)
+    result = runner.invoke(app, ["run", str(spec), "--storage", "sqlite:///~/studies/st.db"])
+    assert result.exit_code == 0, result.output
+    assert f"optuna-dashboard sqlite:///{home}/studies/st.db" in result.stdout.splitlines()[-1]
+    assert (home / "studies" / "st.db").is_file() and sorted(p.name for p in work.iterdir()) == ["st.yaml"]
+
+
+def test_the_home_folder_of_an_unknown_user_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError) as caught:
+        resolve_storage_url("sqlite:///~no_such_user_hpsearch/st.db", None, "st")
+    assert str(caught.value) == ("storage 'sqlite:///~no_such_user_hpsearch/st.db' names a user's home folder that "
+                                 "does not exist.")
+    assert list(tmp_path.iterdir()) == []
+
+
+# one file, however its path is written: each step keeps the folder the same, as the working directory reads it
+FOLDER_SPELLINGS = st.lists(st.sampled_from(["dot", "up_and_back", "absolute", "symlink", "home"]), max_size=4)
+
+
+def _spell(steps: list[str], tmp_path: Path) -> str:
+    folder = "runs"
+    for step in steps:
+        if step == "dot":
+            folder = f"{folder}/."
+        elif step == "up_and_back":
+            folder = f"{folder}/../runs"
+        elif step == "absolute" and not folder.startswith(("/", "~")):
+            folder = f"{tmp_path}/{folder}"
+        elif step == "symlink" and folder.startswith("runs"):
+            folder = "alias" + folder[len("runs"):]  # alias -> runs
+        elif step == "home" and folder.startswith("runs"):
+            folder = f"~/{folder}"  # $HOME is the working directory here
+    return folder
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=FOLDER_SPELLINGS, second=FOLDER_SPELLINGS, other_name=st.booleans(), hard_link=st.booleans())
+def test_every_spelling_of_one_sqlite_file_names_one_database(tmp_path, monkeypatch, first, second, other_name,
+                                                              hard_link):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    if not (tmp_path / "alias").exists():
+        (tmp_path / "alias").symlink_to(tmp_path / "runs")
+        (tmp_path / "runs" / "st.db").write_bytes(b"")
+        (tmp_path / "runs" / "hard.db").hardlink_to(tmp_path / "runs" / "st.db")
+    name = "other.db" if other_name else "hard.db" if hard_link else "st.db"
+    a = resolve_storage_url(f"sqlite:///{_spell(first, tmp_path)}/st.db", None, "st")
+    b = resolve_storage_url(f"sqlite:///{_spell(second, tmp_path)}/{name}", None, "st")
+    assert storage.same_database(a, b) is not other_name
+    assert storage.same_database(a, "postgresql://u@localhost/st") is False
+
+
+@pytest.mark.parametrize("url, other, same", [
+    ("postgresql://u:p@Localhost:5432/st", "postgresql+psycopg2://v@localhost/st", True),
+    ("postgresql://u@localhost/st", "postgresql://u@localhost/other", False),
+    ("postgresql://u@localhost:5433/st", "postgresql://u@localhost/st", False),
+    ("sqlite:///st.db", "http://localhost:5000", False),
+    ("sqlite:///st.db", "databricks", False),
+])
+def test_server_databases_are_one_when_host_port_and_name_are(url, other, same):
+    assert storage.same_database(url, other) is same and storage.same_database(other, url) is same

@@ -114,7 +114,7 @@ def test_a_time_box_that_ends_with_the_winner_scored_finishes_the_study_run_each
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert runner.invoke(app, ["run", str(study), "--max-trials", "3"]).exit_code == 0
     assert [run.info.status for run in runs_by_kind(uri)["study"]] == ["KILLED"]  # stopped, no result
-    for attempt in range(2):  # the stored trials leave no room in the box: the winner is scored, then found scored
+    for attempt in range(2):  # each run starts one trial, then the box is reached and the winner so far is scored
         result = runner.invoke(app, ["run", str(study), "--time-box", "1e-06", "--json"])
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
@@ -190,3 +190,33 @@ def test_a_run_left_running_is_ended_by_sync_and_counted(study, tmp_path):
     synced = runner.invoke(app, ["sync", str(study)])
     assert synced.exit_code == 0 and "0 runs created, 1 runs ended" in synced.output, synced.output
     assert MlflowClient(uri).get_run(study_run).info.status == "FINISHED"
+
+
+def test_a_tracking_uri_naming_the_study_storage_is_refused_before_anything_is_written(study, tmp_path, monkeypatch):
+    assert runner.invoke(app, ["run", str(study), "--max-trials", "2", "--set", "tracking.enabled=false"]).exit_code == 0
+    files = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    before = (tmp_path / "runs" / "tracked.db").read_bytes()
+    storage = "the study storage 'sqlite:///runs/tracked.db' (MLflow needs one of its own)"
+    cases = [
+        (["run", "--tracking-uri", "sqlite:///runs/../runs/tracked.db"], {},
+         f"--tracking-uri must name a database other than {storage}. Got 'sqlite:///runs/../runs/tracked.db' "
+         "instead."),
+        (["sync", "--tracking-uri", "sqlite:///./runs/tracked.db"], {}, "--tracking-uri must name a database other"),
+        (["run"], {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/runs/tracked.db"},
+         "$MLFLOW_TRACKING_URI must name a database other than"),
+        (["run", "--set", "tracking.uri=sqlite:///runs/tracked.db"], {},
+         f"{study}: tracking.uri must name a database other than {storage}."),
+        (["run", "--storage", "sqlite:///runs/mlflow.db"], {},
+         "storage 'sqlite:///runs/mlflow.db' is the file MLflow's database takes by default (mlflow.db beside the "
+         "storage); give the storage another file name, or MLflow another database with --tracking-uri."),
+    ]
+    for args, env, message in cases:
+        with monkeypatch.context() as patched:
+            for name, value in env.items():
+                patched.setenv(name, value)
+            result = runner.invoke(app, [args[0], str(study), *args[1:]])
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), (args, result.stderr)
+    assert (tmp_path / "runs" / "tracked.db").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == files  # no mlflow.db, no artifacts

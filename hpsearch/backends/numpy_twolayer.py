@@ -310,8 +310,8 @@ def load_model(path: str | Path) -> tuple[TwoLayerNet, dict[str, Any]]:
     """A network saved by :func:`save_model` and its configuration.
 
     Raises ModelFileError for any other file: not an ``.npz``, keys or shapes that do not make a two-layer network,
-    a configuration that does not validate, or an array whose header declares more data than the file holds
-    (checked before the array is read, so no absurd size is ever allocated).
+    NaN or infinite weights, a configuration that does not validate, or an array whose header declares more data
+    than the file holds (checked before the array is read, so no absurd size is ever allocated).
     """
     try:
         saved = np.load(path, allow_pickle=False)
@@ -330,6 +330,9 @@ def load_model(path: str | Path) -> tuple[TwoLayerNet, dict[str, Any]]:
     W1, b1, W2, b2 = (arrays[name] for name in PARAM_NAMES)
     if any(a.dtype not in (np.float32, np.float64) for a in arrays.values()):
         raise ModelFileError("parameters must be float32 or float64 arrays")
+    unfinite = [name for name in PARAM_NAMES if not np.isfinite(arrays[name]).all()]
+    if unfinite:  # training that diverges is stopped and saves no model: such weights were altered or broken
+        raise ModelFileError(f"its {unfinite[0]} holds NaN or infinite values")
     if W1.ndim != 2 or W2.ndim != 2 or b1.shape != (W1.shape[1],) or W2.shape[0] != W1.shape[1] \
             or b2.shape != (W2.shape[1],) or 0 in W1.shape + W2.shape:
         raise ModelFileError(f"shapes W1 {W1.shape}, b1 {b1.shape}, W2 {W2.shape}, b2 {b2.shape} do not make a "

@@ -157,9 +157,9 @@ def save_model(model: TorchModel, config: dict[str, Any], path: str | Path) -> N
 def load_model(path: str | Path) -> tuple[TorchModel, dict[str, Any]]:
     """A network saved by :func:`save_model` and its configuration.
 
-    Raises ModelFileError for any other file. The network the configuration describes is first built on PyTorch's
-    ``meta`` device (no memory) and its shapes compared with the stored tensors, so absurd declared sizes are
-    refused without being allocated.
+    Raises ModelFileError for any other file, and for NaN or infinite weights. The network the configuration
+    describes is first built on PyTorch's ``meta`` device (no memory) and its shapes compared with the stored
+    tensors, so absurd declared sizes are refused without being allocated.
     """
     torch = require()
     try:
@@ -191,6 +191,10 @@ def load_model(path: str | Path) -> tuple[TorchModel, dict[str, Any]]:
         isinstance(v, torch.Tensor) for v in state.values()) else None
     if stored != {k: tuple(v.shape) for k, v in expected.items()}:
         raise ModelFileError("its tensors do not have the shapes its config and sizes describe")
+    unfinite = [name for name, tensor in state.items()
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if unfinite:  # training that diverges is stopped and saves no model: such weights were altered or broken
+        raise ModelFileError(f"its {unfinite[0]} holds NaN or infinite values")
     module = build()
     module.load_state_dict(state)
     return TorchModel(module, "cpu"), config

@@ -15,7 +15,8 @@ from typing import Any, Callable
 from hpsearch.records import INTERRUPTED, REAPED, SharedState
 from hpsearch.errors import UserError
 from hpsearch.spec import StudySpec
-from hpsearch.storage import mask_url, register_secret_url, sqlite_path, storage_lock
+from hpsearch.storage import (expand_home, mask_url, register_secret_url, same_database, sqlite_path,
+                              storage_lock)
 
 __all__ = ["MlflowBase", "TrackingError", "resolve_tracking_uri"]
 
@@ -38,19 +39,33 @@ class TrackingError(UserError):
 
 
 def resolve_tracking_uri(spec: StudySpec, storage_url: str, cli_uri: str | None = None) -> str | None:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the spec's, else ``sqlite:///`` beside the storage.
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the spec's, else ``sqlite:///`` beside the storage;
+    a SQLite path's ``~`` expanded, as the storage's is.
 
-    None when the spec turns tracking off.
+    None when the spec turns tracking off. Raises UserError for a URI that names the study storage's own database:
+    MLflow's tables would go in beside Optuna's (both keep an ``alembic_version``), and ``hpsearch sync``, which
+    rebuilds MLflow from the storage, could not mend what that broke.
     """
     if not spec.tracking.enabled:
         return None
-    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec.tracking.uri
-    if uri:
-        register_secret_url(uri)  # masked in every message, like the storage's
+    given = (("--tracking-uri", cli_uri), ("$MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI")),
+             (f"{spec.source}: tracking.uri", spec.tracking.uri))
+    source, uri = next(((source, uri) for source, uri in given if uri), (None, None))
+    if uri is None:
+        database = sqlite_path(storage_url)
+        folder = database.parent if database is not None else Path("runs")
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        if same_database(uri, storage_url):
+            raise UserError(f"storage {mask_url(storage_url)!r} is the file MLflow's database takes by default "
+                            "(mlflow.db beside the storage); give the storage another file name, or MLflow another "
+                            "database with --tracking-uri.")
         return uri
-    database = sqlite_path(storage_url)
-    folder = database.parent if database is not None else Path("runs")
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    register_secret_url(uri)  # masked in every message, like the storage's
+    uri = expand_home(uri, source)
+    if same_database(uri, storage_url):
+        raise UserError(f"{source} must name a database other than the study storage {mask_url(storage_url)!r} "
+                        f"(MLflow needs one of its own). Got {mask_url(uri)!r} instead.")
+    return uri
 
 
 def _artifact_location(uri: str) -> str | None:
