@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
+from hpsearch import arguments
 from hpsearch.errors import UserError
 
 SpecArg = Annotated[Path, typer.Argument(help="The study spec (YAML).", show_default=False)]
@@ -99,38 +99,30 @@ def echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def check_seconds(value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise fail(f"--timeout must be a number of seconds >= 0. Got {value} instead.")
-    return value
+def checked(check: Callable[[Any, str], Any], option: str) -> Callable[[Any], Any]:
+    """A check of :mod:`hpsearch.arguments` as an option's callback, naming the option as the command line spells
+    it; a value it refuses is the command's one error line."""
 
+    def callback(value: Any) -> Any:
+        try:
+            return check(value, option)
+        except UserError as exc:
+            raise fail(str(exc)) from None
 
-def check_time_box(value: str | None) -> float | None:
-    from hpsearch.spec import seconds
-
-    try:
-        return None if value is None else seconds(value)
-    except ValueError as exc:
-        raise fail(f"--time-box {exc}.") from None
-
-
-def check_count(value: int | None) -> int | None:
-    if value is not None and value < 0:
-        raise fail(f"--max-trials must be an integer >= 0. Got {value} instead.")
-    return value
+    return callback
 
 
 PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.",
-                                                     callback=check_seconds)]
+                                                     callback=checked(arguments.time_limit, "--timeout"))]
 # the callback turns the text into seconds (a float), which the commands receive
 TimeBoxOpt = Annotated[Optional[str], typer.Option(
-    metavar="DURATION", callback=check_time_box,
+    metavar="DURATION", callback=checked(arguments.duration, "--time-box"),
     help="Aim to end within this time (seconds, or 55m, 1h) with the best trial so far retrained and scored on the "
          "test split: a trial starts only while it and that retraining fit, each as long as the longest trial so "
          "far. Default: the spec's time_box.")]
 MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
-                                                     callback=check_count)]
+                                                     callback=checked(arguments.trial_count, "--max-trials"))]
 ForceOpt = Annotated[
     bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
 ]

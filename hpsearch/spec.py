@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator, model_validator
 
+from hpsearch.arguments import seconds
 from hpsearch.data import DATASETS, FILE_DATASETS
 from hpsearch.errors import SpecError
 from hpsearch.plugins import allow_import_from_env, is_reference, is_well_formed
@@ -33,21 +34,6 @@ SEED_BOUND = 2**63  # seeds are stored as 64-bit integers
 
 class _Strict(UserConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-
-_DURATION = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(s|m|min|h)?\s*")
-_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}
-
-
-def seconds(value: Any) -> float:
-    """A duration: a number of seconds, or a string such as ``'90s'``, ``'55m'`` or ``'1.5h'``."""
-    found = None if isinstance(value, bool) else _DURATION.fullmatch(str(value))
-    if found is None:
-        raise ValueError(f"must be a duration such as 3300, '55m' or '1h'. Got {value!r} instead")
-    number = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
-    if not 0 < number < float("inf"):
-        raise ValueError(f"must be a finite duration greater than 0. Got {value!r} instead")
-    return number
 
 
 def _one_of(value: str, known: Any) -> str:
