@@ -9,14 +9,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OutputFormat, PhaseOpt, SetOpt,
-                              SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt, cannot_write, check_output_file,
-                              check_output_folder, echo_err, fail, users_code)
+from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OneLineErrors, OutputFormat, PhaseOpt,
+                              SetOpt, SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt, cannot_write,
+                              check_output_file, check_output_folder, echo_err, fail, users_code)
 from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
 from hpsearch.output import print_summary, write_csv
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Hyperparameter search with experiment tracking: random then grid phases on Optuna, logged to MLflow.",
     no_args_is_help=True,
     add_completion=False,

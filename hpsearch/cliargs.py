@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from hpsearch import arguments
 from hpsearch.errors import UserError
@@ -50,6 +51,36 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+# the usage errors of the click that Typer runs on (recent Typer has a copy of its own): what typer.BadParameter is
+_UsageError = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
+
+
+class OneLineErrors(TyperGroup):
+    """The app's commands, whose usage errors (an unknown option, ``--workers 0``, ``--max-trials 1e3``) are one line
+    on stderr and exit code 2, like every other error, rather than click's usage box."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: Any) -> typer.Context:
+        if not args:  # `hpsearch` alone prints the help
+            return super().make_context(info_name, args, parent, **extra)
+        with _one_line_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _one_line_errors():  # a command's own options are parsed here
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except _UsageError as exc:
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        raise fail(f"{message}; see '{exc.ctx.command_path} --help'." if exc.ctx is not None else f"{message}.") \
+            from None
+
+
 def check_output_file(path: Path, option: str) -> None:
     """Refuse, before any work is done, an output file that cannot be written."""
     import os
@@ -79,7 +110,8 @@ def cannot_write(option: str, path: Path, exc: OSError) -> typer.Exit:
 
 @contextlib.contextmanager
 def users_code(spec: Path, backend: str, let_through: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial).
+    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial);
+    running out of memory is that line alone.
 
     let_through: exceptions the caller reports itself (an OSError while saving a model: the path is the problem).
     """
@@ -90,6 +122,9 @@ def users_code(spec: Path, backend: str, let_through: tuple[type[BaseException],
         yield
     except (UserError, DivergedError, typer.Exit, *let_through):
         raise
+    except MemoryError as exc:  # a configuration too big for this machine (hidden_size: 1e9), not a bug to trace
+        raise fail(f"{spec}: the trainable {backend} ran out of memory ({one_line(exc)}); train a smaller "
+                   "configuration.") from None
     except Exception as exc:  # noqa: BLE001 - whatever the user's function raises
         typer.echo(format_traceback(exc).rstrip(), err=True)
         raise fail(f"{spec}: the trainable {backend} raised {one_line(exc)}") from None
