@@ -76,22 +76,30 @@ def _url_secrets(text: str) -> set[str]:
     return {form for secret in secrets for form in _spellings(str(secret))}
 
 
+# a URL that is all of a text: its password runs to the last '@', quotes included (a text's URLs stop at one)
+_PASSWORD_OF_A_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:(?P<secret>.+)@", re.DOTALL)
+
+
 def register_secret_url(url: str | None) -> None:
     """Remember the password of ``url`` so that :func:`mask_url` hides it in any text this process shows."""
     if url:
         _known_secrets.update(_url_secrets(url))
+        whole = _PASSWORD_OF_A_URL.match(url)
+        if whole is not None:
+            _known_secrets.update(_spellings(whole["secret"]))
 
 
 def mask_url(text: str) -> str:
     """``text`` with the password of every URL in it, and every known password where it stands whole, as ``***``."""
     # a password of asterisks only is indistinguishable from the mask itself
-    standing = _standing_whole(frozenset(s for s in _known_secrets | _url_secrets(text) if s.strip("*")))
+    secrets = [secret for secret in _known_secrets | _url_secrets(text) if secret.strip("*")]
     text = _mask_url_passwords(text)
-    if standing is None:
-        return text
     # a mask can leave a new whole occurrence behind ('a' masked in 'a*b' leaves '****b', which holds '**b'):
     # repeat until none is left; every replacement removes at least one character other than '*', so this ends
     while True:
+        standing = _standing_whole(frozenset(secret for secret in secrets if secret in text))
+        if standing is None:
+            return text
         text, replaced = standing.subn(MASK, text)
         if not replaced:
             return text
@@ -118,7 +126,8 @@ _NOT_INSIDE_A_RUN = r"(?!(?<=[^\W_])[^\W_]|(?<=[^\W_])[._-][^\W_]|(?<=[^\W_][._-
 
 @functools.lru_cache(maxsize=32)
 def _standing_whole(secrets: frozenset[str]) -> re.Pattern[str] | None:
-    """A pattern matching any of ``secrets`` where it stands whole (longest first), None without secrets."""
+    """A pattern matching any of ``secrets`` where it stands whole (longest first), None without secrets; few
+    patterns are ever made, since a text holds few of the passwords a process knows."""
     if not secrets:
         return None
     alternatives = "|".join(re.escape(secret) for secret in sorted(secrets, key=len, reverse=True))
