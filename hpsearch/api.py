@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from hpsearch import arguments
 from hpsearch.backends.base import scores_on_test
 from hpsearch.errors import SpecError
-from hpsearch.spec import StudySpec, apply_override, build_spec, load_spec, parse_override, seconds
+from hpsearch.spec import StudySpec, apply_override, build_spec, load_spec, parse_override
 
 __all__ = ["StudyResult", "driver", "load", "run", "status", "trials"]
 
@@ -30,8 +31,12 @@ def load(spec: str | Path | Mapping[str, Any] | StudySpec, *, overrides: list[st
     packages only), or a spec already loaded.
 
     overrides: ``KEY.PATH=VALUE`` strings, as ``--set`` takes them. allow_import: see ``--allow-import``
-    (None: ``$HPSEARCH_ALLOW_IMPORT``). Raises :class:`hpsearch.errors.SpecError` with a one-line message.
+    (None: ``$HPSEARCH_ALLOW_IMPORT``). Raises :class:`hpsearch.errors.UserError` with a one-line message.
     """
+    spec = arguments.spec_source(spec)
+    overrides = arguments.overrides(overrides, "overrides")
+    allow_import = arguments.flag(allow_import, "allow_import", optional=True)
+    arguments.optional_path(base_dir, "base_dir")
     if isinstance(spec, StudySpec):
         if overrides:
             raise SpecError("overrides apply to a spec file or mapping, not to a loaded StudySpec.")
@@ -57,6 +62,7 @@ def driver(study: StudySpec, *, storage: str | None = None, tracking: bool = Fal
     from hpsearch.driver import Driver
     from hpsearch.storage import refuse_foreign_database, register_secret_url, resolve_storage_url
 
+    _check_where(storage, tracking_uri)
     echo = echo or _stderr
     url = resolve_storage_url(storage, study.storage, study.name, writable=writable)
     refuse_foreign_database(url)
@@ -122,11 +128,15 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     from hpsearch.storage import mask_url
     from hpsearch.training import load_data
 
+    timeout = arguments.time_limit(timeout, "timeout")
+    max_trials = arguments.trial_count(max_trials, "max_trials")
+    box = arguments.duration(time_box, "time_box")
+    _check_where(storage, tracking_uri)
+    arguments.optional_text(phase, "phase", "a phase's name")
+    arguments.flag(tracking, "tracking")
+    arguments.flag(force_new_phase, "force_new_phase")
+    arguments.optional_function(echo, "echo")
     study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
-    try:
-        box = study.time_box if time_box is None else seconds(time_box)
-    except ValueError as exc:
-        raise SpecError(f"time_box {exc}.") from None
     _, data = check_run(study, phase, lambda: load_data(study))  # a run refused here creates no storage
     own = interruption is None
     interruption = interruption or Interruption()
@@ -134,7 +144,8 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
         work = driver(study, storage=storage, tracking=tracking, tracking_uri=tracking_uri, echo=echo,
                       force_new_phase=force_new_phase, interruption=interruption, data=data)
         started = time.perf_counter()
-        summary = work.run(Budget(timeout=timeout, max_trials=max_trials, time_box=box), only_phase=phase)
+        summary = work.run(Budget(timeout=timeout, max_trials=max_trials,
+                                  time_box=study.time_box if box is None else box), only_phase=phase)
         interruption.check()  # a signal during the study's last steps still means "interrupted"
     summary["wall_seconds"] = round(time.perf_counter() - started, 3)
     tracker = work.listener
@@ -151,6 +162,7 @@ def status(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | N
            overrides: list[str] | None = None, allow_import: bool | None = None,
            base_dir: str | Path | None = None) -> StudyResult:
     """The study as stored (``hpsearch status``), without running anything."""
+    _check_where(storage)
     study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
     work = driver(study, storage=storage, writable=False)
     return _result(study, work, work.status())
@@ -160,8 +172,15 @@ def trials(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | N
            overrides: list[str] | None = None, allow_import: bool | None = None,
            base_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Every stored trial of every phase, one dict each (``hpsearch export``)."""
+    _check_where(storage)
     study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
     return driver(study, storage=storage, writable=False).trials()
+
+
+def _check_where(storage: Any, tracking_uri: Any = None) -> None:
+    """Refuse, before anything is read, a storage URL or tracking URI that is no string."""
+    arguments.optional_text(storage, "storage", "a database URL")
+    arguments.optional_text(tracking_uri, "tracking_uri", "an MLflow tracking URI")
 
 
 def _result(study: StudySpec, work: Any, summary: dict[str, Any]) -> StudyResult:

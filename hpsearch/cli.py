@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OutputFormat, OverwriteOpt, PhaseOpt,
-                              SetOpt, SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt, cannot_write,
-                              check_output_file, check_output_folder, check_overwrite, echo_err, fail,
+from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, OneLineErrors, OutputFormat,
+                              OverwriteOpt, PhaseOpt, SetOpt, SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt,
+                              cannot_write, check_output_file, check_output_folder, check_overwrite, echo_err, fail,
                               interrupted_message, output_path, users_code)
 from hpsearch.localworkers import report_stopped
 from hpsearch.errors import UserError
@@ -19,6 +19,7 @@ from hpsearch.formatting import format_duration
 from hpsearch.output import print_summary, trials_csv
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Hyperparameter search with experiment tracking: random then grid phases on Optuna, logged to MLflow.",
     no_args_is_help=True,
     add_completion=False,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Annotated, Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import typer
+from typer.core import TyperGroup
 
+from hpsearch import arguments
 from hpsearch.errors import UserError
 
 SpecArg = Annotated[Path, typer.Argument(help="The study spec (YAML).", show_default=False)]
@@ -48,6 +49,36 @@ def fail(message: str) -> typer.Exit:
 
     typer.echo(mask_url(f"error: {message}"), err=True)
     return typer.Exit(code=2)
+
+
+# the usage errors of the click that Typer runs on (recent Typer has a copy of its own): what typer.BadParameter is
+_UsageError = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
+
+
+class OneLineErrors(TyperGroup):
+    """The app's commands, whose usage errors (an unknown option, ``--workers 0``, ``--max-trials 1e3``) are one line
+    on stderr and exit code 2, like every other error, rather than click's usage box."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: Any) -> typer.Context:
+        if not args:  # `hpsearch` alone prints the help
+            return super().make_context(info_name, args, parent, **extra)
+        with _one_line_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _one_line_errors():  # a command's own options are parsed here
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except _UsageError as exc:
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        raise fail(f"{message}; see '{exc.ctx.command_path} --help'." if exc.ctx is not None else f"{message}.") \
+            from None
 
 
 def check_output_file(path: Path, option: str) -> None:
@@ -117,7 +148,8 @@ def cannot_write(option: str, path: Path, exc: OSError) -> typer.Exit:
 
 @contextlib.contextmanager
 def users_code(spec: Path, backend: str, let_through: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial).
+    """A trainable's own exception: its traceback, then one line naming it, exit 2 (a study would fail the trial);
+    running out of memory is that line alone.
 
     let_through: exceptions the caller reports itself (an OSError while saving a model: the path is the problem).
     """
@@ -128,6 +160,9 @@ def users_code(spec: Path, backend: str, let_through: tuple[type[BaseException],
         yield
     except (UserError, DivergedError, typer.Exit, *let_through):
         raise
+    except MemoryError as exc:  # a configuration too big for this machine (hidden_size: 1e9), not a bug to trace
+        raise fail(f"{spec}: the trainable {backend} ran out of memory ({one_line(exc)}); train a smaller "
+                   "configuration.") from None
     except Exception as exc:  # noqa: BLE001 - whatever the user's function raises
         typer.echo(format_traceback(exc).rstrip(), err=True)
         raise fail(f"{spec}: the trainable {backend} raised {one_line(exc)}") from None
@@ -148,38 +183,30 @@ def echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def check_seconds(value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise fail(f"--timeout must be a number of seconds >= 0. Got {value} instead.")
-    return value
+def checked(check: Callable[[Any, str], Any], option: str) -> Callable[[Any], Any]:
+    """A check of :mod:`hpsearch.arguments` as an option's callback, naming the option as the command line spells
+    it; a value it refuses is the command's one error line."""
 
+    def callback(value: Any) -> Any:
+        try:
+            return check(value, option)
+        except UserError as exc:
+            raise fail(str(exc)) from None
 
-def check_time_box(value: str | None) -> float | None:
-    from hpsearch.spec import seconds
-
-    try:
-        return None if value is None else seconds(value)
-    except ValueError as exc:
-        raise fail(f"--time-box {exc}.") from None
-
-
-def check_count(value: int | None) -> int | None:
-    if value is not None and value < 0:
-        raise fail(f"--max-trials must be an integer >= 0. Got {value} instead.")
-    return value
+    return callback
 
 
 PhaseOpt = Annotated[Optional[str], typer.Option(help="Run only this phase.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.",
-                                                     callback=check_seconds)]
+                                                     callback=checked(arguments.time_limit, "--timeout"))]
 # the callback turns the text into seconds (a float), which the commands receive
 TimeBoxOpt = Annotated[Optional[str], typer.Option(
-    metavar="DURATION", callback=check_time_box,
+    metavar="DURATION", callback=checked(arguments.duration, "--time-box"),
     help="Aim to end within this time (seconds, or 55m, 1h) with the best trial so far retrained and scored on the "
          "test split: a trial starts only while it and that retraining fit, each as long as the longest trial so "
          "far. Default: the spec's time_box.")]
 MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
-                                                     callback=check_count)]
+                                                     callback=checked(arguments.trial_count, "--max-trials"))]
 ForceOpt = Annotated[
     bool, typer.Option(help="Start changed phases afresh instead of refusing; stored trials are kept.")
 ]

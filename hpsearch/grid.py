@@ -36,7 +36,8 @@ def grid_points(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def _steps(param: ParamSpec) -> int:
-    return int(math.floor((param.high - param.low) / param.step + 1e-9))
+    """How many steps from low stay within high; a quotient a rounding error short of a whole number counts whole."""
+    return int(math.floor((param.high - param.low) / param.step * (1 + 1e-9)))
 
 
 def sample_point(space: Mapping[str, ParamSpec], rng: np.random.Generator) -> dict[str, Any]:
@@ -45,14 +46,12 @@ def sample_point(space: Mapping[str, ParamSpec], rng: np.random.Generator) -> di
     for name, param in space.items():
         if param.type == "categorical":
             point[name] = param.choices[int(rng.integers(len(param.choices)))]
-        elif param.step is not None:
-            value = param.low + param.step * int(rng.integers(_steps(param) + 1))
+        elif param.step is not None:  # the last step may round to just past high
+            value = min(param.low + param.step * int(rng.integers(_steps(param) + 1)), param.high)
             point[name] = int(round(value)) if param.type == "int" else float(value)
-        elif param.log:
-            value = math.exp(rng.uniform(math.log(param.low), math.log(param.high)))
-            if param.type == "int":
-                value = min(max(int(round(value)), int(param.low)), int(param.high))
-            point[name] = value
+        elif param.log:  # exp(log(x)) may round to just outside the range
+            value = min(max(math.exp(rng.uniform(math.log(param.low), math.log(param.high))), param.low), param.high)
+            point[name] = min(max(int(round(value)), int(param.low)), int(param.high)) if param.type == "int" else value
         elif param.type == "int":
             point[name] = int(rng.integers(int(param.low), int(param.high) + 1))
         else:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator, model_validator
 
+from hpsearch.arguments import seconds
 from hpsearch.data import DATASETS, FILE_DATASETS
 from hpsearch.errors import SpecError
 from hpsearch.files import SPEC, FileTooLarge, NotRegularFile, read_bounded
@@ -35,21 +36,6 @@ MAX_POINTS = 1_000_000  # per phase: beyond this, enqueuing alone takes minutes 
 
 class _Strict(UserConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-
-_DURATION = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(s|m|min|h)?\s*")
-_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}
-
-
-def seconds(value: Any) -> float:
-    """A duration: a number of seconds, or a string such as ``'90s'``, ``'55m'`` or ``'1.5h'``."""
-    found = None if isinstance(value, bool) else _DURATION.fullmatch(str(value))
-    if found is None:
-        raise ValueError(f"must be a duration such as 3300, '55m' or '1h'. Got {value!r} instead")
-    number = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
-    if not 0 < number < float("inf"):
-        raise ValueError(f"must be a finite duration greater than 0. Got {value!r} instead")
-    return number
 
 
 def _one_of(value: str, known: Any) -> str:
@@ -143,7 +129,7 @@ class ParamSpec(_Strict):
     type: Literal["int", "float", "categorical"]
     low: float | None = None
     high: float | None = None
-    step: float | None = None
+    step: float | None = Field(None, gt=0)
     log: bool = False
     choices: list[Any] | None = None
 
@@ -163,6 +149,13 @@ class ParamSpec(_Strict):
             raise ValueError("'step' and 'log' cannot be combined")
         if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
             raise ValueError("an int parameter needs whole numbers for 'low', 'high' and 'step'")
+        if self.type == "int" and max(-self.low, self.high) >= 2**53:  # from there, a float skips whole numbers
+            raise ValueError(f"an int parameter needs 'low' and 'high' strictly between -2**53 and 2**53. Got "
+                             f"{self.low:g} to {self.high:g} instead")
+        if self.high - self.low == float("inf"):  # a draw from the range would be infinite
+            raise ValueError(f"'high' - 'low' must be a finite number. Got {self.low:g} to {self.high:g} instead")
+        if self.step is not None and (self.high - self.low) / self.step > 2**53:  # the lattice's points are counted
+            raise ValueError(f"'step' must be at least ('high' - 'low') / 2**53. Got {self.step:g} instead")
         return self
 
 
@@ -174,11 +167,19 @@ class DerivedGrid(_Strict):
     points: int = Field(4, ge=1, le=MAX_POINTS)  # per numeric parameter
 
 
+# a study or phase name's length: a phase is stored as <study>.<phase>.v<N> in Optuna's study names (512 characters),
+# its MLflow run is named <study>/<phase> (250), the study's experiment (256) and database file (255) after the study
+MAX_NAME_LENGTH = 100
+
+
 def _storage_name(value: str) -> str:
     """A study or phase name: phases are stored as ``<study>.<phase>`` (``.v2`` when started afresh), so no '.'."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
         raise ValueError(f"must be letters, digits, '_' and '-' only (phases are stored as <study>.<phase>, so no "
                          f"'.'). Got {value!r} instead")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"must be at most {MAX_NAME_LENGTH} characters long (it names the study's storage, files and "
+                         f"MLflow runs). Got {len(value)} characters ({value[:20]}...) instead")
     return value
 
 

@@ -107,6 +107,9 @@ def parse_override(item: str) -> tuple[list[str | int], Any]:
     # ASCII digits only: '²'.isdigit() is true, and int('²') fails
     path: list[str | int] = [int(part) if part.isascii() and part.isdigit() else part
                              for part in key.strip().split(".")]
+    if len(path) > MAX_DEPTH:  # the spec it builds would be nested deeper than any spec file may be
+        shown = item if len(item) <= 60 else f"{item[:57]}..."
+        raise SpecError(f"--set {shown!r}: the path must have at most {MAX_DEPTH} parts. Got {len(path)} instead.")
     return path, yaml_load(raw, f"--set {key}") if raw.strip() else None
 
 

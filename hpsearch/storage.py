@@ -3,16 +3,23 @@
 A URL comes from ``--storage``, else ``$HPSEARCH_STORAGE``, else the spec's ``storage``, else
 ``sqlite:///runs/<study>.db`` (relative to the working directory, as SQLAlchemy reads ``sqlite:///`` paths).
 
-Passwords are masked wherever a URL is shown. Every URL this process resolves registers its password (as written,
-percent-decoded and percent-encoded); :func:`mask_url` replaces each registered password wherever it occurs in a
-text, and also the password of any URL found in the text itself, so that a password with spaces, ``@`` or ``&``
-in it is hidden whole, in a URL or quoted back by a database driver's error message.
+Passwords are masked wherever a URL is shown. :func:`mask_url` masks the password field of every URL in a text by its
+place in the URL, whatever its length, so that a password with spaces, ``@`` or ``&`` in it is hidden whole. Every
+URL this process resolves also registers its password (as written, percent-decoded and percent-encoded), which is
+masked in free text too (a database driver's error message quoting it) wherever it stands whole: not inside a
+longer host name, database name or word, so that a password of one character (``1``, ``q``) neither turns
+``127.0.0.1`` into ``***27.0.0.***`` nor gives itself away by doing so.
+
+A server URL is read as a person reads it: its host part ends at the first ``/``, ``?`` or ``#``. An ``@`` after
+the host (in a password given in the query, in the database name), or a second one before it, is refused: SQLAlchemy
+would read the URL otherwise, connect elsewhere and show the password's tail as a host name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import zlib
@@ -70,22 +77,62 @@ def _url_secrets(text: str) -> set[str]:
     return {form for secret in secrets for form in _spellings(str(secret))}
 
 
+# a URL that is all of a text: its password runs to the last '@', quotes included (a text's URLs stop at one)
+_PASSWORD_OF_A_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:(?P<secret>.+)@", re.DOTALL)
+
+
 def register_secret_url(url: str | None) -> None:
     """Remember the password of ``url`` so that :func:`mask_url` hides it in any text this process shows."""
     if url:
         _known_secrets.update(_url_secrets(url))
+        whole = _PASSWORD_OF_A_URL.match(url)
+        if whole is not None:
+            _known_secrets.update(_spellings(whole["secret"]))
 
 
 def mask_url(text: str) -> str:
-    """``text`` with every known password, and the password of every URL in it, replaced by ``***``."""
-    # longest first; a password of asterisks only is indistinguishable from the mask itself
-    secrets = [s for s in sorted(_known_secrets | _url_secrets(text), key=len, reverse=True) if s.strip("*")]
-    # a replacement can join a new occurrence of any password ('ex' of 'example' masked as '***x' holds '*x'):
+    """``text`` with the password of every URL in it, and every known password where it stands whole, as ``***``."""
+    # a password of asterisks only is indistinguishable from the mask itself
+    secrets = [secret for secret in _known_secrets | _url_secrets(text) if secret.strip("*")]
+    text = _mask_url_passwords(text)
+    # a mask can leave a new whole occurrence behind ('a' masked in 'a*b' leaves '****b', which holds '**b'):
     # repeat until none is left; every replacement removes at least one character other than '*', so this ends
-    while any(secret in text for secret in secrets):
-        for secret in secrets:
-            text = text.replace(secret, MASK)
-    return text
+    while True:
+        standing = _standing_whole(frozenset(secret for secret in secrets if secret in text))
+        if standing is None:
+            return text
+        text, replaced = standing.subn(MASK, text)
+        if not replaced:
+            return text
+
+
+def _mask_url_passwords(text: str) -> str:
+    """``text`` with the password field of every URL in it (``user:SECRET@``, ``?password=SECRET``) masked."""
+    spans = sorted(match.span("secret") for pattern in (_PASSWORD_IN_NETLOC, _PASSWORD_IN_QUERY)
+                   for match in pattern.finditer(text) if match["secret"])
+    parts: list[str] = []
+    shown = 0  # the end of what is already in parts
+    for start, end in spans:
+        if end <= shown:
+            continue  # inside a password already masked
+        parts += [text[shown:start], MASK] if start >= shown else []
+        shown = end
+    return "".join(parts) + text[shown:]
+
+
+# a run is letters and digits, single '.', '-' or '_' joining them (a host, a database name, a word); a password
+# stands whole where neither of its ends falls inside a run: masking it inside one would give it away, not hide it
+_NOT_INSIDE_A_RUN = r"(?!(?<=[^\W_])[^\W_]|(?<=[^\W_])[._-][^\W_]|(?<=[^\W_][._-])[^\W_])"
+
+
+@functools.lru_cache(maxsize=32)
+def _standing_whole(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    """A pattern matching any of ``secrets`` where it stands whole (longest first), None without secrets; few
+    patterns are ever made, since a text holds few of the passwords a process knows."""
+    if not secrets:
+        return None
+    alternatives = "|".join(re.escape(secret) for secret in sorted(secrets, key=len, reverse=True))
+    return re.compile(f"{_NOT_INSIDE_A_RUN}(?:{alternatives}){_NOT_INSIDE_A_RUN}")
 
 
 def resolve_storage_url(cli_value: str | None, spec_value: str | None, study_name: str, *,
@@ -124,22 +171,29 @@ def expand_home(url: str, what: str) -> str:
     return parsed.set(database=str(home)).render_as_string(hide_password=False)
 
 
+# scheme://AUTHORITY...: the authority (user, password, host, port) ends at the first '/', '?' or '#'
+_SERVER_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<rest>.*)", re.DOTALL)
+
+
 def _check(url: str, writable: bool) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    server = _SERVER_URL.fullmatch(url)
+    if server is not None and server["scheme"].split("+")[0] != "sqlite":
+        _check_at_signs(server["authority"], server["rest"])
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise StorageError(f"storage {mask_url(url)!r} is not a database URL (e.g. sqlite:///runs/study.db).") from None
+    except ValueError:  # SQLAlchemy reads the port as an int
+        raise StorageError(_port_problem(url, server["authority"] if server is not None else "")) from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(
             f"storage {mask_url(url)!r}: unsupported database {parsed.get_backend_name()!r}; use sqlite or postgresql."
         )
-    # an unencoded '@' in the password makes its tail the host; Optuna reads the URL as a str.format template
-    if (parsed.host and "@" in parsed.host) or "{" in url or "}" in url:
-        raise StorageError(f"storage {mask_url(url)!r}: write '@', '{{' and '}}' in a user name or password "
-                           "percent-encoded, as %40, %7B and %7D.")
+    if "{" in url or "}" in url:  # Optuna reads the URL as a str.format template
+        raise StorageError(f"storage {mask_url(url)!r}: write '{{' and '}}' percent-encoded, as %7B and %7D.")
     path = sqlite_path(url)
     if path is None:
         return
@@ -153,6 +207,24 @@ def _check(url: str, writable: bool) -> None:
         raise StorageError(f"storage {mask_url(url)!r}: cannot create {path.parent} ({exc.strerror}).") from None
     if not os.access(path.parent, os.W_OK):
         raise StorageError(f"storage {mask_url(url)!r}: {path.parent} is not writable.")
+
+
+def _check_at_signs(authority: str, rest: str) -> None:
+    """Refuse a server URL whose '@' is not the one before its host: SQLAlchemy splits user and password from the
+    host at another '@' than a person does. Says nothing of the URL, whose password cannot be told apart."""
+    if authority.count("@") > 1 or "@" in rest:
+        raise StorageError("the storage URL has an '@' besides the one before its host; write '@' in a user name, "
+                           "password, database name or query percent-encoded, as %40 (and '/', '?' and '#' in a "
+                           "password as %2F, %3F and %23).")
+
+
+def _port_problem(url: str, authority: str) -> str:
+    """Why SQLAlchemy cannot read the port of ``url``, whose ``authority`` holds at most one '@'."""
+    hosts = authority.rpartition("@")[2]
+    if "," in hosts:
+        return (f"storage {mask_url(url)!r}: a URL names one host and port; give several PostgreSQL hosts in its "
+                "query instead, as ?host=HOST1:5432&host=HOST2:5432.")
+    return f"storage {mask_url(url)!r}: the port must be a number. Got {hosts.rpartition(':')[2]!r} instead."
 
 
 def no_study_stored(url: str) -> StorageError:

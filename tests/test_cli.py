@@ -319,6 +319,64 @@ def test_bad_budgets_are_refused_before_anything_runs(tmp_path, monkeypatch, arg
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["run", "SPEC", "--workers", "0"], "Invalid value for '--workers'"),
+    (["run", "SPEC", "--workers", "-1"], "Invalid value for '--workers'"),
+    (["run", "SPEC", "--max-trials", "1e3"], "Invalid value for '--max-trials'"),
+    (["run", "SPEC", "--time-box", "5", "m"], "Got unexpected extra argument(s) (m)"),
+    (["run", "SPEC", "--bogus"], "No such option: --bogus"),
+    (["run"], "Missing argument 'spec'"),
+    (["runn", "SPEC"], "No such command 'runn'"),
+    (["--bogus"], "No such option: --bogus"),
+])
+def test_usage_errors_are_one_line_like_every_other_error(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    result = runner.invoke(app, [str(spec) if arg == "SPEC" else arg for arg in args])
+    one_error_line(result, message)
+    assert result.stderr.startswith("error: ") and result.stderr.endswith(" --help'.\n"), result.stderr
+    assert result.stdout == "" and not (tmp_path / "runs").exists()
+
+
+def test_help_is_still_the_help():
+    assert "Commands" in runner.invoke(app, []).output  # `hpsearch` alone
+    assert "Commands" in runner.invoke(app, ["--help"]).stdout
+    run_help = runner.invoke(app, ["run", "--help"])
+    assert run_help.exit_code == 0 and "--max-trials" in run_help.stdout
+
+
+def test_a_space_refused_when_the_spec_loads_leaves_nothing_stored_to_refuse_its_correction(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    space = "phases=[{name: r, sampler: random, n_trials: 2, space: {hidden_size: {type: int, low: 4, high: 16, " \
+            "step: STEP}}}]"
+    refused = runner.invoke(app, ["run", str(spec), "--set", space.replace("STEP", "0")])
+    one_error_line(refused, "phases[0].space.hidden_size.step must be greater than 0. Got 0 instead.")
+    assert not (tmp_path / "runs").exists()
+    corrected = runner.invoke(app, ["run", str(spec), "--set", space.replace("STEP", "4")])
+    assert corrected.exit_code == 0, corrected.output
+
+
+def test_running_out_of_memory_is_one_line_in_train_and_a_failed_trial_in_a_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(tmp_path)
+    huge = 10**12  # a (20, 10**12) float64 weight matrix: 146 TiB, more than any address space holds
+    trained = runner.invoke(app, ["train", str(spec), "--set", f"defaults.hidden_size={huge}"])
+    assert trained.exit_code == 2
+    assert trained.stderr == (f"error: {spec}: the trainable numpy ran out of memory (MemoryError: Unable to allocate "
+                              f"146. TiB for an array with shape (20, {huge}) and data type float64); train a smaller "
+                              "configuration.\n")
+    grid = f"phases=[{{name: g, sampler: grid, grid: {{hidden_size: [8, {huge}]}}, max_retries: 0}}]"
+    studied = runner.invoke(app, ["run", str(spec), "--set", grid, "--json"])
+    assert studied.exit_code == 0, studied.output
+    assert "Traceback" not in studied.stderr
+    exported = runner.invoke(app, ["export", str(spec), "--set", grid, "--output", "t.json"])
+    assert exported.exit_code == 0, exported.output
+    (failed,) = [t for t in json.loads((tmp_path / "t.json").read_text()) if t["state"] == "FAIL"]
+    assert failed["params"]["hidden_size"] == huge
+    assert failed["failure"].startswith("MemoryError: Unable to allocate 146. TiB for an array with shape")
+
+
 def test_run_workers_pass_on_their_options_and_report_the_tracking_uri_they_used(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = tiny_spec(tmp_path)

@@ -181,6 +181,13 @@ ALIAS_BOMB = "\n".join(["name: bomb", "data:", "  dataset: synthetic", "  option
         ("name: x\ndata: &d {options: {self: *d}}\n", [], r"nested more than 32 levels deep"),
         ("name: x\ndefaults: " + "[" * 40 + "]" * 40 + "\n", [], r"nested more than 32 levels deep"),
         ("name: x\ndefaults: " + "[" * 5000 + "]" * 5000 + "\n", [], r"nested more than 32 levels deep"),
+        (MINIMAL, [".".join(["defaults"] * 600) + "=1"],
+         r"--set 'defaults\.defaults\.defaults.{31}\.\.\.': the path must have at most 32 parts. Got 600 instead\.$"),
+        (MINIMAL, ["name=" + "a" * 600], r"study.yaml: name must be at most 100 characters long \(it names the "
+                                         r"study's storage, files and MLflow runs\). Got 600 characters \(a{20}\.\.\.\) "
+                                         r"instead\.$"),
+        (MINIMAL, ["phases=[{name: " + "p" * 101 + ", sampler: grid, grid: {hidden_size: [4]}}]"],
+         r"phases\[0\].name must be at most 100 characters long"),
     ],
 )
 def test_hostile_specs_are_one_line(tmp_path, text, overrides, expected):
@@ -278,5 +285,57 @@ def test_any_override_loads_or_is_a_spec_error(tmp_path, overrides):
 def test_any_yaml_text_loads_or_is_a_spec_error(tmp_path, text):
     try:
         load_spec(write(tmp_path, text))
+    except SpecError as exc:
+        assert "\n" not in str(exc)
+
+
+# ---- a searched parameter's range: refused when the spec loads, or drawn from without fail -------------------------
+
+@pytest.mark.parametrize("param, expected", [
+    ("{type: int, low: 4, high: 16, step: 0}", r"hidden_size.step must be greater than 0. Got 0 instead.$"),
+    ("{type: float, low: 1, high: 16, step: -4}", r"hidden_size.step must be greater than 0. Got -4 instead.$"),
+    ("{type: int, low: 4, high: 1e30}", r"hidden_size an int parameter needs 'low' and 'high' strictly between "
+                                        r"-2\*\*53 and 2\*\*53. Got 4 to 1e\+30 instead.$"),
+    ("{type: float, low: 0, high: 1, step: 1e-300}", r"hidden_size 'step' must be at least \('high' - 'low'\) / 2\*\*53. "
+                                                     r"Got 1e-300 instead.$"),
+    ("{type: float, low: -1e308, high: 1e308}", r"hidden_size 'high' - 'low' must be a finite number. Got -1e\+308 to "
+                                                r"1e\+308 instead.$"),
+])
+def test_a_space_that_cannot_be_drawn_from_is_refused_when_the_spec_loads(tmp_path, param, expected):
+    with pytest.raises(SpecError, match=r"study.yaml: phases\[0\].space." + expected):
+        load_spec(write(tmp_path, MINIMAL), [f"phases=[{{name: r, sampler: random, n_trials: 2, "
+                                             f"space: {{hidden_size: {param}}}}}]"])
+
+
+bound = st.one_of(st.integers(-2**60, 2**60), st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([
+    0, 1, -1, 2**53, 2**53 + 2, 1e308, -1e308]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["int", "float"]), low=bound, high=bound, step=st.none() | bound, log=st.booleans())
+def test_every_space_that_loads_can_be_drawn_from(tmp_path, kind, low, high, step, log):
+    from hpsearch.grid import random_points
+
+    (tmp_path / "takes_any.py").write_text("def train(config, data, *, seed, on_epoch=None):\n    return {}\n")
+    param = {"type": kind, "low": low, "high": high, "log": log, **({"step": step} if step is not None else {})}
+    try:  # a trainable without a configuration model: any range of x is its own
+        spec = load_spec(write(tmp_path, yaml.safe_dump({
+            **yaml.safe_load(MINIMAL), "defaults": {}, "model": {"backend": "takes_any:train"},
+            "objective": {"metric": "val_acc", "direction": "maximize"},
+            "phases": [{"name": "r", "sampler": "random", "n_trials": 3, "space": {"x": param}}]})))
+    except SpecError as exc:
+        assert "\n" not in str(exc)
+        return
+    for point in random_points(spec.phases[0].space, 3, 0, "r"):
+        assert float(low) <= point["x"] <= float(high)  # as the spec reads them: floats
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# a pattern of parts repeated up to 1,000 times: deep enough to exhaust the stack where the depth is not bounded
+@given(pattern=st.lists(st.sampled_from(["defaults", "data", "0", "phases", "x"]), min_size=1, max_size=5),
+       repeats=st.integers(1, 1000))
+def test_any_override_path_loads_or_is_a_spec_error(tmp_path, pattern, repeats):
+    try:
+        load_spec(write(tmp_path, MINIMAL), [".".join(pattern * repeats) + "=1"])
     except SpecError as exc:
         assert "\n" not in str(exc)
