@@ -220,3 +220,22 @@ def test_a_tracking_uri_naming_the_study_storage_is_refused_before_anything_is_w
         assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), (args, result.stderr)
     assert (tmp_path / "runs" / "tracked.db").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == files  # no mlflow.db, no artifacts
+
+
+def test_sync_fills_in_a_study_whose_namesake_in_another_storage_shares_the_mlflow_database(study, tmp_path):
+    """Two storages, one study name, one MLflow database: the second study's trial runs are its own, not the first's
+    (the runs are matched under this storage's phase runs, not across the experiment)."""
+    uri = f"sqlite:///{tmp_path / 'shared-mlflow.db'}"
+    first = runner.invoke(app, ["run", str(study), "--tracking-uri", uri])
+    assert first.exit_code == 0, first.output
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    untracked = runner.invoke(app, ["run", str(study), "--storage", other, "--set", "tracking.enabled=false"])
+    assert untracked.exit_code == 0, untracked.output
+    trials = len(runs_by_kind(uri)["trial"])
+    synced = runner.invoke(app, ["sync", str(study), "--storage", other, "--tracking-uri", uri])
+    assert synced.exit_code == 0, synced.output
+    assert f"synced {study}: {trials} runs created" in synced.stdout  # the same trials, in its own storage
+    kinds = runs_by_kind(uri)
+    assert len(kinds["study"]) == 2 and len(kinds["phase"]) == 4 and len(kinds["trial"]) == 2 * trials
+    again = runner.invoke(app, ["sync", str(study), "--storage", other, "--tracking-uri", uri])
+    assert "0 runs created, 0 runs ended" in again.stdout, again.output

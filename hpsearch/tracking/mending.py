@@ -62,16 +62,21 @@ class Mending(MlflowBase):
                     lambda name=name, info=info: self._create_run(f"{self.spec.name}/{name}", {
                         "hpsearch.kind": "phase", "hpsearch.study": self.spec.name, "hpsearch.phase": name,
                         "optuna.study": info["study_name"], "mlflow.parentRunId": self._study_run}))
+        # a trial's run is found under its phase's run, which is this storage's own (its id is kept in the storage):
+        # another storage's study of the same name, in the same experiment, has trial runs with the same keys
         existing: dict[str, Any] = {}
-        token = None
-        while True:
-            page = client.search_runs([experiment], filter_string="tags.`hpsearch.kind` = 'trial'",
-                                      max_results=1000, page_token=token)
-            for run in page:
-                existing[run.data.tags.get(TRIAL_KEY, "")] = run
-            token = page.token
-            if not token:
-                break
+        for phase_run in set(self._phase_runs.values()):
+            token = None
+            while True:
+                page = client.search_runs(
+                    [experiment], filter_string=f"tags.`hpsearch.kind` = 'trial' and "
+                                                f"tags.`mlflow.parentRunId` = '{phase_run}'",
+                    max_results=1000, page_token=token)
+                for run in page:
+                    existing[run.data.tags.get(TRIAL_KEY, "")] = run
+                token = page.token
+                if not token:
+                    break
         created = ended = 0
         for row in trials:
             key = f"{row['optuna_study']}/{row['number']}"
@@ -79,14 +84,14 @@ class Mending(MlflowBase):
             if row["state"] in ("RUNNING", "WAITING") or row["phase"] not in self._phase_runs:
                 continue  # a live trial logs itself
             if run is None:
-                self._rebuild_trial_run(row)
-                created += 1
+                created += self._rebuild_trial_run(row)
             elif run.info.status == "RUNNING":
                 self._end_trial_run(run.info.run_id, row["state"], row.get("failure"))
                 ended += 1
         return {"created": created, "ended": ended}
 
-    def _rebuild_trial_run(self, row: dict[str, Any], status: str | None = None) -> None:
+    def _rebuild_trial_run(self, row: dict[str, Any], status: str | None = None) -> bool:
+        """Create the run of a stored trial that MLflow is missing; False when it has one after all."""
         phase = row["phase"]
         tags = {
             "mlflow.parentRunId": self._phase_runs[phase], TRIAL_KEY: f"{row['optuna_study']}/{row['number']}",
@@ -98,7 +103,7 @@ class Mending(MlflowBase):
             tags["failure"] = mask_url(str(row["failure"]))[:5000]
         run_id, created = self._trial_run(tags[TRIAL_KEY], f"{phase}-{row['number']}", tags)
         if not created:
-            return  # its worker created it meanwhile and logs it
+            return False  # its worker created it meanwhile and logs it
         history = row.get("epoch_history") or {}
         iterations = history.get("iteration") or []
         for key, values in history.items():
@@ -115,6 +120,7 @@ class Mending(MlflowBase):
         self._pending_params[run_id] = self._params({**config, "seed": row["seed"]})
         self._send(run_id, force=True)
         self.client.set_terminated(run_id, status=status or _run_status(row["state"], row.get("failure")))
+        return True
 
     def _saved_model(self, report: StudyReport, folder: Path) -> Path | None:
         """The winner's model saved by the trainable into ``folder``; None when it keeps none or saving failed (the
