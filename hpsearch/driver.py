@@ -185,9 +185,11 @@ class Driver:
         """Run the phases in order until done or out of budget. Returns the summary (see :meth:`status`)."""
         budget = budget or Budget()
         phases, _ = check_run(self.spec, only_phase, lambda: self.data)
+        self.interruption.check()  # each step of the start takes a while under load: a signal need not wait for all
         self.phases.check_context(self.data.fingerprint)
         changed = self.phases.refuse_changes(phases)
         before = self.results.status()
+        self.interruption.check()
         finish_failed = bool((before.get("best") or {}).get("test_failure"))  # the user's evaluate: try it again
         if before["complete"] and not only_phase and not changed and not finish_failed:
             self.echo(f"Study {self.spec.name!r} is already complete: nothing to run.")
@@ -195,9 +197,9 @@ class Driver:
             self._mend_listener()  # a complete study's MLflow record is mended too, its runs' times kept
             self.listener.on_study_end(before, None)
             return before
-        self.listener.on_study_start(self.spec, self.phases.shared())
-        self._mend_listener()
-        try:
+        try:  # from the tracking process's start on, every way out closes it
+            self.listener.on_study_start(self.spec, self.phases.shared())
+            self._mend_listener()
             stopped_in = self._run_phases(phases, budget)
             # a time box ends with a result: the winner so far, retrained and scored on the test split, by the last
             # process to stop (the trials of others still running may change the winner)
