@@ -1,7 +1,7 @@
 """Per-trial bookkeeping as a study grows, beside Optuna's own, and throughput of N workers on PostgreSQL.
 
     python benchmarks/scale.py                                   # grids of 100, 1,000, 10,000; SQLite and PostgreSQL
-    python benchmarks/scale.py --sizes 100 1000 --storages sqlite --workers 0    # a quick look
+    python benchmarks/scale.py --sizes 100 1000 --storages sqlite --workers  # a quick look
     python benchmarks/scale.py --workers 1 2 4 8 16 --worker-points 2000         # the scale-out part only
 
 The trainable is trivial (synthetic data, ``num_iters: 2``), so what is measured is everything around training.
