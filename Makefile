@@ -23,7 +23,8 @@ test: $(BIN)/python
 
 # The signal, worker and crash-window tests 20 times in a row beside a CPU hog; stops at the first failure.
 # Run it before closing work that touches signals, workers or the driver (about 4 minutes a run on 2 cores).
-STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_windows.py \
+STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_windows.py tests/test_generations.py \
+	tests/test_pointqueue.py \
 	tests/test_localworkers.py::test_a_signal_while_workers_start_starts_no_more_and_reaches_every_one_started \
 	tests/test_reliability.py::test_signal_mid_trial_then_resume_loses_nothing \
 	tests/test_reliability.py::test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted \
