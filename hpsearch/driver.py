@@ -148,9 +148,10 @@ class Driver:
     # ---- the read-only questions -------------------------------------------------------------------------------
 
     @_storage_failures
-    def status(self) -> dict[str, Any]:
-        """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy."""
-        self.phases.check_stored(self.spec.phases)
+    def status(self, only_phase: str | None = None) -> dict[str, Any]:
+        """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy.
+        ``only_phase``: what a run of that phase alone checked (the others' definitions may have changed)."""
+        self.phases.check_stored([self.spec.phase(only_phase)] if only_phase else self.spec.phases)
         return self.results.status()
 
     @_storage_failures
@@ -262,7 +263,8 @@ class Driver:
         ``partial``: the study is not complete (a time box); its completion finalises again, for the full report.
         """
         with storage_lock(self.url, f"{self.spec.name}:finalise"):
-            layout = self.phases.follow()  # a winner of this spec's generation, stored as that generation's
+            self.phases.follow()  # a winner of this spec's generation, stored as that generation's
+            layout = self.phases.layout()
             best = self.results.best()
             stored = self.results.stored_result(layout) or {}
             if best is not None and (stored.get("phase"), stored.get("trial")) == (best["phase"], best["trial"]) \

@@ -91,6 +91,7 @@ class PhaseRunner:
                            check_interrupt=self.interruption.check)
         me = owner()
         self.reap(phase, view)
+        self.phases.follow()  # before anything is queued in the phase's study
         queue.reconcile()
         next_look = time.monotonic() + self.spec.heartbeat.interval
         while True:
@@ -103,7 +104,7 @@ class PhaseRunner:
             budget.expect(view.longest)
             if budget.exhausted():
                 return False
-            self.phases.follow(phase, study.study_name)  # the study was not started afresh with another spec
+            self.phases.follow()  # the study was not started afresh with another spec
             claimed = queue.claim(me, rungs=budget.trials_left())
             if not claimed:
                 # a trial failed since the last look (its retry is queued now), or one ended a halving level
@@ -203,7 +204,7 @@ class PhaseRunner:
     def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
         """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""
         with storage_lock(self.url, f"{study.study_name}:claim"):
-            self.phases.follow(phase, study.study_name)  # the study was not started afresh with another spec
+            self.phases.follow()  # the study was not started afresh with another spec
             trials = study.get_trials(deepcopy=False)
             taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
             if taken >= phase.n_trials:

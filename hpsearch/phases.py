@@ -84,6 +84,15 @@ def describe_changes(stored: Any, current: Any, path: str = "") -> list[str]:
     return []
 
 
+def _retired(layout: dict[str, Any] | None, phases: list[str] | None = None) -> list[str]:
+    """The Optuna studies of earlier generations, with those of ``phases`` (every phase when None) of ``layout``."""
+    if layout is None:
+        return []
+    records = layout["phases"]
+    leaving = [records[name]["study"] for name in (records if phases is None else phases)]
+    return [*layout.get("retired", []), *leaving]
+
+
 def definition_of(phase: PhaseSpec) -> dict[str, Any]:
     # max_retries may change between runs, except under halving: when a point has failed for good decides a level
     kept = {"name", "n_trials"} | ({"max_retries"} if phase.schedule is None else set())
@@ -137,6 +146,7 @@ class Phases:
         self.echo = echo
         self.generation: int | None = None  # the layout's generation this process works in (see :meth:`follow`)
         self._context: dict[str, Any] | None = None  # the context of this process's spec
+        self._studies: dict[str, str] = {}  # phase: the Optuna study this process knows serves it in its generation
 
     # ---- the layout ------------------------------------------------------------------------------------------
 
@@ -147,7 +157,9 @@ class Phases:
         return layout
 
     def _write(self, layout: dict[str, Any]) -> None:
-        self.table.put(self.spec.name, "layout", layout)
+        # the generation beside the layout, in the same statement: a process checks it before each claim (follow),
+        # and reads the whole layout only when it moved
+        self.table.put_many(self.spec.name, {"layout": layout, "generation": layout["generation"]})
 
     def _migrate(self) -> dict[str, Any] | None:
         """Adopt the registry study of earlier versions (context and phase attributes) into one layout value."""
@@ -209,12 +221,13 @@ class Phases:
                                                            self._as_stored(stored["context"], current)):
                 return self._working_in(stored, current)  # another process wrote the same change first
             generation = (stored or {}).get("generation", 0) + 1
-            layout = {"generation": generation, "context": current, "phases": {}}
+            layout = {"generation": generation, "context": current, "phases": {}, "retired": _retired(stored)}
             self._write(layout)
             return self._working_in(layout, current)
 
     def _working_in(self, layout: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
         self.generation, self._context = layout["generation"], context
+        self._studies = {name: record["study"] for name, record in layout["phases"].items()}
         return layout
 
     def check_stored(self, phases: list[PhaseSpec]) -> dict[str, Any] | None:
@@ -242,18 +255,21 @@ class Phases:
             )
         return layout
 
-    def follow(self, phase: PhaseSpec | None = None, study_name: str | None = None) -> dict[str, Any]:
-        """The stored layout, checked to be still the generation this process works in, before the process writes on
-        its behalf (claims a trial, creates a phase, stores the result).
+    def follow(self) -> None:
+        """Check, before this process writes on its generation's behalf (claims a trial, creates a phase, stores the
+        result), that the study is still that generation: one small read while it is.
 
-        Another process's --force-new-phase moves the generation. When its spec is this one's (two processes
-        restarting a study alike), this process goes on in the new generation; otherwise it stops with one line,
-        its finished trials kept, so that trials of two specs never mix in one study. ``phase``/``study_name``: the
-        phase this process is running and its Optuna study, which must still be the phase's.
+        Another process's --force-new-phase moves the generation. When the new generation is this process's spec,
+        and every phase this process worked in is still served by the same Optuna study (two processes restarting a
+        study alike), this process goes on in it; otherwise it stops with one line, its finished trials kept, so
+        that trials of two specs never mix in one study.
         """
+        generation = self.table.get(self.spec.name, "generation")
+        if generation is not None and generation == self.generation:
+            return
         layout = self.layout()
         if layout is not None and layout["generation"] == self.generation:
-            return layout
+            return  # a layout written before the generation was kept beside it
         changes = ["its records were removed"] if layout is None else describe_changes(
             self._as_stored(layout["context"], self._context or {}), layout["context"])
         for mine in self.spec.phases if layout is not None else []:
@@ -261,19 +277,17 @@ class Phases:
             if record is not None:
                 changes += [f"phase {mine.name!r}: {change}"
                             for change in describe_changes(definition_of(mine), record["definition"])]
-        if not changes and phase is not None and study_name is not None:
-            record = layout["phases"].get(phase.name)
-            if record is not None and record["study"] != study_name:
-                changes.append(f"phase {phase.name!r} was started afresh as {record['study']!r}")
+            if mine.name in self._studies and (record or {}).get("study") != self._studies[mine.name]:
+                changes.append(f"phase {mine.name!r} was started afresh")
         if changes:
             raise SpecError(
                 f"{self.spec.source}: study {self.spec.name!r} changed under this run: another process started it "
-                f"afresh (--force-new-phase), {'; '.join(changes)}. This run stops here and keeps its finished "
-                "trials; rerun with the study's spec as it is now, or with --force-new-phase to start afresh with "
-                "this one."
+                f"afresh (--force-new-phase), {'; '.join(dict.fromkeys(changes))}. This run stops here and keeps its "
+                "finished trials; rerun with the study's spec as it is now, or with --force-new-phase to start afresh "
+                "with this one."
             )
         self.generation = layout["generation"]
-        return layout
+        self._studies = {name: record["study"] for name, record in layout["phases"].items()}
 
     def _as_stored(self, stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         """``current`` without the trainable's settings that the stored context predates and that are at their
@@ -297,9 +311,10 @@ class Phases:
                        and describe_changes(layout["phases"][p.name]["definition"], definition_of(p))]
             if changed:  # a new generation: a process still running the old definitions stops (see follow)
                 layout = {**layout, "generation": layout["generation"] + 1,
-                          "phases": {k: v for k, v in layout["phases"].items() if k not in changed}}
+                          "phases": {k: v for k, v in layout["phases"].items() if k not in changed},
+                          "retired": _retired(layout, changed)}
                 self._write(layout)
-            self.generation = layout["generation"]
+            self._working_in(layout, self._context or {})
 
     def refuse_changes(self, phases: list[PhaseSpec]) -> list[str]:
         """Names of ``phases`` whose definition changed; raises unless --force-new-phase was given."""
@@ -342,10 +357,12 @@ class Phases:
         record = self.record(phase)
         if record is None or describe_changes(record["definition"], definition_of(phase)):
             with storage_lock(self.url, f"{self.spec.name}:phases"):
-                layout = self.follow()
+                self.follow()
+                layout = self.layout()
                 record = layout["phases"].get(phase.name)
                 if record is None or describe_changes(record["definition"], definition_of(phase)):
                     record = self._create(phase, layout)
+        self._studies[phase.name] = record["study"]
         study = self.load(phase, record)
         study.pruner = self.pruner()
         return study, record
@@ -363,8 +380,10 @@ class Phases:
             study.set_metric_names([self.spec.objective.metric])
         record = {"study": name, "definition": definition_of(phase), "grid": grid, BOUNDED: True}
         # a phase started afresh (--force-new-phase) is a new generation: a process running its old definition stops
-        generation = layout["generation"] + (phase.name in layout["phases"])
-        self._write({**layout, "generation": generation, "phases": {**layout["phases"], phase.name: record}})
+        replaced = [phase.name] if phase.name in layout["phases"] else []
+        generation = layout["generation"] + bool(replaced)
+        self._write({**layout, "generation": generation, "phases": {**layout["phases"], phase.name: record},
+                     "retired": _retired(layout, replaced)})
         self.generation = generation
         if isinstance(phase.grid, DerivedGrid):
             self.echo(f"[{phase.name}] derived grid from the top {phase.grid.top_k} trials of "
@@ -373,7 +392,8 @@ class Phases:
 
     def _free_name(self, phase: PhaseSpec, layout: dict[str, Any]) -> str:
         """``<study>.<phase>``, else ``.v2``, ``.v3``...: the first name with no trials that no record names."""
-        taken = {record["study"] for record in layout["phases"].values()}
+        # an earlier generation's studies too: a process still running one must not find its study adopted
+        taken = {record["study"] for record in layout["phases"].values()} | set(layout.get("retired", []))
         studies = {s.study_name: s for s in self.storage.get_all_studies()}
         version = 1
         while True:

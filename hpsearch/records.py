@@ -97,13 +97,20 @@ class StateTable:
 
     def put(self, study: str, key: str, value: Any) -> None:
         """Write one value in one statement (an upsert): readers see the old value or the new one, never a mix."""
+        self.put_many(study, {key: value})
+
+    def put_many(self, study: str, values: dict[str, Any]) -> None:
+        """Write several values in one statement (an upsert): readers see all of them old or all new."""
         self._ensure()
-        text = json.dumps(value)
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(_table).values([{"study": study, "key": key, "value": json.dumps(value)}
+                                           for key, value in values.items()])
         with self.engine.begin() as conn:
-            updated = conn.execute(sa.update(_table).where(_table.c.study == study, _table.c.key == key)
-                                   .values(value=text)).rowcount
-            if not updated:
-                conn.execute(sa.insert(_table).values(study=study, key=key, value=text))
+            conn.execute(statement.on_conflict_do_update(index_elements=["study", "key"],
+                                                         set_={"value": statement.excluded.value}))
 
     def add(self, study: str, key: str, value: Any) -> Any:
         """Insert ``value`` unless the key has one; returns the value stored (this one, or the one that won)."""

@@ -71,19 +71,19 @@ def test_force_new_phase_killed_mid_way_never_mixes_contexts(tmp_path, monkeypat
 
     # killed at every write of the restart: before the new layout, and after it (before any trial of it)
     writes = []
-    real_put = StateTable.put
+    real_put_many = StateTable.put_many
 
-    def put(self, study, key, value):
-        writes.append(key)
-        if key == "layout" and len(writes) == 1:
+    def put_many(self, study, values):
+        writes.append(sorted(values))
+        if "layout" in values and len(writes) == 1:
             raise Killed()
-        return real_put(self, study, key, value)
+        return real_put_many(self, study, values)
 
-    monkeypatch.setattr(StateTable, "put", put)
+    monkeypatch.setattr(StateTable, "put_many", put_many)
     with pytest.raises(Killed):
         runner.invoke(app, ["run", spec, "--storage", storage, "--set", "defaults.num_iters=40",
                             "--force-new-phase"], catch_exceptions=False)
-    monkeypatch.setattr(StateTable, "put", real_put)
+    monkeypatch.setattr(StateTable, "put_many", real_put_many)
 
     # nothing changed: the old spec is still the study's and complete, the new one is still refused
     again = invoke("run", spec, "--storage", storage)
