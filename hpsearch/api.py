@@ -60,20 +60,31 @@ def driver(study: StudySpec, *, storage: str | None = None, tracking: bool = Fal
     """The study's :class:`~hpsearch.driver.Driver` on its resolved storage, with MLflow tracking attached when
     ``tracking`` and the spec leaves it enabled. ``writable=False`` creates neither a storage folder nor a database."""
     from hpsearch.driver import Driver
-    from hpsearch.storage import refuse_foreign_database, register_secret_url, resolve_storage_url
+    from hpsearch.storage import chosen_storage_url, refuse_foreign_database, resolve_storage_url
 
     _check_where(storage, tracking_uri)
     echo = echo or _stderr
+    uri = tracking_database(study, chosen_storage_url(storage, study.storage, study.name), tracking_uri) \
+        if tracking else None  # refused before the storage's folder is made
     url = resolve_storage_url(storage, study.storage, study.name, writable=writable)
     refuse_foreign_database(url)
     listener = None
-    if tracking:
-        from hpsearch.tracking import MlflowTracker, resolve_tracking_uri
+    if uri:
+        from hpsearch.tracking import MlflowTracker
 
-        uri = resolve_tracking_uri(study, url, tracking_uri)
-        register_secret_url(uri)
-        listener = MlflowTracker(study, uri, echo=echo) if uri else None
+        listener = MlflowTracker(study, uri, echo=echo)
     return Driver(study, url, echo=echo, listener=listener, **kwargs)
+
+
+def tracking_database(study: StudySpec, storage_url: str, tracking_uri: str | None) -> str | None:
+    """The MLflow tracking URI a run of ``study`` on ``storage_url`` uses (None: tracking off), its password
+    registered for masking; UserError for one that names the study storage."""
+    from hpsearch.storage import register_secret_url
+    from hpsearch.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(study, storage_url, tracking_uri)
+    register_secret_url(uri)
+    return uri
 
 
 @dataclass
@@ -192,7 +203,7 @@ def _result(study: StudySpec, work: Any, summary: dict[str, Any]) -> StudyResult
         direction=study.objective.direction or "maximize", best_value=best.get("value"),
         best_params=best.get("params"), best_config=best.get("config"), best_seed=best.get("seed"),
         test_scores=scores_on_test(best),
-        trials=work.trials(), summary=summary, storage=mask_url(work.url),
+        trials=work.results.trials(), summary=summary, storage=mask_url(work.url),  # the spec was checked
     )
 
 

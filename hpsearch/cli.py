@@ -13,7 +13,7 @@ from hpsearch.cliargs import (AllowImportOpt, ForceOpt, JsonOpt, MaxTrialsOpt, O
                               OverwriteOpt, PhaseOpt, SetOpt, SpecArg, StorageOpt, TimeBoxOpt, TimeoutOpt, TrackingOpt,
                               cannot_write, check_output_file, check_output_folder, check_overwrite, echo_err, fail,
                               interrupted_message, output_path, users_code)
-from hpsearch.localworkers import report_stopped
+from hpsearch.localworkers import report_stopped, unblock_signals
 from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
 from hpsearch.output import print_summary, trials_csv
@@ -213,6 +213,7 @@ def _work(request: _Work) -> None:
     interruption = Interruption()
     try:
         with interruption.installed(restore=not _OWN_PROCESS):
+            report_to = unblock_signals()  # a worker of `run --workers`: signals now reach the handler
             result = api.run(request.spec, storage=request.storage, tracking_uri=request.tracking_uri,
                              phase=request.phase, timeout=request.timeout, time_box=request.time_box,
                              max_trials=request.max_trials,
@@ -223,7 +224,7 @@ def _work(request: _Work) -> None:
     except (KeyboardInterrupt, Interrupted):
         for sig in (signal.SIGINT, signal.SIGTERM):  # winding down: a second Ctrl-C must not cut the exit short
             signal.signal(sig, signal.SIG_IGN)
-        if not report_stopped(interruption.stopped):  # a worker of `run --workers`: the parent says it once
+        if not report_stopped(report_to, interruption.stopped):  # a worker of `run --workers`: the parent says it
             typer.echo(interrupted_message(interruption.stopped), err=True)
         raise typer.Exit(code=130) from None
     summary = {**result.summary, "spec": str(request.spec)}
@@ -238,22 +239,36 @@ def _run_local_workers(request: _Work, workers: int) -> None:
     import os
     import sys
 
+    from hpsearch.api import tracking_database
     from hpsearch.driver import Driver, check_run
+    from hpsearch.interrupt import Interruption
     from hpsearch.localworkers import run_workers
     from hpsearch.spec import load_spec
-    from hpsearch.storage import refuse_foreign_database, resolve_storage_url
+    from hpsearch.storage import chosen_storage_url, refuse_foreign_database, resolve_storage_url
     from hpsearch.training import load_data
 
+    interruption = Interruption()
     try:
-        study = load_spec(request.spec, request.overrides, request.allow_import or None)
-        # refused once, here, and before anything is created, rather than by N workers
-        _, data = check_run(study, request.phase, lambda: load_data(study))
-        url = resolve_storage_url(request.storage, study.storage, study.name)
-        refuse_foreign_database(url)
-        if request.force_new_phase:  # decide the new phases once, here, rather than in N racing workers
-            Driver(study, url, echo=echo_err, force_new_phase=True, data=data).prepare()
+        with interruption.installed(restore=True):  # Ctrl-C before the workers start: one line, nothing changed
+            study = load_spec(request.spec, request.overrides, request.allow_import or None)
+            # refused once, here, and before anything is created, rather than by N workers
+            _, data = check_run(study, request.phase, lambda: load_data(study))
+            interruption.check()
+            tracking_database(study, chosen_storage_url(request.storage, study.storage, study.name),
+                              request.tracking_uri)
+            url = resolve_storage_url(request.storage, study.storage, study.name)
+            refuse_foreign_database(url)
+            interruption.check()
+            if request.force_new_phase:  # decide the new phases once, here, rather than in N racing workers
+                Driver(study, url, echo=echo_err, force_new_phase=True, data=data).prepare()
+            del data  # each worker loads its own
+            interruption.check()
     except UserError as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:  # Interrupted too
+        typer.echo("Interrupted before any worker started; nothing was trained. Rerun the same command to resume.",
+                   err=True)
+        raise typer.Exit(code=130) from None
     # -P: the working directory is not put first on sys.path, so workers import what the `hpsearch` command imports
     command = [sys.executable, "-P", "-m", "hpsearch", "worker", str(request.spec)]
     for item in request.overrides or []:
@@ -267,15 +282,23 @@ def _run_local_workers(request: _Work, workers: int) -> None:
             command += [flag, str(value)]
     env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    codes, interrupted, stopped = run_workers(command, env, workers)
-    if interrupted:
-        typer.echo(interrupted_message(stopped, workers=len(codes)), err=True)
+    try:
+        codes, interrupted, stopped = run_workers(command, env, workers)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if interrupted or stopped:  # a signal to this process, or to a worker whose trial it stopped
+        others = [code for code in codes if code not in (0, 130)]
+        line = interrupted_message(stopped, workers=sum(code == 130 for code in codes))
+        if others:
+            line += f" {len(others)} other workers ended otherwise (exit codes {others}): see above."
+        typer.echo(line, err=True)
         raise typer.Exit(code=130)
     if any(code == 2 for code in codes):
         raise typer.Exit(code=2)  # each worker already said why, in one line
     if any(code != 0 for code in codes):
         raise fail(f"{sum(code != 0 for code in codes)} of {workers} workers failed (exit codes {codes}).")
-    _status(request.spec, url, request.overrides, request.allow_import, request.json, request.tracking_uri)
+    _status(request.spec, url, request.overrides, request.allow_import, request.json, request.tracking_uri,
+            only_phase=request.phase)
 
 
 @app.command()
@@ -286,13 +309,13 @@ def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, allow
 
 
 def _status(spec: Path, storage: str | None, set_: list[str] | None, allow_import: bool, json_: bool,
-            tracking_uri: str | None = None) -> None:
+            tracking_uri: str | None = None, only_phase: str | None = None) -> None:
     from hpsearch.storage import mask_url, register_secret_url
     from hpsearch.tracking import resolve_tracking_uri
 
     try:
         driver = _driver(spec, set_, storage, writable=False, allow_import=allow_import)
-        summary = driver.status()
+        summary = driver.status(only_phase)
         uri = resolve_tracking_uri(driver.spec, driver.url, tracking_uri)
         register_secret_url(uri)
         summary["tracking"] = ({"uri": mask_url(uri), "experiment": driver.spec.tracking.experiment or driver.spec.name}
@@ -343,10 +366,14 @@ def best(
 
 
 def _kept(spec: Path, storage_url: str) -> dict[Path, str]:
-    """What an output never overwrites, --force or not: the spec being read and the study storage's files."""
-    from hpsearch.storage import mask_url, storage_files
+    """What an output never overwrites, --force or not: the spec being read, the study storage's files and the
+    MLflow database a run keeps beside a SQLite storage by default."""
+    from hpsearch.storage import mask_url, sqlite_path, storage_files
 
     kept = {path: f"kept by the study storage {mask_url(storage_url)!r}" for path in storage_files(storage_url)}
+    database = sqlite_path(storage_url)
+    if database is not None:
+        kept[database.parent / "mlflow.db"] = "MLflow's database beside the study storage"
     return {spec: "the spec being read", **kept}
 
 

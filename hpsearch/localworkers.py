@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 
 from hpsearch.errors import UserError
 
-__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "check_workers", "report_stopped", "run_workers",
+__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "check_workers", "report_stopped", "run_workers", "unblock_signals",
            "usable_cores"]
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
+SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 # workers are processes with a BLAS thread each: past a few per core they only add memory, connections and
 # contention (a 2-core machine runs 16 workers at 1.28x one worker), and a mistyped count can fork the machine to
@@ -63,18 +65,31 @@ def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[
                 process.send_signal(signum)
 
     read_end, write_end = os.pipe()
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
     try:
         try:
             for _ in range(workers):
                 if received:
                     break
+                # a worker starts with the signals blocked (a mask survives exec) and unblocks them once its handler
+                # is installed (see unblock_signals): Ctrl-C while its interpreter starts is no traceback. Here they
+                # are held back for the start only, then forwarded to it too.
                 told = len(received)
-                process = subprocess.Popen(command, env={**env, STOPPED_FD: str(write_end)}, pass_fds=(write_end,),
-                                           stdout=subprocess.DEVNULL)
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+                try:
+                    process = subprocess.Popen(command, env={**env, STOPPED_FD: str(write_end)},
+                                               pass_fds=(write_end,), stdout=subprocess.DEVNULL)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 processes.append(process)
-                if len(received) > told:  # it came while this one started, before the handler could see it
-                    process.send_signal(received[-1])
+                if len(received) > told:  # it came while this one started (another thread may take a signal the
+                    process.send_signal(received[-1])  # mask holds back here), before the handler could see it
+        except OSError as exc:  # no more processes or memory: the ones started are stopped, not left behind
+            forward(signal.SIGTERM, None)
+            for process in processes:
+                process.wait()
+            raise UserError(f"--workers {workers}: started {len(processes)} of them, then the system refused "
+                            f"another ({exc.strerror or exc}); ask for fewer.") from None
         finally:
             os.close(write_end)  # the workers hold it now: the pipe ends when the last of them exits
         codes = [process.wait() for process in processes]
@@ -86,13 +101,27 @@ def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[
     return codes, bool(received), stopped
 
 
-def report_stopped(stopped: list[str]) -> bool:
-    """In a worker of ``run --workers``: hand the trials a signal stopped to the parent; False elsewhere."""
-    fd = os.environ.get(STOPPED_FD)
-    if not fd:
+def unblock_signals() -> int | None:
+    """In a worker of ``run --workers``, once its signal handlers are installed: take the signals the parent blocked
+    for its start, and the pipe it reports stopped trials to (out of the environment, so that nothing the worker
+    starts writes to it); the pipe's descriptor, None in any other process."""
+    fd = os.environ.pop(STOPPED_FD, None)
+    if fd is None:
+        return None
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    try:
+        return int(fd) if stat.S_ISFIFO(os.fstat(int(fd)).st_mode) else None
+    except (OSError, ValueError):
+        return None
+
+
+def report_stopped(fd: int | None, stopped: list[str]) -> bool:
+    """In a worker of ``run --workers`` (``fd`` from :func:`unblock_signals`): hand the trials a signal stopped to
+    the parent, which says it once for all; False elsewhere."""
+    if fd is None:
         return False
     try:
-        os.write(int(fd), "".join(f"{trial}\n" for trial in stopped).encode())
-    except (OSError, ValueError):
+        os.write(fd, "".join(f"{trial}\n" for trial in stopped).encode())
+    except OSError:
         return False
     return True

@@ -29,7 +29,7 @@ from urllib.parse import quote, quote_plus, unquote
 
 from hpsearch.errors import UserError
 
-__all__ = ["StorageError", "engine_for", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
+__all__ = ["StorageError", "chosen_storage_url", "engine_for", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
            "register_secret_url", "resolve_storage_url", "runs_folder", "same_database", "sqlite_path",
            "storage_files", "storage_lock"]
 
@@ -142,10 +142,18 @@ def resolve_storage_url(cli_value: str | None, spec_value: str | None, study_nam
     writable: the command writes to the storage (run, worker, sync). A read-only command (status, best, export,
     report) creates no folder and no database: a SQLite file that does not exist is "no study stored there".
     """
+    url = chosen_storage_url(cli_value, spec_value, study_name)
+    _check(url, writable)
+    return url
+
+
+def chosen_storage_url(cli_value: str | None, spec_value: str | None, study_name: str) -> str:
+    """The storage URL to use (its password registered for masking, its ``~`` expanded), not yet checked: for what
+    must be refused before :func:`resolve_storage_url` creates a SQLite storage's folder."""
     url = cli_value or os.environ.get(ENV_STORAGE) or spec_value or f"sqlite:///runs/{study_name}.db"
     register_secret_url(url)
     url = expand_home(url, "storage")
-    _check(url, writable)
+    _check_form(url)
     return url
 
 
@@ -176,6 +184,24 @@ _SERVER_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?P<authority>[
 
 
 def _check(url: str, writable: bool) -> None:
+    _check_form(url)
+    path = sqlite_path(url)
+    if path is None:
+        return
+    if not writable:
+        if not path.is_file():
+            raise no_study_stored(url)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"storage {mask_url(url)!r}: cannot create {path.parent} ({exc.strerror}).") from None
+    if not os.access(path.parent, os.W_OK):
+        raise StorageError(f"storage {mask_url(url)!r}: {path.parent} is not writable.")
+
+
+def _check_form(url: str) -> None:
+    """StorageError for a URL that is no database URL hpsearch takes (without looking at the database)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -194,19 +220,6 @@ def _check(url: str, writable: bool) -> None:
         )
     if "{" in url or "}" in url:  # Optuna reads the URL as a str.format template
         raise StorageError(f"storage {mask_url(url)!r}: write '{{' and '}}' percent-encoded, as %7B and %7D.")
-    path = sqlite_path(url)
-    if path is None:
-        return
-    if not writable:
-        if not path.is_file():
-            raise no_study_stored(url)
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"storage {mask_url(url)!r}: cannot create {path.parent} ({exc.strerror}).") from None
-    if not os.access(path.parent, os.W_OK):
-        raise StorageError(f"storage {mask_url(url)!r}: {path.parent} is not writable.")
 
 
 def _check_at_signs(authority: str, rest: str) -> None:

@@ -154,3 +154,50 @@ def test_status_of_the_old_spec_after_a_restart_is_refused_not_shown_with_the_ne
     assert result.exit_code == 2 and "defaults.num_iters: 40 -> 20" in result.stderr, result.output
     shown = runner.invoke(app, ["status", str(spec), "--storage", _url(tmp_path), "--set", "defaults.num_iters=40"])
     assert shown.exit_code == 0, shown.output
+
+
+def test_an_old_phase_stops_when_run_workers_force_new_phase_retires_it_before_any_worker_recreates_it(tmp_path):
+    """`run --workers N --force-new-phase` retires a changed phase in the parent (its record goes, the generation
+    moves) before its workers create it again: a run of the old definition notices at its next claim, even though no
+    record contradicts it yet, and the new phase never takes up the old one's study."""
+    spec = write_spec(tmp_path)
+    (tmp_path / "other").mkdir()
+    random, grid = TINY_STUDY["phases"]
+    wider = {**random, "space": {**random["space"], "hidden_size": {"type": "int", "low": 4, "high": 32, "step": 4}}}
+    changed = write_spec(tmp_path / "other", phases=[wider, grid])
+
+    def retire() -> None:  # the parent of `run --workers N --force-new-phase`
+        Driver(load_spec(changed), _url(tmp_path), echo=lambda m: None, force_new_phase=True).prepare()
+
+    old = Driver(load_spec(spec), _url(tmp_path), echo=lambda m: None, listener=_RestartAt("random", retire))
+    with pytest.raises(SpecError, match="phase 'random' was started afresh"):
+        old.run()
+    Driver(load_spec(changed), _url(tmp_path), echo=lambda m: None).run(Budget(max_trials=1))  # a worker
+    layout = _layout(tmp_path)
+    assert layout["phases"]["random"]["study"] == "tiny.random.v2" and layout["retired"] == ["tiny.random"]
+    assert [t.state.name for t in _trials(tmp_path, "tiny.random") if t.state.name != "WAITING"] == ["COMPLETE"]
+
+
+def test_a_retired_empty_study_is_not_taken_up_by_the_new_generation(tmp_path):
+    """A study whose process has not queued anything yet is empty, yet still that process's: the new generation's
+    phase gets a name of its own."""
+    spec = write_spec(tmp_path)
+    first = Driver(load_spec(spec), _url(tmp_path), echo=lambda m: None)
+    first.phases.check_context(first.data.fingerprint)
+    first.phases.open(load_spec(spec).phases[0])  # created, nothing queued yet
+    Driver(load_spec(spec, ["defaults.num_iters=40"]), _url(tmp_path), echo=lambda m: None,
+           force_new_phase=True).run(Budget(max_trials=1))
+    assert _layout(tmp_path)["phases"]["random"]["study"] == "tiny.random.v2"
+    with pytest.raises(SpecError, match="changed under this run"):
+        first.phases.follow()
+
+
+def test_a_run_of_one_phase_ends_with_its_summary_when_another_phase_was_edited(tmp_path):
+    """`run --phase random` checks the phase it runs; its summary must not be refused for the grid phase's edit."""
+    from hpsearch import api
+
+    spec = write_spec(tmp_path)
+    Driver(load_spec(spec), _url(tmp_path), echo=lambda m: None).run()
+    result = api.run(spec, storage=_url(tmp_path), tracking=False, phase="random", echo=lambda m: None,
+                     overrides=["phases.0.n_trials=7", "phases.1.grid.points=3"])
+    assert result.summary["phases"][0]["done"] == 7 and len([t for t in result.trials if t["phase"] == "random"]) == 7

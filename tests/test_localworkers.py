@@ -19,8 +19,10 @@ runner = CliRunner()
 
 # a worker that counts itself in the file named by its argument; the third sends SIGTERM to the process that started
 # it; each says "started" on its stdout, then waits for the signal that ends it
+# as a worker does once its handlers are in place, it takes the signals the parent blocked for its start
 FAKE_WORKER = """
 import os, signal, sys
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 counter = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 os.write(counter, b".")
 if os.lseek(counter, 0, os.SEEK_CUR) == 3:
@@ -92,5 +94,7 @@ def test_more_workers_than_the_machine_takes_are_one_line_and_start_nothing(two_
                                            (["--workers", "1024", "--allow-many-workers"], 1024)])
 def test_workers_up_to_the_bound_start(two_cores, args, workers):
     spec, asked = two_cores
-    runner.invoke(app, ["run", str(spec), *args])
+    result = runner.invoke(app, ["run", str(spec), *args])
     assert asked == [workers]
+    # the counted workers trained nothing: the status that follows finds no study, and says so in one line
+    assert result.exit_code == 2 and "no study stored" in result.stderr, result.output

@@ -223,3 +223,25 @@ def test_the_tracking_process_is_deaf_to_ctrl_c_from_its_first_instruction(tmp_p
         tracker.close()
     assert not [m for m in messages if "died" in m], messages
     assert "KeyboardInterrupt" not in capfd.readouterr().err
+
+
+def test_ctrl_c_while_the_workers_start_is_one_line_and_no_traceback(tmp_path):
+    """SIGINT to the process group as soon as the workers exist, while their interpreters still start: each worker
+    holds the signal until its handler is in place, so none prints a traceback, and the parent says it once."""
+    spec = gated_study(tmp_path, "sig", points=4)
+    storage = f"sqlite:///{tmp_path / 'sig.db'}"
+    proc = hpsearch("run", str(spec), "--storage", storage, "--workers", "2", start_new_session=True)
+    try:
+        wait_until(lambda: len(_children(proc.pid)) == 2, proc, give_up_after=600)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        (tmp_path / "open").touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Fatal Python error" not in err, err
+    assert [line for line in err.splitlines() if "Interrupted" in line] == [
+        "Interrupted: 2 workers stopped between trials; nothing was lost. Rerun the same command to resume."], err
+    assert not [t for t in trials_of(storage) if t.state in (RUNNING, FAIL)]

@@ -209,6 +209,12 @@ def test_a_tracking_uri_naming_the_study_storage_is_refused_before_anything_is_w
         (["run", "--storage", "sqlite:///runs/mlflow.db"], {},
          "storage 'sqlite:///runs/mlflow.db' is the file MLflow's database takes by default (mlflow.db beside the "
          "storage); give the storage another file name, or MLflow another database with --tracking-uri."),
+        # refused by the parent of the workers, before it starts the study afresh
+        (["run", "--workers", "2", "--force-new-phase", "--set", "defaults.num_iters=80",
+          "--tracking-uri", "sqlite:///runs/tracked.db"], {}, "--tracking-uri must name a database other than"),
+        # refused before the storage's folder is made
+        (["run", "--storage", "sqlite:///fresh/s.db", "--tracking-uri", "sqlite:///fresh/s.db"], {},
+         "--tracking-uri must name a database other than"),
     ]
     for args, env, message in cases:
         with monkeypatch.context() as patched:
@@ -220,6 +226,7 @@ def test_a_tracking_uri_naming_the_study_storage_is_refused_before_anything_is_w
         assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), (args, result.stderr)
     assert (tmp_path / "runs" / "tracked.db").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == files  # no mlflow.db, no artifacts
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_sync_fills_in_a_study_whose_namesake_in_another_storage_shares_the_mlflow_database(study, tmp_path):
