@@ -68,8 +68,21 @@ def test_overrides_are_a_list_of_strings_never_one_string_read_letter_by_letter(
 @given(value=anything)
 def test_a_time_box_is_a_duration_or_refused_in_one_line(value):
     kind, result = outcome(arguments.duration, value, "time_box")
+    if number(value):  # a number of seconds: taken when finite and > 0
+        assert kind == ("ok" if math.isfinite(value) and value > 0 else "refused"), result
     if kind == "ok" and value is not None:
         assert 0 < result < math.inf and (number(value) or isinstance(value, str))
+
+
+@pytest.mark.parametrize("value, seconds", [(None, None), (90, 90.0), (0.5, 0.5), ("90s", 90.0), ("55m", 3300.0),
+                                            ("5 m", 300.0), ("1.5h", 5400.0), ("2min", 120.0)])
+def test_a_time_box_takes_seconds_and_durations_with_units(value, seconds):
+    assert arguments.duration(value, "time_box") == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "0s", "-5m", "5 days", "", True, float("inf"), [55]])
+def test_a_time_box_refuses_what_is_no_positive_duration(value):
+    assert outcome(arguments.duration, value, "time_box")[0] == "refused"
 
 
 @pytest.mark.parametrize("check, value, message", [

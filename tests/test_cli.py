@@ -363,9 +363,8 @@ def test_running_out_of_memory_is_one_line_in_train_and_a_failed_trial_in_a_stud
     huge = 10**12  # a (20, 10**12) float64 weight matrix: 146 TiB, more than any address space holds
     trained = runner.invoke(app, ["train", str(spec), "--set", f"defaults.hidden_size={huge}"])
     assert trained.exit_code == 2
-    assert trained.stderr == (f"error: {spec}: the trainable numpy ran out of memory (MemoryError: Unable to allocate "
-                              f"146. TiB for an array with shape (20, {huge}) and data type float64); train a smaller "
-                              "configuration.\n")
+    assert trained.stderr.startswith(f"error: {spec}: the trainable numpy ran out of memory (MemoryError: ")
+    assert trained.stderr.endswith("); train a smaller configuration.\n") and trained.stderr.count("\n") == 1
     grid = f"phases=[{{name: g, sampler: grid, grid: {{hidden_size: [8, {huge}]}}, max_retries: 0}}]"
     studied = runner.invoke(app, ["run", str(spec), "--set", grid, "--json"])
     assert studied.exit_code == 0, studied.output
@@ -374,7 +373,7 @@ def test_running_out_of_memory_is_one_line_in_train_and_a_failed_trial_in_a_stud
     assert exported.exit_code == 0, exported.output
     (failed,) = [t for t in json.loads((tmp_path / "t.json").read_text()) if t["state"] == "FAIL"]
     assert failed["params"]["hidden_size"] == huge
-    assert failed["failure"].startswith("MemoryError: Unable to allocate 146. TiB for an array with shape")
+    assert failed["failure"].startswith("MemoryError: ")
 
 
 def test_run_workers_pass_on_their_options_and_report_the_tracking_uri_they_used(tmp_path, monkeypatch):

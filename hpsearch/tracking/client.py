@@ -27,6 +27,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 TRIAL_KEY = "hpsearch.trial_key"
+STUDY_ID = "hpsearch.study_id"  # see MlflowBase._study_id
 FLUSH_SECONDS = 2.0  # metrics of a running trial reach MLflow at least this often
 RETRY_SECONDS = 60.0  # after a failure, how long tracking pauses before trying MLflow again
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -214,6 +215,15 @@ class MlflowBase:
                 if found.tags.get(key) != value:
                     self.client.set_experiment_tag(found.experiment_id, key, value)
 
+    @property
+    def _study_id(self) -> str:
+        """This study in this storage, the same whatever URL reaches it: a random id kept in the storage, tagged on
+        every run (``hpsearch.study_id``), so that a study of the same name in another storage, logged to the same
+        experiment, is never taken for this one."""
+        import uuid
+
+        return self._state.get_or_create("study_id", lambda: uuid.uuid4().hex)
+
     def _key(self, name: str) -> str:
         """Names of shared parent ids; they belong to one tracking server and experiment."""
         where = hashlib.sha1(f"{self.uri}|{self.experiment}".encode()).hexdigest()[:10]
@@ -228,7 +238,7 @@ class MlflowBase:
         state = self._state
 
         def create() -> str:
-            tags = {"hpsearch.kind": kind, "hpsearch.study": self.spec.name, **extra}
+            tags = {"hpsearch.kind": kind, "hpsearch.study": self.spec.name, STUDY_ID: self._study_id, **extra}
             if parent:
                 tags["mlflow.parentRunId"] = parent
             return self._create_run(name, tags)

@@ -10,7 +10,7 @@ from hpsearch.listener import StudyReport
 from hpsearch.records import SharedState, decode_params
 from hpsearch.spec import PhaseSpec, StudySpec
 from hpsearch.storage import register_secret_url
-from hpsearch.tracking.client import TRIAL_KEY
+from hpsearch.tracking.client import STUDY_ID, TRIAL_KEY
 from hpsearch.tracking.mending import Mending
 
 __all__ = ["MlflowLogger"]
@@ -50,7 +50,7 @@ class MlflowLogger(Mending):
                        replaces: Any) -> None:
         optuna_study = self._phase_studies.get(phase.name, f"{self.spec.name}.{phase.name}")
         tags = {
-            TRIAL_KEY: f"{optuna_study}/{trial.number}",
+            TRIAL_KEY: f"{optuna_study}/{trial.number}", STUDY_ID: self._study_id,
             "hpsearch.kind": "trial", "phase": phase.name, "trial_number": str(trial.number),
             "optuna_study": optuna_study, "grid_point": "" if trial.point is None else str(trial.point),
             "seed": str(seed), "backend": self.spec.model.backend, "state": "RUNNING",

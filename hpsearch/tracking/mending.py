@@ -14,7 +14,7 @@ from hpsearch.listener import StudyReport
 from hpsearch.records import SharedState
 from hpsearch.storage import mask_url
 from hpsearch.training import resolved_config
-from hpsearch.tracking.client import TRIAL_KEY, MlflowBase, TrackingError, _now_ms, _run_status
+from hpsearch.tracking.client import STUDY_ID, TRIAL_KEY, MlflowBase, TrackingError, _now_ms, _run_status
 
 __all__ = ["Mending"]
 
@@ -32,7 +32,7 @@ class Mending(MlflowBase):
         self._reported = False
         client = self.client
         study_run = state.get_or_create(self._key(self.spec.name), lambda: self._create_run(
-            self.spec.name, {"hpsearch.kind": "study", "hpsearch.study": self.spec.name}))
+            self.spec.name, {"hpsearch.kind": "study", "hpsearch.study": self.spec.name, STUDY_ID: self._study_id}))
         self._study_run = study_run
         counts = self._reconcile(trials, phases)
         if report is not None and report.best is not None:
@@ -60,23 +60,23 @@ class Mending(MlflowBase):
                 self._phase_runs[name] = self._state.get_or_create(
                     self._key(f"{self.spec.name}/{name}"),
                     lambda name=name, info=info: self._create_run(f"{self.spec.name}/{name}", {
-                        "hpsearch.kind": "phase", "hpsearch.study": self.spec.name, "hpsearch.phase": name,
+                        "hpsearch.kind": "phase", "hpsearch.study": self.spec.name, STUDY_ID: self._study_id,
+                        "hpsearch.phase": name,
                         "optuna.study": info["study_name"], "mlflow.parentRunId": self._study_run}))
-        # a trial's run is found under its phase's run, which is this storage's own (its id is kept in the storage):
-        # another storage's study of the same name, in the same experiment, has trial runs with the same keys
+        # this study's trial runs, whichever URL logged them: a study of the same name in another storage, logged to
+        # the same experiment, has trial runs with the same keys and another study id (runs logged before the id was
+        # tagged are matched by their key alone)
         existing: dict[str, Any] = {}
-        for phase_run in set(self._phase_runs.values()):
-            token = None
-            while True:
-                page = client.search_runs(
-                    [experiment], filter_string=f"tags.`hpsearch.kind` = 'trial' and "
-                                                f"tags.`mlflow.parentRunId` = '{phase_run}'",
-                    max_results=1000, page_token=token)
-                for run in page:
+        token = None
+        while True:
+            page = client.search_runs([experiment], filter_string="tags.`hpsearch.kind` = 'trial'",
+                                      max_results=1000, page_token=token)
+            for run in page:
+                if run.data.tags.get(STUDY_ID, self._study_id) == self._study_id:
                     existing[run.data.tags.get(TRIAL_KEY, "")] = run
-                token = page.token
-                if not token:
-                    break
+            token = page.token
+            if not token:
+                break
         created = ended = 0
         for row in trials:
             key = f"{row['optuna_study']}/{row['number']}"
@@ -95,6 +95,7 @@ class Mending(MlflowBase):
         phase = row["phase"]
         tags = {
             "mlflow.parentRunId": self._phase_runs[phase], TRIAL_KEY: f"{row['optuna_study']}/{row['number']}",
+            STUDY_ID: self._study_id,
             "hpsearch.kind": "trial", "phase": phase, "trial_number": str(row["number"]),
             "optuna_study": row["optuna_study"], "grid_point": str(row.get("point", "")), "seed": str(row["seed"]),
             "backend": self.spec.model.backend, "state": row["state"], "hpsearch.synced": "true",
