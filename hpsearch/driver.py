@@ -202,12 +202,15 @@ class Driver:
             self.listener.on_study_start(self.spec, self.phases.shared())
             self._mend_listener()
             stopped_in = self._run_phases(phases, budget)
+            complete = not only_phase and all_complete(self._views.get(phase.name) for phase in self.spec.phases)
+            if stopped_in is not None and not budget.box_reached and not complete:
+                self.echo(f"Budget reached during phase {stopped_in!r}; rerun the same command to resume.")
             # a time box ends with a result: the winner so far, retrained and scored on the test split, by the last
-            # process to stop (the trials of others still running may change the winner)
-            boxed = budget.box_reached and not only_phase and not others_running(self._views.values())
+            # process to stop (the trials of others still running may change the winner); a budget spent exactly
+            # at the study's last trial ends it as though nothing had stopped it
+            last = (budget.box_reached or complete) and not only_phase and not others_running(self._views.values())
             report = None
-            if not only_phase and (stopped_in is None or boxed):
-                complete = all_complete(self._views.get(phase.name) for phase in self.spec.phases)
+            if not only_phase and (stopped_in is None or last):
                 report = self._finalise(partial=not complete)
         except KeyboardInterrupt:  # Interrupted too: the user waits for the exit, and the next run mends the rest
             self.listener.close(timeout=INTERRUPTED_CLOSE_SECONDS, quiet=True)
@@ -249,8 +252,6 @@ class Driver:
             view.refresh()
             self.listener.on_phase_end(phase, view.status())
             if not done:
-                if not budget.box_reached:
-                    self.echo(f"Budget reached during phase {phase.name!r}; rerun the same command to resume.")
                 return phase.name
         return None
 

@@ -116,6 +116,17 @@ def test_budget_stops_cleanly_and_a_later_run_resumes(tmp_path):
     assert_exactly_once(phase_trials(tmp_path, "grid"), summary["phases"][1]["total"])
 
 
+def test_a_trial_budget_spent_at_the_study_s_last_trial_scores_its_winner(tmp_path):
+    spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8, 16]}}])
+    messages = []
+    driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
+    summary = driver.run(Budget(max_trials=3))
+    assert summary["complete"] and summary["best"]["test_acc"] is not None
+    assert not any("Budget reached" in m for m in messages), messages  # nothing is left to resume
+    summary = driver_for(spec, tmp_path).run(Budget(max_trials=2))  # and the study ran nothing more
+    assert summary["phases"][0]["done"] == 3 and len(phase_trials(tmp_path, "grid")) == 3
+
+
 class Clock:
     """A clock for a Budget that moves only when a trial ends: every trial lasts ``step`` seconds."""
 
