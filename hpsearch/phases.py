@@ -19,7 +19,7 @@ import optuna
 
 from hpsearch import grid as grids
 from hpsearch.errors import SpecError, UserError
-from hpsearch.ladders import check_levels
+from hpsearch.ladders import check_budget
 from hpsearch.records import SharedState, StateTable, decode_params, encode_param
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
 from hpsearch.storage import storage_lock
@@ -428,8 +428,8 @@ class Phases:
         reverse = self.spec.objective.direction == "maximize"
         top = sorted(complete, key=lambda t: t.value, reverse=reverse)[: phase.grid.top_k]
         derived = grids.derive_grid(source_phase.space, [decode_params(t.params) for t in top], phase.grid.points)
-        if phase.budget is not None:
-            check_levels(self.spec, phase, derived, where=f"phase {phase.name!r}")
+        if phase.budget is not None:  # every check of the budget (levels, first_rung) before the phase's record
+            check_budget(self.spec, phase, derived, where=f"phase {phase.name!r}")
         grid = grids.with_rungs(phase, derived)
         grids.check_derived_size(self.spec, phase, grid)  # before the phase's record: a rerun is refused alike
         return grid

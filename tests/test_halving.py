@@ -271,6 +271,19 @@ def test_a_derived_grid_s_levels_end_at_its_largest_budget(tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # the phase before keeps what it found
 
 
+def test_a_first_rung_above_a_derived_grid_is_refused_before_the_phase_is_stored(tmp_path):
+    """Refused before the halving phase's record is written: the corrected spec then runs without
+    --force-new-phase (it used to be refused as a changed phase)."""
+    random = {"name": "random", "sampler": "random", "n_trials": 3,
+              "space": {"num_iters": {"type": "int", "low": 4, "high": 12}}}
+    halving = {**HALVING_PHASE, "grid": {"from": "random", "top_k": 2, "points": 2}}
+    late = {**halving, "schedule": {"type": "halving", "first_rung": 20}}
+    with pytest.raises(SpecError, match=r"schedule.first_rung \(20\) must be below every num_iters of the grid"):
+        run_study(tmp_path, phase=None, phases=[random, late])
+    _, _, summary, trials = run_study(tmp_path, phase=None, phases=[random, halving])
+    assert summary["complete"] and trials
+
+
 def test_a_derived_grid_without_the_budget_cannot_be_halved(tmp_path):
     phases = [{"name": "random", "sampler": "random", "n_trials": 3,
                "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True}}},
