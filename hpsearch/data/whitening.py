@@ -14,7 +14,7 @@ are mapped with the training split's matrix; nothing about them enters the fit.
 
 Fitting costs a D x D covariance and its eigendecomposition (20 to 30 s for CIFAR-10 on this 2-core machine). The
 matrix is cached in ``$HPSEARCH_CACHE_DIR`` (default ``$XDG_CACHE_HOME/hpsearch``, else ``~/.cache/hpsearch``) under
-a hash of the training split and the settings, so every trial, worker and later run of the same data loads it instead
+the dataset's fingerprint, the training split's shape and the settings, so every trial, worker and later run of the same data loads it instead
 (workers that start together wait for the first one's fit). Entries are never removed: delete the folder to reclaim
 the space (a CIFAR-10 zca entry is 36 MB).
 """
@@ -32,7 +32,8 @@ from hpsearch.errors import DataError
 
 WHITENING = ("pca", "zca")
 DEFAULT_EPSILON = 0.1
-CACHE_VERSION = 1  # bump when the fit changes: old entries then stop matching
+SAMPLED_ROWS = 64  # of the training split, hashed into the cache key beside the dataset's fingerprint
+CACHE_VERSION = 2  # bump when the fit or the key changes: old entries then stop matching
 
 
 def whiten(data: Dataset, method: str, *, components: int | None = None, epsilon: float = DEFAULT_EPSILON,
@@ -51,7 +52,7 @@ def whiten(data: Dataset, method: str, *, components: int | None = None, epsilon
         raise DataError(f"{source}: data.whitening.epsilon must be > 0. Got {epsilon} instead.")
     mean = data.X_train.mean(axis=0, dtype=np.float64).astype(data.X_train.dtype)  # ~0 when the loader centred it
     centred = data.X_train - mean
-    projection = _projection(centred, method, components or features, epsilon)
+    projection = _projection(centred, data.fingerprint, method, components or features, epsilon)
 
     def mapped(rows: np.ndarray | None) -> np.ndarray | None:
         return None if rows is None else (rows - mean) @ projection
@@ -61,11 +62,16 @@ def whiten(data: Dataset, method: str, *, components: int | None = None, epsilon
         sample_shape=(projection.shape[1],) if method == "pca" else data.sample_shape)
 
 
-def _projection(X_train: np.ndarray, method: str, components: int, epsilon: float) -> np.ndarray:
-    """The (D, components) matrix, from the cache when an entry for exactly this split and these settings is there."""
+def _projection(X_train: np.ndarray, source: str, method: str, components: int, epsilon: float) -> np.ndarray:
+    """The (D, components) matrix, from the cache when an entry for exactly this split and these settings is there.
+
+    source: the dataset's fingerprint, the hash the loader made of the rows the splits are cut from (in their order):
+    with the training split's shape and dtype it names the split, so no load hashes the whole training split again.
+    A sample of :data:`SAMPLED_ROWS` rows joins it, for rows that were scaled after the fingerprint was made."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{CACHE_VERSION}:{method}:{components}:{epsilon!r}:{X_train.dtype}:{X_train.shape}".encode())
-    digest.update(np.ascontiguousarray(X_train).data)
+    digest.update(f"{CACHE_VERSION}:{method}:{components}:{epsilon!r}:{X_train.dtype}:{X_train.shape}:"
+                  f"{source}".encode())
+    digest.update(np.ascontiguousarray(X_train[:: max(1, len(X_train) // SAMPLED_ROWS)]).data)
     entry = cache_dir() / "whitening" / f"{method}-{digest.hexdigest()}.npy"
     expected = (X_train.shape[1], components)
     with locked(entry.with_suffix(".lock")):  # workers starting together: one fits, the others read its entry

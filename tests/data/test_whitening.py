@@ -93,6 +93,30 @@ def test_the_matrix_is_cached_and_a_broken_entry_is_fitted_again(_cache, monkeyp
     assert len(fits) == 2
 
 
+def test_the_cache_key_comes_from_the_loader_s_fingerprint_not_a_hash_of_the_whole_split(monkeypatch):
+    """Every worker loads the data: keyed by the fingerprint the loader made, a load hashes a few rows only."""
+    data = load_dataset("digits", num_train=1197, num_val=300, num_test=300, dtype="float64", preprocess="center")
+    hashed, blake2b = [], whitening.hashlib.blake2b
+
+    class Counting:
+        def __init__(self, **kwargs):
+            self.digest = blake2b(**kwargs)
+
+        def update(self, data):
+            hashed.append(memoryview(data).nbytes)
+            self.digest.update(data)
+
+        def hexdigest(self):
+            return self.digest.hexdigest()
+
+    monkeypatch.setattr(whitening, "hashlib", type("hashlib", (), {"blake2b": Counting}))
+    whitened = whitening.whiten(data, "zca")
+    assert 0 < sum(hashed) <= data.X_train.nbytes / 10
+    scaled = dataclasses.replace(data, X_train=data.X_train * 2.0)  # same fingerprint, other rows: another entry
+    np.testing.assert_allclose(whitening.whiten(scaled, "zca").X_train, whitened.X_train, atol=1e-6)
+    assert len(list((whitening.cache_dir() / "whitening").glob("*.npy"))) == 2
+
+
 def test_a_damaged_entry_is_fitted_again_not_a_crash(_cache, monkeypatch, damage_entry):
     first = blobs(preprocess="pca", whitening={"components": 4})
     (entry,) = _cache.glob("*.npy")
