@@ -6,7 +6,9 @@
 
 A ladders study's export holds every grid point's value (the point trained alone) and each top rung's epoch reports,
 so a level below the grid is read at an epoch boundary (480 iterations: one epoch of 48,000 images at batch 100, two
-at 200). The levels' decisions are those of ``hpsearch.ladders.halve``, the function a halving phase runs. For each
+at 200). The spec beside the export, its grid phase given the schedule, is validated as ``hpsearch run`` does, and the
+levels' decisions are those of ``hpsearch.ladders.halve`` with the phase's own ranking metric and direction
+(``hpsearch.ladders.rank_metric``), the code a halving phase runs. For each
 export: the best value the schedule reaches, how far below the grid's best it is, and its training examples (each
 ladder trained once, to the level it reached) as a share of the exhaustive grid's (every point trained alone).
 """
@@ -17,29 +19,36 @@ import argparse
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
-
 import yaml
 from _common import report
 
-from hpsearch.backends import load_trainable
 from hpsearch.grid import grid_points, with_rungs
-from hpsearch.ladders import halve, ladders
+from hpsearch.ladders import check_budget, halve, rank_metric
+from hpsearch.spec import PhaseSpec, StudySpec, build_spec
+
+
+def halving_phase(export: Path, levels: list[int], reduction_factor: int,
+                  rank_by: str | None) -> tuple[StudySpec, PhaseSpec]:
+    """The spec beside ``export``, its grid phase given the halving schedule to replay, validated as ``hpsearch run``
+    validates it: the replay's levels, ranking metric and direction are then the phase's own."""
+    path = export.parent / "spec.yaml"
+    raw = yaml.safe_load(path.read_text())
+    phase = next(p for p in raw["phases"] if p["sampler"] == "grid")
+    schedule = {"type": "halving", "reduction_factor": reduction_factor, "levels": levels,
+                **({"rank_by": rank_by} if rank_by else {})}
+    spec = build_spec({**raw, "phases": [{**phase, "schedule": schedule}]}, str(path), path.parent)
+    return spec, spec.phases[0]
 
 
 def replay(export: Path, levels: list[int], reduction_factor: int, rank_by: str | None) -> dict:
     rows = json.loads(export.read_text())
-    # the phase's points in its own order (the spec beside the export), so ladders are numbered, and ties broken,
-    # as the halving phase does
-    spec = yaml.safe_load((export.parent / "spec.yaml").read_text())
-    phase = next(p for p in spec["phases"] if p["sampler"] == "grid")
-    budget, objective = phase["budget"], spec["objective"]
-    metric = rank_by or objective["metric"]
-    maximize = (objective["direction"] == "maximize" if metric == objective["metric"]
-                else load_trainable(spec["model"]["backend"]).metrics.get(metric) == "maximize")
-    schedule = SimpleNamespace(first_rung=None, levels=levels)
-    points = grid_points(with_rungs(SimpleNamespace(schedule=schedule, budget=budget), phase["grid"]))
-    found = ladders(points, budget)
+    spec, phase = halving_phase(export, levels, reduction_factor, rank_by)
+    budget, direction = phase.budget, spec.objective.direction
+    rank, maximize = rank_metric(spec, phase)  # what the phase ranks by, and which way
+    metric = rank or spec.objective.metric
+    # the phase's points in its own order, so ladders are numbered, and ties broken, as the halving phase does
+    points = grid_points(with_rungs(phase, phase.grid))
+    found = check_budget(spec, phase, phase.grid, where="the replayed phase")
     stored = {json.dumps(row["params"], sort_keys=True): row for row in rows}
     row_at = [stored.get(json.dumps(point, sort_keys=True)) for point in points]  # None: a level the grid lacks
 
@@ -58,14 +67,14 @@ def replay(export: Path, levels: list[int], reduction_factor: int, rank_by: str 
     for rungs in found.rungs:
         top = row_at[rungs[-1]] or {}
         decided.update((point, value(point, top)) for point in rungs)
-    stopped = halve(found, budgets, decided, reduction_factor=reduction_factor, maximize=maximize,
-                    levels=levels).stopped
-    sign = 1 if objective["direction"] == "maximize" else -1
+    stopped = halve(found, budgets, decided, reduction_factor=phase.schedule.reduction_factor, maximize=maximize,
+                    levels=tuple(phase.schedule.levels)).stopped
+    sign = 1 if direction == "maximize" else -1
     best, examples, exhaustive = None, 0, 0
     for rungs in found.rungs:
         own = [row_at[point] for point in rungs if row_at[point] is not None]
         trained = sum(row["examples"] or 0 for row in own)  # the ladder's run, to its top or to where it diverged
-        batch = points[rungs[0]]["batch_size"]
+        batch = spec.config(**points[rungs[0]])["batch_size"]
         ran = [point for point in rungs if point not in stopped]
         examples += min(trained, budgets[ran[-1]] * batch)
         exhaustive += sum(min(trained, row["params"][budget] * batch) for row in own)  # each point alone
@@ -74,7 +83,8 @@ def replay(export: Path, levels: list[int], reduction_factor: int, rank_by: str 
                 best = row["value"]
     grid_best = (max if sign > 0 else min)(row["value"] for row in rows if row["state"] == "COMPLETE")
     return {"best": best, "below_grid_best": round(abs(grid_best - best) * 100, 2), "examples": examples,
-            "exhaustive_examples": exhaustive, "share": examples / exhaustive}
+            "exhaustive_examples": exhaustive, "share": examples / exhaustive,
+            "stopped": sorted(json.dumps(points[point], sort_keys=True) for point in stopped)}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hpsearch.spec import load_spec
 from hpsearch.storage import runs_folder
 from hpsearch.training import load_data, train_once
 from hpsearch.trials import _Stages
-from tests.conftest import (assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, study_trials,
+from tests.conftest import (REPO, assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, study_trials,
                             write_spec)
 
 # nine ladders of the tiny study's learning rates; 200 training rows / 50 = 4 iterations an epoch
@@ -250,6 +251,30 @@ def test_levels_can_be_ranked_by_another_metric_with_its_own_direction(tmp_path)
     assert promoted == sorted(t.params["learning_rate"] for t in first[:3])  # the lowest losses go on
     with pytest.raises(SpecError, match="schedule.rank_by must be one of val_acc, val_loss, train_acc"):
         load_spec(write_spec(tmp_path, phases=[{**HALVING_PHASE, "schedule": {**schedule, "rank_by": "val_ac"}}]))
+
+
+@pytest.mark.parametrize("rank_by", [None, "val_loss"])
+def test_the_replay_benchmark_stops_what_the_halving_phase_it_replays_stops(tmp_path, monkeypatch, rank_by):
+    """benchmarks/halving_replay.py replays a schedule on a ladders study's export: with the phase's own ranking
+    metric and direction it stops the same points as the halving phase, a level between the grid's values too."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from halving_replay import replay
+
+    (tmp_path / "ladders").mkdir()
+    ladders_phase = {key: value for key, value in HALVING_PHASE.items() if key != "schedule"}
+    spec = write_spec(tmp_path / "ladders", phases=[ladders_phase])
+    spec.rename(spec.with_name("spec.yaml"))
+    spec = spec.with_name("spec.yaml")
+    ladders_run = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'ladders' / 'study.db'}", echo=lambda line: None)
+    ladders_run.run()
+    export = tmp_path / "ladders" / "t.json"
+    export.write_text(json.dumps(ladders_run.trials(), default=str))
+    schedule = {"type": "halving", "reduction_factor": 3, "levels": [4, 12], **({"rank_by": rank_by} if rank_by else {})}
+    _, _, summary, trials = run_study(tmp_path, phase={**HALVING_PHASE, "schedule": schedule})
+    stopped = sorted(json.dumps(t.params, sort_keys=True) for t in trials if t.state.name == "PRUNED")
+    replayed = replay(export, [4, 12], 3, rank_by)
+    assert stopped and replayed["stopped"] == stopped
+    assert replayed["best"] == summary["best"]["value"]
 
 
 def test_a_halving_schedule_needs_a_budget_and_a_first_rung_below_the_grid(tmp_path):
