@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterator
 from hpsearch.formatting import format_bytes
 
 __all__ = ["SPEC", "FileRefused", "FileTooLarge", "NotRegularFile", "NpyHeader", "SizeBound", "data_bound",
-           "machine_memory", "open_regular", "read_bounded", "read_npy_header"]
+           "disk_use", "machine_memory", "open_regular", "read_bounded", "read_npy_header"]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder, not a file"),
@@ -139,3 +139,15 @@ def read_npy_header(stream: BinaryIO) -> NpyHeader:
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = read_header(stream)
     return NpyHeader(tuple(shape), dtype, fortran_order, stream.tell() - start)
+
+
+def disk_use(folder: Path) -> int:
+    """Bytes the regular files under ``folder`` take (0 when it is absent); links are not followed."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                info = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total

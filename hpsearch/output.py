@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from hpsearch.formatting import format_duration
+from hpsearch.formatting import format_bytes, format_duration
 
 __all__ = ["print_summary", "trials_csv"]
 
@@ -62,6 +62,10 @@ def print_summary(summary: dict) -> None:
             say(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
     if summary.get("examples"):
         say(f"compute: {summary['examples']:,} training examples processed")
+    paused = summary.get("paused_runs")
+    if paused:
+        say(f"paused runs: {format_bytes(paused['bytes'])} in {paused['folder']}, kept for the halving levels to come "
+            "(removed when their phase completes)")
     tracking = summary.get("tracking")
     if tracking:
         spent = ""

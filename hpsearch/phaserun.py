@@ -111,7 +111,9 @@ class PhaseRunner:
                 if self.reap(phase, view) | bool(queue.reconcile()):
                     continue
                 view.refresh(full=True)
-                if not queue.open:
+                if not queue.open:  # nothing queued or running: no ladder's run is taken up again
+                    if paused is not None:
+                        paused.clear()
                     return True
                 self.interruption.wait(POLL_SECONDS)  # queued since the claim, or running in another process
                 continue

@@ -24,7 +24,8 @@ from hpsearch.listener import StudyReport
 from hpsearch.phases import Phases
 from hpsearch.records import EXAMPLES, FINISHED_STATES, counts_as_failure, decode_params
 from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
-from hpsearch.storage import mask_url
+from hpsearch.files import disk_use
+from hpsearch.storage import mask_url, runs_folder
 from hpsearch.backends.base import metric_on_test, scores_on_test
 from hpsearch.training import resolved_config
 from hpsearch.trialstore import Row, TrialStore
@@ -223,7 +224,18 @@ class Results:
             and not result.get("partial")  # a time box's result: the completing run scores the winner again
         counted = [p["examples"] for p in phases if p["examples"] is not None]
         return {"study": self.spec.name, "storage": mask_url(self.url), "complete": complete,
-                "phases": phases, "best": self.best_of(views, layout), "examples": sum(counted) if counted else None}
+                "phases": phases, "best": self.best_of(views, layout), "examples": sum(counted) if counted else None,
+                **self._paused_runs(views, phases)}
+
+    def _paused_runs(self, views: list[PhaseView], phases: list[dict[str, Any]]) -> dict[str, Any]:
+        """The disk the halving phases' paused runs take (``paused_runs`` in each such phase's status too), and
+        where; nothing without any."""
+        folder, total = runs_folder(self.url), 0
+        for view, status in zip(views, phases):
+            if view.phase.schedule is not None and status["study_name"]:
+                status["paused_runs"] = disk_use(folder / status["study_name"])
+                total += status["paused_runs"]
+        return {"paused_runs": {"bytes": total, "folder": str(folder)}} if total else {}
 
     def best(self) -> dict[str, Any] | None:
         layout = self.phases.layout()

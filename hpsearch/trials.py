@@ -146,6 +146,8 @@ class TrialRunner:
             state, value, reason = TrialState.FAIL, None, one_line(exc)
             current.traceback = format_traceback(exc)
             go_on = False
+        if stages is not None:
+            stages.pruned = state == TrialState.PRUNED  # the last rung's: a ladder without a value goes no further
         stored = self._finish(current, state, value, result, reason, stages)
         if state == TrialState.FAIL and silent:  # the trainable does not report the objective: no trial ever will
             raise SpecError(f"{self.spec.source}: {reason}; set objective.metric to one of the metrics it reports.")
@@ -243,6 +245,7 @@ class _Stages:
         self.epochs: list[tuple[int, dict[str, Any]]] = []  # the run's epoch reports so far
         self.history: dict[str, list[float]] = {}  # their numbers, by metric name
         self.diverged: DivergedError | None = None
+        self.pruned = False  # whether the last rung trained ended PRUNED (by the pruner, or diverged)
         self.counted = 0  # training examples already put on a trial's account
 
     def train(self, config: dict[str, Any], on_epoch: Callable[[int, dict[str, Any]], None]) -> TrainResult:
@@ -291,11 +294,12 @@ class _Stages:
         return training
 
     def pause(self) -> None:
-        """After the last claimed rung: keep the run for the ladder's next level, or let it go after its top. A run
-        that cannot be saved trains again from its start at the next level (same numbers, more compute)."""
+        """After the last claimed rung: keep the run for the ladder's next level, or let it go after its top or a
+        last rung that ended PRUNED (without a value, halving never promotes the ladder). A run that cannot be saved
+        trains again from its start at the next level (same numbers, more compute)."""
         if self.paused is None or self.training is None:
             return
-        if self.paused.top or self.diverged is not None:
+        if self.paused.top or self.diverged is not None or self.pruned:
             self.paused.forget()
             return
         try:

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from hpsearch.backends import numpy_twolayer
-from hpsearch.driver import Driver
+from hpsearch.driver import Budget, Driver
 from hpsearch.errors import SpecError
 from hpsearch.ladders import halve, ladders
 from hpsearch.pausedruns import PausedRun
@@ -109,6 +109,42 @@ def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_al
     reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
     assert summary["examples"] == sum(reached.values()) * 50
     assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
+
+
+def test_a_halving_phase_s_paused_runs_show_in_status_and_go_when_it_completes(tmp_path):
+    """A stopped run keeps its ladders' runs (status says how much disk); a file a crash left among them, or a run
+    no level takes up, is gone once the phase completes."""
+    spec = write_spec(tmp_path, phases=[HALVING_PHASE])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    summary = Driver(load_spec(spec), url, echo=lambda line: None).run(Budget(max_trials=9))  # the first level
+    folder = runs_folder(url) / "tiny.grid"
+    kept = sum(path.stat().st_size for path in folder.iterdir())
+    assert kept > 0 and summary["paused_runs"] == {"bytes": kept, "folder": str(runs_folder(url))}
+    assert summary["phases"][0]["paused_runs"] == kept
+    (folder / "ladder-99").write_bytes(b"left by a crash")
+    summary = Driver(load_spec(spec), url, echo=lambda line: None).run()
+    assert summary["complete"] and not list(folder.glob("*")) and "paused_runs" not in summary
+
+
+def test_a_ladder_its_pruner_stopped_keeps_no_run(tmp_path, monkeypatch):
+    """A level's rung the pruner ended has no value, so halving never promotes its ladder: its run is not saved."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    saved_after_pruning = []
+    save = PausedRun.save
+
+    def checked_save(self, training, epochs):
+        rungs = [t for t in optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
+                 if t.params["learning_rate"] == self.params["learning_rate"] and t.state.is_finished()]
+        last = max(rungs, key=lambda t: t.params["num_iters"])
+        if last.state.name == "PRUNED":
+            saved_after_pruning.append(last.params)
+        return save(self, training, epochs)
+
+    monkeypatch.setattr(PausedRun, "save", checked_save)
+    digits = {"dataset": "digits", "num_train": 200, "num_val": 60, "num_test": 60}  # values that differ
+    _, _, summary, trials = run_study(tmp_path, pruner={"type": "median", "n_startup_trials": 0}, data=digits)
+    assert any(t.user_attrs.get("failure", "").startswith("pruned at epoch") for t in trials)  # the pruner did
+    assert summary["complete"] and saved_after_pruning == []
 
 
 def test_a_phase_with_levels_ranks_at_them_and_trains_the_rungs_between_along(tmp_path):
