@@ -72,7 +72,7 @@ class PhaseRunner:
                     budget: Budget) -> bool:
         points = self.phases.points(phase, record)
         found = self._ladders[phase.name] = self._ladders_of(phase, record)
-        identity = self._seed_identity(phase, points, found)
+        identity = self._seed_identity(phase, points, found, view)
 
         def seed_of(point: int) -> int:
             return grids.trial_seed(self.spec.seed, phase.name, identity[point])
@@ -151,17 +151,30 @@ class PhaseRunner:
             self.echo(f"[{phase.name}] halving: {len(stopped_ladders)} ladders not promoted at {phase.budget} "
                       f"{budget}; their {rungs} rungs above end PRUNED")
 
-    def _seed_identity(self, phase: PhaseSpec, points: list[dict[str, Any]], found: Ladders | None) -> Sequence[int]:
+    def _seed_identity(self, phase: PhaseSpec, points: list[dict[str, Any]], found: Ladders | None,
+                       view: PhaseView) -> Sequence[int]:
         """Per point, what its seed derives from: its ladder. In a grid phase without a ``budget`` too, the points
         that differ only in the trainable's budget parameter share a seed, so that a grid's values are the same
-        whether or not it trains them as ladders; every other point its own."""
+        whether or not it trains them as ladders; every other point its own. A phase started before they shared it
+        keeps a seed per point (a retried point trains as its first attempt did), and says so."""
         if found is not None:
             return found.of_point
         budget = self.spec.trainable.budget
         if phase.sampler == "grid" and budget is not None and any(budget in point for point in points):
             with contextlib.suppress(ValueError):  # a budget value the trainable refuses: that trial says so
-                return ladders([self.spec.config(**point) for point in points], budget).of_point
+                shared = ladders([self.spec.config(**point) for point in points], budget).of_point
+                if not self._seeded_per_point(phase, view, shared):
+                    return shared
+                self.echo(f"[{phase.name}] this phase started before points that differ only in {budget} shared "
+                          "a seed: it keeps a seed per point; rerun with --force-new-phase to start it afresh with "
+                          "shared seeds")
         return range(len(points))
+
+    def _seeded_per_point(self, phase: PhaseSpec, view: PhaseView, shared: Sequence[int]) -> bool:
+        """Whether the phase's stored trials were seeded a seed per point, not the ``shared`` one (one read)."""
+        rows = [row for row in view.rows.values() if row.point is not None and shared[row.point] != row.point]
+        seeds = self.store.user_attr([row.trial_id for row in rows], SEED)
+        return any(seeds.get(row.trial_id) == grids.trial_seed(self.spec.seed, phase.name, row.point) for row in rows)
 
     def _ladders_of(self, phase: PhaseSpec, record: dict[str, Any]) -> Ladders | None:
         """The phase's budget ladders, checked against the trainable (a derived grid's once it is known; an explicit

@@ -97,6 +97,36 @@ def test_a_queued_trial_trains_with_the_seed_stored_with_it(tmp_path):
     assert (trial.value, trial.user_attrs["final_loss"]) == (alone.val_acc, alone.loss)
 
 
+def test_a_grid_phase_seeded_per_point_keeps_its_seeds_and_says_so_once(tmp_path, monkeypatch):
+    """A phase started before points that differ only in the budget shared a seed: a retried point trains with its
+    first attempt's seed (a seed per point), not the shared one, and the run says so once."""
+    from hpsearch import phaserun
+    from hpsearch import trials as trials_module
+    from hpsearch.budget import Budget
+    from hpsearch.grid import trial_seed
+
+    spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 1, "grid": GRID}])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    with monkeypatch.context() as earlier:  # as the phase was seeded before
+        earlier.setattr(phaserun.PhaseRunner, "_seed_identity", lambda self, phase, points, *rest: range(len(points)))
+        Driver(load_spec(spec), url, echo=lambda m: None).run(Budget(max_trials=1))
+    real, failed = trials_module.start_training, []
+
+    def flaky(spec, data, params, **kwargs):
+        if params == {"learning_rate": 0.3, "num_iters": 12} and not failed:
+            failed.append(params)
+            raise RuntimeError("transient")
+        return real(spec, data, params, **kwargs)
+
+    monkeypatch.setattr(trials_module, "start_training", flaky)
+    messages = []
+    assert Driver(load_spec(spec), url, echo=messages.append).run()["complete"] and failed
+    assert len([m for m in messages if "it keeps a seed per point" in m]) == 1, messages
+    trials = optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
+    assert len(trials) == 7  # the retry among them
+    assert all(t.user_attrs["seed"] == trial_seed(0, "grid", t.user_attrs["point"]) for t in trials)
+
+
 def test_the_rungs_above_a_diverged_one_diverge_alike_without_training(tmp_path):
     from hpsearch.backends import DivergedError
 
