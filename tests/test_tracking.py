@@ -246,3 +246,38 @@ def test_sync_fills_in_a_study_whose_namesake_in_another_storage_shares_the_mlfl
     assert len(kinds["study"]) == 2 and len(kinds["phase"]) == 4 and len(kinds["trial"]) == 2 * trials
     again = runner.invoke(app, ["sync", str(study), "--storage", other, "--tracking-uri", uri])
     assert "0 runs created, 0 runs ended" in again.stdout, again.output
+
+
+def test_a_trial_run_a_mending_worker_created_is_not_logged_again_by_the_trial_s_own_process(tmp_path):
+    """With workers, a starting worker mends the trials another worker's tracking process has not logged yet; that
+    process, catching up, must not log the run again: one writer per run, every (metric, step) once. In-process:
+    the race is the order of two processes' calls, replayed here."""
+    from hpsearch.driver import Driver
+    from hpsearch.listener import TrialInfo
+    from hpsearch.spec import load_spec
+    from hpsearch.tracking.logger import MlflowLogger
+    from hpsearch.backends.base import TrainResult
+
+    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]]))
+    driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
+    driver.run()
+    rows = driver.trials()
+    phases = {row["phase"]: {"study_name": row["optuna_study"]} for row in rows}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    behind, mender = MlflowLogger(spec, uri), MlflowLogger(spec, uri)
+    behind.on_study_start(spec, driver.phases.shared())
+    behind.on_phase_start(spec.phases[0], phases["random"])
+    mender.on_study_start(spec, driver.phases.shared())
+    mender.on_existing_trials(rows, phases)  # the other worker, starting: every finished trial's run, whole
+    row = rows[0]
+    trial = TrialInfo(1, row["number"], row["point"], row["params"], row["seed"], row["state"], row["value"])
+    behind.on_trial_start(spec.phases[0], trial, {**spec.defaults, **row["params"]}, row["seed"], None)
+    history = row["epoch_history"]
+    behind.on_epochs(1, [(epoch, {key: values[epoch] for key, values in history.items()})
+                         for epoch in range(len(history["val_acc"]))])
+    behind.on_trial_end(spec.phases[0], trial, TrainResult(metrics=row["metrics"], seconds=0.1), None, {"done": 1})
+    client = MlflowClient(uri)
+    (run,) = [r for r in runs_by_kind(uri)["trial"] if r.data.tags["trial_number"] == str(row["number"])]
+    for key in ("val_acc", "loss", f"final_{spec.objective.metric}"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert steps and len(steps) == len(set(steps)), (key, steps)

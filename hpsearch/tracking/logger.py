@@ -62,10 +62,13 @@ class MlflowLogger(Mending):
             replaced = self._find_trial_run(f"{optuna_study}/{replaces.number}")
             if replaced is not None:
                 tags["hpsearch.replaces_run_id"] = replaced
-        run_id = self._safe("creating a trial run",
-                            lambda: self._trial_run(tags[TRIAL_KEY], f"{phase.name}-{trial.number}", tags)[0])
-        if run_id is None:
+        found = self._safe("creating a trial run",
+                           lambda: self._trial_run(tags[TRIAL_KEY], f"{phase.name}-{trial.number}", tags))
+        if found is None or not found[1]:
+            # one writer per run: a process mending the log created it from the stored trial (this process's
+            # tracking was behind), and wrote it whole; logging here too would log every metric twice
             return
+        run_id = found[0]
         self._trial_runs[trial.trial_id] = run_id
         self._pending_params[run_id] = self._params({**config, "seed": seed})
         self._last_flush[run_id] = time.monotonic()
