@@ -392,12 +392,13 @@ def _write(option: str, output: Path, text: str) -> None:
 def plan(spec: SpecArg, set_: SetOpt = None, allow_import: AllowImportOpt = False, json_: JsonOpt = False) -> None:
     """Validate the spec and print each phase's size and estimated run time, without touching the storage."""
     from hpsearch.plan import plan as make_plan
+    from hpsearch.plan import since_process_start
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data
 
     try:
         study = load_spec(spec, set_, allow_import or None)
-        report = make_plan(study, load_data(study))
+        report = make_plan(study, load_data(study), startup_seconds=since_process_start())
     except UserError as exc:
         raise fail(str(exc)) from None
     if json_:

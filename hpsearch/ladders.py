@@ -30,7 +30,8 @@ from hpsearch.grid import grid_points, with_rungs
 if TYPE_CHECKING:
     from hpsearch.spec import PhaseSpec, StudySpec
 
-__all__ = ["Halving", "Ladders", "check_budget", "check_levels", "halve", "ladders", "not_promoted", "rank_metric"]
+__all__ = ["Halving", "Ladders", "Work", "check_budget", "check_levels", "halve", "ladders", "not_promoted",
+           "rank_metric", "work"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,46 @@ def ladders(points: Sequence[Mapping[str, Any]], budget: str) -> Ladders:
         of_point.append(ladder)
     rungs = tuple(tuple(sorted(ids, key=lambda i: (points[i].get(budget, 0), i))) for ids in members)
     return Ladders(budget, rungs, tuple(of_point))
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a phase's points cost to train, in budget units, for estimates. of_point: per point, its stretch of
+    the budget (a rung: from the rung below, the first from 0; a point without a budget: 1). expected: what the whole
+    phase trains, the halving rule's survivors only (every point without halving). trials: how many points it
+    trains (halving's not-promoted rungs train nothing)."""
+
+    of_point: tuple[float, ...]
+    expected: float
+    trials: float
+
+
+def work(found: Ladders | None, budgets: Sequence[int | None], *, reduction_factor: int | None = None,
+         levels: Sequence[int] | None = None) -> Work:
+    """The phase's :class:`Work`. ``budgets``: each point's budget value (None without one); ``found``: its ladders
+    (None: every point trained on its own); with ``reduction_factor``, halving at ``levels`` (None: each rung a
+    level), as :func:`halve` keeps ceil(n / reduction_factor) of a level's n ladders."""
+    if found is None:
+        return Work(tuple(1.0 for _ in budgets), float(len(budgets)), float(len(budgets)))
+    stretch = [1.0] * len(budgets)
+    for rungs in found.rungs:
+        below = 0
+        for point in rungs:
+            stretch[point] = float((budgets[point] or 0) - below) if budgets[point] is not None else 1.0
+            below = budgets[point] or below
+    if reduction_factor is None:
+        return Work(tuple(stretch), sum(stretch), float(len(budgets)))
+    by_level = [_by_level(rungs, budgets, levels) for rungs in found.rungs]
+    depth = max((max(groups, default=-1) + 1 for groups in by_level), default=0)
+    alive, expected, trials = float(len(found.rungs)), 0.0, 0.0
+    for level in range(depth):
+        groups = [groups[level] for groups in by_level if level in groups]
+        if not groups:
+            break
+        expected += alive * sum(stretch[point] for group in groups for point in group) / len(groups)
+        trials += alive * sum(len(group) for group in groups) / len(groups)
+        alive = float(math.ceil(alive / reduction_factor))
+    return Work(tuple(stretch), expected, trials)
 
 
 def not_promoted(budget: int) -> str:

@@ -21,6 +21,7 @@ from hpsearch import grid as grids
 from hpsearch.budget import Budget
 from hpsearch.interrupt import Interruption
 from hpsearch.ladders import Ladders, check_budget, ladders, rank_metric
+from hpsearch.ladders import work as ladder_work
 from hpsearch.listener import StudyListener, TrialInfo
 from hpsearch.pausedruns import PausedRuns
 from hpsearch.phases import Phases, point_params
@@ -78,6 +79,9 @@ class PhaseRunner:
             return grids.trial_seed(self.spec.seed, phase.name, identity[point])
 
         paused = self._paused_runs(phase, study, points, found)  # None unless the phase halves its ladders
+        view.set_work(ladder_work(found, [point.get(found.budget) if found else None for point in points],
+                                  reduction_factor=phase.schedule.reduction_factor if paused is not None else None,
+                                  levels=phase.schedule.levels if paused is not None else None))
         halving = None
         if paused is not None:
             rank_by, maximize = rank_metric(self.spec, phase)

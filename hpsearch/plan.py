@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -19,11 +20,11 @@ from hpsearch import grid as grids
 from hpsearch.backends import DivergedError
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError
-from hpsearch.ladders import ladders
+from hpsearch.ladders import ladders, work
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
 from hpsearch.training import resolved_config, train_once
 
-__all__ = ["PROBE_TRIALS", "Probe", "measure_probe", "plan"]
+__all__ = ["PROBE_TRIALS", "Probe", "measure_probe", "plan", "since_process_start"]
 
 PROBE_TRIALS = 4  # the first pays the process's start-up; the others are timed
 STAND_INS = 1000  # configurations priced for a phase whose points are not known yet (tpe, a derived grid)
@@ -85,7 +86,8 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     # the study first: what happens once per process (imports, a device's start-up) belongs to a run's fixed cost
     with tempfile.TemporaryDirectory(prefix="hpsearch-plan-") as folder:
         start = time.perf_counter()
-        driver = Driver(_probe_spec(spec, probe_config), f"sqlite:///{folder}/probe.db", echo=lambda message: None)
+        driver = Driver(_probe_spec(spec, probe_config), f"sqlite:///{folder}/probe.db", echo=lambda message: None,
+                        data=data)  # loading the data is part of the start-up the caller measured
         driver.run()
         run_seconds = time.perf_counter() - start
         starts = sorted(datetime.datetime.fromisoformat(row["datetime_start"]) for row in driver.trials())
@@ -112,19 +114,22 @@ def _cost(spec: StudySpec, config: dict[str, Any], data: Dataset) -> float:
     return cost(config, data) if cost is not None else 1.0
 
 
-def _halving_share(levels: list[int], ladder_count: int, reduction_factor: int) -> float:
-    """What halving trains of its ladders' full runs: at each level (a budget value, in order), the ladders left
-    times the level's stretch."""
-    alive, share, below = ladder_count, 0.0, 0
-    for level in levels:
-        share += alive * (level - below) / levels[-1]
-        alive, below = math.ceil(alive / reduction_factor), level
-    return share / ladder_count
+def since_process_start() -> float:
+    """Wall seconds since this process started (0 where ``/proc`` cannot tell): for a command-line process, the
+    start-up every ``hpsearch run`` pays too."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            return max(float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
-def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str, Any]:
+def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_seconds: float = 0.0) -> dict[str, Any]:
     """Each phase's trial count and estimated seconds (training by the backend's cost model, priced by the probe,
-    plus the probe's overhead per trial), and the run's total with its fixed costs and the winner's retraining."""
+    plus the probe's overhead per trial), and the run's total with its fixed costs and the winner's retraining.
+    ``startup_seconds``: what the process took to get here (interpreter, imports, the spec and ``data``), which a
+    ``hpsearch run`` pays as well; see :func:`since_process_start`."""
     grids.check_sizes(spec)  # before the probe: a phase too big to enqueue is refused at once
     probe = probe or measure_probe(spec, data)
     seconds_per_unit = probe.train_seconds / probe.cost
@@ -133,13 +138,16 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
         configs, trials, estimated = _phase_configs(spec, phase)
         # a ladder trains once, to its top rung (see hpsearch.ladders); a derived grid's are known once it is derived
         staged = phase.budget is not None and not estimated
-        trained = [configs[rungs[-1]] for rungs in ladders(configs, phase.budget).rungs] if staged else configs
+        found = ladders(configs, phase.budget) if staged else None
+        trained = [configs[rungs[-1]] for rungs in found.rungs] if found is not None else configs
         training = [_cost(spec, c, data) * seconds_per_unit * trials / len(configs) for c in trained]
-        if staged and phase.schedule is not None and training:  # the ladders' average, by the levels' survivors
-            budgets = sorted({c[phase.budget] for c in configs})
-            levels = [*(v for v in phase.schedule.levels or budgets if v < budgets[-1]), budgets[-1]]
-            share = _halving_share(levels, len(trained), phase.schedule.reduction_factor)
+        started = trials  # the trials that train: halving's not-promoted rungs only end PRUNED
+        if found is not None and phase.schedule is not None and training:  # the ladders' mean, by levels' survivors
+            halving = work(found, [c[phase.budget] for c in configs], levels=phase.schedule.levels,
+                           reduction_factor=phase.schedule.reduction_factor)
+            share = halving.expected / sum(halving.of_point)
             training = [sum(training) / len(training) * share] * len(training)
+            started = halving.trials
         all_training += [_cost(spec, c, data) * seconds_per_unit for c in configs]
         phases.append({
             "phase": phase.name,
@@ -148,13 +156,13 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None) -> dict[str
             "trials_upper_bound": isinstance(phase.grid, DerivedGrid),
             **({"ladders": len(trained)} if staged else {}),
             **({"halving": phase.schedule.reduction_factor} if staged and phase.schedule is not None else {}),
-            "estimated_seconds": round(sum(training) + trials * probe.trial_overhead_seconds, 1),
+            "estimated_seconds": round(sum(training) + started * probe.trial_overhead_seconds, 1),
             "estimate_from_sample": estimated,
             "grid": phase.grid if isinstance(phase.grid, dict) else None,
         })
     # the winner is unknown in advance: its retraining is priced as an average trial's training
-    once = probe.fixed_seconds + (sum(all_training) / len(all_training) if all_training else 0.0)
+    once = startup_seconds + probe.fixed_seconds + (sum(all_training) / len(all_training) if all_training else 0.0)
     return {"study": spec.name, "probe_seconds": round(probe.train_seconds, 3),
             "probe": {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(probe).items()},
-            "run_fixed_seconds": round(once, 1), "phases": phases,
+            "startup_seconds": round(startup_seconds, 3), "run_fixed_seconds": round(once, 1), "phases": phases,
             "estimated_seconds": round(once + sum(p["estimated_seconds"] for p in phases), 1)}

@@ -22,7 +22,8 @@ from hpsearch import grid as grids
 from hpsearch.errors import users_failure
 from hpsearch.listener import StudyReport
 from hpsearch.phases import Phases
-from hpsearch.records import EXAMPLES, FINISHED_STATES, counts_as_failure, decode_params
+from hpsearch.ladders import Work, not_promoted
+from hpsearch.records import EXAMPLES, FINISHED_STATES, INTERRUPTED, LADDER_STOPPED, counts_as_failure, decode_params
 from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
 from hpsearch.files import disk_use
 from hpsearch.storage import mask_url, runs_folder
@@ -32,6 +33,8 @@ from hpsearch.trialstore import Row, TrialStore
 
 __all__ = ["PhaseView", "Results"]
 
+ETA_WINDOW = 10  # trials: the most an ETA's pace is measured over (a fifth of those ended, at least 3)
+NOT_PROMOTED = not_promoted(0).rsplit(" ", 1)[0]  # "not promoted at": the reason's words before the budget
 CATCH_UP_SLACK = datetime.timedelta(seconds=120)  # re-read this much before the last look: clocks and commits lag
 
 
@@ -65,6 +68,8 @@ class PhaseView:
         self.longest = 0.0  # seconds: the longest finished trial
         self._examples = [0, 0]  # training examples processed, by how many trials counted them
         self._best: Row | None = None
+        self._finishes: list[tuple[datetime.datetime, int | None]] = []  # trained trials' ends, as they arrived
+        self._covered_work = self._trained_work = 0.0  # in budget units (see set_work)
 
     def refresh(self, full: bool = False) -> None:
         """Catch up with the storage: everything when ``full``, else what changed since the last look."""
@@ -91,6 +96,7 @@ class PhaseView:
                 self._covered[row.point] += sign
                 if self.total is not None and row.point < self.total:
                     self._n_covered += (self._covered[row.point] > 0) - before
+                    self._covered_work += ((self._covered[row.point] > 0) - before) * self._work_of(row.point)
             elif counts_as_failure(row.state, row.failure):
                 self._failures[row.point] += sign
         if row.state in FINISHED_STATES and row.seconds is not None:
@@ -106,6 +112,9 @@ class PhaseView:
             self._account(old, -1)
         self.rows[row.trial_id] = row
         self._account(row, +1)
+        if row.complete is not None and (old is None or old.complete is None) and _trained(row):
+            self._finishes.append((row.complete, row.point))  # a trial ends once: its first sight counts
+            self._trained_work += self._work_of(row.point)
         self._max_id = max(self._max_id, row.trial_id)
         if row.state == "FAIL" and row.point is not None and (old is None or old.state != "FAIL"):
             self._failed_rows.setdefault(row.point, []).append(row)
@@ -124,11 +133,48 @@ class PhaseView:
         earlier = [r for r in self._failed_rows.get(point, []) if r.number < number] if point is not None else []
         return max(earlier, key=lambda r: r.number) if earlier else None
 
-    def eta_seconds(self, done: int, total: int | None) -> float | None:
-        seconds, n = self._seconds
-        if not n or total is None or total <= done:
+    def set_work(self, work: Work) -> None:
+        """What the phase's points cost to train (see :func:`hpsearch.ladders.work`), for :meth:`eta_seconds`;
+        without it every point counts one unit."""
+        self._work = work
+        self._covered_work = sum(self._work_of(point) for point, n in self._covered.items()
+                                 if n > 0 and self.total is not None and point < self.total)
+        self._trained_work = sum(self._work_of(point) for _, point in self._finishes)
+
+    def _work_of(self, point: int | None) -> float:
+        work = getattr(self, "_work", None)
+        return work.of_point[point] if work is not None and point is not None and point < len(work.of_point) else 1.0
+
+    def eta_seconds(self) -> float | None:
+        """Seconds until the phase's last trial ends, at the pace its trials (every process's) have been ending
+        lately: the training left, in budget units, times the seconds a unit took over the last few trials. Trials
+        that train nothing (not promoted, not run) are neither work left nor pace."""
+        work = getattr(self, "_work", None)
+        if self.total is None:  # TPE: trials
+            left = float(self.phase.n_trials - self._counts["COMPLETE"] - self._counts["PRUNED"])
+        elif work is not None and work.expected < sum(work.of_point):  # halving: its survivors' training only
+            left = work.expected - self._trained_work
+        elif work is not None:
+            left = sum(work.of_point[:self.total]) - self._covered_work
+        else:
+            left = float(self.total - self._n_covered)
+        pace = self._seconds_per_unit()
+        return None if left <= 0 or pace is None else left * pace
+
+    def _seconds_per_unit(self) -> float | None:
+        """Seconds per budget unit over the phase's last trained trials: from the end of the first of them to the
+        end of the last, over the work of the others (every process's, so workers in parallel count as such)."""
+        window = max(3, min(ETA_WINDOW, len(self._finishes) // 5))
+        recent = sorted(self._finishes[-2 * window:], key=lambda pair: pair[0])[-(window + 1):]
+        if len(recent) >= 2:
+            seconds = (recent[-1][0] - recent[0][0]).total_seconds()
+            units = sum(self._work_of(point) for _, point in recent[1:])
+            if seconds > 0 and units > 0:
+                return seconds / units
+        total, n = self._seconds
+        if not n or not self._finishes:
             return None
-        return (total - done) * seconds / n
+        return total / n / (self._trained_work / len(self._finishes) or 1.0)  # one trial: its own length
 
     def status(self) -> dict[str, Any]:
         phase = self.phase
@@ -158,6 +204,12 @@ class PhaseView:
         if not done and self.rows and not status["running"]:
             status["state"] = "incomplete"
         return status
+
+
+def _trained(row: Row) -> bool:
+    """Whether a finished trial trained (a rung halving did not promote, or one a failure below left, did not)."""
+    return not row.failure or not (row.failure.startswith(NOT_PROMOTED) or row.failure in (LADDER_STOPPED,
+                                                                                            INTERRUPTED))
 
 
 def _total(phase: PhaseSpec, record: dict[str, Any] | None) -> int | None:

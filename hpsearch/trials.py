@@ -223,7 +223,7 @@ class TrialRunner:
             score = row.state + (f" ({row.failure})" if row.failure else "")
         best = f"best {status['best_value']:.4f}" if status["best_value"] is not None else "best -"
         done, total = status["done"], status["total"]
-        eta = view.eta_seconds(done, total)
+        eta = view.eta_seconds()
         eta = f", ETA {format_duration(eta)}" if eta is not None else ""
         self.echo(f"[{phase.name}] {done}/{total} trial {row.number} {score}, {best}{eta}")
 

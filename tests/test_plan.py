@@ -26,6 +26,20 @@ def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
     assert report["estimated_seconds"] == pytest.approx(2.5 + 3.75, abs=0.05)
     assert report["probe"] == {"train_seconds": 1.0, "cost": probe.cost, "trial_overhead_seconds": 0.5,
                                "fixed_seconds": 3.0, "trials": PROBE_TRIALS}
+    # the command's own start-up (interpreter, imports, the data), which every run pays too
+    started = plan(spec, data, probe, startup_seconds=2.0)
+    assert started["run_fixed_seconds"] == pytest.approx(3.0 + 2.0 + 0.75, abs=0.05)
+    assert started["estimated_seconds"] == pytest.approx(report["estimated_seconds"] + 2.0, abs=0.05)
+
+
+def test_the_start_up_is_the_time_since_the_process_started():
+    import time
+
+    from hpsearch.plan import since_process_start
+
+    first = since_process_start()
+    time.sleep(0.05)
+    assert 0 < first < since_process_start()  # this test process started a while ago, and time moves on
 
 
 def test_probe_spec_runs_the_probe_configuration_untracked_as_equal_points(tmp_path):
@@ -70,3 +84,18 @@ def test_a_halving_phase_is_priced_by_the_ladders_its_levels_keep(tmp_path, sche
     (phase,) = plan(spec, data, probe)["phases"]
     assert phase["trials"] == 9 * 4 and phase["ladders"] == 9
     assert phase["estimated_seconds"] == pytest.approx(trained / 20, abs=0.05)  # 1 s: one ladder to 20
+
+
+@pytest.mark.parametrize("schedule, started", [
+    ({"first_rung": 3}, 9 + 3 + 1 + 1),  # each rung a level: the ladders each level keeps
+    ({"levels": [3, 12]}, 9 * 1 + 3 * 2 + 1 * 1),  # 6 and 12 train in one level, as two trials
+])
+def test_a_halving_phase_s_overhead_counts_the_rungs_that_train_only(tmp_path, schedule, started):
+    """Not-promoted rungs end PRUNED together, without a trial's claim and training: they cost no trial overhead."""
+    spec = load_spec(write_spec(tmp_path, phases=[{
+        "name": "grid", "sampler": "grid", "budget": "num_iters", "schedule": {"type": "halving", **schedule},
+        "grid": {"learning_rate": [0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0], "num_iters": [6, 12, 20]}}]))
+    data = load_data(spec)
+    probe = Probe(train_seconds=1e-9, cost=1.0, trial_overhead_seconds=1.0, fixed_seconds=0.0)
+    (phase,) = plan(spec, data, probe)["phases"]
+    assert phase["trials"] == 36 and phase["estimated_seconds"] == pytest.approx(started, abs=0.05)

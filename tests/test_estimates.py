@@ -1,0 +1,66 @@
+"""A phase's ETA: the training left, at the pace its last trials ended, whatever the overlaps of ladders' rungs."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from hpsearch.ladders import ladders, not_promoted, work
+from hpsearch.results import PhaseView
+from hpsearch.spec import PhaseSpec
+from hpsearch.trialstore import Row
+
+T0 = datetime.datetime(2026, 1, 1)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def grid_view(points: list[dict], budget: str | None = None, **schedule) -> tuple[PhaseView, list[dict]]:
+    phase = PhaseSpec(name="grid", sampler="grid", grid={k: sorted({p[k] for p in points}) for k in points[0]},
+                      **({"budget": budget} if budget else {}),
+                      **({"schedule": {"type": "halving", **schedule}} if schedule else {}))
+    view = PhaseView(phase, None, {"study": "s.grid", "grid": phase.grid}, "maximize", len(points))
+    found = ladders(points, budget) if budget else None
+    view.set_work(work(found, [p.get(budget) for p in points] if budget else [None] * len(points),
+                       reduction_factor=schedule.get("reduction_factor") if schedule else None,
+                       levels=schedule.get("levels")))
+    return view, points
+
+
+def test_a_ladder_s_rungs_overlap_yet_the_eta_is_the_training_left_at_the_pace_so_far():
+    # 2 ladders of rungs 10, 20, 40 iterations, a second per 10 iterations: each rung starts with the claim, so
+    # the durations overlap (10, 20, 40 s), but the ends come one stretch apart
+    points = [{"lr": lr, "n": n} for lr in (0.1, 0.2) for n in (10, 20, 40)]
+    view, _ = grid_view(points, "n")
+    ends = {0: 1, 1: 2, 2: 4}  # ladder 0's rungs end at 1, 2, 4 s
+    for number, (point, end) in enumerate(ends.items()):
+        view.apply(Row(number + 1, number, "COMPLETE", 0.5, T0, at(end), point))
+    # 40 iterations done in 4 s (from the first end: 30 in 3 s); 40 left: 4 s, not 2 x the mean duration of 23 s
+    assert view.eta_seconds() == pytest.approx(4.0)
+
+
+def test_a_halving_phase_s_eta_counts_the_survivors_training_and_ignores_rungs_not_promoted():
+    # 9 ladders of 2 rungs (5, 10): all train to 5, the best 3 go on to 10
+    points = [{"lr": lr, "n": n} for lr in range(9) for n in (5, 10)]
+    view, _ = grid_view(points, "n", reduction_factor=3)
+    number = 0
+    for ladder in range(9):  # the first level: a second per rung
+        view.apply(Row(number + 1, number, "COMPLETE", 0.1 * ladder, T0, at(ladder + 1), 2 * ladder))
+        number += 1
+    for ladder in range(6):  # the level's cut: the others' top rungs end together, untrained
+        view.apply(Row(number + 1, number, "PRUNED", None, at(9), at(9), 2 * ladder + 1, not_promoted(5)))
+        number += 1
+    # 45 units trained at 1 s per 5; left: 3 ladders x 5 units = 15 units, 3 s (the 6 rungs cut cost nothing)
+    assert view.eta_seconds() == pytest.approx(3.0)
+
+
+def test_a_phase_without_a_budget_counts_its_points_at_their_recent_pace():
+    points = [{"lr": lr} for lr in range(20)]
+    view, _ = grid_view(points)
+    for number in range(10):  # slow at first, then 0.5 s a trial (the pruner stops more of them)
+        end = 2.0 * number if number < 5 else 8.0 + 0.5 * (number - 4)
+        view.apply(Row(number + 1, number, "COMPLETE", 0.5, T0, at(end), number))
+    assert view.eta_seconds() == pytest.approx(10 * 0.5)  # the last few trials' pace, not the whole phase's mean
