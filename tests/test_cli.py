@@ -41,7 +41,7 @@ def test_train_json_and_overrides():
     [
         (["--set", "defaults.learning_rate=-1"], "defaults.learning_rate must be greater than 0"),
         (["--set", "defaults.batch_size=5000"], "batch_size 5000 is larger than the training split"),
-        (["--set", "data.dataset=cifar10", "--set", "data.path=/nonexistent"], "CIFAR-10 folder not found"),
+        (["--set", "data.dataset=cifar10", "--set", "data.path=/nonexistent"], "(expected data_batch_1..5 inside)"),
         (["--set", "defaults.learning_rate=1e30", "--set", "defaults.std=1"], "loss became"),
         (["--set", "oops"], "expected KEY=VALUE"),
         (["--set", "data={dataset: csv, target: y, path: /dev/zero}"],
@@ -236,7 +236,7 @@ def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
         ({"phases": [RANDOM, {**GRID, "grid": {"hidden_size": []}}]}, "'grid.hidden_size' is an empty list"),
         ({"phases": [{**RANDOM, "space": {"learning_rate": {**RANDOM["space"]["learning_rate"], "low": -1.0}}}, GRID]},
          "phases[0].space.learning_rate"),
-        ({"data": {"dataset": "cifar10", "path": "/nonexistent"}}, "CIFAR-10 folder not found"),
+        ({"data": {"dataset": "cifar10", "path": "/nonexistent"}}, "(expected data_batch_1..5 inside)"),
         ({"storage": "nonsense"}, "is not a database URL"),
         ({"storage": "postgresql://me:SECRET@127.0.0.1:1/db"}, "cannot be opened"),
     ],

@@ -17,6 +17,7 @@ to simply goes without a cache.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,9 @@ def load(
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"{folder}: CIFAR-10 folder not found (expected data_batch_1..5 inside).")
+    if not any(os.path.lexists(folder / name) for name in TRAIN_BATCHES):
+        raise DataError(f"{folder}: no CIFAR-10 batches in this folder (expected data_batch_1..5 inside); build "
+                        "them with make_cifar10.py or point data.path at them.")
     num_train = NUM_TRAIN if num_train is None else num_train
     num_val = NUM_VAL if num_val is None else num_val
     has_test_batch = (folder / "test_batch").exists()

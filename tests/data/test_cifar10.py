@@ -111,6 +111,9 @@ def test_wrong_shape_and_labels_out_of_range(small_cifar):
 def test_missing_folder_and_file(tmp_path, small_cifar):
     with pytest.raises(DataError, match="CIFAR-10 folder not found"):
         load_dataset("cifar10", path=tmp_path / "nope")
+    (tmp_path / "empty").mkdir()  # a folder, without a batch: the folder is named, not its first batch
+    with pytest.raises(DataError, match=r"empty: no CIFAR-10 batches in this folder \(expected data_batch_1..5"):
+        load_dataset("cifar10", path=tmp_path / "empty")
     (small_cifar / "data_batch_3").unlink()
     with pytest.raises(DataError, match="data_batch_3: file not found"):
         load_dataset("cifar10", path=small_cifar, num_train=60, num_val=10)
