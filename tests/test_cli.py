@@ -216,14 +216,15 @@ def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
     stub = plan.Probe(train_seconds=0.4, cost=1.0, trial_overhead_seconds=0.1, fixed_seconds=200.0)
     monkeypatch.setattr(plan, "measure_probe", lambda spec, data: stub)
     monkeypatch.setattr(plan, "_cost", lambda spec, config, data: 1.0)  # every trial trains 0.4 s
+    monkeypatch.setattr(plan, "since_process_start", lambda: 10.0)  # the command's start-up (here: pytest's)
     result = runner.invoke(app, ["plan", str(study)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "study clistudy: a probe of 4 short trials: 0.4 s of training each, 0.1 s more per trial",
         "  random       random  6 trials               ≈ 3.0 s",
         "  grid         grid    at most 4 trials       ≈ 2.0 s",
-        "  (once)               start, retrain winner  ≈ 3 min 20 s",
-        "  total ≈ 3 min 25 s on one process, plus MLflow tracking",
+        "  (once)               start, retrain winner  ≈ 3 min 30 s",
+        "  total ≈ 3 min 35 s on one process, plus MLflow tracking",
     ]
 
 
