@@ -101,8 +101,8 @@ def work(found: Ladders | None, budgets: Sequence[int | None], *, reduction_fact
     for rungs in found.rungs:
         below = 0
         for point in rungs:
-            stretch[point] = float((budgets[point] or 0) - below) if budgets[point] is not None else 1.0
-            below = budgets[point] or below
+            if budgets[point] is not None:
+                stretch[point], below = float(budgets[point] - below), budgets[point]
     if reduction_factor is None:
         return Work(tuple(stretch), sum(stretch), float(len(budgets)))
     by_level = [_by_level(rungs, budgets, levels) for rungs in found.rungs]

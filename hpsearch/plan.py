@@ -27,6 +27,7 @@ from hpsearch.training import resolved_config, train_once
 __all__ = ["PROBE_TRIALS", "Probe", "measure_probe", "plan", "since_process_start"]
 
 PROBE_TRIALS = 4  # the first pays the process's start-up; the others are timed
+WHOLE_PROBE_SECONDS = 1.0  # defaults that train in this long are probed whole, not in the trainable's short version
 STAND_INS = 1000  # configurations priced for a phase whose points are not known yet (tpe, a derived grid)
 
 
@@ -38,6 +39,8 @@ class Probe:
     cost: that configuration's relative compute (the backend's ``cost``): seconds per unit = train_seconds / cost
     trial_overhead_seconds: what a trial costs beyond its training (the driver's claim, storage writes, heartbeat)
     fixed_seconds: what a run costs once, beyond its trials and the winner's retraining
+    start_seconds: what a training costs whatever its length (setting up, the final scores), of train_seconds:
+    seconds per unit = (train_seconds - start_seconds) / cost
     """
 
     train_seconds: float
@@ -45,6 +48,7 @@ class Probe:
     trial_overhead_seconds: float
     fixed_seconds: float
     trials: int = PROBE_TRIALS
+    start_seconds: float = 0.0
 
 
 def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, Any]], int, bool]:
@@ -83,7 +87,12 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
 
     trainable = spec.trainable
     probe_config = resolved_config(spec, trainable.probe(spec.config()) if trainable.probe else spec.config())
-    # the study first: what happens once per process (imports, a device's start-up) belongs to a run's fixed cost
+    defaults = resolved_config(spec, spec.config())
+    if probe_config != defaults and _trained_in(spec, data, probe_config) * _cost(spec, defaults, data) \
+            / _cost(spec, probe_config, data) <= WHOLE_PROBE_SECONDS:
+        # cheap enough to probe whole: the trials' real length, epochs and the pruner's reports on each, priced as
+        # they are (a short probe leaves out what a trial costs per epoch beside its training)
+        probe_config = defaults
     with tempfile.TemporaryDirectory(prefix="hpsearch-plan-") as folder:
         start = time.perf_counter()
         driver = Driver(_probe_spec(spec, probe_config), f"sqlite:///{folder}/probe.db", echo=lambda message: None,
@@ -91,13 +100,18 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
         driver.run()
         run_seconds = time.perf_counter() - start
         starts = sorted(datetime.datetime.fromisoformat(row["datetime_start"]) for row in driver.trials())
-    start = time.perf_counter()
-    try:
-        train_once(spec, data, probe_config, seed=spec.seed)
-    except DivergedError as exc:
-        raise SpecError(f"{spec.source}: the probe training with the spec's defaults diverged ({exc}); lower "
-                        "defaults.learning_rate.") from None
-    train_seconds = time.perf_counter() - start
+    train_seconds = _trained_in(spec, data, probe_config)
+    start_seconds = 0.0
+    budget = trainable.budget
+    if budget is not None and isinstance(probe_config.get(budget), int):
+        # twice as long: what grows with the length, and what a training costs whatever it (a short probe's final
+        # scores weigh on it as they do not on a long trial)
+        longer = {**probe_config, budget: 2 * probe_config[budget]}
+        added = _cost(spec, longer, data) - _cost(spec, probe_config, data)
+        extra = _trained_in(spec, data, longer) - train_seconds
+        if added > 0 and extra > 0:
+            start_seconds = min(max(train_seconds - extra / added * _cost(spec, probe_config, data), 0.0),
+                                train_seconds)
     # consecutive trials start one trial (training plus overhead) apart; the first trial, which also pays what
     # happens once per process, is left out
     per_trial = (starts[-1] - starts[1]).total_seconds() / (len(starts) - 2)
@@ -105,7 +119,18 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     fixed = run_seconds - len(starts) * per_trial - train_seconds
     return Probe(train_seconds=train_seconds, cost=_cost(spec, probe_config, data),
                  trial_overhead_seconds=max(per_trial - train_seconds, 0.0), fixed_seconds=max(fixed, 0.0),
-                 trials=len(starts))
+                 trials=len(starts), start_seconds=start_seconds)
+
+
+def _trained_in(spec: StudySpec, data: Dataset, config: dict[str, Any]) -> float:
+    """Seconds one training of ``config`` takes; a SpecError when it diverges."""
+    start = time.perf_counter()
+    try:
+        train_once(spec, data, config, seed=spec.seed)
+    except DivergedError as exc:
+        raise SpecError(f"{spec.source}: the probe training with the spec's defaults diverged ({exc}); lower "
+                        "defaults.learning_rate.") from None
+    return time.perf_counter() - start
 
 
 def _cost(spec: StudySpec, config: dict[str, Any], data: Dataset) -> float:
@@ -132,7 +157,7 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
     ``hpsearch run`` pays as well; see :func:`since_process_start`."""
     grids.check_sizes(spec)  # before the probe: a phase too big to enqueue is refused at once
     probe = probe or measure_probe(spec, data)
-    seconds_per_unit = probe.train_seconds / probe.cost
+    seconds_per_unit = (probe.train_seconds - probe.start_seconds) / probe.cost
     phases, all_training = [], []
     for phase in spec.phases:
         configs, trials, estimated = _phase_configs(spec, phase)
@@ -148,7 +173,7 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
             share = halving.expected / sum(halving.of_point)
             training = [sum(training) / len(training) * share] * len(training)
             started = halving.trials
-        all_training += [_cost(spec, c, data) * seconds_per_unit for c in configs]
+        all_training += [probe.start_seconds + _cost(spec, c, data) * seconds_per_unit for c in configs]
         phases.append({
             "phase": phase.name,
             "sampler": phase.sampler,
@@ -156,7 +181,8 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
             "trials_upper_bound": isinstance(phase.grid, DerivedGrid),
             **({"ladders": len(trained)} if staged else {}),
             **({"halving": phase.schedule.reduction_factor} if staged and phase.schedule is not None else {}),
-            "estimated_seconds": round(sum(training) + started * probe.trial_overhead_seconds, 1),
+            "estimated_seconds": round(sum(training) + started * (probe.trial_overhead_seconds
+                                                                  + probe.start_seconds), 1),
             "estimate_from_sample": estimated,
             "grid": phase.grid if isinstance(phase.grid, dict) else None,
         })

@@ -64,3 +64,14 @@ def test_a_phase_without_a_budget_counts_its_points_at_their_recent_pace():
         end = 2.0 * number if number < 5 else 8.0 + 0.5 * (number - 4)
         view.apply(Row(number + 1, number, "COMPLETE", 0.5, T0, at(end), number))
     assert view.eta_seconds() == pytest.approx(10 * 0.5)  # the last few trials' pace, not the whole phase's mean
+
+
+
+def test_work_counts_a_rung_s_stretch_and_halving_s_survivors():
+    """A rung trains what it adds to the rung below; halving trains its levels' survivors only."""
+    points = [{"lr": lr, "n": n} for lr in range(3) for n in (10, 20, 40)]
+    found = ladders(points, "n")
+    stretched = work(found, [p["n"] for p in points])
+    assert stretched.of_point[:3] == (10.0, 10.0, 20.0) and stretched.expected == 3 * 40 and stretched.trials == 9
+    halved = work(found, [p["n"] for p in points], reduction_factor=3)
+    assert halved.expected == 3 * 10 + 1 * 10 + 1 * 20 and halved.trials == 3 + 1 + 1  # ceil(3 / 3), ceil(1 / 3)

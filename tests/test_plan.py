@@ -25,7 +25,10 @@ def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
     assert report["run_fixed_seconds"] == pytest.approx(3.0 + 0.75, abs=0.05)  # the winner retrained: a mean trial
     assert report["estimated_seconds"] == pytest.approx(2.5 + 3.75, abs=0.05)
     assert report["probe"] == {"train_seconds": 1.0, "cost": probe.cost, "trial_overhead_seconds": 0.5,
-                               "fixed_seconds": 3.0, "trials": PROBE_TRIALS}
+                               "fixed_seconds": 3.0, "trials": PROBE_TRIALS, "start_seconds": 0.0}
+    # 0.2 s of each training whatever its length: 0.8 s per 8 hidden units, each trial 0.2 s more
+    started = plan(spec, data, Probe(**{**report["probe"], "start_seconds": 0.2}))
+    assert started["phases"][0]["estimated_seconds"] == pytest.approx(0.2 + 0.8 + 0.2 + 0.4 + 2 * 0.5)
     # the command's own start-up (interpreter, imports, the data), which every run pays too
     started = plan(spec, data, probe, startup_seconds=2.0)
     assert started["run_fixed_seconds"] == pytest.approx(3.0 + 2.0 + 0.75, abs=0.05)
