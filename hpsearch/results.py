@@ -158,6 +158,8 @@ class PhaseView:
             left = sum(work.of_point[:self.total]) - self._covered_work
         else:
             left = float(self.total - self._n_covered)
+        if left <= 0 and self.total is not None and self._n_covered < self.total and self._finishes:
+            left = self._trained_work / len(self._finishes)  # more trained than expected (retries): a trial's worth
         pace = self._seconds_per_unit()
         return None if left <= 0 or pace is None else left * pace
 

@@ -55,6 +55,11 @@ def test_a_halving_phase_s_eta_counts_the_survivors_training_and_ignores_rungs_n
         number += 1
     # 45 units trained at 1 s per 5; left: 3 ladders x 5 units = 15 units, 3 s (the 6 rungs cut cost nothing)
     assert view.eta_seconds() == pytest.approx(3.0)
+    for ladder in range(6, 9):  # retried rungs trained more than the levels foresaw: still an ETA while any is left
+        view.apply(Row(number + 1, number, "FAIL", None, T0, at(10 + ladder), 2 * ladder + 1, "an error"))
+        number += 1
+    # a trial's worth (60 units over 12 trials) at the last trials' pace (from 9 s to 18 s for 15 units)
+    assert view.eta_seconds() == pytest.approx(60 / 12 * 9 / 15)
 
 
 def test_a_phase_without_a_budget_counts_its_points_at_their_recent_pace():
