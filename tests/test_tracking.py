@@ -51,7 +51,7 @@ def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, 
     assert set(phases) == {"random", "grid"}
     assert all(run.data.tags["mlflow.parentRunId"] == study_run.info.run_id for run in phases.values())
     trials = optuna_trials(tmp_path)
-    assert len(kinds["trial"]) == len(trials) == 6 + len(json.loads(phases["grid"].data.params["grid"])["learning_rate"]) * len(json.loads(phases["grid"].data.params["grid"])["hidden_size"])
+    assert len(kinds["trial"]) == len(trials) == 6 + len(json.loads(phases["grid"].data.tags["grid"])["learning_rate"]) * len(json.loads(phases["grid"].data.tags["grid"])["hidden_size"])
     keys = collections.Counter(run.data.tags["hpsearch.trial_key"] for run in kinds["trial"])
     assert set(keys.values()) == {1}  # one run per Optuna trial
     client = MlflowClient(uri)
@@ -281,3 +281,18 @@ def test_a_trial_run_a_mending_worker_created_is_not_logged_again_by_the_trial_s
     for key in ("val_acc", "loss", f"final_{spec.objective.metric}"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert steps and len(steps) == len(set(steps)), (key, steps)
+
+
+def test_raising_n_trials_extends_a_phase_and_its_tracking(study, tmp_path):
+    """The README's way to extend a phase: MLflow's params never change, so the phase's settings are tags, and the
+    new trials' runs are logged as they run (the tracking process: a subprocess, as in every tracked run)."""
+    assert runner.invoke(app, ["run", str(study)]).exit_code == 0
+    raised = runner.invoke(app, ["run", str(study), "--phase", "random", "--set", "phases.0.n_trials=9"])
+    assert raised.exit_code == 0 and "tracking:" not in raised.output, raised.output
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    kinds = runs_by_kind(uri)
+    (random_run,) = [run for run in kinds["phase"] if run.data.tags["hpsearch.phase"] == "random"]
+    assert random_run.data.tags["n_trials"] == "9" and "n_trials" not in random_run.data.params
+    random_trials = optuna.load_study(study_name="tracked.random",
+                                      storage=f"sqlite:///{tmp_path / 'runs' / 'tracked.db'}").trials
+    assert len([run for run in kinds["trial"] if run.data.tags["phase"] == "random"]) == len(random_trials) == 9

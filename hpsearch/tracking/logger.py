@@ -15,6 +15,8 @@ from hpsearch.tracking.mending import Mending
 
 __all__ = ["MlflowLogger"]
 
+MAX_TAG = 6000  # characters of a tag's value kept (MLflow stores up to 8000)
+
 
 class MlflowLogger(Mending):
     """Does the MLflow work of a study; runs inside the tracking process (and in `hpsearch sync`)."""
@@ -30,6 +32,8 @@ class MlflowLogger(Mending):
         self._study_run = self._parent_run(spec.name, "study", None, {}, reopen=reopen)
 
     def on_phase_start(self, phase: PhaseSpec, info: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
         self._phase_studies[phase.name] = info["study_name"]
         if self._study_run is None:
             self._study_run = self._parent_run(self.spec.name, "study", None, {})
@@ -38,13 +42,16 @@ class MlflowLogger(Mending):
         if run_id is None:
             return
         self._phase_runs[phase.name] = run_id
-        params = {"sampler": phase.sampler, "max_retries": phase.max_retries, "optuna_study": info["study_name"]}
+        # tags, not params: MLflow's params never change, and a phase's may (more n_trials extend it,
+        # --force-new-phase gives it another Optuna study and grid); the phase run stays the phase's
+        settings = {"sampler": phase.sampler, "max_retries": phase.max_retries, "optuna_study": info["study_name"]}
         if phase.n_trials:
-            params["n_trials"] = phase.n_trials
+            settings["n_trials"] = phase.n_trials
         if info.get("grid"):
-            params["grid"] = json.dumps(info["grid"])[:6000]
+            settings["grid"] = json.dumps(info["grid"])[:MAX_TAG]
             self._safe("logging the grid", lambda: self.client.log_dict(run_id, info["grid"], "grid.json"))
-        self._safe("logging phase params", lambda: self.client.log_batch(run_id, params=self._params(params)))
+        tags = [RunTag(key, str(value)) for key, value in settings.items()]
+        self._safe("logging the phase's settings", lambda: self.client.log_batch(run_id, tags=tags))
 
     def on_trial_start(self, phase: PhaseSpec, trial: Any, config: dict[str, Any], seed: int,
                        replaces: Any) -> None:
