@@ -73,8 +73,9 @@ def print_summary(summary: dict) -> None:
             spent = f" (the tracking process spent {format_duration(tracking['seconds'])} in MLflow calls)"
         say(f"MLflow experiment {tracking['experiment']!r}{spent}:")
         say(f"  mlflow ui --backend-store-uri {tracking['uri']}")
-        if tracking.get("model"):
-            say(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split test")
+        if tracking.get("model"):  # the test split where the winner was scored on one (a dataset may have none)
+            split = "test" if best and best.get(best.get("test_metric", "test_acc")) is not None else "val"
+            say(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split {split}")
     say(f"  optuna-dashboard {summary['storage']}")
 
 

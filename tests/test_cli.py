@@ -714,3 +714,15 @@ def test_a_write_that_fails_leaves_the_file_it_would_replace_whole(finished_stud
     assert result.stderr == "error: --output t.json: cannot write (File too large).\n"
     assert (tmp_path / "t.json").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "t.json", "tiny.yaml"]  # no partial file left
+
+
+@pytest.mark.parametrize("scores, split", [({"test_acc": 0.9}, "test"), ({}, "val")])
+def test_the_summary_suggests_predicting_a_split_the_data_has(capsys, scores, split):
+    from hpsearch.output import print_summary
+
+    best = {"phase": "grid", "trial": 3, "metric": "val_acc", "value": 0.95, "config": {}, "seed": 1,
+            "test_metric": "test_acc", **scores}
+    print_summary({"study": "s", "storage": "sqlite:///s.db", "phases": [], "best": best, "complete": True,
+                   "spec": "s.yaml", "tracking": {"experiment": "s", "uri": "sqlite:///m.db", "model": "m.npz"}})
+    predict = [line for line in capsys.readouterr().out.splitlines() if "hpsearch predict" in line]
+    assert predict == [f"  hpsearch predict s.yaml --model m.npz --split {split}"]
