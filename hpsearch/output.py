@@ -79,18 +79,26 @@ def print_summary(summary: dict) -> None:
     say(f"  optuna-dashboard {summary['storage']}")
 
 
+NOT_IN_CSV = ("epoch_history", "traceback")  # per-epoch curves and tracebacks: in the JSON export only
+
+
 def trials_csv(rows: list[dict]) -> str:
-    """Every trial a row, its params in columns of their own; lists and mappings as JSON text."""
+    """Every trial a row of plain cells, to sort in a spreadsheet and load as numbers: its params in ``param_<name>``
+    columns and its final metrics in ``metric_<name>`` columns of their own (a list or mapping param as JSON text);
+    the per-epoch histories and tracebacks are in the JSON export."""
     import csv
     import io
 
-    names = sorted({name for row in rows for name in row["params"]})
+    params = sorted({name for row in rows for name in row["params"]})
+    metrics = sorted({name for row in rows for name in (row.get("metrics") or {})})
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    columns = [c for c in (rows[0] if rows else {"phase": 0}) if c != "params"]
-    writer.writerow(columns + [f"param_{n}" for n in names])
+    columns = [c for c in (rows[0] if rows else {"phase": 0}) if c not in ("params", "metrics", *NOT_IN_CSV)]
+    writer.writerow(columns + [f"param_{n}" for n in params] + [f"metric_{n}" for n in metrics])
     for row in rows:
         cells = [json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
-        params = [row["params"].get(n, "") for n in names]
-        writer.writerow(cells + [json.dumps(p) if isinstance(p, (dict, list)) else p for p in params])
+        values = [row["params"].get(n, "") for n in params]
+        scores = [(row.get("metrics") or {}).get(n, "") for n in metrics]
+        writer.writerow(cells + [json.dumps(v) if isinstance(v, (dict, list)) else v for v in values]
+                        + [v if isinstance(v, (int, float, str)) else json.dumps(v) for v in scores])
     return text.getvalue()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -195,6 +197,13 @@ def test_run_status_best_export_plan(study, tmp_path):
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0].startswith("phase,number,state,value") and "param_learning_rate" in lines[0]
     assert len(lines) == 1 + 6 + status["phases"][1]["total"]
+    # plain cells a spreadsheet sorts and pandas reads as numbers: no JSON inside, no per-epoch history
+    table = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    assert {"metric_val_acc", "metric_train_acc", "param_hidden_size"} <= table[0].keys()
+    assert "epoch_history" not in table[0] and "metrics" not in table[0]
+    assert not any(cell.startswith(("{", "[")) for row in table for cell in row.values())
+    complete = [row for row in table if row["state"] == "COMPLETE"]
+    assert complete and all(float(row["metric_val_acc"]) == float(row["value"]) for row in complete)
     assert runner.invoke(app, ["export", str(study), "--output", str(tmp_path / "t.json")]).exit_code == 0
     assert len(json.loads((tmp_path / "t.json").read_text())) == len(lines) - 1
 
