@@ -32,6 +32,7 @@ from hpsearch.errors import UserError
 __all__ = ["StorageError", "chosen_storage_url", "engine_for", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
            "register_secret_url", "resolve_storage_url", "runs_folder", "same_database", "sqlite_path",
            "storage_files", "storage_lock"]
+DEFAULT_FOLDER = "runs"  # the SQLite storage's folder, made where it is missing (any other must exist)
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
 MASK = "***"
@@ -150,7 +151,7 @@ def resolve_storage_url(cli_value: str | None, spec_value: str | None, study_nam
 def chosen_storage_url(cli_value: str | None, spec_value: str | None, study_name: str) -> str:
     """The storage URL to use (its password registered for masking, its ``~`` expanded), not yet checked: for what
     must be refused before :func:`resolve_storage_url` creates a SQLite storage's folder."""
-    url = cli_value or os.environ.get(ENV_STORAGE) or spec_value or f"sqlite:///runs/{study_name}.db"
+    url = cli_value or os.environ.get(ENV_STORAGE) or spec_value or f"sqlite:///{DEFAULT_FOLDER}/{study_name}.db"
     register_secret_url(url)
     url = expand_home(url, "storage")
     _check_form(url)
@@ -192,10 +193,15 @@ def _check(url: str, writable: bool) -> None:
         if not path.is_file():
             raise no_study_stored(url)
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"storage {mask_url(url)!r}: cannot create {path.parent} ({exc.strerror}).") from None
+    if not path.parent.is_dir():
+        # a mistyped folder must not start a study where nobody looks; only the default runs/ is made
+        if path.parent.name != DEFAULT_FOLDER or not path.parent.parent.is_dir():
+            raise StorageError(f"storage {mask_url(url)!r}: the folder {path.parent} does not exist; create it "
+                               f"first (only a {DEFAULT_FOLDER}/ folder is made for you).")
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage {mask_url(url)!r}: cannot create {path.parent} ({exc.strerror}).") from None
     if not os.access(path.parent, os.W_OK):
         raise StorageError(f"storage {mask_url(url)!r}: {path.parent} is not writable.")
 

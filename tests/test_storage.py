@@ -258,9 +258,22 @@ def test_a_read_only_command_on_a_missing_database_creates_nothing(tmp_path, mon
 
 # ---- where a SQLite URL's path leads ---------------------------------------------------------------------------------
 
+def test_a_storage_in_a_folder_that_does_not_exist_is_refused_but_runs_is_made(tmp_path, monkeypatch):
+    """A mistyped folder would start a study nobody finds: one line, exit 2, nothing made; runs/ is the default."""
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path)
+    result = runner.invoke(app, ["run", str(spec), "--storage", "sqlite:///nonexistent/dir/x.db"])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "error: storage 'sqlite:///nonexistent/dir/x.db': the folder nonexistent/dir does not exist; "
+        "create it first (only a runs/ folder is made for you).")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st.yaml"]
+    assert runner.invoke(app, ["run", str(spec), "--max-trials", "1"]).exit_code == 0
+    assert (tmp_path / "runs").is_dir()
+
+
 def test_a_storage_in_the_home_folder_is_found_there_as_data_paths_are(tmp_path, monkeypatch):
     home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir(), work.mkdir()
+    (home / "studies").mkdir(parents=True), work.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(work)
     spec = spec_file(work)
