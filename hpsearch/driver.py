@@ -247,6 +247,11 @@ class Driver:
             view = self.results.view(phase, self.phases.layout())
             budget.expect(view.longest)
             self._views[phase.name] = view
+            progress = view.status()
+            if progress["done"] and progress["state"] != "complete":  # a resumed phase says where it stands
+                total = progress["total"] if progress["total"] is not None else phase.n_trials
+                self.echo(f"[{phase.name}] resuming: {progress['done']} of {total} done"
+                          + (f", {progress['running']} running in other processes" if progress["running"] else ""))
             self.listener.on_phase_start(phase, {"study_name": study.study_name, "grid": record.get("grid")})
             done = self.phase_runner.run(phase, study, record, view, budget)
             view.refresh()

@@ -63,6 +63,7 @@ class PhaseView:
         self._covered: Counter[int] = Counter()
         self._n_covered = 0
         self._failures: Counter[int] = Counter()
+        self._unpointed_failures = 0
         self._failed_rows: dict[int, list[Row]] = {}
         self._seconds = [0.0, 0]
         self.longest = 0.0  # seconds: the longest finished trial
@@ -99,6 +100,8 @@ class PhaseView:
                     self._covered_work += ((self._covered[row.point] > 0) - before) * self._work_of(row.point)
             elif counts_as_failure(row.state, row.failure):
                 self._failures[row.point] += sign
+        elif counts_as_failure(row.state, row.failure):
+            self._unpointed_failures += sign  # a TPE trial
         if row.state in FINISHED_STATES and row.seconds is not None:
             self._seconds[0] += sign * row.seconds
             self._seconds[1] += sign
@@ -183,7 +186,10 @@ class PhaseView:
         status: dict[str, Any] = {"phase": phase.name, "sampler": phase.sampler, "state": "pending",
                                   "study_name": self.record["study"] if self.record else None,
                                   "complete": self._counts["COMPLETE"], "pruned": self._counts["PRUNED"],
-                                  "failed": self._counts["FAIL"], "running": self._counts["RUNNING"],
+                                  # failures that stand: not those a retry of the point has since made good
+                                  "failed": self._unpointed_failures + sum(
+                                      n for point, n in self._failures.items() if not self._covered[point]),
+                                  "failed_trials": self._counts["FAIL"], "running": self._counts["RUNNING"],
                                   "waiting": self._counts["WAITING"], "done": 0, "total": self.total,
                                   "best_value": None, "best_trial": None, "failed_points": [],
                                   "grid": self.record.get("grid") if self.record else None,

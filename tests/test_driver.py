@@ -102,13 +102,18 @@ def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
     status = summary["phases"][0]
     assert calls == {4: 3, 8: 2, 16: 1}  # 1 + max_retries attempts for the point that always fails
     assert status["failed_points"] == [0] and status["done"] == 2 and status["state"] == "complete"
+    # the failure its retry made good no longer counts: failed is what stands (the trials, all of them, beside it)
+    assert (status["failed"], status["failed_trials"]) == (3, 4)
 
 
 def test_budget_stops_cleanly_and_a_later_run_resumes(tmp_path):
     spec = write_spec(tmp_path)
     summary = driver_for(spec, tmp_path).run(Budget(max_trials=4))
     assert not summary["complete"] and summary["phases"][0]["done"] == 4
-    summary = driver_for(spec, tmp_path).run(Budget(max_trials=4))
+    messages = []
+    summary = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append).run(
+        Budget(max_trials=4))
+    assert messages[0] == "[random] resuming: 4 of 6 done", messages
     assert summary["phases"][0]["done"] == 6 and summary["phases"][1]["done"] == 2
     summary = driver_for(spec, tmp_path).run()
     assert summary["complete"]
