@@ -52,8 +52,7 @@ def train(
     allow_import: AllowImportOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Train once with the spec's defaults and print its metrics (loss, train and validation accuracy for the
-    built-in backends) and the time it took."""
+    """Train once with the spec's defaults and print its metrics (loss, train and validation accuracy) and time."""
     from hpsearch.backends import DivergedError
     from hpsearch.spec import load_spec
     from hpsearch.training import load_data, score_test_split, train_once
@@ -430,7 +429,7 @@ def export(
     set_: SetOpt = None,
     allow_import: AllowImportOpt = False,
 ) -> None:
-    """Write every trial (phase, number, state, value, params, duration) to CSV or JSON."""
+    """Write every trial (phase, number, state, value, params, metrics, duration) to CSV or JSON."""
     if output.suffix not in (".csv", ".json"):
         raise fail(f"--output {output}: give a .csv or .json file.")
     check_output_file(output, "--output")

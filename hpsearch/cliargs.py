@@ -55,6 +55,22 @@ def fail(message: str) -> typer.Exit:
 _UsageError = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
 
 
+def _flags_without_a_type() -> None:
+    """Typer's help shows a type beside every option, ``<bool>`` beside a flag (--json, --help) too, where there is
+    no value to give: flags show none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_a_type()
+
+
 class OneLineErrors(TyperGroup):
     """The app's commands, whose usage errors (an unknown option, ``--workers 0``, ``--max-trials 1e3``) are one line
     on stderr and exit code 2, like every other error, rather than click's usage box."""

@@ -3,7 +3,9 @@ file through :func:`format_bytes`."""
 
 from __future__ import annotations
 
-__all__ = ["format_bytes", "format_duration"]
+__all__ = ["format_bytes", "format_duration", "format_value", "wrap_items"]
+
+WIDTH = 100  # columns a line the CLI prints for people stays within
 
 
 def format_duration(seconds: float) -> str:
@@ -41,3 +43,30 @@ def format_bytes(size: int) -> str:
     if unit == "bytes":
         return f"{size} byte{'' if size == 1 else 's'}"
     return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"
+
+
+def format_value(value: object) -> str:
+    """A configuration value as people read it: floats to 6 significant digits (``0.242019``, ``1e-05``), lists and
+    mappings as JSON of such values, the rest as it prints. For reading only: ``hpsearch best`` gives exact values."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {format_value(item)}" for key, item in value.items()) + "}"
+    return str(value)
+
+
+def wrap_items(head: str, items: list[str], width: int = WIDTH, indent: int = 4) -> list[str]:
+    """``head`` then ``items`` separated by commas, in lines of at most ``width`` columns (an item longer than a
+    line gets one of its own); lines after the first are indented by ``indent``."""
+    lines, line = [], head
+    for k, item in enumerate(items):
+        piece = item + ("," if k < len(items) - 1 else "")
+        if line.strip() and len(line) + 1 + len(piece) > width and line != head:
+            lines.append(line)
+            line = " " * indent + piece
+        else:
+            line = f"{line} {piece}" if line and not line.endswith(" ") else line + piece
+    lines.append(line)
+    return lines

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from hpsearch.formatting import format_bytes, format_duration
+from hpsearch.formatting import format_bytes, format_duration, format_value, wrap_items
 
 __all__ = ["print_summary", "trials_csv"]
 
@@ -54,7 +54,9 @@ def print_summary(summary: dict) -> None:
         else:  # the final evaluation on the test split runs once, when every phase is complete
             test = f", {test_metric} after the study completes"
         say(f"winner: phase {best['phase']!r} trial {best['trial']}: {best['metric']} {best['value']:.4f}{test}")
-        say(f"  config: {json.dumps(best['config'])}  seed: {best['seed']}")
+        for line in wrap_items("  config:", [f"{key}={format_value(value)}" for key, value in best["config"].items()]):
+            say(line)
+        say(f"  seed: {best['seed']}  (`hpsearch best` writes the exact values as a spec)")
     elif summary.get("complete"):
         say("no winner: no trial completed (`hpsearch export` lists every trial with its failure)")
     for p in summary["phases"]:

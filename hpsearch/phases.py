@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import optuna
 
 from hpsearch import grid as grids
+from hpsearch.formatting import format_value, wrap_items
 from hpsearch.errors import SpecError, UserError
 from hpsearch.ladders import check_budget
 from hpsearch.records import SharedState, StateTable, decode_params, encode_param
@@ -31,6 +32,7 @@ __all__ = ["GRID_CHOICES", "PointParams", "Phases", "context_of", "describe_chan
 LEGACY = "hpsearch:"  # attribute prefix of the registry study that older versions kept
 GRID_CHOICES = 64  # a grid parameter with more values is stored in constant size per point (_shared_distribution)
 BOUNDED = "bounded_params"  # in a phase record: its trials' params are stored that way (records written before not)
+SHOWN_VALUES = 12  # of each parameter of a derived grid, when it is printed
 
 PointParams = Callable[[Mapping[str, Any]], dict[str, tuple[Any, optuna.distributions.BaseDistribution]]]
 
@@ -386,8 +388,12 @@ class Phases:
                      "retired": _retired(layout, replaced)})
         self.generation = generation
         if isinstance(phase.grid, DerivedGrid):
-            self.echo(f"[{phase.name}] derived grid from the top {phase.grid.top_k} trials of "
-                      f"{phase.grid.source!r}: {json.dumps(grid)}")
+            self.echo(f"[{phase.name}] derived grid from the top {phase.grid.top_k} trials of {phase.grid.source!r}:")
+            for name, values in grid.items():
+                shown = [format_value(value) for value in values[:SHOWN_VALUES]]
+                more = [f"... ({len(values)} values)"] if len(values) > SHOWN_VALUES else []
+                for line in wrap_items(f"[{phase.name}]   {name}:", shown + more):
+                    self.echo(line)
         return record
 
     def _free_name(self, phase: PhaseSpec, layout: dict[str, Any]) -> str:

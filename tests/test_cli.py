@@ -167,6 +167,11 @@ def test_run_status_best_export_plan(study, tmp_path):
     assert result.exit_code == 0, result.output
     assert "winner" in result.stdout and "optuna-dashboard sqlite:///runs/clistudy.db" in result.stdout
     assert (tmp_path / "runs" / "clistudy.db").exists()  # the default storage, relative to the working directory
+    derived = result.output[result.output.index("[grid] derived grid from the top 3 trials of 'random':"):]
+    grid_lines = derived.splitlines()[1:3]  # a line per parameter, values to 6 significant digits
+    assert [line.split(":")[0] for line in grid_lines] == ["[grid]   learning_rate", "[grid]   hidden_size"]
+    assert all(len(line) <= 100 and not any(len(v.strip()) > 12 for v in line.split(":")[1].split(","))
+               for line in grid_lines)
 
     again = runner.invoke(app, ["run", str(study)])
     assert again.exit_code == 0 and "already complete" in again.stderr
@@ -181,8 +186,17 @@ def test_run_status_best_export_plan(study, tmp_path):
         assert lines[1].split() == ["phase", "state", "done/total", "complete", "pruned", "failed", "running", "best"]
         best_row = lines[2 + [p["phase"] for p in status["phases"]].index(status["best"]["phase"])]
         assert best_row.endswith(f"{status['best']['value']:.4f} (trial {status['best']['trial']})")
-        config = next(line for line in lines if line.startswith("  config: "))
-        assert json.loads(config[len("  config: "):config.rindex("  seed: ")]) == status["best"]["config"]
+        # the winner's configuration as people read it: 6 significant digits, lines of at most 100 columns
+        start = next(k for k, line in enumerate(lines) if line.startswith("  config: "))
+        end = next(k for k, line in enumerate(lines) if line.startswith("  seed: "))
+        shown = dict(item.strip().split("=", 1) for line in lines[start:end]
+                     for item in line.removeprefix("  config:").split(",") if item.strip())
+        assert shown.keys() == status["best"]["config"].keys()
+        for key, value in status["best"]["config"].items():
+            assert float(shown[key]) == pytest.approx(value, rel=1e-5) if isinstance(value, float) else \
+                shown[key] == str(value)
+        assert lines[end] == f"  seed: {status['best']['seed']}  (`hpsearch best` writes the exact values as a spec)"
+        assert all(len(line) <= 100 for line in lines[start:end])
 
     best_yaml = runner.invoke(app, ["best", str(study), "--format", "yaml", "--output", str(tmp_path / "best.yaml")])
     assert best_yaml.exit_code == 0
@@ -735,3 +749,11 @@ def test_the_summary_suggests_predicting_a_split_the_data_has(capsys, scores, sp
                    "spec": "s.yaml", "tracking": {"experiment": "s", "uri": "sqlite:///m.db", "model": "m.npz"}})
     predict = [line for line in capsys.readouterr().out.splitlines() if "hpsearch predict" in line]
     assert predict == [f"  hpsearch predict s.yaml --model m.npz --split {split}"]
+
+
+def test_help_shows_no_type_beside_flags_and_keeps_each_command_s_summary_on_its_lines():
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0 and "<bool>" not in result.output and "--json" in result.output
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "120"}).output  # room for every summary on one line
+    train = next(line for line in top.splitlines() if "│ train " in line)
+    assert train.rstrip(" │").endswith("and time.")  # one line: no break in mid-sentence

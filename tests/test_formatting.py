@@ -28,3 +28,14 @@ def test_a_negative_duration_is_a_bug():
 ])
 def test_sizes_read_in_the_largest_unit_they_reach(size, shown):
     assert format_bytes(size) == shown
+
+
+def test_values_print_as_people_read_them_in_lines_of_at_most_100_columns():
+    from hpsearch.formatting import format_value, wrap_items
+
+    assert format_value(0.24201854326478553) == "0.242019" and format_value(1e-05) == "1e-05"
+    assert format_value([100, 0.30012399999]) == "[100, 0.300124]" and format_value("relu") == "relu"
+    items = [f"p{k}={format_value(k / 7)}" for k in range(40)]
+    lines = wrap_items("  config:", items)
+    assert len(lines) > 1 and all(len(line) <= 100 for line in lines)
+    assert " ".join(line.strip() for line in lines) == "config: " + ", ".join(items)
