@@ -47,6 +47,9 @@ def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, 
     assert "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in result.stdout
     kinds = runs_by_kind(uri)
     (study_run,) = kinds["study"]
+    # a namesake in another storage, logged to the same experiment, is told apart by its storage
+    assert study_run.data.tags["hpsearch.storage"] == "sqlite:///runs/tracked.db"
+    assert study_run.data.tags["hpsearch.study_state"] == "complete" and study_run.info.status == "FINISHED"
     phases = {run.data.tags["hpsearch.phase"]: run for run in kinds["phase"]}
     assert set(phases) == {"random", "grid"}
     assert all(run.data.tags["mlflow.parentRunId"] == study_run.info.run_id for run in phases.values())
@@ -113,7 +116,10 @@ def test_unreachable_tracking_server_does_not_stop_the_study_and_sync_fills_mlfl
 def test_a_time_box_that_ends_with_the_winner_scored_finishes_the_study_run_each_time(study, tmp_path):
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert runner.invoke(app, ["run", str(study), "--max-trials", "3"]).exit_code == 0
-    assert [run.info.status for run in runs_by_kind(uri)["study"]] == ["KILLED"]  # stopped, no result
+    # a clean stop is no kill: FINISHED, the tag saying it stopped (no result yet)
+    (stopped,) = runs_by_kind(uri)["study"]
+    assert (stopped.info.status, stopped.data.tags["hpsearch.study_state"]) == ("FINISHED", "stopped")
+
     for attempt in range(2):  # each run starts one trial, then the box is reached and the winner so far is scored
         result = runner.invoke(app, ["run", str(study), "--time-box", "1e-06", "--json"])
         assert result.exit_code == 0, result.output
@@ -122,6 +128,7 @@ def test_a_time_box_that_ends_with_the_winner_scored_finishes_the_study_run_each
         assert "the best trial so far is scored on the test split" in result.stderr
         (study_run,) = runs_by_kind(uri)["study"]
         assert study_run.info.status == "FINISHED" and "test_acc" in study_run.data.metrics, attempt
+        assert study_run.data.tags["hpsearch.study_state"] == "stopped"  # the box ended it: not complete yet
         assert summary["tracking"]["model"] is not None
 
 
@@ -296,3 +303,26 @@ def test_raising_n_trials_extends_a_phase_and_its_tracking(study, tmp_path):
     random_trials = optuna.load_study(study_name="tracked.random",
                                       storage=f"sqlite:///{tmp_path / 'runs' / 'tracked.db'}").trials
     assert len([run for run in kinds["trial"] if run.data.tags["phase"] == "random"]) == len(random_trials) == 9
+
+
+def test_a_trial_run_lasts_as_its_trial_did_however_late_the_tracking_process_logs_it(tmp_path):
+    """The tracking process applies each call with the time the study process made it: a run's start and end are its
+    trial's, not when a busy tracking process got to them (in-process: the calls' times are given)."""
+    from hpsearch.driver import Driver
+    from hpsearch.listener import TrialInfo
+    from hpsearch.spec import load_spec
+    from hpsearch.tracking.logger import MlflowLogger
+
+    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]]))
+    driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MlflowLogger(spec, uri)
+    logger.on_study_start(spec, driver.phases.shared())
+    logger.on_phase_start(spec.phases[0], {"study_name": "tracked.random"})
+    trial = TrialInfo(1, 0, 0, {"learning_rate": 0.1}, 7, "COMPLETE", 0.5)
+    logger.sent_at = 1_700_000_000.0
+    logger.on_trial_start(spec.phases[0], trial, dict(spec.defaults), 7, None)
+    logger.sent_at = 1_700_000_005.25  # the trial ended 5.25 s later; this process may apply it any time after
+    logger.on_trial_end(spec.phases[0], trial, None, None, {"done": 1})
+    (run,) = runs_by_kind(uri)["trial"]
+    assert (run.info.start_time, run.info.end_time) == (1_700_000_000_000, 1_700_000_005_250)

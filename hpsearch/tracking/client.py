@@ -126,6 +126,9 @@ class MlflowBase:
         self._pending_params: dict[str, list[Any]] = {}
         self._last_flush: dict[str, float] = {}
         self._study_steps = 0
+        # when the study process made the call being applied (seconds since the epoch; None: now): a trial run's
+        # start and end are the trial's, however far behind this process is
+        self.sent_at: float | None = None
         self._reopened = True
 
     # ---- plumbing --------------------------------------------------------------------------------------------
@@ -229,9 +232,19 @@ class MlflowBase:
         where = hashlib.sha1(f"{self.uri}|{self.experiment}".encode()).hexdigest()[:10]
         return f"mlflow:{where}:{name}"
 
-    def _create_run(self, name: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self._experiment(), run_name=name, tags=tags)
+    def _create_run(self, name: str, tags: dict[str, str], start_ms: int | None = None) -> str:
+        run = self.client.create_run(self._experiment(), run_name=name, tags=tags, start_time=start_ms or self._ms())
         return run.info.run_id
+
+    def _ms(self) -> int:
+        """The time of the call being applied, in MLflow's milliseconds."""
+        return int((self.sent_at or time.time()) * 1000)
+
+    def _study_tags(self) -> dict[str, str]:
+        """What tells a study run from a namesake's in another storage logged to the same experiment."""
+        where = mask_url(self._state.url)
+        return {"hpsearch.kind": "study", "hpsearch.study": self.spec.name, STUDY_ID: self._study_id,
+                "hpsearch.storage": where, "mlflow.note.content": f"Study {self.spec.name!r} stored in {where}"}
 
     def _parent_run(self, name: str, kind: str, parent: str | None, extra: dict[str, str],
                     reopen: bool = True) -> str | None:
@@ -239,6 +252,8 @@ class MlflowBase:
 
         def create() -> str:
             tags = {"hpsearch.kind": kind, "hpsearch.study": self.spec.name, STUDY_ID: self._study_id, **extra}
+            if kind == "study":
+                tags.update(self._study_tags())
             if parent:
                 tags["mlflow.parentRunId"] = parent
             return self._create_run(name, tags)
@@ -277,13 +292,13 @@ class MlflowBase:
 
         return [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in sorted(config.items())]
 
-    def _trial_run(self, key: str, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    def _trial_run(self, key: str, name: str, tags: dict[str, str], start_ms: int | None = None) -> tuple[str, bool]:
         """The run of trial ``key``, created once among all processes (its id is kept in the study storage):
         the trial's own worker and a process mending its log may both ask. Returns (run id, created here)."""
         created: list[str] = []
 
         def create() -> str:
-            created.append(self._create_run(name, tags))
+            created.append(self._create_run(name, tags, start_ms))
             return created[0]
 
         return self._state.get_or_create(self._key(f"trial:{key}"), create), bool(created)
@@ -309,4 +324,5 @@ class MlflowBase:
             self._safe("ending a trial run", lambda chunk=chunk, params=params, batch_tags=batch_tags:
                        self.client.log_batch(run_id, metrics=chunk, params=params, tags=batch_tags))
             params = []
-        self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=_run_status(state, reason)))
+        self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=_run_status(state, reason),
+                                                                            end_time=self._ms()))

@@ -150,10 +150,10 @@ class MlflowLogger(Mending):
         for key in ("complete", "pruned", "failed"):
             self._metric(run_id, f"trials_{key}", status.get(key), status.get("done", 0))
         self._send(run_id, force=True)
-        done = status["state"] == "complete"
-        if self._reopened:
-            self._safe("ending a phase run",
-                       lambda: self.client.set_terminated(run_id, status="FINISHED" if done else "KILLED"))
+        if self._reopened:  # as the study run: a clean end, the tag saying how far the phase got
+            self._safe("ending a phase run", lambda: self.client.set_tag(run_id, "hpsearch.phase_state",
+                                                                         status["state"]))
+            self._safe("ending a phase run", lambda: self.client.set_terminated(run_id, status="FINISHED"))
 
     def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None:
         run_id = self._study_run
@@ -162,8 +162,9 @@ class MlflowLogger(Mending):
         self._send(run_id, force=True)
         if report is not None:
             self._log_study_artifacts(run_id, report)
-        # a look at a finished study leaves its end time alone; a time box that ends with the winner scored finishes it
-        finished = summary.get("complete") or (summary.get("time_box") or {}).get("scored")
+        # a look at a finished study leaves its end time alone. A run that ends here ended cleanly (Ctrl-C never gets
+        # here): FINISHED, and the tag says whether the study is complete or stopped until a rerun goes on with it
+        state = "complete" if summary.get("complete") else "stopped"
         if self._reopened:
-            self._safe("ending the study run", lambda: self.client.set_terminated(
-                run_id, status="FINISHED" if finished else "KILLED"))
+            self._safe("ending the study run", lambda: self.client.set_tag(run_id, "hpsearch.study_state", state))
+            self._safe("ending the study run", lambda: self.client.set_terminated(run_id, status="FINISHED"))

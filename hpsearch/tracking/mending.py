@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import tempfile
 from pathlib import Path
@@ -32,7 +33,7 @@ class Mending(MlflowBase):
         self._reported = False
         client = self.client
         study_run = state.get_or_create(self._key(self.spec.name), lambda: self._create_run(
-            self.spec.name, {"hpsearch.kind": "study", "hpsearch.study": self.spec.name, STUDY_ID: self._study_id}))
+            self.spec.name, self._study_tags()))
         self._study_run = study_run
         counts = self._reconcile(trials, phases)
         if report is not None and report.best is not None:
@@ -102,7 +103,12 @@ class Mending(MlflowBase):
         }
         if row.get("failure"):
             tags["failure"] = mask_url(str(row["failure"]))[:5000]
-        run_id, created = self._trial_run(tags[TRIAL_KEY], f"{phase}-{row['number']}", tags)
+        start_ms = end_ms = None
+        if row.get("datetime_start"):  # the trial's own times, as its worker would have logged them
+            start_ms = int(datetime.datetime.fromisoformat(row["datetime_start"])
+                           .replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
+            end_ms = start_ms + int((row.get("duration_seconds") or 0) * 1000)
+        run_id, created = self._trial_run(tags[TRIAL_KEY], f"{phase}-{row['number']}", tags, start_ms)
         if not created:
             return False  # its worker created it meanwhile and logs it
         history = row.get("epoch_history") or {}
@@ -120,7 +126,8 @@ class Mending(MlflowBase):
         config = resolved_config(self.spec, row["params"])
         self._pending_params[run_id] = self._params({**config, "seed": row["seed"]})
         self._send(run_id, force=True)
-        self.client.set_terminated(run_id, status=status or _run_status(row["state"], row.get("failure")))
+        self.client.set_terminated(run_id, status=status or _run_status(row["state"], row.get("failure")),
+                                   end_time=end_ms)
         return True
 
     def _saved_model(self, report: StudyReport, folder: Path) -> Path | None:

@@ -53,7 +53,7 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
             return
         if not message:
             continue
-        name, args = message
+        name, args, logger.sent_at = message
         try:
             getattr(logger, name)(*args)
         except Exception as exc:  # noqa: BLE001 - a tracking bug must not leave the study waiting
@@ -127,7 +127,7 @@ class MlflowTracker(StudyListener):
         elif not self._process.is_alive():
             self._died()
             return
-        self._inbox.put((name, args))
+        self._inbox.put((name, args, time.time()))
         self._relay()
 
     def _died(self) -> None:
