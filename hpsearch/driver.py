@@ -186,6 +186,9 @@ class Driver:
         """Run the phases in order until done or out of budget. Returns the summary (see :meth:`status`)."""
         budget = budget or Budget()
         phases, _ = check_run(self.spec, only_phase, lambda: self.data)
+        if self.data.X_test is None and self.spec.trainable.evaluate is not None and not only_phase:
+            self.echo(f"warning: {self.spec.source}: the data have no test split, so the winner is scored on no "
+                      "held-out rows; set data.num_test to hold some out of the training rows.")
         self.interruption.check()  # each step of the start takes a while under load: a signal need not wait for all
         self.phases.check_context(self.data.fingerprint)
         changed = self.phases.refuse_changes(phases)
