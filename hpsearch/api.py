@@ -165,6 +165,7 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
         scored = (summary.get("best") or {}).get("data_fingerprint") is not None  # retrained at the end, or a box's
         model = tracker.saved_model(work.phases.shared()) if summary["complete"] or scored else None
         summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
+                               "experiment_id": tracker.experiment_id(work.phases.shared()),
                                "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}
     return _result(study, work, summary)
 

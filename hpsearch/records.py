@@ -148,6 +148,14 @@ class SharedState:
             self._table = StateTable(self.url)
         return self._table
 
+    def get(self, key: str) -> Any:
+        """The value stored under ``key`` (None: none yet)."""
+        return self.table.get(self.study_name, "shared:" + key)
+
+    def put(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key``, in place of what was there."""
+        self.table.put(self.study_name, "shared:" + key, value)
+
     def get_or_create(self, key: str, factory: Callable[[], Any]) -> Any:
         """The value stored under ``key``, created by exactly one process (under the storage lock)."""
         name = "shared:" + key

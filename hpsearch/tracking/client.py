@@ -199,6 +199,8 @@ class MlflowBase:
             lock = storage_lock(self._state.url, "mlflow-init") if self._state else contextlib.nullcontext()
             with lock:
                 self._find_or_create_experiment()
+            if self._state is not None and self._state.get(self._key("experiment")) != self._experiment_id:
+                self._state.put(self._key("experiment"), self._experiment_id)  # for the summary's link
         return self._experiment_id
 
     def _find_or_create_experiment(self) -> None:

@@ -191,6 +191,10 @@ class MlflowTracker(StudyListener):
         self._send("on_study_end", summary, report)
         self.close()
 
+    def experiment_id(self, state: SharedState) -> str | None:
+        """The experiment's id in MLflow, once the tracking process found or created it (read from the storage)."""
+        return state.get(MlflowLogger(self.spec, self.uri)._key("experiment"))
+
     def saved_model(self, state: SharedState) -> Path | None:
         """The study run's best model in a local artifact store, once the study logged it."""
         logger = MlflowLogger(self.spec, self.uri)
