@@ -75,10 +75,11 @@ def print_summary(summary: dict) -> None:
             spent = f" (the tracking process spent {format_duration(tracking['seconds'])} in MLflow calls)"
         say(f"MLflow experiment {tracking['experiment']!r}{spent}:")
         say(f"  mlflow ui --backend-store-uri {tracking['uri']}")
-        if tracking.get("experiment_id") and not str(tracking["uri"]).startswith(("http://", "https://")):
-            say(f"  then http://127.0.0.1:5000/#/experiments/{tracking['experiment_id']}/runs  (the runs table)")
-        elif tracking.get("experiment_id"):
-            say(f"  {str(tracking['uri']).rstrip('/')}/#/experiments/{tracking['experiment_id']}/runs")
+        if tracking.get("experiment_id"):  # MLflow 3's UI opens an experiment on its GenAI overview unless told
+            server = str(tracking["uri"]).rstrip("/") if str(tracking["uri"]).startswith(("http://", "https://")) \
+                else "http://127.0.0.1:5000"
+            say(f"  then {server}/#/experiments/{tracking['experiment_id']}/runs?workflowType=machine_learning"
+                "  (the runs table)")
         if tracking.get("model"):  # the test split where the winner was scored on one (a dataset may have none)
             split = "test" if best and best.get(best.get("test_metric", "test_acc")) is not None else "val"
             say(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split {split}")

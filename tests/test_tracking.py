@@ -46,8 +46,8 @@ def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, 
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in result.stdout
     experiment = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_experiment_by_name("tracked")
-    assert (f"  then http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs  (the runs table)"
-            in result.stdout.splitlines())
+    assert (f"  then http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType="
+            "machine_learning  (the runs table)" in result.stdout.splitlines())
     kinds = runs_by_kind(uri)
     (study_run,) = kinds["study"]
     # a namesake in another storage, logged to the same experiment, is told apart by its storage
