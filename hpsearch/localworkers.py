@@ -69,7 +69,10 @@ def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[
     try:
         try:
             for _ in range(workers):
-                if received:
+                # a signal sent to this process may wait for another thread (one of BLAS's, say) to take it, and its
+                # handler then for this thread to run it: pending, it stops the starting as surely as received
+                pending = signal.sigpending() & set(SIGNALS)
+                if received or pending:
                     break
                 # a worker starts with the signals blocked (a mask survives exec) and unblocks them once its handler
                 # is installed (see unblock_signals): Ctrl-C while its interpreter starts is no traceback. Here they

@@ -14,6 +14,7 @@ import datetime
 import json
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -90,6 +91,9 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def _beat(self) -> None:
+        # Ctrl-C and SIGTERM are the main thread's: a signal this thread took would reach the main thread's handler
+        # only once the scheduler ran this one (late, on a loaded machine)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while True:
             time.sleep(self.interval)
             with contextlib.suppress(Exception):  # a missed beat is harmless; the grace period absorbs it
