@@ -397,10 +397,11 @@ def test_storage_password_never_appears(tmp_path, pg_database, monkeypatch, form
 
 def test_read_only_storage_folder_is_a_clear_error(tmp_path):
     spec = spec_file(tmp_path)
-    result = runner.invoke(app, ["run", str(spec), "--storage", "sqlite:////proc/hpsearch/rel.db"])
+    # a runs/ folder is made where it is missing; here it cannot be (any other missing folder is refused as such)
+    result = runner.invoke(app, ["run", str(spec), "--storage", "sqlite:////proc/runs/rel.db"])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cannot create /proc/hpsearch" in lines[0]
+    assert len(lines) == 1 and "cannot create /proc/runs" in lines[0]
 
 
 def test_full_disk_is_a_clear_error_and_the_study_resumes_intact(tmp_path):
