@@ -54,6 +54,9 @@ class PhaseView:
         self.direction = direction
         self.total = total
         self._seen: datetime.datetime | None = None
+        self._work: Work | None = None  # see set_work
+        self._all_work = 0.0  # the work of every point, and whether halving leaves some untrained (set_work)
+        self._halving = False
         self._reset()
 
     def _reset(self) -> None:
@@ -140,25 +143,27 @@ class PhaseView:
         """What the phase's points cost to train (see :func:`hpsearch.ladders.work`), for :meth:`eta_seconds`;
         without it every point counts one unit."""
         self._work = work
+        self._all_work = sum(work.of_point[:self.total]) if self.total is not None else 0.0
+        self._halving = work.expected < sum(work.of_point)
         self._covered_work = sum(self._work_of(point) for point, n in self._covered.items()
                                  if n > 0 and self.total is not None and point < self.total)
         self._trained_work = sum(self._work_of(point) for _, point in self._finishes)
 
     def _work_of(self, point: int | None) -> float:
-        work = getattr(self, "_work", None)
+        work = self._work
         return work.of_point[point] if work is not None and point is not None and point < len(work.of_point) else 1.0
 
     def eta_seconds(self) -> float | None:
         """Seconds until the phase's last trial ends, at the pace its trials (every process's) have been ending
         lately: the training left, in budget units, times the seconds a unit took over the last few trials. Trials
         that train nothing (not promoted, not run) are neither work left nor pace."""
-        work = getattr(self, "_work", None)
+        work = self._work
         if self.total is None:  # TPE: trials
             left = float(self.phase.n_trials - self._counts["COMPLETE"] - self._counts["PRUNED"])
-        elif work is not None and work.expected < sum(work.of_point):  # halving: its survivors' training only
+        elif work is not None and self._halving:  # halving: its survivors' training only
             left = work.expected - self._trained_work
         elif work is not None:
-            left = sum(work.of_point[:self.total]) - self._covered_work
+            left = self._all_work - self._covered_work
         else:
             left = float(self.total - self._n_covered)
         if left <= 0 and self.total is not None and self._n_covered < self.total and self._finishes:
