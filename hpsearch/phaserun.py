@@ -36,6 +36,7 @@ from hpsearch.trialstore import Row, TrialStore
 __all__ = ["POLL_SECONDS", "PhaseRunner"]
 
 POLL_SECONDS = 2.0  # how often a process waiting for others' last trials looks again
+SEED_SAMPLE = 50  # trials of a resumed grid phase read to tell how its points were seeded
 
 
 class PhaseRunner:
@@ -175,8 +176,10 @@ class PhaseRunner:
         return range(len(points))
 
     def _seeded_per_point(self, phase: PhaseSpec, view: PhaseView, shared: Sequence[int]) -> bool:
-        """Whether the phase's stored trials were seeded a seed per point, not the ``shared`` one (one read)."""
-        rows = [row for row in view.rows.values() if row.point is not None and shared[row.point] != row.point]
+        """Whether the phase's stored trials were seeded a seed per point, not the ``shared`` one: its first trials
+        whose two seeds differ tell (one read, whatever the phase's size)."""
+        rows = sorted((row for row in view.rows.values() if row.point is not None and shared[row.point] != row.point),
+                      key=lambda row: row.number)[:SEED_SAMPLE]
         seeds = self.store.user_attr([row.trial_id for row in rows], SEED)
         return any(seeds.get(row.trial_id) == grids.trial_seed(self.spec.seed, phase.name, row.point) for row in rows)
 
