@@ -28,6 +28,7 @@ __all__ = ["PROBE_TRIALS", "Probe", "measure_probe", "plan", "since_process_star
 
 PROBE_TRIALS = 4  # the first pays the process's start-up; the others are timed
 WHOLE_PROBE_SECONDS = 1.0  # defaults that train in this long are probed whole, not in the trainable's short version
+LONGER_PROBE_SECONDS = 5.0  # a probe this short is timed at twice its length too (longer ones: plan waits enough)
 STAND_INS = 1000  # configurations priced for a phase whose points are not known yet (tpe, a derived grid)
 
 
@@ -88,8 +89,8 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     trainable = spec.trainable
     probe_config = resolved_config(spec, trainable.probe(spec.config()) if trainable.probe else spec.config())
     defaults = resolved_config(spec, spec.config())
-    if probe_config != defaults and _trained_in(spec, data, probe_config) * _cost(spec, defaults, data) \
-            / _cost(spec, probe_config, data) <= WHOLE_PROBE_SECONDS:
+    if probe_config != defaults and trainable.cost is not None and _trained_in(spec, data, probe_config) \
+            * _cost(spec, defaults, data) / _cost(spec, probe_config, data) <= WHOLE_PROBE_SECONDS:
         # cheap enough to probe whole: the trials' real length, epochs and the pruner's reports on each, priced as
         # they are (a short probe leaves out what a trial costs per epoch beside its training)
         probe_config = defaults
@@ -103,7 +104,7 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     train_seconds = _trained_in(spec, data, probe_config)
     start_seconds = 0.0
     budget = trainable.budget
-    if budget is not None and isinstance(probe_config.get(budget), int):
+    if budget is not None and isinstance(probe_config.get(budget), int) and train_seconds <= LONGER_PROBE_SECONDS:
         # twice as long: what grows with the length, and what a training costs whatever it (a short probe's final
         # scores weigh on it as they do not on a long trial)
         longer = {**probe_config, budget: 2 * probe_config[budget]}
