@@ -329,3 +329,23 @@ def test_a_trial_run_lasts_as_its_trial_did_however_late_the_tracking_process_lo
     logger.on_trial_end(spec.phases[0], trial, None, None, {"done": 1})
     (run,) = runs_by_kind(uri)["trial"]
     assert (run.info.start_time, run.info.end_time) == (1_700_000_000_000, 1_700_000_005_250)
+
+
+def test_an_mlflow_store_a_killed_tracking_process_left_half_made_is_made_again(tmp_path):
+    """Ctrl-C kills a tracking process at once, possibly while it makes MLflow's tables: the next run's tracking
+    makes them again instead of failing on them (in-process: the half-made store is made by hand)."""
+    import sqlite3
+
+    from hpsearch.driver import Driver
+    from hpsearch.spec import load_spec
+    from hpsearch.tracking.logger import MlflowLogger
+
+    database = tmp_path / "mlflow.db"
+    with sqlite3.connect(database) as half:  # some of MLflow's tables, no schema version, no run
+        half.execute("CREATE TABLE secrets (secret_id VARCHAR(36) PRIMARY KEY)")
+        half.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY)")
+    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]]))
+    driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
+    logger = MlflowLogger(spec, f"sqlite:///{database}")
+    logger.on_study_start(spec, driver.phases.shared())
+    assert not logger._reported and runs_by_kind(f"sqlite:///{database}")["study"]

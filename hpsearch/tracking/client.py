@@ -95,6 +95,30 @@ def _write_ahead_log(database: Path) -> None:
             connection.close()
 
 
+def _remove_half_made(database: Path) -> None:
+    """Remove a local MLflow store that a killed process left half made: MLflow's tables begun but never stamped
+    with their schema's version, and no run in them (a store with runs is never touched)."""
+    import sqlite3
+
+    if not database.is_file() or database.stat().st_size == 0:
+        return
+    try:
+        connection = sqlite3.connect(database, timeout=60)
+        try:
+            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables or ("alembic_version" in tables
+                              and connection.execute("SELECT COUNT(*) FROM alembic_version").fetchone()[0]):
+                return
+            if "runs" in tables and connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0]:
+                return
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return  # not a database MLflow made: MLflow says what is wrong with it
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        path.unlink(missing_ok=True)
+
+
 def _echo_err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -185,17 +209,27 @@ class MlflowBase:
             logging.getLogger("alembic").setLevel(logging.WARNING)
 
             database = sqlite_path(self.uri)
-            if database is not None:
-                database.parent.mkdir(parents=True, exist_ok=True)
-                _write_ahead_log(database)
+            if database is None:
+                self._client = MlflowClient(tracking_uri=self.uri)
+                return self._client
+            database.parent.mkdir(parents=True, exist_ok=True)
             # MLflow keeps one store per URI: a relative path must not mean another folder's database later
-            uri = f"sqlite:///{database.resolve()}" if database is not None else self.uri
-            self._client = MlflowClient(tracking_uri=uri)
+            uri = f"sqlite:///{database.resolve()}"
+            # one process at a time makes MLflow's tables; one killed doing so (Ctrl-C stops a tracking process
+            # at once) leaves them half made, which the next one finds and makes again
+            lock = storage_lock(self._state.url, "mlflow-init") if self._state else contextlib.nullcontext()
+            with lock:
+                _remove_half_made(database)
+                _write_ahead_log(database)
+                client = MlflowClient(tracking_uri=uri)
+                client.search_experiments(max_results=1)  # the store, made whole under the lock
+            self._client = client
         return self._client
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
-            # workers starting together on a fresh MLflow database would race creating its tables
+            self.client  # noqa: B018 - the store made first, under the same lock, taken once at a time
+            # workers starting together on a fresh MLflow database would race creating the experiment
             lock = storage_lock(self._state.url, "mlflow-init") if self._state else contextlib.nullcontext()
             with lock:
                 self._find_or_create_experiment()
