@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterator
 from hpsearch.formatting import format_bytes
 
 __all__ = ["SPEC", "FileRefused", "FileTooLarge", "NotRegularFile", "NpyHeader", "SizeBound", "data_bound",
-           "disk_use", "machine_memory", "open_regular", "read_bounded", "read_npy_header"]
+           "disk_use", "machine_memory", "process_start", "open_regular", "read_bounded", "read_npy_header"]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder, not a file"),
@@ -62,6 +62,16 @@ class SizeBound:
 
 
 SPEC = SizeBound("a spec", 2**20)  # a page of YAML; a megabyte is thousands of grid values
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot, as ``/proc`` says (None where it cannot tell): with
+    the pid, a process's identity (a pid is reused; its start is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def machine_memory() -> int:

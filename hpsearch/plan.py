@@ -20,6 +20,7 @@ from hpsearch import grid as grids
 from hpsearch.backends import DivergedError
 from hpsearch.data import Dataset
 from hpsearch.errors import SpecError
+from hpsearch.files import process_start
 from hpsearch.ladders import ladders, work
 from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
 from hpsearch.training import resolved_config, train_once
@@ -143,11 +144,11 @@ def _cost(spec: StudySpec, config: dict[str, Any], data: Dataset) -> float:
 def since_process_start() -> float:
     """Wall seconds since this process started (0 where ``/proc`` cannot tell): for a command-line process, the
     start-up every ``hpsearch run`` pays too."""
+    ticks = process_start(os.getpid())
     try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-            return max(float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
-    except (OSError, ValueError, IndexError):
+        with open("/proc/uptime") as uptime:
+            return max(float(uptime.read().split()[0]) - int(ticks) / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, TypeError, IndexError):
         return 0.0
 
 

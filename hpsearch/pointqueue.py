@@ -25,6 +25,7 @@ import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
+from hpsearch.files import process_start
 from hpsearch.ladders import Halving, Ladders, halve, not_promoted
 from hpsearch.records import (ATTEMPT, FAILURE, FINISHED_STATES, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED,
                               POINT, SEED, WITHDRAWN, WORKER_DIED, counts_as_failure)
@@ -34,14 +35,6 @@ from hpsearch.trialstore import Row, TrialStore
 __all__ = ["HalvingRule", "Heartbeat", "PointQueue", "owner", "owner_is_dead", "reap"]
 
 ENQUEUE_BATCH = 2000  # trials per transaction when a big grid is enqueued
-
-
-def _process_start(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def _pid_namespace() -> str:
@@ -55,7 +48,7 @@ def _pid_namespace() -> str:
 
 def owner() -> dict[str, Any]:
     """This process, as a trial it claims records it."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
             "pidns": _pid_namespace()}
 
 
@@ -74,7 +67,7 @@ def owner_is_dead(who: dict[str, Any] | None) -> bool:
         return True
     except PermissionError:
         return False
-    return who.get("start") is not None and _process_start(pid) != who.get("start")
+    return who.get("start") is not None and process_start(pid) != who.get("start")
 
 
 class Heartbeat:

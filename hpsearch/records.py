@@ -158,14 +158,13 @@ class SharedState:
 
     def get_or_create(self, key: str, factory: Callable[[], Any]) -> Any:
         """The value stored under ``key``, created by exactly one process (under the storage lock)."""
-        name = "shared:" + key
-        value = self.table.get(self.study_name, name)
+        value = self.get(key)
         if value is not None:
             return value
         with storage_lock(self.url, f"{self.study_name}:shared:{key}"):
-            value = self.table.get(self.study_name, name)
+            value = self.get(key)
             if value is None:
                 value = factory()
                 if value is not None:  # a factory returning None only looks
-                    self.table.put(self.study_name, name, value)
+                    self.put(key, value)
             return value
