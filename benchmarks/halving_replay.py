@@ -7,8 +7,8 @@
 A ladders study's export holds every grid point's value (the point trained alone) and each top rung's epoch reports,
 so a level below the grid is read at an epoch boundary (480 iterations: one epoch of 48,000 images at batch 100, two
 at 200). The spec beside the export, its grid phase given the schedule, is validated as ``hpsearch run`` does, and the
-levels' decisions are those of ``hpsearch.ladders.halve`` with the phase's own ranking metric and direction
-(``hpsearch.ladders.rank_metric``), the code a halving phase runs. For each
+levels' decisions are those of ``hpsearch.search.ladders.halve`` with the phase's own ranking metric and direction
+(``hpsearch.search.ladders.rank_metric``), the code a halving phase runs. For each
 export: the best value the schedule reaches, how far below the grid's best it is, and its training examples (each
 ladder trained once, to the level it reached) as a share of the exhaustive grid's (every point trained alone).
 """
@@ -22,9 +22,11 @@ from pathlib import Path
 import yaml
 from _common import report
 
-from hpsearch.grid import grid_points, with_rungs
-from hpsearch.ladders import check_budget, halve, rank_metric
-from hpsearch.spec import PhaseSpec, StudySpec, build_spec
+from hpsearch.search.grid import grid_points, with_rungs
+from hpsearch.search.ladders import halve
+from hpsearch.spec.build import build_spec
+from hpsearch.spec.checks import check_budget, rank_metric
+from hpsearch.spec.models import PhaseSpec, StudySpec
 
 
 def halving_phase(export: Path, levels: list[int], reduction_factor: int,

@@ -31,8 +31,8 @@ def cifar_spec(path: str) -> dict:
 
 
 def measure(spec: dict) -> dict:
-    from hpsearch.spec import load_spec
-    from hpsearch.training import load_data
+    from hpsearch.engine.training import load_data
+    from hpsearch.spec.build import load_spec
 
     results = {}
     for tracking in (False, True):

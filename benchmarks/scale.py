@@ -36,8 +36,8 @@ PG_ADMIN = os.environ.get("HPSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5
 
 HPSEARCH_RUN = """
 import json, sys, time
-from hpsearch.driver import Budget, Driver
-from hpsearch.spec import load_spec
+from hpsearch.engine.driver import Budget, Driver
+from hpsearch.spec.build import load_spec
 spec_path, url, cap, mlflow_uri = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 spec = load_spec(spec_path)
 listener = None

@@ -16,8 +16,8 @@ from _common import REPO, report
 def main() -> None:
     import torch
 
-    from hpsearch.spec import load_spec
-    from hpsearch.training import load_data, train_once
+    from hpsearch.engine.training import load_data, train_once
+    from hpsearch.spec.build import load_spec
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(REPO / "data" / "cifar-10-batches-py"))

@@ -22,7 +22,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-# hpsearch.api.trials is not re-exported: the name is the module hpsearch.trials
+# hpsearch.api.trials is not re-exported: the name is the module hpsearch.engine.trials
 __all__ = ["Dataset", "StudyResult", "TrainResult", "Trainable", "load", "run", "status", "trainable"]
 
 _LAZY = {

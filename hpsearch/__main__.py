@@ -1,3 +1,3 @@
-from hpsearch.cli import main
+from hpsearch.cli.app import main
 
 main()

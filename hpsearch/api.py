@@ -20,7 +20,9 @@ from typing import Any, Callable, Mapping
 from hpsearch import arguments
 from hpsearch.backends.base import scores_on_test
 from hpsearch.errors import SpecError
-from hpsearch.spec import StudySpec, apply_override, build_spec, load_spec, parse_override
+from hpsearch.spec.build import build_spec, load_spec
+from hpsearch.spec.document import apply_override, parse_override
+from hpsearch.spec.models import StudySpec
 
 __all__ = ["StudyResult", "driver", "load", "run", "status", "trials"]
 
@@ -57,10 +59,10 @@ def load(spec: str | Path | Mapping[str, Any] | StudySpec, *, overrides: list[st
 
 def driver(study: StudySpec, *, storage: str | None = None, tracking: bool = False, tracking_uri: str | None = None,
            writable: bool = True, echo: Callable[[str], None] | None = None, **kwargs: Any) -> Any:
-    """The study's :class:`~hpsearch.driver.Driver` on its resolved storage, with MLflow tracking attached when
+    """The study's :class:`~hpsearch.engine.driver.Driver` on its resolved storage, with MLflow tracking attached when
     ``tracking`` and the spec leaves it enabled. ``writable=False`` creates neither a storage folder nor a database."""
-    from hpsearch.driver import Driver
-    from hpsearch.storage import chosen_storage_url, refuse_foreign_database, resolve_storage_url
+    from hpsearch.engine.driver import Driver
+    from hpsearch.storage.urls import chosen_storage_url, refuse_foreign_database, resolve_storage_url
 
     _check_where(storage, tracking_uri)
     echo = echo or _stderr
@@ -79,7 +81,7 @@ def driver(study: StudySpec, *, storage: str | None = None, tracking: bool = Fal
 def tracking_database(study: StudySpec, storage_url: str, tracking_uri: str | None) -> str | None:
     """The MLflow tracking URI a run of ``study`` on ``storage_url`` uses (None: tracking off), its password
     registered for masking; UserError for one that names the study storage."""
-    from hpsearch.storage import register_secret_url
+    from hpsearch.storage.urls import register_secret_url
     from hpsearch.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(study, storage_url, tracking_uri)
@@ -125,7 +127,7 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
 
     timeout: no trial starts after this many seconds. time_box (seconds, or '55m', '1h'; default the spec's
     ``time_box``): the run aims to end within it with the best trial so far retrained and scored on the test split
-    (an estimate from the longest trial so far: see :class:`hpsearch.driver.Budget`).
+    (an estimate from the longest trial so far: see :class:`hpsearch.engine.driver.Budget`).
 
     base_dir: for a spec given as a mapping, where its relative paths and modules are (default: relative paths from
     the working directory, modules from installed packages only). echo: where progress lines go (default stderr).
@@ -134,10 +136,10 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     """
     import time
 
-    from hpsearch.driver import Budget, check_run
-    from hpsearch.interrupt import Interruption
-    from hpsearch.storage import mask_url
-    from hpsearch.training import load_data
+    from hpsearch.engine.driver import Budget, check_run
+    from hpsearch.engine.interrupt import Interruption
+    from hpsearch.engine.training import load_data
+    from hpsearch.storage.urls import mask_url
 
     timeout = arguments.time_limit(timeout, "timeout")
     max_trials = arguments.trial_count(max_trials, "max_trials")
@@ -151,23 +153,23 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     _, data = check_run(study, phase, lambda: load_data(study))  # a run refused here creates no storage
     own = interruption is None
     interruption = interruption or Interruption()
-    with interruption.installed() if own else contextlib.nullcontext():
-        work = driver(study, storage=storage, tracking=tracking, tracking_uri=tracking_uri, echo=echo,
-                      force_new_phase=force_new_phase, interruption=interruption, data=data)
+    with interruption.installed() if own else contextlib.nullcontext(), \
+            driver(study, storage=storage, tracking=tracking, tracking_uri=tracking_uri, echo=echo,
+                   force_new_phase=force_new_phase, interruption=interruption, data=data) as work:
         started = time.perf_counter()
         summary = work.run(Budget(timeout=timeout, max_trials=max_trials,
                                   time_box=study.time_box if box is None else box), only_phase=phase)
         interruption.check()  # a signal during the study's last steps still means "interrupted"
-    summary["wall_seconds"] = round(time.perf_counter() - started, 3)
-    tracker = work.listener
-    summary["tracking"] = None
-    if hasattr(tracker, "uri"):
-        scored = (summary.get("best") or {}).get("data_fingerprint") is not None  # retrained at the end, or a box's
-        model = tracker.saved_model(work.phases.shared()) if summary["complete"] or scored else None
-        summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
-                               "experiment_id": tracker.experiment_id(work.phases.shared()),
-                               "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}
-    return _result(study, work, summary)
+        summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+        tracker = work.listener
+        summary["tracking"] = None
+        if hasattr(tracker, "uri"):
+            scored = (summary.get("best") or {}).get("data_fingerprint") is not None  # retrained at the end, or a box's
+            model = tracker.saved_model(work.phases.shared()) if summary["complete"] or scored else None
+            summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
+                                   "experiment_id": tracker.experiment_id(work.phases.shared()),
+                                   "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}
+        return _result(study, work, summary)
 
 
 def status(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None,
@@ -176,8 +178,8 @@ def status(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | N
     """The study as stored (``hpsearch status``), without running anything."""
     _check_where(storage)
     study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
-    work = driver(study, storage=storage, writable=False)
-    return _result(study, work, work.status())
+    with driver(study, storage=storage, writable=False) as work:
+        return _result(study, work, work.status())
 
 
 def trials(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None = None,
@@ -186,7 +188,8 @@ def trials(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | N
     """Every stored trial of every phase, one dict each (``hpsearch export``)."""
     _check_where(storage)
     study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
-    return driver(study, storage=storage, writable=False).trials()
+    with driver(study, storage=storage, writable=False) as work:
+        return work.trials()
 
 
 def _check_where(storage: Any, tracking_uri: Any = None) -> None:
@@ -196,7 +199,7 @@ def _check_where(storage: Any, tracking_uri: Any = None) -> None:
 
 
 def _result(study: StudySpec, work: Any, summary: dict[str, Any]) -> StudyResult:
-    from hpsearch.storage import mask_url
+    from hpsearch.storage.urls import mask_url
 
     best = summary.get("best") or {}
     return StudyResult(

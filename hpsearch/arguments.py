@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 import reprlib
 from pathlib import Path
 from typing import Any, Mapping
 
 from hpsearch.errors import UserError
+from hpsearch.formatting import seconds
 
 __all__ = ["duration", "flag", "optional_function", "optional_path", "optional_text", "overrides", "seconds",
            "spec_source", "time_limit", "trial_count"]
@@ -24,24 +24,6 @@ __all__ = ["duration", "flag", "optional_function", "optional_path", "optional_t
 _repr = reprlib.Repr()  # a value quoted back in an error: at most a line's worth of it
 _repr.maxstring = _repr.maxother = 60
 _shown = _repr.repr
-
-_DURATION = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(s|m|min|h)?\s*")
-_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}
-
-
-def seconds(value: Any) -> float:
-    """A duration: a number of seconds, or a string such as ``'90s'``, ``'55m'`` or ``'1.5h'``.
-
-    Raises ValueError with the end of a message ("must be a duration ... Got '5d' instead"); the caller names the field.
-    """
-    found = None if isinstance(value, bool) else _DURATION.fullmatch(str(value))
-    if found is None:
-        raise ValueError(f"must be a duration such as 3300, '55m' or '1h'. Got {value!r} instead")
-    number = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
-    if not 0 < number < float("inf"):
-        raise ValueError(f"must be a finite duration greater than 0. Got {value!r} instead")
-    return number
-
 
 def _number(value: Any) -> bool:
     """A real number that is no bool (``True`` is the int 1 to Python, and a mistake here)."""
@@ -121,7 +103,7 @@ def overrides(value: Any, name: str) -> list[str]:
 
 def spec_source(value: Any, name: str = "spec") -> Any:
     """What a study is loaded from: a YAML file's path, a mapping of the same keys, or a loaded StudySpec."""
-    from hpsearch.spec import StudySpec
+    from hpsearch.spec.models import StudySpec
 
     if not isinstance(value, (str, Path, Mapping, StudySpec)) or value == "":
         raise UserError(f"{name} must be a path to a YAML file, a mapping of its keys or a StudySpec. Got "

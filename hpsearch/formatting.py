@@ -1,11 +1,31 @@
 """Numbers as people read them. Every duration the CLI prints goes through :func:`format_duration`, every size of a
-file through :func:`format_bytes`."""
+file through :func:`format_bytes`; every duration a person writes is read by :func:`seconds`."""
 
 from __future__ import annotations
 
-__all__ = ["format_bytes", "format_duration", "format_value", "wrap_items"]
+import re
+from typing import Any
+
+__all__ = ["format_bytes", "format_duration", "format_value", "seconds", "wrap_items"]
 
 WIDTH = 100  # columns a line the CLI prints for people stays within
+
+_DURATION = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(s|m|min|h)?\s*")
+_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def seconds(value: Any) -> float:
+    """A duration: a number of seconds, or a string such as ``'90s'``, ``'55m'`` or ``'1.5h'``.
+
+    Raises ValueError with the end of a message ("must be a duration ... Got '5d' instead"); the caller names the field.
+    """
+    found = None if isinstance(value, bool) else _DURATION.fullmatch(str(value))
+    if found is None:
+        raise ValueError(f"must be a duration such as 3300, '55m' or '1h'. Got {value!r} instead")
+    number = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+    if not 0 < number < float("inf"):
+        raise ValueError(f"must be a finite duration greater than 0. Got {value!r} instead")
+    return number
 
 
 def format_duration(seconds: float) -> str:

@@ -1,7 +1,7 @@
 """Comparison plots and a Markdown summary of a study, drawn with matplotlib from plain data.
 
 Used by tracking (as MLflow artifacts) and by ``hpsearch report`` (to a folder). Knows neither Optuna nor MLflow:
-its input is a :class:`hpsearch.driver.StudyReport`.
+its input is a :class:`hpsearch.engine.driver.StudyReport`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 from hpsearch.backends.base import replacing
 
 if TYPE_CHECKING:
-    from hpsearch.driver import StudyReport
+    from hpsearch.engine.driver import StudyReport
 
 __all__ = ["PLOTS", "history_positions", "report_files", "write_report"]
 

@@ -24,7 +24,7 @@ import sqlalchemy
 import yaml
 
 from hpsearch.data import Dataset, load_dataset
-from hpsearch.storage import storage_lock
+from hpsearch.storage.connections import storage_lock
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_BUILDER = REPO.parent / "shared" / "data" / "make_cifar10.py"
@@ -330,7 +330,7 @@ def read_only_folder(tmp_path):
 @pytest.fixture(autouse=True)
 def _forget_passwords():
     """Each test starts with no registered passwords: a property test's random 'q' must not mask a later test's text."""
-    from hpsearch import storage
+    from hpsearch.storage import urls as storage
 
     yield
     storage._known_secrets.clear()

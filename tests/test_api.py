@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import hpsearch
 from hpsearch import api
-from hpsearch.cli import app
+import hpsearch
+from hpsearch.cli.app import app
 from hpsearch.errors import UserError
 from tests.conftest import write_spec
 
@@ -83,3 +83,31 @@ def test_the_api_says_what_the_command_line_says_for_the_same_mistake(spec, opti
     if said.startswith(f"{name} must "):  # the line names the argument: --max-trials there, max_trials here
         said = option[0] + said[len(name):]
     assert printed.stderr == f"error: {said}\n"
+
+
+def _open_on(path: Path) -> list[str]:
+    """This process's file descriptors open on the SQLite database at ``path`` or its companions."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = Path(fd.readlink())
+        except OSError:  # closed between the listing and the look
+            continue
+        if target.name.startswith(path.name) and target.parent == path.parent.resolve():
+            found.append(str(target))
+    return found
+
+
+def test_a_library_user_s_process_keeps_no_thread_or_connection_after_a_study(spec, tmp_path):
+    """Two runs and a status in one process (a notebook's way): each leaves no heartbeat thread and no connection to
+    the study's database open behind it."""
+    import threading
+
+    database = tmp_path / "runs" / "door.db"
+    for _ in range(2):  # the second resumes the first's study, complete: a fresh driver on the same storage
+        result = hpsearch.run(spec, tracking=False)
+        assert result.complete and result.best_value is not None
+        assert [t.name for t in threading.enumerate() if t.name == "hpsearch-heartbeat"] == []
+        assert _open_on(database) == []
+    assert api.status(spec).complete
+    assert _open_on(database) == [] and database.exists()

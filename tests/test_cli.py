@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from hpsearch.cli import app
+from hpsearch.cli.app import app
 from tests.conftest import TINY_STUDY, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_plan_of_a_device_is_one_line_read_no_further():
 
 
 def test_help_does_not_import_heavy_packages():
-    code = ("import sys; from hpsearch.cli import app; "
+    code = ("import sys; from hpsearch.cli.app import app; "
             "heavy = [m for m in ('torch', 'mlflow', 'optuna', 'matplotlib') if m in sys.modules]; "
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -234,7 +234,7 @@ def test_plan_touches_no_storage(study, tmp_path):
 
 
 def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
-    from hpsearch import plan
+    from hpsearch.engine import plan
 
     stub = plan.Probe(train_seconds=0.4, cost=1.0, trial_overhead_seconds=0.1, fixed_seconds=200.0)
     monkeypatch.setattr(plan, "measure_probe", lambda spec, data: stub)
@@ -303,7 +303,7 @@ def test_torch_spec_without_torch_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_help_and_numpy_training_never_import_torch():
-    code = ("import sys; from hpsearch.cli import app; from typer.testing import CliRunner; "
+    code = ("import sys; from hpsearch.cli.app import app; from typer.testing import CliRunner; "
             f"r = CliRunner().invoke(app, ['train', {QUICKSTART!r}]); assert r.exit_code == 0, r.output; "
             "print([m for m in ('torch', 'mlflow', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -411,7 +411,7 @@ def test_run_workers_pass_on_their_options_and_report_the_tracking_uri_they_used
     assert "mlflow ui --backend-store-uri sqlite:///elsewhere.db" in result.stdout
     assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "runs" / "mlflow.db").exists()
 
-    from hpsearch import localworkers
+    from hpsearch.cli import localworkers
 
     commands = []
 
@@ -483,8 +483,8 @@ def saved_models(tmp_path_factory):
     import numpy as np
 
     from hpsearch.backends import numpy_twolayer, torch_mlp
-    from hpsearch.spec import load_spec
-    from hpsearch.training import load_data, train_once
+    from hpsearch.engine.training import load_data, train_once
+    from hpsearch.spec.build import load_spec
 
     folder = tmp_path_factory.mktemp("models")
     spec = load_spec(tiny_spec(folder))
@@ -616,7 +616,7 @@ def test_random_bytes_as_a_model_file_are_one_line(saved_models, tmp_path, conte
      "trained again on the next run. Rerun the same command to resume."),
 ])
 def test_the_interrupted_line_says_what_the_signal_stopped(stopped, workers, expected):
-    from hpsearch.cliargs import interrupted_message
+    from hpsearch.cli.options import interrupted_message
 
     assert interrupted_message(stopped, workers=workers) == expected
 
@@ -741,7 +741,7 @@ def test_a_write_that_fails_leaves_the_file_it_would_replace_whole(finished_stud
 
 @pytest.mark.parametrize("scores, split", [({"test_acc": 0.9}, "test"), ({}, "val")])
 def test_the_summary_suggests_predicting_a_split_the_data_has(capsys, scores, split):
-    from hpsearch.output import print_summary
+    from hpsearch.cli.output import print_summary
 
     best = {"phase": "grid", "trial": 3, "metric": "val_acc", "value": 0.95, "config": {}, "seed": 1,
             "test_metric": "test_acc", **scores}

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hpsearch.cli import app
-from hpsearch.records import StateTable
+from hpsearch.cli.app import app
+from hpsearch.storage.records import StateTable
 from tests.conftest import TINY_STUDY, write_spec
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from hpsearch.cli import app
+from hpsearch.cli.app import app
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

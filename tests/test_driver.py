@@ -9,12 +9,12 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch.driver import Budget, Driver
+from hpsearch.engine.driver import Budget, Driver
+from hpsearch.engine.listener import StudyListener
 from hpsearch.errors import SpecError, UserError
-from hpsearch.listener import StudyListener
-from hpsearch.records import StateTable
-from hpsearch.spec import load_spec
-from hpsearch.storage import StorageError
+from hpsearch.spec.build import load_spec
+from hpsearch.storage.records import StateTable
+from hpsearch.storage.urls import StorageError
 from tests.conftest import TINY_STUDY, assert_exactly_once, write_spec
 
 
@@ -58,7 +58,7 @@ def test_derived_grid_is_stored_and_reused_when_the_source_grows(tmp_path):
 
 
 def test_trials_are_reproducible_from_their_seed(tmp_path):
-    from hpsearch.training import load_data, train_once
+    from hpsearch.engine.training import load_data, train_once
 
     spec = write_spec(tmp_path)
     driver_for(spec, tmp_path).run()
@@ -82,7 +82,7 @@ def test_nan_configuration_never_becomes_best_and_the_study_continues(tmp_path):
 
 
 def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
-    from hpsearch import trials as driver_module
+    from hpsearch.engine import trials as driver_module
 
     calls = collections.Counter()
     real = driver_module.start_training
@@ -236,7 +236,7 @@ def test_changing_the_defaults_is_refused(tmp_path):
 
 
 def test_a_study_stored_before_a_backend_option_existed_resumes_while_the_option_is_at_its_default(tmp_path):
-    from hpsearch.records import StateTable
+    from hpsearch.storage.records import StateTable
 
     spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8]}}])
     driver_for(spec, tmp_path).run(Budget(max_trials=1))
@@ -275,7 +275,7 @@ def test_pruning_reports_each_epoch(tmp_path):
 
 
 def test_bad_storage_url(tmp_path):
-    from hpsearch.storage import resolve_storage_url
+    from hpsearch.storage.urls import resolve_storage_url
 
     with pytest.raises(StorageError, match="is not a database URL"):
         resolve_storage_url("not a url", None, "x")

@@ -6,10 +6,10 @@ import datetime
 
 import pytest
 
-from hpsearch.ladders import ladders, not_promoted, work
-from hpsearch.results import PhaseView
-from hpsearch.spec import PhaseSpec
-from hpsearch.trialstore import Row
+from hpsearch.engine.results import PhaseView
+from hpsearch.search.ladders import ladders, not_promoted, work
+from hpsearch.spec.models import PhaseSpec
+from hpsearch.storage.trialstore import Row
 
 T0 = datetime.datetime(2026, 1, 1)
 

@@ -14,12 +14,12 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from hpsearch.cli import app
-from hpsearch.driver import Budget, Driver
+from hpsearch.cli.app import app
+from hpsearch.engine.driver import Budget, Driver
+from hpsearch.engine.listener import StudyListener
 from hpsearch.errors import SpecError
-from hpsearch.listener import StudyListener
-from hpsearch.records import StateTable
-from hpsearch.spec import load_spec
+from hpsearch.spec.build import load_spec
+from hpsearch.storage.records import StateTable
 from tests.conftest import TINY_STUDY, write_spec
 
 runner = CliRunner()
@@ -183,13 +183,13 @@ def test_a_retired_empty_study_is_not_taken_up_by_the_new_generation(tmp_path):
     phase gets a name of its own."""
     spec = write_spec(tmp_path)
     first = Driver(load_spec(spec), _url(tmp_path), echo=lambda m: None)
-    first.phases.check_context(first.data.fingerprint)
+    first.phases.layout.check_context(first.data.fingerprint)
     first.phases.open(load_spec(spec).phases[0])  # created, nothing queued yet
     Driver(load_spec(spec, ["defaults.num_iters=40"]), _url(tmp_path), echo=lambda m: None,
            force_new_phase=True).run(Budget(max_trials=1))
     assert _layout(tmp_path)["phases"]["random"]["study"] == "tiny.random.v2"
     with pytest.raises(SpecError, match="changed under this run"):
-        first.phases.follow()
+        first.phases.layout.follow()
 
 
 def test_a_run_of_one_phase_ends_with_its_summary_when_another_phase_was_edited(tmp_path):

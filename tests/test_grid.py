@@ -5,8 +5,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpsearch.grid import derive_grid, grid_points, random_points, trial_seed
-from hpsearch.spec import ParamSpec
+from hpsearch.search.grid import derive_grid, grid_points, random_points, trial_seed
+from hpsearch.spec.models import ParamSpec
 
 SPACE = {
     "hidden_size": ParamSpec(type="int", low=40, high=160, step=20),

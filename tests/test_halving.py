@@ -12,15 +12,15 @@ import optuna
 import pytest
 
 from hpsearch.backends import numpy_twolayer
-from hpsearch.driver import Budget, Driver
+from hpsearch.engine.driver import Budget, Driver
+from hpsearch.engine.pausedruns import PausedRun
+from hpsearch.engine.training import load_data, train_once
+from hpsearch.engine.trials import _Stages
 from hpsearch.errors import SpecError
-from hpsearch.ladders import halve, ladders
-from hpsearch.pausedruns import PausedRun
-from hpsearch.records import WORKER_DIED
-from hpsearch.spec import load_spec
-from hpsearch.storage import runs_folder
-from hpsearch.training import load_data, train_once
-from hpsearch.trials import _Stages
+from hpsearch.search.ladders import halve, ladders
+from hpsearch.spec.build import load_spec
+from hpsearch.storage.connections import runs_folder
+from hpsearch.storage.records import WORKER_DIED
 from tests.conftest import (REPO, assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, study_trials,
                             write_spec)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hpsearch.interrupt import Interrupted, Interruption
+from hpsearch.engine.interrupt import Interrupted, Interruption
 
 
 def test_a_signal_during_training_raises_at_once():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpsearch.driver import Driver
+from hpsearch.engine.driver import Driver
+from hpsearch.engine.training import load_data, train_once
 from hpsearch.errors import SpecError
-from hpsearch.ladders import ladders
-from hpsearch.records import LADDER_STOPPED
-from hpsearch.spec import load_spec
-from hpsearch.training import load_data, train_once
+from hpsearch.search.ladders import ladders
+from hpsearch.spec.build import load_spec
+from hpsearch.storage.records import LADDER_STOPPED
 from tests.conftest import (TINY_STUDY, assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, study_trials,
                             write_spec)
 
@@ -78,7 +78,7 @@ def test_a_grid_has_the_same_values_with_and_without_its_ladders(tmp_path):
 
 def test_a_queued_trial_trains_with_the_seed_stored_with_it(tmp_path):
     """A phase queued by another version of hpsearch (or seeds derived otherwise) trains what its trials record."""
-    from hpsearch.budget import Budget
+    from hpsearch.engine.budget import Budget
 
     spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": GRID}])
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -100,10 +100,10 @@ def test_a_queued_trial_trains_with_the_seed_stored_with_it(tmp_path):
 def test_a_grid_phase_seeded_per_point_keeps_its_seeds_and_says_so_once(tmp_path, monkeypatch):
     """A phase started before points that differ only in the budget shared a seed: a retried point trains with its
     first attempt's seed (a seed per point), not the shared one, and the run says so once."""
-    from hpsearch import phaserun
-    from hpsearch import trials as trials_module
-    from hpsearch.budget import Budget
-    from hpsearch.grid import trial_seed
+    from hpsearch.engine import phaserun
+    from hpsearch.engine import trials as trials_module
+    from hpsearch.engine.budget import Budget
+    from hpsearch.search.grid import trial_seed
 
     spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 1, "grid": GRID}])
     url = f"sqlite:///{tmp_path / 'study.db'}"

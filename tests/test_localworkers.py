@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hpsearch import localworkers
-from hpsearch.cli import app
+from hpsearch.cli import localworkers
+from hpsearch.cli.app import app
 from tests.conftest import TINY_STUDY
 
 runner = CliRunner()

@@ -61,7 +61,7 @@ def tracked_study(folder: Path) -> tuple[str, str, list[str]]:
     """A small study run with tracking on: (MLflow store, the summary's runs-table link, some trial runs' names)."""
     from typer.testing import CliRunner
 
-    from hpsearch.cli import app
+    from hpsearch.cli.app import app
     from tests.conftest import write_spec
 
     spec = write_spec(folder, "browsed")

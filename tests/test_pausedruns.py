@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpsearch.pausedruns import PausedRun
+from hpsearch.engine.pausedruns import PausedRun
 
 EPOCHS = [(0, {"val_acc": 0.25, "loss": 1.5}), (1, {"val_acc": 0.5, "loss": float("nan")})]
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 import hpsearch
-from hpsearch.grid import grid_points
-from hpsearch.phases import BOUNDED, GRID_CHOICES, point_params
-from hpsearch.spec import PhaseSpec
+from hpsearch.engine.phases import BOUNDED, GRID_CHOICES, point_params
+from hpsearch.search.grid import grid_points
+from hpsearch.spec.models import PhaseSpec
 
 TRAINABLE = '''
 def train(config, data, *, seed, on_epoch=None):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hpsearch.backends import load_trainable
-from hpsearch.plan import PROBE_TRIALS, Probe, _probe_spec, measure_probe, plan
-from hpsearch.spec import load_spec
-from hpsearch.training import load_data, resolved_config
+from hpsearch.engine.plan import PROBE_TRIALS, Probe, _probe_spec, measure_probe, plan
+from hpsearch.engine.training import load_data, resolved_config
+from hpsearch.spec.build import load_spec
 from tests.conftest import TINY_STUDY, write_spec
 
 
@@ -38,7 +38,7 @@ def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
 def test_the_start_up_is_the_time_since_the_process_started():
     import time
 
-    from hpsearch.plan import since_process_start
+    from hpsearch.engine.plan import since_process_start
 
     first = since_process_start()
     time.sleep(0.05)

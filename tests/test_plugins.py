@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 import hpsearch
 from hpsearch.backends import load_trainable, registered
 from hpsearch.backends import numpy_twolayer
-from hpsearch.cli import app
+from hpsearch.cli.app import app
 from hpsearch.errors import SpecError
-from hpsearch.spec import load_spec
+from hpsearch.spec.build import load_spec
 from tests.conftest import TINY_STUDY, write_spec
 
 runner = CliRunner()

@@ -10,9 +10,9 @@ import optuna
 import pytest
 
 import hpsearch
-from hpsearch import pointqueue
-from hpsearch.interrupt import Interrupted, Interruption
-from hpsearch.trialstore import TrialStore
+from hpsearch.engine import pointqueue
+from hpsearch.engine.interrupt import Interrupted, Interruption
+from hpsearch.storage.trialstore import TrialStore
 from tests.conftest import TINY_STUDY
 
 GRID_SPEC = {**TINY_STUDY, "name": "queue", "tracking": {"enabled": False},

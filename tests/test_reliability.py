@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from hpsearch.cli import app
-from hpsearch.spec import load_spec
+from hpsearch.cli.app import app
+from hpsearch.spec.build import load_spec
 from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
 
 runner = CliRunner()
@@ -460,9 +460,9 @@ def test_any_valid_spec_round_trips(tmp_path_factory, name, seed, n_trials, lr, 
 
 CLAIMER = """
 import sys
-from hpsearch.driver import Driver
-from hpsearch.pointqueue import owner
-from hpsearch.spec import load_spec
+from hpsearch.engine.driver import Driver
+from hpsearch.engine.pointqueue import owner
+from hpsearch.spec.build import load_spec
 spec, url, ladders = sys.argv[1], sys.argv[2], sys.argv[3] == "ladders"
 driver = Driver(load_spec(spec), url, echo=lambda m: None)
 study_id = driver.storage.get_study_id_from_name("rel.grid")

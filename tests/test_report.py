@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpsearch import report as plots
-from hpsearch.driver import StudyReport
+from hpsearch.engine.driver import StudyReport
 
 
 def trial(phase: str, number: int, state: str, value: float | None, **params) -> dict:

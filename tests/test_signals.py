@@ -204,7 +204,7 @@ def test_the_tracking_process_is_deaf_to_ctrl_c_from_its_first_instruction(tmp_p
     """Ctrl-C reaches the whole process group, the tracking process too, also while it still imports MLflow: it
     must neither die of it nor print a KeyboardInterrupt traceback, and it stops when the study tells it. A real
     tracking process is started (its start is what is tested), in this process: a study adds nothing here."""
-    from hpsearch.spec import load_spec
+    from hpsearch.spec.build import load_spec
     from hpsearch.tracking.process import MlflowTracker
 
     messages: list[str] = []

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpsearch.errors import SpecError
-from hpsearch.spec import load_spec
+from hpsearch.spec.build import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,7 +206,7 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
 
 
 def test_synthetic_options_reach_the_data(tmp_path):
-    from hpsearch.training import load_data
+    from hpsearch.engine.training import load_data
 
     spec = load_spec(write(tmp_path, MINIMAL), ["data.options={num_classes: 4, num_features: 6}"])
     data = load_data(spec)
@@ -314,7 +314,7 @@ bound = st.one_of(st.integers(-2**60, 2**60), st.floats(allow_nan=False, allow_i
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(["int", "float"]), low=bound, high=bound, step=st.none() | bound, log=st.booleans())
 def test_every_space_that_loads_can_be_drawn_from(tmp_path, kind, low, high, step, log):
-    from hpsearch.grid import random_points
+    from hpsearch.search.grid import random_points
 
     (tmp_path / "takes_any.py").write_text("def train(config, data, *, seed, on_epoch=None):\n    return {}\n")
     param = {"type": kind, "low": low, "high": high, "log": log, **({"step": step} if step is not None else {})}

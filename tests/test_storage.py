@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from hpsearch import storage
-from hpsearch.cli import app
-from hpsearch.storage import StorageError, mask_url, refuse_foreign_database, register_secret_url, resolve_storage_url
+from hpsearch.cli.app import app
+from hpsearch.storage import urls as storage
+from hpsearch.storage.urls import StorageError, mask_url, refuse_foreign_database, register_secret_url, resolve_storage_url
 
 runner = CliRunner()
 

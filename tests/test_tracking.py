@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from hpsearch.cli import app
+from hpsearch.cli.app import app
 from tests.conftest import TINY_STUDY, write_spec
 
 runner = CliRunner()
@@ -163,7 +163,10 @@ def test_credentials_never_reach_mlflow(study, tmp_path, monkeypatch):
             assert "SECRET" not in json.dumps([run.data.params, run.data.tags])
 
 
-def test_sync_and_reruns_of_a_finished_study_leave_what_is_right_alone(study, tmp_path):
+def test_sync_and_reruns_of_a_finished_study_leave_what_is_right_alone(study, tmp_path, monkeypatch):
+    """The report already in MLflow, sync trains nothing (the winner's retraining is what makes a report)."""
+    from hpsearch.engine import training
+
     first = runner.invoke(app, ["run", str(study)])
     assert first.exit_code == 0, first.output
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
@@ -176,10 +179,16 @@ def test_sync_and_reruns_of_a_finished_study_leave_what_is_right_alone(study, tm
 
     before = parents()
     assert {status for status, _ in before.values()} == {"FINISHED"}
-    synced = runner.invoke(app, ["sync", str(study)])
-    assert synced.exit_code == 0 and "0 runs created, 0 runs ended" in synced.output, synced.output
-    again = runner.invoke(app, ["run", str(study)])
-    assert again.exit_code == 0 and "already complete" in again.output
+
+    def trained(*args, **kwargs):
+        raise AssertionError("sync trained the winner again, with its report already in MLflow")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(training, "train_once", trained)
+        synced = runner.invoke(app, ["sync", str(study)])
+        assert synced.exit_code == 0 and "0 runs created, 0 runs ended" in synced.output, synced.output
+        again = runner.invoke(app, ["run", str(study)])
+        assert again.exit_code == 0 and "already complete" in again.output
     assert parents() == before  # end times untouched: the UI's durations stay true
 
     # the experiment opens on its runs in MLflow 3's UI, and the summary names the model to predict with
@@ -262,11 +271,11 @@ def test_a_trial_run_a_mending_worker_created_is_not_logged_again_by_the_trial_s
     """With workers, a starting worker mends the trials another worker's tracking process has not logged yet; that
     process, catching up, must not log the run again: one writer per run, every (metric, step) once. In-process:
     the race is the order of two processes' calls, replayed here."""
-    from hpsearch.driver import Driver
-    from hpsearch.listener import TrialInfo
-    from hpsearch.spec import load_spec
-    from hpsearch.tracking.logger import MlflowLogger
     from hpsearch.backends.base import TrainResult
+    from hpsearch.engine.driver import Driver
+    from hpsearch.engine.listener import TrialInfo
+    from hpsearch.spec.build import load_spec
+    from hpsearch.tracking.logger import MlflowLogger
 
     spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]]))
     driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
@@ -311,9 +320,9 @@ def test_raising_n_trials_extends_a_phase_and_its_tracking(study, tmp_path):
 def test_a_trial_run_lasts_as_its_trial_did_however_late_the_tracking_process_logs_it(tmp_path):
     """The tracking process applies each call with the time the study process made it: a run's start and end are its
     trial's, not when a busy tracking process got to them (in-process: the calls' times are given)."""
-    from hpsearch.driver import Driver
-    from hpsearch.listener import TrialInfo
-    from hpsearch.spec import load_spec
+    from hpsearch.engine.driver import Driver
+    from hpsearch.engine.listener import TrialInfo
+    from hpsearch.spec.build import load_spec
     from hpsearch.tracking.logger import MlflowLogger
 
     spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]]))
@@ -336,8 +345,8 @@ def test_an_mlflow_store_a_killed_tracking_process_left_half_made_is_made_again(
     makes them again instead of failing on them (in-process: the half-made store is made by hand)."""
     import sqlite3
 
-    from hpsearch.driver import Driver
-    from hpsearch.spec import load_spec
+    from hpsearch.engine.driver import Driver
+    from hpsearch.spec.build import load_spec
     from hpsearch.tracking.logger import MlflowLogger
 
     database = tmp_path / "mlflow.db"

@@ -24,9 +24,9 @@ from threadpoolctl import ThreadpoolController
 
 from hpsearch.backends.base import ModelFileError, Trainable, TrainResult, replacing, start_with
 from hpsearch.backends.sgd import SGDRun, lr_at_epoch
+from hpsearch.data import Dataset
 from hpsearch.files import read_npy_header
 from hpsearch.validation import UserConfig
-from hpsearch.data import Dataset
 
 __all__ = ["CONFIG_MODEL", "METRICS", "MODEL_SUFFIX", "NumpyConfig", "SGDRun", "TRAINABLE", "Training", "TwoLayerNet",
            "cost", "evaluate", "load_model", "lr_at_epoch", "probe", "save_model", "start", "train"]

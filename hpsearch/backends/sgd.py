@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
 from hpsearch.backends.base import DivergedError
+__all__ = ["Network", "SGDRun", "lr_at_epoch"]
 
-if TYPE_CHECKING:
-    from hpsearch.backends.numpy_twolayer import TwoLayerNet
 
-__all__ = ["SGDRun", "lr_at_epoch"]
+class Network(Protocol):
+    """What SGD needs of a network (:class:`~hpsearch.backends.numpy_twolayer.TwoLayerNet` is one): its parameters
+    by name, updated in place, their dtype, and its scores on a split."""
+
+    params: dict[str, np.ndarray]
+    dtype: np.dtype
+
+    def accuracy(self, X: np.ndarray, y: np.ndarray) -> float: ...
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]: ...
 
 
 class SGDRun:
@@ -44,7 +52,7 @@ class SGDRun:
 
     def __init__(
         self,
-        net: TwoLayerNet,
+        net: Network,
         X: np.ndarray,
         y: np.ndarray,
         X_val: np.ndarray,

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hpsearch.data import TASKS, Dataset, split_and_preprocess
+from hpsearch.data.dataset import TASKS, Dataset, split_and_preprocess
 from hpsearch.errors import DataError
 from hpsearch.files import FileTooLarge, NotRegularFile, NpyHeader, data_bound, open_regular, read_npy_header
 from hpsearch.formatting import format_bytes

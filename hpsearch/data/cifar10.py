@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hpsearch.data import Dataset, split_and_preprocess
 from hpsearch.data.cache import load_entry, save_atomically
+from hpsearch.data.dataset import Dataset, split_and_preprocess
 from hpsearch.errors import DataError
 from hpsearch.files import FileTooLarge, NotRegularFile, data_bound, open_regular
 

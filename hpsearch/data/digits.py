@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpsearch.data import Dataset, split_and_preprocess
+from hpsearch.data.dataset import Dataset, split_and_preprocess
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 1197, 300, 300
 SAMPLE_SHAPE = (1, 8, 8)  # one grey channel of 8x8 pixels; the rows hold them row by row

@@ -30,8 +30,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hpsearch.data import TASKS, Dataset, fingerprint
 from hpsearch.data.arrays import Split, check_arrays, from_arrays
+from hpsearch.data.dataset import TASKS, Dataset, fingerprint
 from hpsearch.errors import DataError, UserError, one_line
 from hpsearch.plugins import load_reference
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpsearch.data import Dataset, split_and_preprocess
+from hpsearch.data.dataset import Dataset, split_and_preprocess
 from hpsearch.errors import DataError
 
 MAX_VALUES = 50_000_000  # 400 MB of float64: the largest synthetic dataset made

@@ -17,8 +17,8 @@ from typing import TextIO
 
 import numpy as np
 
-from hpsearch.data import Dataset
 from hpsearch.data.arrays import Split, file_problem, from_arrays
+from hpsearch.data.dataset import Dataset
 from hpsearch.errors import DataError
 from hpsearch.files import SizeBound, data_bound, open_regular
 
@@ -33,7 +33,7 @@ TEXT_PER_BYTE = 32
 def table_bound() -> SizeBound:
     """The most a table may hold: what a data file may hold, divided by :data:`TEXT_PER_BYTE`."""
     data = data_bound("a csv table")
-    return SizeBound(data.what, data.limit // TEXT_PER_BYTE, f"its fields are held as text while it is read; "
+    return SizeBound(data.what, data.limit // TEXT_PER_BYTE, "its fields are held as text while it is read; "
                                                              "save larger data as an .npz")
 
 

@@ -26,8 +26,8 @@ import hashlib
 
 import numpy as np
 
-from hpsearch.data import Dataset
 from hpsearch.data.cache import cache_dir, load_entry, locked, save_atomically
+from hpsearch.data.dataset import Dataset
 from hpsearch.errors import DataError
 
 WHITENING = ("pca", "zca")

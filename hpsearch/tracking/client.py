@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hpsearch.records import INTERRUPTED, REAPED, SharedState
 from hpsearch.errors import UserError
-from hpsearch.spec import StudySpec
-from hpsearch.storage import (expand_home, mask_url, register_secret_url, same_database, sqlite_path,
-                              storage_lock)
+from hpsearch.spec.models import StudySpec
+from hpsearch.storage.connections import storage_lock
+from hpsearch.storage.records import INTERRUPTED, REAPED, SharedState
+from hpsearch.storage.urls import expand_home, mask_url, register_secret_url, same_database, sqlite_path
 
 __all__ = ["MlflowBase", "TrackingError", "resolve_tracking_uri"]
 

@@ -6,10 +6,10 @@ import json
 import time
 from typing import Any
 
-from hpsearch.listener import StudyReport
-from hpsearch.records import SharedState, decode_params
-from hpsearch.spec import PhaseSpec, StudySpec
-from hpsearch.storage import register_secret_url
+from hpsearch.engine.listener import StudyReport
+from hpsearch.spec.models import PhaseSpec, StudySpec
+from hpsearch.storage.records import SharedState, decode_params
+from hpsearch.storage.urls import register_secret_url
 from hpsearch.tracking.client import STUDY_ID, TRIAL_KEY
 from hpsearch.tracking.mending import Mending
 

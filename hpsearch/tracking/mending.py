@@ -6,15 +6,15 @@ import datetime
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hpsearch.backends.base import scores_on_test
 from hpsearch.errors import one_line
 
-from hpsearch.listener import StudyReport
-from hpsearch.records import SharedState
-from hpsearch.storage import mask_url
-from hpsearch.training import resolved_config
+from hpsearch.engine.listener import StudyReport
+from hpsearch.engine.training import resolved_config
+from hpsearch.storage.records import SharedState
+from hpsearch.storage.urls import mask_url
 from hpsearch.tracking.client import STUDY_ID, TRIAL_KEY, MlflowBase, TrackingError, _now_ms, _run_status
 
 __all__ = ["Mending"]
@@ -24,10 +24,12 @@ class Mending(MlflowBase):
     """Creates the runs MLflow is missing and ends the runs it left RUNNING."""
 
     def sync(self, state: SharedState, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]],
-             report: StudyReport | None) -> dict[str, int]:
+             report: Callable[[], StudyReport | None] | None) -> dict[str, int]:
         """Create the runs MLflow is missing and end the runs it left RUNNING, from the Optuna storage's rows.
 
-        Raises whatever MLflow raises: unlike a study, a sync exists to talk to MLflow.
+        ``report``: for a complete study, what makes its report (the winner retrained for its curves and model),
+        called only when the study's run lacks the report's artifacts. Raises whatever MLflow raises: unlike a
+        study, a sync exists to talk to MLflow.
         """
         self._state = state
         self._reported = False
@@ -36,10 +38,11 @@ class Mending(MlflowBase):
             self.spec.name, self._study_tags()))
         self._study_run = study_run
         counts = self._reconcile(trials, phases)
-        if report is not None and report.best is not None:
-            artifacts = {a.path for a in client.list_artifacts(study_run)}
-            if "best_config.yaml" not in artifacts:
-                self._log_study_artifacts(study_run, report)
+        if report is not None:
+            if "best_config.yaml" not in {a.path for a in client.list_artifacts(study_run)}:
+                made = report()
+                if made is not None and made.best is not None:
+                    self._log_study_artifacts(study_run, made)
             for run_id in (study_run, *self._phase_runs.values()):
                 if client.get_run(run_id).info.status != "FINISHED":  # what is already right keeps its end time
                     client.set_terminated(run_id, status="FINISHED")

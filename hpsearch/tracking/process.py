@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hpsearch.listener import StudyListener, StudyReport, TrialInfo
-from hpsearch.records import SharedState
+from hpsearch.engine.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.errors import UserError
-from hpsearch.spec import PhaseSpec, StudySpec
-from hpsearch.storage import mask_url, register_secret_url
+from hpsearch.spec.models import PhaseSpec, StudySpec
+from hpsearch.storage.records import SharedState
+from hpsearch.storage.urls import mask_url, register_secret_url
 from hpsearch.tracking.client import FLUSH_SECONDS, TrackingError, _artifact_location
 from hpsearch.tracking.logger import MlflowLogger
 
@@ -208,7 +208,7 @@ class MlflowTracker(StudyListener):
         return path if path.is_file() else None
 
     def sync(self, state: SharedState, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]],
-             report: StudyReport | None) -> dict[str, int]:
+             report: Callable[[], StudyReport | None] | None) -> dict[str, int]:
         """See :meth:`MlflowLogger.sync`; runs in this process."""
         try:
             return MlflowLogger(self.spec, self.uri, echo=self.echo).sync(state, trials, phases, report)

@@ -7,7 +7,7 @@ import pytest
 import hpsearch
 from hpsearch.data import cache, load_dataset, whitening
 from hpsearch.errors import DataError, SpecError
-from hpsearch.spec import load_spec
+from hpsearch.spec.build import load_spec
 from tests.conftest import TINY_STUDY, write_spec
 
 

@@ -2,14 +2,14 @@
 
 The rooms it draws on, each holding one idea:
 
-- :mod:`hpsearch.phases`: which Optuna study serves each phase, created once and atomically; edits refused.
-- :mod:`hpsearch.phaserun`: running one phase's trials, from the point queue or Optuna's sampler.
-- :mod:`hpsearch.pointqueue`: the exactly-once queue of a random or grid phase's points (claim, reap, heartbeat).
-- :mod:`hpsearch.trialstore`: the few statements on Optuna's tables that keep a trial's storage work constant.
-- :mod:`hpsearch.trials`: running one trial, storing its end in one transaction, telling the listener.
-- :mod:`hpsearch.results`: per-phase views, status, best, trials and reports.
-- :mod:`hpsearch.interrupt`: SIGINT/SIGTERM acted on where it is safe.
-- :mod:`hpsearch.budget`: the limits of one invocation, and what a run its time box ended says.
+- :mod:`hpsearch.engine.phases`: which Optuna study serves each phase, created once and atomically; edits refused.
+- :mod:`hpsearch.engine.phaserun`: running one phase's trials, from the point queue or Optuna's sampler.
+- :mod:`hpsearch.engine.pointqueue`: the exactly-once queue of a random or grid phase's points (claim, reap, heartbeat).
+- :mod:`hpsearch.storage.trialstore`: the few statements on Optuna's tables that keep a trial's storage work constant.
+- :mod:`hpsearch.engine.trials`: running one trial, storing its end in one transaction, telling the listener.
+- :mod:`hpsearch.engine.results`: per-phase views, status, best, trials and reports.
+- :mod:`hpsearch.engine.interrupt`: SIGINT/SIGTERM acted on where it is safe.
+- :mod:`hpsearch.engine.budget`: the limits of one invocation, and what a run its time box ended says.
 
 Per trial a random or grid phase costs one claim and one result write, whatever the size of the study; progress
 comes from an in-memory view of the phase, caught up with other processes on the heartbeat's cadence.
@@ -27,22 +27,24 @@ from typing import Any, Callable
 
 import optuna
 
-from hpsearch import grid as grids
-from hpsearch.budget import Budget, all_complete, others_running, time_box_message
 from hpsearch.data import Dataset
+from hpsearch.engine.budget import Budget, all_complete, others_running, time_box_message
+from hpsearch.engine.interrupt import Interrupted, Interruption
+from hpsearch.engine.listener import StudyListener, StudyReport
+from hpsearch.engine.phaserun import PhaseRunner
+from hpsearch.engine.phases import Phases
+from hpsearch.engine.pointqueue import Heartbeat
+from hpsearch.engine.results import PhaseView, Results
+from hpsearch.engine.training import load_data, score_test_split
+from hpsearch.engine.trials import TrialRunner
 from hpsearch.errors import SpecError, users_failure
-from hpsearch.interrupt import Interrupted, Interruption
-from hpsearch.listener import StudyListener, StudyReport
-from hpsearch.phaserun import PhaseRunner
-from hpsearch.phases import Phases
-from hpsearch.pointqueue import Heartbeat
-from hpsearch.records import SharedState, StateTable, decode_param, decode_params, encode_param
-from hpsearch.results import PhaseView, Results
-from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
-from hpsearch.storage import StorageError, mask_url, storage_lock
-from hpsearch.training import load_data, score_test_split
-from hpsearch.trials import TrialRunner
-from hpsearch.trialstore import TrialStore
+from hpsearch.spec.build import best_fragment
+from hpsearch.spec.checks import check_sizes
+from hpsearch.spec.models import PhaseSpec, StudySpec
+from hpsearch.storage.connections import dispose_engines, storage_lock
+from hpsearch.storage.records import SharedState, StateTable, decode_param, decode_params, encode_param
+from hpsearch.storage.trialstore import TrialStore
+from hpsearch.storage.urls import StorageError, mask_url
 
 __all__ = ["Budget", "Driver", "Interrupted", "check_run", "SharedState", "StudyListener", "StudyReport",
            "decode_param", "decode_params", "encode_param"]
@@ -82,7 +84,7 @@ def check_run(spec: StudySpec, only_phase: str | None,
         raise SpecError(f"{spec.source}: the spec has no phases to run; add 'phases' "
                         "(or use 'hpsearch train' to train the defaults once).")
     phases = [spec.phase(only_phase)] if only_phase else spec.phases
-    grids.check_sizes(spec)
+    check_sizes(spec)
     data = load()
     _check_points(spec, phases, len(data.y_train))
     return phases, data
@@ -133,11 +135,24 @@ class Driver:
                              echo=echo)
         self.results = Results(spec, storage_url, self.phases)
         self._views: dict[str, PhaseView] = {}
+        self.heartbeat = Heartbeat(self.store, spec.heartbeat.interval)
         self.runner = TrialRunner(spec, self.store, lambda: self.data, listener=self.listener, echo=echo,
-                                  interruption=self.interruption,
-                                  heartbeat=Heartbeat(self.store, spec.heartbeat.interval), views=self._views)
+                                  interruption=self.interruption, heartbeat=self.heartbeat, views=self._views)
         self.phase_runner = PhaseRunner(spec, storage_url, self.store, self.phases, self.runner,
                                         listener=self.listener, echo=echo, interruption=self.interruption)
+
+    def close(self) -> None:
+        """Stop the heartbeat thread and close this process's connections to the storage (a later call opens them
+        again): what a library user's process keeps after a study is nothing."""
+        self.heartbeat.close()
+        self.storage.engine.dispose()
+        dispose_engines(self.url)
+
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def data(self) -> Dataset:
@@ -151,25 +166,25 @@ class Driver:
     def status(self, only_phase: str | None = None) -> dict[str, Any]:
         """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy.
         ``only_phase``: what a run of that phase alone checked (the others' definitions may have changed)."""
-        self.phases.check_stored([self.spec.phase(only_phase)] if only_phase else self.spec.phases)
+        self.phases.layout.check_stored([self.spec.phase(only_phase)] if only_phase else self.spec.phases)
         return self.results.status()
 
     @_storage_failures
     def best(self) -> dict[str, Any] | None:
         """The best trial over all phases, with everything needed to train it again."""
-        self.phases.check_stored(self.spec.phases)
+        self.phases.layout.check_stored(self.spec.phases)
         return self.results.best()
 
     @_storage_failures
     def trials(self) -> list[dict[str, Any]]:
         """Every trial of every phase: phase, number, state, value, params, duration and bookkeeping."""
-        self.phases.check_stored(self.spec.phases)
+        self.phases.layout.check_stored(self.spec.phases)
         return self.results.trials()
 
     @_storage_failures
     def report(self, retrain: bool = True) -> StudyReport | None:
         """Plain data for plots and summaries; retrains the best trial for its curves and model."""
-        self.phases.check_stored(self.spec.phases)
+        self.phases.layout.check_stored(self.spec.phases)
         return self.results.report(self.data if retrain else None, retrain=retrain)
 
     # ---- running -----------------------------------------------------------------------------------------------
@@ -178,8 +193,8 @@ class Driver:
     def prepare(self) -> None:
         """Settle, once, which Optuna studies serve the phases: with --force-new-phase, retire every changed phase.
         Workers started afterwards (without the flag) then find nothing changed."""
-        self.phases.check_context(self.data.fingerprint)
-        self.phases.retire_changed()
+        self.phases.layout.check_context(self.data.fingerprint)
+        self.phases.layout.retire_changed()
 
     @_storage_failures
     def run(self, budget: Budget | None = None, only_phase: str | None = None) -> dict[str, Any]:
@@ -190,8 +205,8 @@ class Driver:
             self.echo(f"warning: {self.spec.source}: the data have no test split, so the winner is scored on no "
                       "held-out rows; set data.num_test to hold some out of the training rows.")
         self.interruption.check()  # each step of the start takes a while under load: a signal need not wait for all
-        self.phases.check_context(self.data.fingerprint)
-        changed = self.phases.refuse_changes(phases)
+        self.phases.layout.check_context(self.data.fingerprint)
+        changed = self.phases.layout.refuse_changes(phases)
         before = self.results.status()
         self.interruption.check()
         finish_failed = bool((before.get("best") or {}).get("test_failure"))  # the user's evaluate: try it again
@@ -247,7 +262,7 @@ class Driver:
         for phase in phases:
             self.interruption.check()
             study, record = self.phases.open(phase)
-            view = self.results.view(phase, self.phases.layout())
+            view = self.results.view(phase, self.phases.layout.read())
             budget.expect(view.longest)
             self._views[phase.name] = view
             progress = view.status()
@@ -272,8 +287,8 @@ class Driver:
         ``partial``: the study is not complete (a time box); its completion finalises again, for the full report.
         """
         with storage_lock(self.url, f"{self.spec.name}:finalise"):
-            self.phases.follow()  # a winner of this spec's generation, stored as that generation's
-            layout = self.phases.layout()
+            self.phases.layout.follow()  # a winner of this spec's generation, stored as that generation's
+            layout = self.phases.layout.read()
             best = self.results.best()
             stored = self.results.stored_result(layout) or {}
             if best is not None and (stored.get("phase"), stored.get("trial")) == (best["phase"], best["trial"]) \
@@ -291,10 +306,10 @@ class Driver:
                 scores, report.failure = scores or {}, report.failure or failure
             if report.failure:
                 self.echo(f"warning: {report.failure}; the study ends without the winner's test score.")
-            self.phases.follow()  # still this generation after the retraining, before its result is stored
+            self.phases.layout.follow()  # still this generation after the retraining, before its result is stored
             result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],
                       "retrained_value": retrained.metrics.get(self.spec.objective.metric) if retrained else None,
-                      "data_fingerprint": self.data.fingerprint, "generation": self.phases.generation,
+                      "data_fingerprint": self.data.fingerprint, "generation": self.phases.layout.generation,
                       **({"partial": True} if partial else {}),
                       **scores, **({"failure": report.failure} if report.failure else {})}
             self.table.put(self.spec.name, "result", result)

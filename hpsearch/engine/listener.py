@@ -29,7 +29,7 @@ class TrialInfo:
 class StudyListener:
     """Hooks the driver calls as a study runs; tracking implements them. Every method is optional.
 
-    ``progress`` is the phase's status (see :meth:`hpsearch.results.PhaseView.status`) plus ``study_best_value``.
+    ``progress`` is the phase's status (see :meth:`hpsearch.engine.results.PhaseView.status`) plus ``study_best_value``.
     """
 
     wants_report = False  # True: on_study_end gets the full report (every trial, importances) for its plots

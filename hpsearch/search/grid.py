@@ -1,4 +1,4 @@
-"""The points a phase evaluates, as pure functions of the spec: no storage, no Optuna.
+"""The points a phase evaluates, as pure functions of its parameters: no storage, no Optuna.
 
 A random phase is a list of ``n_trials`` points, point k drawn from the space with a generator seeded by the study
 seed, the phase and k: the same spec always yields the same points, so a resumed or parallel phase evaluates each
@@ -11,13 +11,26 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from hpsearch.spec import MAX_POINTS, ParamSpec
 
-__all__ = ["derive_grid", "grid_points", "random_points", "sample_point", "trial_seed"]
+__all__ = ["MAX_POINTS", "Param", "derive_grid", "grid_points", "phase_size", "random_points", "sample_point",
+           "trial_seed", "with_rungs"]
+
+MAX_POINTS = 1_000_000  # per phase: beyond this, enqueuing alone takes minutes and the study is surely a typo
+
+
+class Param(Protocol):
+    """A parameter's search space, as the spec's ``Param`` describes it."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None
+    high: float | None
+    log: bool
+    step: float | None
+    choices: Sequence[Any] | None
 
 
 def _phase_key(phase: str) -> int:
@@ -35,12 +48,12 @@ def grid_points(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[name] for name in names))]
 
 
-def _steps(param: ParamSpec) -> int:
+def _steps(param: Param) -> int:
     """How many steps from low stay within high; a quotient a rounding error short of a whole number counts whole."""
     return int(math.floor((param.high - param.low) / param.step * (1 + 1e-9)))
 
 
-def sample_point(space: Mapping[str, ParamSpec], rng: np.random.Generator) -> dict[str, Any]:
+def sample_point(space: Mapping[str, Param], rng: np.random.Generator) -> dict[str, Any]:
     """One configuration drawn from ``space``: uniform, log-uniform where ``log``, on the ``step`` lattice."""
     point: dict[str, Any] = {}
     for name, param in space.items():
@@ -59,7 +72,7 @@ def sample_point(space: Mapping[str, ParamSpec], rng: np.random.Generator) -> di
     return point
 
 
-def random_points(space: Mapping[str, ParamSpec], n: int, study_seed: int, phase: str) -> list[dict[str, Any]]:
+def random_points(space: Mapping[str, Param], n: int, study_seed: int, phase: str) -> list[dict[str, Any]]:
     """Points 0..n-1 of a random phase; point k never depends on n, so raising n_trials extends the list."""
     return [
         sample_point(space, np.random.default_rng([study_seed, _phase_key(phase), k])) for k in range(n)
@@ -71,7 +84,7 @@ def _tidy(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def _span(param: ParamSpec, values: list[float], points: int) -> list[Any]:
+def _span(param: Param, values: list[float], points: int) -> list[Any]:
     low, high = min(values), max(values)
     if points == 1 or low == high:
         raw = [low]
@@ -90,7 +103,7 @@ def _span(param: ParamSpec, values: list[float], points: int) -> list[Any]:
 
 
 def derive_grid(
-    space: Mapping[str, ParamSpec], best_params: Iterable[Mapping[str, Any]], points: int
+    space: Mapping[str, Param], best_params: Iterable[Mapping[str, Any]], points: int
 ) -> dict[str, list[Any]]:
     """A grid spanning the values of the best trials.
 
@@ -135,28 +148,3 @@ def phase_size(phase: Any) -> int | None:
     if isinstance(phase.grid, Mapping):
         return math.prod(len(values) for values in with_rungs(phase, phase.grid).values())
     return None
-
-
-def _refuse_size(spec: Any, phase: Any, size: int, what: str, remedy: str) -> None:
-    if size > MAX_POINTS:
-        from hpsearch.errors import SpecError
-
-        raise SpecError(f"{spec.source}: phase {phase.name!r}: {what} {size:,} points; a phase runs at most "
-                        f"{MAX_POINTS:,}. {remedy}")
-
-
-def check_sizes(spec: Any) -> None:
-    """Refuse, with one line, a phase too big to enqueue (``n_trials: 1e9``, a grid of 10^7 points)."""
-    for phase in spec.phases:
-        size = phase_size(phase)
-        if size is not None:
-            _refuse_size(spec, phase, size, "n_trials is" if phase.sampler != "grid" else "the grid has",
-                         "Split it into several phases, or search with a random or tpe phase.")
-
-
-def check_derived_size(spec: Any, phase: Any, grid: Mapping[str, list[Any]]) -> None:
-    """Refuse, with one line, a derived ``grid`` too big to enqueue; its size is counted, not enumerated."""
-    index = spec.phases.index(phase)
-    _refuse_size(spec, phase, math.prod(len(values) for values in grid.values()),
-                 f"the grid derived from the top {phase.grid.top_k} trials of {phase.grid.source!r} has",
-                 f"Lower phases[{index}].grid.points ({phase.grid.points} values per numeric parameter).")

@@ -24,9 +24,44 @@ import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
-from optuna.trial import TrialState
+from optuna.trial import Trial, TrialState
 
-__all__ = ["Row", "TrialStore"]
+from hpsearch.errors import UserError
+
+__all__ = ["SCHEMA_VERSION", "Row", "SchemaMismatch", "TrialStore", "asked_trial_id"]
+
+# The version of Optuna's storage schema (``optuna.storages._rdb.models.SCHEMA_VERSION``) these statements were
+# written and tested for; the columns they read and write, by table. tests/storage/test_trialstore.py holds both
+# against the installed Optuna, and a storage is refused at run time on any other schema version: a statement on a
+# schema it was not written for could write trials Optuna then misreads.
+SCHEMA_VERSION = 12
+COLUMNS = {
+    "trials": {"trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"},
+    "trial_user_attributes": {"trial_id", "key", "value_json"},
+    "trial_values": {"trial_id", "objective", "value", "value_type"},
+    "trial_params": {"trial_id", "param_name", "param_value", "distribution_json"},
+    "trial_heartbeats": {"trial_id", "heartbeat"},
+    "studies": {"study_id"},
+}
+
+
+class SchemaMismatch(UserError):
+    """The installed Optuna keeps its trials in a schema this hpsearch was not written for."""
+
+
+def check_schema() -> None:
+    """SchemaMismatch unless the installed Optuna keeps its trials in :data:`SCHEMA_VERSION`."""
+    if models.SCHEMA_VERSION != SCHEMA_VERSION:
+        import optuna
+
+        raise SchemaMismatch(f"optuna {optuna.__version__} stores trials in schema version {models.SCHEMA_VERSION}; "
+                             f"this hpsearch writes schema {SCHEMA_VERSION} only. Install the optuna version "
+                             "pyproject.toml names (pip install -e .).")
+
+
+def asked_trial_id(trial: Trial) -> int:
+    """The storage's id of a trial Optuna's ``study.ask()`` made (Optuna keeps it private)."""
+    return trial._trial_id
 
 T, A, V, P, H = (models.TrialModel, models.TrialUserAttributeModel, models.TrialValueModel,
                  models.TrialParamModel, models.TrialHeartbeatModel)
@@ -63,6 +98,7 @@ class TrialStore:
     """Statements on the trials of an Optuna ``RDBStorage``."""
 
     def __init__(self, storage: RDBStorage) -> None:
+        check_schema()
         self.storage = storage
         self.engine: sa.Engine = storage.engine
         self.postgres = self.engine.dialect.name == "postgresql"
@@ -241,6 +277,10 @@ class TrialStore:
             with self.engine.begin() as conn:  # the claim wrote each rung's first beat
                 conn.execute(sa.update(H.__table__).where(H.trial_id.in_(trial_ids))
                              .values(heartbeat=sa.func.current_timestamp()))
+
+    def study_id(self, study_name: str) -> int:
+        """The storage's id of the Optuna study named ``study_name``; KeyError when there is none."""
+        return self.storage.get_study_id_from_name(study_name)
 
     def stale(self, study_id: int) -> set[int]:
         """RUNNING trials whose heartbeat is older than the grace period (Optuna's own test of it)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from hpsearch.backends.base import Training, replacing
 from hpsearch.files import SizeBound, data_bound, open_regular, read_bounded
-from hpsearch.ladders import Ladders
+from hpsearch.search.ladders import Ladders
 
 __all__ = ["PausedRun", "PausedRuns"]
 

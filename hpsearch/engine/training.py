@@ -14,7 +14,8 @@ from hpsearch.backends import TrainResult
 from hpsearch.backends.base import Training, scores_on_test
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import SpecError
-from hpsearch.spec import StudySpec, validation_message
+from hpsearch.spec.models import StudySpec
+from hpsearch.validation import validation_message
 
 
 def load_data(spec: StudySpec) -> Dataset:

@@ -1,4 +1,4 @@
-"""Study storage URLs: where they come from, how they are shown, and a lock shared by every process using one.
+"""Study storage URLs: where they come from, how they are shown, and which database or file they name.
 
 A URL comes from ``--storage``, else ``$HPSEARCH_STORAGE``, else the spec's ``storage``, else
 ``sqlite:///runs/<study>.db`` (relative to the working directory, as SQLAlchemy reads ``sqlite:///`` paths).
@@ -17,21 +17,17 @@ would read the URL otherwise, connect elsewhere and show the password's tail as 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import os
 import re
-import zlib
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote, quote_plus, unquote
 
 from hpsearch.errors import UserError
 
-__all__ = ["StorageError", "chosen_storage_url", "engine_for", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
-           "register_secret_url", "resolve_storage_url", "runs_folder", "same_database", "sqlite_path",
-           "storage_files", "storage_lock"]
+__all__ = ["StorageError", "chosen_storage_url", "expand_home", "mask_url", "no_study_stored", "refuse_foreign_database",
+           "register_secret_url", "resolve_storage_url", "same_database", "same_file", "sqlite_path"]
+
 DEFAULT_FOLDER = "runs"  # the SQLite storage's folder, made where it is missing (any other must exist)
 
 ENV_STORAGE = "HPSEARCH_STORAGE"
@@ -314,20 +310,6 @@ def same_file(path: Path, other: Path) -> bool:
         return False
 
 
-def storage_files(url: str) -> list[Path]:
-    """Everything the storage at ``url`` keeps on this machine: a SQLite database with its rollback journal,
-    write-ahead log and shared memory, and its locks folder; the folder of paused runs (of any database)."""
-    path = sqlite_path(url)
-    if path is None:
-        return [runs_folder(url)]
-    companions = [path.with_name(f"{path.name}{suffix}") for suffix in ("-journal", "-wal", "-shm")]
-    return [path, *companions, _locks_folder(path), runs_folder(url)]
-
-
-def _locks_folder(database: Path) -> Path:
-    return database.parent / f".{database.name}.locks"
-
-
 def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL, None for other databases and in-memory SQLite."""
     from sqlalchemy.engine import make_url
@@ -336,77 +318,3 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
-
-
-def runs_folder(url: str) -> Path:
-    """Where runs paused between halving levels are kept for the storage at ``url``: ``.<database>.runs/`` beside a
-    SQLite database; for a server database, a folder per storage in the user's cache folder (``$XDG_CACHE_HOME`` or
-    ``~/.cache``, ``hpsearch/runs/``): a worker on another machine does not find the file and trains the run again
-    from its start, to the same numbers."""
-    path = sqlite_path(url)
-    if path is not None:
-        return path.parent / f".{path.name}.runs"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "hpsearch" / "runs" / f"{zlib.crc32(url.encode()):08x}"
-
-
-@contextlib.contextmanager
-def storage_lock(url: str, name: str) -> Iterator[None]:
-    """Hold an exclusive lock named ``name`` among all processes using the storage at ``url``.
-
-    PostgreSQL: a session advisory lock, so processes on other machines take part. SQLite: an ``flock`` on a file
-    per lock name in ``.<database>.locks/`` beside the database, since SQLite databases are local files anyway.
-    """
-    key = zlib.crc32(name.encode())
-    path = sqlite_path(url)
-    if path is not None:
-        folder = _locks_folder(path)
-        try:
-            folder.mkdir(exist_ok=True)
-            handle = open(folder / f"{key}.lock", "a")
-        except OSError:
-            if os.access(path.parent, os.W_OK):
-                raise
-            yield  # a folder this process cannot write to: it cannot write the database either, so it only reads
-            return
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    if url.startswith("postgresql"):
-        import sqlalchemy
-
-        with engine_for(url).connect() as conn:  # a pooled connection: no new engine per lock
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                conn.commit()
-        return
-    yield  # other databases: a single process is assumed
-
-
-_engines: dict[tuple[int, str], object] = {}
-
-
-def engine_for(url: str):
-    """One pooled SQLAlchemy engine per storage URL and process, for hpsearch's own statements and locks."""
-    import sqlalchemy
-
-    path = sqlite_path(url)
-    if path is not None:  # a relative path means the working directory of now, not of when the engine was made
-        from sqlalchemy.engine import make_url
-
-        url = make_url(url).set(database=str(path.resolve())).render_as_string(hide_password=False)
-    key = (os.getpid(), url)
-    engine = _engines.get(key)
-    if engine is None:
-        connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
-        engine = sqlalchemy.create_engine(url, connect_args=connect_args, pool_pre_ping=not url.startswith("sqlite"))
-        _engines[key] = engine
-    return engine

@@ -18,18 +18,20 @@ from typing import Any, Callable, ContextManager
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch import grid as grids
-from hpsearch.errors import users_failure
-from hpsearch.listener import StudyReport
-from hpsearch.phases import Phases
-from hpsearch.ladders import Work, not_promoted
-from hpsearch.records import EXAMPLES, FINISHED_STATES, INTERRUPTED, LADDER_STOPPED, counts_as_failure, decode_params
-from hpsearch.spec import PhaseSpec, StudySpec, best_fragment
-from hpsearch.files import disk_use
-from hpsearch.storage import mask_url, runs_folder
 from hpsearch.backends.base import metric_on_test, scores_on_test
-from hpsearch.training import resolved_config
-from hpsearch.trialstore import Row, TrialStore
+from hpsearch.engine.listener import StudyReport
+from hpsearch.engine.phases import Phases
+from hpsearch.engine.training import resolved_config
+from hpsearch.errors import users_failure
+from hpsearch.files import disk_use
+from hpsearch.search import grid as grids
+from hpsearch.search.ladders import Work, not_promoted
+from hpsearch.spec.build import best_fragment
+from hpsearch.spec.models import PhaseSpec, StudySpec
+from hpsearch.storage.connections import runs_folder
+from hpsearch.storage.records import EXAMPLES, FINISHED_STATES, INTERRUPTED, LADDER_STOPPED, counts_as_failure, decode_params
+from hpsearch.storage.trialstore import Row, TrialStore
+from hpsearch.storage.urls import mask_url
 
 __all__ = ["PhaseView", "Results"]
 
@@ -140,7 +142,7 @@ class PhaseView:
         return max(earlier, key=lambda r: r.number) if earlier else None
 
     def set_work(self, work: Work) -> None:
-        """What the phase's points cost to train (see :func:`hpsearch.ladders.work`), for :meth:`eta_seconds`;
+        """What the phase's points cost to train (see :func:`hpsearch.search.ladders.work`), for :meth:`eta_seconds`;
         without it every point counts one unit."""
         self._work = work
         self._all_work = sum(work.of_point[:self.total]) if self.total is not None else 0.0
@@ -242,14 +244,14 @@ class Results:
         self.store = phases.store
 
     def view(self, phase: PhaseSpec, layout: dict[str, Any] | None, refresh: bool = True) -> PhaseView:
-        record = self.phases.record(phase, layout) if layout else None
+        record = self.phases.layout.record(phase, layout) if layout else None
         view = PhaseView(phase, self.store, record, self.spec.objective.direction, _total(phase, record))
         if refresh:
             view.refresh(full=True)
         return view
 
     def stored_result(self, layout: dict[str, Any] | None) -> dict[str, Any] | None:
-        result = self.phases.table.get(self.spec.name, "result")
+        result = self.phases.layout.table.get(self.spec.name, "result")
         if not result or not layout or result.get("generation") != layout.get("generation"):
             return None  # none yet, or one of a study since restarted with --force-new-phase
         return result
@@ -281,7 +283,7 @@ class Results:
     def status(self, views: list[PhaseView] | None = None, layout: dict[str, Any] | None = None) -> dict[str, Any]:
         """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy."""
         if views is None:
-            layout = self.phases.layout()
+            layout = self.phases.layout.read()
             views = [self.view(p, layout) for p in self.spec.phases]
         phases = [view.status() for view in views]
         result = self.stored_result(layout)
@@ -303,15 +305,15 @@ class Results:
         return {"paused_runs": {"bytes": total, "folder": str(folder)}} if total else {}
 
     def best(self) -> dict[str, Any] | None:
-        layout = self.phases.layout()
+        layout = self.phases.layout.read()
         return self.best_of([self.view(p, layout) for p in self.spec.phases], layout)
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial of every phase: phase, number, state, value, params, duration and bookkeeping."""
         rows = []
-        layout = self.phases.layout()
+        layout = self.phases.layout.read()
         for phase in self.spec.phases:
-            record = self.phases.record(phase, layout) if layout else None
+            record = self.phases.layout.record(phase, layout) if layout else None
             study = self.phases.load(phase, record) if record else None
             if study is None:
                 continue
@@ -336,9 +338,9 @@ class Results:
 
         ``full`` False leaves out what only plots need (every trial's row, parameter importances). ``retraining``:
         the context the retraining runs in (the driver's: a signal ends it at once), not the storage reads."""
-        from hpsearch.training import train_once
+        from hpsearch.engine.training import train_once
 
-        layout = self.phases.layout()
+        layout = self.phases.layout.read()
         if layout is None:
             return None
         views = [self.view(p, layout) for p in self.spec.phases]

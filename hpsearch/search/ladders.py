@@ -4,9 +4,8 @@ A phase that names its ``budget`` parameter (``num_iters``, ``num_epochs``) grou
 each group is a *ladder* and its points are *rungs*, in ascending budget. The run to the top rung passes through
 every lower rung, so a ladder trains once and each rung's state becomes that point's own trial, with exactly the
 numbers the point gets when trained alone: every rung of a ladder has one seed, derived from the ladder, not from the
-budget value. :func:`ladders` is a pure function of the points, like :mod:`hpsearch.grid`; :func:`check_budget`
-holds a phase's budget against the spec's trainable as well, with one SpecError line for what it cannot train in
-stages.
+budget value. :func:`ladders` is a pure function of the points, like :mod:`hpsearch.search.grid`;
+:func:`hpsearch.spec.checks.check_budget` holds a phase's budget against the spec's trainable as well.
 
 A phase with ``schedule: {type: halving}`` trains every ladder to its first rung, the best 1/reduction_factor of them
 to the next, and so on. :func:`halve` decides which rungs run and which end ``not promoted at <budget>`` from the
@@ -20,18 +19,9 @@ import bisect
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from pydantic import ValidationError
-
-from hpsearch.errors import SpecError
-from hpsearch.grid import grid_points, with_rungs
-
-if TYPE_CHECKING:
-    from hpsearch.spec import PhaseSpec, StudySpec
-
-__all__ = ["Halving", "Ladders", "Work", "check_budget", "check_levels", "halve", "ladders", "not_promoted",
-           "rank_metric", "work"]
+__all__ = ["Halving", "Ladders", "Work", "halve", "ladders", "not_promoted", "work"]
 
 
 @dataclass(frozen=True)
@@ -173,65 +163,3 @@ def _by_level(rungs: Sequence[int], budgets: Sequence[int], levels: Sequence[int
         level = bisect.bisect_left(levels, budgets[point])
         grouped[level] = (*grouped.get(level, ()), point)
     return grouped
-
-
-def check_levels(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]], *, where: str) -> None:
-    """SpecError for halving levels above the largest budget value of ``grid`` (the phase's, before they join it)."""
-    levels = phase.schedule.levels if phase.schedule is not None else None
-    values = grid.get(phase.budget)
-    if levels and values and all(type(v) is int for v in values) and levels[-1] > max(values):
-        raise SpecError(f"{spec.source}: {where}: schedule.levels must end at or below the grid's largest "
-                        f"{phase.budget} ({max(values)}): a ladder trains no further. Got {levels[-1]} instead.")
-
-
-def rank_metric(spec: StudySpec, phase: PhaseSpec) -> tuple[str | None, bool]:
-    """What halving ranks a level's ladders by: a metric of the trials' ``metrics`` (None: the objective, the
-    trials' value), and whether higher is better."""
-    rank_by = phase.schedule.rank_by if phase.schedule is not None else None
-    if rank_by is None or rank_by == spec.objective.metric:
-        return None, spec.objective.direction == "maximize"
-    return rank_by, (spec.trainable.metrics or {}).get(rank_by) == "maximize"
-
-
-def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]] | None, *,
-                 where: str) -> Ladders | None:
-    """The ladders of a phase's ``grid`` over its ``budget``; SpecError for a budget the trainable cannot train in
-    stages along, for any of the grid's points (for the defaults alone while ``grid`` is None, a grid not derived
-    yet), or for a budget value that is not a positive whole number."""
-    trainable = spec.trainable
-    if trainable.start is None:
-        raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r} needs a trainable that trains in stages; "
-                        f"{spec.model.backend} declares no 'start' (see hpsearch.trainable).")
-    if trainable.budget is not None and phase.budget != trainable.budget:
-        raise SpecError(f"{spec.source}: {where}: the budget must be {trainable.budget!r}, the parameter the "
-                        f"{spec.model.backend} backend trains in stages along. Got {phase.budget!r} instead.")
-    if phase.schedule is not None and grid is not None and phase.budget not in grid:
-        raise SpecError(f"{spec.source}: {where}: halving needs {phase.budget!r} in the grid; the derived grid has "
-                        f"{', '.join(grid)} (let its source phase search {phase.budget}).")
-    rank_by = phase.schedule.rank_by if phase.schedule is not None else None
-    declared = trainable.metrics or {}
-    if rank_by is not None and rank_by != spec.objective.metric and rank_by not in declared:
-        what = f"one of {', '.join(declared)}" if declared else "the objective (it declares no metrics)"
-        raise SpecError(f"{spec.source}: {where}: schedule.rank_by must be {what}, a metric the "
-                        f"{spec.model.backend} trainable reports with its direction. Got {rank_by!r} instead.")
-    if grid is not None:  # a derived grid's levels are checked as it is derived, before they join it
-        check_levels(spec, phase, grid, where=where)
-    grid = with_rungs(phase, grid) if grid is not None else None
-    points = grid_points(grid) if grid is not None else []
-    first = phase.schedule.first_rung if phase.schedule is not None else None
-    if first is not None and grid is not None and any(isinstance(v, int) and v < first for v in grid[phase.budget]):
-        raise SpecError(f"{spec.source}: {where}: schedule.first_rung ({first}) must be below every {phase.budget} "
-                        f"of the grid ({', '.join(map(str, grid[phase.budget]))}).")
-    try:
-        found = ladders([spec.config(**point) for point in points], phase.budget)
-    except ValueError as exc:
-        raise SpecError(f"{spec.source}: {where}: {exc}.") from None
-    if trainable.budget_blocker is not None:
-        for top in [points[rungs[-1]] for rungs in found.rungs] or [{}]:
-            try:
-                blocker = trainable.budget_blocker(trainable.resolve(spec.config(**top)))
-            except ValidationError:
-                continue  # the point's own values are refused elsewhere, with their own message
-            if blocker:
-                raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r}: {blocker}.")
-    return found if grid is not None else None

@@ -1,8 +1,8 @@
 """Running one phase: its trials, one after another, until the phase is done or the run's budget is spent.
 
-A random or grid phase draws its points from the exactly-once queue (:mod:`hpsearch.pointqueue`), a ladder's rungs
+A random or grid phase draws its points from the exactly-once queue (:mod:`hpsearch.engine.pointqueue`), a ladder's rungs
 in one claim; a TPE phase asks Optuna's sampler for each trial under the phase's claim lock. Either way the trial
-itself is :class:`hpsearch.trials.TrialRunner`'s, and trials of processes that died are reaped on the heartbeat's
+itself is :class:`hpsearch.engine.trials.TrialRunner`'s, and trials of processes that died are reaped on the heartbeat's
 cadence and retried.
 """
 
@@ -17,21 +17,22 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch import grid as grids
-from hpsearch.budget import Budget
-from hpsearch.interrupt import Interruption
-from hpsearch.ladders import Ladders, check_budget, ladders, rank_metric
-from hpsearch.ladders import work as ladder_work
-from hpsearch.listener import StudyListener, TrialInfo
-from hpsearch.pausedruns import PausedRuns
-from hpsearch.phases import Phases, point_params
-from hpsearch.pointqueue import HalvingRule, PointQueue, owner, reap
-from hpsearch.records import SEED, counts_as_failure, decode_param, encode_param
-from hpsearch.results import PhaseView
-from hpsearch.spec import PhaseSpec, StudySpec
-from hpsearch.storage import runs_folder, storage_lock
-from hpsearch.trials import RunningTrial, TrialRunner
-from hpsearch.trialstore import Row, TrialStore
+from hpsearch.engine.budget import Budget
+from hpsearch.engine.interrupt import Interruption
+from hpsearch.engine.listener import StudyListener, TrialInfo
+from hpsearch.engine.pausedruns import PausedRuns
+from hpsearch.engine.phases import Phases, point_params
+from hpsearch.engine.pointqueue import HalvingRule, PointQueue, owner, reap
+from hpsearch.engine.results import PhaseView
+from hpsearch.engine.trials import RunningTrial, TrialRunner
+from hpsearch.search import grid as grids
+from hpsearch.search.ladders import Ladders, ladders
+from hpsearch.search.ladders import work as ladder_work
+from hpsearch.spec.checks import check_budget, rank_metric
+from hpsearch.spec.models import PhaseSpec, StudySpec
+from hpsearch.storage.connections import runs_folder, storage_lock
+from hpsearch.storage.records import SEED, counts_as_failure, decode_param, encode_param
+from hpsearch.storage.trialstore import Row, TrialStore, asked_trial_id
 
 __all__ = ["POLL_SECONDS", "PhaseRunner"]
 
@@ -96,7 +97,7 @@ class PhaseRunner:
                            check_interrupt=self.interruption.check)
         me = owner()
         self.reap(phase, view)
-        self.phases.follow()  # before anything is queued in the phase's study
+        self.phases.layout.follow()  # before anything is queued in the phase's study
         queue.reconcile()
         next_look = time.monotonic() + self.spec.heartbeat.interval
         while True:
@@ -109,7 +110,7 @@ class PhaseRunner:
             budget.expect(view.longest)
             if budget.exhausted():
                 return False
-            self.phases.follow()  # the study was not started afresh with another spec
+            self.phases.layout.follow()  # the study was not started afresh with another spec
             claimed = queue.claim(me, rungs=budget.trials_left())
             if not claimed:
                 # a trial failed since the last look (its retry is queued now), or one ended a halving level
@@ -185,7 +186,7 @@ class PhaseRunner:
 
     def _ladders_of(self, phase: PhaseSpec, record: dict[str, Any]) -> Ladders | None:
         """The phase's budget ladders, checked against the trainable (a derived grid's once it is known; an explicit
-        grid's again, for a spec the Python API was handed without :func:`hpsearch.spec.load_spec`); None without a
+        grid's again, for a spec the Python API was handed without :func:`hpsearch.spec.build.load_spec`); None without a
         budget."""
         if phase.budget is None:
             return None
@@ -218,15 +219,15 @@ class PhaseRunner:
             trial = self._ask(phase, study, me)
             if trial is None:
                 continue
-            view.apply(Row(trial._trial_id, trial.number, "RUNNING", None, self.store.now(), None, owner=me))
+            view.apply(Row(asked_trial_id(trial), trial.number, "RUNNING", None, self.store.now(), None, owner=me))
             params = _suggest(trial, phase)
-            info = TrialInfo(trial._trial_id, trial.number, None, params, trial.user_attrs.get(SEED))
+            info = TrialInfo(asked_trial_id(trial), trial.number, None, params, trial.user_attrs.get(SEED))
             budget.timed(lambda: self.runner.run([RunningTrial(phase, view, info, optuna_trial=trial)], study))
 
     def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
         """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""
         with storage_lock(self.url, f"{study.study_name}:claim"):
-            self.phases.follow()  # the study was not started afresh with another spec
+            self.phases.layout.follow()  # the study was not started afresh with another spec
             trials = study.get_trials(deepcopy=False)
             taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
             if taken >= phase.n_trials:
@@ -237,7 +238,7 @@ class PhaseRunner:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "heartbeat is meant for optimize": we beat ourselves
                 trial = study.ask()
-            self.store.own(trial._trial_id, me)
+            self.store.own(asked_trial_id(trial), me)
             trial.set_user_attr(SEED, grids.trial_seed(self.spec.seed, phase.name, trial.number))
             return trial
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from hpsearch.storage import engine_for, storage_lock
+from hpsearch.storage.connections import engine_for, storage_lock
 
 __all__ = [
     "ATTEMPT", "EXAMPLES", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED", "LADDER_STOPPED",

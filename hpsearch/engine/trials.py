@@ -1,7 +1,7 @@
 """Running one trial: train it with its hooks, store its end in one transaction, tell the listener and the console.
 
-Knows the storage only through :class:`~hpsearch.trialstore.TrialStore` and the phase only through its
-:class:`~hpsearch.results.PhaseView`; :class:`~hpsearch.phaserun.PhaseRunner` hands it the trials it claimed.
+Knows the storage only through :class:`~hpsearch.storage.trialstore.TrialStore` and the phase only through its
+:class:`~hpsearch.engine.results.PhaseView`; :class:`~hpsearch.engine.phaserun.PhaseRunner` hands it the trials it claimed.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ from optuna.trial import TrialState
 from hpsearch.backends import DivergedError, TrainableError, TrainResult
 from hpsearch.backends.base import Training, add_epoch
 from hpsearch.data import Dataset
+from hpsearch.engine.interrupt import Interrupted, Interruption
+from hpsearch.engine.listener import StudyListener, TrialInfo
+from hpsearch.engine.pausedruns import PausedRun
+from hpsearch.engine.pointqueue import Heartbeat
+from hpsearch.engine.results import PhaseView
+from hpsearch.engine.training import resolved_config, start_training, train_once
 from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration
-from hpsearch.interrupt import Interrupted, Interruption
-from hpsearch.listener import StudyListener, TrialInfo
-from hpsearch.pausedruns import PausedRun
-from hpsearch.pointqueue import Heartbeat
-from hpsearch.records import EXAMPLES, FAILURE, INTERRUPTED, LADDER_STOPPED, SEED, TRACEBACK, decode_params
-from hpsearch.results import PhaseView
-from hpsearch.spec import PhaseSpec, StudySpec
-from hpsearch.storage import mask_url
-from hpsearch.training import resolved_config, start_training, train_once
-from hpsearch.trialstore import Row, TrialStore
+from hpsearch.spec.models import PhaseSpec, StudySpec
+from hpsearch.storage.records import EXAMPLES, FAILURE, INTERRUPTED, LADDER_STOPPED, SEED, TRACEBACK, decode_params
+from hpsearch.storage.trialstore import Row, TrialStore
+from hpsearch.storage.urls import mask_url
 
 __all__ = ["RunningTrial", "TrialRunner"]
 

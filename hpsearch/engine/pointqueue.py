@@ -1,7 +1,7 @@
 """The exactly-once point queue of a random or grid phase: enqueue, claim, reap, heartbeat, owner liveness.
 
 Each point is a WAITING trial, enqueued once under a lock all processes share and claimed by one process through the
-storage's atomic WAITING -> RUNNING transition (see :mod:`hpsearch.trialstore`). A point is enqueued again only when
+storage's atomic WAITING -> RUNNING transition (see :mod:`hpsearch.storage.trialstore`). A point is enqueued again only when
 it has no trial that is COMPLETE, PRUNED, WAITING or RUNNING and has failed at most ``max_retries`` times. A trial
 whose process died (heartbeat lost, or its pid gone on this host) is failed by whoever notices, so its point is
 retried; a result that arrives after that is discarded, never counted twice.
@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -26,11 +25,11 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from hpsearch.files import process_start
-from hpsearch.ladders import Halving, Ladders, halve, not_promoted
-from hpsearch.records import (ATTEMPT, FAILURE, FINISHED_STATES, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED,
+from hpsearch.search.ladders import Halving, Ladders, halve, not_promoted
+from hpsearch.storage.connections import storage_lock
+from hpsearch.storage.records import (ATTEMPT, FAILURE, FINISHED_STATES, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED,
                               POINT, SEED, WITHDRAWN, WORKER_DIED, counts_as_failure)
-from hpsearch.storage import storage_lock
-from hpsearch.trialstore import Row, TrialStore
+from hpsearch.storage.trialstore import Row, TrialStore
 
 __all__ = ["HalvingRule", "Heartbeat", "PointQueue", "owner", "owner_is_dead", "reap"]
 
@@ -72,7 +71,7 @@ def owner_is_dead(who: dict[str, Any] | None) -> bool:
 
 class Heartbeat:
     """One thread per process that beats for the trials running now (one, or a ladder's rungs), every ``interval``
-    seconds.
+    seconds, until :meth:`close`.
 
     The claim records a trial's first beat; ``beating(*trial_ids)`` covers the trials' run.
     """
@@ -82,19 +81,20 @@ class Heartbeat:
         self.interval = interval
         self._current: tuple[int, ...] = ()
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _beat(self) -> None:
         # Ctrl-C and SIGTERM are the main thread's: a signal this thread took would reach the main thread's handler
         # only once the scheduler ran this one (late, on a loaded machine)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        while True:
-            time.sleep(self.interval)
+        while not self._stop.wait(self.interval):
             with contextlib.suppress(Exception):  # a missed beat is harmless; the grace period absorbs it
                 self.store.heartbeat(*self._current)
 
     @contextlib.contextmanager
     def beating(self, *trial_ids: int) -> Iterator[None]:
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._beat, name="hpsearch-heartbeat", daemon=True)
             self._thread.start()
         self._current = trial_ids
@@ -102,6 +102,13 @@ class Heartbeat:
             yield
         finally:
             self._current = ()
+
+    def close(self) -> None:
+        """Stop the thread (a later :meth:`beating` starts another): a library user's process keeps none."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
 
 def reap(store: TrialStore, study_id: int, grace_period: float, running: list[Row],

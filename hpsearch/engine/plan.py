@@ -16,14 +16,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hpsearch import grid as grids
 from hpsearch.backends import DivergedError
 from hpsearch.data import Dataset
+from hpsearch.engine.training import resolved_config, train_once
 from hpsearch.errors import SpecError
 from hpsearch.files import process_start
-from hpsearch.ladders import ladders, work
-from hpsearch.spec import DerivedGrid, PhaseSpec, StudySpec
-from hpsearch.training import resolved_config, train_once
+from hpsearch.search import grid as grids
+from hpsearch.search.ladders import ladders, work
+from hpsearch.spec.checks import check_sizes
+from hpsearch.spec.models import DerivedGrid, PhaseSpec, StudySpec
 
 __all__ = ["PROBE_TRIALS", "Probe", "measure_probe", "plan", "since_process_start"]
 
@@ -85,7 +86,7 @@ def _probe_spec(spec: StudySpec, probe_config: dict[str, Any]) -> StudySpec:
 
 def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     """Run the probe configuration as PROBE_TRIALS trials of a throwaway study, then train it alone."""
-    from hpsearch.driver import Driver
+    from hpsearch.engine.driver import Driver
 
     trainable = spec.trainable
     probe_config = resolved_config(spec, trainable.probe(spec.config()) if trainable.probe else spec.config())
@@ -157,13 +158,13 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
     plus the probe's overhead per trial), and the run's total with its fixed costs and the winner's retraining.
     ``startup_seconds``: what the process took to get here (interpreter, imports, the spec and ``data``), which a
     ``hpsearch run`` pays as well; see :func:`since_process_start`."""
-    grids.check_sizes(spec)  # before the probe: a phase too big to enqueue is refused at once
+    check_sizes(spec)  # before the probe: a phase too big to enqueue is refused at once
     probe = probe or measure_probe(spec, data)
     seconds_per_unit = (probe.train_seconds - probe.start_seconds) / probe.cost
     phases, all_training = [], []
     for phase in spec.phases:
         configs, trials, estimated = _phase_configs(spec, phase)
-        # a ladder trains once, to its top rung (see hpsearch.ladders); a derived grid's are known once it is derived
+        # a ladder trains once, to its top rung (see hpsearch.search.ladders); a derived grid's are known once it is derived
         staged = phase.budget is not None and not estimated
         found = ladders(configs, phase.budget) if staged else None
         trained = [configs[rungs[-1]] for rungs in found.rungs] if found is not None else configs

@@ -45,7 +45,7 @@ TrackingOpt = Annotated[
 
 def fail(message: str) -> typer.Exit:
     """Print one line on stderr, every known password masked; the caller raises the returned Exit (code 2)."""
-    from hpsearch.storage import mask_url
+    from hpsearch.storage.urls import mask_url
 
     typer.echo(mask_url(f"error: {message}"), err=True)
     return typer.Exit(code=2)
@@ -127,7 +127,7 @@ def check_overwrite(option: str, given: Path, targets: Iterable[Path], kept: Map
     given: the path as the option gave it. targets: the files the command would write for it. kept: a file or folder
     (whatever is in it counts too) that is never overwritten, with what it is (``the spec being read``).
     """
-    from hpsearch.storage import same_file
+    from hpsearch.storage.urls import same_file
 
     targets = list(targets)
 
