@@ -53,11 +53,11 @@ def test_mlflow_server_command_is_valid():
     assert result.exit_code == 0, result.output
 
 
-def test_image_installs_with_the_readme_s_command():
+def test_image_installs_with_the_guide_s_command():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     install = next(line[len("RUN "):] for line in dockerfile.splitlines() if line.startswith("RUN pip install"))
     assert "torch" in install and "cpu" in install  # CPU torch: no CUDA download in the image
-    assert install in (REPO / "README.md").read_text()
+    assert install in (REPO / "docs" / "workers.md").read_text()
     assert 'ENTRYPOINT ["hpsearch"]' in dockerfile
     for source in re.findall(r"^COPY (\S+)", dockerfile, re.M):
         assert (REPO / source).exists(), source
@@ -69,9 +69,9 @@ def test_postgres_creates_the_mlflow_database():
     assert "/mlflow" in " ".join(compose()["services"]["mlflow"]["command"])
 
 
-def test_readme_commands_for_docker_match_the_files():
-    readme = (REPO / "README.md").read_text()
-    for line in readme.splitlines():
+def test_the_guide_s_commands_for_docker_match_the_files():
+    guide = (REPO / "docs" / "workers.md").read_text()
+    for line in guide.splitlines():
         if line.strip().startswith("docker compose"):
             words = shlex.split(line.split("#")[0])
             if "-f" in words:
@@ -120,4 +120,4 @@ def test_the_auth_override_puts_mlflow_behind_basic_auth():
     worker = override["services"]["worker"]["environment"]
     assert worker["MLFLOW_TRACKING_USERNAME"] == config["mlflow"]["admin_username"]
     assert worker["MLFLOW_TRACKING_PASSWORD"] == mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"]
-    assert "docker/compose.auth.yaml" in (REPO / "README.md").read_text()
+    assert "docker/compose.auth.yaml" in (REPO / "docs" / "workers.md").read_text()

@@ -1,4 +1,5 @@
-"""The examples a user copies run as the README says: tuned, their winner retrained and scored the same again."""
+"""The examples a user copies run as docs/your-own-model.md says: tuned, their winner retrained and scored the same
+again."""
 
 from __future__ import annotations
 
@@ -59,11 +60,9 @@ def test_the_cnn_example_prunes_saves_and_predicts(tmp_path):
     assert json.loads(predicted.stdout)["accuracy"] == scores["test_acc"]
 
 
-def readme_blocks(section: str) -> dict[str, str]:
-    """The README section's code blocks, by language (the first of each)."""
-    text = (EXAMPLES.parent / "README.md").read_text()
-    body = text[text.index(f"## {section}\n"):]
-    body = body[:body.index("\n## ", 1)]
+def guide_blocks(guide: str) -> dict[str, str]:
+    """The code blocks of a guide in docs/, by language (the first of each)."""
+    body = (EXAMPLES.parent / "docs" / guide).read_text()
     blocks: dict[str, str] = {}
     for part in body.split("```")[1::2]:
         language, _, code = part.partition("\n")
@@ -72,11 +71,11 @@ def readme_blocks(section: str) -> dict[str, str]:
 
 
 def test_your_own_model_followed_literally_scores_its_winner_on_held_out_rows(tmp_path, monkeypatch):
-    """The README's "Your own model": its module and spec as written, data.npz made as its comment says."""
+    """docs/your-own-model.md: its module and spec as written, data.npz made as its comment says."""
     import numpy as np
     from sklearn.datasets import load_digits
 
-    blocks = readme_blocks("Your own model")
+    blocks = guide_blocks("your-own-model.md")
     (tmp_path / "my_model.py").write_text(blocks["python"])
     (tmp_path / "study.yaml").write_text(blocks["yaml"])
     digits = load_digits()

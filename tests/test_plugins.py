@@ -1,5 +1,5 @@
 """The user's own trainable: found beside the spec (or refused elsewhere), run under the same contract as the built-in
-backends, its errors, NaNs and missing metrics handled as the README says; and the Python API."""
+backends, its errors, NaNs and missing metrics handled as docs/your-own-model.md says; and the Python API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crash, signal, fault and hostile-input tests: each guarantee of the README's "Guarantees" section, checked."""
+"""Crash, signal, fault and hostile-input tests: each guarantee of docs/guarantees.md, checked."""
 
 from __future__ import annotations
 

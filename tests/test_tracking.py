@@ -303,8 +303,8 @@ def test_a_trial_run_a_mending_worker_created_is_not_logged_again_by_the_trial_s
 
 
 def test_raising_n_trials_extends_a_phase_and_its_tracking(study, tmp_path):
-    """The README's way to extend a phase: MLflow's params never change, so the phase's settings are tags, and the
-    new trials' runs are logged as they run (the tracking process: a subprocess, as in every tracked run)."""
+    """docs/concepts.md's way to extend a phase: MLflow's params never change, so the phase's settings are tags, and
+    the new trials' runs are logged as they run (the tracking process: a subprocess, as in every tracked run)."""
     assert runner.invoke(app, ["run", str(study)]).exit_code == 0
     raised = runner.invoke(app, ["run", str(study), "--phase", "random", "--set", "phases.0.n_trials=9"])
     assert raised.exit_code == 0 and "tracking:" not in raised.output, raised.output
