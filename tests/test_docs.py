@@ -21,7 +21,6 @@ Nothing trains: the file runs in seconds.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import shlex
 import sys
