@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from hpsearch.engine.results import PhaseView
+from hpsearch.engine.phaseview import PhaseView
 from hpsearch.search.ladders import ladders, not_promoted, work
 from hpsearch.spec.models import PhaseSpec
 from hpsearch.storage.trialstore import Row

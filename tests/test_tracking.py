@@ -358,3 +358,40 @@ def test_an_mlflow_store_a_killed_tracking_process_left_half_made_is_made_again(
     logger = MlflowLogger(spec, f"sqlite:///{database}")
     logger.on_study_start(spec, driver.phases.shared())
     assert not logger._reported and runs_by_kind(f"sqlite:///{database}")["study"]
+
+
+def test_a_trial_s_run_has_the_same_tags_logged_live_or_rebuilt_by_sync(tmp_path):
+    """One tag builder for both ways a trial's run is made: a TPE trial (no grid point) logged by its worker and
+    rebuilt from the storage by a sync carry the same tags, but the sync's own mark. In-process: two loggers on two
+    MLflow stores, the calls of a worker and of a sync."""
+    from hpsearch.backends.base import TrainResult
+    from hpsearch.engine.driver import Driver
+    from hpsearch.engine.listener import TrialInfo
+    from hpsearch.spec.build import load_spec
+    from hpsearch.tracking.logger import MlflowLogger
+
+    tpe = {"name": "tpe", "sampler": "tpe", "n_trials": 2, "space": TINY_STUDY["phases"][0]["space"]}
+    spec = load_spec(write_spec(tmp_path, "tagged", phases=[tpe]))
+    with Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None) as driver:
+        driver.run()
+        rows = driver.trials()
+        shared = driver.phases.shared()
+    phases = {row["phase"]: {"study_name": row["optuna_study"]} for row in rows}
+    live_uri, synced_uri = f"sqlite:///{tmp_path / 'live.db'}", f"sqlite:///{tmp_path / 'synced.db'}"
+    live, mender = MlflowLogger(spec, live_uri), MlflowLogger(spec, synced_uri)
+    live.on_study_start(spec, shared)
+    live.on_phase_start(spec.phases[0], phases["tpe"])
+    row = rows[0]
+    trial = TrialInfo(1, row["number"], row["point"], row["params"], row["seed"], row["state"], row["value"])
+    live.on_trial_start(spec.phases[0], trial, {**spec.defaults, **row["params"]}, row["seed"], None)
+    live.on_trial_end(spec.phases[0], trial, TrainResult(metrics=row["metrics"], seconds=0.1), None, {"done": 1})
+    mender.on_study_start(spec, shared)
+    mender.on_existing_trials(rows, phases)
+
+    def tags(uri: str) -> dict[str, str]:
+        (run,) = [r for r in runs_by_kind(uri, "tagged")["trial"] if r.data.tags["trial_number"] == str(row["number"])]
+        return {key: value for key, value in run.data.tags.items()
+                if not key.startswith("mlflow.") and key != "hpsearch.synced"}
+
+    assert row["point"] is None and tags(live_uri)["grid_point"] == ""
+    assert tags(live_uri) == tags(synced_uri)

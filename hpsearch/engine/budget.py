@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from hpsearch.formatting import format_duration
 
 if TYPE_CHECKING:
-    from hpsearch.engine.results import PhaseView
+    from hpsearch.engine.phaseview import PhaseView
 
 __all__ = ["Budget", "all_complete", "others_running", "time_box_message"]
 

@@ -33,8 +33,9 @@ from hpsearch.engine.interrupt import Interrupted, Interruption
 from hpsearch.engine.listener import StudyListener, StudyReport
 from hpsearch.engine.phaserun import PhaseRunner
 from hpsearch.engine.phases import Phases
+from hpsearch.engine.phaseview import PhaseView
 from hpsearch.engine.pointqueue import Heartbeat
-from hpsearch.engine.results import PhaseView, Results
+from hpsearch.engine.results import Results, StudySnapshot
 from hpsearch.engine.training import load_data, score_test_split
 from hpsearch.engine.trials import TrialRunner
 from hpsearch.errors import SpecError, users_failure
@@ -167,13 +168,13 @@ class Driver:
         """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy.
         ``only_phase``: what a run of that phase alone checked (the others' definitions may have changed)."""
         self.phases.layout.check_stored([self.spec.phase(only_phase)] if only_phase else self.spec.phases)
-        return self.results.status()
+        return self.results.status(self.results.snapshot())
 
     @_storage_failures
     def best(self) -> dict[str, Any] | None:
         """The best trial over all phases, with everything needed to train it again."""
         self.phases.layout.check_stored(self.spec.phases)
-        return self.results.best()
+        return self.results.best(self.results.snapshot())
 
     @_storage_failures
     def trials(self) -> list[dict[str, Any]]:
@@ -185,7 +186,7 @@ class Driver:
     def report(self, retrain: bool = True) -> StudyReport | None:
         """Plain data for plots and summaries; retrains the best trial for its curves and model."""
         self.phases.layout.check_stored(self.spec.phases)
-        return self.results.report(self.data if retrain else None, retrain=retrain)
+        return self.results.report(self.data if retrain else None, self.results.snapshot(), retrain=retrain)
 
     # ---- running -----------------------------------------------------------------------------------------------
 
@@ -207,7 +208,8 @@ class Driver:
         self.interruption.check()  # each step of the start takes a while under load: a signal need not wait for all
         self.phases.layout.check_context(self.data.fingerprint)
         changed = self.phases.layout.refuse_changes(phases)
-        before = self.results.status()
+        snapshot = self.results.snapshot()  # the one read of the study's trials as rows; caught up from here on
+        before = self.results.status(snapshot)
         self.interruption.check()
         finish_failed = bool((before.get("best") or {}).get("test_failure"))  # the user's evaluate: try it again
         if before["complete"] and not only_phase and not changed and not finish_failed:
@@ -219,7 +221,7 @@ class Driver:
         try:  # from the tracking process's start on, every way out closes it
             self.listener.on_study_start(self.spec, self.phases.shared())
             self._mend_listener()
-            stopped_in = self._run_phases(phases, budget)
+            stopped_in = self._run_phases(phases, budget, snapshot)
             complete = not only_phase and all_complete(self._views.get(phase.name) for phase in self.spec.phases)
             if stopped_in is not None and not budget.box_reached and not complete:
                 self.echo(f"Budget reached during phase {stopped_in!r}; rerun the same command to resume.")
@@ -228,8 +230,9 @@ class Driver:
             # at the study's last trial ends it as though nothing had stopped it
             last = (budget.box_reached or complete) and not only_phase and not others_running(self._views.values())
             report = None
+            snapshot = self.results.caught_up(self._with_live_views(snapshot))
             if not only_phase and (stopped_in is None or last):
-                report = self._finalise(partial=not complete)
+                report = self._finalise(snapshot, partial=not complete)
         except KeyboardInterrupt:  # Interrupted too: the user waits for the exit, and the next run mends the rest
             self.listener.close(timeout=INTERRUPTED_CLOSE_SECONDS, quiet=True)
             raise
@@ -237,7 +240,7 @@ class Driver:
             # a failing run sends what it can in a few seconds; the next run mends the rest
             self.listener.close(timeout=10)
             raise
-        summary = self.results.status()
+        summary = self.results.status(self.results.caught_up(snapshot))
         if budget.box_reached:
             # scored: the winner's stored result is the current winner's, by this run, an earlier one or another worker
             best = summary["best"] or {}
@@ -252,17 +255,23 @@ class Driver:
         return summary
 
     def _mend_listener(self) -> None:
+        if not self.listener.wants_trials:
+            return
         stored = self.results.trials()
         if stored:
             self.listener.on_existing_trials(stored, {row["phase"]: {"study_name": row["optuna_study"]}
                                                       for row in stored})
 
-    def _run_phases(self, phases: list[PhaseSpec], budget: Budget) -> str | None:
+    def _run_phases(self, phases: list[PhaseSpec], budget: Budget, snapshot: StudySnapshot) -> str | None:
         """Run ``phases`` in order; the name of the phase the budget ran out in, None when all ran to their end."""
         for phase in phases:
             self.interruption.check()
             study, record = self.phases.open(phase)
-            view = self.results.view(phase, self.phases.layout.read())
+            view = snapshot.view(phase.name)
+            if view.record is not None and view.record["study"] == record["study"]:
+                view.refresh()  # the snapshot's view, caught up
+            else:  # a phase created (or started afresh) since the snapshot: its first look
+                view = self.results.view(phase, self.phases.layout.read())
             budget.expect(view.longest)
             self._views[phase.name] = view
             progress = view.status()
@@ -280,7 +289,12 @@ class Driver:
 
     # ---- the end -----------------------------------------------------------------------------------------------
 
-    def _finalise(self, partial: bool = False) -> StudyReport | None:
+    def _with_live_views(self, snapshot: StudySnapshot) -> StudySnapshot:
+        """``snapshot`` with the views this run kept up to date in place of its own."""
+        views = [self._views.get(view.phase.name, view) for view in snapshot.views]
+        return StudySnapshot(snapshot.layout, views, snapshot.result)
+
+    def _finalise(self, snapshot: StudySnapshot, partial: bool = False) -> StudyReport | None:
         """Retrain the winner with its own seed, evaluate it once on the test split, store and report the result.
 
         Once per winner: of several workers finishing together, the first does it and the others return None.
@@ -288,13 +302,13 @@ class Driver:
         """
         with storage_lock(self.url, f"{self.spec.name}:finalise"):
             self.phases.layout.follow()  # a winner of this spec's generation, stored as that generation's
-            layout = self.phases.layout.read()
-            best = self.results.best()
-            stored = self.results.stored_result(layout) or {}
+            snapshot = self.results.caught_up(snapshot)  # under the lock: what another finisher stored
+            best = self.results.best(snapshot)
+            stored = snapshot.result or {}
             if best is not None and (stored.get("phase"), stored.get("trial")) == (best["phase"], best["trial"]) \
                     and not stored.get("failure") and (partial or not stored.get("partial")):
                 return None  # done; a finish that failed (the user's evaluate) is tried again
-            report = self.results.report(self.data, full=self.listener.wants_report,
+            report = self.results.report(self.data, snapshot, full=self.listener.wants_report,
                                          retraining=self.interruption.immediate)
             if report is None or report.best is None:
                 return report
@@ -313,6 +327,6 @@ class Driver:
                       **({"partial": True} if partial else {}),
                       **scores, **({"failure": report.failure} if report.failure else {})}
             self.table.put(self.spec.name, "result", result)
-            report.best = self.results.best()
+            report.best = self.results.best(self.results.caught_up(snapshot))
             report.best_fragment = best_fragment(self.spec, report.best)
             return report

@@ -29,10 +29,11 @@ class TrialInfo:
 class StudyListener:
     """Hooks the driver calls as a study runs; tracking implements them. Every method is optional.
 
-    ``progress`` is the phase's status (see :meth:`hpsearch.engine.results.PhaseView.status`) plus ``study_best_value``.
+    ``progress`` is the phase's status (see :meth:`hpsearch.engine.phaseview.PhaseView.status`) plus ``study_best_value``.
     """
 
     wants_report = False  # True: on_study_end gets the full report (every trial, importances) for its plots
+    wants_trials = False  # True: on_existing_trials gets the stored trials at a run's start and end (to mend a log)
 
     def on_study_start(self, spec: Any, state: Any, reopen: bool = True) -> None:
         """``reopen`` is False when the study is already complete and the run only mends its record."""

@@ -21,9 +21,9 @@ from hpsearch.engine.budget import Budget
 from hpsearch.engine.interrupt import Interruption
 from hpsearch.engine.listener import StudyListener, TrialInfo
 from hpsearch.engine.pausedruns import PausedRuns
-from hpsearch.engine.phases import Phases, point_params
+from hpsearch.engine.phases import Phases, point_params, space_distributions
+from hpsearch.engine.phaseview import PhaseView
 from hpsearch.engine.pointqueue import HalvingRule, PointQueue, owner, reap
-from hpsearch.engine.results import PhaseView
 from hpsearch.engine.trials import RunningTrial, TrialRunner
 from hpsearch.search import grid as grids
 from hpsearch.search.ladders import Ladders, ladders
@@ -31,8 +31,8 @@ from hpsearch.search.ladders import work as ladder_work
 from hpsearch.spec.checks import check_budget, rank_metric
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.connections import runs_folder, storage_lock
-from hpsearch.storage.records import SEED, counts_as_failure, decode_param, encode_param
-from hpsearch.storage.trialstore import Row, TrialStore, asked_trial_id
+from hpsearch.storage.records import SEED, counts_as_failure, decode_params
+from hpsearch.storage.trialstore import Row, TrialStore, trial_id_of
 
 __all__ = ["POLL_SECONDS", "PhaseRunner"]
 
@@ -116,7 +116,7 @@ class PhaseRunner:
                 # a trial failed since the last look (its retry is queued now), or one ended a halving level
                 if self.reap(phase, view) | bool(queue.reconcile()):
                     continue
-                view.refresh(full=True)
+                view.refresh()  # every change sets a trial's start or end, or adds a trial: caught up exactly
                 if not queue.open:  # nothing queued or running: no ladder's run is taken up again
                     if paused is not None:
                         paused.clear()
@@ -219,9 +219,9 @@ class PhaseRunner:
             trial = self._ask(phase, study, me)
             if trial is None:
                 continue
-            view.apply(Row(asked_trial_id(trial), trial.number, "RUNNING", None, self.store.now(), None, owner=me))
-            params = _suggest(trial, phase)
-            info = TrialInfo(asked_trial_id(trial), trial.number, None, params, trial.user_attrs.get(SEED))
+            view.apply(Row(trial_id_of(trial), trial.number, "RUNNING", None, self.store.now(), None, owner=me))
+            params = decode_params(trial.params)  # drawn by the sampler as the trial was asked
+            info = TrialInfo(trial_id_of(trial), trial.number, None, params, trial.user_attrs.get(SEED))
             budget.timed(lambda: self.runner.run([RunningTrial(phase, view, info, optuna_trial=trial)], study))
 
     def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
@@ -237,20 +237,7 @@ class PhaseRunner:
             study.sampler = self.phases.sampler(phase, len(trials) * 100_003 + (os.getpid() if parallel else 0))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "heartbeat is meant for optimize": we beat ourselves
-                trial = study.ask()
-            self.store.own(asked_trial_id(trial), me)
+                trial = study.ask(fixed_distributions=space_distributions(phase))
+            self.store.own(trial_id_of(trial), me)
             trial.set_user_attr(SEED, grids.trial_seed(self.spec.seed, phase.name, trial.number))
             return trial
-
-
-def _suggest(trial: optuna.Trial, phase: PhaseSpec) -> dict[str, Any]:
-    """The trial's configuration, drawn from the phase's search space."""
-    params = {}
-    for name, p in phase.space.items():
-        if p.type == "categorical":
-            params[name] = decode_param(trial.suggest_categorical(name, [encode_param(c) for c in p.choices]))
-        elif p.type == "int":
-            params[name] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
-        else:
-            params[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
-    return params

@@ -24,7 +24,7 @@ from hpsearch.storage.connections import storage_lock
 from hpsearch.storage.records import SharedState, StateTable, decode_params, encode_param
 from hpsearch.storage.trialstore import TrialStore
 
-__all__ = ["GRID_CHOICES", "PointParams", "Phases", "point_params"]
+__all__ = ["GRID_CHOICES", "PointParams", "Phases", "point_params", "space_distributions"]
 
 GRID_CHOICES = 64  # a grid parameter with more values is stored in constant size per point (_shared_distribution)
 BOUNDED = "bounded_params"  # in a phase record: its trials' params are stored that way (records written before not)
@@ -58,7 +58,7 @@ def point_params(phase: PhaseSpec, record: dict[str, Any]) -> PointParams:
         shared = {name: _shared_distribution(values, bool(record.get(BOUNDED)))
                   for name, values in record["grid"].items()}
     else:
-        shared = _space_distributions(phase)
+        shared = space_distributions(phase)
     one_choice = optuna.distributions.CategoricalDistribution
 
     def params(point: Mapping[str, Any]) -> dict[str, tuple[Any, optuna.distributions.BaseDistribution]]:
@@ -68,7 +68,9 @@ def point_params(phase: PhaseSpec, record: dict[str, Any]) -> PointParams:
     return params
 
 
-def _space_distributions(phase: PhaseSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+def space_distributions(phase: PhaseSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The phase's search space as Optuna's distributions: what a random phase's points are stored with, and what a
+    TPE phase's sampler draws from (``study.ask(fixed_distributions=...)``)."""
     D = optuna.distributions
     found: dict[str, D.BaseDistribution] = {}
     with warnings.catch_warnings():

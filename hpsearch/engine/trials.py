@@ -1,7 +1,7 @@
 """Running one trial: train it with its hooks, store its end in one transaction, tell the listener and the console.
 
 Knows the storage only through :class:`~hpsearch.storage.trialstore.TrialStore` and the phase only through its
-:class:`~hpsearch.engine.results.PhaseView`; :class:`~hpsearch.engine.phaserun.PhaseRunner` hands it the trials it claimed.
+:class:`~hpsearch.engine.phaseview.PhaseView`; :class:`~hpsearch.engine.phaserun.PhaseRunner` hands it the trials it claimed.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from hpsearch.data import Dataset
 from hpsearch.engine.interrupt import Interrupted, Interruption
 from hpsearch.engine.listener import StudyListener, TrialInfo
 from hpsearch.engine.pausedruns import PausedRun
+from hpsearch.engine.phaseview import PhaseView
 from hpsearch.engine.pointqueue import Heartbeat
-from hpsearch.engine.results import PhaseView
 from hpsearch.engine.training import resolved_config, start_training, train_once
 from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration

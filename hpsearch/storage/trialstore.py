@@ -24,11 +24,11 @@ import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
-from optuna.trial import Trial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hpsearch.errors import UserError
 
-__all__ = ["SCHEMA_VERSION", "Row", "SchemaMismatch", "TrialStore", "asked_trial_id"]
+__all__ = ["SCHEMA_VERSION", "Row", "SchemaMismatch", "TrialStore", "trial_id_of"]
 
 # The version of Optuna's storage schema (``optuna.storages._rdb.models.SCHEMA_VERSION``) these statements were
 # written and tested for; the columns they read and write, by table. tests/storage/test_trialstore.py holds both
@@ -59,8 +59,8 @@ def check_schema() -> None:
                              "pyproject.toml names (pip install -e .).")
 
 
-def asked_trial_id(trial: Trial) -> int:
-    """The storage's id of a trial Optuna's ``study.ask()`` made (Optuna keeps it private)."""
+def trial_id_of(trial: Trial | FrozenTrial) -> int:
+    """The storage's id of a trial, as ``study.ask()`` or ``get_trials`` hands it (Optuna keeps it private)."""
     return trial._trial_id
 
 T, A, V, P, H = (models.TrialModel, models.TrialUserAttributeModel, models.TrialValueModel,

@@ -29,6 +29,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 TRIAL_KEY = "hpsearch.trial_key"
 STUDY_ID = "hpsearch.study_id"  # see MlflowBase._study_id
 FLUSH_SECONDS = 2.0  # metrics of a running trial reach MLflow at least this often
+MAX_METRICS_PER_BATCH = 1000  # what MLflow takes in one log_batch
 RETRY_SECONDS = 60.0  # after a failure, how long tracking pauses before trying MLflow again
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # MLflow 3's UI opens an experiment of this kind on its runs, not on the GenAI overview (traces)
@@ -305,13 +306,16 @@ class MlflowBase:
         metrics = self._pending.pop(run_id, [])
         params = self._pending_params.pop(run_id, [])
         self._last_flush[run_id] = time.monotonic()
-        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
-            chunk = metrics[start:start + 1000]
-            if not chunk and not params:
-                break
-            self._safe("logging metrics",
-                        lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk, params=params))
-            params = []
+        self._log_batches("logging metrics", run_id, metrics, params)
+
+    def _log_batches(self, what: str, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any] = ()) -> None:
+        """``metrics`` in batches of at most MLflow's 1000, ``params`` and ``tags`` with the first; nothing when
+        there is nothing to log."""
+        for start in range(0, len(metrics) or bool(params or tags), MAX_METRICS_PER_BATCH):
+            chunk = metrics[start:start + MAX_METRICS_PER_BATCH]
+            first = start == 0
+            self._safe(what, lambda chunk=chunk, first=first: self.client.log_batch(
+                run_id, metrics=chunk, params=params if first else [], tags=list(tags) if first else []))
 
     def _metric(self, run_id: str, key: str, value: Any, step: int) -> None:
         from mlflow.entities import Metric
@@ -339,6 +343,19 @@ class MlflowBase:
 
         return self._state.get_or_create(self._key(f"trial:{key}"), create), bool(created)
 
+    def _trial_tags(self, phase: str, optuna_study: str, number: int, point: int | None, seed: Any,
+                    state: str) -> dict[str, str]:
+        """The tags of a trial's run, the same whether its worker logs it live or a sync rebuilds it."""
+        tags = {
+            TRIAL_KEY: f"{optuna_study}/{number}", STUDY_ID: self._study_id, "hpsearch.kind": "trial",
+            "phase": phase, "trial_number": str(number), "optuna_study": optuna_study,
+            "grid_point": "" if point is None else str(point), "seed": str(seed),
+            "backend": self.spec.model.backend, "state": state,
+        }
+        if phase in self._phase_runs:
+            tags["mlflow.parentRunId"] = self._phase_runs[phase]
+        return tags
+
     def _find_trial_run(self, key: str) -> str | None:
         if self._state is None:
             return None
@@ -355,10 +372,6 @@ class MlflowBase:
         metrics = self._pending.pop(run_id, [])
         params = self._pending_params.pop(run_id, [])
         self._last_flush.pop(run_id, None)
-        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
-            chunk, batch_tags = metrics[start:start + 1000], tags if start == 0 else []
-            self._safe("ending a trial run", lambda chunk=chunk, params=params, batch_tags=batch_tags:
-                       self.client.log_batch(run_id, metrics=chunk, params=params, tags=batch_tags))
-            params = []
+        self._log_batches("ending a trial run", run_id, metrics, params, tags)
         self._safe("ending a trial run", lambda: self.client.set_terminated(run_id, status=_run_status(state, reason),
                                                                             end_time=self._ms()))

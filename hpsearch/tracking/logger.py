@@ -10,7 +10,7 @@ from hpsearch.engine.listener import StudyReport
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.records import SharedState, decode_params
 from hpsearch.storage.urls import register_secret_url
-from hpsearch.tracking.client import STUDY_ID, TRIAL_KEY
+from hpsearch.tracking.client import TRIAL_KEY
 from hpsearch.tracking.mending import Mending
 
 __all__ = ["MlflowLogger"]
@@ -56,14 +56,7 @@ class MlflowLogger(Mending):
     def on_trial_start(self, phase: PhaseSpec, trial: Any, config: dict[str, Any], seed: int,
                        replaces: Any) -> None:
         optuna_study = self._phase_studies.get(phase.name, f"{self.spec.name}.{phase.name}")
-        tags = {
-            TRIAL_KEY: f"{optuna_study}/{trial.number}", STUDY_ID: self._study_id,
-            "hpsearch.kind": "trial", "phase": phase.name, "trial_number": str(trial.number),
-            "optuna_study": optuna_study, "grid_point": "" if trial.point is None else str(trial.point),
-            "seed": str(seed), "backend": self.spec.model.backend, "state": "RUNNING",
-        }
-        if phase.name in self._phase_runs:
-            tags["mlflow.parentRunId"] = self._phase_runs[phase.name]
+        tags = self._trial_tags(phase.name, optuna_study, trial.number, trial.point, seed, "RUNNING")
         if replaces is not None:
             tags["hpsearch.replaces_trial"] = str(replaces.number)
             replaced = self._find_trial_run(f"{optuna_study}/{replaces.number}")

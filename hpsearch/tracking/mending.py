@@ -97,13 +97,8 @@ class Mending(MlflowBase):
     def _rebuild_trial_run(self, row: dict[str, Any], status: str | None = None) -> bool:
         """Create the run of a stored trial that MLflow is missing; False when it has one after all."""
         phase = row["phase"]
-        tags = {
-            "mlflow.parentRunId": self._phase_runs[phase], TRIAL_KEY: f"{row['optuna_study']}/{row['number']}",
-            STUDY_ID: self._study_id,
-            "hpsearch.kind": "trial", "phase": phase, "trial_number": str(row["number"]),
-            "optuna_study": row["optuna_study"], "grid_point": str(row.get("point", "")), "seed": str(row["seed"]),
-            "backend": self.spec.model.backend, "state": row["state"], "hpsearch.synced": "true",
-        }
+        tags = {**self._trial_tags(phase, row["optuna_study"], row["number"], row.get("point"), row["seed"],
+                                   row["state"]), "hpsearch.synced": "true"}
         if row.get("failure"):
             tags["failure"] = mask_url(str(row["failure"]))[:5000]
         start_ms = end_ms = None
