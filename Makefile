@@ -24,14 +24,14 @@ test: $(BIN)/python
 # The signal, worker and crash-window tests 20 times in a row beside a CPU hog; stops at the first failure.
 # Run it before closing work that touches signals, workers or the driver (about 4 minutes a run on 2 cores).
 STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_windows.py tests/test_generations.py \
-	tests/test_pointqueue.py \
-	tests/test_localworkers.py::test_a_signal_while_workers_start_starts_no_more_and_reaches_every_one_started \
+	tests/engine/test_pointqueue.py \
+	tests/cli/test_localworkers.py::test_a_signal_while_workers_start_starts_no_more_and_reaches_every_one_started \
 	tests/test_reliability.py::test_signal_mid_trial_then_resume_loses_nothing \
 	tests/test_reliability.py::test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted \
 	tests/test_reliability.py::test_concurrent_claims_never_hand_out_a_trial_twice \
-	tests/test_ladders.py::test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_once \
-	tests/test_halving.py::test_a_killed_halving_phase_resumes_its_schedule_and_its_saved_runs \
-	tests/test_halving.py::test_a_halving_phase_killed_inside_a_level_of_several_rungs_resumes_it \
+	tests/search/test_ladders.py::test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_once \
+	tests/search/test_halving.py::test_a_killed_halving_phase_resumes_its_schedule_and_its_saved_runs \
+	tests/search/test_halving.py::test_a_halving_phase_killed_inside_a_level_of_several_rungs_resumes_it \
 	tests/test_reliability.py::test_two_processes_on_one_sqlite_study
 stress: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[torch,test]'

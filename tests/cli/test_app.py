@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from hpsearch.cli.app import app
 from tests.conftest import TINY_STUDY, write_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "studies" / "quickstart.yaml")
 runner = CliRunner()
 

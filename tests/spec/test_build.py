@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hpsearch.errors import SpecError
 from hpsearch.spec.build import load_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 MINIMAL = """
 name: tiny

@@ -293,7 +293,7 @@ def test_postgresql_urls_use_the_declared_psycopg_3_driver():
 
     from packaging.requirements import Requirement
 
-    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    declared = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     requirements = {r.name: r for r in map(Requirement, declared["project"]["dependencies"])}
     assert "psycopg2" not in requirements and requirements["psycopg"].specifier.contains("3.1")
     # SQLAlchemy 2.0 maps postgresql:// to psycopg2, which is not installed: the floor must exclude it
