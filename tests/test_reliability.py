@@ -326,8 +326,10 @@ def _hostile_cifar(folder: Path, kind: str, marker: Path) -> Path:
     ("unknown-backend", "model.backend must be one of"),
 ])
 def test_hostile_input_is_one_line_exit_2_and_the_storage_untouched(tmp_path, monkeypatch, case, message):
+    """In-process, tracking off: what is checked is the study storage, the exit code and the one line."""
     monkeypatch.chdir(tmp_path)
     spec = spec_file(tmp_path)
+    spec.write_text(spec.read_text() + "tracking: {enabled: false}\n")
     storage = f"sqlite:///{tmp_path / 'rel.db'}"
     assert runner.invoke(app, ["run", str(spec), "--storage", storage]).exit_code == 0
     database = tmp_path / "rel.db"

@@ -221,7 +221,8 @@ def _run_local_workers(request: _Work, workers: int) -> None:
             refuse_foreign_database(url)
             interruption.check()
             if request.force_new_phase:  # decide the new phases once, here, rather than in N racing workers
-                Driver(study, url, echo=echo_err, force_new_phase=True, data=data).prepare()
+                with Driver(study, url, echo=echo_err, force_new_phase=True, data=data) as driver:
+                    driver.prepare()
             del data  # each worker loads its own
             interruption.check()
     except UserError as exc:

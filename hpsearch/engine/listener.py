@@ -33,7 +33,12 @@ class StudyListener:
     """
 
     wants_report = False  # True: on_study_end gets the full report (every trial, importances) for its plots
-    wants_trials = False  # True: on_existing_trials gets the stored trials at a run's start and end (to mend a log)
+
+    @property
+    def wants_trials(self) -> bool:
+        """Whether this listener has an :meth:`on_existing_trials` of its own: only then are the stored trials read
+        in full for it, at a run's start and end."""
+        return type(self).on_existing_trials is not StudyListener.on_existing_trials
 
     def on_study_start(self, spec: Any, state: Any, reopen: bool = True) -> None:
         """``reopen`` is False when the study is already complete and the run only mends its record."""
@@ -51,7 +56,8 @@ class StudyListener:
     def on_trial_reaped(self, phase: Any, trial: TrialInfo, reason: str) -> None: ...
 
     def on_existing_trials(self, trials: list[dict[str, Any]], phases: dict[str, dict[str, Any]]) -> None:
-        """Before work starts: every trial already stored (rows of ``Driver.trials``), per phase its study."""
+        """At a run's start and end: every trial stored (rows of ``Driver.trials``), per phase its study; to mend a log
+        of them. Read only for a listener that defines it (see :attr:`wants_trials`)."""
 
     def on_phase_end(self, phase: Any, status: dict[str, Any]) -> None: ...
 

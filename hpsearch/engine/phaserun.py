@@ -116,7 +116,7 @@ class PhaseRunner:
                 # a trial failed since the last look (its retry is queued now), or one ended a halving level
                 if self.reap(phase, view) | bool(queue.reconcile()):
                     continue
-                view.refresh()  # every change sets a trial's start or end, or adds a trial: caught up exactly
+                view.refresh(exact=True)  # the phase's end: its counts held against the storage's
                 if not queue.open:  # nothing queued or running: no ladder's run is taken up again
                     if paused is not None:
                         paused.clear()

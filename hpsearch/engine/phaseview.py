@@ -62,8 +62,13 @@ class PhaseView:
         self._finishes: list[tuple[datetime.datetime, int | None]] = []  # trained trials' ends, as they arrived
         self._covered_work = self._trained_work = 0.0  # in budget units (see set_work)
 
-    def refresh(self, full: bool = False) -> None:
-        """Catch up with the storage: everything when ``full``, else what changed since the last look."""
+    def refresh(self, full: bool = False, *, exact: bool = False) -> None:
+        """Catch up with the storage: everything when ``full``, else what changed since the last look.
+
+        ``exact``: where a decision rests on the view (a phase's end, the study's result), the caught-up counts are
+        checked against the storage's, one small query; a change the catch-up missed (a worker's clock behind by
+        more than CATCH_UP_SLACK) makes them differ, since a trial's state only moves forward, and the phase is
+        read again whole."""
         if self.study_id is None:
             return
         now = self.store.now()
@@ -75,6 +80,8 @@ class PhaseView:
         for row in rows:
             self.apply(row)
         self._seen = now
+        if exact and not full and self.store.state_counts(self.study_id) != +self._counts:
+            self.refresh(full=True)
 
     def _account(self, row: Row, sign: int) -> None:
         self._counts[row.state] += sign

@@ -98,11 +98,11 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
         probe_config = defaults
     with tempfile.TemporaryDirectory(prefix="hpsearch-plan-") as folder:
         start = time.perf_counter()
-        driver = Driver(_probe_spec(spec, probe_config), f"sqlite:///{folder}/probe.db", echo=lambda message: None,
-                        data=data)  # loading the data is part of the start-up the caller measured
-        driver.run()
-        run_seconds = time.perf_counter() - start
-        starts = sorted(datetime.datetime.fromisoformat(row["datetime_start"]) for row in driver.trials())
+        with Driver(_probe_spec(spec, probe_config), f"sqlite:///{folder}/probe.db", echo=lambda message: None,
+                    data=data) as driver:  # loading the data is part of the start-up the caller measured
+            driver.run()
+            run_seconds = time.perf_counter() - start
+            starts = sorted(datetime.datetime.fromisoformat(row["datetime_start"]) for row in driver.trials())
     train_seconds = _trained_in(spec, data, probe_config)
     start_seconds = 0.0
     budget = trainable.budget

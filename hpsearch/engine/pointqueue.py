@@ -107,7 +107,7 @@ class Heartbeat:
         """Stop the thread (a later :meth:`beating` starts another): a library user's process keeps none."""
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            self._thread.join(timeout=5)  # a beat waiting on a busy database ends on its own (a daemon thread)
             self._thread = None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
@@ -88,7 +89,7 @@ class Results:
         for view in snapshot.views:
             record = self.phases.layout.record(view.phase, layout) if layout else None
             if record is not None and (view.record or {}).get("study") == record["study"]:
-                view.refresh()
+                view.refresh(exact=True)
             else:  # a phase started (or started afresh) since: its first look
                 view = self.view(view.phase, layout)
             views.append(view)
@@ -159,18 +160,24 @@ class Results:
     def _phase_trials(self, phase: PhaseSpec, study_name: str) -> list[dict[str, Any]]:
         now = self.store.now()
         known = self._trials.get(study_name)
-        if known is None:
-            known = self._trials[study_name] = _PhaseTrials(self.store.study_id(study_name))
-            study = optuna.load_study(study_name=study_name, storage=self.store.storage)
-            for trial in study.get_trials(deepcopy=False):
+        if known is not None:  # caught up: the trials changed since, read whole in a few queries
+            changed = self.store.rows(known.study_id, since=known.seen - CATCH_UP_SLACK,
+                                      after_id=max(known.rows, default=0))
+            for trial in self.store.frozen_trials([row.trial_id for row in changed]):
                 known.rows[trial_id_of(trial)] = _trial_row(phase.name, study_name, trial)
-        else:
-            changed = self.store.rows(known.study_id, since=known.seen - CATCH_UP_SLACK, after_id=max(known.rows,
-                                                                                                      default=0))
-            for row in changed:
-                known.rows[row.trial_id] = _trial_row(phase.name, study_name, self.store.storage.get_trial(row.trial_id))
+            if self.store.state_counts(known.study_id) != +Counter(row["state"] for row in known.rows.values()):
+                known = None  # a change the catch-up missed (see PhaseView.refresh): read again whole
+        if known is None:
+            known = self._trials[study_name] = self._read_whole(phase, study_name)
         known.seen = now
-        return sorted(known.rows.values(), key=lambda row: row["number"])
+        return [dict(row) for row in sorted(known.rows.values(), key=lambda row: row["number"])]
+
+    def _read_whole(self, phase: PhaseSpec, study_name: str) -> _PhaseTrials:
+        known = _PhaseTrials(self.store.study_id(study_name))
+        study = optuna.load_study(study_name=study_name, storage=self.store.storage)
+        for trial in study.get_trials(deepcopy=False):
+            known.rows[trial_id_of(trial)] = _trial_row(phase.name, study_name, trial)
+        return known
 
     def report(self, data: Any, snapshot: StudySnapshot, retrain: bool = True, full: bool = True,
                retraining: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> StudyReport | None:

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
-from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hpsearch.errors import UserError
 
-__all__ = ["SCHEMA_VERSION", "Row", "SchemaMismatch", "TrialStore", "trial_id_of"]
+__all__ = ["SCHEMA_VERSION", "Row", "SchemaMismatch", "TrialReader", "TrialStore", "trial_id_of"]
 
 # The version of Optuna's storage schema (``optuna.storages._rdb.models.SCHEMA_VERSION``) these statements were
 # written and tested for; the columns they read and write, by table. tests/storage/test_trialstore.py holds both
@@ -94,8 +94,8 @@ class Row:
         return (self.complete - self.start).total_seconds() if self.start and self.complete else None
 
 
-class TrialStore:
-    """Statements on the trials of an Optuna ``RDBStorage``."""
+class TrialReader:
+    """Statements that read the trials of an Optuna ``RDBStorage``: light rows, counts, whole trials by id."""
 
     def __init__(self, storage: RDBStorage) -> None:
         check_schema()
@@ -103,6 +103,118 @@ class TrialStore:
         self.engine: sa.Engine = storage.engine
         self.postgres = self.engine.dialect.name == "postgresql"
         self._claimed: dict[int, int] = {}  # per study, the last trial this process claimed
+
+    def study_id(self, study_name: str) -> int:
+        """The storage's id of the Optuna study named ``study_name``; KeyError when there is none."""
+        return self.storage.get_study_id_from_name(study_name)
+
+    def stale(self, study_id: int) -> set[int]:
+        """RUNNING trials whose heartbeat is older than the grace period (Optuna's own test of it)."""
+        return set(self.storage._get_stale_trial_ids(study_id))
+
+    def rows(self, study_id: int, *, since: datetime.datetime | None = None, after_id: int | None = None,
+             states: tuple[TrialState, ...] | None = None) -> list[Row]:
+        """The study's trials as :class:`Row` s; with ``since``/``after_id``, only those started or finished since
+        then or created after that id (what a view of the study needs to catch up)."""
+        t = T.__table__
+        query = (sa.select(t.c.trial_id, t.c.number, t.c.state, V.value, V.value_type, t.c.datetime_start,
+                           t.c.datetime_complete)
+                 .outerjoin(V.__table__, sa.and_(V.trial_id == t.c.trial_id, V.objective == 0))
+                 .where(t.c.study_id == study_id))
+        if since is not None or after_id is not None:
+            changed = []
+            if since is not None:
+                changed += [t.c.datetime_start >= since, t.c.datetime_complete >= since]
+            if after_id is not None:
+                changed.append(t.c.trial_id > after_id)
+            query = query.where(sa.or_(*changed))
+        if states is not None:
+            query = query.where(t.c.state.in_(list(states)))
+        with self.engine.connect() as conn:
+            found = {}
+            for trial_id, number, state, value, kind, start, complete in conn.execute(query):
+                state = state.name if isinstance(state, TrialState) else str(state)
+                if value is not None or kind is not None:
+                    kind = kind if isinstance(kind, V.TrialValueType) else V.TrialValueType[kind]
+                    value = V.stored_repr_to_value(value, kind)
+                found[trial_id] = Row(trial_id, number, state, value, start, complete)
+            if found:
+                ids = sa.select(t.c.trial_id).where(t.c.study_id == study_id)
+                if len(found) < 500:
+                    ids = list(found)
+                attrs = conn.execute(sa.select(A.trial_id, A.key, A.value_json)
+                                     .where(A.trial_id.in_(ids), A.key.in_(ROW_ATTRS)))
+                for trial_id, key, value in attrs:
+                    row = found.get(trial_id)
+                    if row is not None:
+                        setattr(row, {"hpsearch:owner": "owner"}.get(key, key), json.loads(value))
+        return sorted(found.values(), key=lambda r: r.number)
+
+    def state_counts(self, study_id: int) -> dict[str, int]:
+        """How many of the study's trials are in each state: one small query, whatever the study's size, to check a
+        view caught up by time (a clock behind by more than the catch-up's slack would hide a change from it)."""
+        t = T.__table__
+        with self.engine.connect() as conn:
+            counted = conn.execute(sa.select(t.c.state, sa.func.count()).where(t.c.study_id == study_id)
+                                   .group_by(t.c.state)).all()
+        return {(state.name if isinstance(state, TrialState) else str(state)): n for state, n in counted}
+
+    def frozen_trials(self, trial_ids: list[int]) -> list[FrozenTrial]:
+        """The trials ``trial_ids`` whole (params, attributes, value), as Optuna's ``get_trial`` reads them one at a
+        time: here four queries per 500 trials."""
+        found: list[FrozenTrial] = []
+        for start in range(0, len(trial_ids), 500):
+            chunk = trial_ids[start:start + 500]
+            t = T.__table__
+            with self.engine.connect() as conn:
+                base = conn.execute(sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start,
+                                              t.c.datetime_complete).where(t.c.trial_id.in_(chunk))).all()
+                values = {trial_id: V.stored_repr_to_value(value, kind if isinstance(kind, V.TrialValueType)
+                                                           else V.TrialValueType[kind])
+                          for trial_id, value, kind in conn.execute(
+                              sa.select(V.trial_id, V.value, V.value_type)
+                              .where(V.trial_id.in_(chunk), V.objective == 0))}
+                params: dict[int, dict[str, Any]] = {}
+                distributions: dict[int, dict[str, BaseDistribution]] = {}
+                for trial_id, name, internal, encoded in conn.execute(
+                        sa.select(P.trial_id, P.param_name, P.param_value, P.distribution_json)
+                        .where(P.trial_id.in_(chunk))):
+                    distribution = json_to_distribution(encoded)
+                    params.setdefault(trial_id, {})[name] = distribution.to_external_repr(internal)
+                    distributions.setdefault(trial_id, {})[name] = distribution
+                attrs: dict[int, dict[str, Any]] = {}
+                for trial_id, key, value in conn.execute(sa.select(A.trial_id, A.key, A.value_json)
+                                                         .where(A.trial_id.in_(chunk))):
+                    attrs.setdefault(trial_id, {})[key] = json.loads(value)
+            for trial_id, number, state, started, completed in base:
+                state = state if isinstance(state, TrialState) else TrialState[str(state)]
+                found.append(FrozenTrial(
+                    number=number, state=state, value=values.get(trial_id), datetime_start=started,
+                    datetime_complete=completed, params=params.get(trial_id, {}),
+                    distributions=distributions.get(trial_id, {}), user_attrs=attrs.get(trial_id, {}),
+                    system_attrs={}, intermediate_values={}, trial_id=trial_id))
+        return found
+
+    def user_attr(self, trial_ids: list[int], key: str) -> dict[int, Any]:
+        """The user attribute ``key`` of those of ``trial_ids`` that have it (a query per 500 trials)."""
+        found: dict[int, Any] = {}
+        if not trial_ids:
+            return found
+        with self.engine.connect() as conn:
+            for start in range(0, len(trial_ids), 500):
+                chunk = trial_ids[start:start + 500]
+                for trial_id, value in conn.execute(sa.select(A.trial_id, A.value_json)
+                                                    .where(A.trial_id.in_(chunk), A.key == key)):
+                    found[trial_id] = json.loads(value)
+        return found
+
+    def now(self) -> datetime.datetime:
+        return utcnow()
+
+
+class TrialStore(TrialReader):
+    """The statements that write: enqueue, claim, own, finish, heartbeat; and those of :class:`TrialReader`."""
+
 
     def _upsert_attrs(self, conn: sa.Connection, trial_id: int, attrs: dict[str, Any]) -> None:
         if not attrs:
@@ -278,66 +390,4 @@ class TrialStore:
                 conn.execute(sa.update(H.__table__).where(H.trial_id.in_(trial_ids))
                              .values(heartbeat=sa.func.current_timestamp()))
 
-    def study_id(self, study_name: str) -> int:
-        """The storage's id of the Optuna study named ``study_name``; KeyError when there is none."""
-        return self.storage.get_study_id_from_name(study_name)
 
-    def stale(self, study_id: int) -> set[int]:
-        """RUNNING trials whose heartbeat is older than the grace period (Optuna's own test of it)."""
-        return set(self.storage._get_stale_trial_ids(study_id))
-
-    # ---- reading ---------------------------------------------------------------------------------------------
-
-    def rows(self, study_id: int, *, since: datetime.datetime | None = None, after_id: int | None = None,
-             states: tuple[TrialState, ...] | None = None) -> list[Row]:
-        """The study's trials as :class:`Row` s; with ``since``/``after_id``, only those started or finished since
-        then or created after that id (what a view of the study needs to catch up)."""
-        t = T.__table__
-        query = (sa.select(t.c.trial_id, t.c.number, t.c.state, V.value, V.value_type, t.c.datetime_start,
-                           t.c.datetime_complete)
-                 .outerjoin(V.__table__, sa.and_(V.trial_id == t.c.trial_id, V.objective == 0))
-                 .where(t.c.study_id == study_id))
-        if since is not None or after_id is not None:
-            changed = []
-            if since is not None:
-                changed += [t.c.datetime_start >= since, t.c.datetime_complete >= since]
-            if after_id is not None:
-                changed.append(t.c.trial_id > after_id)
-            query = query.where(sa.or_(*changed))
-        if states is not None:
-            query = query.where(t.c.state.in_(list(states)))
-        with self.engine.connect() as conn:
-            found = {}
-            for trial_id, number, state, value, kind, start, complete in conn.execute(query):
-                state = state.name if isinstance(state, TrialState) else str(state)
-                if value is not None or kind is not None:
-                    kind = kind if isinstance(kind, V.TrialValueType) else V.TrialValueType[kind]
-                    value = V.stored_repr_to_value(value, kind)
-                found[trial_id] = Row(trial_id, number, state, value, start, complete)
-            if found:
-                ids = sa.select(t.c.trial_id).where(t.c.study_id == study_id)
-                if len(found) < 500:
-                    ids = list(found)
-                attrs = conn.execute(sa.select(A.trial_id, A.key, A.value_json)
-                                     .where(A.trial_id.in_(ids), A.key.in_(ROW_ATTRS)))
-                for trial_id, key, value in attrs:
-                    row = found.get(trial_id)
-                    if row is not None:
-                        setattr(row, {"hpsearch:owner": "owner"}.get(key, key), json.loads(value))
-        return sorted(found.values(), key=lambda r: r.number)
-
-    def user_attr(self, trial_ids: list[int], key: str) -> dict[int, Any]:
-        """The user attribute ``key`` of those of ``trial_ids`` that have it (a query per 500 trials)."""
-        found: dict[int, Any] = {}
-        if not trial_ids:
-            return found
-        with self.engine.connect() as conn:
-            for start in range(0, len(trial_ids), 500):
-                chunk = trial_ids[start:start + 500]
-                for trial_id, value in conn.execute(sa.select(A.trial_id, A.value_json)
-                                                    .where(A.trial_id.in_(chunk), A.key == key)):
-                    found[trial_id] = json.loads(value)
-        return found
-
-    def now(self) -> datetime.datetime:
-        return utcnow()

@@ -81,7 +81,6 @@ class MlflowTracker(StudyListener):
     """
 
     wants_report = True
-    wants_trials = True
     FORWARDED = ("on_study_start", "on_phase_start", "on_trial_start", "on_trial_reaped", "on_existing_trials",
                  "on_phase_end")
 

@@ -80,3 +80,36 @@ def test_work_counts_a_rung_s_stretch_and_halving_s_survivors():
     assert stretched.of_point[:3] == (10.0, 10.0, 20.0) and stretched.expected == 3 * 40 and stretched.trials == 9
     halved = work(found, [p["n"] for p in points], reduction_factor=3)
     assert halved.expected == 3 * 10 + 1 * 10 + 1 * 20 and halved.trials == 3 + 1 + 1  # ceil(3 / 3), ceil(1 / 3)
+
+
+def test_a_change_a_slow_clock_hid_from_the_catch_up_is_found_where_a_decision_rests_on_the_view(tmp_path):
+    """A worker whose clock runs 10 minutes behind finishes a trial: its start and end lie before the view's last
+    look by more than the catch-up's slack, so a catch-up cannot see it; an exact refresh (a phase's end, the study's
+    result) finds the counts differ and reads the phase again. In-process, on a real SQLite storage."""
+    import optuna
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    from hpsearch.storage.trialstore import TrialStore
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'skew.db'}")
+    optuna.create_study(study_name="s.grid", storage=storage, direction="maximize")
+    store = TrialStore(storage)
+    study_id = store.study_id("s.grid")
+    one_of = optuna.distributions.CategoricalDistribution
+    store.enqueue(study_id, [({"lr": (lr, one_of([lr]))}, {"point": k}) for k, lr in enumerate([0.1, 0.2])])
+    phase = PhaseSpec(name="grid", sampler="grid", grid={"lr": [0.1, 0.2]})
+    view = PhaseView(phase, store, {"study": "s.grid", "grid": phase.grid}, "maximize", 2)
+    view.refresh()
+    (trial_id, _, _), = store.claim(study_id, {"pid": 1})
+    store.finish(trial_id, TrialState.COMPLETE, 0.5, {})
+    behind = store.now() - datetime.timedelta(minutes=10)
+    trials = models.TrialModel.__table__
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(trials).where(trials.c.trial_id == trial_id)
+                     .values(datetime_start=behind, datetime_complete=behind))
+    view.refresh()
+    assert view.status()["complete"] == 0  # what a catch-up by time alone sees
+    view.refresh(exact=True)
+    assert view.status()["complete"] == 1 and view.best().value == 0.5

@@ -26,7 +26,7 @@ from tests.conftest import write_spec
 class Mending(StudyListener):
     """A listener that, like MLflow's, wants the stored trials and the full report."""
 
-    wants_report = wants_trials = True
+    wants_report = True  # and, defining on_existing_trials, it wants the stored trials
 
     def __init__(self) -> None:
         self.existing: list[int] = []
@@ -43,20 +43,19 @@ class Mending(StudyListener):
 def whole_reads(monkeypatch) -> Counter[str]:
     """Whole reads by phase name, as the module docstring defines them."""
     reads: Counter[str] = Counter()
-    refresh, phase_trials = PhaseView.refresh, Results._phase_trials
+    refresh, read_whole = PhaseView.refresh, Results._read_whole
 
-    def counted_refresh(view: PhaseView, full: bool = False) -> None:
+    def counted_refresh(view: PhaseView, full: bool = False, *, exact: bool = False) -> None:
         if view.study_id is not None and (full or view._seen is None):
             reads[view.phase.name] += 1
-        refresh(view, full)
+        refresh(view, full, exact=exact)
 
     def counted_trials(results: Results, phase, study_name: str):
-        if study_name not in results._trials:
-            reads[phase.name] += 1
-        return phase_trials(results, phase, study_name)
+        reads[phase.name] += 1
+        return read_whole(results, phase, study_name)
 
     monkeypatch.setattr(PhaseView, "refresh", counted_refresh)
-    monkeypatch.setattr(Results, "_phase_trials", counted_trials)
+    monkeypatch.setattr(Results, "_read_whole", counted_trials)
     return reads
 
 
