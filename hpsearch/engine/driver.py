@@ -267,11 +267,7 @@ class Driver:
         for phase in phases:
             self.interruption.check()
             study, record = self.phases.open(phase)
-            view = snapshot.view(phase.name)
-            if view.record is not None and view.record["study"] == record["study"]:
-                view.refresh()  # the snapshot's view, caught up
-            else:  # a phase created (or started afresh) since the snapshot: its first look
-                view = self.results.view(phase, self.phases.layout.read())
+            view = self.results.current(snapshot.view(phase.name), self.phases.layout.read())
             budget.expect(view.longest)
             self._views[phase.name] = view
             progress = view.status()

@@ -85,15 +85,17 @@ class Results:
         """``snapshot`` with its views caught up (trials changed since their last look) and its layout and result
         read again (one small value each)."""
         layout = self.phases.layout.read()
-        views = []
-        for view in snapshot.views:
-            record = self.phases.layout.record(view.phase, layout) if layout else None
-            if record is not None and (view.record or {}).get("study") == record["study"]:
-                view.refresh(exact=True)
-            else:  # a phase started (or started afresh) since: its first look
-                view = self.view(view.phase, layout)
-            views.append(view)
+        views = [self.current(view, layout, exact=True) for view in snapshot.views]
         return StudySnapshot(layout, views, self.stored_result(layout))
+
+    def current(self, view: PhaseView, layout: dict[str, Any] | None, *, exact: bool = False) -> PhaseView:
+        """``view`` caught up while the layout still names its phase's Optuna study; else (a phase started, or
+        started afresh, since) a first look at the study that serves it now."""
+        record = self.phases.layout.record(view.phase, layout) if layout else None
+        if record is not None and (view.record or {}).get("study") == record["study"]:
+            view.refresh(exact=exact)
+            return view
+        return self.view(view.phase, layout)
 
     def stored_result(self, layout: dict[str, Any] | None) -> dict[str, Any] | None:
         result = self.phases.layout.table.get(self.spec.name, "result")

@@ -94,6 +94,16 @@ class Row:
         return (self.complete - self.start).total_seconds() if self.start and self.complete else None
 
 
+def _state(stored: Any) -> TrialState:
+    """A trial's state as the driver hands it back (an enum, or its name on some databases)."""
+    return stored if isinstance(stored, TrialState) else TrialState[str(stored)]
+
+
+def _value(stored: Any, kind: Any) -> float:
+    """A trial's value from its stored form (``inf`` and ``nan`` are stored as a kind, not a number)."""
+    return V.stored_repr_to_value(stored, kind if isinstance(kind, V.TrialValueType) else V.TrialValueType[kind])
+
+
 class TrialReader:
     """Statements that read the trials of an Optuna ``RDBStorage``: light rows, counts, whole trials by id."""
 
@@ -133,11 +143,8 @@ class TrialReader:
         with self.engine.connect() as conn:
             found = {}
             for trial_id, number, state, value, kind, start, complete in conn.execute(query):
-                state = state.name if isinstance(state, TrialState) else str(state)
-                if value is not None or kind is not None:
-                    kind = kind if isinstance(kind, V.TrialValueType) else V.TrialValueType[kind]
-                    value = V.stored_repr_to_value(value, kind)
-                found[trial_id] = Row(trial_id, number, state, value, start, complete)
+                value = _value(value, kind) if value is not None or kind is not None else None
+                found[trial_id] = Row(trial_id, number, _state(state).name, value, start, complete)
             if found:
                 ids = sa.select(t.c.trial_id).where(t.c.study_id == study_id)
                 if len(found) < 500:
@@ -157,7 +164,7 @@ class TrialReader:
         with self.engine.connect() as conn:
             counted = conn.execute(sa.select(t.c.state, sa.func.count()).where(t.c.study_id == study_id)
                                    .group_by(t.c.state)).all()
-        return {(state.name if isinstance(state, TrialState) else str(state)): n for state, n in counted}
+        return {_state(state).name: n for state, n in counted}
 
     def frozen_trials(self, trial_ids: list[int]) -> list[FrozenTrial]:
         """The trials ``trial_ids`` whole (params, attributes, value), as Optuna's ``get_trial`` reads them one at a
@@ -169,9 +176,7 @@ class TrialReader:
             with self.engine.connect() as conn:
                 base = conn.execute(sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start,
                                               t.c.datetime_complete).where(t.c.trial_id.in_(chunk))).all()
-                values = {trial_id: V.stored_repr_to_value(value, kind if isinstance(kind, V.TrialValueType)
-                                                           else V.TrialValueType[kind])
-                          for trial_id, value, kind in conn.execute(
+                values = {trial_id: _value(value, kind) for trial_id, value, kind in conn.execute(
                               sa.select(V.trial_id, V.value, V.value_type)
                               .where(V.trial_id.in_(chunk), V.objective == 0))}
                 params: dict[int, dict[str, Any]] = {}
@@ -187,9 +192,8 @@ class TrialReader:
                                                          .where(A.trial_id.in_(chunk))):
                     attrs.setdefault(trial_id, {})[key] = json.loads(value)
             for trial_id, number, state, started, completed in base:
-                state = state if isinstance(state, TrialState) else TrialState[str(state)]
                 found.append(FrozenTrial(
-                    number=number, state=state, value=values.get(trial_id), datetime_start=started,
+                    number=number, state=_state(state), value=values.get(trial_id), datetime_start=started,
                     datetime_complete=completed, params=params.get(trial_id, {}),
                     distributions=distributions.get(trial_id, {}), user_attrs=attrs.get(trial_id, {}),
                     system_attrs={}, intermediate_values={}, trial_id=trial_id))
