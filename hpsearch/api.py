@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from hpsearch import arguments
 from hpsearch.backends.base import scores_on_test
+from hpsearch.engine.summary import StudySummary, TrackingRef
 from hpsearch.errors import SpecError
 from hpsearch.spec.build import build_spec, load_spec
 from hpsearch.spec.document import apply_override, parse_override
@@ -95,7 +96,8 @@ class StudyResult:
 
     best_*: the winning trial (None before any trial completed). test_scores: the winner's scores on the test split
     (``test_acc``, ...), measured once when the study completes or a time box ends a run. trials: one dict per trial
-    (phase, number, state, value, params, metrics, failure, ...). summary: what ``hpsearch run --json`` prints.
+    (phase, number, state, value, params, metrics, failure, ...). summary: the typed
+    :class:`~hpsearch.engine.summary.StudySummary`; ``summary.as_dict()`` is what ``hpsearch run --json`` prints.
     """
 
     study: str
@@ -108,13 +110,13 @@ class StudyResult:
     best_seed: int | None
     test_scores: dict[str, float]
     trials: list[dict[str, Any]]
-    summary: dict[str, Any] = field(repr=False)
+    summary: StudySummary = field(repr=False)
     storage: str = ""
 
     @property
     def test_value(self) -> float | None:
         """The winner's test score on the objective's metric (``test_acc`` for ``val_acc``), if measured."""
-        best = self.summary.get("best") or {}
+        best = self.summary.best or {}
         return best.get(best.get("test_metric", ""))
 
 
@@ -160,15 +162,14 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
         summary = work.run(Budget(timeout=timeout, max_trials=max_trials,
                                   time_box=study.time_box if box is None else box), only_phase=phase)
         interruption.check()  # a signal during the study's last steps still means "interrupted"
-        summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+        summary.wall_seconds = round(time.perf_counter() - started, 3)
         tracker = work.listener
-        summary["tracking"] = None
         if hasattr(tracker, "uri"):
-            scored = (summary.get("best") or {}).get("data_fingerprint") is not None  # retrained at the end, or a box's
-            model = tracker.saved_model(work.phases.shared()) if summary["complete"] or scored else None
-            summary["tracking"] = {"uri": mask_url(tracker.uri), "experiment": tracker.experiment,
-                                   "experiment_id": tracker.experiment_id(work.phases.shared()),
-                                   "seconds": round(tracker.seconds, 3), "model": str(model) if model else None}
+            scored = (summary.best or {}).get("data_fingerprint") is not None  # retrained at the end, or a box's
+            model = tracker.saved_model(work.phases.shared()) if summary.complete or scored else None
+            summary.tracking = TrackingRef(uri=mask_url(tracker.uri), experiment=tracker.experiment,
+                                           experiment_id=tracker.experiment_id(work.phases.shared()),
+                                           seconds=round(tracker.seconds, 3), model=str(model) if model else None)
         return _result(study, work, summary)
 
 
@@ -198,12 +199,12 @@ def _check_where(storage: Any, tracking_uri: Any = None) -> None:
     arguments.optional_text(tracking_uri, "tracking_uri", "an MLflow tracking URI")
 
 
-def _result(study: StudySpec, work: Any, summary: dict[str, Any]) -> StudyResult:
+def _result(study: StudySpec, work: Any, summary: StudySummary) -> StudyResult:
     from hpsearch.storage.urls import mask_url
 
-    best = summary.get("best") or {}
+    best = summary.best or {}
     return StudyResult(
-        study=study.name, complete=bool(summary.get("complete")), metric=study.objective.metric,
+        study=study.name, complete=summary.complete, metric=study.objective.metric,
         direction=study.objective.direction or "maximize", best_value=best.get("value"),
         best_params=best.get("params"), best_config=best.get("config"), best_seed=best.get("seed"),
         test_scores=scores_on_test(best),

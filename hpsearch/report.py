@@ -253,7 +253,7 @@ def plot_importances(report: StudyReport, path: Path) -> None:
 def summary_markdown(report: StudyReport) -> str:
     lines = [f"# Study `{report.study}`", ""]
     lines += ["| phase | state | done/total | complete | pruned | failed | best |", "|---|---|---|---|---|---|---|"]
-    for p in report.summary.get("phases", []):
+    for p in report.summary.phases:
         best = f"{p['best_value']:.4f} (trial {p['best_trial']})" if p["best_value"] is not None else "-"
         lines.append(f"| {p['phase']} | {p['state']} | {p['done']}/{p['total']} | {p['complete']} | {p['pruned']} "
                      f"| {p['failed']} | {best} |")

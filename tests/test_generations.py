@@ -126,7 +126,7 @@ def test_two_runs_restarting_alike_go_on_together(tmp_path):
     first = Driver(load_spec(spec, overrides), _url(tmp_path), echo=lambda m: None, force_new_phase=True,
                    listener=_RestartAt("random", restart))
     summary = first.run()
-    assert summary["complete"] and _layout(tmp_path)["generation"] == 2
+    assert summary.complete and _layout(tmp_path)["generation"] == 2
 
 
 def test_read_only_commands_refuse_a_spec_the_study_did_not_run_with(tmp_path):
@@ -200,4 +200,4 @@ def test_a_run_of_one_phase_ends_with_its_summary_when_another_phase_was_edited(
     Driver(load_spec(spec), _url(tmp_path), echo=lambda m: None).run()
     result = api.run(spec, storage=_url(tmp_path), tracking=False, phase="random", echo=lambda m: None,
                      overrides=["phases.0.n_trials=7", "phases.1.grid.points=3"])
-    assert result.summary["phases"][0]["done"] == 7 and len([t for t in result.trials if t["phase"] == "random"]) == 7
+    assert result.summary.phases[0]["done"] == 7 and len([t for t in result.trials if t["phase"] == "random"]) == 7

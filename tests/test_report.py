@@ -6,6 +6,7 @@ import pytest
 
 from hpsearch import report as plots
 from hpsearch.engine.driver import StudyReport
+from hpsearch.engine.summary import StudySummary
 
 
 def trial(phase: str, number: int, state: str, value: float | None, **params) -> dict:
@@ -26,7 +27,8 @@ def study() -> StudyReport:
                        spaces={"random": {"learning_rate": True, "batch_size": False, "hidden_sizes": False},
                                "grid": {"learning_rate": True}},
                        importances={"random": {"learning_rate": 0.7, "batch_size": 0.3}}, best=None,
-                       best_result=None, best_fragment=None, summary={})
+                       best_result=None, best_fragment=None,
+                       summary=StudySummary(study="s", storage="sqlite:///s.db", complete=False, phases=[], best=None))
 
 
 @pytest.fixture

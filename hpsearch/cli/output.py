@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 
 from hpsearch.formatting import format_bytes, format_duration, format_value, wrap_items
 
+if TYPE_CHECKING:
+    from hpsearch.engine.summary import StudySummary
+
 __all__ = ["print_summary", "trials_csv"]
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: StudySummary) -> None:
     """The phases' table, the winner and where to look: a rich table on a terminal; elsewhere (logs, CI, pipes),
     where rich would cut the table at 80 columns, plain aligned columns and lines that are never wrapped."""
     from rich.console import Console
 
     console = Console()
-    title = f"study {summary['study']}  ({summary['storage']})"
+    title = f"study {summary.study}  ({summary.storage})"
     header = ("phase", "state", "done/total", "complete", "pruned", "failed", "running", "best")
     rows = []
-    for p in summary["phases"]:
+    for p in summary.phases:
         best = f"{p['best_value']:.4f} (trial {p['best_trial']})" if p["best_value"] is not None else "-"
         rows.append((p["phase"], p["state"], f"{p['done']}/{p['total'] if p['total'] is not None else '?'}",
                      str(p["complete"]), str(p["pruned"]), str(p["failed"]), str(p["running"]), best))
@@ -42,14 +46,14 @@ def print_summary(summary: dict) -> None:
         widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
         for row in (header, *rows):
             say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    best = summary.get("best")
+    best = summary.best
     if best:
         test_metric = best.get("test_metric", "test_acc")
         if best.get(test_metric) is not None:
             test = f", {test_metric} {best[test_metric]:.4f}"
         elif best.get("test_failure"):
             test = f", no {test_metric}: {best['test_failure']}"
-        elif summary.get("complete"):
+        elif summary.complete:
             test = f", no {test_metric} (no test split, or a trainable without evaluate)"
         else:  # the final evaluation on the test split runs once, when every phase is complete
             test = f", {test_metric} after the study completes"
@@ -57,33 +61,33 @@ def print_summary(summary: dict) -> None:
         for line in wrap_items("  config:", [f"{key}={format_value(value)}" for key, value in best["config"].items()]):
             say(line)
         say(f"  seed: {best['seed']}  (`hpsearch best` writes the exact values as a spec)")
-    elif summary.get("complete"):
+    elif summary.complete:
         say("no winner: no trial completed (`hpsearch export` lists every trial with its failure)")
-    for p in summary["phases"]:
+    for p in summary.phases:
         if p["failed_points"]:
             say(f"phase {p['phase']!r}: points {p['failed_points']} failed after all retries")
-    if summary.get("examples"):
-        say(f"compute: {summary['examples']:,} training examples processed")
-    paused = summary.get("paused_runs")
+    if summary.examples:
+        say(f"compute: {summary.examples:,} training examples processed")
+    paused = summary.paused_runs
     if paused:
-        say(f"paused runs: {format_bytes(paused['bytes'])} in {paused['folder']}, kept for the halving levels to come "
+        say(f"paused runs: {format_bytes(paused.bytes)} in {paused.folder}, kept for the halving levels to come "
             "(removed when their phase completes)")
-    tracking = summary.get("tracking")
+    tracking = summary.tracking
     if tracking:
         spent = ""
-        if tracking.get("seconds") and summary.get("wall_seconds"):
-            spent = f" (the tracking process spent {format_duration(tracking['seconds'])} in MLflow calls)"
-        say(f"MLflow experiment {tracking['experiment']!r}{spent}:")
-        say(f"  mlflow ui --backend-store-uri {tracking['uri']}")
-        if tracking.get("experiment_id"):  # MLflow 3's UI opens an experiment on its GenAI overview unless told
-            server = str(tracking["uri"]).rstrip("/") if str(tracking["uri"]).startswith(("http://", "https://")) \
+        if tracking.seconds and summary.wall_seconds:
+            spent = f" (the tracking process spent {format_duration(tracking.seconds)} in MLflow calls)"
+        say(f"MLflow experiment {tracking.experiment!r}{spent}:")
+        say(f"  mlflow ui --backend-store-uri {tracking.uri}")
+        if tracking.experiment_id:  # MLflow 3's UI opens an experiment on its GenAI overview unless told
+            server = tracking.uri.rstrip("/") if tracking.uri.startswith(("http://", "https://")) \
                 else "http://127.0.0.1:5000"
-            say(f"  then {server}/#/experiments/{tracking['experiment_id']}/runs?workflowType=machine_learning"
+            say(f"  then {server}/#/experiments/{tracking.experiment_id}/runs?workflowType=machine_learning"
                 "  (the runs table)")
-        if tracking.get("model"):  # the test split where the winner was scored on one (a dataset may have none)
+        if tracking.model and summary.spec:  # the test split where the winner was scored (a dataset may have none)
             split = "test" if best and best.get(best.get("test_metric", "test_acc")) is not None else "val"
-            say(f"  hpsearch predict {summary['spec']} --model {tracking['model']} --split {split}")
-    say(f"  optuna-dashboard {summary['storage']}")
+            say(f"  hpsearch predict {summary.spec} --model {tracking.model} --split {split}")
+    say(f"  optuna-dashboard {summary.storage}")
 
 
 NOT_IN_CSV = ("epoch_history", "traceback")  # per-epoch curves and tracebacks: in the JSON export only

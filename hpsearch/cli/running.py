@@ -188,9 +188,10 @@ def _work(request: _Work) -> None:
         if not report_stopped(report_to, interruption.stopped):  # a worker of `run --workers`: the parent says it
             typer.echo(interrupted_message(interruption.stopped), err=True)
         raise typer.Exit(code=130) from None
-    summary = {**result.summary, "spec": str(request.spec)}
+    summary = result.summary
+    summary.spec = str(request.spec)
     if request.json:
-        typer.echo(json.dumps(summary, default=str))
+        typer.echo(json.dumps(summary.as_dict(), default=str))
         return
     print_summary(summary)
 

@@ -38,6 +38,7 @@ def status(spec: SpecArg, storage: StorageOpt = None, set_: SetOpt = None, allow
 
 def show_status(spec: Path, storage: str | None, set_: list[str] | None, allow_import: bool, json_: bool,
             tracking_uri: str | None = None, only_phase: str | None = None) -> None:
+    from hpsearch.engine.summary import TrackingRef
     from hpsearch.storage.urls import mask_url, register_secret_url
     from hpsearch.tracking import resolve_tracking_uri
 
@@ -46,12 +47,12 @@ def show_status(spec: Path, storage: str | None, set_: list[str] | None, allow_i
         summary = driver.status(only_phase)
         uri = resolve_tracking_uri(driver.spec, driver.url, tracking_uri)
         register_secret_url(uri)
-        summary["tracking"] = ({"uri": mask_url(uri), "experiment": driver.spec.tracking.experiment or driver.spec.name}
-                               if uri else None)
+        summary.tracking = (TrackingRef(uri=mask_url(uri), experiment=driver.spec.tracking.experiment or driver.spec.name)
+                            if uri else None)
     except UserError as exc:
         raise fail(str(exc)) from None
     if json_:
-        typer.echo(json.dumps(summary, default=str))
+        typer.echo(json.dumps(summary.as_dict(), default=str))
     else:
         print_summary(summary)
 
@@ -215,8 +216,8 @@ def sync(
         if driver.listener.__class__.__name__ != "MlflowTracker":
             raise fail(f"{spec}: tracking is disabled in the spec (tracking.enabled: false).")
         status = driver.status()
-        phases = {p["phase"]: {"study_name": p["study_name"]} for p in status["phases"] if p.get("study_name")}
-        report = driver.report if status["complete"] else None  # made only where MLflow lacks it
+        phases = {p["phase"]: {"study_name": p["study_name"]} for p in status.phases if p.get("study_name")}
+        report = driver.report if status.complete else None  # made only where MLflow lacks it
         counts = driver.listener.sync(SharedState(driver.url, driver.spec.name), driver.trials(), phases, report)
     except UserError as exc:
         raise fail(str(exc)) from None

@@ -10,6 +10,7 @@ from hpsearch.formatting import format_duration
 
 if TYPE_CHECKING:
     from hpsearch.engine.phaseview import PhaseView
+    from hpsearch.engine.summary import StudySummary
 
 __all__ = ["Budget", "all_complete", "others_running", "time_box_message"]
 
@@ -90,7 +91,7 @@ def others_running(views: Iterable[PhaseView]) -> bool:
     return False
 
 
-def time_box_message(budget: Budget, stopped_in: str | None, only_phase: str | None, summary: dict[str, Any],
+def time_box_message(budget: Budget, stopped_in: str | None, only_phase: str | None, summary: StudySummary,
                      others: Callable[[], bool]) -> str:
     """What a run the time box ended says: where it stopped, and whether the winner is scored (``others``: whether
     other processes' trials are still running)."""
@@ -101,13 +102,13 @@ def time_box_message(budget: Budget, stopped_in: str | None, only_phase: str | N
     again = "Rerun the same command to go on with the study."
     if only_phase:
         tail = "; rerun the same command to go on."
-    elif summary["complete"]:
+    elif summary.complete:
         tail = ": every trial has run, and the winner is scored on the test split."
-    elif summary["time_box"]["scored"]:
+    elif summary.time_box is not None and summary.time_box.scored:
         tail = f": the best trial so far is scored on the test split. {again}"
     elif others():
         tail = f"; trials of other processes are still running, and the last to stop scores the winner. {again}"
-    elif summary["best"] is None:
+    elif summary.best is None:
         tail = f": no trial has finished yet, so there is no winner to score. {again}"
     else:
         tail = f"; the winner could not be scored (see the warning above). {again}"

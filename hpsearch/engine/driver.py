@@ -36,6 +36,7 @@ from hpsearch.engine.phases import Phases
 from hpsearch.engine.phaseview import PhaseView
 from hpsearch.engine.pointqueue import Heartbeat
 from hpsearch.engine.results import Results, StudySnapshot
+from hpsearch.engine.summary import StudySummary, TimeBox
 from hpsearch.engine.training import load_data, score_test_split
 from hpsearch.engine.trials import TrialRunner
 from hpsearch.errors import SpecError, users_failure
@@ -164,7 +165,7 @@ class Driver:
     # ---- the read-only questions -------------------------------------------------------------------------------
 
     @_storage_failures
-    def status(self, only_phase: str | None = None) -> dict[str, Any]:
+    def status(self, only_phase: str | None = None) -> StudySummary:
         """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy.
         ``only_phase``: what a run of that phase alone checked (the others' definitions may have changed)."""
         self.phases.layout.check_stored([self.spec.phase(only_phase)] if only_phase else self.spec.phases)
@@ -198,7 +199,7 @@ class Driver:
         self.phases.layout.retire_changed()
 
     @_storage_failures
-    def run(self, budget: Budget | None = None, only_phase: str | None = None) -> dict[str, Any]:
+    def run(self, budget: Budget | None = None, only_phase: str | None = None) -> StudySummary:
         """Run the phases in order until done or out of budget. Returns the summary (see :meth:`status`)."""
         budget = budget or Budget()
         phases, _ = check_run(self.spec, only_phase, lambda: self.data)
@@ -211,8 +212,8 @@ class Driver:
         snapshot = self.results.snapshot()  # the one read of the study's trials as rows; caught up from here on
         before = self.results.status(snapshot)
         self.interruption.check()
-        finish_failed = bool((before.get("best") or {}).get("test_failure"))  # the user's evaluate: try it again
-        if before["complete"] and not only_phase and not changed and not finish_failed:
+        finish_failed = bool((before.best or {}).get("test_failure"))  # the user's evaluate: try it again
+        if before.complete and not only_phase and not changed and not finish_failed:
             self.echo(f"Study {self.spec.name!r} is already complete: nothing to run.")
             self.listener.on_study_start(self.spec, self.phases.shared(), False)
             self._mend_listener()  # a complete study's MLflow record is mended too, its runs' times kept
@@ -243,9 +244,9 @@ class Driver:
         summary = self.results.status(self.results.caught_up(snapshot))
         if budget.box_reached:
             # scored: the winner's stored result is the current winner's, by this run, an earlier one or another worker
-            best = summary["best"] or {}
-            summary["time_box"] = {"seconds": budget.time_box,
-                                   "scored": best.get("data_fingerprint") is not None and not best.get("test_failure")}
+            best = summary.best or {}
+            summary.time_box = TimeBox(seconds=budget.time_box,
+                                       scored=best.get("data_fingerprint") is not None and not best.get("test_failure"))
             self.echo(time_box_message(budget, stopped_in, only_phase, summary,
                                        lambda: others_running(self._views.values())))
         if report is not None:

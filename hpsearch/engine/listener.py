@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hpsearch.engine.summary import StudySummary
+
 __all__ = ["StudyListener", "StudyReport", "TrialInfo"]
 
 
@@ -61,7 +63,7 @@ class StudyListener:
 
     def on_phase_end(self, phase: Any, status: dict[str, Any]) -> None: ...
 
-    def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None: ...
+    def on_study_end(self, summary: StudySummary, report: StudyReport | None) -> None: ...
 
     def close(self, timeout: float = 60.0, *, quiet: bool = False) -> None:
         """Finish whatever is pending, within ``timeout`` seconds; called however the run ends. ``quiet``: what is
@@ -86,5 +88,5 @@ class StudyReport:
     best: dict[str, Any] | None
     best_result: Any
     best_fragment: dict[str, Any] | None
-    summary: dict[str, Any]
+    summary: StudySummary
     failure: str | None = None  # why the winner has no retrained result or test score (the user's code failed)

@@ -24,6 +24,7 @@ from hpsearch.backends.base import metric_on_test, scores_on_test
 from hpsearch.engine.listener import StudyReport
 from hpsearch.engine.phases import Phases
 from hpsearch.engine.phaseview import CATCH_UP_SLACK, PhaseView, phase_total
+from hpsearch.engine.summary import PausedRuns, StudySummary
 from hpsearch.engine.training import resolved_config
 from hpsearch.errors import users_failure
 from hpsearch.files import disk_use
@@ -127,18 +128,18 @@ class Results:
             **(scores_on_test(result) if same else {}),
         }
 
-    def status(self, snapshot: StudySnapshot) -> dict[str, Any]:
+    def status(self, snapshot: StudySnapshot) -> StudySummary:
         """Per phase: state, trial counts, grid coverage, best; and the winner with its test accuracy."""
         phases = [view.status() for view in snapshot.views]
         result = snapshot.result
         complete = bool(phases) and all(p["state"] == "complete" for p in phases) and result is not None \
             and not result.get("partial")  # a time box's result: the completing run scores the winner again
         counted = [p["examples"] for p in phases if p["examples"] is not None]
-        return {"study": self.spec.name, "storage": mask_url(self.url), "complete": complete,
-                "phases": phases, "best": self.best(snapshot), "examples": sum(counted) if counted else None,
-                **self._paused_runs(snapshot.views, phases)}
+        return StudySummary(study=self.spec.name, storage=mask_url(self.url), complete=complete, phases=phases,
+                            best=self.best(snapshot), examples=sum(counted) if counted else None,
+                            paused_runs=self._paused_runs(snapshot.views, phases))
 
-    def _paused_runs(self, views: list[PhaseView], phases: list[dict[str, Any]]) -> dict[str, Any]:
+    def _paused_runs(self, views: list[PhaseView], phases: list[dict[str, Any]]) -> PausedRuns | None:
         """The disk the halving phases' paused runs take (``paused_runs`` in each such phase's status too), and
         where; nothing without any."""
         folder, total = runs_folder(self.url), 0
@@ -146,7 +147,7 @@ class Results:
             if view.phase.schedule is not None and status["study_name"]:
                 status["paused_runs"] = disk_use(folder / status["study_name"])
                 total += status["paused_runs"]
-        return {"paused_runs": {"bytes": total, "folder": str(folder)}} if total else {}
+        return PausedRuns(bytes=total, folder=str(folder)) if total else None
 
     def trials(self, layout: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every trial of every phase: phase, number, state, value, params, duration and bookkeeping. The first call

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from hpsearch.engine.listener import StudyReport
+from hpsearch.engine.summary import StudySummary
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.records import SharedState, decode_params
 from hpsearch.storage.urls import register_secret_url
@@ -148,7 +149,7 @@ class MlflowLogger(Mending):
                                                                          status["state"]))
             self._safe("ending a phase run", lambda: self.client.set_terminated(run_id, status="FINISHED"))
 
-    def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None:
+    def on_study_end(self, summary: StudySummary, report: StudyReport | None) -> None:
         run_id = self._study_run
         if run_id is None:
             return
@@ -157,7 +158,7 @@ class MlflowLogger(Mending):
             self._log_study_artifacts(run_id, report)
         # a look at a finished study leaves its end time alone. A run that ends here ended cleanly (Ctrl-C never gets
         # here): FINISHED, and the tag says whether the study is complete or stopped until a rerun goes on with it
-        state = "complete" if summary.get("complete") else "stopped"
+        state = "complete" if summary.complete else "stopped"
         if self._reopened:
             self._safe("ending the study run", lambda: self.client.set_tag(run_id, "hpsearch.study_state", state))
             self._safe("ending the study run", lambda: self.client.set_terminated(run_id, status="FINISHED"))

@@ -166,7 +166,7 @@ class Mending(MlflowBase):
                     RunTag("best_config", json.dumps(best["config"])[:5000])]
             self._safe("logging the result", lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags))
         for phase_name, phase_run in self._phase_runs.items():
-            status = next((p for p in report.summary.get("phases", []) if p["phase"] == phase_name), None)
+            status = report.summary.phase(phase_name)
             if status and status.get("best_value") is not None:
                 self._safe("logging a phase result", lambda phase_run=phase_run, status=status:
                            self.client.log_batch(phase_run,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpsearch.engine.listener import StudyListener, StudyReport, TrialInfo
+from hpsearch.engine.summary import StudySummary
 from hpsearch.errors import UserError
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.records import SharedState
@@ -187,7 +188,7 @@ class MlflowTracker(StudyListener):
             result = dataclasses.replace(result, model=None)  # histories only; the model stays here
         self._send("on_trial_end", phase, trial, result, reason, progress)
 
-    def on_study_end(self, summary: dict[str, Any], report: StudyReport | None) -> None:
+    def on_study_end(self, summary: StudySummary, report: StudyReport | None) -> None:
         self._send("on_study_end", summary, report)
         self.close()
 

@@ -11,6 +11,7 @@ import yaml
 
 from hpsearch.engine.driver import Budget, Driver
 from hpsearch.engine.listener import StudyListener
+from hpsearch.engine.summary import TimeBox
 from hpsearch.errors import SpecError, UserError
 from hpsearch.spec.build import load_spec
 from hpsearch.storage.records import StateTable
@@ -29,14 +30,14 @@ def phase_trials(tmp_path: Path, phase: str) -> list[optuna.trial.FrozenTrial]:
 def test_random_then_derived_grid_then_resume_runs_nothing(tmp_path):
     spec = write_spec(tmp_path)
     summary = driver_for(spec, tmp_path).run()
-    assert summary["complete"]
-    random_status, grid_status = summary["phases"]
+    assert summary.complete
+    random_status, grid_status = summary.phases
     assert random_status["done"] == random_status["total"] == 6
     grid = grid_status["grid"]
     assert set(grid) == {"learning_rate", "hidden_size"} and grid_status["total"] == len(grid["learning_rate"]) * len(grid["hidden_size"])
     assert_exactly_once(phase_trials(tmp_path, "grid"), grid_status["total"])
     assert_exactly_once(phase_trials(tmp_path, "random"), 6)
-    best = summary["best"]
+    best = summary.best
     assert best["test_acc"] is not None and best["value"] == max(
         t.value for p in ("random", "grid") for t in phase_trials(tmp_path, p) if t.value is not None
         and t.state == optuna.trial.TrialState.COMPLETE)
@@ -44,17 +45,17 @@ def test_random_then_derived_grid_then_resume_runs_nothing(tmp_path):
     messages = []
     again = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append).run()
     assert "already complete" in messages[0]
-    assert len(phase_trials(tmp_path, "grid")) == grid_status["total"] and again["best"] == best
+    assert len(phase_trials(tmp_path, "grid")) == grid_status["total"] and again.best == best
 
 
 def test_derived_grid_is_stored_and_reused_when_the_source_grows(tmp_path):
     spec = write_spec(tmp_path)
-    first = driver_for(spec, tmp_path).run()["phases"][1]["grid"]
+    first = driver_for(spec, tmp_path).run().phases[1]["grid"]
     raw = yaml.safe_load(spec.read_text())
     raw["phases"][0]["n_trials"] = 9  # more random trials later must not change the stored grid
     spec.write_text(yaml.safe_dump(raw))
     summary = driver_for(spec, tmp_path).run()
-    assert summary["phases"][0]["done"] == 9 and summary["phases"][1]["grid"] == first
+    assert summary.phases[0]["done"] == 9 and summary.phases[1]["grid"] == first
 
 
 def test_trials_are_reproducible_from_their_seed(tmp_path):
@@ -77,7 +78,7 @@ def test_nan_configuration_never_becomes_best_and_the_study_continues(tmp_path):
     diverged = [t for t in trials if t.params["learning_rate"] == 1e12]
     assert len(diverged) == 1 and diverged[0].state == optuna.trial.TrialState.PRUNED  # not retried
     assert diverged[0].user_attrs["failure"].startswith("diverged: loss became")
-    assert summary["complete"] and summary["best"]["params"]["learning_rate"] != 1e12
+    assert summary.complete and summary.best["params"]["learning_rate"] != 1e12
     assert_exactly_once(trials, 3)
 
 
@@ -99,7 +100,7 @@ def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
     spec = write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "max_retries": 2,
                                          "grid": {"hidden_size": [4, 8, 16]}}])
     summary = driver_for(spec, tmp_path).run(only_phase="grid")
-    status = summary["phases"][0]
+    status = summary.phases[0]
     assert calls == {4: 3, 8: 2, 16: 1}  # 1 + max_retries attempts for the point that always fails
     assert status["failed_points"] == [0] and status["done"] == 2 and status["state"] == "complete"
     # the failure its retry made good no longer counts: failed is what stands (the trials, all of them, beside it)
@@ -109,16 +110,16 @@ def test_failed_points_are_retried_up_to_max_retries(tmp_path, monkeypatch):
 def test_budget_stops_cleanly_and_a_later_run_resumes(tmp_path):
     spec = write_spec(tmp_path)
     summary = driver_for(spec, tmp_path).run(Budget(max_trials=4))
-    assert not summary["complete"] and summary["phases"][0]["done"] == 4
+    assert not summary.complete and summary.phases[0]["done"] == 4
     messages = []
     summary = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append).run(
         Budget(max_trials=4))
     assert messages[0] == "[random] resuming: 4 of 6 done", messages
-    assert summary["phases"][0]["done"] == 6 and summary["phases"][1]["done"] == 2
+    assert summary.phases[0]["done"] == 6 and summary.phases[1]["done"] == 2
     summary = driver_for(spec, tmp_path).run()
-    assert summary["complete"]
+    assert summary.complete
     assert_exactly_once(phase_trials(tmp_path, "random"), 6)
-    assert_exactly_once(phase_trials(tmp_path, "grid"), summary["phases"][1]["total"])
+    assert_exactly_once(phase_trials(tmp_path, "grid"), summary.phases[1]["total"])
 
 
 def test_a_trial_budget_spent_at_the_study_s_last_trial_scores_its_winner(tmp_path):
@@ -126,10 +127,10 @@ def test_a_trial_budget_spent_at_the_study_s_last_trial_scores_its_winner(tmp_pa
     messages = []
     driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
     summary = driver.run(Budget(max_trials=3))
-    assert summary["complete"] and summary["best"]["test_acc"] is not None
+    assert summary.complete and summary.best["test_acc"] is not None
     assert not any("Budget reached" in m for m in messages), messages  # nothing is left to resume
     summary = driver_for(spec, tmp_path).run(Budget(max_trials=2))  # and the study ran nothing more
-    assert summary["phases"][0]["done"] == 3 and len(phase_trials(tmp_path, "grid")) == 3
+    assert summary.phases[0]["done"] == 3 and len(phase_trials(tmp_path, "grid")) == 3
 
 
 class Clock:
@@ -158,31 +159,31 @@ def test_a_time_box_ends_with_the_winner_so_far_scored_and_a_later_run_goes_on(t
                     listener=Ticking(clock))
     summary = driver.run(Budget(time_box=100.0, clock=clock))
     # a trial starts only while it and the winner's retraining (10 s each) still fit: 8 trials of 10 s
-    random_status, grid_status = summary["phases"]
+    random_status, grid_status = summary.phases
     assert (random_status["done"], grid_status["done"]) == (6, 2) and grid_status["total"] > 2
-    assert not summary["complete"]
+    assert not summary.complete
     assert ("Time box of 1 min 40 s reached during phase 'grid' after 8 trials: the best trial so far is scored on "
             "the test split.") in messages[-1], messages
-    assert summary["time_box"] == {"seconds": 100.0, "scored": True}
-    best = summary["best"]
+    assert summary.time_box == TimeBox(seconds=100.0, scored=True)
+    best = summary.best
     finished = [t for p in ("random", "grid") for t in phase_trials(tmp_path, p)
                 if t.state == optuna.trial.TrialState.COMPLETE]
     assert best["value"] == max(t.value for t in finished) and best["test_acc"] is not None  # scored on test
     summary = driver_for(spec, tmp_path).run()  # no box: the study goes on, and its end scores the winner again
-    assert summary["complete"]
+    assert summary.complete
     assert_exactly_once(phase_trials(tmp_path, "grid"), grid_status["total"])
-    assert summary["best"]["test_acc"] is not None
+    assert summary.best["test_acc"] is not None
     assert "partial" not in StateTable(f"sqlite:///{tmp_path / 'study.db'}").get("tiny", "result")
 
 
 def test_only_the_time_box_finalises_an_unfinished_study_and_never_under_phase(tmp_path):
     spec = write_spec(tmp_path)
     summary = driver_for(spec, tmp_path).run(Budget(max_trials=2, time_box=1e6))  # the trial count stopped it
-    assert "test_acc" not in summary["best"]
+    assert "test_acc" not in summary.best
     messages = []
     driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
     summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0), only_phase="random")
-    assert "test_acc" not in summary["best"] and summary["phases"][0]["done"] == 3
+    assert "test_acc" not in summary.best and summary.phases[0]["done"] == 3
     assert messages[-1].endswith("after 1 trial; rerun the same command to go on."), messages
 
 
@@ -194,7 +195,7 @@ def test_a_time_box_counts_the_stored_trials_lengths_from_a_run_s_first_trial(tm
     # no time passes (this run's trial lasts 0 s by its clock), but a box shorter than the stored trials leaves no
     # room for a second trial and the retraining
     summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0))
-    assert summary["phases"][0]["done"] == 3 and summary["best"]["test_acc"] is not None
+    assert summary.phases[0]["done"] == 3 and summary.best["test_acc"] is not None
     assert "after 1 trial: the best trial so far is scored on the test split" in messages[-1]
 
 
@@ -208,7 +209,7 @@ def test_every_run_starts_a_trial_however_short_its_time_box(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     for run in (1, 2):
         result = api.run(spec, storage=storage, time_box=1e-6, echo=lambda m: None)
-        assert result.summary["phases"][0]["done"] == run and result.summary["time_box"]["scored"]
+        assert result.summary.phases[0]["done"] == run and result.summary.time_box.scored
         assert not result.complete and result.test_scores
     assert api.run(spec, storage=storage, time_box=1e-6, echo=lambda m: None).complete
 
@@ -222,7 +223,7 @@ def test_changing_the_grid_is_refused_with_a_diff_and_the_storage_untouched(tmp_
         driver_for(changed, tmp_path).run()
     assert (tmp_path / "study.db").read_bytes() == before
     summary = driver_for(changed, tmp_path, force_new_phase=True).run()
-    assert summary["complete"] and summary["phases"][0]["grid"] == {"hidden_size": [4, 12]}
+    assert summary.complete and summary.phases[0]["grid"] == {"hidden_size": [4, 12]}
     assert len(phase_trials(tmp_path, "grid")) == 2  # the old phase's trials are kept under their study
 
 
@@ -244,7 +245,7 @@ def test_a_study_stored_before_a_backend_option_existed_resumes_while_the_option
     layout = table.get("tiny", "layout")
     del layout["context"]["defaults"]["dtype"]  # as an older hpsearch, whose backend had no 'dtype', stored it
     table.put("tiny", "layout", layout)
-    assert driver_for(spec, tmp_path).run()["complete"]  # float32 is the default: the same training as before
+    assert driver_for(spec, tmp_path).run().complete  # float32 is the default: the same training as before
     table.put("tiny", "layout", layout)
     with pytest.raises(SpecError, match=r'defaults.dtype: added "float64"'):
         driver_for(write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid", "grid": {"hidden_size": [4, 8]}}],
@@ -254,7 +255,7 @@ def test_a_study_stored_before_a_backend_option_existed_resumes_while_the_option
 def test_tpe_phase_runs_n_trials(tmp_path):
     spec = write_spec(tmp_path, phases=[{**TINY_STUDY["phases"][0], "name": "tpe", "sampler": "tpe", "n_trials": 5}])
     summary = driver_for(spec, tmp_path).run()
-    assert summary["complete"] and summary["phases"][0]["complete"] + summary["phases"][0]["pruned"] == 5
+    assert summary.complete and summary.phases[0]["complete"] + summary.phases[0]["pruned"] == 5
 
 
 def test_pruning_reports_each_epoch(tmp_path):
@@ -316,9 +317,9 @@ def test_list_valued_categoricals_round_trip_through_the_storage(tmp_path):
                                "space": {"hidden_sizes": {"type": "categorical", "choices": [[8], [8, 8], [4, 4, 4]]}}},
                               {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 2, "points": 2}}])
     summary = driver_for(spec, tmp_path).run()
-    assert summary["complete"]
-    assert isinstance(summary["best"]["params"]["hidden_sizes"], list)
-    assert all(isinstance(v, list) for v in summary["phases"][1]["grid"]["hidden_sizes"])
+    assert summary.complete
+    assert isinstance(summary.best["params"]["hidden_sizes"], list)
+    assert all(isinstance(v, list) for v in summary.phases[1]["grid"]["hidden_sizes"])
     rows = driver_for(spec, tmp_path).trials()
     assert all(isinstance(r["params"]["hidden_sizes"], list) for r in rows)
-    assert summary["best"]["config"]["hidden_sizes"] == summary["best"]["params"]["hidden_sizes"]
+    assert summary.best["config"]["hidden_sizes"] == summary.best["params"]["hidden_sizes"]

@@ -74,7 +74,7 @@ def test_a_resumed_run_reads_each_phase_whole_at_most_twice(tmp_path, whole_read
     with _driver(tmp_path, mending) as driver:
         summary = driver.run()
         trials = driver.results.trials()  # what the API's result reads last
-    assert summary["complete"]
+    assert summary.complete
     assert set(whole_reads) == {"random", "grid"} and max(whole_reads.values()) <= 2, whole_reads
     if mending is not None:  # the mending listener got every trial at the start and at the end, and the report
         assert mending.existing == [stored, len(trials)] and stored < len(trials)
@@ -87,9 +87,30 @@ def test_status_reads_each_phase_whole_once_and_a_run_of_a_complete_study_twice(
     whole_reads.clear()
     with _driver(tmp_path) as driver:
         status = driver.status()
-    assert status["complete"] and whole_reads == Counter({"random": 1, "grid": 1})
+    assert status.complete and whole_reads == Counter({"random": 1, "grid": 1})
     whole_reads.clear()
     with _driver(tmp_path, Mending()) as driver:
-        assert driver.run()["complete"]
+        assert driver.run().complete
         driver.results.trials()
     assert whole_reads == Counter({"random": 2, "grid": 2})
+
+
+def test_the_summary_is_one_typed_object_that_the_json_output_writes_whole(tmp_path):
+    """Every part of a run's summary is a declared field, filled by the layer that knows it, none added as a key."""
+    import dataclasses
+    import json
+
+    from hpsearch import api
+    from hpsearch.engine.summary import StudySummary
+
+    with _driver(tmp_path) as driver:
+        summary = driver.run(Budget(max_trials=2))
+    assert isinstance(summary, StudySummary) and not summary.complete and summary.time_box is None
+    assert summary.phase("random")["done"] == 2 and summary.phase("grid")["state"] == "pending"
+    assert summary.best is not None and summary.examples == 2 * 20 * 50  # two trials of 20 iterations of 50
+    result = api.run(write_spec(tmp_path, "counted"), storage=f"sqlite:///{tmp_path / 'study.db'}", tracking=False,
+                     echo=lambda line: None)
+    written = json.loads(json.dumps(result.summary.as_dict()))
+    assert set(written) == {f.name for f in dataclasses.fields(StudySummary)}
+    assert written["complete"] and written["wall_seconds"] > 0 and written["tracking"] is None
+    assert written["phases"] == result.summary.phases and written["best"]["trial"] == result.summary.best["trial"]

@@ -14,6 +14,7 @@ import pytest
 from hpsearch.backends import numpy_twolayer
 from hpsearch.engine.driver import Budget, Driver
 from hpsearch.engine.pausedruns import PausedRun
+from hpsearch.engine.summary import PausedRuns
 from hpsearch.engine.training import load_data, train_once
 from hpsearch.engine.trials import _Stages
 from hpsearch.errors import SpecError
@@ -80,7 +81,7 @@ def ends(trials) -> dict:
 
 def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_alone(tmp_path):
     spec, url, summary, trials = run_study(tmp_path)
-    assert summary["complete"]
+    assert summary.complete
     assert_exactly_once(trials, len(RATES) * 4)  # first_rung 3 joins the grid's num_iters
     assert len(trials) == len(RATES) * 4
     by_budget = collections.defaultdict(list)
@@ -107,7 +108,7 @@ def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_al
             assert trial.user_attrs.get("epoch_history", {}).get("val_acc", []) == alone.val_acc_history
     # each ladder paid once for each stretch it trained: no run was trained again from its start
     reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
-    assert summary["examples"] == sum(reached.values()) * 50
+    assert summary.examples == sum(reached.values()) * 50
     assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
 
 
@@ -119,11 +120,11 @@ def test_a_halving_phase_s_paused_runs_show_in_status_and_go_when_it_completes(t
     summary = Driver(load_spec(spec), url, echo=lambda line: None).run(Budget(max_trials=9))  # the first level
     folder = runs_folder(url) / "tiny.grid"
     kept = sum(path.stat().st_size for path in folder.iterdir())
-    assert kept > 0 and summary["paused_runs"] == {"bytes": kept, "folder": str(runs_folder(url))}
-    assert summary["phases"][0]["paused_runs"] == kept
+    assert kept > 0 and summary.paused_runs == PausedRuns(bytes=kept, folder=str(runs_folder(url)))
+    assert summary.phases[0]["paused_runs"] == kept
     (folder / "ladder-99").write_bytes(b"left by a crash")
     summary = Driver(load_spec(spec), url, echo=lambda line: None).run()
-    assert summary["complete"] and not list(folder.glob("*")) and "paused_runs" not in summary
+    assert summary.complete and not list(folder.glob("*")) and summary.paused_runs is None
 
 
 def test_a_ladder_its_pruner_stopped_keeps_no_run(tmp_path, monkeypatch):
@@ -144,13 +145,13 @@ def test_a_ladder_its_pruner_stopped_keeps_no_run(tmp_path, monkeypatch):
     digits = {"dataset": "digits", "num_train": 200, "num_val": 60, "num_test": 60}  # values that differ
     _, _, summary, trials = run_study(tmp_path, pruner={"type": "median", "n_startup_trials": 0}, data=digits)
     assert any(t.user_attrs.get("failure", "").startswith("pruned at epoch") for t in trials)  # the pruner did
-    assert summary["complete"] and saved_after_pruning == []
+    assert summary.complete and saved_after_pruning == []
 
 
 def test_a_phase_with_levels_ranks_at_them_and_trains_the_rungs_between_along(tmp_path):
     schedule = {"type": "halving", "reduction_factor": 3, "levels": [3, 12]}  # 3 joins the grid; 6 runs along
     spec, url, summary, trials = run_study(tmp_path, phase={**HALVING_PHASE, "schedule": schedule})
-    assert summary["complete"]
+    assert summary.complete
     assert_exactly_once(trials, len(RATES) * 4)
     complete = {n: sorted(t.params["learning_rate"] for t in trials
                           if t.params["num_iters"] == n and t.state.name == "COMPLETE") for n in (3, 6, 12, 20)}
@@ -169,7 +170,7 @@ def test_a_phase_with_levels_ranks_at_them_and_trains_the_rungs_between_along(tm
         if trial.state.name == "COMPLETE":
             assert trial.value == train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"]).val_acc
     reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
-    assert summary["examples"] == sum(reached.values()) * 50  # each ladder trained once, to where it stopped
+    assert summary.examples == sum(reached.values()) * 50  # each ladder trained once, to where it stopped
     for change, message in [({"levels": [12, 3]}, r"levels must be budget values > 0 in ascending order\. Got \[12, 3"),
                             ({"levels": []}, r"levels must be budget values > 0 in ascending order\. Got \[\]"),
                             ({"levels": [True, 12]}, r"schedule\.levels\[0\]"),
@@ -194,14 +195,14 @@ def test_a_run_that_cannot_be_kept_between_levels_trains_again_to_the_same_numbe
     url = f"sqlite:///{tmp_path / 'study.db'}"
     summary = Driver(load_spec(spec), url, echo=said.append).run()
     trials = optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
-    assert summary["complete"] and len(trials) == len(RATES) * 4
+    assert summary.complete and len(trials) == len(RATES) * 4
     loaded = load_spec(spec)
     data = load_data(loaded)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     for trial in complete:
         assert trial.value == train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"]).val_acc
     # each promoted rung trained its run again from the start
-    assert summary["examples"] == sum(t.params["num_iters"] for t in complete) * 50
+    assert summary.examples == sum(t.params["num_iters"] for t in complete) * 50
     if failure == "save":
         assert sum("is not kept for its next level" in line and "No space left" in line for line in said) == 1
     else:
@@ -213,7 +214,7 @@ def test_a_run_that_cannot_be_kept_between_levels_trains_again_to_the_same_numbe
 def uninterrupted(tmp_path_factory) -> dict:
     """The ends of the halving phase's points in a run where every saved run was taken up as it was saved."""
     _, _, summary, trials = run_study(tmp_path_factory.mktemp("uninterrupted"))
-    assert summary["complete"]
+    assert summary.complete
     return ends(trials)
 
 
@@ -264,7 +265,7 @@ def test_a_saved_run_that_is_not_as_it_was_saved_trains_from_its_start_to_the_sa
     monkeypatch.setattr(PausedRun, "save", save_then_damage)
     said = []
     _, url, summary, trials = run_study(tmp_path, echo=said.append)
-    assert summary["complete"]
+    assert summary.complete
     assert_exactly_once(trials, len(RATES) * 4)
     assert len(trials) == len(RATES) * 4  # no rung failed
     assert ends(trials) == uninterrupted
@@ -273,14 +274,14 @@ def test_a_saved_run_that_is_not_as_it_was_saved_trains_from_its_start_to_the_sa
     assert all(line.endswith("; it trains from the start") for line in refused), refused
     # each promoted rung trained its run again from the start
     complete = [n for (_, n), (state, _) in ends(trials).items() if state == "COMPLETE"]
-    assert summary["examples"] == sum(complete) * 50
+    assert summary.examples == sum(complete) * 50
     assert not list(runs_folder(url).glob("*/*"))
 
 
 def test_levels_can_be_ranked_by_another_metric_with_its_own_direction(tmp_path):
     schedule = {**HALVING_PHASE["schedule"], "rank_by": "val_loss"}
     _, _, summary, trials = run_study(tmp_path, phase={**HALVING_PHASE, "schedule": schedule})
-    assert summary["complete"]
+    assert summary.complete
     first = sorted((t for t in trials if t.params["num_iters"] == 3), key=lambda t: t.user_attrs["metrics"]["val_loss"])
     promoted = sorted(t.params["learning_rate"] for t in trials
                       if t.params["num_iters"] == 6 and t.state.name == "COMPLETE")
@@ -310,7 +311,7 @@ def test_the_replay_benchmark_stops_what_the_halving_phase_it_replays_stops(tmp_
     stopped = sorted(json.dumps(t.params, sort_keys=True) for t in trials if t.state.name == "PRUNED")
     replayed = replay(export, [4, 12], 3, rank_by)
     assert stopped and replayed["stopped"] == stopped
-    assert replayed["best"] == summary["best"]["value"]
+    assert replayed["best"] == summary.best["value"]
 
 
 def test_a_halving_schedule_needs_a_budget_and_a_first_rung_below_the_grid(tmp_path):
@@ -342,7 +343,7 @@ def test_a_first_rung_above_a_derived_grid_is_refused_before_the_phase_is_stored
     with pytest.raises(SpecError, match=r"schedule.first_rung \(20\) must be below every num_iters of the grid"):
         run_study(tmp_path, phase=None, phases=[random, late])
     _, _, summary, trials = run_study(tmp_path, phase=None, phases=[random, halving])
-    assert summary["complete"] and trials
+    assert summary.complete and trials
 
 
 def test_a_derived_grid_without_the_budget_cannot_be_halved(tmp_path):

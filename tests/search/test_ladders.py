@@ -43,9 +43,9 @@ def run_study(tmp_path, **changes):
 
 def test_every_rung_is_its_point_trained_alone_and_each_ladder_trains_once(tmp_path):
     spec, summary, trials = run_study(tmp_path)
-    assert summary["complete"]
+    assert summary.complete
     assert_exactly_once(trials, 6)
-    assert summary["examples"] == summary["phases"][0]["examples"] == 2 * 20 * 50  # each ladder trains once
+    assert summary.examples == summary.phases[0]["examples"] == 2 * 20 * 50  # each ladder trains once
     loaded = load_spec(spec)
     data = load_data(loaded)
     for trial in trials:
@@ -120,7 +120,7 @@ def test_a_grid_phase_seeded_per_point_keeps_its_seeds_and_says_so_once(tmp_path
 
     monkeypatch.setattr(trials_module, "start_training", flaky)
     messages = []
-    assert Driver(load_spec(spec), url, echo=messages.append).run()["complete"] and failed
+    assert Driver(load_spec(spec), url, echo=messages.append).run().complete and failed
     assert len([m for m in messages if "it keeps a seed per point" in m]) == 1, messages
     trials = optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
     assert len(trials) == 7  # the retry among them
@@ -133,7 +133,7 @@ def test_the_rungs_above_a_diverged_one_diverge_alike_without_training(tmp_path)
     spec, summary, trials = run_study(
         tmp_path, defaults={**TINY_STUDY["defaults"], "std": 1.0},
         phases=[{**BUDGET_PHASE, "grid": {"learning_rate": [10.0, 0.05], "num_iters": [4, 12, 20]}}])
-    assert summary["complete"]
+    assert summary.complete
     diverged = sorted((t for t in trials if t.params["learning_rate"] == 10.0), key=lambda t: t.params["num_iters"])
     assert [t.state for t in diverged] == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.PRUNED] * 2
     loaded = load_spec(spec)
@@ -162,7 +162,7 @@ def test_a_rung_whose_training_fails_sends_the_rungs_above_back_to_the_queue(tmp
     monkeypatch.setattr(numpy_twolayer.Training, "advance", failing_once)
     _, summary, trials = run_study(tmp_path, phases=[{**BUDGET_PHASE, "grid": {"learning_rate": [0.05],
                                                                               "num_iters": [6, 12, 20]}}])
-    assert summary["complete"]
+    assert summary.complete
     assert_exactly_once(trials, 3)
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.user_attrs["failure"] for t in failed] == ["RuntimeError: disk on fire", LADDER_STOPPED, LADDER_STOPPED]
@@ -259,4 +259,4 @@ def test_a_user_s_trainable_in_stages(tmp_path, backend, phase, values):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     summary = Driver(load_spec(spec), url, echo=lambda m: None).run()
     trials = optuna.load_study(study_name="tiny.grid", storage=url).get_trials()
-    assert summary["complete"] and sorted(t.value for t in trials) == values
+    assert summary.complete and sorted(t.value for t in trials) == values
