@@ -37,6 +37,9 @@ TINY_STUDY: dict[str, Any] = {
     "model": {"backend": "numpy"},
     # 20 iterations of 4 minibatches per epoch: 5 epochs, a few milliseconds a trial
     "defaults": {"hidden_size": 8, "learning_rate": 0.05, "num_iters": 20, "batch_size": 50, "std": 0.01},
+    # MLflow only where a test is about tracking (it passes tracking={"enabled": True}): importing it and migrating
+    # a fresh MLflow database costs a subprocess seconds
+    "tracking": {"enabled": False},
     "phases": [
         {"name": "random", "sampler": "random", "n_trials": 6,
          "space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},

@@ -64,7 +64,7 @@ def tracked_study(folder: Path) -> tuple[str, str, list[str]]:
     from hpsearch.cli.app import app
     from tests.conftest import write_spec
 
-    spec = write_spec(folder, "browsed")
+    spec = write_spec(folder, "browsed", tracking={"enabled": True})
     result = CliRunner().invoke(app, ["run", str(spec), "--storage", f"sqlite:///{folder / 'runs' / 'b.db'}"])
     assert result.exit_code == 0, result.output
     link = next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("  then http://"))

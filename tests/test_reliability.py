@@ -32,8 +32,9 @@ COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.tria
                                    optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
 
 
-def spec_file(tmp_path: Path, points: int = 6, **defaults) -> Path:
+def spec_file(tmp_path: Path, points: int = 6, tracking: dict | None = None, **defaults) -> Path:
     return write_spec(tmp_path, "rel", defaults={**TINY_STUDY["defaults"], **defaults},
+                      tracking=tracking or TINY_STUDY["tracking"],
                       heartbeat={"interval": 1, "grace_period": 3},
                       phases=[{"name": "grid", "sampler": "grid",
                                "grid": {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}}])
@@ -329,7 +330,6 @@ def test_hostile_input_is_one_line_exit_2_and_the_storage_untouched(tmp_path, mo
     """In-process, tracking off: what is checked is the study storage, the exit code and the one line."""
     monkeypatch.chdir(tmp_path)
     spec = spec_file(tmp_path)
-    spec.write_text(spec.read_text() + "tracking: {enabled: false}\n")
     storage = f"sqlite:///{tmp_path / 'rel.db'}"
     assert runner.invoke(app, ["run", str(spec), "--storage", storage]).exit_code == 0
     database = tmp_path / "rel.db"
@@ -366,7 +366,7 @@ def test_storage_password_never_appears(tmp_path, pg_database, monkeypatch, form
     head, database = pg_database.rsplit("/", 1)
     url = (head.replace("postgres@", "postgres:SECRET@") + f"/{database}" if form == "netloc"
            else f"{pg_database}?password=SECRET")
-    spec = spec_file(tmp_path)
+    spec = spec_file(tmp_path, tracking={"enabled": True})  # nor in what MLflow logs and syncs
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     outputs = []
     for args in (["run", str(spec), "--tracking-uri", tracking], ["status", str(spec), "--json"],

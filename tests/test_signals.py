@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
+from tests.conftest import TINY_STUDY, Gate, assert_exactly_once, gated_study, study_trials, write_spec
 
 RUNNING, COMPLETE, FAIL = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
                            optuna.trial.TrialState.FAIL)
@@ -67,41 +67,48 @@ def assert_resumed_exactly_once(storage: str, points: int) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_at_any_moment_ends_the_run_cleanly_and_resume_loses_nothing(tmp_path, sig):
-    """Signals sent at moments spread over a study's life once its points are queued: trials, bookkeeping, the end."""
+    """Signals sent at moments spread over a study's life once its points are queued: trials, bookkeeping, the wait
+    inside a trial. The last point waits at a gate until the resume, so the signal always lands before the study ends
+    and the run always stops with exit 130: one outcome, checked whole."""
     rng = random.Random(sig)
     for attempt in range(4):
         folder = tmp_path / f"a{attempt}"
         folder.mkdir()
-        spec = spec_file(folder, tracking=attempt % 2 == 1, num_iters=300)
+        spec = gated_study(folder, "sig", points=6, free=5, tracking=attempt % 2 == 1)
         storage = f"sqlite:///{folder / 'sig.db'}"
         args = ["run", str(spec), "--storage", storage, "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
-        proc = hpsearch(*args)
-        # the signal lands after 0..4 finished trials, at a random point of the next one's life
-        after = rng.randrange(5)
-        wait_until(lambda: (trials := trials_of(storage)) and sum(t.state == COMPLETE for t in trials) >= after,
-                   proc)
-        for _ in range(rng.randrange(20000)):  # a spin, not a sleep: a varying moment, not a timing assumption
-            pass
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode in (0, 130), err  # 0: the study had already finished
-        assert "Traceback" not in err and "Exception ignored" not in err and "KeyboardInterrupt" not in err, err
-        trials = trials_of(storage)
-        assert not [t for t in trials if t.state == RUNNING], "a trial was left RUNNING"
-        stopped = [t.number for t in trials if t.state == FAIL]
-        assert [t.user_attrs.get("failure") for t in trials if t.state == FAIL] == ["interrupted"] * len(stopped)
-        if proc.returncode == 130:  # one line, and what it says is what the storage holds
+        gate = Gate(folder)
+        try:
+            proc = hpsearch(*args, cwd=folder)
+            gate.watch(proc)
+            # the signal lands after 0..4 finished trials, at a random point of the next one's life
+            after = rng.randrange(5)
+            wait_until(lambda: (trials := trials_of(storage)) and sum(t.state == COMPLETE for t in trials) >= after,
+                       proc)
+            for _ in range(rng.randrange(20000)):  # a spin, not a sleep: a varying moment, not a timing assumption
+                pass
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 130, err
+            assert "Traceback" not in err and "Exception ignored" not in err and "KeyboardInterrupt" not in err, err
+            trials = trials_of(storage)
+            assert not [t for t in trials if t.state == RUNNING], "a trial was left RUNNING"
+            stopped = [t.number for t in trials if t.state == FAIL]
+            assert [t.user_attrs.get("failure") for t in trials if t.state == FAIL] == ["interrupted"] * len(stopped)
+            # one line, and what it says is what the storage holds
             assert err.count("Interrupted") == 1, err
             said = re.findall(r"trial (\d+) of phase 'grid'", err[err.index("Interrupted"):])
             assert [int(n) for n in said] == stopped, err
             assert ("between trials; nothing was lost" in err) == (not stopped), err
-        else:
-            assert "Interrupted" not in err and not stopped, err
-        resumed = hpsearch(*args)
-        _, err = resumed.communicate(timeout=300)
-        assert resumed.returncode == 0, err
-        assert "heartbeat lost" not in err and "worker died" not in err
-        assert_resumed_exactly_once(storage, 6)
+            gate.open()
+            resumed = hpsearch(*args, cwd=folder)
+            gate.watch(resumed)
+            _, err = resumed.communicate(timeout=300)
+            assert resumed.returncode == 0, err
+            assert "heartbeat lost" not in err and "worker died" not in err
+            assert_resumed_exactly_once(storage, 6)
+        finally:
+            gate.close()
 
 
 def _children(pid: int) -> list[int]:

@@ -27,6 +27,7 @@ def spec_file(tmp_path: Path, phase: dict | None = None, **defaults) -> Path:
     # same-host deaths are seen at once (the pid is gone); a long grace period keeps a loaded machine's late
     # heartbeats from failing live trials
     return write_spec(tmp_path, "scaled", defaults={**TINY_STUDY["defaults"], "num_iters": 40, **defaults},
+                      tracking={"enabled": True},  # workers logging one study to MLflow, each trial once
                       heartbeat={"interval": 1, "grace_period": 30},
                       phases=[{"name": "grid", "sampler": "grid", "grid": GRID, **(phase or {})}])
 

@@ -240,6 +240,7 @@ def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
     monkeypatch.setattr(plan, "measure_probe", lambda spec, data: stub)
     monkeypatch.setattr(plan, "_cost", lambda spec, config, data: 1.0)  # every trial trains 0.4 s
     monkeypatch.setattr(plan, "since_process_start", lambda: 10.0)  # the command's start-up (here: pytest's)
+    write_spec(study.parent, "clistudy", tracking={"enabled": True})  # the total says what it leaves out
     result = runner.invoke(app, ["plan", str(study)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [

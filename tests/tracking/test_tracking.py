@@ -14,13 +14,15 @@ from typer.testing import CliRunner
 from hpsearch.cli.app import app
 from tests.conftest import TINY_STUDY, write_spec
 
+TRACKED = {"enabled": True}  # the tiny study's default is off
+
 runner = CliRunner()
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return write_spec(tmp_path, "tracked", defaults={**TINY_STUDY["defaults"], "num_iters": 40})
+    return write_spec(tmp_path, "tracked", defaults={**TINY_STUDY["defaults"], "num_iters": 40}, tracking=TRACKED)
 
 
 def runs_by_kind(uri: str, experiment: str = "tracked") -> dict[str, list]:
@@ -277,7 +279,7 @@ def test_a_trial_run_a_mending_worker_created_is_not_logged_again_by_the_trial_s
     from hpsearch.spec.build import load_spec
     from hpsearch.tracking.logger import MlflowLogger
 
-    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]]))
+    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]], tracking=TRACKED))
     driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
     driver.run()
     rows = driver.trials()
@@ -325,7 +327,7 @@ def test_a_trial_run_lasts_as_its_trial_did_however_late_the_tracking_process_lo
     from hpsearch.spec.build import load_spec
     from hpsearch.tracking.logger import MlflowLogger
 
-    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]]))
+    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]], tracking=TRACKED))
     driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = MlflowLogger(spec, uri)
@@ -353,7 +355,7 @@ def test_an_mlflow_store_a_killed_tracking_process_left_half_made_is_made_again(
     with sqlite3.connect(database) as half:  # some of MLflow's tables, no schema version, no run
         half.execute("CREATE TABLE secrets (secret_id VARCHAR(36) PRIMARY KEY)")
         half.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY)")
-    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]]))
+    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]], tracking=TRACKED))
     driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
     logger = MlflowLogger(spec, f"sqlite:///{database}")
     logger.on_study_start(spec, driver.phases.shared())
@@ -371,7 +373,7 @@ def test_a_trial_s_run_has_the_same_tags_logged_live_or_rebuilt_by_sync(tmp_path
     from hpsearch.tracking.logger import MlflowLogger
 
     tpe = {"name": "tpe", "sampler": "tpe", "n_trials": 2, "space": TINY_STUDY["phases"][0]["space"]}
-    spec = load_spec(write_spec(tmp_path, "tagged", phases=[tpe]))
+    spec = load_spec(write_spec(tmp_path, "tagged", phases=[tpe], tracking=TRACKED))
     with Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None) as driver:
         driver.run()
         rows = driver.trials()
