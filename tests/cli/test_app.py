@@ -743,11 +743,13 @@ def test_a_write_that_fails_leaves_the_file_it_would_replace_whole(finished_stud
 @pytest.mark.parametrize("scores, split", [({"test_acc": 0.9}, "test"), ({}, "val")])
 def test_the_summary_suggests_predicting_a_split_the_data_has(capsys, scores, split):
     from hpsearch.cli.output import print_summary
+    from hpsearch.engine.summary import StudySummary, TrackingRef
 
     best = {"phase": "grid", "trial": 3, "metric": "val_acc", "value": 0.95, "config": {}, "seed": 1,
             "test_metric": "test_acc", **scores}
-    print_summary({"study": "s", "storage": "sqlite:///s.db", "phases": [], "best": best, "complete": True,
-                   "spec": "s.yaml", "tracking": {"experiment": "s", "uri": "sqlite:///m.db", "model": "m.npz"}})
+    print_summary(StudySummary(study="s", storage="sqlite:///s.db", phases=[], best=best, complete=True,
+                               spec="s.yaml", tracking=TrackingRef(experiment="s", uri="sqlite:///m.db",
+                                                                   model="m.npz")))
     predict = [line for line in capsys.readouterr().out.splitlines() if "hpsearch predict" in line]
     assert predict == [f"  hpsearch predict s.yaml --model m.npz --split {split}"]
 
