@@ -124,7 +124,8 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
         tracking_uri: str | None = None, phase: str | None = None, timeout: float | None = None,
         max_trials: int | None = None, time_box: float | str | None = None, force_new_phase: bool = False,
         overrides: list[str] | None = None, allow_import: bool | None = None, base_dir: str | Path | None = None,
-        echo: Callable[[str], None] | None = None, interruption: Any = None) -> StudyResult:
+        echo: Callable[[str], None] | None = None, interruption: Any = None,
+        progress_lines: bool = True) -> StudyResult:
     """Run the study's phases in order (``hpsearch run``); call it again to resume.
 
     timeout: no trial starts after this many seconds. time_box (seconds, or '55m', '1h'; default the spec's
@@ -133,8 +134,9 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
 
     base_dir: for a spec given as a mapping, where its relative paths and modules are (default: relative paths from
     the working directory, modules from installed packages only). echo: where progress lines go (default stderr).
-    Ctrl-C raises KeyboardInterrupt after the running trial is marked failed (it is retried on the next run). Bad
-    input raises :class:`hpsearch.errors.UserError`.
+    progress_lines: a line per trial and a resumed phase's header on ``echo``; False where another process shows the
+    study's progress (the parent of ``run --workers``). Ctrl-C raises KeyboardInterrupt after the running trial is
+    marked failed (it is retried on the next run). Bad input raises :class:`hpsearch.errors.UserError`.
     """
     import time
 
@@ -150,6 +152,7 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     arguments.optional_text(phase, "phase", "a phase's name")
     arguments.flag(tracking, "tracking")
     arguments.flag(force_new_phase, "force_new_phase")
+    arguments.flag(progress_lines, "progress_lines")
     arguments.optional_function(echo, "echo")
     study = load(spec, overrides=overrides, allow_import=allow_import, base_dir=base_dir)
     _, data = check_run(study, phase, lambda: load_data(study))  # a run refused here creates no storage
@@ -157,7 +160,8 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     interruption = interruption or Interruption()
     with interruption.installed() if own else contextlib.nullcontext(), \
             driver(study, storage=storage, tracking=tracking, tracking_uri=tracking_uri, echo=echo,
-                   force_new_phase=force_new_phase, interruption=interruption, data=data) as work:
+                   force_new_phase=force_new_phase, interruption=interruption, data=data,
+                   progress_lines=progress_lines) as work:
         started = time.perf_counter()
         summary = work.run(Budget(timeout=timeout, max_trials=max_trials,
                                   time_box=study.time_box if box is None else box), only_phase=phase)

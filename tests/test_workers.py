@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,3 +125,12 @@ def test_run_with_local_workers_on_sqlite(tmp_path, monkeypatch):
     trials = _trials(storage)
     assert_exactly_once(trials, 24)
     assert len(trials) == 24
+    # one view of the progress, the parent's, read from the storage: no worker's own counter, no line going back,
+    # the last line what the summary says; a fresh study is not "resuming"
+    lines = done.stderr.splitlines()
+    assert not [line for line in lines if re.search(r"\] \d+/\d+ trial \d+ ", line) or "resuming" in line], lines
+    shown = [line for line in lines if line.startswith("[grid] ") and re.match(r"\[grid\] \d+/24: ", line)]
+    counts = [int(line.split()[1].split("/")[0]) for line in shown]
+    assert counts == sorted(counts), shown
+    summary = json.loads(done.stdout)["phases"][0]
+    assert shown[-1].startswith(f"[grid] 24/24: {summary['complete']} complete, ") and ", 0 running" in shown[-1]

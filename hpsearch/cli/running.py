@@ -179,7 +179,8 @@ def _work(request: _Work) -> None:
                              phase=request.phase, timeout=request.timeout, time_box=request.time_box,
                              max_trials=request.max_trials,
                              force_new_phase=request.force_new_phase, overrides=request.overrides,
-                             allow_import=request.allow_import or None, echo=echo_err, interruption=interruption)
+                             allow_import=request.allow_import or None, echo=echo_err, interruption=interruption,
+                             progress_lines=report_to is None)  # a worker of `run --workers`: its parent shows them
     except UserError as exc:
         raise fail(str(exc)) from None
     except (KeyboardInterrupt, Interrupted):
@@ -203,6 +204,7 @@ def _run_local_workers(request: _Work, workers: int) -> None:
 
     from hpsearch.api import tracking_database
     from hpsearch.cli.localworkers import run_workers
+    from hpsearch.cli.progress import PROGRESS_SECONDS, StudyProgress
     from hpsearch.engine.driver import Driver, check_run
     from hpsearch.engine.interrupt import Interruption
     from hpsearch.engine.training import load_data
@@ -245,10 +247,18 @@ def _run_local_workers(request: _Work, workers: int) -> None:
             command += [flag, str(value)]
     env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
+    # one view of the study's progress, read from its storage, instead of a counter per worker
+    progress = StudyProgress(study, url, echo_err, terminal=sys.stderr.isatty())
     try:
-        codes, interrupted, stopped = run_workers(command, env, workers)
+        progress.start()
+        codes, interrupted, stopped = run_workers(command, env, workers, on_wait=progress.update,
+                                                  wait_seconds=PROGRESS_SECONDS)
+        if not (interrupted or stopped):
+            progress.update()  # the counts the workers ended with: what the summary below shows
     except UserError as exc:
         raise fail(str(exc)) from None
+    finally:
+        progress.close()
     if interrupted or stopped:  # a signal to this process, or to a worker whose trial it stopped
         others = [code for code in codes if code not in (0, 130)]
         line = interrupted_message(stopped, workers=sum(code == 130 for code in codes))

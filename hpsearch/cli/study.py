@@ -47,8 +47,8 @@ def show_status(spec: Path, storage: str | None, set_: list[str] | None, allow_i
         summary = driver.status(only_phase)
         uri = resolve_tracking_uri(driver.spec, driver.url, tracking_uri)
         register_secret_url(uri)
-        summary.tracking = (TrackingRef(uri=mask_url(uri), experiment=driver.spec.tracking.experiment or driver.spec.name)
-                            if uri else None)
+        experiment = driver.spec.tracking.experiment or driver.spec.name
+        summary.tracking = TrackingRef(uri=mask_url(uri), experiment=experiment) if uri else None
     except UserError as exc:
         raise fail(str(exc)) from None
     if json_:

@@ -111,7 +111,8 @@ class Driver:
 
     def __init__(self, spec: StudySpec, storage_url: str, *, listener: StudyListener | None = None,
                  echo: Callable[[str], None] = print, force_new_phase: bool = False,
-                 interruption: Interruption | None = None, data: Dataset | None = None) -> None:
+                 interruption: Interruption | None = None, data: Dataset | None = None,
+                 progress_lines: bool = True) -> None:
         self.spec = spec
         self.url = storage_url
         self.listener = listener or StudyListener()
@@ -139,7 +140,8 @@ class Driver:
         self._views: dict[str, PhaseView] = {}
         self.heartbeat = Heartbeat(self.store, spec.heartbeat.interval)
         self.runner = TrialRunner(spec, self.store, lambda: self.data, listener=self.listener, echo=echo,
-                                  interruption=self.interruption, heartbeat=self.heartbeat, views=self._views)
+                                  interruption=self.interruption, heartbeat=self.heartbeat, views=self._views,
+                                  progress_lines=progress_lines)
         self.phase_runner = PhaseRunner(spec, storage_url, self.store, self.phases, self.runner,
                                         listener=self.listener, echo=echo, interruption=self.interruption)
 
@@ -272,7 +274,8 @@ class Driver:
             budget.expect(view.longest)
             self._views[phase.name] = view
             progress = view.status()
-            if progress["done"] and progress["state"] != "complete":  # a resumed phase says where it stands
+            # a resumed phase says where it stands (unless another process shows the study's progress)
+            if progress["done"] and progress["state"] != "complete" and self.runner.progress_lines:
                 total = progress["total"] if progress["total"] is not None else phase.n_trials
                 self.echo(f"[{phase.name}] resuming: {progress['done']} of {total} done"
                           + (f", {progress['running']} running in other processes" if progress["running"] else ""))

@@ -60,6 +60,8 @@ class TrialRunner:
     interruption: Interruption
     heartbeat: Heartbeat
     views: dict[str, PhaseView]  # every phase's view, for the study's best so far
+    # a line per trial on echo; False where another process shows the study's progress (run --workers's parent)
+    progress_lines: bool = True
 
     def describe(self, row: Row) -> TrialInfo:
         """A stored trial as the hooks see it (one read of the trial)."""
@@ -217,6 +219,8 @@ class TrialRunner:
         return True
 
     def _report_trial(self, phase: PhaseSpec, view: PhaseView, row: Row, status: dict[str, Any]) -> None:
+        if not self.progress_lines:
+            return
         if row.state == "COMPLETE":
             score = f"{self.spec.objective.metric} {row.value:.4f}"
         else:

@@ -55,7 +55,8 @@ def test_a_failing_mlflow_is_reported_once_in_one_line_pauses_tracking_and_never
     assert base._safe("logging metrics", lambda: base._client.log_batch("run1")) is None
     assert base._safe("logging metrics", lambda: base._client.log_batch("run1")) is None
     (line,) = base.lines
-    assert line.startswith("tracking: MLflow at sqlite:///") and "failed while logging metrics (refused by http://user:" in line
+    assert line.startswith("tracking: MLflow at sqlite:///")
+    assert "failed while logging metrics (refused by http://user:" in line
     assert "SECRET" not in line and line.endswith("fills MLflow in afterwards")
     calls = []
     base._safe("logging metrics", lambda: calls.append(1))  # within the pause: not even tried
