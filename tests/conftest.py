@@ -77,6 +77,7 @@ from hpsearch.backends import TrainResult
 
 HERE = Path(__file__).parent
 FREE = {free}
+EPOCHS = {epochs}  # the work of a free call: epochs of arithmetic, each told to on_epoch as training's are
 
 
 def _wait_at_the_gate():
@@ -92,6 +93,10 @@ def _wait_at_the_gate():
 
 def train(config, data, *, seed, on_epoch=None):
     _wait_at_the_gate()
+    for epoch in range(EPOCHS):
+        sum(i * i for i in range(100_000))
+        if on_epoch is not None:
+            on_epoch(epoch, {{"val_acc": config["learning_rate"] * (epoch + 1) / EPOCHS}})
     return {{"val_acc": config["learning_rate"]}}
 
 
@@ -127,7 +132,7 @@ def ladder(config, data, *, seed, on_epoch=None):
 
 def gated_study(tmp_path: Path, name: str, points: int = 6, *, free: int = 0, grace_period: int = 30,
                 grid: dict[str, list] | None = None, tracking: bool = False, budget: str | None = None,
-                schedule: dict | None = None) -> Path:
+                schedule: dict | None = None, epochs: int = 0) -> Path:
     """Write a grid study whose trials after the first ``free`` wait until the test creates ``tmp_path / "open"``.
 
     A process stays inside such a trial however busy the machine, so a test polling the storage for it cannot miss
@@ -135,9 +140,10 @@ def gated_study(tmp_path: Path, name: str, points: int = 6, *, free: int = 0, gr
     rate. Tracking is off unless ``tracking``. The ``gate`` fixture opens it, also when the test fails.
     ``budget="num_iters"``: the phase's ladders train in stages, and every stage (not trial) counts as a call; a
     stage taken up from a saved run trains (and counts examples) only from where it was saved. ``schedule``: the
-    phase's halving.
+    phase's halving. ``epochs``: each call of the plain trainable first works through that many epochs of
+    arithmetic (a few milliseconds each), told to ``on_epoch``, so that a trial spends its time as training does.
     """
-    (tmp_path / "gate.py").write_text(GATE.format(free=free))
+    (tmp_path / "gate.py").write_text(GATE.format(free=free, epochs=epochs))
     grid = grid or {"learning_rate": [round(0.01 * (k + 1), 2) for k in range(points)]}
     phase = {"name": "grid", "sampler": "grid", "grid": grid, **({"budget": budget} if budget else {}),
              **({"schedule": schedule} if schedule else {})}

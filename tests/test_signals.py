@@ -3,6 +3,7 @@ process killed mid-study. Every wait is on a storage state or a process's exit, 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -67,14 +68,15 @@ def assert_resumed_exactly_once(storage: str, points: int) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_at_any_moment_ends_the_run_cleanly_and_resume_loses_nothing(tmp_path, sig):
-    """Signals sent at moments spread over a study's life once its points are queued: trials, bookkeeping, the wait
-    inside a trial. The last point waits at a gate until the resume, so the signal always lands before the study ends
-    and the run always stops with exit 130: one outcome, checked whole."""
+    """Signals sent at moments spread over a study's life once its points are queued: inside a trial's epochs, in
+    the bookkeeping of its epochs and its end, between trials, in the wait inside a trial. The last point waits at a
+    gate until the resume, so the signal always lands before the study ends and the run always stops with exit 130:
+    one outcome, checked whole. A signal at the study's end: the next test."""
     rng = random.Random(sig)
     for attempt in range(4):
         folder = tmp_path / f"a{attempt}"
         folder.mkdir()
-        spec = gated_study(folder, "sig", points=6, free=5, tracking=attempt % 2 == 1)
+        spec = gated_study(folder, "sig", points=6, free=5, tracking=attempt % 2 == 1, epochs=5)
         storage = f"sqlite:///{folder / 'sig.db'}"
         args = ["run", str(spec), "--storage", storage, "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
         gate = Gate(folder)
@@ -109,6 +111,34 @@ def test_a_signal_at_any_moment_ends_the_run_cleanly_and_resume_loses_nothing(tm
             assert_resumed_exactly_once(storage, 6)
         finally:
             gate.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_study_ends_keeps_every_trial_and_the_next_run_scores_the_winner(tmp_path, sig, gate):
+    """The study's end: every trial finished, the winner being retrained for its result (the trainable's seventh
+    call, which waits at the gate until the signal has landed). Nothing is lost and no trial runs again."""
+    spec = gated_study(tmp_path, "sig", points=6, free=6, tracking=True)
+    storage = f"sqlite:///{tmp_path / 'sig.db'}"
+    args = ["run", str(spec), "--storage", storage, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    proc = hpsearch(*args, cwd=tmp_path)
+    gate.watch(proc)
+    calls = tmp_path / "calls"
+    wait_until(lambda: calls.exists() and calls.stat().st_size == 7, proc)  # the winner's retraining has begun
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and err.count("Interrupted") == 1, err
+    assert "between trials; nothing was lost" in err, err
+    trials = trials_of(storage)
+    assert [t.state for t in trials] == [COMPLETE] * 6
+    gate.open()
+    resumed = hpsearch(*args, "--json", cwd=tmp_path)
+    gate.watch(resumed)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["complete"] and summary["best"]["value"] == 0.06 and trials_of(storage) == trials
+    assert calls.stat().st_size == 8  # the resume trained the winner once, and nothing else
 
 
 def _children(pid: int) -> list[int]:

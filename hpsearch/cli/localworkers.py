@@ -10,7 +10,6 @@ import os
 import signal
 import stat
 import subprocess
-from typing import Callable
 
 from hpsearch.errors import UserError
 
@@ -48,11 +47,9 @@ def check_workers(workers: int, allow_many: bool) -> None:
                     f"process may use); --allow-many-workers lifts the bound to {MAX_WORKERS}. Got {workers} instead.")
 
 
-def run_workers(command: list[str], env: dict[str, str], workers: int, on_wait: Callable[[], None] | None = None,
-                wait_seconds: float = 1.0) -> tuple[list[int], bool, list[str]]:
+def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[list[int], bool, list[str]]:
     """Run ``workers`` copies of ``command``; returns the exit codes of those started, whether a signal stopped them,
-    and the trials the signal stopped while they trained. ``on_wait``: called every ``wait_seconds`` while they run
-    (the parent's view of the study's progress).
+    and the trials the signal stopped while they trained.
 
     The workers start one at a time. A SIGINT or SIGTERM to this process stops the starting at once and goes to
     every worker started (each ends its trial as interrupted and exits), the one starting as it came included; this
@@ -98,12 +95,6 @@ def run_workers(command: list[str], env: dict[str, str], workers: int, on_wait: 
                             f"another ({exc.strerror or exc}); ask for fewer.") from None
         finally:
             os.close(write_end)  # the workers hold it now: the pipe ends when the last of them exits
-        while on_wait is not None and any(process.poll() is None for process in processes):
-            on_wait()
-            try:
-                next(process for process in processes if process.poll() is None).wait(timeout=wait_seconds)
-            except (subprocess.TimeoutExpired, StopIteration):
-                pass
         codes = [process.wait() for process in processes]
     finally:
         for sig, old in previous.items():

@@ -2,44 +2,58 @@
 of ``run --workers N``. Every number is read from the storage, whichever worker finished which trial, so the counts
 never run backwards and the last line agrees with the summary that follows it. On a terminal one live bar per phase;
 in a log (a pipe, CI) a plain line whenever a phase's counts change.
+
+The reads run in a thread of their own (:meth:`StudyProgress.watching`): a storage that is slow to answer (a SQLite
+file another process holds, an unreachable database) never delays the parent's forwarding of a signal.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from hpsearch.engine.phaseview import resuming_line, shown_total
 from hpsearch.formatting import format_duration
 
 if TYPE_CHECKING:
-    from hpsearch.spec.models import StudySpec
+    from hpsearch.spec.models import PhaseSpec, StudySpec
 
 __all__ = ["PROGRESS_SECONDS", "StudyProgress", "progress_line"]
 
 PROGRESS_SECONDS = 1.0  # how often the watching process reads the study's counts
+JOIN_SECONDS = 5.0  # how long the end waits for a read in flight; a read stuck longer is left to its daemon thread
 
 
-def progress_line(status: dict[str, Any], eta: float | None) -> str:
-    """``[grid] 26/54: 20 complete, 3 pruned, 1 failed, 2 running, best 0.9733, ETA 12 s`` (counts that are 0 left
-    out, but complete and running)."""
-    total = status["total"] if status["total"] is not None else "?"
+def progress_line(phase: PhaseSpec, status: dict[str, Any], eta: float | None) -> str:
+    """``[grid] 26/54: 20 complete, 3 pruned, 1 failed, 2 running, best 0.9733, ETA 12 s`` (pruned and failed only
+    where there are some)."""
+    total = shown_total(phase, status)
     counts = [f"{status['complete']} complete"]
     counts += [f"{status[kind]} {kind}" for kind in ("pruned", "failed") if status[kind]]
     counts.append(f"{status['running']} running")
     best = f", best {status['best_value']:.4f}" if status["best_value"] is not None else ""
     when = f", ETA {format_duration(eta)}" if eta is not None and status["state"] != "complete" else ""
-    return f"[{status['phase']}] {status['done']}/{total}: {', '.join(counts)}{best}{when}"
+    return f"[{phase.name}] {status['done']}/{total if total is not None else '?'}: {', '.join(counts)}{best}{when}"
 
 
 class StudyProgress:
-    """Reads the study's phases every :data:`PROGRESS_SECONDS` (the first time whole, then the trials changed since)
-    and shows what changed. A read that fails (the workers are still creating the storage, a busy SQLite file) is
-    skipped: the view never stops the work it watches."""
+    """Reads the study's phases (the first time whole, then the trials changed since) and shows what changed. A read
+    that fails (the workers are still creating the storage, a busy SQLite file) is skipped, and a view that cannot
+    be shown (a closed pipe) stops showing: it never stops the work it watches. ``only_phase``: the one phase a
+    ``run --phase`` runs.
 
-    def __init__(self, spec: StudySpec, url: str, say: Callable[[str], None], *, terminal: bool = False) -> None:
-        self.spec, self.url, self.say = spec, url, say
+    On SQLite it opens nothing before a worker has made the file; on PostgreSQL its first look creates Optuna's
+    tables in the (existing) database, as the first worker would."""
+
+    def __init__(self, spec: StudySpec, url: str, say: Callable[[str], None], *, only_phase: str | None = None,
+                 terminal: bool = False) -> None:
+        self.spec, self.url, self.say, self.only_phase = spec, url, say, only_phase
         self._driver: Any = None
         self._snapshot: Any = None
         self._shown: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+        self._broken = False
         self._bars: Any = None
         self._tasks: dict[str, Any] = {}
         if terminal:
@@ -48,44 +62,71 @@ class StudyProgress:
 
             self._bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[counts]}"), console=Console(stderr=True))
-            self._bars.start()
 
     def start(self) -> None:
         """The first look, before any worker starts: a phase an earlier run left unfinished says where it stands
         (``[grid] resuming: 9 of 54 done``); nothing else is shown until it changes."""
-        for _, status in self._read():
-            self._shown[status["phase"]] = self._key(status)
-            if status["done"] and status["state"] != "complete":
-                total = status["total"] if status["total"] is not None else "?"
-                self.say(f"[{status['phase']}] resuming: {status['done']} of {total} done")
+        with self._lock:
+            for view, status in self._read():
+                self._shown[view.phase.name] = self._key(status)
+                self._show(resuming_line(view.phase, status))
+        if self._bars is not None:
+            self._bars.start()
 
     def update(self) -> None:
-        statuses = self._read()
-        for view, status in statuses:
-            if self._bars is not None:
-                self._show_bar(view, status)
-                continue
-            key = self._key(status)
-            if self._shown.get(status["phase"]) != key:
-                self._shown[status["phase"]] = key
-                self.say(progress_line(status, view.eta_seconds()))
+        with self._lock:
+            for view, status in self._read():
+                key = self._key(status)
+                if self._shown.get(view.phase.name) == key:
+                    continue
+                self._shown[view.phase.name] = key
+                if self._bars is None:
+                    self._show(progress_line(view.phase, status, view.eta_seconds()))
+                elif not self._broken:
+                    try:
+                        self._show_bar(view, status)
+                    except Exception:  # noqa: BLE001 - the terminal is gone: the workers go on, unwatched
+                        self._broken = True
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Update every :data:`PROGRESS_SECONDS` in a daemon thread while the block runs."""
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(PROGRESS_SECONDS):
+                self.update()
+
+        thread = threading.Thread(target=watch, name="hpsearch-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(JOIN_SECONDS)
+
+    def close(self) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+        if self._lock.acquire(timeout=JOIN_SECONDS):  # not while a stuck read holds the storage
+            try:
+                if self._driver is not None:
+                    self._driver.close()
+            finally:
+                self._lock.release()
 
     @staticmethod
     def _key(status: dict[str, Any]) -> tuple:
         return tuple(status[k] for k in ("state", "done", "complete", "pruned", "failed", "running", "best_value"))
 
-    def close(self) -> None:
-        if self._bars is not None:
-            self._bars.stop()
-        if self._driver is not None:
-            self._driver.close()
-
     def _read(self) -> list[tuple[Any, dict[str, Any]]]:
         """Each started phase's view and status, caught up; none when the storage cannot be read now, or is a SQLite
-        file no worker has created yet (the watcher creates nothing)."""
+        file no worker has made yet."""
         from hpsearch.engine.driver import Driver
         from hpsearch.storage.urls import sqlite_path
 
+        if self._broken:
+            return []
         try:
             if self._driver is None:
                 database = sqlite_path(self.url)
@@ -96,11 +137,20 @@ class StudyProgress:
             self._snapshot = results.snapshot() if self._snapshot is None else results.caught_up(self._snapshot)
         except Exception:  # noqa: BLE001 - whatever keeps the storage from being read now, the next look tries again
             return []
-        return [(view, view.status()) for view in self._snapshot.views if view.record is not None]
+        return [(view, view.status()) for view in self._snapshot.views
+                if view.record is not None and self.only_phase in (None, view.phase.name)]
+
+    def _show(self, line: str | None) -> None:
+        if line is None or self._broken:
+            return
+        try:
+            self.say(line)
+        except Exception:  # noqa: BLE001 - stderr closed (a pipe's reader gone): the workers go on, unwatched
+            self._broken = True
 
     def _show_bar(self, view: Any, status: dict[str, Any]) -> None:
-        counts = progress_line(status, view.eta_seconds()).split(": ", 1)[1]
-        name = status["phase"]
+        counts = progress_line(view.phase, status, view.eta_seconds()).split(": ", 1)[1]
+        name, total = view.phase.name, shown_total(view.phase, status)
         if name not in self._tasks:
-            self._tasks[name] = self._bars.add_task(f"[{name}]", total=status["total"], counts=counts)
-        self._bars.update(self._tasks[name], completed=status["done"], total=status["total"], counts=counts)
+            self._tasks[name] = self._bars.add_task(f"[{name}]", total=total, counts=counts)
+        self._bars.update(self._tasks[name], completed=status["done"], total=total, counts=counts)

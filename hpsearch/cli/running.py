@@ -204,7 +204,7 @@ def _run_local_workers(request: _Work, workers: int) -> None:
 
     from hpsearch.api import tracking_database
     from hpsearch.cli.localworkers import run_workers
-    from hpsearch.cli.progress import PROGRESS_SECONDS, StudyProgress
+    from hpsearch.cli.progress import StudyProgress
     from hpsearch.engine.driver import Driver, check_run
     from hpsearch.engine.interrupt import Interruption
     from hpsearch.engine.training import load_data
@@ -212,6 +212,7 @@ def _run_local_workers(request: _Work, workers: int) -> None:
     from hpsearch.storage.urls import chosen_storage_url, refuse_foreign_database, resolve_storage_url
 
     interruption = Interruption()
+    progress = None
     try:
         with interruption.installed(restore=True):  # Ctrl-C before the workers start: one line, nothing changed
             study = load_spec(request.spec, request.overrides, request.allow_import or None)
@@ -228,9 +229,15 @@ def _run_local_workers(request: _Work, workers: int) -> None:
                     driver.prepare()
             del data  # each worker loads its own
             interruption.check()
+            # one view of the study's progress, read from its storage, instead of a counter per worker
+            progress = StudyProgress(study, url, echo_err, only_phase=request.phase, terminal=sys.stderr.isatty())
+            progress.start()
+            interruption.check()
     except UserError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:  # Interrupted too
+        if progress is not None:
+            progress.close()
         typer.echo("Interrupted before any worker started; nothing was trained. Rerun the same command to resume.",
                    err=True)
         raise typer.Exit(code=130) from None
@@ -247,12 +254,9 @@ def _run_local_workers(request: _Work, workers: int) -> None:
             command += [flag, str(value)]
     env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    # one view of the study's progress, read from its storage, instead of a counter per worker
-    progress = StudyProgress(study, url, echo_err, terminal=sys.stderr.isatty())
     try:
-        progress.start()
-        codes, interrupted, stopped = run_workers(command, env, workers, on_wait=progress.update,
-                                                  wait_seconds=PROGRESS_SECONDS)
+        with progress.watching():
+            codes, interrupted, stopped = run_workers(command, env, workers)
         if not (interrupted or stopped):
             progress.update()  # the counts the workers ended with: what the summary below shows
     except UserError as exc:

@@ -49,6 +49,7 @@ def show_status(spec: Path, storage: str | None, set_: list[str] | None, allow_i
         register_secret_url(uri)
         experiment = driver.spec.tracking.experiment or driver.spec.name
         summary.tracking = TrackingRef(uri=mask_url(uri), experiment=experiment) if uri else None
+        summary.spec = str(spec)
     except UserError as exc:
         raise fail(str(exc)) from None
     if json_:

@@ -33,7 +33,7 @@ from hpsearch.engine.interrupt import Interrupted, Interruption
 from hpsearch.engine.listener import StudyListener, StudyReport
 from hpsearch.engine.phaserun import PhaseRunner
 from hpsearch.engine.phases import Phases
-from hpsearch.engine.phaseview import PhaseView
+from hpsearch.engine.phaseview import PhaseView, resuming_line
 from hpsearch.engine.pointqueue import Heartbeat
 from hpsearch.engine.results import Results, StudySnapshot
 from hpsearch.engine.summary import StudySummary, TimeBox
@@ -273,12 +273,9 @@ class Driver:
             view = self.results.current(snapshot.view(phase.name), self.phases.layout.read())
             budget.expect(view.longest)
             self._views[phase.name] = view
-            progress = view.status()
-            # a resumed phase says where it stands (unless another process shows the study's progress)
-            if progress["done"] and progress["state"] != "complete" and self.runner.progress_lines:
-                total = progress["total"] if progress["total"] is not None else phase.n_trials
-                self.echo(f"[{phase.name}] resuming: {progress['done']} of {total} done"
-                          + (f", {progress['running']} running in other processes" if progress["running"] else ""))
+            resuming = resuming_line(phase, view.status())  # a resumed phase says where it stands
+            if resuming and self.runner.progress_lines:  # (unless another process shows the study's progress)
+                self.echo(resuming)
             self.listener.on_phase_start(phase, {"study_name": study.study_name, "grid": record.get("grid")})
             done = self.phase_runner.run(phase, study, record, view, budget)
             view.refresh()

@@ -18,7 +18,7 @@ from hpsearch.spec.models import PhaseSpec
 from hpsearch.storage.records import FINISHED_STATES, INTERRUPTED, LADDER_STOPPED, counts_as_failure
 from hpsearch.storage.trialstore import Row, TrialStore
 
-__all__ = ["CATCH_UP_SLACK", "PhaseView", "phase_total"]
+__all__ = ["CATCH_UP_SLACK", "PhaseView", "phase_total", "resuming_line", "shown_total"]
 
 ETA_WINDOW = 10  # trials: the most an ETA's pace is measured over (a fifth of those ended, at least 3)
 NOT_PROMOTED = not_promoted(0).rsplit(" ", 1)[0]  # "not promoted at": the reason's words before the budget
@@ -217,6 +217,20 @@ def _trained(row: Row) -> bool:
     """Whether a finished trial trained (a rung halving did not promote, or one a failure below left, did not)."""
     return not row.failure or not (row.failure.startswith(NOT_PROMOTED) or row.failure in (LADDER_STOPPED,
                                                                                             INTERRUPTED))
+
+
+def shown_total(phase: PhaseSpec, status: dict[str, Any]) -> int | None:
+    """The phase's size as people read it: its points, or a TPE phase's ``n_trials`` (None: a derived grid not yet
+    derived)."""
+    return status["total"] if status["total"] is not None or phase.sampler != "tpe" else phase.n_trials
+
+
+def resuming_line(phase: PhaseSpec, status: dict[str, Any]) -> str | None:
+    """What a phase an earlier run left unfinished says as a run takes it up (None: nothing to say)."""
+    if not status["done"] or status["state"] == "complete":
+        return None
+    running = f", {status['running']} running in other processes" if status["running"] else ""
+    return f"[{phase.name}] resuming: {status['done']} of {shown_total(phase, status)} done{running}"
 
 
 def phase_total(phase: PhaseSpec, record: dict[str, Any] | None) -> int | None:

@@ -65,7 +65,7 @@ def two_cores(tmp_path, monkeypatch):
     monkeypatch.setattr(localworkers, "usable_cores", lambda: 2, raising=False)
     asked: list[int] = []
 
-    def run_workers(command, env, workers, **progress):
+    def run_workers(command, env, workers):
         asked.append(workers)
         return [0] * workers, False, []
 

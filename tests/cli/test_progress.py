@@ -1,16 +1,19 @@
 """The watching process's view of a study's progress (``hpsearch.cli.progress``), in-process on a real SQLite
-storage: what it says before the workers start, a line only when a phase's counts change, never a failure of its
-own. A driver's runs stand in for the workers."""
+storage: what it says before the workers start, a line only when a phase's counts change, only the phase a run
+works on, and never a failure of its own. A driver's runs stand in for the workers."""
 
 from __future__ import annotations
+
+import pytest
 
 from hpsearch.cli.progress import StudyProgress, progress_line
 from hpsearch.engine.budget import Budget
 from hpsearch.engine.driver import Driver
 from hpsearch.spec.build import load_spec
-from tests.conftest import write_spec
+from tests.conftest import TINY_STUDY, write_spec
 
-GRID = [{"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.02, 0.04, 0.06, 0.08]}}]
+GRID = {"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.02, 0.04, 0.06, 0.08]}}
+TPE = {"name": "tpe", "sampler": "tpe", "n_trials": 3, "space": TINY_STUDY["phases"][0]["space"]}
 
 
 def _status(**changes) -> dict:
@@ -18,19 +21,32 @@ def _status(**changes) -> dict:
             "running": 2, "best_value": 0.97331, **changes}
 
 
-def test_a_progress_line_says_every_count_that_is_not_zero_the_best_and_the_eta():
-    assert progress_line(_status(), 12.0) == \
-        "[grid] 26/54: 20 complete, 3 pruned, 1 failed, 2 running, best 0.9733, ETA 12 s"
-    assert progress_line(_status(pruned=0, failed=0, best_value=None, total=None), None) == \
-        "[grid] 26/?: 20 complete, 2 running"
-    assert progress_line(_status(state="complete", running=0), 3.0).endswith("0 running, best 0.9733")  # no ETA
-
-
-def test_the_view_says_where_a_resumed_study_stands_then_only_what_changes(tmp_path):
-    spec = load_spec(write_spec(tmp_path, phases=GRID))
+@pytest.fixture
+def study(tmp_path):
+    """(spec, storage URL) of a study with a grid and a TPE phase; run(max_trials) stands for the workers."""
+    spec = load_spec(write_spec(tmp_path, phases=[GRID, TPE]))
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    with Driver(spec, url, echo=lambda line: None) as worker:
-        worker.run(Budget(max_trials=1))
+
+    def run(max_trials: int | None = None) -> None:
+        with Driver(spec, url, echo=lambda line: None) as worker:
+            worker.run(Budget(max_trials=max_trials))
+
+    return spec, url, run
+
+
+def test_a_progress_line_says_every_count_that_is_not_zero_the_best_and_the_eta(study):
+    grid, tpe = study[0].phases
+    assert progress_line(grid, _status(), 12.0) == \
+        "[grid] 26/54: 20 complete, 3 pruned, 1 failed, 2 running, best 0.9733, ETA 12 s"
+    assert progress_line(grid, _status(pruned=0, failed=0, best_value=None, total=None), None) == \
+        "[grid] 26/?: 20 complete, 2 running"  # a derived grid not derived yet
+    assert progress_line(tpe, _status(phase="tpe", total=None, done=2), None).startswith("[tpe] 2/3: ")
+    assert progress_line(grid, _status(state="complete", running=0), 3.0).endswith("0 running, best 0.9733")
+
+
+def test_the_view_says_where_a_resumed_study_stands_then_only_what_changes(study):
+    spec, url, run = study
+    run(max_trials=1)
     said: list[str] = []
     progress = StudyProgress(spec, url, said.append)
     try:
@@ -38,19 +54,58 @@ def test_the_view_says_where_a_resumed_study_stands_then_only_what_changes(tmp_p
         assert said == ["[grid] resuming: 1 of 4 done"]
         progress.update()
         assert said == ["[grid] resuming: 1 of 4 done"]  # nothing changed: nothing said
-        with Driver(spec, url, echo=lambda line: None) as worker:
-            worker.run()
+        run(max_trials=5)  # the grid's last 3 points and 2 of the TPE phase's 3 trials
         progress.update()
-        assert len(said) == 2 and said[-1].startswith("[grid] 4/4: 4 complete, 0 running, best ")
+        assert said[1].startswith("[grid] 4/4: 4 complete, 0 running, best ")
+        assert said[2].startswith("[tpe] 2/3: 2 complete, 0 running, best ") and len(said) == 3
     finally:
         progress.close()
 
 
-def test_a_storage_that_cannot_be_read_yet_shows_nothing_and_raises_nothing(tmp_path):
-    spec = load_spec(write_spec(tmp_path, phases=GRID))
+def test_a_run_of_one_phase_shows_that_phase_only(study):
+    spec, url, run = study
+    run(max_trials=1)
     said: list[str] = []
-    progress = StudyProgress(spec, f"sqlite:///{tmp_path / 'missing' / 'study.db'}", said.append)
+    progress = StudyProgress(spec, url, said.append, only_phase="tpe")
     progress.start()
+    run()
     progress.update()
     progress.close()
-    assert said == []
+    assert [line.split()[0] for line in said] == ["[tpe]"]
+
+
+def test_a_storage_not_made_yet_or_a_closed_output_shows_nothing_and_raises_nothing(study, tmp_path):
+    spec, url, run = study
+    said: list[str] = []
+    missing = StudyProgress(spec, f"sqlite:///{tmp_path / 'missing' / 'study.db'}", said.append)
+    missing.start()
+    missing.update()
+    missing.close()
+    assert said == [] and not (tmp_path / "missing").exists()  # the watcher made nothing
+
+    def closed(line: str) -> None:
+        said.append(line)
+        raise BrokenPipeError("the reader is gone")
+
+    run(max_trials=1)
+    progress = StudyProgress(spec, url, closed)
+    progress.start()  # says it once, finds the output closed, and says nothing more
+    run()
+    progress.update()
+    progress.close()
+    assert said == ["[grid] resuming: 1 of 4 done"]
+
+
+def test_watching_reads_in_a_thread_of_its_own_until_the_block_ends(study, monkeypatch):
+    """The thread's cadence is a clock's; what is checked is only that it runs, stops, and leaves no thread behind."""
+    import threading
+
+    spec, url, run = study
+    progress = StudyProgress(spec, url, lambda line: None)
+    seen = threading.Event()
+    monkeypatch.setattr("hpsearch.cli.progress.PROGRESS_SECONDS", 0.01)
+    monkeypatch.setattr(progress, "update", seen.set)
+    with progress.watching():
+        assert seen.wait(60)  # an event, not a sleep: the thread called update
+    progress.close()
+    assert not [t for t in threading.enumerate() if t.name == "hpsearch-progress"]

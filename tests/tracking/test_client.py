@@ -4,6 +4,8 @@ calls nest. No MLflow store is made: what is checked is the calls."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from hpsearch.spec.build import load_spec
@@ -50,18 +52,21 @@ def test_a_batch_is_sent_only_for_something_to_log(base, metrics, params, calls)
     assert len(base._client.batches) == calls
 
 
-def test_a_failing_mlflow_is_reported_once_in_one_line_pauses_tracking_and_never_raises(base, monkeypatch):
-    base._client = RecordingClient(fail=ConnectionError("refused by http://user:SECRET@mlflow:5000\nand more"))
-    assert base._safe("logging metrics", lambda: base._client.log_batch("run1")) is None
-    assert base._safe("logging metrics", lambda: base._client.log_batch("run1")) is None
+def test_a_failing_mlflow_is_reported_once_in_one_line_pauses_tracking_and_never_raises(base):
+    failing = RecordingClient(fail=ConnectionError("refused by http://user:SECRET@mlflow:5000\nand more"))
+    base._client = failing
+    assert base._safe("logging metrics", lambda: failing.log_batch("run1")) is None
     (line,) = base.lines
     assert line.startswith("tracking: MLflow at sqlite:///")
     assert "failed while logging metrics (refused by http://user:" in line
     assert "SECRET" not in line and line.endswith("fills MLflow in afterwards")
+    assert base._down_until > 0
+    base._down_until = math.inf  # within the pause, however long the test takes: not even tried
     calls = []
-    base._safe("logging metrics", lambda: calls.append(1))  # within the pause: not even tried
-    assert calls == []
-    monkeypatch.setattr(base, "_down_until", 0.0)  # the pause over: tried again, and working
+    assert base._safe("logging metrics", lambda: calls.append(1)) is None and calls == []
+    base._down_until = 0.0  # the pause over: tried again; failing again is not reported again
+    assert base._safe("logging metrics", lambda: failing.log_batch("run1")) is None and len(base.lines) == 1
+    base._down_until = 0.0
     assert base._safe("logging metrics", lambda: calls.append(1) or "done") == "done" and calls == [1]
 
 
