@@ -17,9 +17,11 @@ quickstart: install
 	$(BIN)/hpsearch run studies/quickstart.yaml
 
 # torch is pinned to 2.13.0 (the CPU build) by the extra: no CUDA download on a CPU machine.
+# The tests run in one process per core (pytest-xdist; each test has its own folders, databases and ports); a process
+# that runs out of tests takes some of another's (worksteal).
 test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[torch,test]'
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 # The signal, worker and crash-window tests 20 times in a row beside a CPU hog; stops at the first failure.
 # Run it before closing work that touches signals, workers or the driver (about 4 minutes a run on 2 cores).

@@ -49,6 +49,20 @@ TINY_STUDY: dict[str, Any] = {
 }
 
 
+# The modules whose tests run whole studies in subprocesses (a minute each on 2 busy cores) go first, so that the
+# parallel workers of `make test` start on them and share out the many short tests at the end, not the reverse.
+SLOW_FIRST = ("test_mlflow_ui.py", "test_workers.py", "test_signals.py", "test_reliability.py", "test_examples.py",
+              "tracking/test_tracking.py", "test_crash_windows.py", "search/test_halving.py", "search/test_ladders.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, name in enumerate(SLOW_FIRST) if path.endswith(f"tests/{name}")), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: each module's tests keep their order
+
+
 def write_spec(tmp_path: Path, name: str = "tiny", **changes: Any) -> Path:
     """Write :data:`TINY_STUDY` named ``name`` to ``tmp_path / f"{name}.yaml"`` and return the path.
 
@@ -245,14 +259,25 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder in the official layout: $HPSEARCH_CIFAR10 if set, else built from ../shared/data, else skip."""
+    """A folder in the official layout: $HPSEARCH_CIFAR10 if set, else built from ../shared/data, else skip.
+
+    Built once per test run: the parallel workers of ``make test`` (pytest-xdist) share one build, under a lock."""
+    import fcntl
+
     given = os.environ.get("HPSEARCH_CIFAR10")
     if given:
         return Path(given)
     if not CIFAR_BUILDER.exists():
         pytest.skip(f"CIFAR-10 archive not found next to {CIFAR_BUILDER.parent}")
-    out = tmp_path_factory.mktemp("cifar10")
-    subprocess.run([sys.executable, str(CIFAR_BUILDER), str(out)], check=True, capture_output=True)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    out = shared / "cifar10"
+    with open(shared / "cifar10.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "done").exists():
+            subprocess.run([sys.executable, str(CIFAR_BUILDER), str(out)], check=True, capture_output=True)
+            (out / "done").touch()
     return out / "cifar-10-batches-py"
 
 
