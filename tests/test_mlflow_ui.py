@@ -1,4 +1,5 @@
-"""MLflow's UI in a real headless browser: the summary's link opens the study's runs table, not the GenAI overview.
+"""MLflow's UI in a real headless browser: the summary's link opens the study's runs table, not the GenAI overview,
+and a study of more runs than the table's first page (100) still shows its study run there, its phase nested under it.
 
 Needs a subprocess for `mlflow ui` (the server users start) and Chromium, headless, to run the UI's JavaScript;
 skipped where Chromium is not installed (`apt-get install chromium` on Debian). `python tests/test_mlflow_ui.py OUT`
@@ -57,31 +58,37 @@ def rendered(url: str, screenshot: Path | None = None) -> str:
     return subprocess.run([*args, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=180).stdout
 
 
-def tracked_study(folder: Path) -> tuple[str, str, list[str]]:
-    """A small study run with tracking on: (MLflow store, the summary's runs-table link, some trial runs' names)."""
+def tracked_study(folder: Path) -> tuple[str, str]:
+    """A one-phase study of 101 trials run with tracking on, 103 runs in all: (MLflow store, the summary's link).
+
+    Newest first, the table's first page would hold 100 trial runs, and the UI, which fetches one level of missing
+    parents, the phase run cut off from its study's."""
     from typer.testing import CliRunner
 
     from hpsearch.cli.app import app
-    from tests.conftest import write_spec
+    from tests.conftest import TINY_STUDY, write_spec
 
-    spec = write_spec(folder, "browsed", tracking={"enabled": True})
+    spec = write_spec(folder, "browsed", tracking={"enabled": True},
+                      phases=[{**TINY_STUDY["phases"][0], "n_trials": 101}])
     result = CliRunner().invoke(app, ["run", str(spec), "--storage", f"sqlite:///{folder / 'runs' / 'b.db'}"])
     assert result.exit_code == 0, result.output
     link = next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("  then http://"))
-    return f"sqlite:///{folder / 'runs' / 'mlflow.db'}", link, ["browsed"]
+    return f"sqlite:///{folder / 'runs' / 'mlflow.db'}", link
 
 
 def check(folder: Path, screenshot: Path | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "runs").mkdir(exist_ok=True)
-    store, link, names = tracked_study(folder)
+    store, link = tracked_study(folder)
     port = free_port()
     server = serve(store, port)
     try:
         link = link.replace("127.0.0.1:5000", f"127.0.0.1:{port}")
         page = rendered(link, screenshot)
-        # the runs table (nested: the study run, its phases and trials beneath), not MLflow 3's GenAI overview
-        assert all(f">{name}<" in page for name in names), "the runs table does not list the study's run"
+        # the runs table, not MLflow 3's GenAI overview: the study's run on top, its phase and trials nested
+        # beneath (collapsed), not a phase run cut off from its study
+        assert ">browsed<" in page, "the runs table does not list the study's run"
+        assert ">browsed/random<" not in page, "the phase run is shown cut off from its study"
         assert "matching runs" in page
         # in the UI's model-training mode, whose sidebar goes on to Runs and Models, not to traces and prompts
         assert "Model registry" in page and "Prompts" not in page and "Evaluation runs" not in page

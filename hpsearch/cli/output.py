@@ -14,6 +14,11 @@ if TYPE_CHECKING:
 
 __all__ = ["print_summary", "trials_csv"]
 
+# MLflow 3's UI opens an experiment on its GenAI overview unless told the workflow. Oldest runs first: the UI shows 100
+# runs a page and fetches one level of missing parents, so newest first a long phase's run sits cut off from its study;
+# oldest first, every run's parents come before it on the same page or an earlier one.
+RUNS_TABLE = "workflowType=machine_learning&orderByKey=attributes.start_time&orderByAsc=true"
+
 
 def print_summary(summary: StudySummary) -> None:
     """The phases' table, the winner and where to look: a rich table on a terminal; elsewhere (logs, CI, pipes),
@@ -79,11 +84,10 @@ def print_summary(summary: StudySummary) -> None:
             spent = f" (the tracking process spent {format_duration(tracking.seconds)} in MLflow calls)"
         say(f"MLflow experiment {tracking.experiment!r}{spent}:")
         say(f"  mlflow ui --backend-store-uri {tracking.uri}")
-        if tracking.experiment_id:  # MLflow 3's UI opens an experiment on its GenAI overview unless told
+        if tracking.experiment_id:
             server = tracking.uri.rstrip("/") if tracking.uri.startswith(("http://", "https://")) \
                 else "http://127.0.0.1:5000"
-            say(f"  then {server}/#/experiments/{tracking.experiment_id}/runs?workflowType=machine_learning"
-                "  (the runs table)")
+            say(f"  then {server}/#/experiments/{tracking.experiment_id}/runs?{RUNS_TABLE}  (the runs table)")
         if tracking.model and summary.spec:  # the test split where the winner was scored (a dataset may have none)
             split = "test" if best and best.get(best.get("test_metric", "test_acc")) is not None else "val"
             say(f"  hpsearch predict {summary.spec} --model {tracking.model} --split {split}")

@@ -34,8 +34,10 @@ class Mending(MlflowBase):
         self._state = state
         self._reported = False
         client = self.client
+        # a run made here starts with its first trial, as it would have live: MLflow's UI, oldest first, then shows
+        # it before its phases and trials (see hpsearch.cli.output.RUNS_TABLE)
         study_run = state.get_or_create(self._key(self.spec.name), lambda: self._create_run(
-            self.spec.name, self._study_tags()))
+            self.spec.name, self._study_tags(), _first_start(trials)))
         self._study_run = study_run
         counts = self._reconcile(trials, phases)
         if report is not None:
@@ -66,7 +68,8 @@ class Mending(MlflowBase):
                     lambda name=name, info=info: self._create_run(f"{self.spec.name}/{name}", {
                         "hpsearch.kind": "phase", "hpsearch.study": self.spec.name, STUDY_ID: self._study_id,
                         "hpsearch.phase": name,
-                        "optuna.study": info["study_name"], "mlflow.parentRunId": self._study_run}))
+                        "optuna.study": info["study_name"], "mlflow.parentRunId": self._study_run},
+                        _first_start([row for row in trials if row["phase"] == name])))
         # this study's trial runs, whichever URL logged them: a study of the same name in another storage, logged to
         # the same experiment, has trial runs with the same keys and another study id (runs logged before the id was
         # tagged are matched by their key alone)
@@ -101,10 +104,8 @@ class Mending(MlflowBase):
                                    row["state"]), "hpsearch.synced": "true"}
         if row.get("failure"):
             tags["failure"] = mask_url(str(row["failure"]))[:5000]
-        start_ms = end_ms = None
-        if row.get("datetime_start"):  # the trial's own times, as its worker would have logged them
-            start_ms = int(datetime.datetime.fromisoformat(row["datetime_start"])
-                           .replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
+        start_ms = end_ms = _start_ms(row)  # the trial's own times, as its worker would have logged them
+        if start_ms is not None:
             end_ms = start_ms + int((row.get("duration_seconds") or 0) * 1000)
         run_id, created = self._trial_run(tags[TRIAL_KEY], f"{phase}-{row['number']}", tags, start_ms)
         if not created:
@@ -171,3 +172,16 @@ class Mending(MlflowBase):
                 self._safe("logging a phase result", lambda phase_run=phase_run, status=status:
                            self.client.log_batch(phase_run,
                                                  metrics=[Metric(final, status["best_value"], _now_ms(), 0)]))
+
+
+def _start_ms(row: dict[str, Any]) -> int | None:
+    """A stored trial's start in MLflow's milliseconds (Optuna keeps it as naive UTC); None before it started."""
+    if not row.get("datetime_start"):
+        return None
+    started = datetime.datetime.fromisoformat(row["datetime_start"]).replace(tzinfo=datetime.timezone.utc)
+    return int(started.timestamp() * 1000)
+
+
+def _first_start(rows: list[dict[str, Any]]) -> int | None:
+    """The earliest start among ``rows``; None when none has started (the run then starts now)."""
+    return min((ms for ms in map(_start_ms, rows) if ms is not None), default=None)

@@ -36,6 +36,17 @@ def runs_by_kind(uri: str, experiment: str = "tracked") -> dict[str, list]:
     return kinds
 
 
+def assert_parents_start_first(uri: str, experiment: str = "tracked") -> None:
+    """Every run starts no later than the runs nested under it: MLflow's UI, opened oldest first by the summary's link
+    (100 runs a page, one level of missing parents fetched), then shows each run under its study, on every page."""
+    client = MlflowClient(uri)
+    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                                         max_results=1000)}
+    late = [(r.info.run_name, runs[parent].info.run_name) for r in runs.values()
+            if (parent := r.data.tags.get("mlflow.parentRunId")) and runs[parent].info.start_time > r.info.start_time]
+    assert late == [], "(run, its parent that started after it)"
+
+
 def optuna_trials(tmp_path: Path) -> list:
     storage = f"sqlite:///{tmp_path / 'runs' / 'tracked.db'}"
     return [t for phase in ("random", "grid")
@@ -49,7 +60,9 @@ def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, 
     assert "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in result.stdout
     experiment = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_experiment_by_name("tracked")
     assert (f"  then http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType="
-            "machine_learning  (the runs table)" in result.stdout.splitlines())
+            "machine_learning&orderByKey=attributes.start_time&orderByAsc=true  (the runs table)"
+            in result.stdout.splitlines())
+    assert_parents_start_first(uri)
     kinds = runs_by_kind(uri)
     (study_run,) = kinds["study"]
     # a namesake in another storage, logged to the same experiment, is told apart by its storage
@@ -112,6 +125,8 @@ def test_unreachable_tracking_server_does_not_stop_the_study_and_sync_fills_mlfl
     complete = [r for r in kinds["trial"] if r.data.tags["state"] == "COMPLETE"]
     assert complete and all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 10 for r in complete)
     assert "best_config.yaml" in {a.path for a in client.list_artifacts(kinds["study"][0].info.run_id)}
+    # made after the trials, the study's and phases' runs start with their first trial, as they would have live
+    assert_parents_start_first(uri)
     # a second sync finds nothing missing
     again = runner.invoke(app, ["sync", str(study), "--tracking-uri", uri])
     assert "0 runs created" in again.stdout
