@@ -53,25 +53,35 @@ class StudyProgress:
         self._snapshot: Any = None
         self._shown: dict[str, tuple] = {}
         self._lock = threading.Lock()
-        self._broken = False
+        self._broken = self._closed = False
         self._bars: Any = None
         self._tasks: dict[str, Any] = {}
         if terminal:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            self._bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[counts]}"), console=Console(stderr=True))
+            # markup off: a phase's name in brackets is text, not a style
+            self._bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[counts]}", markup=False), console=Console(stderr=True))
 
-    def start(self) -> None:
+    def start(self, resuming: bool = True) -> None:
         """The first look, before any worker starts: a phase an earlier run left unfinished says where it stands
-        (``[grid] resuming: 9 of 54 done``); nothing else is shown until it changes."""
+        (``[grid] resuming: 9 of 54 done``) unless ``resuming`` is False; nothing else is shown until it changes."""
         with self._lock:
             for view, status in self._read():
                 self._shown[view.phase.name] = self._key(status)
-                self._show(resuming_line(view.phase, status))
+                if resuming:
+                    self._show(resuming_line(view.phase, status))
         if self._bars is not None:
             self._bars.start()
+
+    def echo(self, line: str) -> None:
+        """A line of this process's own, printed above the bars while they are live (written straight to the
+        terminal, it would land inside them)."""
+        if self._bars is not None and not self._closed:
+            self._bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.say(line)
 
     def update(self) -> None:
         with self._lock:
@@ -106,6 +116,10 @@ class StudyProgress:
             thread.join(JOIN_SECONDS)
 
     def close(self) -> None:
+        """Stop the bars and close the storage; again, nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self._bars is not None:
             self._bars.stop()
         if self._lock.acquire(timeout=JOIN_SECONDS):  # not while a stuck read holds the storage
@@ -152,5 +166,6 @@ class StudyProgress:
         counts = progress_line(view.phase, status, view.eta_seconds()).split(": ", 1)[1]
         name, total = view.phase.name, shown_total(view.phase, status)
         if name not in self._tasks:
-            self._tasks[name] = self._bars.add_task(f"[{name}]", total=total, counts=counts)
+            self._tasks[name] = self._bars.add_task(f"[{name}]", total=total, completed=status["done"],
+                                                    counts=counts)
         self._bars.update(self._tasks[name], completed=status["done"], total=total, counts=counts)

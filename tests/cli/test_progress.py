@@ -109,3 +109,37 @@ def test_watching_reads_in_a_thread_of_its_own_until_the_block_ends(study, monke
         assert seen.wait(60)  # an event, not a sleep: the thread called update
     progress.close()
     assert not [t for t in threading.enumerate() if t.name == "hpsearch-progress"]
+
+
+def test_a_single_run_on_a_terminal_shows_a_bar_per_phase_below_its_trial_lines(tmp_path):
+    """``hpsearch run`` in a subprocess whose stderr is a pseudo-terminal: whether output is a terminal is a property
+    of the process. Its trial lines scroll above one bar per phase, and the bars end at the counts of the summary."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path, "barred")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(spec), "--storage",
+                             f"sqlite:///{tmp_path / 'barred.db'}"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "COLUMNS": "150"})
+    os.close(follower)
+    shown = bytearray()
+    while True:  # until the process's end closes the terminal (EIO)
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    summary = proc.stdout.read().decode()
+    assert proc.wait() == 0, shown.decode(errors="replace")
+    lines = re.split(r"[\r\n]+", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace")))
+    assert any(line.startswith("[random] 1/6 trial ") for line in lines)  # the run's own trial lines
+    assert any(re.match(r"\[random\] +━+ +6/6 +6 complete", line) for line in lines), lines
+    assert any(re.match(r"\[grid\] +━+ +4/4 +4 complete", line) for line in lines), lines
+    assert re.search(r"grid +complete +4/4", summary)
