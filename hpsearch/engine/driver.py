@@ -269,10 +269,8 @@ class Driver:
         """Run ``phases`` in order; the name of the phase the budget ran out in, None when all ran to their end."""
         for phase in phases:
             self.interruption.check()
-            study, record = self.phases.open(phase)
-            view = self.results.current(snapshot.view(phase.name), self.phases.layout.read())
+            study, record, view = self.open_phase(phase, snapshot)
             budget.expect(view.longest)
-            self._views[phase.name] = view
             resuming = resuming_line(phase, view.status())  # a resumed phase says where it stands
             if resuming and self.runner.progress_lines:  # (unless another process shows the study's progress)
                 self.echo(resuming)
@@ -283,6 +281,14 @@ class Driver:
             if not done:
                 return phase.name
         return None
+
+    def open_phase(self, phase: PhaseSpec, snapshot: StudySnapshot) -> tuple[Any, dict[str, Any], PhaseView]:
+        """Open ``phase`` as a run does: its Optuna study, its record and its view of ``snapshot``, caught up; the
+        view is the one this run keeps up to date and ends with."""
+        study, record = self.phases.open(phase)
+        view = self.results.current(snapshot.view(phase.name), self.phases.layout.read())
+        self._views[phase.name] = view
+        return study, record, view
 
     # ---- the end -----------------------------------------------------------------------------------------------
 

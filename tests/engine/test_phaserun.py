@@ -44,10 +44,7 @@ class Process:
         self.driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", listener=listener, echo=self.lines.append)
         self.driver.phases.layout.check_context(self.driver.data.fingerprint)
         self.phase = spec.phases[0]
-        self.study, self.record = self.driver.phases.open(self.phase)
-        snapshot = self.driver.results.snapshot()
-        self.view = self.driver.results.current(snapshot.view(self.phase.name), self.driver.phases.layout.read())
-        self.driver._views[self.phase.name] = self.view
+        self.study, self.record, self.view = self.driver.open_phase(self.phase, self.driver.results.snapshot())
 
     def run(self, budget: Budget | None = None) -> bool:
         return self.driver.phase_runner.run(self.phase, self.study, self.record, self.view, budget or Budget())

@@ -62,10 +62,7 @@ class Opened:
                              echo=self.lines.append)
         self.phase = spec.phases[0]
         self.driver.phases.layout.check_context(self.driver.data.fingerprint)  # as a run starts
-        self.study, _ = self.driver.phases.open(self.phase)
-        snapshot = self.driver.results.snapshot()
-        self.view = self.driver.results.current(snapshot.view("grid"), self.driver.phases.layout.read())
-        self.driver._views["grid"] = self.view
+        self.study, _, self.view = self.driver.open_phase(self.phase, self.driver.results.snapshot())
 
     def trial(self, learning_rate: float) -> RunningTrial:
         """A RUNNING trial of this process, as the phase runner hands it over."""
