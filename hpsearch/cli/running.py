@@ -220,12 +220,12 @@ def _terminal_progress(request: _Work) -> StudyProgress | None:
     (the run reads it again and says why)."""
     import sys
 
+    if not sys.stderr.isatty():
+        return None
     from hpsearch.cli.progress import StudyProgress
     from hpsearch.spec.build import load_spec
     from hpsearch.storage.urls import chosen_storage_url
 
-    if not sys.stderr.isatty():
-        return None
     try:
         study = load_spec(request.spec, request.overrides, request.allow_import or None)
         url = chosen_storage_url(request.storage, study.storage, study.name)  # checked and made by the run

@@ -1,8 +1,14 @@
 """The watching process's view of a study's progress (``hpsearch.cli.progress``), in-process on a real SQLite
 storage: what it says before the workers start, a line only when a phase's counts change, only the phase a run
-works on, and never a failure of its own. A driver's runs stand in for the workers."""
+works on, and never a failure of its own. A driver's runs stand in for the workers. The terminal tests run
+``hpsearch run`` in a subprocess on a pseudo-terminal: a terminal is a property of the process's stderr."""
 
 from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -10,7 +16,7 @@ from hpsearch.cli.progress import StudyProgress, progress_line
 from hpsearch.engine.budget import Budget
 from hpsearch.engine.driver import Driver
 from hpsearch.spec.build import load_spec
-from tests.conftest import TINY_STUDY, write_spec
+from tests.conftest import TINY_STUDY, gated_study, write_spec
 
 GRID = {"name": "grid", "sampler": "grid", "grid": {"learning_rate": [0.02, 0.04, 0.06, 0.08]}}
 TPE = {"name": "tpe", "sampler": "tpe", "n_trials": 3, "space": TINY_STUDY["phases"][0]["space"]}
@@ -111,35 +117,78 @@ def test_watching_reads_in_a_thread_of_its_own_until_the_block_ends(study, monke
     assert not [t for t in threading.enumerate() if t.name == "hpsearch-progress"]
 
 
-def test_a_single_run_on_a_terminal_shows_a_bar_per_phase_below_its_trial_lines(tmp_path):
-    """``hpsearch run`` in a subprocess whose stderr is a pseudo-terminal: whether output is a terminal is a property
-    of the process. Its trial lines scroll above one bar per phase, and the bars end at the counts of the summary."""
-    import os
-    import pty
-    import re
-    import subprocess
-    import sys
+SHOWN_WITHIN = 300  # seconds: a failing test's guard, far beyond what a busy machine takes
+BAR = r" +[━╺╸]+ +"  # a bar between a phase's name and its counts
 
-    spec = write_spec(tmp_path, "barred")
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(spec), "--storage",
-                             f"sqlite:///{tmp_path / 'barred.db'}"], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "COLUMNS": "150"})
-    os.close(follower)
-    shown = bytearray()
-    while True:  # until the process's end closes the terminal (EIO)
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
-    summary = proc.stdout.read().decode()
-    assert proc.wait() == 0, shown.decode(errors="replace")
-    lines = re.split(r"[\r\n]+", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace")))
+
+class Terminal:
+    """``hpsearch run`` in a subprocess whose stderr is a pseudo-terminal (stdout a pipe): whether output is a terminal
+    is a property of the process. ``lines`` are what the terminal showed, escape sequences taken out."""
+
+    def __init__(self, folder, spec) -> None:
+        import os
+        import pty
+
+        self.leader, follower = pty.openpty()
+        self.shown = bytearray()
+        self.proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(spec), "--storage",
+                                      f"sqlite:///{folder / 'study.db'}"], cwd=folder, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "COLUMNS": "150"})
+        os.close(follower)
+
+    def read_until(self, pattern: str | None = None) -> bool:
+        """Read what the process shows until a line matches ``pattern`` (True) or it closes the terminal (False).
+        Fails after :data:`SHOWN_WITHIN` seconds: a pattern the view never shows must not leave the test waiting."""
+        import os
+        import select
+        import time
+
+        deadline = time.monotonic() + SHOWN_WITHIN
+        while pattern is None or not any(re.match(pattern, line) for line in self.lines()):
+            assert time.monotonic() < deadline, f"never shown: {pattern!r} in {self.lines()[-20:]}"
+            if not select.select([self.leader], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(self.leader, 65536)
+            except OSError:  # EIO: the process ended, and the terminal with it
+                return False
+            if not chunk:
+                return False
+            self.shown += chunk
+        return True
+
+    def lines(self) -> list[str]:
+        return re.split(r"[\r\n]+", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.shown.decode(errors="replace")))
+
+    def end(self) -> tuple[int, str]:
+        import os
+
+        self.read_until()
+        os.close(self.leader)
+        return self.proc.wait(), self.proc.stdout.read().decode()
+
+
+def test_a_single_run_on_a_terminal_shows_a_bar_per_phase_below_its_trial_lines(tmp_path):
+    """Its trial lines scroll above one bar per phase, and the bars end at the counts of the summary."""
+    shown = Terminal(tmp_path, write_spec(tmp_path, "barred"))
+    code, summary = shown.end()
+    lines = shown.lines()
+    assert code == 0, lines
     assert any(line.startswith("[random] 1/6 trial ") for line in lines)  # the run's own trial lines
-    assert any(re.match(r"\[random\] +━+ +6/6 +6 complete", line) for line in lines), lines
-    assert any(re.match(r"\[grid\] +━+ +4/4 +4 complete", line) for line in lines), lines
+    assert any(re.match(rf"\[random\]{BAR}6/6 +6 complete", line) for line in lines), lines
+    assert any(re.match(rf"\[grid\]{BAR}4/4 +4 complete", line) for line in lines), lines
     assert re.search(r"grid +complete +4/4", summary)
+
+
+def test_ctrl_c_on_a_terminal_ends_the_bars_and_then_says_what_it_stopped(tmp_path, gate):
+    """Ctrl-C while the bar shows a trial waiting (at the gate of a gated study): exit 130, the bars end, and the
+    one line that says what was interrupted comes after them, not inside."""
+    shown = Terminal(tmp_path, gated_study(tmp_path, "barred", points=4, free=2))
+    gate.watch(shown.proc)
+    assert shown.read_until(rf"\[grid\]{BAR}2/4 +2 complete, 1 running"), shown.lines()
+    shown.proc.send_signal(signal.SIGINT)
+    code, summary = shown.end()
+    lines = [line for line in shown.lines() if line.strip()]
+    assert code == 130 and summary == "", lines
+    assert lines[-1].startswith("Interrupted") and "trial 2" in lines[-1], lines
+    assert not any("Traceback" in line for line in lines)
