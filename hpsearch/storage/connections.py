@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -86,6 +87,7 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
 
 
 _engines: dict[tuple[int, str], object] = {}
+_engines_lock = threading.Lock()  # a process's threads (a run and its progress view) share one engine per storage
 
 
 def _engine_key(url: str) -> tuple[int, str]:
@@ -104,12 +106,14 @@ def engine_for(url: str):
     import sqlalchemy
 
     key = _engine_key(url)
-    engine = _engines.get(key)
-    if engine is None:
-        url = key[1]
-        connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
-        engine = sqlalchemy.create_engine(url, connect_args=connect_args, pool_pre_ping=not url.startswith("sqlite"))
-        _engines[key] = engine
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            url = key[1]
+            connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
+            engine = sqlalchemy.create_engine(url, connect_args=connect_args,
+                                              pool_pre_ping=not url.startswith("sqlite"))
+            _engines[key] = engine
     return engine
 
 
@@ -117,5 +121,8 @@ def dispose_engines(url: str | None = None) -> None:
     """Close this process's pooled connections to the storage at ``url`` (to every storage when None), so that a
     library user's process keeps none open after a study; a later :func:`engine_for` makes a new engine."""
     chosen = None if url is None else _engine_key(url)
-    for key in [key for key in _engines if key[0] == os.getpid() and (chosen is None or key == chosen)]:
-        _engines.pop(key).dispose()
+    with _engines_lock:
+        keys = [key for key in _engines if key[0] == os.getpid() and (chosen is None or key == chosen)]
+        engines = [_engines.pop(key) for key in keys]
+    for engine in engines:
+        engine.dispose()
