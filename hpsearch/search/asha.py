@@ -1,0 +1,96 @@
+"""Asynchronous successive halving (ASHA): the rule for phases that sample their configurations (random, TPE).
+
+Such a phase trains each configuration it samples to the lowest rung of a budget first. Rungs are ``min_budget``
+times ``reduction_factor`` to the k-th power while below ``max_budget``, then ``max_budget`` itself (:func:`rungs`).
+Whenever a process is free it asks :func:`next_step` what to do, from the values the rungs have stored so far (Li et
+al., "A System for Massively Parallel Hyperparameter Tuning", 2018): promote a configuration that is among the best
+1/reduction_factor of the configurations that ended its rung and that was not promoted yet, the highest rung first;
+else start a new configuration at the lowest rung. No process waits for a rung to fill, and a promoted configuration
+goes on from the run saved at its rung, so a configuration is one run, paused at each rung it reached.
+
+TPE under ASHA models the values of the highest rung with enough of them (BOHB's rule, :func:`model_rung`).
+:func:`work` prices a phase for estimates. Pure functions of their arguments: no storage, no Optuna; every process
+that looks at the same stored values decides alike.
+
+Not yet reachable from a spec: a phase's ``schedule`` still takes ``halving`` only, until the engine keeps a
+configuration's rungs as trials and its run between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Hashable, Mapping, Sequence
+
+__all__ = ["Promotion", "model_rung", "next_step", "rungs", "work"]
+
+
+def rungs(min_budget: int, max_budget: int, reduction_factor: int) -> tuple[int, ...]:
+    """The rungs' budgets in ascending order: ``rungs(100, 2700, 3)`` is (100, 300, 900, 2700), and
+    ``rungs(100, 3000, 3)`` is (100, 300, 900, 2700, 3000): the last rung trains to ``max_budget``.
+
+    Raises ValueError unless 0 < min_budget <= max_budget and reduction_factor >= 2, all whole numbers.
+    """
+    for name, value in (("min_budget", min_budget), ("max_budget", max_budget),
+                        ("reduction_factor", reduction_factor)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a whole number. Got {value!r} instead")
+    if min_budget <= 0 or max_budget < min_budget:
+        raise ValueError(f"the budgets must be 0 < min_budget <= max_budget. Got {min_budget} and {max_budget} "
+                         "instead")
+    if reduction_factor < 2:
+        raise ValueError(f"reduction_factor must be at least 2. Got {reduction_factor} instead")
+    found = []
+    budget = min_budget
+    while budget < max_budget:
+        found.append(budget)
+        budget *= reduction_factor
+    return (*found, max_budget)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Train ``config`` on from its saved run at rung ``rung - 1`` to rung ``rung``."""
+
+    config: Hashable
+    rung: int
+
+
+def next_step(values: Sequence[Mapping[Hashable, float | None]], promoted: Sequence[Collection[Hashable]], *,
+              reduction_factor: int, maximize: bool) -> Promotion | None:
+    """The promotion a free process makes now, or None: it starts a new configuration at the lowest rung.
+
+    values: per rung, every configuration whose trial at that rung has ended, with its value, or None for one that
+    ended without (pruned, diverged, failed for good). promoted: per rung, the configurations already sent on from it
+    (they have a trial at the rung above, in any state). Of a rung's n ended configurations, the best
+    floor(n / reduction_factor) with a value may go on (ties by the configurations' order); the first of them not yet
+    promoted goes, from the highest rung that has one. The top rung sends no one on.
+    """
+    for rung in reversed(range(len(values) - 1)):
+        ended = values[rung]
+        ranked = sorted((config for config, value in ended.items() if value is not None),
+                        key=lambda config: (-ended[config] if maximize else ended[config], config))
+        for config in ranked[:len(ended) // reduction_factor]:
+            if config not in promoted[rung]:
+                return Promotion(config, rung + 1)
+    return None
+
+
+def model_rung(ended: Sequence[int], n_params: int) -> int:
+    """The rung whose values TPE models when it proposes a configuration: the highest with at least ``n_params`` + 1
+    ended configurations (BOHB's rule), else the lowest. ``ended``: per rung, how many configurations ended it."""
+    return max((rung for rung, count in enumerate(ended) if count >= n_params + 1), default=0)
+
+
+def work(n_configs: int, budgets: Sequence[int], reduction_factor: int) -> tuple[float, float]:
+    """(training in budget units, rung trials) of a phase that starts ``n_configs`` configurations over ``budgets``
+    (:func:`rungs`), as synchronous halving would promote them: floor(n / reduction_factor) of each rung's n, each
+    going on from the rung below. ASHA's early promotions add a few: an estimate from below."""
+    expected = trials = 0.0
+    alive, below = n_configs, 0
+    for budget in budgets:
+        if alive == 0:
+            break
+        expected += alive * (budget - below)
+        trials += alive
+        alive, below = alive // reduction_factor, budget
+    return expected, trials
