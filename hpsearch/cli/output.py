@@ -16,7 +16,8 @@ __all__ = ["print_summary", "trials_csv"]
 
 # MLflow 3's UI opens an experiment on its GenAI overview unless told the workflow. Oldest runs first: the UI shows 100
 # runs a page and fetches one level of missing parents, so newest first a long phase's run sits cut off from its study;
-# oldest first, every run's parents come before it on the same page or an earlier one.
+# oldest first, a run's parents come before it (not where tracking began after some trials: their runs, made later by
+# the mending, keep their trials' earlier start times).
 RUNS_TABLE = "workflowType=machine_learning&orderByKey=attributes.start_time&orderByAsc=true"
 
 

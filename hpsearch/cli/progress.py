@@ -1,20 +1,24 @@
-"""A study's progress as its storage sees it, shown by the one process that watches while others train: the parent
-of ``run --workers N``. Every number is read from the storage, whichever worker finished which trial, so the counts
-never run backwards and the last line agrees with the summary that follows it. On a terminal one live bar per phase;
-in a log (a pipe, CI) a plain line whenever a phase's counts change.
+"""A study's progress as its storage sees it: shown by the parent of ``run --workers N`` while its workers train, and
+by ``run`` itself on a terminal, below its own trial lines. Every number is read from the storage, whichever worker
+finished which trial, so the counts never run backwards and the last line agrees with the summary that follows it.
+On a terminal one live bar per phase; in a log (a pipe, CI) a plain line whenever a phase's counts change.
 
 The reads run in a thread of their own (:meth:`StudyProgress.watching`): a storage that is slow to answer (a SQLite
-file another process holds, an unreachable database) never delays the parent's forwarding of a signal.
+file another process holds, an unreachable database) never delays a signal's handling. Nothing is read before a
+run has begun to write the study (hpsearch's table exists), so the view never creates a storage or a table that the
+run's own checks would have refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from hpsearch.engine.phaseview import resuming_line, shown_total
 from hpsearch.formatting import format_duration
+from hpsearch.storage.records import has_state_table
 
 if TYPE_CHECKING:
     from hpsearch.spec.models import PhaseSpec, StudySpec
@@ -23,6 +27,7 @@ __all__ = ["PROGRESS_SECONDS", "StudyProgress", "progress_line"]
 
 PROGRESS_SECONDS = 1.0  # how often the watching process reads the study's counts
 JOIN_SECONDS = 5.0  # how long the end waits for a read in flight; a read stuck longer is left to its daemon thread
+SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def progress_line(phase: PhaseSpec, status: dict[str, Any], eta: float | None) -> str:
@@ -39,12 +44,9 @@ def progress_line(phase: PhaseSpec, status: dict[str, Any], eta: float | None) -
 
 class StudyProgress:
     """Reads the study's phases (the first time whole, then the trials changed since) and shows what changed. A read
-    that fails (the workers are still creating the storage, a busy SQLite file) is skipped, and a view that cannot
+    that fails (a run has not begun to write the study yet, a busy SQLite file) is skipped, and a view that cannot
     be shown (a closed pipe) stops showing: it never stops the work it watches. ``only_phase``: the one phase a
-    ``run --phase`` runs.
-
-    On SQLite it opens nothing before a worker has made the file; on PostgreSQL its first look creates Optuna's
-    tables in the (existing) database, as the first worker would."""
+    ``run --phase`` runs."""
 
     def __init__(self, spec: StudySpec, url: str, say: Callable[[str], None], *, only_phase: str | None = None,
                  terminal: bool = False) -> None:
@@ -65,21 +67,23 @@ class StudyProgress:
                                   TextColumn("{task.fields[counts]}", markup=False), console=Console(stderr=True))
 
     def start(self, resuming: bool = True) -> None:
-        """The first look, before any worker starts: a phase an earlier run left unfinished says where it stands
-        (``[grid] resuming: 9 of 54 done``) unless ``resuming`` is False; nothing else is shown until it changes."""
-        with self._lock:
-            for view, status in self._read():
-                self._shown[view.phase.name] = self._key(status)
-                if resuming:
+        """``resuming``: the first look, before any worker starts, in which a phase an earlier run left unfinished
+        says where it stands (``[grid] resuming: 9 of 54 done``) and nothing else is shown until it changes. Without
+        it (the run says so itself), no look: the first update shows every phase."""
+        if resuming:
+            with self._lock:
+                for view, status in self._read():
+                    self._shown[view.phase.name] = self._key(status)
                     self._show(resuming_line(view.phase, status))
         if self._bars is not None:
-            self._bars.start()
+            with _signals_blocked():  # rich's refresh thread, made now, inherits the mask
+                self._bars.start()
 
     def echo(self, line: str) -> None:
         """A line of this process's own, printed above the bars while they are live (written straight to the
         terminal, it would land inside them)."""
         if self._bars is not None and not self._closed:
-            self._bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._bars.console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
         else:
             self.say(line)
 
@@ -104,6 +108,9 @@ class StudyProgress:
         stop = threading.Event()
 
         def watch() -> None:
+            # Ctrl-C and SIGTERM are the main thread's: a signal this thread took would reach the main thread's
+            # handler only once the scheduler ran this one (late, on a loaded machine)
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
             while not stop.wait(PROGRESS_SECONDS):
                 self.update()
 
@@ -137,14 +144,12 @@ class StudyProgress:
         """Each started phase's view and status, caught up; none when the storage cannot be read now, or is a SQLite
         file no worker has made yet."""
         from hpsearch.engine.driver import Driver
-        from hpsearch.storage.urls import sqlite_path
 
         if self._broken:
             return []
         try:
             if self._driver is None:
-                database = sqlite_path(self.url)
-                if database is not None and not database.exists():
+                if not has_state_table(self.url):
                     return []
                 self._driver = Driver(self.spec, self.url, echo=lambda line: None)
             results = self._driver.results
@@ -169,3 +174,13 @@ class StudyProgress:
             self._tasks[name] = self._bars.add_task(f"[{name}]", total=total, completed=status["done"],
                                                     counts=counts)
         self._bars.update(self._tasks[name], completed=status["done"], total=total, counts=counts)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back in this thread while the block runs (a signal meanwhile waits, then arrives)."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

@@ -21,6 +21,7 @@ from hpsearch.formatting import format_duration
 
 if TYPE_CHECKING:
     from hpsearch.cli.progress import StudyProgress
+    from hpsearch.spec.models import StudySpec
 
 OWN_PROCESS = False  # True when this process is the `hpsearch` command, not a caller of its functions (see app.main)
 
@@ -176,36 +177,31 @@ def _work(request: _Work) -> None:
     from hpsearch.engine.interrupt import Interrupted, Interruption
 
     interruption = Interruption()
-    progress = None
     try:
         with interruption.installed(restore=not OWN_PROCESS):
             report_to = unblock_signals()  # a worker of `run --workers`: signals now reach the handler
-            progress = _terminal_progress(request) if report_to is None else None
-            with progress.watching() if progress else contextlib.nullcontext():
-                result = api.run(request.spec, storage=request.storage, tracking_uri=request.tracking_uri,
-                                 phase=request.phase, timeout=request.timeout, time_box=request.time_box,
-                                 max_trials=request.max_trials,
-                                 force_new_phase=request.force_new_phase, overrides=request.overrides,
-                                 allow_import=request.allow_import or None, interruption=interruption,
-                                 echo=progress.echo if progress else echo_err,
-                                 progress_lines=report_to is None)  # a worker of `run --workers`: its parent shows
-            if progress:
-                progress.update()  # the counts the run ended with: what the summary below shows
+            study = api.load(request.spec, overrides=request.overrides, allow_import=request.allow_import or None)
+            progress = _terminal_progress(study, request) if report_to is None else None
+            try:
+                with progress.watching() if progress else contextlib.nullcontext():
+                    result = api.run(study, storage=request.storage, tracking_uri=request.tracking_uri,
+                                     phase=request.phase, timeout=request.timeout, time_box=request.time_box,
+                                     max_trials=request.max_trials, force_new_phase=request.force_new_phase,
+                                     interruption=interruption, echo=progress.echo if progress else echo_err,
+                                     progress_lines=report_to is None)  # a worker's parent shows its progress
+                if progress:
+                    progress.update()  # the counts the run ended with: what the summary below shows
+            finally:
+                if progress:
+                    progress.close()  # the bars end before any line that says why the run stopped
     except UserError as exc:
-        if progress:
-            progress.close()
         raise fail(str(exc)) from None
     except (KeyboardInterrupt, Interrupted):
         for sig in (signal.SIGINT, signal.SIGTERM):  # winding down: a second Ctrl-C must not cut the exit short
             signal.signal(sig, signal.SIG_IGN)
-        if progress:
-            progress.close()  # the bars end before the line that says why
         if not report_stopped(report_to, interruption.stopped):  # a worker of `run --workers`: the parent says it
             typer.echo(interrupted_message(interruption.stopped), err=True)
         raise typer.Exit(code=130) from None
-    finally:
-        if progress:
-            progress.close()
     summary = result.summary
     summary.spec = str(request.spec)
     if request.json:
@@ -214,22 +210,20 @@ def _work(request: _Work) -> None:
     print_summary(summary)
 
 
-def _terminal_progress(request: _Work) -> StudyProgress | None:
+def _terminal_progress(study: StudySpec, request: _Work) -> StudyProgress | None:
     """On a terminal, the study's progress as ``run --workers`` shows it, a live bar per phase, here below the trial
-    lines of this process; it counts other workers' trials too. None elsewhere, and where the spec cannot be read
-    (the run reads it again and says why)."""
+    lines of this process; it counts other workers' trials too. None elsewhere, and where the storage URL is wrong
+    (the run says why)."""
     import sys
 
     if not sys.stderr.isatty():
         return None
     from hpsearch.cli.progress import StudyProgress
-    from hpsearch.spec.build import load_spec
     from hpsearch.storage.urls import chosen_storage_url
 
     try:
-        study = load_spec(request.spec, request.overrides, request.allow_import or None)
         url = chosen_storage_url(request.storage, study.storage, study.name)  # checked and made by the run
-    except Exception:  # noqa: BLE001 - whatever is wrong with the spec, the run says it in its one line
+    except UserError:
         return None
     progress = StudyProgress(study, url, echo_err, only_phase=request.phase, terminal=True)
     progress.start(resuming=False)  # the run says where a resumed phase stands

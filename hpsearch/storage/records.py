@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from typing import Any, Callable
 
 import sqlalchemy as sa
 
 from hpsearch.storage.connections import engine_for, storage_lock
+from hpsearch.storage.urls import sqlite_path
 
 __all__ = [
     "ATTEMPT", "EXAMPLES", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED", "LADDER_STOPPED",
     "NEVER_STARTED", "OWNER",
     "POINT", "REAPED", "SEED", "SharedState", "StateTable", "TRACEBACK", "WITHDRAWN", "WORKER_DIED", "decode_param",
-    "decode_params", "encode_param",
+    "decode_params", "encode_param", "has_state_table",
 ]
 
 POINT, ATTEMPT, SEED, FAILURE, OWNER = "point", "attempt", "seed", "failure", "hpsearch:owner"
@@ -67,6 +69,27 @@ _table = sa.Table(
     sa.Column("key", sa.String(512), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+
+def has_state_table(url: str) -> bool:
+    """Whether a run has begun to write its study to the storage at ``url`` (hpsearch's table exists), looked at
+    without creating anything there: a SQLite file opened read-only, a server's database on a connection of its own.
+    False where it cannot be read now."""
+    path = sqlite_path(url)
+    try:
+        if path is not None:
+            if not path.exists():
+                return False
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+                return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                    (_table.name,)).fetchone() is not None
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            return sa.inspect(engine).has_table(_table.name)
+        finally:
+            engine.dispose()
+    except Exception:  # noqa: BLE001 - not readable now (locked, unreachable): not begun, as far as anyone can tell
+        return False
 
 
 class StateTable:

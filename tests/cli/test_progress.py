@@ -125,15 +125,15 @@ class Terminal:
     """``hpsearch run`` in a subprocess whose stderr is a pseudo-terminal (stdout a pipe): whether output is a terminal
     is a property of the process. ``lines`` are what the terminal showed, escape sequences taken out."""
 
-    def __init__(self, folder, spec) -> None:
+    def __init__(self, folder, spec, storage: str) -> None:
         import os
         import pty
 
         self.leader, follower = pty.openpty()
         self.shown = bytearray()
-        self.proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(spec), "--storage",
-                                      f"sqlite:///{folder / 'study.db'}"], cwd=folder, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "COLUMNS": "150"})
+        self.proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(spec), "--storage", storage],
+                                     cwd=folder, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower,
+                                     env={**os.environ, "COLUMNS": "150"})
         os.close(follower)
 
     def read_until(self, pattern: str | None = None) -> bool:
@@ -161,16 +161,39 @@ class Terminal:
         return re.split(r"[\r\n]+", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.shown.decode(errors="replace")))
 
     def end(self) -> tuple[int, str]:
-        import os
-
         self.read_until()
-        os.close(self.leader)
         return self.proc.wait(), self.proc.stdout.read().decode()
 
+    def close(self) -> None:
+        import os
 
-def test_a_single_run_on_a_terminal_shows_a_bar_per_phase_below_its_trial_lines(tmp_path):
-    """Its trial lines scroll above one bar per phase, and the bars end at the counts of the summary."""
-    shown = Terminal(tmp_path, write_spec(tmp_path, "barred"))
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        os.close(self.leader)
+
+
+@pytest.fixture
+def terminal(tmp_path):
+    """``terminal(spec)``: a :class:`Terminal` run of ``spec`` on ``tmp_path / "study.db"`` (or ``storage``), killed
+    at the test's end if it still runs."""
+    made: list[Terminal] = []
+
+    def start(spec, storage: str | None = None) -> Terminal:
+        made.append(Terminal(tmp_path, spec, storage or f"sqlite:///{tmp_path / 'study.db'}"))
+        return made[-1]
+
+    yield start
+    for shown in made:
+        shown.close()
+
+
+def test_a_single_run_on_a_terminal_shows_a_bar_per_phase_below_its_trial_lines(tmp_path, terminal):
+    """Its trial lines scroll above one bar per phase, and the bars end at the counts of the summary; run again,
+    the complete study shows its finished phases' bars too."""
+    spec = write_spec(tmp_path, "barred")
+    shown = terminal(spec)
     code, summary = shown.end()
     lines = shown.lines()
     assert code == 0, lines
@@ -179,11 +202,35 @@ def test_a_single_run_on_a_terminal_shows_a_bar_per_phase_below_its_trial_lines(
     assert any(re.match(rf"\[grid\]{BAR}4/4 +4 complete", line) for line in lines), lines
     assert re.search(r"grid +complete +4/4", summary)
 
+    again = terminal(spec)
+    assert again.end()[0] == 0
+    lines = again.lines()
+    assert any("already complete" in line for line in lines), lines
+    assert any(re.match(rf"\[random\]{BAR}6/6 +6 complete", line) for line in lines), lines
+    assert any(re.match(rf"\[grid\]{BAR}4/4 +4 complete", line) for line in lines), lines
 
-def test_ctrl_c_on_a_terminal_ends_the_bars_and_then_says_what_it_stopped(tmp_path, gate):
+
+def test_a_run_refused_on_a_terminal_leaves_the_storage_as_it_found_it(tmp_path, terminal):
+    """The view reads nothing before the run has begun to write the study: a run refused for naming another
+    program's SQLite database (one line, exit 2) leaves it without a table of Optuna's or hpsearch's."""
+    import sqlite3
+
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE experiments (id INTEGER)")
+    shown = terminal(write_spec(tmp_path, "barred"), f"sqlite:///{foreign}")
+    code, summary = shown.end()
+    errors = [line for line in shown.lines() if line.strip()]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error:"), errors
+    with sqlite3.connect(foreign) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"experiments"}
+
+
+def test_ctrl_c_on_a_terminal_ends_the_bars_and_then_says_what_it_stopped(tmp_path, gate, terminal):
     """Ctrl-C while the bar shows a trial waiting (at the gate of a gated study): exit 130, the bars end, and the
     one line that says what was interrupted comes after them, not inside."""
-    shown = Terminal(tmp_path, gated_study(tmp_path, "barred", points=4, free=2))
+    shown = terminal(gated_study(tmp_path, "barred", points=4, free=2))
     gate.watch(shown.proc)
     assert shown.read_until(rf"\[grid\]{BAR}2/4 +2 complete, 1 running"), shown.lines()
     shown.proc.send_signal(signal.SIGINT)
