@@ -17,17 +17,18 @@ quickstart: install
 	$(BIN)/hpsearch run studies/quickstart.yaml
 
 # torch is pinned to 2.13.0 (the CPU build) by the extra: no CUDA download on a CPU machine.
-# The tests run in one process per core (pytest-xdist; each test has its own folders, databases and ports); a process
-# that runs out of tests takes some of another's (worksteal).
+# The tests run in one process per core (pytest-xdist; each test has its own folders, databases and ports), handed
+# out one at a time in the order tests/conftest.py gives them: the long subprocess tests first, the short ones last.
 test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[torch,test]'
-	$(BIN)/python -m pytest -n auto --dist worksteal
+	$(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1
 
 # The signal, worker and crash-window tests 20 times in a row beside a CPU hog; stops at the first failure.
 # Run it before closing work that touches signals, workers or the driver (about 4 minutes a run on 2 cores).
 STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_windows.py tests/test_generations.py \
 	tests/engine/test_pointqueue.py \
 	tests/cli/test_localworkers.py::test_a_signal_while_workers_start_starts_no_more_and_reaches_every_one_started \
+	tests/cli/test_progress.py::test_ctrl_c_on_a_terminal_ends_the_bars_and_then_says_what_it_stopped \
 	tests/test_reliability.py::test_signal_mid_trial_then_resume_loses_nothing \
 	tests/test_reliability.py::test_frozen_worker_s_point_is_taken_over_and_its_late_result_not_counted \
 	tests/test_reliability.py::test_concurrent_claims_never_hand_out_a_trial_twice \

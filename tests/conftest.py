@@ -49,8 +49,9 @@ TINY_STUDY: dict[str, Any] = {
 }
 
 
-# The modules whose tests run whole studies in subprocesses (a minute each on 2 busy cores) go first, so that the
-# parallel workers of `make test` start on them and share out the many short tests at the end, not the reverse.
+# The modules whose tests run whole studies in subprocesses (up to a minute each on 2 busy cores) go first: `make
+# test` hands tests out one at a time in this order, so its parallel processes start on the long ones and end on the
+# many short ones together, instead of one process left with a long test at the end.
 SLOW_FIRST = ("test_mlflow_ui.py", "test_workers.py", "test_signals.py", "test_reliability.py", "test_examples.py",
               "tracking/test_tracking.py", "test_crash_windows.py", "search/test_halving.py", "search/test_ladders.py")
 
