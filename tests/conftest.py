@@ -64,6 +64,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: each module's tests keep their order
 
 
+@pytest.fixture(autouse=True)
+def _forget_modules_made_here(tmp_path_factory: pytest.TempPathFactory):
+    """After each test, forget the modules it imported from the temporary folders (a user's model file, a guide's code).
+
+    Tests write modules of the same name (``my_model``) in their own folders; hpsearch refuses a module of that name
+    already imported from elsewhere, so one test's module left in ``sys.modules`` would fail the next test that the same
+    process runs.
+    """
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(base):
+            del sys.modules[name]
+
+
 def write_spec(tmp_path: Path, name: str = "tiny", **changes: Any) -> Path:
     """Write :data:`TINY_STUDY` named ``name`` to ``tmp_path / f"{name}.yaml"`` and return the path.
 

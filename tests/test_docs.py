@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import re
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,20 +219,14 @@ def test_every_whole_spec_loads(path, tmp_path):
         module = re.match(r"^# (\w+\.py)\b", first)
         if block.language == "python" and module:
             (tmp_path / module.group(1)).write_text(block.code)
-    try:
-        for block in found:
-            if block.language != "yaml" or block.fragment:
-                continue
-            first, _, rest = block.code.partition("\n")
-            shipped = re.match(r"^# (\S+/\S+)$", first)
-            if shipped and (CODE / shipped.group(1)).is_file():
-                assert rest in (CODE / shipped.group(1)).read_text(), (
-                    f"{doc_id(path)}:{block.line}: the block is not the text of {shipped.group(1)}")
-            spec = tmp_path / f"line{block.line}.yaml"
-            spec.write_text(block.code)
-            load_spec(spec)  # a SpecError names the block's line in its file name
-    finally:
-        # a module imported from here would stand in the way of a later test's own module of the same name
-        for name, module in list(sys.modules.items()):
-            if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
-                del sys.modules[name]
+    for block in found:
+        if block.language != "yaml" or block.fragment:
+            continue
+        first, _, rest = block.code.partition("\n")
+        shipped = re.match(r"^# (\S+/\S+)$", first)
+        if shipped and (CODE / shipped.group(1)).is_file():
+            assert rest in (CODE / shipped.group(1)).read_text(), (
+                f"{doc_id(path)}:{block.line}: the block is not the text of {shipped.group(1)}")
+        spec = tmp_path / f"line{block.line}.yaml"
+        spec.write_text(block.code)
+        load_spec(spec)  # a SpecError names the block's line in its file name
