@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from hpsearch.cli.app import app
 from hpsearch.spec.build import load_spec
-from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
+from tests.conftest import TINY_STUDY, Gate, assert_exactly_once, gated_study, study_trials, write_spec
 
 runner = CliRunner()
 COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -234,7 +234,7 @@ class Proxy:
                 pass
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = socket.create_server(("127.0.0.1", 0)).getsockname()[1]
@@ -257,33 +257,57 @@ def mlflow_server(tmp_path_factory):
     server.wait(timeout=30)
 
 
-@pytest.mark.parametrize("experiment", ["down-mid-study", "slow"])
-def test_tracking_server_down_or_slow_never_stops_the_study(tmp_path, mlflow_server, experiment):
-    spec = spec_file(tmp_path, points=8, num_iters=1500, hidden_size=64)
-    raw = yaml.safe_load(spec.read_text())
-    raw["tracking"] = {"experiment": f"rel-{experiment}"}
-    spec.write_text(yaml.safe_dump(raw))
-    storage = f"sqlite:///{tmp_path / 'rel.db'}"
-    proxy = Proxy(mlflow_server, delay=0.05 if experiment == "slow" else 0.0)
-    proc = hpsearch("run", str(spec), "--storage", storage, "--tracking-uri", f"http://127.0.0.1:{proxy.port}")
-    if experiment == "down-mid-study":
-        wait_for(lambda: completed(storage) >= 3)
-        proxy.down()
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert_exactly_once(trials_of(storage), 8)
-    notices = [line for line in err.splitlines() if line.startswith("tracking:")]
-    assert len(notices) == (1 if experiment == "down-mid-study" else 0), err
-    # sync, straight to the server, fills whatever is missing
+def test_tracking_server_down_or_slow_never_stops_the_study(tmp_path, mlflow_server):
+    """Two studies on one MLflow server (starting one takes most of this test): one's proxy goes down mid-study, the
+    other's answers every packet 50 ms late. The first's trials after the third wait at a gate until the proxy is
+    down, so that the study always has trials left to log to a server that is gone; the other's gate is open."""
+    experiments = ("down-mid-study", "slow")
+    folders = {experiment: tmp_path / experiment for experiment in experiments}
+    gates = {experiment: Gate(folder) for experiment, folder in folders.items()}
+    storages = {experiment: f"sqlite:///{folder / 'rel.db'}" for experiment, folder in folders.items()}
+    proxies = {"down-mid-study": Proxy(mlflow_server), "slow": Proxy(mlflow_server, delay=0.05)}
+    specs, procs = {}, {}
+    try:
+        for experiment, folder in folders.items():
+            folder.mkdir()
+            specs[experiment] = spec = gated_study(folder, "rel", points=8, free=3, grace_period=3, tracking=True,
+                                                   epochs=5)
+            if experiment == "slow":
+                gates[experiment].open()
+            raw = yaml.safe_load(spec.read_text())
+            raw["tracking"]["experiment"] = f"rel-{experiment}"
+            spec.write_text(yaml.safe_dump(raw))
+            procs[experiment] = hpsearch("run", str(spec), "--storage", storages[experiment], "--tracking-uri",
+                                         f"http://127.0.0.1:{proxies[experiment].port}")
+            gates[experiment].watch(procs[experiment])
+        wait_for(lambda: completed(storages["down-mid-study"]) >= 3)
+        proxies["down-mid-study"].down()
+        gates["down-mid-study"].open()
+        errors = {experiment: proc.communicate(timeout=300)[1] for experiment, proc in procs.items()}
+    finally:
+        for gate in gates.values():
+            gate.close()
+    for experiment, err in errors.items():
+        assert procs[experiment].returncode == 0, (experiment, err)
+        assert_exactly_once(trials_of(storages[experiment]), 8)
+        notices = [line for line in err.splitlines() if line.startswith("tracking:")]
+        assert len(notices) == (1 if experiment == "down-mid-study" else 0), (experiment, err)
+    # sync, straight to the server, fills whatever is missing (a process per study: each study's trainable is a
+    # module named gate, which one process imports once)
     uri = f"http://127.0.0.1:{mlflow_server}"
-    synced = runner.invoke(app, ["sync", str(spec), "--storage", storage, "--tracking-uri", uri])
-    assert synced.exit_code == 0, synced.output
+    syncs = {experiment: hpsearch("sync", str(specs[experiment]), "--storage", storages[experiment], "--tracking-uri",
+                                  uri) for experiment in experiments}
+    for experiment, sync in syncs.items():
+        _, err = sync.communicate(timeout=300)
+        assert sync.returncode == 0, (experiment, err)
     client = MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name(f"rel-{experiment}").experiment_id
-    runs = client.search_runs([experiment_id], filter_string="tags.`hpsearch.kind` = 'trial'", max_results=100)
-    keys = collections.Counter(r.data.tags["hpsearch.trial_key"] for r in runs)
-    assert sorted(keys) == sorted(f"rel.grid/{t.number}" for t in trials_of(storage)) and set(keys.values()) == {1}
-    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for experiment in experiments:
+        experiment_id = client.get_experiment_by_name(f"rel-{experiment}").experiment_id
+        runs = client.search_runs([experiment_id], filter_string="tags.`hpsearch.kind` = 'trial'", max_results=100)
+        keys = collections.Counter(r.data.tags["hpsearch.trial_key"] for r in runs)
+        assert sorted(keys) == sorted(f"rel.grid/{t.number}" for t in trials_of(storages[experiment])), experiment
+        assert set(keys.values()) == {1}, experiment
+        assert not [r for r in runs if r.info.status == "RUNNING"], experiment
 
 
 # 9: hostile inputs: one line, exit 2, storage untouched ----------------------------------------------------------------
