@@ -8,6 +8,11 @@ al., "A System for Massively Parallel Hyperparameter Tuning", 2018): promote a c
 else start a new configuration at the lowest rung. No process waits for a rung to fill, and a promoted configuration
 goes on from the run saved at its rung, so a configuration is one run, paused at each rung it reached.
 
+A phase whose configurations are drawn before it starts (random search) keeps each configuration's rungs as the
+points of one budget ladder (:mod:`hpsearch.search.ladders`); :func:`admit` then says, from the phase's stored trials
+alone, which rungs to queue now (promotions, highest rung first, then new configurations) and which rungs will never
+run, as :func:`hpsearch.search.ladders.halve` does for synchronous halving.
+
 TPE under ASHA models the values of the highest rung with enough of them (BOHB's rule, :func:`model_rung`).
 :func:`work` prices a phase for estimates. Pure functions of their arguments: no storage, no Optuna; every process
 that looks at the same stored values decides alike.
@@ -19,9 +24,13 @@ configuration's rungs as trials and its run between them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Hashable, Mapping, Sequence
+from typing import Collection, Hashable, Mapping, Sequence, TypeVar
 
-__all__ = ["Promotion", "model_rung", "next_step", "rungs", "work"]
+from hpsearch.search.ladders import Ladders
+
+__all__ = ["Admission", "Promotion", "admit", "model_rung", "next_step", "rungs", "work"]
+
+Config = TypeVar("Config", bound=Hashable)
 
 
 def rungs(min_budget: int, max_budget: int, reduction_factor: int) -> tuple[int, ...]:
@@ -66,13 +75,62 @@ def next_step(values: Sequence[Mapping[Hashable, float | None]], promoted: Seque
     promoted goes, from the highest rung that has one. The top rung sends no one on.
     """
     for rung in reversed(range(len(values) - 1)):
-        ended = values[rung]
-        ranked = sorted((config for config, value in ended.items() if value is not None),
-                        key=lambda config: (-ended[config] if maximize else ended[config], config))
-        for config in ranked[:len(ended) // reduction_factor]:
-            if config not in promoted[rung]:
-                return Promotion(config, rung + 1)
+        waiting = _promotable(values[rung], promoted[rung], reduction_factor, maximize)
+        if waiting:
+            return Promotion(waiting[0], rung + 1)
     return None
+
+
+def _promotable(ended: Mapping[Config, float | None], promoted: Collection[Config], reduction_factor: int,
+                maximize: bool) -> list[Config]:
+    """The configurations of one rung that may go on and have not, best first: of its n ``ended`` ones, the best
+    floor(n / reduction_factor) with a value (ties by the configurations' order), less those ``promoted``."""
+    ranked = sorted((config for config, value in ended.items() if value is not None),
+                    key=lambda config: (-ended[config] if maximize else ended[config], config))
+    return [config for config in ranked[:len(ended) // reduction_factor] if config not in promoted]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a phase of ASHA ladders queues now. promote: the rungs its configurations are promoted to, the highest
+    rung first, best first within a rung. start: the lowest rungs of configurations not started yet, in ladder order.
+    stopped: the rungs that will never run, each with the budget its configuration stopped at."""
+
+    promote: tuple[int, ...]
+    start: tuple[int, ...]
+    stopped: dict[int, int]
+
+
+def admit(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | None], queued: Collection[int], *,
+          reduction_factor: int, maximize: bool, starts: int) -> Admission:
+    """ASHA over ``found``'s ladders (a ladder: one configuration's rungs, ascending in budget), from stored trials.
+
+    budgets: each point's budget value. decided: the points that will not run again, each with its value, or None for
+    one without (pruned, diverged, failed for good). queued: the points that have a trial in any state (queued,
+    running, ended, failed and to be retried); a rung queued is a promotion made. At most ``starts`` new
+    configurations start. A configuration that ended a rung without a value stops there at once; one with a value
+    stops once no configuration can end that rung any more (every configuration started and every one promoted to
+    the rung decided there, or stopped below it) and it is not among the rung's best floor(n / reduction_factor). A
+    pure function of its arguments, as :func:`next_step` decides one promotion at a time.
+    """
+    depth = max((len(rungs) for rungs in found.rungs), default=0)
+    unstarted = [rungs[0] for rungs in found.rungs if rungs and rungs[0] not in queued]
+    promote: list[int] = []
+    stopped: dict[int, int] = {}
+    closed = not unstarted  # whether no configuration can end the rung below any more
+    for rung in range(depth - 1):
+        climbing = {ladder: rungs for ladder, rungs in enumerate(found.rungs) if len(rungs) > rung + 1}
+        ended = {ladder: decided[rungs[rung]] for ladder, rungs in climbing.items() if rungs[rung] in decided}
+        on_their_way = {ladder for ladder, rungs in climbing.items() if rungs[rung + 1] in queued}
+        going = _promotable(ended, on_their_way, reduction_factor, maximize)
+        promote[:0] = [climbing[ladder][rung + 1] for ladder in going]  # a higher rung's go before
+        closed = closed and all(rungs[rung] in decided for rungs in climbing.values() if rungs[rung] in queued)
+        for ladder, value in ended.items():
+            if ladder not in on_their_way and ladder not in going and (value is None or closed):
+                rungs = climbing[ladder]
+                stopped.update((above, budgets[rungs[rung]]) for above in rungs[rung + 1:])
+        closed = closed and not going
+    return Admission(tuple(promote), tuple(unstarted[:max(starts, 0)]), stopped)
 
 
 def model_rung(ended: Sequence[int], n_params: int) -> int:
