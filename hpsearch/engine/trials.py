@@ -81,9 +81,6 @@ class TrialRunner:
                 while pending:
                     if not self._run_one(pending.pop(0), study, stages):
                         break  # the run cannot go on: the rungs above are trained another time
-                else:
-                    if stages is not None:  # every rung stored: the ladder's next level may go on from here
-                        stages.pause()
             except Interrupted:
                 untrained = INTERRUPTED
                 raise
@@ -150,6 +147,9 @@ class TrialRunner:
             go_on = False
         if stages is not None:
             stages.pruned = state == TrialState.PRUNED  # the last rung's: a ladder without a value goes no further
+            if current.info is stages.top and state != TrialState.FAIL:
+                # before the last rung's end is stored: whoever promotes the ladder on that end finds its run saved
+                stages.pause()
         stored = self._finish(current, state, value, result, reason, stages)
         if state == TrialState.FAIL and silent:  # the trainable does not report the objective: no trial ever will
             raise SpecError(f"{self.spec.source}: {reason}; set objective.metric to one of the metrics it reports.")
@@ -298,9 +298,9 @@ class _Stages:
         return training
 
     def pause(self) -> None:
-        """After the last claimed rung: keep the run for the ladder's next level, or let it go after its top or a
-        last rung that ended PRUNED (without a value, halving never promotes the ladder). A run that cannot be saved
-        trains again from its start at the next level (same numbers, more compute)."""
+        """After the last claimed rung trained, before its end is stored: keep the run for the ladder's next level,
+        or let it go after its top or a last rung that ended PRUNED (without a value, halving never promotes it). A
+        run that cannot be saved trains again from its start at the next level (same numbers, more compute)."""
         if self.paused is None or self.training is None:
             return
         if self.paused.top or self.diverged is not None or self.pruned:
