@@ -17,8 +17,8 @@ TPE under ASHA models the values of the highest rung with enough of them (BOHB's
 :func:`work` prices a phase for estimates. Pure functions of their arguments: no storage, no Optuna; every process
 that looks at the same stored values decides alike.
 
-Not yet reachable from a spec: a phase's ``schedule`` still takes ``halving`` only, until the engine keeps a
-configuration's rungs as trials and its run between them.
+A random phase runs it with ``schedule: {type: asha}`` (the engine's point queue asks :func:`admit`); TPE phases do
+not take a schedule yet.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Collection, Hashable, Mapping, Sequence, TypeVar
 
 from hpsearch.search.ladders import Ladders
 
-__all__ = ["Admission", "Promotion", "admit", "model_rung", "next_step", "rungs", "work"]
+__all__ = ["Admission", "Promotion", "admit", "model_rung", "next_step", "rung_ladders", "rung_points", "rungs",
+           "work"]
 
 Config = TypeVar("Config", bound=Hashable)
 
@@ -54,6 +55,22 @@ def rungs(min_budget: int, max_budget: int, reduction_factor: int) -> tuple[int,
         found.append(budget)
         budget *= reduction_factor
     return (*found, max_budget)
+
+
+def rung_points(configurations: Sequence[Mapping[str, object]], budget: str,
+                budgets: Sequence[int]) -> list[dict[str, object]]:
+    """Each configuration at each rung, as a phase's points: point ``c * len(budgets) + r`` is configuration c with
+    ``budget`` set to ``budgets[r]``. A configuration's points do not depend on how many follow it, so raising a
+    phase's n_trials extends the list."""
+    return [{**configuration, budget: value} for configuration in configurations for value in budgets]
+
+
+def rung_ladders(configurations: int, budget: str, rungs: int) -> Ladders:
+    """The ladders of :func:`rung_points`: configuration c's rungs, points ``c * rungs`` to ``c * rungs + rungs - 1``,
+    are ladder c, also where two configurations drawn are equal (:func:`hpsearch.search.ladders.ladders` would make
+    them one ladder, their seeds and saved runs one)."""
+    return Ladders(budget, tuple(tuple(range(c * rungs, (c + 1) * rungs)) for c in range(configurations)),
+                   tuple(point // rungs for point in range(configurations * rungs)))
 
 
 @dataclass(frozen=True)
@@ -102,13 +119,15 @@ class Admission:
 
 
 def admit(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | None], queued: Collection[int], *,
-          reduction_factor: int, maximize: bool, starts: int) -> Admission:
+          reduction_factor: int, maximize: bool, starts: int, stopped_before: Collection[int] = ()) -> Admission:
     """ASHA over ``found``'s ladders (a ladder: one configuration's rungs, ascending in budget), from stored trials.
 
     budgets: each point's budget value. decided: the points that will not run again, each with its value, or None for
     one without (pruned, diverged, failed for good). queued: the points that have a trial in any state (queued,
-    running, ended, failed and to be retried); a rung queued is a promotion made. At most ``starts`` new
-    configurations start. A configuration that ended a rung without a value stops there at once; one with a value
+    running, ended, failed and to be retried); a rung queued is a promotion made. stopped_before: the rungs that
+    already ended without running (an earlier :class:`Admission`'s ``stopped``): their configurations never go on,
+    even where more configurations ending the rung below (a phase's n_trials raised) would now rank them among its
+    best. At most ``starts`` new configurations start. A configuration that ended a rung without a value stops there at once; one with a value
     stops once no configuration can end that rung any more (every configuration started and every one promoted to
     the rung decided there, or stopped below it) and it is not among the rung's best floor(n / reduction_factor). A
     pure function of its arguments, as :func:`next_step` decides one promotion at a time.
@@ -121,7 +140,8 @@ def admit(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | 
     for rung in range(depth - 1):
         climbing = {ladder: rungs for ladder, rungs in enumerate(found.rungs) if len(rungs) > rung + 1}
         ended = {ladder: decided[rungs[rung]] for ladder, rungs in climbing.items() if rungs[rung] in decided}
-        on_their_way = {ladder for ladder, rungs in climbing.items() if rungs[rung + 1] in queued}
+        on_their_way = {ladder for ladder, rungs in climbing.items()
+                        if rungs[rung + 1] in queued or rungs[rung + 1] in stopped_before}
         going = _promotable(ended, on_their_way, reduction_factor, maximize)
         promote[:0] = [climbing[ladder][rung + 1] for ladder in going]  # a higher rung's go before
         closed = closed and all(rungs[rung] in decided for rungs in climbing.values() if rungs[rung] in queued)

@@ -144,7 +144,8 @@ def with_rungs(phase: Any, grid: Mapping[str, list[Any]]) -> dict[str, list[Any]
 def phase_size(phase: Any) -> int | None:
     """How many points (or trials) a phase runs, computed without building them; None for a derived grid."""
     if phase.sampler != "grid":
-        return phase.n_trials
+        schedule = getattr(phase, "schedule", None)
+        return phase.n_trials * len(schedule.rungs()) if schedule is not None and phase.n_trials else phase.n_trials
     if isinstance(phase.grid, Mapping):
         return math.prod(len(values) for values in with_rungs(phase, phase.grid).values())
     return None

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["Halving", "Ladders", "Work", "halve", "ladders", "not_promoted", "work"]
+__all__ = ["Halving", "Ladders", "Work", "halve", "is_not_promoted", "ladders", "not_promoted", "work"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,11 @@ def work(found: Ladders | None, budgets: Sequence[int | None], *, reduction_fact
 def not_promoted(budget: int) -> str:
     """Why a rung of halving did not run: its ladder was not among the best at ``budget``."""
     return f"not promoted at {budget}"
+
+
+def is_not_promoted(reason: str | None) -> bool:
+    """Whether ``reason`` is :func:`not_promoted`'s: the rung never ran."""
+    return bool(reason) and reason.startswith(not_promoted(0).rsplit(" ", 1)[0] + " ")
 
 
 @dataclass(frozen=True)
