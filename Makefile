@@ -35,6 +35,7 @@ STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_win
 	tests/search/test_ladders.py::test_a_killed_ladder_keeps_its_finished_rungs_and_its_others_run_exactly_once \
 	tests/search/test_halving.py::test_a_killed_halving_phase_resumes_its_schedule_and_its_saved_runs \
 	tests/search/test_halving.py::test_a_halving_phase_killed_inside_a_level_of_several_rungs_resumes_it \
+	tests/search/test_asha.py::test_two_processes_share_an_asha_phase_and_one_killed_inside_a_rung_loses_nothing \
 	tests/test_reliability.py::test_two_processes_on_one_sqlite_study
 stress: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[torch,test]'

@@ -139,7 +139,8 @@ def plan(spec: SpecArg, set_: SetOpt = None, allow_import: AllowImportOpt = Fals
                f"{format_duration(probe['trial_overhead_seconds'])} more per trial")
     for p in report["phases"]:
         size = f"{'at most ' if p['trials_upper_bound'] else ''}{p['trials']} trials"
-        halving = f", each level's best 1/{p['halving']} going on" if "halving" in p else ""
+        halving = (f", each level's best 1/{p['halving']} going on" if "halving" in p else
+                   f", each rung's best 1/{p['asha']} going on as they end" if "asha" in p else "")
         trained = f" (trained as {p['ladders']} ladders{halving})" if "ladders" in p else ""
         typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {format_duration(p['estimated_seconds'])}"
                    f"{trained}")

@@ -26,9 +26,10 @@ from hpsearch.engine.phaseview import PhaseView
 from hpsearch.engine.pointqueue import HalvingRule, PointQueue, owner, reap
 from hpsearch.engine.trials import RunningTrial, TrialRunner
 from hpsearch.search import grid as grids
-from hpsearch.search.ladders import Ladders, ladders
+from hpsearch.search.asha import work as asha_work
+from hpsearch.search.ladders import Ladders, Work, ladders
 from hpsearch.search.ladders import work as ladder_work
-from hpsearch.spec.checks import check_budget, rank_metric
+from hpsearch.spec.checks import check_budget, check_rungs, rank_metric
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.connections import runs_folder, storage_lock
 from hpsearch.storage.records import SEED, counts_as_failure, decode_params
@@ -74,21 +75,27 @@ class PhaseRunner:
     def _run_points(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
                     budget: Budget) -> bool:
         points = self.phases.points(phase, record)
-        found = self._ladders[phase.name] = self._ladders_of(phase, record)
+        found = self._ladders[phase.name] = self._ladders_of(phase, record, points)
         identity = self._seed_identity(phase, points, found, view)
 
         def seed_of(point: int) -> int:
             return grids.trial_seed(self.spec.seed, phase.name, identity[point])
 
         paused = self._paused_runs(phase, study, points, found)  # None unless the phase halves its ladders
-        view.set_work(ladder_work(found, [point.get(found.budget) if found else None for point in points],
-                                  reduction_factor=phase.schedule.reduction_factor if paused is not None else None,
-                                  levels=phase.schedule.levels if paused is not None else None))
+        asynchronous = paused is not None and phase.schedule.type == "asha"
+        budgets = [point.get(found.budget) if found else None for point in points]
+        if asynchronous:
+            expected, trials = asha_work(len(found.rungs), phase.schedule.rungs(), phase.schedule.reduction_factor)
+            view.set_work(Work(ladder_work(found, budgets).of_point, expected, trials))
+        else:
+            view.set_work(ladder_work(found, budgets,
+                                      reduction_factor=phase.schedule.reduction_factor if paused is not None else None,
+                                      levels=phase.schedule.levels if paused is not None else None))
         halving = None
         if paused is not None:
             rank_by, maximize = rank_metric(self.spec, phase)
             levels = tuple(phase.schedule.levels) if phase.schedule.levels else None
-            halving = HalvingRule(phase.schedule.reduction_factor, maximize, rank_by, levels,
+            halving = HalvingRule(phase.schedule.reduction_factor, maximize, rank_by, levels, asynchronous,
                                   on_stop=lambda stopped: self._stopped(phase, view, found, paused, stopped),
                                   on_fresh=paused.clear)
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
@@ -154,8 +161,8 @@ class PhaseRunner:
             for ladder in stopped_ladders:
                 paused(ladder).forget()
             rungs = sum(budget_of == budget for budget_of in stopped.values())
-            self.echo(f"[{phase.name}] halving: {len(stopped_ladders)} ladders not promoted at {phase.budget} "
-                      f"{budget}; their {rungs} rungs above end PRUNED")
+            self.echo(f"[{phase.name}] {phase.schedule.type}: {len(stopped_ladders)} ladders not promoted at "
+                      f"{phase.budget} {budget}; their {rungs} rungs above end PRUNED")
 
     def _seed_identity(self, phase: PhaseSpec, points: list[dict[str, Any]], found: Ladders | None,
                        view: PhaseView) -> Sequence[int]:
@@ -184,12 +191,14 @@ class PhaseRunner:
         seeds = self.store.user_attr([row.trial_id for row in rows], SEED)
         return any(seeds.get(row.trial_id) == grids.trial_seed(self.spec.seed, phase.name, row.point) for row in rows)
 
-    def _ladders_of(self, phase: PhaseSpec, record: dict[str, Any]) -> Ladders | None:
+    def _ladders_of(self, phase: PhaseSpec, record: dict[str, Any], points: list[dict[str, Any]]) -> Ladders | None:
         """The phase's budget ladders, checked against the trainable (a derived grid's once it is known; an explicit
-        grid's again, for a spec the Python API was handed without :func:`hpsearch.spec.build.load_spec`); None without a
-        budget."""
+        grid's again, for a spec the Python API was handed without :func:`hpsearch.spec.build.load_spec`; an asha
+        phase's configurations, each one ladder); None without a budget."""
         if phase.budget is None:
             return None
+        if phase.sampler == "random":
+            return check_rungs(self.spec, phase, points, where=f"phase {phase.name!r}")
         return check_budget(self.spec, phase, record["grid"], where=f"phase {phase.name!r}")
 
     # ---- a TPE phase: Optuna's sampler ----------------------------------------------------------------------------

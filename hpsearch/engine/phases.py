@@ -59,6 +59,9 @@ def point_params(phase: PhaseSpec, record: dict[str, Any]) -> PointParams:
                   for name, values in record["grid"].items()}
     else:
         shared = space_distributions(phase)
+        if phase.schedule is not None:  # asha's rungs: the budget a trial trained to
+            shared[phase.budget] = optuna.distributions.IntDistribution(phase.schedule.min_budget,
+                                                                        phase.schedule.max_budget)
     one_choice = optuna.distributions.CategoricalDistribution
 
     def params(point: Mapping[str, Any]) -> dict[str, tuple[Any, optuna.distributions.BaseDistribution]]:
@@ -197,7 +200,7 @@ class Phases:
         if phase.sampler == "grid":
             return grids.grid_points(record["grid"])
         if phase.sampler == "random":
-            return grids.random_points(phase.space, phase.n_trials, self.spec.seed, phase.name)
+            return self.spec.drawn(phase)
         return None
 
     def sampler(self, phase: PhaseSpec, salt: int) -> optuna.samplers.BaseSampler:

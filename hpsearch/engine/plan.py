@@ -21,6 +21,7 @@ from hpsearch.data import Dataset
 from hpsearch.engine.training import resolved_config, train_once
 from hpsearch.errors import SpecError
 from hpsearch.files import process_start
+from hpsearch.search import asha
 from hpsearch.search import grid as grids
 from hpsearch.search.ladders import ladders, work
 from hpsearch.spec.checks import check_sizes
@@ -61,7 +62,7 @@ def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, An
         configs = [spec.config(**p) for p in grids.grid_points(grids.with_rungs(phase, phase.grid))]
         return configs, len(configs), False
     if phase.sampler == "random":
-        configs = [spec.config(**p) for p in grids.random_points(phase.space, phase.n_trials, spec.seed, phase.name)]
+        configs = [spec.config(**p) for p in spec.drawn(phase)]
         return configs, len(configs), False
     if phase.sampler == "tpe":  # TPE's points are not known in advance: random ones stand in
         source, size = phase, phase.n_trials
@@ -167,15 +168,23 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
         # a ladder trains once, to its top rung (see hpsearch.search.ladders); a derived grid's are known once it is derived
         staged = phase.budget is not None and not estimated
         found = ladders(configs, phase.budget) if staged else None
+        if staged and phase.schedule is not None and phase.schedule.type == "asha":  # a ladder per configuration
+            rungs = len(phase.schedule.rungs())
+            found = asha.rung_ladders(len(configs) // rungs, phase.budget, rungs)
         trained = [configs[rungs[-1]] for rungs in found.rungs] if found is not None else configs
         training = [_cost(spec, c, data) * seconds_per_unit * trials / len(configs) for c in trained]
         started = trials  # the trials that train: halving's not-promoted rungs only end PRUNED
         if found is not None and phase.schedule is not None and training:  # the ladders' mean, by levels' survivors
-            halving = work(found, [c[phase.budget] for c in configs], levels=phase.schedule.levels,
-                           reduction_factor=phase.schedule.reduction_factor)
-            share = halving.expected / sum(halving.of_point)
+            budgets = [c[phase.budget] for c in configs]
+            if phase.schedule.type == "asha":
+                expected, started = asha.work(len(found.rungs), phase.schedule.rungs(),
+                                              phase.schedule.reduction_factor)
+                share = expected / sum(work(found, budgets).of_point)
+            else:
+                halving = work(found, budgets, levels=phase.schedule.levels,
+                               reduction_factor=phase.schedule.reduction_factor)
+                share, started = halving.expected / sum(halving.of_point), halving.trials
             training = [sum(training) / len(training) * share] * len(training)
-            started = halving.trials
         all_training += [probe.start_seconds + _cost(spec, c, data) * seconds_per_unit for c in configs]
         phases.append({
             "phase": phase.name,
@@ -183,7 +192,8 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
             "trials": trials,
             "trials_upper_bound": isinstance(phase.grid, DerivedGrid),
             **({"ladders": len(trained)} if staged else {}),
-            **({"halving": phase.schedule.reduction_factor} if staged and phase.schedule is not None else {}),
+            **({phase.schedule.type: phase.schedule.reduction_factor} if staged and phase.schedule is not None
+               else {}),
             "estimated_seconds": round(sum(training) + started * (probe.trial_overhead_seconds
                                                                   + probe.start_seconds), 1),
             "estimate_from_sample": estimated,

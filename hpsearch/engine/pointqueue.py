@@ -25,7 +25,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from hpsearch.files import process_start
-from hpsearch.search.ladders import Halving, Ladders, halve, not_promoted
+from hpsearch.search.asha import admit
+from hpsearch.search.ladders import Halving, Ladders, halve, is_not_promoted, not_promoted
 from hpsearch.storage.connections import storage_lock
 from hpsearch.storage.records import (ATTEMPT, FAILURE, FINISHED_STATES, HEARTBEAT_LOST, LADDER_STOPPED, NEVER_STARTED,
                               POINT, SEED, WITHDRAWN, WORKER_DIED, counts_as_failure)
@@ -162,14 +163,17 @@ def _untrained_rungs(gone: list[tuple[Row, str]], ladders: Ladders) -> list[tupl
 
 @dataclass(frozen=True)
 class HalvingRule:
-    """A halving phase's rule: keep the best 1/reduction_factor at each level. ``on_stop(stopped)`` hears of the
-    rungs that just ended PRUNED (point: the budget its ladder stopped at), so that what their runs kept between
-    levels can go; ``on_fresh()``, under the lock, that the phase has no trial yet."""
+    """A halving phase's rule: keep the best 1/reduction_factor at each level, or, ``asynchronous`` (ASHA), promote
+    a ladder as soon as it is among the best 1/reduction_factor of those that ended its rung, and start one new
+    ladder at a time while there is nothing to promote. ``on_stop(stopped)`` hears of the rungs that just ended
+    PRUNED (point: the budget its ladder stopped at), so that what their runs kept between levels can go;
+    ``on_fresh()``, under the lock, that the phase has no trial yet."""
 
     reduction_factor: int
     maximize: bool  # whether a higher rank_by (or objective) is better
     rank_by: str | None = None  # a metric of the trials' ``metrics``; None: the objective, the trials' value
     levels: tuple[int, ...] | None = None  # the budget values where a level ends; None: at each rung
+    asynchronous: bool = False
     on_stop: Callable[[dict[int, int]], None] = lambda stopped: None
     on_fresh: Callable[[], None] = lambda: None
 
@@ -192,6 +196,7 @@ class PointQueue:
     check_interrupt: Callable[[], None] = lambda: None  # raises when the run was told to stop (SIGTERM, Ctrl-C)
     open: int = 0  # the phase's trials queued or running at the last reconcile, those it queued included
     _ranks: dict[int, float | None] = field(default_factory=dict)  # complete trial: its rank_by (never changes)
+    _first: tuple[int, ...] = ()  # ASHA: the points to queue before any other, in this order
 
     def reconcile(self) -> int:
         """Enqueue every point that needs a trial (one read of the phase, batched writes); returns how many.
@@ -269,8 +274,20 @@ class PointQueue:
             for point, trial_id in complete.items():
                 decided[point] = self._ranks[trial_id]
         budgets = [point.get(self.ladders.budget, 0) for point in self.points]
-        return halve(self.ladders, budgets, decided, reduction_factor=self.halving.reduction_factor,
-                     maximize=self.halving.maximize, levels=self.halving.levels)
+        if not self.halving.asynchronous:
+            return halve(self.ladders, budgets, decided, reduction_factor=self.halving.reduction_factor,
+                         maximize=self.halving.maximize, levels=self.halving.levels)
+        # a rung that ended PRUNED as not promoted never ran: neither a promotion made nor a value of its rung
+        never_ran = {point for point, rows in by_point.items() if any(is_not_promoted(r.failure) for r in rows)}
+        decided = {point: value for point, value in decided.items() if point not in never_ran}
+        queued = {point for point, rows in by_point.items() if 0 <= point < len(self.points)} - never_ran
+        waiting = any(row.state == "WAITING" for point, rows in by_point.items() if 0 <= point < len(self.points)
+                      for row in rows)  # a point past the phase's end is withdrawn, not waiting
+        found = admit(self.ladders, budgets, decided, queued, reduction_factor=self.halving.reduction_factor,
+                      maximize=self.halving.maximize, starts=0 if waiting else 1, stopped_before=never_ran)
+        # a free process starts a new configuration only when it has nothing to promote
+        self._first = found.promote or found.start
+        return Halving(frozenset(queued | set(self._first)), found.stopped)
 
     def _order(self) -> Iterator[int]:
         """The order points are queued in: a seeded shuffle (pruners compare against a spread of the grid, and a
@@ -279,6 +296,11 @@ class PointQueue:
         if self.ladders is None:
             yield from (int(p) for p in np.random.default_rng([self.order_seed, len(self.points)])
                         .permutation(len(self.points)))
+            return
+        if self.halving is not None and self.halving.asynchronous:  # ASHA's order; then retries, in ladder order
+            first = set(self._first)
+            yield from self._first
+            yield from (point for rungs in self.ladders.rungs for point in rungs if point not in first)
             return
         rungs = self.ladders.rungs
         for ladder in np.random.default_rng([self.order_seed, len(self.points)]).permutation(len(rungs)):

@@ -19,12 +19,17 @@ from hpsearch.data import FILE_DATASETS
 from hpsearch.errors import SpecError
 from hpsearch.files import SPEC, FileTooLarge, NotRegularFile, read_bounded
 from hpsearch.plugins import allow_import_from_env, is_reference
-from hpsearch.spec.checks import check_budget
+from hpsearch.search.grid import phase_size
+from hpsearch.spec.checks import check_budget, check_rungs
 from hpsearch.spec.document import apply_override, parse_override, yaml_load
 from hpsearch.spec.models import StudySpec
 from hpsearch.validation import format_error, validation_message
 
 __all__ = ["best_fragment", "build_spec", "load_spec"]
+
+# an asha phase of at most this many points has each configuration it will draw checked against the trainable as the
+# spec loads; a larger one, when the phase opens (drawing them on every command would cost seconds)
+DRAWN_AT_LOAD = 10_000
 
 
 def _validate_backend_params(spec: StudySpec) -> None:
@@ -93,9 +98,11 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
     _validate_objective(spec)
     _validate_backend_params(spec)
     for index, phase in enumerate(spec.phases):
-        if phase.budget is not None:  # a derived grid's points are checked when it is derived
-            check_budget(spec, phase, phase.grid if isinstance(phase.grid, dict) else None,
-                         where=f"phases[{index}] ({phase.name})")
+        where = f"phases[{index}] ({phase.name})"
+        if phase.sampler == "random" and phase.schedule is not None and phase_size(phase) <= DRAWN_AT_LOAD:
+            check_rungs(spec, phase, spec.drawn(phase), where=where)  # every configuration drawn, at its top rung
+        elif phase.budget is not None:  # a derived grid's points are checked when it is derived
+            check_budget(spec, phase, phase.grid if isinstance(phase.grid, dict) else None, where=where)
     return spec
 
 

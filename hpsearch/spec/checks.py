@@ -7,11 +7,12 @@ Each check raises :class:`~hpsearch.errors.SpecError` with one line naming the s
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import ValidationError
 
 from hpsearch.errors import SpecError
+from hpsearch.search.asha import rung_ladders
 from hpsearch.search.grid import MAX_POINTS, grid_points, phase_size, with_rungs
 from hpsearch.search.ladders import Ladders, ladders
 
@@ -32,8 +33,13 @@ def check_sizes(spec: Any) -> None:
     for phase in spec.phases:
         size = phase_size(phase)
         if size is not None:
-            _refuse_size(spec, phase, size, "n_trials is" if phase.sampler != "grid" else "the grid has",
-                         "Split it into several phases, or search with a random or tpe phase.")
+            if phase.sampler == "grid":
+                what = "the grid has"
+            elif size != phase.n_trials:  # an asha phase: each configuration at each rung
+                what = f"n_trials ({phase.n_trials:,}) times {size // phase.n_trials} rungs makes"
+            else:
+                what = "n_trials is"
+            _refuse_size(spec, phase, size, what, "Split it into several phases, or search with a random or tpe phase.")
 
 
 def check_derived_size(spec: Any, phase: Any, grid: Mapping[str, list[Any]]) -> None:
@@ -91,10 +97,30 @@ def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]
     if first is not None and grid is not None and any(isinstance(v, int) and v < first for v in grid[phase.budget]):
         raise SpecError(f"{spec.source}: {where}: schedule.first_rung ({first}) must be below every {phase.budget} "
                         f"of the grid ({', '.join(map(str, grid[phase.budget]))}).")
-    try:
-        found = ladders([spec.config(**point) for point in points], phase.budget)
-    except ValueError as exc:
-        raise SpecError(f"{spec.source}: {where}: {exc}.") from None
+    found = _stage_along(spec, phase, points, where=where)
+    return found if grid is not None else None
+
+
+def check_rungs(spec: StudySpec, phase: PhaseSpec, points: Sequence[Mapping[str, Any]], *, where: str) -> Ladders:
+    """The ladders of an asha phase's ``points`` (:func:`hpsearch.search.asha.rung_points`: each configuration's
+    rungs, one ladder); SpecError as :func:`check_budget` says."""
+    check_budget(spec, phase, None, where=where)
+    rungs = len(phase.schedule.rungs())
+    return _stage_along(spec, phase, points, where=where,
+                        found=rung_ladders(len(points) // rungs, phase.budget, rungs))
+
+
+def _stage_along(spec: StudySpec, phase: PhaseSpec, points: Sequence[Mapping[str, Any]], *, where: str,
+                 found: Ladders | None = None) -> Ladders:
+    """The ladders of ``points`` over the phase's budget (``found``, or grouped by their other values); SpecError
+    for a budget value that is not a positive whole number, or a ladder's top the trainable cannot reach in stages
+    (the spec's defaults alone without points)."""
+    trainable = spec.trainable
+    if found is None:
+        try:
+            found = ladders([spec.config(**point) for point in points], phase.budget)
+        except ValueError as exc:
+            raise SpecError(f"{spec.source}: {where}: {exc}.") from None
     if trainable.budget_blocker is not None:
         for top in [points[rungs[-1]] for rungs in found.rungs] or [{}]:
             try:
@@ -103,4 +129,4 @@ def check_budget(spec: StudySpec, phase: PhaseSpec, grid: Mapping[str, list[Any]
                 continue  # the point's own values are refused elsewhere, with their own message
             if blocker:
                 raise SpecError(f"{spec.source}: {where}: budget {phase.budget!r}: {blocker}.")
-    return found if grid is not None else None
+    return found

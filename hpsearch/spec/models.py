@@ -14,7 +14,9 @@ from hpsearch.data import DATASETS
 from hpsearch.errors import SpecError
 from hpsearch.formatting import seconds
 from hpsearch.plugins import is_reference, is_well_formed
-from hpsearch.search.grid import MAX_POINTS
+from hpsearch.search.asha import rung_points
+from hpsearch.search.asha import rungs as asha_rungs
+from hpsearch.search.grid import MAX_POINTS, random_points
 from hpsearch.validation import UserConfig
 
 if TYPE_CHECKING:
@@ -176,15 +178,24 @@ def _storage_name(value: str) -> str:
 
 
 class ScheduleSpec(_Strict):
-    """Successive halving over a grid phase's budget ladders: every ladder trains to the first level, the best
-    1/``reduction_factor`` (by ``rank_by``) go on to the next, and so on. Levels: the grid's budget values, and
-    ``first_rung`` below them (it joins the grid), or the values ``levels`` names (the grid's values between two
-    levels train along, trials of their own without a ranking; a value the grid lacks joins it)."""
+    """How a phase spends its budget parameter on its points.
 
-    type: Literal["halving"]
+    ``halving`` (grid phases): successive halving over the budget ladders: every ladder trains to the first level,
+    the best 1/``reduction_factor`` (by ``rank_by``) go on to the next, and so on. Levels: the grid's budget values,
+    and ``first_rung`` below them (it joins the grid), or the values ``levels`` names (the grid's values between two
+    levels train along, trials of their own without a ranking; a value the grid lacks joins it).
+
+    ``asha`` (random phases): asynchronous successive halving. Each configuration drawn trains to ``min_budget``
+    first; rungs grow by ``reduction_factor`` up to ``max_budget``, and a free process promotes a configuration among
+    the best 1/``reduction_factor`` of those that ended its rung (the highest rung first), else starts a new one. A
+    promoted configuration trains on from where its rung stopped."""
+
+    type: Literal["halving", "asha"]
     reduction_factor: int = Field(3, ge=2)
     first_rung: int | None = Field(None, gt=0)
     levels: list[StrictInt] | None = None
+    min_budget: StrictInt | None = Field(None, gt=0)
+    max_budget: StrictInt | None = Field(None, gt=0)
 
     @field_validator("levels")
     @classmethod
@@ -196,6 +207,26 @@ class ScheduleSpec(_Strict):
         raise ValueError(f"must be budget values > 0 in ascending order. Got {levels} instead")
     # the metric a level's ladders are ranked by, one the trainable declares (e.g. val_loss); default: the objective
     rank_by: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _fields_of_its_type(self) -> ScheduleSpec:
+        if self.type == "asha":
+            if self.first_rung is not None or self.levels is not None:
+                raise ValueError("'first_rung' and 'levels' are halving's; asha's rungs are min_budget times "
+                                 "reduction_factor to the k-th power, up to max_budget")
+            if self.min_budget is None or self.max_budget is None:
+                raise ValueError("asha needs 'min_budget' and 'max_budget': the budget of its lowest and its top rung")
+            if self.min_budget > self.max_budget:
+                raise ValueError(f"'min_budget' ({self.min_budget}) must be at most 'max_budget' "
+                                 f"({self.max_budget})")
+        elif self.min_budget is not None or self.max_budget is not None:
+            raise ValueError("'min_budget' and 'max_budget' are asha's; halving's levels are the grid's budget values "
+                             "(with 'first_rung' or 'levels')")
+        return self
+
+    def rungs(self) -> tuple[int, ...]:
+        """An asha schedule's rungs, in ascending budget."""
+        return asha_rungs(self.min_budget, self.max_budget, self.reduction_factor)
 
 
 class PhaseSpec(_Strict):
@@ -235,10 +266,25 @@ class PhaseSpec(_Strict):
                 if first is not None and values and all(type(v) is int for v in values) and first >= min(values):
                     raise ValueError(f"'schedule.first_rung' ({first}) must be below the grid's smallest "
                                      f"{self.budget} ({min(values)}): the grid's values are the levels above it")
+            if self.schedule is not None and self.schedule.type != "halving":
+                raise ValueError("a grid phase halves its ladders with 'schedule: {type: halving}'; 'asha' is for "
+                                 "random phases, which draw their configurations")
         else:
-            if self.budget is not None or self.schedule is not None:
-                raise ValueError(f"'budget' and 'schedule' are for grid phases, whose points can share training; a "
-                                 f"{self.sampler} phase draws every point afresh")
+            asha = self.schedule is not None and self.schedule.type == "asha"
+            if self.sampler == "random" and asha:
+                if self.budget is None:
+                    raise ValueError("'schedule: asha' trains each configuration in rungs of a budget: name the "
+                                     "phase's 'budget' too (num_iters for the numpy backend, num_epochs for torch)")
+                if self.budget in self.space:
+                    raise ValueError(f"'space' must not search the budget {self.budget!r}: asha sets it, rung by rung")
+            elif self.schedule is not None:
+                raise ValueError(f"'schedule: {{type: {self.schedule.type}}}' does not fit a {self.sampler} phase: "
+                                 "halving is for grid phases, asha for random phases (TPE under asha is not built "
+                                 "yet)")
+            elif self.budget is not None:
+                raise ValueError(f"'budget' goes with a schedule: a grid phase's ladders share training, and a random "
+                                 f"phase's 'schedule: {{type: asha}}' trains in rungs; this {self.sampler} phase "
+                                 "draws every point afresh")
             if self.grid is not None:
                 raise ValueError(f"a {self.sampler} phase takes 'space', not 'grid'")
             if not self.space:
@@ -288,6 +334,10 @@ class StudySpec(_Strict):
                         f"phase {phase.name!r} derives its grid from {phase.grid.source!r}, "
                         "which must be an earlier phase"
                     )
+                if self.phase(phase.grid.source).schedule is not None:
+                    raise ValueError(f"phase {phase.name!r} derives its grid from {phase.grid.source!r}, whose asha "
+                                     "rungs rank configurations at different budgets; derive it from a phase without "
+                                     "a schedule")
             seen.append(phase.name)
         return self
 
@@ -308,3 +358,11 @@ class StudySpec(_Strict):
     def config(self, **params: Any) -> dict[str, Any]:
         """The full configuration for a trial: ``defaults`` overridden by ``params``."""
         return {**self.defaults, **params}
+
+    def drawn(self, phase: PhaseSpec) -> list[dict[str, Any]]:
+        """A random phase's points: its configurations drawn from the study's seed, each at each rung of an asha
+        schedule (:func:`hpsearch.search.asha.rung_points`)."""
+        configurations = random_points(phase.space, phase.n_trials, self.seed, phase.name)
+        if phase.schedule is None:
+            return configurations
+        return rung_points(configurations, phase.budget, phase.schedule.rungs())

@@ -1,8 +1,12 @@
-"""The ASHA rule (``hpsearch.search.asha``) as pure code: rungs, promotions from stored values alone, what a phase of
-ladders queues and stops, the rung TPE models and the price of a phase. Simulated pools of processes, finishing rungs
-in a random order, hold the rule against its definition."""
+"""ASHA: the rule (``hpsearch.search.asha``) as pure code (rungs, promotions from stored values alone, what a phase of
+ladders queues and stops, the rung TPE models and the price of a phase), held against its definition by simulated
+pools of processes that finish rungs in a random order; then random phases that run it, whole, in this process and
+in two processes of which one is killed, and the specs it refuses."""
 
 from __future__ import annotations
+
+import collections
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -208,3 +212,224 @@ def test_a_queue_of_asha_ladders_agrees_with_the_rule_and_ends_every_rung_once(n
         best = sorted((c for c, v in ended.items() if v is not None), key=lambda c: (-ended[c], c))
         went_on = {c for c in range(n_configs) if c * depth + rung + 1 in decided}
         assert set(best[:len(ended) // 3]) <= went_on <= set(best)
+
+
+ASHA_PHASE = {"name": "random", "sampler": "random", "n_trials": 9, "budget": "num_iters",
+              "schedule": {"type": "asha", "reduction_factor": 3, "min_budget": 3, "max_budget": 27},
+              "space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 2.0, "log": True},
+                        "hidden_size": {"type": "int", "low": 4, "high": 16, "step": 4}}}
+
+
+def test_an_asha_phase_runs_every_rung_once_each_the_configuration_trained_alone(tmp_path):
+    """A whole phase in this process: nine configurations over rungs 3, 9 and 27 iterations. Each rung that ran has
+    the values of its configuration trained straight to its budget (a promoted run went on from its saved rung), the
+    others ended PRUNED where their configuration stopped, every rung's best third went on, and no run trained a
+    stretch twice."""
+    from hpsearch.engine.driver import Driver
+    from hpsearch.engine.training import load_data, train_once
+    from hpsearch.spec.build import load_spec
+    from hpsearch.storage.connections import runs_folder
+    from tests.conftest import assert_exactly_once, study_trials, write_spec
+
+    spec = write_spec(tmp_path, phases=[ASHA_PHASE])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    summary = Driver(load_spec(spec), url, echo=lambda line: None).run()
+    trials = study_trials(url, "tiny.random")
+    assert summary.complete
+    assert_exactly_once(trials, 9 * 3)
+    config_of = {point: point // 3 for point in range(27)}  # point c * 3 + r: configuration c at rung r
+    ends = {t.user_attrs["point"]: t for t in trials}
+    loaded = load_spec(spec)
+    data = load_data(loaded)
+    for point, trial in ends.items():
+        assert trial.params["num_iters"] == (3, 9, 27)[point % 3]
+        if trial.state.name == "COMPLETE":
+            alone = train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"])
+            assert trial.value == alone.val_acc and trial.user_attrs["metrics"] == alone.metrics
+        else:
+            below = ends[point - 1]
+            stopped_at = below.params["num_iters"] if below.state.name == "COMPLETE" else \
+                int(below.user_attrs["failure"].rsplit(" ", 1)[1])
+            assert trial.state.name == "PRUNED" and trial.user_attrs["failure"] == f"not promoted at {stopped_at}"
+    seeds = {config_of[p]: set() for p in ends}
+    for point, trial in ends.items():
+        seeds[config_of[point]].add(trial.user_attrs["seed"])
+    assert all(len(found) == 1 for found in seeds.values())  # a configuration's rungs share one seed
+    for rung in range(2):
+        ended = {config_of[p]: t.value for p, t in ends.items() if p % 3 == rung and t.state.name == "COMPLETE"}
+        best = sorted(ended, key=lambda c: (-ended[c], c))
+        went_on = {config_of[p] for p, t in ends.items() if p % 3 == rung + 1 and t.state.name == "COMPLETE"}
+        assert set(best[:len(ended) // 3]) <= went_on <= set(best)
+    # one process runs one trial at a time: a promotion's trial was made after every trial numbered below it ended,
+    # and its configuration was then among the best floor(n / 3) of the n that had ended the rung below
+    ran = [t for t in sorted(trials, key=lambda t: t.number) if not t.user_attrs.get("failure", "").startswith("not")]
+    for trial in ran:
+        rung = trial.user_attrs["point"] % 3
+        if rung:
+            below = {config_of[t.user_attrs["point"]]: t.value for t in ran
+                     if t.number < trial.number and t.user_attrs["point"] % 3 == rung - 1}
+            best = sorted((c for c, v in below.items() if v is not None), key=lambda c: (-below[c], c))
+            assert config_of[trial.user_attrs["point"]] in best[:len(below) // 3]
+    reached = {config_of[p]: t.params["num_iters"] for p, t in sorted(ends.items()) if t.state.name == "COMPLETE"}
+    assert summary.examples == sum(reached.values()) * 50  # each configuration trained once to where it stopped
+    assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"schedule": {"type": "asha", "min_budget": 3}}, "asha needs 'min_budget' and 'max_budget'"),
+    ({"schedule": {"type": "asha", "min_budget": 30, "max_budget": 3}}, r"'min_budget' \(30\) must be at most"),
+    ({"schedule": {"type": "asha", "min_budget": 3, "max_budget": 27, "first_rung": 1}}, "are halving's"),
+    ({"schedule": {"type": "halving", "min_budget": 3}}, "'min_budget' and 'max_budget' are asha's"),
+    ({"schedule": {"type": "halving"}}, r"'schedule: \{type: halving\}' does not fit a random phase"),
+    ({"budget": None}, "'schedule: asha' trains each configuration in rungs of a budget"),
+    ({"space": {**ASHA_PHASE["space"], "num_iters": {"type": "int", "low": 3, "high": 9}}},
+     "'space' must not search the budget 'num_iters'"),
+    ({"sampler": "tpe"}, "TPE under asha is not built yet"),
+    ({"schedule": None}, "'budget' goes with a schedule"),
+    ({"budget": "num_epochs"}, "the budget must be 'num_iters'"),
+    ({"n_trials": 400_000}, r"n_trials \(400,000\) times 3 rungs makes 1,200,000 points; a phase runs at most"),
+])
+def test_an_asha_phase_the_spec_cannot_run_is_refused_in_one_line(tmp_path, change, message):
+    from typer.testing import CliRunner
+
+    from hpsearch.cli.app import app
+    from tests.conftest import write_spec
+
+    spec = write_spec(tmp_path, phases=[{**ASHA_PHASE, **change}])
+    result = CliRunner().invoke(app, ["run", str(spec), "--storage", f"sqlite:///{tmp_path / 'study.db'}"])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_a_grid_phase_halves_and_does_not_take_asha(tmp_path):
+    from hpsearch.errors import SpecError
+    from hpsearch.spec.build import load_spec
+    from tests.conftest import write_spec
+
+    grid = {"name": "grid", "sampler": "grid", "budget": "num_iters", "grid": {"learning_rate": [0.1], "num_iters": [3]},
+            "schedule": ASHA_PHASE["schedule"]}
+    with pytest.raises(SpecError, match="'asha' is for random phases"):
+        load_spec(write_spec(tmp_path, phases=[grid]))
+
+
+def test_two_processes_share_an_asha_phase_and_one_killed_inside_a_rung_loses_nothing(tmp_path, gate):
+    """Subprocesses, as users run workers: two `hpsearch run` on one SQLite study, both held at the gate inside
+    their sixth and seventh rung; one is killed (SIGKILL) there, the other goes on alone, takes the killed rung up
+    again from the run saved below it, and ends the phase. Every rung is decided once, each stretch of training is
+    paid once, and every rung's best third went on."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from hpsearch.storage.connections import runs_folder
+    from hpsearch.storage.records import WORKER_DIED
+    from tests.conftest import assert_exactly_once, gated_study, study_trials
+
+    spec = gated_study(tmp_path, "asha", free=5, budget="num_iters", grid={"learning_rate": [0.1], "num_iters": [1]},
+                       schedule={"type": "halving"}, grace_period=3600)  # reaped by its pid, never by an old beat
+    raw = yaml.safe_load(spec.read_text())
+    raw["phases"] = [{"name": "random", "sampler": "random", "n_trials": 9, "budget": "num_iters",
+                      "schedule": {"type": "asha", "reduction_factor": 3, "min_budget": 10, "max_budget": 90},
+                      "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.99}}}]
+    spec.write_text(yaml.safe_dump(raw))
+    storage = f"sqlite:///{tmp_path / 'asha.db'}"
+    command = [sys.executable, "-m", "hpsearch", "run", str(spec), "--storage", storage]
+    first, second = (subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for _ in range(2))
+    gate.watch(first, second)
+    calls = tmp_path / "calls"
+
+    def held() -> bool:
+        states = collections.Counter(t.state.name for t in study_trials(storage, "asha.random"))
+        return calls.exists() and calls.stat().st_size == 7 and states["COMPLETE"] == 5 and states["RUNNING"] == 2
+
+    while not held():  # both processes wait at the gate: nothing moves until it opens
+        assert first.poll() is None and second.poll() is None, (first.communicate(), second.communicate())
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    gate.open()
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = study_trials(storage, "asha.random")
+    assert_exactly_once(trials, 27)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].user_attrs["failure"] == WORKER_DIED
+    ends = {t.user_attrs["point"]: t for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
+    for point, trial in ends.items():
+        if trial.state.name == "COMPLETE":
+            budget = trial.params["num_iters"]
+            assert trial.value == pytest.approx(trial.params["learning_rate"] + budget / 1000)
+            # the killed rung's retry went on from the run saved at the rung below, as every promotion did
+            assert trial.user_attrs["examples"] == budget - {10: 0, 30: 10, 90: 30}[budget]
+        else:
+            assert trial.user_attrs["failure"].startswith("not promoted at ")
+    for rung in range(2):
+        ended = {p // 3: t.value for p, t in ends.items() if p % 3 == rung and t.state.name == "COMPLETE"}
+        best = sorted(ended, key=lambda c: (-ended[c], c))
+        went_on = {p // 3 for p, t in ends.items() if p % 3 == rung + 1 and t.state.name == "COMPLETE"}
+        assert set(best[:len(ended) // 3]) <= went_on <= set(best)
+    assert not list(runs_folder(storage).glob("*/*"))
+
+
+def test_a_configuration_stopped_before_more_started_never_goes_on_nor_holds_the_others_up():
+    found, budgets = asha_ladders(6, 2)  # configuration c: points 2c (rung 0) and 2c + 1 (rung 1)
+    # three configurations ended rung 0; 0 went on, 1 and 2 stopped there; then the phase grew by three more
+    decided = {0: 0.9, 2: 0.5, 4: 0.1, 6: 0.2, 8: 0.05, 10: 0.01}
+    queued = {0, 1, 2, 4, 6, 8, 10}
+    now = admit(found, budgets, decided, queued, reduction_factor=3, maximize=True, starts=1, stopped_before={3, 5})
+    # floor(6 / 3) = 2: 0 and 1 are the best, but 1 stopped and 0 went on: nothing to promote, the rest stop
+    assert now.promote == () and now.start == () and now.stopped == {7: 1, 9: 1, 11: 1}
+
+
+def test_an_asha_phase_whose_n_trials_is_raised_goes_on_with_the_new_configurations(tmp_path):
+    """In this process: a finished phase of six configurations, rerun with nine; the drawn configurations are equal
+    (one value to draw), each still its own ladder and seed."""
+    from hpsearch.engine.driver import Driver
+    from hpsearch.spec.build import load_spec
+    from tests.conftest import assert_exactly_once, study_trials, write_spec
+
+    phase = {**ASHA_PHASE, "n_trials": 6, "space": {"hidden_size": {"type": "categorical", "choices": [8]}}}
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = write_spec(tmp_path, phases=[phase])
+    assert Driver(load_spec(spec), url, echo=lambda line: None).run().complete
+    assert_exactly_once(study_trials(url, "tiny.random"), 6 * 3)
+    spec = write_spec(tmp_path, phases=[{**phase, "n_trials": 9}])
+    assert Driver(load_spec(spec), url, echo=lambda line: None).run().complete
+    trials = study_trials(url, "tiny.random")
+    assert_exactly_once(trials, 9 * 3)
+    seeds = {}
+    for trial in trials:
+        seeds.setdefault(trial.user_attrs["point"] // 3, set()).add(trial.user_attrs["seed"])
+    assert all(len(found) == 1 for found in seeds.values()) and len({s for found in seeds.values() for s in found}) == 9
+
+
+def test_a_configuration_the_trainable_cannot_train_in_stages_is_refused_before_anything_runs(tmp_path):
+    """Every configuration an asha phase will draw is held against the trainable as the spec loads: a Torch schedule
+    set by the total length, one of the choices, is refused then, not when the phase opens after others ran."""
+    pytest.importorskip("torch")
+    from hpsearch.errors import SpecError
+    from hpsearch.spec.build import load_spec
+    from tests.conftest import write_spec
+
+    phase = {**ASHA_PHASE, "budget": "num_epochs",
+             "schedule": {"type": "asha", "reduction_factor": 3, "min_budget": 1, "max_budget": 3},
+             "space": {"schedule": {"type": "categorical", "choices": ["step", "cosine"]}}}
+    spec = write_spec(tmp_path, model={"backend": "torch"}, defaults={"hidden_sizes": [8], "device": "cpu"},
+                      phases=[phase])
+    with pytest.raises(SpecError, match="budget 'num_epochs': schedule 'cosine' sets every step's learning rate"):
+        load_spec(spec)
+
+
+def test_a_grid_is_not_derived_from_an_asha_phase(tmp_path):
+    from hpsearch.errors import SpecError
+    from hpsearch.spec.build import load_spec
+    from tests.conftest import write_spec
+
+    derived = {"name": "grid", "sampler": "grid", "grid": {"from": "random", "top_k": 2, "points": 2}}
+    with pytest.raises(SpecError, match="whose asha rungs rank configurations at different budgets"):
+        load_spec(write_spec(tmp_path, phases=[ASHA_PHASE, derived]))

@@ -174,7 +174,7 @@ def test_a_rung_whose_training_fails_sends_the_rungs_above_back_to_the_queue(tmp
     ({**BUDGET_PHASE, "grid": {**GRID, "hidden_size": [4, 8]}, "budget": "hidden_size"},
      "the budget must be 'num_iters', the parameter the numpy backend trains in stages along. Got 'hidden_size'"),
     ({"name": "random", "sampler": "random", "n_trials": 3, "budget": "num_iters",
-      "space": {"num_iters": {"type": "int", "low": 5, "high": 20}}}, "'budget' and 'schedule' are for grid phases"),
+      "space": {"num_iters": {"type": "int", "low": 5, "high": 20}}}, "'budget' goes with a schedule"),
     ([TINY_STUDY["phases"][0],  # a grid derived from it later: the budget's name is refused at once
       {**BUDGET_PHASE, "grid": {"from": "random", "top_k": 2, "points": 2}, "budget": "num_epochs"}],
      "the budget must be 'num_iters', the parameter the numpy backend trains in stages along. Got 'num_epochs'"),
