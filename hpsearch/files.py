@@ -9,6 +9,8 @@ is allocated for it. Knows files only: what a refusal means (an error, an entry 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import stat
@@ -19,7 +21,7 @@ from typing import Any, BinaryIO, Iterator
 from hpsearch.formatting import format_bytes
 
 __all__ = ["SPEC", "FileRefused", "FileTooLarge", "NotRegularFile", "NpyHeader", "SizeBound", "data_bound",
-           "disk_use", "machine_memory", "process_start", "open_regular", "read_bounded", "read_npy_header"]
+           "disk_use", "file_checksum", "machine_memory", "process_start", "open_regular", "read_bounded", "read_npy_header"]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder, not a file"),
@@ -149,6 +151,16 @@ def read_npy_header(stream: BinaryIO) -> NpyHeader:
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = read_header(stream)
     return NpyHeader(tuple(shape), dtype, fortran_order, stream.tell() - start)
+
+
+def file_checksum(path: str | Path, payload: Any, *, what: str) -> str:
+    """The SHA-256 of the regular file ``path`` (within :func:`data_bound`) and of ``payload``, as sorted JSON: what
+    a file saved with a record of itself (a paused run and its reports, a kept winner and its metrics) is checked
+    against when it is taken up. ``what``: the file, as a refusal names it."""
+    with open_regular(path, data_bound(what)) as file:
+        digest = hashlib.file_digest(file, "sha256")
+    digest.update(json.dumps(payload, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def disk_use(folder: Path) -> int:

@@ -9,7 +9,6 @@ by a crash are refused, and the run trains from its start instead. Knows files o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.backends.base import Training, replacing
-from hpsearch.files import SizeBound, data_bound, open_regular, read_bounded
+from hpsearch.files import SizeBound, file_checksum, read_bounded
 from hpsearch.search.ladders import Ladders
 
 __all__ = ["PausedRun", "PausedRuns"]
@@ -90,10 +89,7 @@ class PausedRun:
 
 def _checksum(run: Path, budget: Any, epochs: Any) -> str:
     """The SHA-256 of the run file's bytes and of the reports saved with it."""
-    with open_regular(run, data_bound("a paused run")) as file:
-        digest = hashlib.file_digest(file, "sha256")
-    digest.update(json.dumps({"budget": budget, "epochs": epochs}, sort_keys=True).encode())
-    return digest.hexdigest()
+    return file_checksum(run, {"budget": budget, "epochs": epochs}, what="a paused run")
 
 
 @dataclass(frozen=True)
