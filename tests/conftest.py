@@ -253,6 +253,13 @@ def study_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial
         opened.engine.dispose()
 
 
+def paused_runs_left(storage: str) -> list[Path]:
+    """The files of paused runs left beside ``storage`` (the kept winner's folder is not one)."""
+    from hpsearch.storage.connections import runs_folder
+
+    return [path for path in runs_folder(storage).glob("*/*") if not path.parent.name.startswith("winner-")]
+
+
 def assert_exactly_once(trials: list[optuna.trial.FrozenTrial], points: int) -> None:
     """Points 0..points-1 of a phase each finished (complete or pruned) exactly once, and no trial is left running."""
     finished = collections.Counter(t.user_attrs["point"] for t in trials

@@ -67,6 +67,8 @@ def print_summary(summary: StudySummary) -> None:
         for line in wrap_items("  config:", [f"{key}={format_value(value)}" for key, value in best["config"].items()]):
             say(line)
         say(f"  seed: {best['seed']}  (`hpsearch best` writes the exact values as a spec)")
+        if best.get("trained_again"):
+            say(f"  trained again to be scored: {best['trained_again']}")
     elif summary.complete:
         say("no winner: no trial completed (`hpsearch export` lists every trial with its failure)")
     for p in summary.phases:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import optuna
 
 from hpsearch.data import Dataset
-from hpsearch.engine.budget import Budget, all_complete, others_running, time_box_message
+from hpsearch.engine.budget import RECENT, Budget, all_complete, others_running, time_box_message
 from hpsearch.engine.interrupt import Interrupted, Interruption
 from hpsearch.engine.listener import StudyListener, StudyReport
 from hpsearch.engine.phaserun import PhaseRunner
@@ -39,11 +39,12 @@ from hpsearch.engine.results import Results, StudySnapshot
 from hpsearch.engine.summary import StudySummary, TimeBox
 from hpsearch.engine.training import load_data, score_test_split
 from hpsearch.engine.trials import TrialRunner
+from hpsearch.engine.winner import KeptWinner
 from hpsearch.errors import SpecError, users_failure
 from hpsearch.spec.build import best_fragment
 from hpsearch.spec.checks import check_sizes
 from hpsearch.spec.models import PhaseSpec, StudySpec
-from hpsearch.storage.connections import dispose_engines, storage_lock
+from hpsearch.storage.connections import dispose_engines, runs_folder, storage_lock
 from hpsearch.storage.records import SharedState, StateTable, decode_param, decode_params, encode_param
 from hpsearch.storage.trialstore import TrialStore
 from hpsearch.storage.urls import StorageError, mask_url
@@ -136,12 +137,14 @@ class Driver:
         self.table = StateTable(storage_url, self.storage.engine)
         self.phases = Phases(spec, storage_url, self.storage, self.table, force_new_phase=force_new_phase,
                              echo=echo)
-        self.results = Results(spec, storage_url, self.phases)
+        winner = KeptWinner(runs_folder(storage_url) / f"winner-{spec.name}", spec.trainable,
+                            lock=lambda: storage_lock(storage_url, f"{spec.name}:winner"))
+        self.results = Results(spec, storage_url, self.phases, winner)
         self._views: dict[str, PhaseView] = {}
         self.heartbeat = Heartbeat(self.store, spec.heartbeat.interval)
         self.runner = TrialRunner(spec, self.store, lambda: self.data, listener=self.listener, echo=echo,
                                   interruption=self.interruption, heartbeat=self.heartbeat, views=self._views,
-                                  progress_lines=progress_lines)
+                                  progress_lines=progress_lines, winner=winner)
         self.phase_runner = PhaseRunner(spec, storage_url, self.store, self.phases, self.runner,
                                         listener=self.listener, echo=echo, interruption=self.interruption)
 
@@ -187,7 +190,8 @@ class Driver:
 
     @_storage_failures
     def report(self, retrain: bool = True) -> StudyReport | None:
-        """Plain data for plots and summaries; retrains the best trial for its curves and model."""
+        """Plain data for plots and summaries; the best trial's curves and model from its kept model, or trained
+        again."""
         self.phases.layout.check_stored(self.spec.phases)
         return self.results.report(self.data if retrain else None, self.results.snapshot(), retrain=retrain)
 
@@ -204,6 +208,7 @@ class Driver:
     def run(self, budget: Budget | None = None, only_phase: str | None = None) -> StudySummary:
         """Run the phases in order until done or out of budget. Returns the summary (see :meth:`status`)."""
         budget = budget or Budget()
+        budget.keeps_winner = self.results.winner is not None and self.results.winner.can_keep
         phases, _ = check_run(self.spec, only_phase, lambda: self.data)
         if self.data.X_test is None and self.spec.trainable.evaluate is not None and not only_phase:
             self.echo(f"warning: {self.spec.source}: the data have no test split, so the winner is scored on no "
@@ -270,7 +275,7 @@ class Driver:
         for phase in phases:
             self.interruption.check()
             study, record, view = self.open_phase(phase, snapshot)
-            budget.expect(view.longest)
+            budget.start_phase(phase.name, view.trial_lengths(RECENT))
             resuming = resuming_line(phase, view.status())  # a resumed phase says where it stands
             if resuming and self.runner.progress_lines:  # (unless another process shows the study's progress)
                 self.echo(resuming)
@@ -298,7 +303,8 @@ class Driver:
         return StudySnapshot(snapshot.layout, views, snapshot.result)
 
     def _finalise(self, snapshot: StudySnapshot, partial: bool = False) -> StudyReport | None:
-        """Retrain the winner with its own seed, evaluate it once on the test split, store and report the result.
+        """Evaluate the winner once on the test split (its kept model, or the winner trained again with its own
+        seed where none is kept), store and report the result.
 
         Once per winner: of several workers finishing together, the first does it and the others return None.
         ``partial``: the study is not complete (a time box); its completion finalises again, for the full report.
@@ -326,6 +332,7 @@ class Driver:
             self.phases.layout.follow()  # still this generation after the retraining, before its result is stored
             result = {"phase": best["phase"], "trial": best["trial"], "value": best["value"],
                       "retrained_value": retrained.metrics.get(self.spec.objective.metric) if retrained else None,
+                      **({"trained_again": report.trained_again} if report.trained_again else {}),
                       "data_fingerprint": self.data.fingerprint, "generation": self.phases.layout.generation,
                       **({"partial": True} if partial else {}),
                       **scores, **({"failure": report.failure} if report.failure else {})}

@@ -76,7 +76,8 @@ class StudyReport:
 
     trials: rows of ``Driver.trials``. spaces: per phase, the searched parameters and whether each is on a log
     scale. importances: per phase, parameter importances (empty where they cannot be computed). best: see
-    ``Driver.best``. best_result: the best trial retrained with its own seed (histories and model).
+    ``Driver.best``. best_result: the best trial's training result (histories and model): its kept model, or the trial
+    trained again with its own seed.
     """
 
     study: str
@@ -90,3 +91,4 @@ class StudyReport:
     best_fragment: dict[str, Any] | None
     summary: StudySummary
     failure: str | None = None  # why the winner has no retrained result or test score (the user's code failed)
+    trained_again: str | None = None  # why best_result is the winner trained again, not its kept model

@@ -26,6 +26,7 @@ from hpsearch.engine.phases import Phases
 from hpsearch.engine.phaseview import CATCH_UP_SLACK, PhaseView, phase_total
 from hpsearch.engine.summary import PausedRuns, StudySummary
 from hpsearch.engine.training import resolved_config
+from hpsearch.engine.winner import KeptWinner
 from hpsearch.errors import users_failure
 from hpsearch.files import disk_use
 from hpsearch.spec.build import best_fragment
@@ -63,10 +64,11 @@ class _PhaseTrials:
 class Results:
     """Status, best, trials and reports of one study, from snapshots of its phases."""
 
-    def __init__(self, spec: StudySpec, url: str, phases: Phases) -> None:
+    def __init__(self, spec: StudySpec, url: str, phases: Phases, winner: KeptWinner | None = None) -> None:
         self.spec = spec
         self.url = url
         self.phases = phases
+        self.winner = winner  # where the study's best trial so far keeps its model
         self.store = phases.store
         self._trials: dict[str, _PhaseTrials] = {}  # by Optuna study name
 
@@ -104,14 +106,21 @@ class Results:
             return None  # none yet, or one of a study since restarted with --force-new-phase
         return result
 
-    def best(self, snapshot: StudySnapshot) -> dict[str, Any] | None:
-        """The best trial over all phases, with everything needed to train it again."""
+    def _best_row(self, snapshot: StudySnapshot) -> tuple[PhaseView, Any] | None:
+        """The best trial over all phases: its phase's view and its row (the earlier phase's on a tie)."""
         found = [(view, view.best()) for view in snapshot.views]
         found = [(view, row) for view, row in found if row is not None]
         if not found:
             return None
         pick = max if self.spec.objective.direction == "maximize" else min
-        view, row = pick(found, key=lambda pair: pair[1].value)
+        return pick(found, key=lambda pair: pair[1].value)
+
+    def best(self, snapshot: StudySnapshot) -> dict[str, Any] | None:
+        """The best trial over all phases, with everything needed to train it again."""
+        found = self._best_row(snapshot)
+        if found is None:
+            return None
+        view, row = found
         trial = self.store.storage.get_trial(row.trial_id)
         result = snapshot.result or {}
         same = result.get("phase") == view.phase.name and result.get("trial") == row.number
@@ -122,6 +131,7 @@ class Results:
             "config": resolved_config(self.spec, params), "seed": trial.user_attrs.get("seed"),
             "data_fingerprint": result.get("data_fingerprint") if same else None,
             "test_failure": result.get("failure") if same else None,
+            "trained_again": result.get("trained_again") if same else None,  # why its kept model was not used
             # the winner's scores on the test split (test_acc, test_loss, ...), measured once at the study's end or a
             # time box's
             "test_metric": metric_on_test(self.spec.objective.metric),
@@ -184,7 +194,8 @@ class Results:
 
     def report(self, data: Any, snapshot: StudySnapshot, retrain: bool = True, full: bool = True,
                retraining: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> StudyReport | None:
-        """Plain data for plots and summaries; retrains the best trial for its curves and model.
+        """Plain data for plots and summaries; the best trial's curves and model from its kept model, or trained
+        again.
 
         ``full`` False leaves out what only plots need (every trial's row, parameter importances). ``retraining``:
         the context the retraining runs in (the driver's: a signal ends it at once), not the storage reads."""
@@ -193,11 +204,18 @@ class Results:
         if snapshot.layout is None:
             return None
         best = self.best(snapshot)
-        best_result, failure = None, None
-        if best is not None and retrain:  # the user's trainable may fail where it succeeded before
-            with retraining():
-                best_result, failure = users_failure(
-                    "retraining the winner", lambda: train_once(self.spec, data, best["params"], seed=best["seed"]))
+        best_result, failure, trained_again = None, None, None
+        if best is not None and retrain:
+            kept = self.winner.take(self._best_row(snapshot)[1].trial_id) if self.winner is not None else \
+                "no kept winner is looked for"
+            if isinstance(kept, str):  # trained again; the user's trainable may fail where it succeeded before
+                trained_again = kept
+                with retraining():
+                    best_result, failure = users_failure(
+                        "retraining the winner",
+                        lambda: train_once(self.spec, data, best["params"], seed=best["seed"]))
+            else:
+                best_result = kept
         spaces: dict[str, dict[str, bool]] = {}
         importances: dict[str, dict[str, float]] = {}
         for view in snapshot.views:
@@ -212,7 +230,7 @@ class Results:
             study=self.spec.name, metric=self.spec.objective.metric, direction=self.spec.objective.direction,
             trials=self.trials(snapshot.layout) if full else [], spaces=spaces, importances=importances, best=best,
             best_result=best_result, best_fragment=best_fragment(self.spec, best) if best else None,
-            summary=self.status(snapshot), failure=failure,
+            summary=self.status(snapshot), failure=failure, trained_again=trained_again,
         )
 
 

@@ -23,6 +23,7 @@ from hpsearch.engine.pausedruns import PausedRun
 from hpsearch.engine.phaseview import PhaseView
 from hpsearch.engine.pointqueue import Heartbeat
 from hpsearch.engine.training import resolved_config, start_training, train_once
+from hpsearch.engine.winner import KeptWinner, rank_of
 from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration
 from hpsearch.spec.models import PhaseSpec, StudySpec
@@ -62,6 +63,8 @@ class TrialRunner:
     views: dict[str, PhaseView]  # every phase's view, for the study's best so far
     # a line per trial on echo; False where another process shows the study's progress (run --workers's parent)
     progress_lines: bool = True
+    winner: KeptWinner | None = None  # where a trial that becomes the study's best keeps its model
+    unkept_told: bool = False  # whether this runner said that a winner's model could not be kept
 
     def describe(self, row: Row) -> TrialInfo:
         """A stored trial as the hooks see it (one read of the trial)."""
@@ -145,6 +148,8 @@ class TrialRunner:
             state, value, reason = TrialState.FAIL, None, one_line(exc)
             current.traceback = format_traceback(exc)
             go_on = False
+        if state == TrialState.COMPLETE:
+            self._keep_if_best(current, value, result)  # before its end is stored: the study's end may come next
         if stages is not None:
             stages.pruned = state == TrialState.PRUNED  # the last rung's: a ladder without a value goes no further
             if current.info is stages.top and state != TrialState.FAIL:
@@ -154,6 +159,32 @@ class TrialRunner:
         if state == TrialState.FAIL and silent:  # the trainable does not report the objective: no trial ever will
             raise SpecError(f"{self.spec.source}: {reason}; set objective.metric to one of the metrics it reports.")
         return go_on and stored
+
+    def _keep_if_best(self, current: RunningTrial, value: float, result: TrainResult) -> None:
+        """Keep the trial's model and training result when it ranks before the study's best so far, so that the
+        study's end need not train it again (see :mod:`hpsearch.engine.winner`)."""
+        if self.winner is None or not self.winner.can_keep or result.model is None:
+            return
+        maximize = self.spec.objective.direction == "maximize"
+        order = {phase.name: index for index, phase in enumerate(self.spec.phases)}
+
+        def rank(phase: str, value: float, number: int) -> tuple[float, int, int]:
+            return rank_of(value, maximize, order.get(phase, len(order)), number)
+
+        mine = rank(current.phase.name, value, current.info.number)
+        for name, view in self.views.items():
+            best = view.best()
+            if best is not None and rank(name, best.value, best.number) < mine:
+                return  # a better trial is known: the process that trained it kept it
+        live = {view.record["study"] for view in self.views.values() if view.record}
+        try:
+            with self.interruption.deferred():  # a signal waits for the model and its record to be whole
+                self.winner.offer(current.info.trial_id, current.view.record["study"], mine, result, live)
+        except Exception as exc:  # noqa: BLE001 - a user's save_model, a full disk: the end trains it again
+            if not self.unkept_told:
+                self.unkept_told = True
+                self.echo(f"a winner's model is not kept, so the study's end trains the winner again (told once): "
+                          f"{one_line(exc)}")
 
     def _judge(self, result: TrainResult) -> tuple[TrialState, float | None, str | None]:
         """A finished training's end: COMPLETE with the objective, PRUNED when it is not finite, FAIL without it."""

@@ -228,8 +228,7 @@ def test_an_asha_phase_runs_every_rung_once_each_the_configuration_trained_alone
     from hpsearch.engine.driver import Driver
     from hpsearch.engine.training import load_data, train_once
     from hpsearch.spec.build import load_spec
-    from hpsearch.storage.connections import runs_folder
-    from tests.conftest import assert_exactly_once, study_trials, write_spec
+    from tests.conftest import assert_exactly_once, paused_runs_left, study_trials, write_spec
 
     spec = write_spec(tmp_path, phases=[ASHA_PHASE])
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -272,7 +271,7 @@ def test_an_asha_phase_runs_every_rung_once_each_the_configuration_trained_alone
             assert config_of[trial.user_attrs["point"]] in best[:len(below) // 3]
     reached = {config_of[p]: t.params["num_iters"] for p, t in sorted(ends.items()) if t.state.name == "COMPLETE"}
     assert summary.examples == sum(reached.values()) * 50  # each configuration trained once to where it stopped
-    assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
+    assert not paused_runs_left(url)  # every paused run was let go
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -324,9 +323,8 @@ def test_two_processes_share_an_asha_phase_and_one_killed_inside_a_rung_loses_no
 
     import yaml
 
-    from hpsearch.storage.connections import runs_folder
     from hpsearch.storage.records import WORKER_DIED
-    from tests.conftest import assert_exactly_once, gated_study, study_trials
+    from tests.conftest import assert_exactly_once, gated_study, paused_runs_left, study_trials
 
     spec = gated_study(tmp_path, "asha", free=5, budget="num_iters", grid={"learning_rate": [0.1], "num_iters": [1]},
                        schedule={"type": "halving"}, grace_period=3600)  # reaped by its pid, never by an old beat
@@ -373,7 +371,7 @@ def test_two_processes_share_an_asha_phase_and_one_killed_inside_a_rung_loses_no
         best = sorted(ended, key=lambda c: (-ended[c], c))
         went_on = {p // 3 for p, t in ends.items() if p % 3 == rung + 1 and t.state.name == "COMPLETE"}
         assert set(best[:len(ended) // 3]) <= went_on <= set(best)
-    assert not list(runs_folder(storage).glob("*/*"))
+    assert not paused_runs_left(storage)
 
 
 def test_a_configuration_stopped_before_more_started_never_goes_on_nor_holds_the_others_up():

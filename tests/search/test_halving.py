@@ -22,8 +22,8 @@ from hpsearch.search.ladders import halve, ladders
 from hpsearch.spec.build import load_spec
 from hpsearch.storage.connections import runs_folder
 from hpsearch.storage.records import WORKER_DIED
-from tests.conftest import (REPO, assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, study_trials,
-                            write_spec)
+from tests.conftest import (REPO, assert_exactly_once, gated_study, kill_at_the_gate_and_rerun, paused_runs_left,
+                            study_trials, write_spec)
 
 # nine ladders of the tiny study's learning rates; 200 training rows / 50 = 4 iterations an epoch
 RATES = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0]
@@ -109,7 +109,7 @@ def test_halving_decides_every_point_once_and_each_value_is_the_point_trained_al
     # each ladder paid once for each stretch it trained: no run was trained again from its start
     reached = {lr: max(n for n in complete if lr in complete[n]) for lr in RATES}
     assert summary.examples == sum(reached.values()) * 50
-    assert not list(runs_folder(url).glob("*/*"))  # every paused run was let go
+    assert not paused_runs_left(url)  # every paused run was let go
 
 
 def test_a_halving_phase_s_paused_runs_show_in_status_and_go_when_it_completes(tmp_path):
@@ -207,7 +207,7 @@ def test_a_run_that_cannot_be_kept_between_levels_trains_again_to_the_same_numbe
         assert sum("is not kept for its next level" in line and "No space left" in line for line in said) == 1
     else:
         assert sum("is not taken up" in line for line in said) == 3 + 1 + 1  # the levels 6, 12 and 20 began
-    assert not list(runs_folder(url).glob("*/*"))
+    assert not paused_runs_left(url)
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_a_saved_run_that_is_not_as_it_was_saved_trains_from_its_start_to_the_sa
     # each promoted rung trained its run again from the start
     complete = [n for (_, n), (state, _) in ends(trials).items() if state == "COMPLETE"]
     assert summary.examples == sum(complete) * 50
-    assert not list(runs_folder(url).glob("*/*"))
+    assert not paused_runs_left(url)
 
 
 def test_levels_can_be_ranked_by_another_metric_with_its_own_direction(tmp_path):
@@ -387,7 +387,7 @@ def test_a_killed_halving_phase_resumes_its_schedule_and_its_saved_runs(tmp_path
     assert reasons == {"not promoted at 10": 8, "not promoted at 20": 1}
     # the killed run's 8 stages, the retried rung, the top rung, the winner retrained
     assert (tmp_path / "calls").stat().st_size == 8 + 1 + 1 + 1
-    assert not list(runs_folder(storage).glob("*/*"))
+    assert not paused_runs_left(storage)
 
 
 
@@ -418,4 +418,4 @@ def test_a_halving_phase_killed_inside_a_level_of_several_rungs_resumes_it(tmp_p
     assert sum(t.user_attrs["examples"] for t in complete.values()) == 6 * 10 + 2 * 10 + 10 + 20
     # the killed run's 8 stages, the retried rung, the other ladder's two, the winner retrained
     assert (tmp_path / "calls").stat().st_size == 8 + 1 + 2 + 1
-    assert not list(runs_folder(storage).glob("*/*"))
+    assert not paused_runs_left(storage)
