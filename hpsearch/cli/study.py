@@ -145,7 +145,8 @@ def plan(spec: SpecArg, set_: SetOpt = None, allow_import: AllowImportOpt = Fals
         typer.echo(f"  {p['phase']:<12} {p['sampler']:<7} {size:<22} ≈ {format_duration(p['estimated_seconds'])}"
                    f"{trained}")
     once = format_duration(report["run_fixed_seconds"])
-    typer.echo(f"  {'(once)':<12} {'':<7} {'start, retrain winner':<22} ≈ {once}")
+    end = "start, retrain winner" if report["winner_trained_again"] else "start, score winner"
+    typer.echo(f"  {'(once)':<12} {'':<7} {end:<22} ≈ {once}")
     tracking = ", plus MLflow tracking" if study.tracking.enabled else ""
     typer.echo(f"  total ≈ {format_duration(report['estimated_seconds'])} on one process{tracking}")
 

@@ -199,9 +199,13 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
             "estimate_from_sample": estimated,
             "grid": phase.grid if isinstance(phase.grid, dict) else None,
         })
-    # the winner is unknown in advance: its retraining is priced as an average trial's training
-    once = startup_seconds + probe.fixed_seconds + (sum(all_training) / len(all_training) if all_training else 0.0)
+    # the study's end scores the winner's kept model; a trainable that cannot save one has its winner trained again,
+    # unknown in advance: priced as an average trial's training
+    trains_winner = spec.trainable.save_model is None or spec.trainable.load_model is None
+    once = startup_seconds + probe.fixed_seconds + (
+        sum(all_training) / len(all_training) if all_training and trains_winner else 0.0)
     return {"study": spec.name, "probe_seconds": round(probe.train_seconds, 3),
             "probe": {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(probe).items()},
-            "startup_seconds": round(startup_seconds, 3), "run_fixed_seconds": round(once, 1), "phases": phases,
+            "startup_seconds": round(startup_seconds, 3), "run_fixed_seconds": round(once, 1),
+            "winner_trained_again": trains_winner, "phases": phases,
             "estimated_seconds": round(once + sum(p["estimated_seconds"] for p in phases), 1)}

@@ -247,7 +247,7 @@ def test_plan_prints_durations_as_people_read_them(study, monkeypatch):
         "study clistudy: a probe of 4 short trials: 0.4 s of training each, 0.1 s more per trial",
         "  random       random  6 trials               ≈ 3.0 s",
         "  grid         grid    at most 4 trials       ≈ 2.0 s",
-        "  (once)               start, retrain winner  ≈ 3 min 30 s",
+        "  (once)               start, score winner    ≈ 3 min 30 s",
         "  total ≈ 3 min 35 s on one process, plus MLflow tracking",
     ]
 

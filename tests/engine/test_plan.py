@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hpsearch.backends import load_trainable
@@ -11,7 +13,7 @@ from hpsearch.spec.build import load_spec
 from tests.conftest import TINY_STUDY, write_spec
 
 
-def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
+def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path, monkeypatch):
     spec = load_spec(write_spec(tmp_path, phases=[{"name": "grid", "sampler": "grid",
                                                    "grid": {"hidden_size": [4, 8]}}]))
     data = load_data(spec)
@@ -22,8 +24,8 @@ def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
     report = plan(spec, data, probe)
     assert report["phases"][0]["trials"] == 2
     assert report["phases"][0]["estimated_seconds"] == pytest.approx(1.0 + 0.5 + 2 * 0.5)
-    assert report["run_fixed_seconds"] == pytest.approx(3.0 + 0.75, abs=0.05)  # the winner retrained: a mean trial
-    assert report["estimated_seconds"] == pytest.approx(2.5 + 3.75, abs=0.05)
+    assert report["run_fixed_seconds"] == pytest.approx(3.0, abs=0.05)  # the winner's kept model is scored
+    assert report["estimated_seconds"] == pytest.approx(2.5 + 3.0, abs=0.05) and not report["winner_trained_again"]
     assert report["probe"] == {"train_seconds": 1.0, "cost": probe.cost, "trial_overhead_seconds": 0.5,
                                "fixed_seconds": 3.0, "trials": PROBE_TRIALS, "start_seconds": 0.0}
     # 0.2 s of each training whatever its length: 0.8 s per 8 hidden units, each trial 0.2 s more
@@ -31,8 +33,13 @@ def test_estimate_is_training_priced_by_the_probe_plus_overheads(tmp_path):
     assert started["phases"][0]["estimated_seconds"] == pytest.approx(0.2 + 0.8 + 0.2 + 0.4 + 2 * 0.5)
     # the command's own start-up (interpreter, imports, the data), which every run pays too
     started = plan(spec, data, probe, startup_seconds=2.0)
-    assert started["run_fixed_seconds"] == pytest.approx(3.0 + 2.0 + 0.75, abs=0.05)
+    assert started["run_fixed_seconds"] == pytest.approx(3.0 + 2.0, abs=0.05)
     assert started["estimated_seconds"] == pytest.approx(report["estimated_seconds"] + 2.0, abs=0.05)
+    # a trainable that cannot save its models: the study's end trains the winner again, priced as a mean trial
+    unsaved = dataclasses.replace(numpy, save_model=None)
+    monkeypatch.setattr(type(spec), "trainable", property(lambda self: unsaved))
+    again = plan(spec, data, probe)
+    assert again["winner_trained_again"] and again["run_fixed_seconds"] == pytest.approx(3.0 + 0.75, abs=0.05)
 
 
 def test_the_start_up_is_the_time_since_the_process_started():
