@@ -129,8 +129,8 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
     """Run the study's phases in order (``hpsearch run``); call it again to resume.
 
     timeout: no trial starts after this many seconds. time_box (seconds, or '55m', '1h'; default the spec's
-    ``time_box``): the run aims to end within it with the best trial so far retrained and scored on the test split
-    (an estimate from the longest trial so far: see :class:`hpsearch.engine.driver.Budget`).
+    ``time_box``): the run aims to end within it with the best trial so far scored on the test split (an estimate
+    from the median of the phase's recent trials: see :class:`hpsearch.engine.driver.Budget`).
 
     base_dir: for a spec given as a mapping, where its relative paths and modules are (default: relative paths from
     the working directory, modules from installed packages only). echo: where progress lines go (default stderr).
@@ -169,7 +169,7 @@ def run(spec: str | Path | Mapping[str, Any] | StudySpec, *, storage: str | None
         summary.wall_seconds = round(time.perf_counter() - started, 3)
         tracker = work.listener
         if hasattr(tracker, "uri"):
-            scored = (summary.best or {}).get("data_fingerprint") is not None  # retrained at the end, or a box's
+            scored = (summary.best or {}).get("data_fingerprint") is not None  # scored at the end, or a box's
             model = tracker.saved_model(work.phases.shared()) if summary.complete or scored else None
             summary.tracking = TrackingRef(uri=mask_url(tracker.uri), experiment=tracker.experiment,
                                            experiment_id=tracker.experiment_id(work.phases.shared()),

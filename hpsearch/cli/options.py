@@ -218,9 +218,9 @@ TimeoutOpt = Annotated[Optional[float], typer.Option(help="Stop starting trials 
 # the callback turns the text into seconds (a float), which the commands receive
 TimeBoxOpt = Annotated[Optional[str], typer.Option(
     metavar="DURATION", callback=checked(arguments.duration, "--time-box"),
-    help="Aim to end within this time (seconds, or 55m, 1h) with the best trial so far retrained and scored on the "
-         "test split: a trial starts only while it and that retraining fit, each as long as the longest trial so "
-         "far. Default: the spec's time_box.")]
+    help="Aim to end within this time (seconds, or 55m, 1h) with the best trial so far scored on the test split: a "
+         "trial starts only while it fits, as long as the median of the phase's recent trials. Default: the spec's "
+         "time_box.")]
 MaxTrialsOpt = Annotated[Optional[int], typer.Option(help="Start at most this many trials in this run.",
                                                      callback=checked(arguments.trial_count, "--max-trials"))]
 ForceOpt = Annotated[

@@ -114,7 +114,6 @@ class PhaseRunner:
                     queue.reconcile()
                 view.refresh()
                 next_look = time.monotonic() + self.spec.heartbeat.interval
-            budget.expect(view.longest)
             if budget.exhausted():
                 return False
             self.phases.layout.follow()  # the study was not started afresh with another spec
@@ -137,7 +136,8 @@ class PhaseRunner:
                 rungs.append(RunningTrial(phase, view, TrialInfo(trial_id, number, point, points[point],
                                                                  stored.get(trial_id, seed_of(point))),
                                           paused=paused(found.of_point[point], point) if paused else None))
-            budget.timed(lambda: self.runner.run(rungs, study), trials=len(rungs))
+            budget.timed(lambda: self.runner.run(rungs, study), trials=len(rungs),
+                         kind=view.work_of(rungs[-1].info.point))
             if any(counts_as_failure(row.state, row.failure) for row in
                    (view.rows.get(current.info.trial_id) for current in rungs) if row is not None):
                 queue.reconcile()  # a failed trial's point goes back in the queue now
@@ -219,7 +219,6 @@ class PhaseRunner:
             if failures > phase.max_retries * phase.n_trials:
                 self.echo(f"[{phase.name}] giving up after {failures} failed trials")
                 return True
-            budget.expect(view.longest)
             if budget.exhausted():
                 return False
             if finished + running >= phase.n_trials:

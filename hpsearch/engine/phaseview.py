@@ -56,7 +56,7 @@ class PhaseView:
         self._unpointed_failures = 0
         self._failed_rows: dict[int, list[Row]] = {}
         self._seconds = [0.0, 0]
-        self.longest = 0.0  # seconds: the longest finished trial
+        self._lengths: list[tuple[int | None, float]] = []  # trained trials' points and seconds, as they ended
         self._examples = [0, 0]  # training examples processed, by how many trials counted them
         self._best: Row | None = None
         self._finishes: list[tuple[datetime.datetime, int | None]] = []  # trained trials' ends, as they arrived
@@ -102,8 +102,6 @@ class PhaseView:
         if row.state in FINISHED_STATES and row.seconds is not None:
             self._seconds[0] += sign * row.seconds
             self._seconds[1] += sign
-            if sign > 0:  # a finished trial never changes again
-                self.longest = max(self.longest, row.seconds)
 
     def apply(self, row: Row) -> None:
         """Take ``row`` as the trial's state now (a finished trial never changes again)."""
@@ -115,6 +113,8 @@ class PhaseView:
         if row.complete is not None and (old is None or old.complete is None) and _trained(row):
             self._finishes.append((row.complete, row.point))  # a trial ends once: its first sight counts
             self._trained_work += self._work_of(row.point)
+            if row.seconds is not None:
+                self._lengths.append((row.point, row.seconds))
         self._max_id = max(self._max_id, row.trial_id)
         if row.state == "FAIL" and row.point is not None and (old is None or old.state != "FAIL"):
             self._failed_rows.setdefault(row.point, []).append(row)
@@ -127,6 +127,18 @@ class PhaseView:
 
     def best(self) -> Row | None:
         return self._best
+
+    def trial_lengths(self, last: int) -> dict[float, list[float]]:
+        """The seconds of the ``last`` trained trials of each kind (by their work: a rung, a level, a point), as
+        they ended, every process's; what a time box estimates the next trial from."""
+        lengths: dict[float, list[float]] = {}
+        for point, seconds in self._lengths:
+            lengths.setdefault(self._work_of(point), []).append(seconds)
+        return {kind: seconds[-last:] for kind, seconds in lengths.items()}
+
+    def work_of(self, point: int | None) -> float:
+        """A point's training work (see :meth:`set_work`): the kind of trial it is, for :meth:`trial_lengths`."""
+        return self._work_of(point)
 
     def replaced(self, point: int | None, number: int) -> Row | None:
         """The latest earlier failed trial of ``point``, which trial ``number`` retries."""

@@ -158,11 +158,12 @@ def test_a_time_box_ends_with_the_winner_so_far_scored_and_a_later_run_goes_on(t
     driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append,
                     listener=Ticking(clock))
     summary = driver.run(Budget(time_box=100.0, clock=clock))
-    # a trial starts only while it and the winner's retraining (10 s each) still fit: 8 trials of 10 s
+    # a trial starts only while it still fits (10 s each; the winner's model is kept, so no retraining): 9 trials
     random_status, grid_status = summary.phases
-    assert (random_status["done"], grid_status["done"]) == (6, 2) and grid_status["total"] > 2
+    assert (random_status["done"], grid_status["done"]) == (6, 3) and grid_status["total"] > 3
     assert not summary.complete
-    assert ("Time box of 1 min 40 s reached during phase 'grid' after 8 trials: the best trial so far is scored on "
+    assert ("Time box of 1 min 40 s reached during phase 'grid' after 9 trials, 10 s before its end (less than its "
+            "next trial's expected 10 s, the median of the phase's recent trials): the best trial so far is scored on "
             "the test split.") in messages[-1], messages
     assert summary.time_box == TimeBox(seconds=100.0, scored=True)
     best = summary.best
@@ -184,7 +185,7 @@ def test_only_the_time_box_finalises_an_unfinished_study_and_never_under_phase(t
     driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
     summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0), only_phase="random")
     assert "test_acc" not in summary.best and summary.phases[0]["done"] == 3
-    assert messages[-1].endswith("after 1 trial; rerun the same command to go on."), messages
+    assert "after 1 trial, " in messages[-1] and messages[-1].endswith("; rerun the same command to go on."), messages
 
 
 def test_a_time_box_counts_the_stored_trials_lengths_from_a_run_s_first_trial(tmp_path):
@@ -193,10 +194,11 @@ def test_a_time_box_counts_the_stored_trials_lengths_from_a_run_s_first_trial(tm
     messages = []
     driver = Driver(load_spec(spec), f"sqlite:///{tmp_path / 'study.db'}", echo=messages.append)
     # no time passes (this run's trial lasts 0 s by its clock), but a box shorter than the stored trials leaves no
-    # room for a second trial and the retraining
+    # room for a second trial: the median of the two stored and this run's one is a stored one's length
     summary = driver.run(Budget(time_box=1e-6, clock=lambda: 0.0))
     assert summary.phases[0]["done"] == 3 and summary.best["test_acc"] is not None
-    assert "after 1 trial: the best trial so far is scored on the test split" in messages[-1]
+    assert "after 1 trial, 1e-06 s before its end" in messages[-1]
+    assert "): the best trial so far is scored on the test split" in messages[-1]
 
 
 def test_every_run_starts_a_trial_however_short_its_time_box(tmp_path):
