@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
 
+from hpsearch.engine.interrupt import SIGNALS
 from hpsearch.errors import UserError
 
-__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "check_workers", "report_stopped", "run_workers", "unblock_signals",
-           "usable_cores"]
+__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "Worker", "check_workers", "report_stopped", "run_workers",
+           "spawn", "unblock_signals", "usable_cores"]
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
-SIGNALS = {signal.SIGINT, signal.SIGTERM}
+RESTORED = {signal.SIGPIPE, signal.SIGXFSZ}  # Python ignores them; a new process starts with their defaults
 
 # workers are processes with a BLAS thread each: past a few per core they only add memory, connections and
 # contention (a 2-core machine runs 16 workers at 1.28x one worker), and a mistyped count can fork the machine to
@@ -47,46 +47,77 @@ def check_workers(workers: int, allow_many: bool) -> None:
                     f"process may use); --allow-many-workers lifts the bound to {MAX_WORKERS}. Got {workers} instead.")
 
 
+class Worker:
+    """A worker process, as :func:`run_workers` waits for it and signals it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None  # its exit code, or minus the signal that ended it, once reaped
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:  # reaped meanwhile by poll() in a signal handler, which set returncode
+                if self.returncode is None:
+                    raise
+                break
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:  # not reaped: the pid is still its own
+            os.kill(self.pid, signum)
+
+
+def spawn(command: list[str], env: dict[str, str], stdout: int | None = None) -> Worker:
+    """Start ``command`` with SIGINT and SIGTERM blocked in it (a mask survives exec: it unblocks them once its
+    handlers are installed, see :func:`unblock_signals`, so Ctrl-C while its interpreter starts is no traceback),
+    its standard output on ``stdout`` (a descriptor; default /dev/null) and this process's inheritable descriptors.
+
+    The mask is the new process's only: this process never blocks the signals, so the kernel hands a signal sent to
+    it to its main thread, whose handler sees it at once. Blocked here for the start, a signal went to another
+    thread (one of BLAS's), which could take it up only after the next worker had started."""
+    output = ((os.POSIX_SPAWN_DUP2, stdout, 1) if stdout is not None else
+              (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0))
+    return Worker(os.posix_spawnp(command[0], command, env, file_actions=[output], setsigmask=SIGNALS,
+                                  setsigdef=RESTORED))
+
+
 def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[list[int], bool, list[str]]:
     """Run ``workers`` copies of ``command``; returns the exit codes of those started, whether a signal stopped them,
     and the trials the signal stopped while they trained.
 
     The workers start one at a time. A SIGINT or SIGTERM to this process stops the starting at once and goes to
-    every worker started (each ends its trial as interrupted and exits), the one starting as it came included; this
-    process waits for all of them, so none outlives it.
+    every worker started (each ends its trial as interrupted and exits); this process waits for all of them, so
+    none outlives it.
     """
     received: list[int] = []
-    processes: list[subprocess.Popen] = []
+    processes: list[Worker] = []
 
     def forward(signum: int, frame: object) -> None:
         received.append(signum)
         for process in processes:
-            if process.poll() is None:
-                process.send_signal(signum)
+            process.send_signal(signum)
 
     read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)  # the workers' (this process starts nothing else meanwhile)
     previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
     try:
         try:
             for _ in range(workers):
-                # a signal sent to this process may wait for another thread (one of BLAS's, say) to take it, and its
-                # handler then for this thread to run it: pending, it stops the starting as surely as received
-                pending = signal.sigpending() & set(SIGNALS)
-                if received or pending:
+                if received:
                     break
-                # a worker starts with the signals blocked (a mask survives exec) and unblocks them once its handler
-                # is installed (see unblock_signals): Ctrl-C while its interpreter starts is no traceback. Here they
-                # are held back for the start only, then forwarded to it too.
-                told = len(received)
-                held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-                try:
-                    process = subprocess.Popen(command, env={**env, STOPPED_FD: str(write_end)},
-                                               pass_fds=(write_end,), stdout=subprocess.DEVNULL)
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
-                processes.append(process)
-                if len(received) > told:  # it came while this one started (another thread may take a signal the
-                    process.send_signal(received[-1])  # mask holds back here), before the handler could see it
+                processes.append(spawn(command, {**env, STOPPED_FD: str(write_end)}))
+                if received:  # it came while this one started, before it was in the list the handler signals
+                    processes[-1].send_signal(received[-1])
         except OSError as exc:  # no more processes or memory: the ones started are stopped, not left behind
             forward(signal.SIGTERM, None)
             for process in processes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +18,7 @@ runner = CliRunner()
 
 # a worker that counts itself in the file named by its argument; the third sends SIGTERM to the process that started
 # it; each says "started" on its stdout, then waits for the signal that ends it
-# as a worker does once its handlers are in place, it takes the signals the parent blocked for its start
+# as a worker does once its handlers are in place, it takes the signals it started with blocked
 FAKE_WORKER = """
 import os, signal, sys
 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -35,27 +34,52 @@ signal.pause()
 def test_a_signal_while_workers_start_starts_no_more_and_reaches_every_one_started(tmp_path, monkeypatch):
     """The workers are processes: the signal comes from one of them, as from anyone while the parent starts them."""
     counter = tmp_path / "started"
-    started: list[subprocess.Popen] = []
-    popen = subprocess.Popen
+    started: list[localworkers.Worker] = []
+    spawn = localworkers.spawn
 
-    def start_and_wait_until_it_runs(command, **kwargs):  # so the third has sent its signal before a fourth starts
-        process = popen(command, **{**kwargs, "stdout": subprocess.PIPE})
+    def spawn_and_wait_until_it_runs(command, env):  # so the third has sent its signal before a fourth starts
+        read_end, write_end = os.pipe()
+        try:
+            process = spawn(command, env, stdout=write_end)
+        finally:
+            os.close(write_end)
         started.append(process)
-        assert process.stdout.readline() == b"started\n"
+        with os.fdopen(read_end, "rb") as out:
+            assert out.readline() == b"started\n"
         return process
 
-    monkeypatch.setattr(localworkers.subprocess, "Popen", start_and_wait_until_it_runs)
+    monkeypatch.setattr(localworkers, "spawn", spawn_and_wait_until_it_runs)
     try:
         codes, interrupted, stopped = localworkers.run_workers([sys.executable, "-c", FAKE_WORKER, str(counter)],
                                                                 dict(os.environ), 10)
     finally:  # whatever failed: no fake worker is left waiting
         for process in started:
-            process.kill()
+            process.send_signal(signal.SIGKILL)
             process.wait()
-            process.stdout.close()
     assert interrupted and stopped == []  # the fake workers stopped no trial
     assert counter.read_bytes() == b"..."  # the starting stopped at the signal
     assert codes == [-signal.SIGTERM] * 3  # each worker started got it, the one that sent it too
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the kernel's view of a process")
+def test_a_worker_starts_with_the_signals_blocked_and_the_dispositions_python_changes_restored(tmp_path):
+    """What a new worker process starts with, as the kernel reports it (a subprocess: a process's own mask)."""
+    read_end, write_end = os.pipe()
+    try:
+        process = localworkers.spawn(["grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"], dict(os.environ),
+                                     stdout=write_end)  # a program that keeps what it was started with
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end) as out:
+        masks = {name: int(value, 16) for name, value in (line.split(":") for line in out.read().splitlines())}
+    assert process.wait() == 0
+
+    def has(mask: int, sig: signal.Signals) -> bool:
+        return bool(mask >> (sig - 1) & 1)
+
+    assert has(masks["SigBlk"], signal.SIGINT) and has(masks["SigBlk"], signal.SIGTERM)
+    assert not has(masks["SigIgn"], signal.SIGPIPE) and not has(masks["SigIgn"], signal.SIGXFSZ)  # Python's ignore
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # this process never blocked them
 
 
 @pytest.fixture
