@@ -16,6 +16,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from hpsearch.engine.interrupt import SIGNALS, started_without_signals
 from hpsearch.engine.phaseview import resuming_line, shown_total
 from hpsearch.formatting import format_duration
 from hpsearch.storage.records import has_state_table
@@ -27,7 +28,6 @@ __all__ = ["PROGRESS_SECONDS", "StudyProgress", "progress_line"]
 
 PROGRESS_SECONDS = 1.0  # how often the watching process reads the study's counts
 JOIN_SECONDS = 5.0  # how long the end waits for a read in flight; a read stuck longer is left to its daemon thread
-SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def progress_line(phase: PhaseSpec, status: dict[str, Any], eta: float | None) -> str:
@@ -76,8 +76,7 @@ class StudyProgress:
                     self._shown[view.phase.name] = self._key(status)
                     self._show(resuming_line(view.phase, status))
         if self._bars is not None:
-            with _signals_blocked():  # rich's refresh thread, made now, inherits the mask
-                self._bars.start()
+            started_without_signals(self._bars.start)  # rich's refresh thread, made now, holds them back
 
     def echo(self, line: str) -> None:
         """A line of this process's own, printed above the bars while they are live (written straight to the
@@ -174,13 +173,3 @@ class StudyProgress:
             self._tasks[name] = self._bars.add_task(f"[{name}]", total=total, completed=status["done"],
                                                     counts=counts)
         self._bars.update(self._tasks[name], completed=status["done"], total=total, counts=counts)
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back in this thread while the block runs (a signal meanwhile waits, then arrives)."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)

@@ -16,9 +16,12 @@ import contextlib
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
-__all__ = ["Interrupted", "Interruption"]
+__all__ = ["SIGNALS", "Interrupted", "Interruption", "started_without_signals"]
+
+SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+T = TypeVar("T")
 
 # code that runs inside a stretch of training only as callbacks (garbage collection, finalizers) or bookkeeping:
 # an exception raised there would be swallowed, so a signal that lands there waits for the next check
@@ -55,7 +58,7 @@ class Interruption:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._handler) for sig in SIGNALS}
         try:
             yield self
         finally:
@@ -95,6 +98,30 @@ class Interruption:
             self._immediate = saved
         if saved:
             self.check()
+
+
+def started_without_signals(start: Callable[[], T]) -> T:
+    """``start()``, run in a short-lived thread of its own that holds SIGINT and SIGTERM back: the threads and
+    processes it starts inherit that mask (a process keeps it across exec, and unblocks them once its own handling is
+    in place), so a signal stays the main thread's to handle, and one that lands while a new interpreter imports is
+    no traceback. The calling thread never blocks them itself: blocked there even for a moment, the kernel hands a
+    signal to another thread (one of BLAS's), and the main thread may run its handler only much later."""
+    returned: list[T] = []
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            returned.append(start())
+        except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, name="hpsearch-start", daemon=True)
+    thread.start()
+    thread.join()
+    if raised:
+        raise raised[0]
+    return returned[0]
 
 
 def _in_library(frame: Any) -> bool:

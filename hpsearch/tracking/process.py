@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from hpsearch.engine.interrupt import SIGNALS, started_without_signals
 from hpsearch.engine.listener import StudyListener, StudyReport, TrialInfo
 from hpsearch.engine.summary import StudySummary
 from hpsearch.errors import UserError
@@ -23,9 +24,6 @@ from hpsearch.tracking.logger import MlflowLogger
 __all__ = ["MlflowTracker"]
 
 
-_STUDY_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
 def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
     """The tracking process: apply hook calls in order until told to stop; messages go to outbox.
 
@@ -34,9 +32,9 @@ def _serve(logger: MlflowLogger, inbox: Any, outbox: Any, seconds: Any) -> None:
     """
     logger.echo = outbox.put
     register_secret_url(logger.uri)  # a spawned process starts with no known passwords
-    for sig in _STUDY_SIGNALS:  # blocked since the spawn (see MlflowTracker._start): ignored from now on
+    for sig in SIGNALS:  # blocked since the spawn (see MlflowTracker._start): ignored from now on
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STUDY_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     from hpsearch import report  # noqa: F401 - warm the plotting imports while the study trains
     report._pyplot()
     # the queue came with its writing end too: closed here, a study process killed in the middle of sending a
@@ -111,14 +109,10 @@ class MlflowTracker(StudyListener):
         logger = MlflowLogger(self.spec, self.uri)
         self._process = context.Process(target=_serve, args=(logger, self._inbox, self._outbox, self._seconds),
                                         name="hpsearch-tracking", daemon=True)
-        # Ctrl-C reaches the whole process group: the new process starts with SIGINT and SIGTERM blocked (a signal
-        # mask survives the spawn's exec), so one that lands while it imports is no KeyboardInterrupt traceback; it
-        # then ignores them, and this process tells it when to stop. Here they are only held back for the start.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STUDY_SIGNALS)
-        try:
-            self._process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        # Ctrl-C reaches the whole process group: the new process starts with SIGINT and SIGTERM blocked, so one
+        # that lands while it imports is no KeyboardInterrupt traceback; it then ignores them, and this process tells
+        # it when to stop
+        started_without_signals(self._process.start)
 
     def _send(self, name: str, *args: Any) -> None:
         if self._dead:

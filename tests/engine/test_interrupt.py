@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM acted on where it is safe: at once in training, later inside a library's callback."""
+"""SIGINT and SIGTERM acted on where it is safe: at once in training, later inside a library's callback; kept the
+main thread's while threads and processes start."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from hpsearch.engine.interrupt import Interrupted, Interruption
+from hpsearch.engine.interrupt import Interrupted, Interruption, started_without_signals
 
 
 def test_a_signal_during_training_raises_at_once():
@@ -39,3 +40,25 @@ def test_a_recorded_signal_is_raised_when_the_deferred_stretch_ends():
     with pytest.raises(Interrupted), interruption.immediate(), interruption.deferred():
         interruption._handler(signal.SIGINT, sys._getframe())  # storage work: recorded only
     assert interruption.signal == "SIGINT"
+
+
+def test_what_starts_without_signals_holds_them_back_and_the_caller_never_does():
+    import threading
+
+    masks: list[set] = []
+
+    def start() -> threading.Thread:  # as rich's bars start their refresh thread
+        thread = threading.Thread(target=lambda: masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+        thread.start()
+        return thread
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    started_without_signals(start).join()
+    assert masks == [{signal.SIGINT, signal.SIGTERM}]
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before  # this thread's mask was never touched
+
+    def refused() -> None:
+        raise OSError("no more processes")
+
+    with pytest.raises(OSError, match="no more processes"):  # raised in the caller, as a direct call would
+        started_without_signals(refused)
