@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 
-from hpsearch.engine.interrupt import SIGNALS
+from hpsearch.engine.interrupt import SIGNALS, started_without_signals
 from hpsearch.errors import UserError
 
-__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "Worker", "check_workers", "report_stopped", "run_workers",
-           "spawn", "unblock_signals", "usable_cores"]
+__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "check_workers", "report_stopped", "run_workers", "spawn",
+           "unblock_signals", "usable_cores"]
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
-RESTORED = {signal.SIGPIPE, signal.SIGXFSZ}  # Python ignores them; a new process starts with their defaults
 
 # workers are processes with a BLAS thread each: past a few per core they only add memory, connections and
 # contention (a 2-core machine runs 16 workers at 1.28x one worker), and a mistyped count can fork the machine to
@@ -47,48 +47,19 @@ def check_workers(workers: int, allow_many: bool) -> None:
                     f"process may use); --allow-many-workers lifts the bound to {MAX_WORKERS}. Got {workers} instead.")
 
 
-class Worker:
-    """A worker process, as :func:`run_workers` waits for it and signals it."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None  # its exit code, or minus the signal that ended it, once reaped
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self) -> int:
-        while self.returncode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-            except ChildProcessError:  # reaped meanwhile by poll() in a signal handler, which set returncode
-                if self.returncode is None:
-                    raise
-                break
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def send_signal(self, signum: int) -> None:
-        if self.poll() is None:  # not reaped: the pid is still its own
-            os.kill(self.pid, signum)
-
-
-def spawn(command: list[str], env: dict[str, str], stdout: int | None = None) -> Worker:
+def spawn(command: list[str], env: dict[str, str], stdout: int | None = None) -> subprocess.Popen:
     """Start ``command`` with SIGINT and SIGTERM blocked in it (a mask survives exec: it unblocks them once its
     handlers are installed, see :func:`unblock_signals`, so Ctrl-C while its interpreter starts is no traceback),
-    its standard output on ``stdout`` (a descriptor; default /dev/null) and this process's inheritable descriptors.
+    its standard output on ``stdout`` (a descriptor; default /dev/null), the descriptor $HPSEARCH_STOPPED_FD names
+    open in it.
 
-    The mask is the new process's only: this process never blocks the signals, so the kernel hands a signal sent to
-    it to its main thread, whose handler sees it at once. Blocked here for the start, a signal went to another
-    thread (one of BLAS's), which could take it up only after the next worker had started."""
-    output = ((os.POSIX_SPAWN_DUP2, stdout, 1) if stdout is not None else
-              (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0))
-    return Worker(os.posix_spawnp(command[0], command, env, file_actions=[output], setsigmask=SIGNALS,
-                                  setsigdef=RESTORED))
+    It is started from a thread of its own that blocks the signals (see
+    :func:`~hpsearch.engine.interrupt.started_without_signals`): blocked in this thread for each start instead, a
+    SIGTERM that came meanwhile went to another thread (one of BLAS's), which could take it up only after the next
+    worker had started."""
+    keep = int(env[STOPPED_FD])
+    return started_without_signals(lambda: subprocess.Popen(
+        command, env=env, pass_fds=(keep,), stdout=subprocess.DEVNULL if stdout is None else stdout))
 
 
 def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[list[int], bool, list[str]]:
@@ -100,15 +71,15 @@ def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[
     none outlives it.
     """
     received: list[int] = []
-    processes: list[Worker] = []
+    processes: list[subprocess.Popen] = []
 
     def forward(signum: int, frame: object) -> None:
         received.append(signum)
         for process in processes:
-            process.send_signal(signum)
+            if process.poll() is None:
+                process.send_signal(signum)
 
     read_end, write_end = os.pipe()
-    os.set_inheritable(write_end, True)  # the workers' (this process starts nothing else meanwhile)
     previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
     try:
         try:
@@ -136,9 +107,9 @@ def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[
 
 
 def unblock_signals() -> int | None:
-    """In a worker of ``run --workers``, once its signal handlers are installed: take the signals the parent blocked
-    for its start, and the pipe it reports stopped trials to (out of the environment, so that nothing the worker
-    starts writes to it); the pipe's descriptor, None in any other process."""
+    """In a worker of ``run --workers``, once its signal handlers are installed: take the signals it started with
+    blocked (see :func:`spawn`), and the pipe it reports stopped trials to (out of the environment, so that nothing
+    the worker starts writes to it); the pipe's descriptor, None in any other process."""
     fd = os.environ.pop(STOPPED_FD, None)
     if fd is None:
         return None

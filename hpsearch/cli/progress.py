@@ -12,11 +12,10 @@ run's own checks would have refused.
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from hpsearch.engine.interrupt import SIGNALS, started_without_signals
+from hpsearch.engine.interrupt import hold_signals, started_without_signals
 from hpsearch.engine.phaseview import resuming_line, shown_total
 from hpsearch.formatting import format_duration
 from hpsearch.storage.records import has_state_table
@@ -107,9 +106,7 @@ class StudyProgress:
         stop = threading.Event()
 
         def watch() -> None:
-            # Ctrl-C and SIGTERM are the main thread's: a signal this thread took would reach the main thread's
-            # handler only once the scheduler ran this one (late, on a loaded machine)
-            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            hold_signals()
             while not stop.wait(PROGRESS_SECONDS):
                 self.update()
 

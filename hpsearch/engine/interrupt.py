@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
-__all__ = ["SIGNALS", "Interrupted", "Interruption", "started_without_signals"]
+__all__ = ["SIGNALS", "Interrupted", "Interruption", "hold_signals", "started_without_signals"]
 
 SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 T = TypeVar("T")
@@ -100,6 +100,13 @@ class Interruption:
             self.check()
 
 
+def hold_signals() -> None:
+    """In a thread of this process's own (a heartbeat, a progress display): leave SIGINT and SIGTERM to the main
+    thread. A signal this thread took would reach the main thread's handler only once the scheduler ran this one
+    (late, on a loaded machine), and the threads and processes it starts hold them back too."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
 def started_without_signals(start: Callable[[], T]) -> T:
     """``start()``, run in a short-lived thread of its own that holds SIGINT and SIGTERM back: the threads and
     processes it starts inherit that mask (a process keeps it across exec, and unblocks them once its own handling is
@@ -110,7 +117,7 @@ def started_without_signals(start: Callable[[], T]) -> T:
     raised: list[BaseException] = []
 
     def run() -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        hold_signals()
         try:
             returned.append(start())
         except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread

@@ -14,7 +14,6 @@ import datetime
 import json
 import math
 import os
-import signal
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from hpsearch.engine.interrupt import SIGNALS
+from hpsearch.engine.interrupt import hold_signals
 from hpsearch.files import process_start
 from hpsearch.search.asha import admit
 from hpsearch.search.ladders import Halving, Ladders, halve, is_not_promoted, not_promoted
@@ -86,9 +85,7 @@ class Heartbeat:
         self._stop = threading.Event()
 
     def _beat(self) -> None:
-        # Ctrl-C and SIGTERM are the main thread's: a signal this thread took would reach the main thread's handler
-        # only once the scheduler ran this one (late, on a loaded machine)
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        hold_signals()
         while not self._stop.wait(self.interval):
             with contextlib.suppress(Exception):  # a missed beat is harmless; the grace period absorbs it
                 self.store.heartbeat(*self._current)
