@@ -28,7 +28,7 @@ from typing import Any, Callable
 import optuna
 
 from hpsearch.data import Dataset
-from hpsearch.engine.budget import RECENT, Budget, all_complete, others_running, time_box_message
+from hpsearch.engine.budget import Budget, all_complete, others_running, time_box_message
 from hpsearch.engine.interrupt import Interrupted, Interruption
 from hpsearch.engine.listener import StudyListener, StudyReport
 from hpsearch.engine.phaserun import PhaseRunner
@@ -144,9 +144,15 @@ class Driver:
         self.heartbeat = Heartbeat(self.store, spec.heartbeat.interval)
         self.runner = TrialRunner(spec, self.store, lambda: self.data, listener=self.listener, echo=echo,
                                   interruption=self.interruption, heartbeat=self.heartbeat, views=self._views,
-                                  progress_lines=progress_lines, winner=winner)
+                                  progress_lines=progress_lines, winner=winner, live_studies=self._live_studies)
         self.phase_runner = PhaseRunner(spec, storage_url, self.store, self.phases, self.runner,
                                         listener=self.listener, echo=echo, interruption=self.interruption)
+
+    def _live_studies(self) -> set[str]:
+        """The Optuna studies that serve the spec's phases in the stored layout (one small read)."""
+        layout = self.phases.layout.read()
+        records = [self.phases.layout.record(phase, layout) for phase in self.spec.phases] if layout else []
+        return {record["study"] for record in records if record}
 
     def close(self) -> None:
         """Stop the heartbeat thread and close this process's connections to the storage (a later call opens them
@@ -233,7 +239,7 @@ class Driver:
             complete = not only_phase and all_complete(self._views.get(phase.name) for phase in self.spec.phases)
             if stopped_in is not None and not budget.box_reached and not complete:
                 self.echo(f"Budget reached during phase {stopped_in!r}; rerun the same command to resume.")
-            # a time box ends with a result: the winner so far, retrained and scored on the test split, by the last
+            # a time box ends with a result: the winner so far, scored on the test split, by the last
             # process to stop (the trials of others still running may change the winner); a budget spent exactly
             # at the study's last trial ends it as though nothing had stopped it
             last = (budget.box_reached or complete) and not only_phase and not others_running(self._views.values())
@@ -275,7 +281,6 @@ class Driver:
         for phase in phases:
             self.interruption.check()
             study, record, view = self.open_phase(phase, snapshot)
-            budget.start_phase(phase.name, view.trial_lengths(RECENT))
             resuming = resuming_line(phase, view.status())  # a resumed phase says where it stands
             if resuming and self.runner.progress_lines:  # (unless another process shows the study's progress)
                 self.echo(resuming)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.engine.budget import Budget
+from hpsearch.engine.budget import RECENT, Budget
 from hpsearch.engine.interrupt import Interruption
 from hpsearch.engine.listener import StudyListener, TrialInfo
 from hpsearch.engine.pausedruns import PausedRuns
@@ -91,6 +91,7 @@ class PhaseRunner:
             view.set_work(ladder_work(found, budgets,
                                       reduction_factor=phase.schedule.reduction_factor if paused is not None else None,
                                       levels=phase.schedule.levels if paused is not None else None))
+        budget.start_phase(phase.name, view.trial_lengths(RECENT))  # by the kinds of trial the work above tells
         halving = None
         if paused is not None:
             rank_by, maximize = rank_metric(self.spec, phase)
@@ -114,6 +115,7 @@ class PhaseRunner:
                     queue.reconcile()
                 view.refresh()
                 next_look = time.monotonic() + self.spec.heartbeat.interval
+            budget.keeps_winner = budget.keeps_winner and self.runner.keeps_winners
             if budget.exhausted():
                 return False
             self.phases.layout.follow()  # the study was not started afresh with another spec
@@ -206,6 +208,7 @@ class PhaseRunner:
     def _run_sampled(self, phase: PhaseSpec, study: optuna.Study, view: PhaseView, budget: Budget) -> bool:
         """TPE: trials are sampled one by one from the history, until n_trials are COMPLETE or PRUNED."""
         me = owner()
+        budget.start_phase(phase.name, view.trial_lengths(RECENT))
         while True:
             self.interruption.check()
             self.reap(phase, view)
@@ -219,6 +222,7 @@ class PhaseRunner:
             if failures > phase.max_retries * phase.n_trials:
                 self.echo(f"[{phase.name}] giving up after {failures} failed trials")
                 return True
+            budget.keeps_winner = budget.keeps_winner and self.runner.keeps_winners
             if budget.exhausted():
                 return False
             if finished + running >= phase.n_trials:
@@ -230,7 +234,8 @@ class PhaseRunner:
             view.apply(Row(trial_id_of(trial), trial.number, "RUNNING", None, self.store.now(), None, owner=me))
             params = decode_params(trial.params)  # drawn by the sampler as the trial was asked
             info = TrialInfo(trial_id_of(trial), trial.number, None, params, trial.user_attrs.get(SEED))
-            budget.timed(lambda: self.runner.run([RunningTrial(phase, view, info, optuna_trial=trial)], study))
+            budget.timed(lambda: self.runner.run([RunningTrial(phase, view, info, optuna_trial=trial)], study),
+                         kind=view.work_of(None))
 
     def _ask(self, phase: PhaseSpec, study: optuna.Study, me: dict[str, Any]) -> optuna.Trial | None:
         """A new TPE trial, unless the phase's n_trials are already finished or running (under the lock)."""

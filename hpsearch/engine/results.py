@@ -26,7 +26,7 @@ from hpsearch.engine.phases import Phases
 from hpsearch.engine.phaseview import CATCH_UP_SLACK, PhaseView, phase_total
 from hpsearch.engine.summary import PausedRuns, StudySummary
 from hpsearch.engine.training import resolved_config
-from hpsearch.engine.winner import KeptWinner
+from hpsearch.engine.winner import KeptWinner, Trial, rank_of
 from hpsearch.errors import users_failure
 from hpsearch.files import disk_use
 from hpsearch.spec.build import best_fragment
@@ -112,8 +112,9 @@ class Results:
         found = [(view, row) for view, row in found if row is not None]
         if not found:
             return None
-        pick = max if self.spec.objective.direction == "maximize" else min
-        return pick(found, key=lambda pair: pair[1].value)
+        maximize = self.spec.objective.direction == "maximize"
+        order = {view.phase.name: index for index, view in enumerate(snapshot.views)}
+        return min(found, key=lambda pair: rank_of(pair[1].value, maximize, order[pair[0].phase.name], pair[1].number))
 
     def best(self, snapshot: StudySnapshot) -> dict[str, Any] | None:
         """The best trial over all phases, with everything needed to train it again."""
@@ -206,8 +207,9 @@ class Results:
         best = self.best(snapshot)
         best_result, failure, trained_again = None, None, None
         if best is not None and retrain:
-            kept = self.winner.take(self._best_row(snapshot)[1].trial_id) if self.winner is not None else \
-                "no kept winner is looked for"
+            view, row = self._best_row(snapshot)
+            kept = (self.winner.take(Trial.of(row.trial_id, view.record["study"], best["params"], best["seed"]))
+                    if self.winner is not None else "no kept winner is looked for")
             if isinstance(kept, str):  # trained again; the user's trainable may fail where it succeeded before
                 trained_again = kept
                 with retraining():

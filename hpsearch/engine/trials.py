@@ -1,7 +1,8 @@
 """Running one trial: train it with its hooks, store its end in one transaction, tell the listener and the console.
 
 Knows the storage only through :class:`~hpsearch.storage.trialstore.TrialStore` and the phase only through its
-:class:`~hpsearch.engine.phaseview.PhaseView`; :class:`~hpsearch.engine.phaserun.PhaseRunner` hands it the trials it claimed.
+:class:`~hpsearch.engine.phaseview.PhaseView`; :class:`~hpsearch.engine.phaserun.PhaseRunner` hands it the trials
+it claimed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from hpsearch.engine.pausedruns import PausedRun
 from hpsearch.engine.phaseview import PhaseView
 from hpsearch.engine.pointqueue import Heartbeat
 from hpsearch.engine.training import resolved_config, start_training, train_once
-from hpsearch.engine.winner import KeptWinner, rank_of
+from hpsearch.engine.winner import KeptWinner, Trial, rank_of
 from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration
 from hpsearch.spec.models import PhaseSpec, StudySpec
@@ -64,7 +65,9 @@ class TrialRunner:
     # a line per trial on echo; False where another process shows the study's progress (run --workers's parent)
     progress_lines: bool = True
     winner: KeptWinner | None = None  # where a trial that becomes the study's best keeps its model
-    unkept_told: bool = False  # whether this runner said that a winner's model could not be kept
+    # the Optuna studies of the study's phases now (a kept winner of another is an earlier generation's)
+    live_studies: Callable[[], set[str]] = set
+    keeps_winners: bool = True  # False once a winner's model could not be kept (the time box keeps room for it)
 
     def describe(self, row: Row) -> TrialInfo:
         """A stored trial as the hooks see it (one read of the trial)."""
@@ -148,23 +151,25 @@ class TrialRunner:
             state, value, reason = TrialState.FAIL, None, one_line(exc)
             current.traceback = format_traceback(exc)
             go_on = False
-        if state == TrialState.COMPLETE:
-            self._keep_if_best(current, value, result)  # before its end is stored: the study's end may come next
+        kept = self._keep_if_best(current, value, result) if state == TrialState.COMPLETE else None
+        # (kept before its end is stored: the study's end may come next)
         if stages is not None:
             stages.pruned = state == TrialState.PRUNED  # the last rung's: a ladder without a value goes no further
             if current.info is stages.top and state != TrialState.FAIL:
                 # before the last rung's end is stored: whoever promotes the ladder on that end finds its run saved
                 stages.pause()
         stored = self._finish(current, state, value, result, reason, stages)
+        if kept is not None and not stored:  # its point goes to another worker: this trial never ends COMPLETE
+            self.winner.withdraw(kept)
         if state == TrialState.FAIL and silent:  # the trainable does not report the objective: no trial ever will
             raise SpecError(f"{self.spec.source}: {reason}; set objective.metric to one of the metrics it reports.")
         return go_on and stored
 
-    def _keep_if_best(self, current: RunningTrial, value: float, result: TrainResult) -> None:
+    def _keep_if_best(self, current: RunningTrial, value: float, result: TrainResult) -> Trial | None:
         """Keep the trial's model and training result when it ranks before the study's best so far, so that the
-        study's end need not train it again (see :mod:`hpsearch.engine.winner`)."""
-        if self.winner is None or not self.winner.can_keep or result.model is None:
-            return
+        study's end need not train it again (see :mod:`hpsearch.engine.winner`); the trial, when kept."""
+        if self.winner is None or not self.winner.can_keep:
+            return None
         maximize = self.spec.objective.direction == "maximize"
         order = {phase.name: index for index, phase in enumerate(self.spec.phases)}
 
@@ -175,16 +180,18 @@ class TrialRunner:
         for name, view in self.views.items():
             best = view.best()
             if best is not None and rank(name, best.value, best.number) < mine:
-                return  # a better trial is known: the process that trained it kept it
-        live = {view.record["study"] for view in self.views.values() if view.record}
+                return None  # a better trial is known: the process that trained it kept it
+        trial = Trial.of(current.info.trial_id, current.view.record["study"], current.info.params, current.info.seed)
         try:
-            with self.interruption.deferred():  # a signal waits for the model and its record to be whole
-                self.winner.offer(current.info.trial_id, current.view.record["study"], mine, result, live)
+            if result.model is None:
+                raise TrainableError(f"the trainable {self.spec.trainable.name} returned no model")
+            return trial if self.winner.offer(trial, mine, result, self.live_studies()) else None
         except Exception as exc:  # noqa: BLE001 - a user's save_model, a full disk: the end trains it again
-            if not self.unkept_told:
-                self.unkept_told = True
+            if self.keeps_winners:
+                self.keeps_winners = False
                 self.echo(f"a winner's model is not kept, so the study's end trains the winner again (told once): "
                           f"{one_line(exc)}")
+            return None
 
     def _judge(self, result: TrainResult) -> tuple[TrialState, float | None, str | None]:
         """A finished training's end: COMPLETE with the objective, PRUNED when it is not finite, FAIL without it."""

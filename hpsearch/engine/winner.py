@@ -25,7 +25,7 @@ from hpsearch.backends.base import Trainable, replacing
 from hpsearch.errors import one_line
 from hpsearch.files import SizeBound, file_checksum, read_bounded
 
-__all__ = ["KeptWinner", "rank_of"]
+__all__ = ["KeptWinner", "Trial", "rank_of"]
 
 RECORD = SizeBound("a kept winner's record", 256 * 2**20)  # metrics, a curve per metric, a loss per iteration
 RECORD_NAME = "winner.json"
@@ -36,6 +36,20 @@ def rank_of(value: float, maximize: bool, phase_index: int, number: int) -> tupl
     """Where a complete trial ranks in its study, lower first: by its value, then as the study's best breaks ties
     (the earlier phase of the spec, then the lower trial number)."""
     return (-value if maximize else value, phase_index, number)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """Which trial a kept winner is: its id, its Optuna study, and what it trained (ids and study names begin again
+    in a storage made afresh, and the folder beside it may outlive it)."""
+
+    trial_id: int
+    study: str
+    trained: str  # its params and seed, as JSON
+
+    @classmethod
+    def of(cls, trial_id: int, study: str, params: dict[str, Any], seed: int | None) -> Trial:
+        return cls(trial_id, study, json.dumps({"params": params, "seed": seed}, sort_keys=True, default=str))
 
 
 @dataclass(frozen=True)
@@ -52,19 +66,28 @@ class KeptWinner:
         """Whether the trainable can save and load its models (a user's trainable may not)."""
         return self.trainable.save_model is not None and self.trainable.load_model is not None
 
-    def offer(self, trial_id: int, study: str, rank: tuple[float, int, int], result: TrainResult,
-              live: set[str]) -> bool:
-        """Keep ``result`` (trial ``trial_id`` of the Optuna study ``study``) unless the kept winner ranks before
-        it, or at it; a kept winner of a study not in ``live`` (an earlier generation's) does not count. Returns
-        whether it was kept. Raises what the trainable's save raises, or OSError (a full disk): the kept winner, if
-        any, is then the one before."""
+    def offer(self, trial: Trial, rank: tuple[float, int, int], result: TrainResult, live: set[str]) -> bool:
+        """Keep ``result`` (of ``trial``) unless the kept winner ranks before it, or at it; a kept winner of an
+        Optuna study not in ``live`` (an earlier generation's) does not count. Returns whether it was kept. Raises
+        what the trainable's save raises, or OSError (a full disk): the kept winner, if any, is then the one
+        before."""
         if not self.can_keep or result.model is None:
             return False
         with self.lock():
-            return self._offer(trial_id, study, rank, result, live)
+            return self._offer(trial, rank, result, live)
 
-    def _offer(self, trial_id: int, study: str, rank: tuple[float, int, int], result: TrainResult,
-               live: set[str]) -> bool:
+    def withdraw(self, trial: Trial) -> None:
+        """Forget the kept winner if it is ``trial``'s (its end was not stored: another worker retries its point)."""
+        with self.lock():
+            try:
+                kept = self._record()
+            except ValueError:
+                return  # not as it was saved: never taken up
+            if kept is not None and Trial(kept["trial_id"], kept["study"], kept["trained"]) == trial:
+                (self.folder / RECORD_NAME).unlink(missing_ok=True)
+                self._remove_others(keep="")
+
+    def _offer(self, trial: Trial, rank: tuple[float, int, int], result: TrainResult, live: set[str]) -> bool:
         try:
             kept = self._record()
         except ValueError:
@@ -72,9 +95,10 @@ class KeptWinner:
         if kept is not None and kept["study"] in live and tuple(kept["rank"]) <= rank:
             return False
         self.folder.mkdir(parents=True, exist_ok=True)
-        model = self.folder / f"trial-{trial_id}{self.trainable.model_suffix or ''}"
+        model = self.folder / f"trial-{trial.trial_id}{self.trainable.model_suffix or ''}"
         self.trainable.save_model(result.model, result.config, model)
-        record = {"trial_id": trial_id, "study": study, "rank": list(rank), "model": model.name,
+        record = {"trial_id": trial.trial_id, "study": trial.study, "trained": trial.trained, "rank": list(rank),
+                  "model": model.name,
                   "metrics": result.metrics, "history": result.history, "loss_history": result.loss_history,
                   "seconds": result.seconds, "config": result.config, "examples": result.examples}
         record = json.loads(json.dumps(record, default=_plain))  # as it will be read back
@@ -83,8 +107,8 @@ class KeptWinner:
         self._remove_others(keep=model.name)
         return True
 
-    def take(self, trial_id: int) -> TrainResult | str:
-        """The kept result of trial ``trial_id``, its model loaded; or, as a phrase, why there is none."""
+    def take(self, trial: Trial) -> TrainResult | str:
+        """The kept result of ``trial``, its model loaded; or, as a phrase, why there is none."""
         if not self.can_keep:
             return "the trainable cannot save its models (it has no save_model and load_model)"
         with self.lock():
@@ -92,7 +116,7 @@ class KeptWinner:
                 kept = self._record()
             except ValueError as exc:
                 return f"the kept winner is refused: {exc}"
-            if kept is None or kept["trial_id"] != trial_id:
+            if kept is None or Trial(kept["trial_id"], kept["study"], kept["trained"]) != trial:
                 return "its model is not kept here (a worker on another machine trained it, or an earlier version)"
             try:
                 model, _ = self.trainable.load_model(self.folder / kept["model"])

@@ -11,7 +11,7 @@ import pytest
 
 from hpsearch.engine.driver import Driver, StudyListener
 from hpsearch.engine.training import load_data, score_test_split, train_once
-from hpsearch.engine.winner import KeptWinner, rank_of
+from hpsearch.engine.winner import KeptWinner, Trial, rank_of
 from hpsearch.spec.build import load_spec
 from hpsearch.storage.connections import runs_folder
 from tests.conftest import write_spec
@@ -47,7 +47,8 @@ def test_the_study_s_end_scores_the_kept_winner_as_the_winner_trained_again_scor
     data = load_data(spec)
     alone = train_once(spec, data, best["params"], seed=best["seed"])
     assert best["test_acc"] == score_test_split(spec, data, alone)["test_acc"]
-    kept = Driver(spec, url).results.winner.take(_best_trial_id(spec, url))
+    kept = Driver(spec, url).results.winner.take(Trial.of(_best_trial_id(spec, url), f"tiny.{best['phase']}",
+                                                          best["params"], best["seed"]))
     assert kept.metrics == alone.metrics and kept.history == alone.history
     assert kept.loss_history == alone.loss_history
     files = sorted(path.name for path in _winner_folder(url).iterdir())
@@ -140,16 +141,26 @@ def test_a_better_trial_replaces_the_kept_winner_and_a_worse_or_equal_one_does_n
     results = {rate: train_once(spec, blobs, {"learning_rate": rate}, seed=1) for rate in (0.01, 0.1)}
     winner = KeptWinner(tmp_path / "winner", spec.trainable, lock=_no_lock)
     live = {"tiny.random"}
-    assert winner.offer(1, "tiny.random", rank_of(0.5, True, 0, 1), results[0.01], live)
-    assert not winner.offer(2, "tiny.random", rank_of(0.5, True, 0, 2), results[0.1], live)  # a tie: the earlier
-    assert not winner.offer(3, "tiny.random", rank_of(0.4, True, 0, 3), results[0.1], live)
-    assert winner.take(1).metrics == results[0.01].metrics
-    assert winner.offer(4, "tiny.grid", rank_of(0.6, True, 1, 0), results[0.1], live | {"tiny.grid"})
-    assert winner.take(1).startswith("its model is not kept here")
-    assert winner.take(4).metrics == results[0.1].metrics
+
+    def trial(trial_id: int, study: str = "tiny.random", rate: float = 0.01) -> Trial:
+        return Trial.of(trial_id, study, {"learning_rate": rate}, 1)
+
+    assert winner.offer(trial(1), rank_of(0.5, True, 0, 1), results[0.01], live)
+    assert not winner.offer(trial(2), rank_of(0.5, True, 0, 2), results[0.1], live)  # a tie: the earlier stays
+    assert not winner.offer(trial(3), rank_of(0.4, True, 0, 3), results[0.1], live)
+    assert winner.take(trial(1)).metrics == results[0.01].metrics
+    assert winner.take(trial(1, rate=0.02)).startswith("its model is not kept here")  # the same id, trained apart
+    assert winner.offer(trial(4, "tiny.grid", 0.1), rank_of(0.6, True, 1, 0), results[0.1], live | {"tiny.grid"})
+    assert winner.take(trial(1)).startswith("its model is not kept here")
+    assert winner.take(trial(4, "tiny.grid", 0.1)).metrics == results[0.1].metrics
     # a kept winner of a study started afresh since (another generation) gives way to any trial of the live one
-    assert winner.offer(5, "tiny.random.v2", rank_of(0.1, True, 0, 0), results[0.01], {"tiny.random.v2"})
+    assert winner.offer(trial(5, "tiny.random.v2"), rank_of(0.1, True, 0, 0), results[0.01], {"tiny.random.v2"})
     assert sorted(path.name for path in (tmp_path / "winner").iterdir()) == ["trial-5.npz", "winner.json"]
+    winner.withdraw(trial(4, "tiny.grid", 0.1))  # not the kept one: nothing changes
+    assert winner.take(trial(5, "tiny.random.v2")).metrics == results[0.01].metrics
+    winner.withdraw(trial(5, "tiny.random.v2"))  # its end was not stored: it is forgotten, its model gone
+    assert not list((tmp_path / "winner").iterdir())
+    assert winner.offer(trial(6), rank_of(0.0, True, 0, 6), results[0.1], live)  # any trial is kept next
 
 
 def _no_lock():
