@@ -21,7 +21,8 @@ from typing import Any, BinaryIO, Iterator
 from hpsearch.formatting import format_bytes
 
 __all__ = ["SPEC", "FileRefused", "FileTooLarge", "NotRegularFile", "NpyHeader", "SizeBound", "data_bound",
-           "disk_use", "file_checksum", "machine_memory", "process_start", "open_regular", "read_bounded", "read_npy_header"]
+           "disk_use", "file_checksum", "machine_memory", "process_start", "open_regular", "read_bounded",
+           "read_npy_header"]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder, not a file"),

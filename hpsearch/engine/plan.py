@@ -2,7 +2,7 @@
 
 The probe runs a few short trials of the spec's defaults through the real driver, on a throwaway SQLite storage in a
 temporary folder with tracking off, so the estimate includes what a trial costs besides training (claiming, storing,
-heartbeats) and what a run costs once (opening the storage, loading the data, retraining the winner). The user's
+heartbeats) and what a run costs once (opening the storage, loading the data, scoring the winner). The user's
 storage is never touched: a derived grid's size is an upper bound until its source phase has run.
 """
 
@@ -42,7 +42,7 @@ class Probe:
     train_seconds: one training of the probe configuration, alone
     cost: that configuration's relative compute (the backend's ``cost``): seconds per unit = train_seconds / cost
     trial_overhead_seconds: what a trial costs beyond its training (the driver's claim, storage writes, heartbeat)
-    fixed_seconds: what a run costs once, beyond its trials and the winner's retraining
+    fixed_seconds: what a run costs once, beyond its trials (and the winner's retraining, where it is not kept)
     start_seconds: what a training costs whatever its length (setting up, the final scores), of train_seconds:
     seconds per unit = (train_seconds - start_seconds) / cost
     """
@@ -119,8 +119,9 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     # consecutive trials start one trial (training plus overhead) apart; the first trial, which also pays what
     # happens once per process, is left out
     per_trial = (starts[-1] - starts[1]).total_seconds() / (len(starts) - 2)
-    # the run also retrained its winner once: one more training of the probe configuration
-    fixed = run_seconds - len(starts) * per_trial - train_seconds
+    # a trainable that cannot keep its winner's model trained it once more at the run's end
+    kept = spec.trainable.save_model is not None and spec.trainable.load_model is not None
+    fixed = run_seconds - len(starts) * per_trial - (0.0 if kept else train_seconds)
     return Probe(train_seconds=train_seconds, cost=_cost(spec, probe_config, data),
                  trial_overhead_seconds=max(per_trial - train_seconds, 0.0), fixed_seconds=max(fixed, 0.0),
                  trials=len(starts), start_seconds=start_seconds)
@@ -156,7 +157,8 @@ def since_process_start() -> float:
 
 def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_seconds: float = 0.0) -> dict[str, Any]:
     """Each phase's trial count and estimated seconds (training by the backend's cost model, priced by the probe,
-    plus the probe's overhead per trial), and the run's total with its fixed costs and the winner's retraining.
+    plus the probe's overhead per trial), and the run's total with its fixed costs (and the winner's retraining, for
+    a trainable that cannot keep its model).
     ``startup_seconds``: what the process took to get here (interpreter, imports, the spec and ``data``), which a
     ``hpsearch run`` pays as well; see :func:`since_process_start`."""
     check_sizes(spec)  # before the probe: a phase too big to enqueue is refused at once

@@ -127,10 +127,11 @@ def admit(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | 
     running, ended, failed and to be retried); a rung queued is a promotion made. stopped_before: the rungs that
     already ended without running (an earlier :class:`Admission`'s ``stopped``): their configurations never go on,
     even where more configurations ending the rung below (a phase's n_trials raised) would now rank them among its
-    best. At most ``starts`` new configurations start. A configuration that ended a rung without a value stops there at once; one with a value
-    stops once no configuration can end that rung any more (every configuration started and every one promoted to
-    the rung decided there, or stopped below it) and it is not among the rung's best floor(n / reduction_factor). A
-    pure function of its arguments, as :func:`next_step` decides one promotion at a time.
+    best. At most ``starts`` new configurations start. A configuration that ended a rung without a value stops there
+    at once; one with a value stops once no configuration can end that rung any more (every configuration started
+    and every one promoted to the rung decided there, or stopped below it) and it is not among the rung's best
+    floor(n / reduction_factor). A pure function of its arguments, as :func:`next_step` decides one promotion at a
+    time.
     """
     depth = max((len(rungs) for rungs in found.rungs), default=0)
     unstarted = [rungs[0] for rungs in found.rungs if rungs and rungs[0] not in queued]

@@ -334,7 +334,8 @@ class StudySpec(_Strict):
                         f"phase {phase.name!r} derives its grid from {phase.grid.source!r}, "
                         "which must be an earlier phase"
                     )
-                if self.phase(phase.grid.source).schedule is not None:
+                source = self.phase(phase.grid.source).schedule
+                if source is not None and source.type == "asha":
                     raise ValueError(f"phase {phase.name!r} derives its grid from {phase.grid.source!r}, whose asha "
                                      "rungs rank configurations at different budgets; derive it from a phase without "
                                      "a schedule")

@@ -306,8 +306,8 @@ def test_a_grid_phase_halves_and_does_not_take_asha(tmp_path):
     from hpsearch.spec.build import load_spec
     from tests.conftest import write_spec
 
-    grid = {"name": "grid", "sampler": "grid", "budget": "num_iters", "grid": {"learning_rate": [0.1], "num_iters": [3]},
-            "schedule": ASHA_PHASE["schedule"]}
+    grid = {"name": "grid", "sampler": "grid", "budget": "num_iters",
+            "grid": {"learning_rate": [0.1], "num_iters": [3]}, "schedule": ASHA_PHASE["schedule"]}
     with pytest.raises(SpecError, match="'asha' is for random phases"):
         load_spec(write_spec(tmp_path, phases=[grid]))
 
