@@ -141,6 +141,11 @@ class Trainable:
     def __call__(self, config: dict[str, Any], data: Any, *, seed: int, on_epoch: OnEpoch | None = None) -> Any:
         return self.train(config, data, seed=seed, on_epoch=on_epoch)
 
+    @property
+    def keeps_models(self) -> bool:
+        """Whether a trained model can be saved and loaded again (a user's trainable may do neither)."""
+        return self.save_model is not None and self.load_model is not None
+
     def named(self, name: str) -> Trainable:
         return replace(self, name=name)
 

@@ -120,8 +120,7 @@ def measure_probe(spec: StudySpec, data: Dataset) -> Probe:
     # happens once per process, is left out
     per_trial = (starts[-1] - starts[1]).total_seconds() / (len(starts) - 2)
     # a trainable that cannot keep its winner's model trained it once more at the run's end
-    kept = spec.trainable.save_model is not None and spec.trainable.load_model is not None
-    fixed = run_seconds - len(starts) * per_trial - (0.0 if kept else train_seconds)
+    fixed = run_seconds - len(starts) * per_trial - (0.0 if spec.trainable.keeps_models else train_seconds)
     return Probe(train_seconds=train_seconds, cost=_cost(spec, probe_config, data),
                  trial_overhead_seconds=max(per_trial - train_seconds, 0.0), fixed_seconds=max(fixed, 0.0),
                  trials=len(starts), start_seconds=start_seconds)
@@ -203,7 +202,7 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
         })
     # the study's end scores the winner's kept model; a trainable that cannot save one has its winner trained again,
     # unknown in advance: priced as an average trial's training
-    trains_winner = spec.trainable.save_model is None or spec.trainable.load_model is None
+    trains_winner = not spec.trainable.keeps_models
     once = startup_seconds + probe.fixed_seconds + (
         sum(all_training) / len(all_training) if all_training and trains_winner else 0.0)
     return {"study": spec.name, "probe_seconds": round(probe.train_seconds, 3),

@@ -64,7 +64,7 @@ class KeptWinner:
     @property
     def can_keep(self) -> bool:
         """Whether the trainable can save and load its models (a user's trainable may not)."""
-        return self.trainable.save_model is not None and self.trainable.load_model is not None
+        return self.trainable.keeps_models
 
     def offer(self, trial: Trial, rank: tuple[float, int, int], result: TrainResult, live: set[str]) -> bool:
         """Keep ``result`` (of ``trial``) unless the kept winner ranks before it, or at it; a kept winner of an
