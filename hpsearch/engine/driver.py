@@ -5,6 +5,7 @@ The rooms it draws on, each holding one idea:
 - :mod:`hpsearch.engine.phases`: which Optuna study serves each phase, created once and atomically; edits refused.
 - :mod:`hpsearch.engine.phaserun`: running one phase's trials, from the point queue or Optuna's sampler.
 - :mod:`hpsearch.engine.pointqueue`: the exactly-once queue of a random or grid phase's points (claim, reap, heartbeat).
+- :mod:`hpsearch.engine.proposals`: a TPE phase's configurations under ASHA, proposed as each starts and stored.
 - :mod:`hpsearch.storage.trialstore`: the few statements on Optuna's tables that keep a trial's storage work constant.
 - :mod:`hpsearch.engine.trials`: running one trial, storing its end in one transaction, telling the listener.
 - :mod:`hpsearch.engine.results`: per-phase views, status, best, trials and reports.

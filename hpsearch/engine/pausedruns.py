@@ -14,15 +14,18 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from hpsearch.backends.base import Training, replacing
 from hpsearch.files import SizeBound, file_checksum, read_bounded
 from hpsearch.search.ladders import Ladders
 
-__all__ = ["PausedRun", "PausedRuns"]
+__all__ = ["KEPT_WAITING", "PausedRun", "PausedRuns"]
 
 REPORTS = SizeBound("a paused run's reports", 64 * 2**20)  # a few numbers per epoch, thousands of epochs
+# per rung of an ASHA phase, the configurations waiting there for a promotion whose paused runs are kept, the best
+# ones (see hpsearch.search.asha.admit): the next promotions find their runs, and the disk does not grow with n_trials
+KEPT_WAITING = 4
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ class PausedRuns:
         """Ladder ``ladder``'s run; ``point``: the last rung a claim trains (the top one: the run is let go after)."""
         rungs = self.found.rungs[ladder]
         return PausedRun(self.points[rungs[-1]], self.folder / f"ladder-{ladder}", top=point == rungs[-1])
+
+    def forget(self, ladders: Iterable[int]) -> None:
+        """Remove the runs of ``ladders`` (one that goes on later trains again from its start)."""
+        for ladder in ladders:
+            self(ladder).forget()
 
     def clear(self) -> None:
         """Forget every run kept here (a new phase takes up nothing an earlier study of its name left)."""

@@ -1,9 +1,10 @@
 """Running one phase: its trials, one after another, until the phase is done or the run's budget is spent.
 
-A random or grid phase draws its points from the exactly-once queue (:mod:`hpsearch.engine.pointqueue`), a ladder's rungs
-in one claim; a TPE phase asks Optuna's sampler for each trial under the phase's claim lock. Either way the trial
-itself is :class:`hpsearch.engine.trials.TrialRunner`'s, and trials of processes that died are reaped on the heartbeat's
-cadence and retried.
+A random or grid phase draws its points from the exactly-once queue (:mod:`hpsearch.engine.pointqueue`), a ladder's
+rungs in one claim, and so does a TPE phase under ASHA, its points proposed as each configuration starts
+(:mod:`hpsearch.engine.proposals`); a TPE phase without a schedule asks Optuna's sampler for each trial under the
+phase's claim lock. Either way the trial itself is :class:`hpsearch.engine.trials.TrialRunner`'s, and trials of
+processes that died are reaped on the heartbeat's cadence and retried.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from optuna.trial import TrialState
 from hpsearch.engine.budget import RECENT, Budget
 from hpsearch.engine.interrupt import Interruption
 from hpsearch.engine.listener import StudyListener, TrialInfo
-from hpsearch.engine.pausedruns import PausedRuns
+from hpsearch.engine.pausedruns import KEPT_WAITING, PausedRuns
 from hpsearch.engine.phases import Phases, point_params, space_distributions
 from hpsearch.engine.phaseview import PhaseView
 from hpsearch.engine.pointqueue import HalvingRule, PointQueue, owner, reap
+from hpsearch.engine.proposals import ProposedPoints
 from hpsearch.engine.trials import RunningTrial, TrialRunner
 from hpsearch.search import grid as grids
+from hpsearch.search.asha import rung_ladders, rung_points
 from hpsearch.search.asha import work as asha_work
 from hpsearch.search.ladders import Ladders, Work, ladders
 from hpsearch.search.ladders import work as ladder_work
@@ -53,7 +56,7 @@ class PhaseRunner:
     def run(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
             budget: Budget) -> bool:
         """Run the phase's trials; True when the phase is done, False when the budget ran out first."""
-        if phase.sampler == "tpe":
+        if phase.asks_sampler:
             return self._run_sampled(phase, study, view, budget)
         return self._run_points(phase, study, record, view, budget)
 
@@ -74,7 +77,7 @@ class PhaseRunner:
 
     def _run_points(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
                     budget: Budget) -> bool:
-        points = self.phases.points(phase, record)
+        points = self._points(phase, record, study)
         found = self._ladders[phase.name] = self._ladders_of(phase, record, points)
         identity = self._seed_identity(phase, points, found, view)
 
@@ -83,7 +86,8 @@ class PhaseRunner:
 
         paused = self._paused_runs(phase, study, points, found)  # None unless the phase halves its ladders
         asynchronous = paused is not None and phase.schedule.type == "asha"
-        budgets = [point.get(found.budget) if found else None for point in points]
+        budgets = points.budgets if isinstance(points, ProposedPoints) else \
+            [point.get(found.budget) if found else None for point in points]
         if asynchronous:
             expected, trials = asha_work(len(found.rungs), phase.schedule.rungs(), phase.schedule.reduction_factor)
             view.set_work(Work(ladder_work(found, budgets).of_point, expected, trials))
@@ -96,13 +100,22 @@ class PhaseRunner:
         if paused is not None:
             rank_by, maximize = rank_metric(self.spec, phase)
             levels = tuple(phase.schedule.levels) if phase.schedule.levels else None
+            proposed = points if isinstance(points, ProposedPoints) else None
+
+            def fresh() -> None:  # nothing an earlier study of this name left is taken up
+                paused.clear()
+                if proposed is not None:
+                    proposed.forget()
+
             halving = HalvingRule(phase.schedule.reduction_factor, maximize, rank_by, levels, asynchronous,
                                   on_stop=lambda stopped: self._stopped(phase, view, found, paused, stopped),
-                                  on_fresh=paused.clear)
+                                  on_fresh=fresh, **({"on_start": proposed.propose} if proposed is not None else {}),
+                                  keep_waiting=KEPT_WAITING if asynchronous else None,
+                                  on_let_go=paused.forget)
         queue = PointQueue(self.store, self.url, view.study_id, study.study_name, points,
                            point_params(phase, record), max_retries=phase.max_retries,
                            seed_of=seed_of, order_seed=self.spec.seed, ladders=found, halving=halving,
-                           check_interrupt=self.interruption.check)
+                           budgets=budgets if found is not None else None, check_interrupt=self.interruption.check)
         me = owner()
         self.reap(phase, view)
         self.phases.layout.follow()  # before anything is queued in the phase's study
@@ -144,6 +157,14 @@ class PhaseRunner:
                    (view.rows.get(current.info.trial_id) for current in rungs) if row is not None):
                 queue.reconcile()  # a failed trial's point goes back in the queue now
 
+    def _points(self, phase: PhaseSpec, record: dict[str, Any], study: optuna.Study) -> Sequence[dict[str, Any]]:
+        """The phase's points: a grid's, a random phase's drawn configurations (at each rung), or a TPE phase's under
+        ASHA, proposed as it starts each configuration."""
+        if phase.sampler != "tpe":
+            return self.phases.points(phase, record)
+        return ProposedPoints(phase, self.spec.seed, self.phases.shared(), study.study_name,
+                              maximize=rank_metric(self.spec, phase)[1])
+
     def _paused_runs(self, phase: PhaseSpec, study: optuna.Study, points: list[dict[str, Any]],
                      found: Ladders | None) -> PausedRuns | None:
         """Where a halving phase keeps its ladders' runs between levels; None for other phases."""
@@ -160,8 +181,7 @@ class PhaseRunner:
         for point, budget in stopped.items():
             ladders_at.setdefault(budget, set()).add(found.of_point[point])
         for budget, stopped_ladders in sorted(ladders_at.items()):
-            for ladder in stopped_ladders:
-                paused(ladder).forget()
+            paused.forget(stopped_ladders)
             rungs = sum(budget_of == budget for budget_of in stopped.values())
             self.echo(f"[{phase.name}] {phase.schedule.type}: {len(stopped_ladders)} ladders not promoted at "
                       f"{phase.budget} {budget}; their {rungs} rungs above end PRUNED")
@@ -199,6 +219,9 @@ class PhaseRunner:
         phase's configurations, each one ladder); None without a budget."""
         if phase.budget is None:
             return None
+        if isinstance(points, ProposedPoints):  # configurations yet to be proposed: the spec's defaults stand in
+            check_rungs(self.spec, phase, rung_points([{}], phase.budget, points.rungs), where=f"phase {phase.name!r}")
+            return rung_ladders(phase.n_trials, phase.budget, len(points.rungs))
         if phase.sampler == "random":
             return check_rungs(self.spec, phase, points, where=f"phase {phase.name!r}")
         return check_budget(self.spec, phase, record["grid"], where=f"phase {phase.name!r}")

@@ -208,7 +208,7 @@ class PhaseView:
                                   "examples": self._examples[0] if self._examples[1] else None}
         if self.record is None:
             return status
-        if phase.sampler == "tpe":
+        if phase.asks_sampler:
             status["done"] = status["complete"] + status["pruned"]
             done = status["done"] >= phase.n_trials
         else:
@@ -234,7 +234,7 @@ def _trained(row: Row) -> bool:
 def shown_total(phase: PhaseSpec, status: dict[str, Any]) -> int | None:
     """The phase's size as people read it: its points, or a TPE phase's ``n_trials`` (None: a derived grid not yet
     derived)."""
-    return status["total"] if status["total"] is not None or phase.sampler != "tpe" else phase.n_trials
+    return status["total"] if status["total"] is not None or not phase.asks_sampler else phase.n_trials
 
 
 def resuming_line(phase: PhaseSpec, status: dict[str, Any]) -> str | None:

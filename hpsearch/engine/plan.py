@@ -61,9 +61,9 @@ def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, An
     if isinstance(phase.grid, dict):
         configs = [spec.config(**p) for p in grids.grid_points(grids.with_rungs(phase, phase.grid))]
         return configs, len(configs), False
-    if phase.sampler == "random":
+    if phase.sampler == "random" or phase.schedule is not None:  # under asha, a TPE phase's stand-ins: random ones
         configs = [spec.config(**p) for p in spec.drawn(phase)]
-        return configs, len(configs), False
+        return configs, len(configs), phase.sampler == "tpe"
     if phase.sampler == "tpe":  # TPE's points are not known in advance: random ones stand in
         source, size = phase, phase.n_trials
     else:  # a derived grid: at most `points` values per numeric parameter and every choice per categorical
@@ -166,8 +166,9 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
     phases, all_training = [], []
     for phase in spec.phases:
         configs, trials, estimated = _phase_configs(spec, phase)
-        # a ladder trains once, to its top rung (see hpsearch.search.ladders); a derived grid's are known once it is derived
-        staged = phase.budget is not None and not estimated
+        # a ladder trains once, to its top rung (see hpsearch.search.ladders); a derived grid's are known once it is
+        # derived; a TPE phase's stand-ins train as the configurations it proposes will
+        staged = phase.budget is not None and (not estimated or phase.sampler == "tpe")
         found = ladders(configs, phase.budget) if staged else None
         if staged and phase.schedule is not None and phase.schedule.type == "asha":  # a ladder per configuration
             rungs = len(phase.schedule.rungs())

@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 from optuna.distributions import BaseDistribution
@@ -165,7 +165,10 @@ class HalvingRule:
     a ladder as soon as it is among the best 1/reduction_factor of those that ended its rung, and start one new
     ladder at a time while there is nothing to promote. ``on_stop(stopped)`` hears of the rungs that just ended
     PRUNED (point: the budget its ladder stopped at), so that what their runs kept between levels can go;
-    ``on_fresh()``, under the lock, that the phase has no trial yet."""
+    ``on_fresh()``, under the lock, that the phase has no trial yet; ``on_start(ladder, decided, queued)``, under
+    the lock, that ASHA starts ``ladder`` now (a TPE phase proposes its configuration then, from the rungs' values
+    ``decided`` and the points ``queued``); ``on_let_go(ladders)``, that ASHA keeps those ladders' paused runs no
+    longer (behind the best ``keep_waiting`` waiting at their rung; told once per rung and process)."""
 
     reduction_factor: int
     maximize: bool  # whether a higher rank_by (or objective) is better
@@ -174,6 +177,9 @@ class HalvingRule:
     asynchronous: bool = False
     on_stop: Callable[[dict[int, int]], None] = lambda stopped: None
     on_fresh: Callable[[], None] = lambda: None
+    on_start: Callable[[int, Mapping[int, float | None], Collection[int]], None] = lambda ladder, decided, queued: None
+    keep_waiting: int | None = None
+    on_let_go: Callable[[Collection[int]], None] = lambda ladders: None
 
 
 @dataclass
@@ -184,17 +190,19 @@ class PointQueue:
     url: str
     study_id: int
     study_name: str
-    points: list[dict[str, Any]]
+    points: Sequence[dict[str, Any]]  # a TPE phase's are known once proposed (see HalvingRule.on_start)
     params_of: Callable[[dict[str, Any]], dict[str, tuple[Any, BaseDistribution]]]  # a point as a trial's params
     max_retries: int
     seed_of: Callable[[int], int]  # a point's training seed
     order_seed: int  # the seed of the order points are queued in
     ladders: Ladders | None = None  # a phase with a budget: points that train as one
     halving: HalvingRule | None = None  # a phase with ``schedule: halving`` (needs ladders)
+    budgets: Sequence[int] | None = None  # with halving: each point's budget value (None: read from the points)
     check_interrupt: Callable[[], None] = lambda: None  # raises when the run was told to stop (SIGTERM, Ctrl-C)
     open: int = 0  # the phase's trials queued or running at the last reconcile, those it queued included
     _ranks: dict[int, float | None] = field(default_factory=dict)  # complete trial: its rank_by (never changes)
     _first: tuple[int, ...] = ()  # ASHA: the points to queue before any other, in this order
+    _let_go: set[int] = field(default_factory=set)  # ASHA: the rungs where this process let a waiting run go
 
     def reconcile(self) -> int:
         """Enqueue every point that needs a trial (one read of the phase, batched writes); returns how many.
@@ -230,13 +238,13 @@ class PointQueue:
                     continue  # finished, or claimed / queued
                 if sum(counts_as_failure(r.state, r.failure) for r in rows) > self.max_retries:
                     continue  # exhausted: reported as failed
+                if plan is not None and point not in plan.admitted and point not in plan.stopped:
+                    continue  # its ladder's level below is not decided yet
                 params = self.params_of(self.points[point])
                 attrs = {POINT: point, ATTEMPT: len(rows) + 1, SEED: self.seed_of(point)}
                 if plan is not None and point in plan.stopped:
                     stopped.append((params, {**attrs, FAILURE: not_promoted(plan.stopped[point])}))
                     continue
-                if plan is not None and point not in plan.admitted:
-                    continue  # its ladder's level below is not decided yet
                 batch.append((params, attrs))
                 if len(batch) == ENQUEUE_BATCH:
                     enqueued += self.store.enqueue(self.study_id, batch)
@@ -271,7 +279,8 @@ class PointQueue:
                 self._ranks[trial_id] = float(value) if number else None
             for point, trial_id in complete.items():
                 decided[point] = self._ranks[trial_id]
-        budgets = [point.get(self.ladders.budget, 0) for point in self.points]
+        budgets = self.budgets if self.budgets is not None else [point.get(self.ladders.budget, 0)
+                                                                 for point in self.points]
         if not self.halving.asynchronous:
             return halve(self.ladders, budgets, decided, reduction_factor=self.halving.reduction_factor,
                          maximize=self.halving.maximize, levels=self.halving.levels)
@@ -282,9 +291,15 @@ class PointQueue:
         waiting = any(row.state == "WAITING" for point, rows in by_point.items() if 0 <= point < len(self.points)
                       for row in rows)  # a point past the phase's end is withdrawn, not waiting
         found = admit(self.ladders, budgets, decided, queued, reduction_factor=self.halving.reduction_factor,
-                      maximize=self.halving.maximize, starts=0 if waiting else 1, stopped_before=never_ran)
+                      maximize=self.halving.maximize, starts=0 if waiting else 1, stopped_before=never_ran,
+                      keep_waiting=self.halving.keep_waiting)
+        if set(found.let_go) - self._let_go:  # a ladder let go at one rung may wait at the next one later
+            self.halving.on_let_go(sorted({self.ladders.of_point[point] for point in set(found.let_go) - self._let_go}))
+            self._let_go.update(found.let_go)
         # a free process starts a new configuration only when it has nothing to promote
         self._first = found.promote or found.start
+        if not found.promote and found.start:
+            self.halving.on_start(self.ladders.of_point[found.start[0]], decided, queued)
         return Halving(frozenset(queued | set(self._first)), found.stopped)
 
     def _order(self) -> Iterator[int]:

@@ -8,17 +8,18 @@ al., "A System for Massively Parallel Hyperparameter Tuning", 2018): promote a c
 else start a new configuration at the lowest rung. No process waits for a rung to fill, and a promoted configuration
 goes on from the run saved at its rung, so a configuration is one run, paused at each rung it reached.
 
-A phase whose configurations are drawn before it starts (random search) keeps each configuration's rungs as the
-points of one budget ladder (:mod:`hpsearch.search.ladders`); :func:`admit` then says, from the phase's stored trials
-alone, which rungs to queue now (promotions, highest rung first, then new configurations) and which rungs will never
-run, as :func:`hpsearch.search.ladders.halve` does for synchronous halving.
+A phase keeps each configuration's rungs as the points of one budget ladder (:mod:`hpsearch.search.ladders`; a
+random phase's configurations are drawn before it starts, a TPE phase's proposed as each starts); :func:`admit` then
+says, from the phase's stored trials alone, which rungs to queue now (promotions, highest rung first, then new
+configurations) and which rungs will never run, as :func:`hpsearch.search.ladders.halve` does for synchronous
+halving.
 
 TPE under ASHA models the values of the highest rung with enough of them (BOHB's rule, :func:`model_rung`).
 :func:`work` prices a phase for estimates. Pure functions of their arguments: no storage, no Optuna; every process
 that looks at the same stored values decides alike.
 
-A random phase runs it with ``schedule: {type: asha}`` (the engine's point queue asks :func:`admit`); TPE phases do
-not take a schedule yet.
+Random and TPE phases run it with ``schedule: {type: asha}`` (the engine's point queue asks :func:`admit`; a TPE
+phase's configurations are proposed as they start, :mod:`hpsearch.engine.proposals`).
 """
 
 from __future__ import annotations
@@ -102,24 +103,33 @@ def _promotable(ended: Mapping[Config, float | None], promoted: Collection[Confi
                 maximize: bool) -> list[Config]:
     """The configurations of one rung that may go on and have not, best first: of its n ``ended`` ones, the best
     floor(n / reduction_factor) with a value (ties by the configurations' order), less those ``promoted``."""
-    ranked = sorted((config for config, value in ended.items() if value is not None),
-                    key=lambda config: (-ended[config] if maximize else ended[config], config))
+    ranked = _ranked(ended, maximize)
     return [config for config in ranked[:len(ended) // reduction_factor] if config not in promoted]
+
+
+def _ranked(ended: Mapping[Config, float | None], maximize: bool) -> list[Config]:
+    """The configurations of ``ended`` that have a value, best first (ties by the configurations' order)."""
+    return sorted((config for config, value in ended.items() if value is not None),
+                  key=lambda config: (-ended[config] if maximize else ended[config], config))
 
 
 @dataclass(frozen=True)
 class Admission:
     """What a phase of ASHA ladders queues now. promote: the rungs its configurations are promoted to, the highest
     rung first, best first within a rung. start: the lowest rungs of configurations not started yet, in ladder order.
-    stopped: the rungs that will never run, each with the budget its configuration stopped at."""
+    stopped: the rungs that will never run, each with the budget its configuration stopped at. let_go: the rungs at
+    which configurations wait (ended with a value, neither promoted nor stopped) behind the best ``keep_waiting``
+    waiting there: their paused runs may go, and one promoted later trains again from its start."""
 
     promote: tuple[int, ...]
     start: tuple[int, ...]
     stopped: dict[int, int]
+    let_go: tuple[int, ...] = ()
 
 
 def admit(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | None], queued: Collection[int], *,
-          reduction_factor: int, maximize: bool, starts: int, stopped_before: Collection[int] = ()) -> Admission:
+          reduction_factor: int, maximize: bool, starts: int, stopped_before: Collection[int] = (),
+          keep_waiting: int | None = None) -> Admission:
     """ASHA over ``found``'s ladders (a ladder: one configuration's rungs, ascending in budget), from stored trials.
 
     budgets: each point's budget value. decided: the points that will not run again, each with its value, or None for
@@ -132,11 +142,17 @@ def admit(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | 
     and every one promoted to the rung decided there, or stopped below it) and it is not among the rung's best
     floor(n / reduction_factor). A pure function of its arguments, as :func:`next_step` decides one promotion at a
     time.
+
+    keep_waiting (None: every one): how many of the configurations waiting at a rung keep their paused runs, the
+    best ones. The next promotions from a rung go to its best waiting configurations or to ones that end it later,
+    so a configuration behind the best ``keep_waiting`` goes on only after that many promotions from its rung, if
+    ever; it then trains again from its start. A phase's disk is then bounded by its rungs, not its n_trials.
     """
     depth = max((len(rungs) for rungs in found.rungs), default=0)
     unstarted = [rungs[0] for rungs in found.rungs if rungs and rungs[0] not in queued]
     promote: list[int] = []
     stopped: dict[int, int] = {}
+    let_go: list[int] = []
     closed = not unstarted  # whether no configuration can end the rung below any more
     for rung in range(depth - 1):
         climbing = {ladder: rungs for ladder, rungs in enumerate(found.rungs) if len(rungs) > rung + 1}
@@ -146,12 +162,18 @@ def admit(found: Ladders, budgets: Sequence[int], decided: Mapping[int, float | 
         going = _promotable(ended, on_their_way, reduction_factor, maximize)
         promote[:0] = [climbing[ladder][rung + 1] for ladder in going]  # a higher rung's go before
         closed = closed and all(rungs[rung] in decided for rungs in climbing.values() if rungs[rung] in queued)
+        waiting = []
         for ladder, value in ended.items():
             if ladder not in on_their_way and ladder not in going and (value is None or closed):
                 rungs = climbing[ladder]
                 stopped.update((above, budgets[rungs[rung]]) for above in rungs[rung + 1:])
+            elif ladder not in on_their_way and ladder not in going:
+                waiting.append(ladder)
+        if keep_waiting is not None:
+            behind = _ranked({ladder: ended[ladder] for ladder in waiting}, maximize)[keep_waiting:]
+            let_go += [climbing[ladder][rung] for ladder in behind]
         closed = closed and not going
-    return Admission(tuple(promote), tuple(unstarted[:max(starts, 0)]), stopped)
+    return Admission(tuple(promote), tuple(unstarted[:max(starts, 0)]), stopped, tuple(sorted(let_go)))
 
 
 def model_rung(ended: Sequence[int], n_params: int) -> int:

@@ -99,8 +99,9 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
     _validate_backend_params(spec)
     for index, phase in enumerate(spec.phases):
         where = f"phases[{index}] ({phase.name})"
-        if phase.sampler == "random" and phase.schedule is not None and phase_size(phase) <= DRAWN_AT_LOAD:
-            check_rungs(spec, phase, spec.drawn(phase), where=where)  # every configuration drawn, at its top rung
+        if phase.sampler != "grid" and phase.schedule is not None and phase_size(phase) <= DRAWN_AT_LOAD:
+            # every configuration drawn at its top rung (a TPE phase's random stand-ins: its space's choices)
+            check_rungs(spec, phase, spec.drawn(phase), where=where)
         elif phase.budget is not None:  # a derived grid's points are checked when it is derived
             check_budget(spec, phase, phase.grid if isinstance(phase.grid, dict) else None, where=where)
     return spec

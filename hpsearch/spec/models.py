@@ -185,10 +185,11 @@ class ScheduleSpec(_Strict):
     and ``first_rung`` below them (it joins the grid), or the values ``levels`` names (the grid's values between two
     levels train along, trials of their own without a ranking; a value the grid lacks joins it).
 
-    ``asha`` (random phases): asynchronous successive halving. Each configuration drawn trains to ``min_budget``
+    ``asha`` (random and TPE phases): asynchronous successive halving. Each configuration trains to ``min_budget``
     first; rungs grow by ``reduction_factor`` up to ``max_budget``, and a free process promotes a configuration among
-    the best 1/``reduction_factor`` of those that ended its rung (the highest rung first), else starts a new one. A
-    promoted configuration trains on from where its rung stopped."""
+    the best 1/``reduction_factor`` of those that ended its rung (the highest rung first), else starts a new one
+    (drawn ahead by a random phase, proposed then by TPE). A promoted configuration trains on from where its rung
+    stopped."""
 
     type: Literal["halving", "asha"]
     reduction_factor: int = Field(3, ge=2)
@@ -268,10 +269,9 @@ class PhaseSpec(_Strict):
                                      f"{self.budget} ({min(values)}): the grid's values are the levels above it")
             if self.schedule is not None and self.schedule.type != "halving":
                 raise ValueError("a grid phase halves its ladders with 'schedule: {type: halving}'; 'asha' is for "
-                                 "random phases, which draw their configurations")
+                                 "random and tpe phases, which sample their configurations")
         else:
-            asha = self.schedule is not None and self.schedule.type == "asha"
-            if self.sampler == "random" and asha:
+            if self.schedule is not None and self.schedule.type == "asha":
                 if self.budget is None:
                     raise ValueError("'schedule: asha' trains each configuration in rungs of a budget: name the "
                                      "phase's 'budget' too (num_iters for the numpy backend, num_epochs for torch)")
@@ -279,12 +279,11 @@ class PhaseSpec(_Strict):
                     raise ValueError(f"'space' must not search the budget {self.budget!r}: asha sets it, rung by rung")
             elif self.schedule is not None:
                 raise ValueError(f"'schedule: {{type: {self.schedule.type}}}' does not fit a {self.sampler} phase: "
-                                 "halving is for grid phases, asha for random phases (TPE under asha is not built "
-                                 "yet)")
+                                 "halving is for grid phases, asha for random and tpe phases")
             elif self.budget is not None:
-                raise ValueError(f"'budget' goes with a schedule: a grid phase's ladders share training, and a random "
-                                 f"phase's 'schedule: {{type: asha}}' trains in rungs; this {self.sampler} phase "
-                                 "draws every point afresh")
+                raise ValueError(f"'budget' goes with a schedule: a grid phase's ladders share training, and a "
+                                 f"{self.sampler} phase's 'schedule: {{type: asha}}' trains in rungs; without one "
+                                 f"this phase trains every point afresh")
             if self.grid is not None:
                 raise ValueError(f"a {self.sampler} phase takes 'space', not 'grid'")
             if not self.space:
@@ -292,6 +291,12 @@ class PhaseSpec(_Strict):
             if self.n_trials is None:
                 raise ValueError(f"a {self.sampler} phase needs 'n_trials'")
         return self
+
+    @property
+    def asks_sampler(self) -> bool:
+        """Whether each trial is asked of Optuna's sampler as it starts (TPE without a schedule), rather than taken
+        from the phase's points (a grid's, a random phase's drawn, a TPE phase's proposed under ASHA)."""
+        return self.sampler == "tpe" and self.schedule is None
 
 
 class StudySpec(_Strict):
@@ -362,7 +367,8 @@ class StudySpec(_Strict):
 
     def drawn(self, phase: PhaseSpec) -> list[dict[str, Any]]:
         """A random phase's points: its configurations drawn from the study's seed, each at each rung of an asha
-        schedule (:func:`hpsearch.search.asha.rung_points`)."""
+        schedule (:func:`hpsearch.search.asha.rung_points`). A TPE phase's are what a random phase of its space would
+        draw: stand-ins for the configurations it will propose, to check and price them ahead."""
         configurations = random_points(phase.space, phase.n_trials, self.seed, phase.name)
         if phase.schedule is None:
             return configurations

@@ -109,3 +109,22 @@ def test_a_halving_phase_s_overhead_counts_the_rungs_that_train_only(tmp_path, s
     probe = Probe(train_seconds=1e-9, cost=1.0, trial_overhead_seconds=1.0, fixed_seconds=0.0)
     (phase,) = plan(spec, data, probe)["phases"]
     assert phase["trials"] == 36 and phase["estimated_seconds"] == pytest.approx(started, abs=0.05)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_an_asha_phase_is_priced_by_the_rungs_its_configurations_climb(tmp_path, sampler):
+    """Nine configurations over rungs 3, 9, 27: nine train to 3, three on to 9, one on to 27, 13 rungs in all; a
+    TPE phase's are priced as random stand-ins for what it will propose."""
+    spec = load_spec(write_spec(tmp_path, phases=[{
+        "name": "asha", "sampler": sampler, "n_trials": 9, "budget": "num_iters",
+        "schedule": {"type": "asha", "reduction_factor": 3, "min_budget": 3, "max_budget": 27},
+        "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True}}}]))
+    data = load_data(spec)
+    cost = load_trainable("numpy").cost
+    probe = Probe(train_seconds=1.0, cost=cost(resolved_config(spec, {"num_iters": 27}), data),
+                  trial_overhead_seconds=1.0, fixed_seconds=0.0)
+    (phase,) = plan(spec, data, probe)["phases"]
+    assert phase["trials"] == 9 * 3 and phase["ladders"] == 9 and phase["asha"] == 3
+    assert phase["estimate_from_sample"] == (sampler == "tpe")
+    trained = 9 * 3 + 3 * 6 + 1 * 18  # 1 s: one configuration to 27
+    assert phase["estimated_seconds"] == pytest.approx(trained / 27 + 13 * 1.0, abs=0.05)

@@ -127,8 +127,9 @@ def asha_ladders(n_configs: int, depth: int):
     return ladders(points, "num_iters"), [point["num_iters"] for point in points]
 
 
-def admitted(found, budgets, decided, queued, starts=1, maximize=True) -> Admission:
-    return admit(found, budgets, decided, queued, reduction_factor=3, maximize=maximize, starts=starts)
+def admitted(found, budgets, decided, queued, starts=1, maximize=True, keep_waiting=None) -> Admission:
+    return admit(found, budgets, decided, queued, reduction_factor=3, maximize=maximize, starts=starts,
+                 keep_waiting=keep_waiting)
 
 
 def test_a_phase_starts_one_configuration_at_a_time_until_a_rung_promotes():
@@ -150,6 +151,22 @@ def test_the_rung_below_closes_when_every_configuration_ended_it_and_the_rest_st
     assert admitted(found, budgets, {0: 0.2, 3: 0.9, 6: 0.5}, {0, 3, 6, 9, 4}).stopped == {}
     # a rung ended without a value stops at once
     assert admitted(found, budgets, {0: None, 3: 0.9}, {0, 3, 6}).stopped == {1: 1, 2: 1}
+
+
+def test_the_runs_of_configurations_waiting_behind_a_rung_s_best_few_are_let_go():
+    found, budgets = asha_ladders(9, 3)
+    rung0 = {3 * config: config / 10 for config in range(7)}  # seven ended rung 0: 6 best, then 5, 4, ...
+    queued = set(rung0) | {3 * 6 + 1, 3 * 5 + 1}  # 6 and 5 went on; 4, 3, 2, 1, 0 wait (two more may end it)
+    now = admitted(found, budgets, rung0, queued, keep_waiting=2)
+    # 4 and 3 keep their runs; 2, 1 and 0 wait at rung 0 (points 6, 3 and 0) without
+    assert now.promote == () and now.start == (21,) and now.let_go == (0, 3, 6)
+    assert admitted(found, budgets, rung0, queued).let_go == ()  # every run kept
+    # one waiting ended without a value: it stops, and is no one's to let go
+    assert admitted(found, budgets, {**rung0, 0: None}, queued, keep_waiting=2).let_go == (3, 6)
+    # at rung 1 as well: 6, 5 and 4 ended it, 6 went on; with one kept per rung, 4 waits there without its run
+    # (point 13), and at rung 0 only 3 keeps one
+    on = admitted(found, budgets, {**rung0, 19: 0.9, 16: 0.1, 13: 0.05}, queued | {13, 20}, keep_waiting=1)
+    assert on.let_go == (0, 3, 6, 13)
 
 
 def test_a_higher_rung_s_promotion_is_queued_first():
@@ -181,8 +198,15 @@ def test_a_queue_of_asha_ladders_agrees_with_the_rule_and_ends_every_rung_once(n
     stopped: dict[int, int] = {}
     while True:
         while len(running) < processes:
-            now = admitted(found, budgets, decided, set(queued), starts=0 if waiting else 1)
+            now = admitted(found, budgets, decided, set(queued), starts=0 if waiting else 1, keep_waiting=2)
             assert stopped.items() <= now.stopped.items()  # a stopped rung stays stopped, at the same budget
+            for rung in range(depth - 1):  # the runs kept of those waiting at a rung: its best two
+                ended = {c: decided[c * depth + rung] for c in range(n_configs) if c * depth + rung in decided}
+                on = [c for c in sorted(ended, key=lambda c: (-(ended[c] or 0), c)) if ended[c] is not None
+                      and c * depth + rung + 1 not in queued and c * depth + rung + 1 not in now.stopped
+                      and c * depth + rung + 1 not in now.promote]
+                let_go = {point // depth for point in now.let_go if point % depth == rung}
+                assert [c for c in on if c not in let_go] == on[:2] and set(on[2:]) <= let_go
             stopped = now.stopped
             new = [*now.promote, *([] if now.promote else now.start)]
             assert not set(new) & (set(queued) | set(stopped))
@@ -220,20 +244,21 @@ ASHA_PHASE = {"name": "random", "sampler": "random", "n_trials": 9, "budget": "n
                         "hidden_size": {"type": "int", "low": 4, "high": 16, "step": 4}}}
 
 
-def test_an_asha_phase_runs_every_rung_once_each_the_configuration_trained_alone(tmp_path):
-    """A whole phase in this process: nine configurations over rungs 3, 9 and 27 iterations. Each rung that ran has
-    the values of its configuration trained straight to its budget (a promoted run went on from its saved rung), the
-    others ended PRUNED where their configuration stopped, every rung's best third went on, and no run trained a
-    stretch twice."""
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_an_asha_phase_runs_every_rung_once_each_the_configuration_trained_alone(tmp_path, sampler):
+    """A whole phase in this process: nine configurations (drawn ahead, or proposed by TPE as each starts) over rungs
+    3, 9 and 27 iterations. Each rung that ran has the values of its configuration trained straight to its budget (a
+    promoted run went on from its saved rung), the others ended PRUNED where their configuration stopped, every
+    rung's best third went on, and no run trained a stretch twice."""
     from hpsearch.engine.driver import Driver
     from hpsearch.engine.training import load_data, train_once
     from hpsearch.spec.build import load_spec
     from tests.conftest import assert_exactly_once, paused_runs_left, study_trials, write_spec
 
-    spec = write_spec(tmp_path, phases=[ASHA_PHASE])
+    spec = write_spec(tmp_path, phases=[{**ASHA_PHASE, "name": sampler, "sampler": sampler}])
     url = f"sqlite:///{tmp_path / 'study.db'}"
     summary = Driver(load_spec(spec), url, echo=lambda line: None).run()
-    trials = study_trials(url, "tiny.random")
+    trials = study_trials(url, f"tiny.{sampler}")
     assert summary.complete
     assert_exactly_once(trials, 9 * 3)
     config_of = {point: point // 3 for point in range(27)}  # point c * 3 + r: configuration c at rung r
@@ -274,6 +299,47 @@ def test_an_asha_phase_runs_every_rung_once_each_the_configuration_trained_alone
     assert not paused_runs_left(url)  # every paused run was let go
 
 
+def test_a_long_asha_phase_keeps_the_runs_of_a_few_waiting_per_rung_and_trains_the_rest_again_if_promoted(
+        tmp_path, monkeypatch):
+    """In this process: 27 configurations over rungs 3, 9 and 27, one waiting run kept per rung. Never more than a
+    few paused runs lie on disk at once (every configuration waiting at rung 0 would keep one otherwise), and every
+    rung still has its configuration's values trained alone: one promoted after its run was let go trained again
+    from its start."""
+    from hpsearch.engine import pausedruns
+    from hpsearch.engine.driver import Driver
+    from hpsearch.engine.training import load_data, train_once
+    from hpsearch.spec.build import load_spec
+    from tests.conftest import assert_exactly_once, paused_runs_left, study_trials, write_spec
+
+    monkeypatch.setattr("hpsearch.engine.phaserun.KEPT_WAITING", 1)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    on_disk = []
+    save = pausedruns.PausedRun.save
+
+    def counted(self, training, epochs):
+        save(self, training, epochs)
+        on_disk.append(sum(not path.name.endswith(".json") for path in paused_runs_left(url)))
+
+    monkeypatch.setattr(pausedruns.PausedRun, "save", counted)
+    spec = write_spec(tmp_path, phases=[{**ASHA_PHASE, "n_trials": 27}])
+    summary = Driver(load_spec(spec), url, echo=lambda line: None).run()
+    trials = study_trials(url, "tiny.random")
+    assert summary.complete
+    assert_exactly_once(trials, 27 * 3)
+    # one kept waiting at each of the two rungs below the top, the one just saved, and promotions queued at once
+    assert on_disk and max(on_disk) <= 5, on_disk
+    loaded = load_spec(spec)
+    data = load_data(loaded)
+    for trial in trials:
+        if trial.state.name == "COMPLETE":
+            alone = train_once(loaded, data, trial.params, seed=trial.user_attrs["seed"])
+            assert trial.value == alone.val_acc and trial.user_attrs["metrics"] == alone.metrics
+    reached = {t.user_attrs["point"] // 3: t.params["num_iters"] for t in sorted(trials, key=lambda t: t.number)
+               if t.state.name == "COMPLETE"}
+    assert summary.examples > sum(reached.values()) * 50  # some trained again: their runs had been let go
+    assert not paused_runs_left(url)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"schedule": {"type": "asha", "min_budget": 3}}, "asha needs 'min_budget' and 'max_budget'"),
     ({"schedule": {"type": "asha", "min_budget": 30, "max_budget": 3}}, r"'min_budget' \(30\) must be at most"),
@@ -283,7 +349,8 @@ def test_an_asha_phase_runs_every_rung_once_each_the_configuration_trained_alone
     ({"budget": None}, "'schedule: asha' trains each configuration in rungs of a budget"),
     ({"space": {**ASHA_PHASE["space"], "num_iters": {"type": "int", "low": 3, "high": 9}}},
      "'space' must not search the budget 'num_iters'"),
-    ({"sampler": "tpe"}, "TPE under asha is not built yet"),
+    ({"sampler": "tpe", "budget": None}, "'schedule: asha' trains each configuration in rungs of a budget"),
+    ({"sampler": "tpe", "schedule": None}, "'budget' goes with a schedule"),
     ({"schedule": None}, "'budget' goes with a schedule"),
     ({"budget": "num_epochs"}, "the budget must be 'num_iters'"),
     ({"n_trials": 400_000}, r"n_trials \(400,000\) times 3 rungs makes 1,200,000 points; a phase runs at most"),
@@ -308,15 +375,17 @@ def test_a_grid_phase_halves_and_does_not_take_asha(tmp_path):
 
     grid = {"name": "grid", "sampler": "grid", "budget": "num_iters",
             "grid": {"learning_rate": [0.1], "num_iters": [3]}, "schedule": ASHA_PHASE["schedule"]}
-    with pytest.raises(SpecError, match="'asha' is for random phases"):
+    with pytest.raises(SpecError, match="'asha' is for random and tpe phases"):
         load_spec(write_spec(tmp_path, phases=[grid]))
 
 
-def test_two_processes_share_an_asha_phase_and_one_killed_inside_a_rung_loses_nothing(tmp_path, gate):
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_two_processes_share_an_asha_phase_and_one_killed_inside_a_rung_loses_nothing(tmp_path, gate, sampler):
     """Subprocesses, as users run workers: two `hpsearch run` on one SQLite study, both held at the gate inside
     their sixth and seventh rung; one is killed (SIGKILL) there, the other goes on alone, takes the killed rung up
     again from the run saved below it, and ends the phase. Every rung is decided once, each stretch of training is
-    paid once, and every rung's best third went on."""
+    paid once, and every rung's best third went on. Under TPE the processes train the configurations either one
+    proposed, read from the storage."""
     import signal
     import subprocess
     import sys
@@ -329,7 +398,7 @@ def test_two_processes_share_an_asha_phase_and_one_killed_inside_a_rung_loses_no
     spec = gated_study(tmp_path, "asha", free=5, budget="num_iters", grid={"learning_rate": [0.1], "num_iters": [1]},
                        schedule={"type": "halving"}, grace_period=3600)  # reaped by its pid, never by an old beat
     raw = yaml.safe_load(spec.read_text())
-    raw["phases"] = [{"name": "random", "sampler": "random", "n_trials": 9, "budget": "num_iters",
+    raw["phases"] = [{"name": "random", "sampler": sampler, "n_trials": 9, "budget": "num_iters",
                       "schedule": {"type": "asha", "reduction_factor": 3, "min_budget": 10, "max_budget": 90},
                       "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.99}}}]
     spec.write_text(yaml.safe_dump(raw))
