@@ -127,7 +127,7 @@ def test_objective_direction_follows_the_metric(tmp_path):
 
 def test_shipped_specs_validate():
     paths = sorted((REPO / "studies").glob("*.yaml"))
-    assert len(paths) == 6
+    assert len(paths) == 7
     for path in paths:
         spec = load_spec(path)
         assert spec.name == path.stem and spec.phases  # the name that the README's storage paths use
