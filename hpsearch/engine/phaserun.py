@@ -28,11 +28,10 @@ from hpsearch.engine.pointqueue import HalvingRule, PointQueue, owner, reap
 from hpsearch.engine.proposals import ProposedPoints
 from hpsearch.engine.trials import RunningTrial, TrialRunner
 from hpsearch.search import grid as grids
-from hpsearch.search.asha import rung_ladders, rung_points
 from hpsearch.search.asha import work as asha_work
 from hpsearch.search.ladders import Ladders, Work, ladders
 from hpsearch.search.ladders import work as ladder_work
-from hpsearch.spec.checks import check_budget, check_rungs, rank_metric
+from hpsearch.spec.checks import check_budget, check_proposals, check_rungs, rank_metric
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.connections import runs_folder, storage_lock
 from hpsearch.storage.records import SEED, counts_as_failure, decode_params
@@ -219,9 +218,8 @@ class PhaseRunner:
         phase's configurations, each one ladder); None without a budget."""
         if phase.budget is None:
             return None
-        if isinstance(points, ProposedPoints):  # configurations yet to be proposed: the spec's defaults stand in
-            check_rungs(self.spec, phase, rung_points([{}], phase.budget, points.rungs), where=f"phase {phase.name!r}")
-            return rung_ladders(phase.n_trials, phase.budget, len(points.rungs))
+        if phase.sampler == "tpe":  # configurations yet to be proposed: each choice they may take is checked
+            return check_proposals(self.spec, phase, where=f"phase {phase.name!r}")
         if phase.sampler == "random":
             return check_rungs(self.spec, phase, points, where=f"phase {phase.name!r}")
         return check_budget(self.spec, phase, record["grid"], where=f"phase {phase.name!r}")

@@ -61,7 +61,7 @@ def _phase_configs(spec: StudySpec, phase: PhaseSpec) -> tuple[list[dict[str, An
     if isinstance(phase.grid, dict):
         configs = [spec.config(**p) for p in grids.grid_points(grids.with_rungs(phase, phase.grid))]
         return configs, len(configs), False
-    if phase.sampler == "random" or phase.schedule is not None:  # under asha, a TPE phase's stand-ins: random ones
+    if phase.sampler == "random" or phase.samples_under_asha:  # a TPE phase's stand-ins: random ones
         configs = [spec.config(**p) for p in spec.drawn(phase)]
         return configs, len(configs), phase.sampler == "tpe"
     if phase.sampler == "tpe":  # TPE's points are not known in advance: random ones stand in

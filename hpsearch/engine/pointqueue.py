@@ -1,4 +1,4 @@
-"""The exactly-once point queue of a random or grid phase: enqueue, claim, reap, heartbeat, owner liveness.
+"""The exactly-once point queue of a random, grid or ASHA phase: enqueue, claim, reap, heartbeat, owner liveness.
 
 Each point is a WAITING trial, enqueued once under a lock all processes share and claimed by one process through the
 storage's atomic WAITING -> RUNNING transition (see :mod:`hpsearch.storage.trialstore`). A point is enqueued again only when
@@ -168,7 +168,7 @@ class HalvingRule:
     ``on_fresh()``, under the lock, that the phase has no trial yet; ``on_start(ladder, decided, queued)``, under
     the lock, that ASHA starts ``ladder`` now (a TPE phase proposes its configuration then, from the rungs' values
     ``decided`` and the points ``queued``); ``on_let_go(ladders)``, that ASHA keeps those ladders' paused runs no
-    longer (behind the best ``keep_waiting`` waiting at their rung; told once per rung and process)."""
+    longer (behind the best ``keep_waiting`` waiting at their rung; told at every reconcile)."""
 
     reduction_factor: int
     maximize: bool  # whether a higher rank_by (or objective) is better
@@ -202,7 +202,6 @@ class PointQueue:
     open: int = 0  # the phase's trials queued or running at the last reconcile, those it queued included
     _ranks: dict[int, float | None] = field(default_factory=dict)  # complete trial: its rank_by (never changes)
     _first: tuple[int, ...] = ()  # ASHA: the points to queue before any other, in this order
-    _let_go: set[int] = field(default_factory=set)  # ASHA: the rungs where this process let a waiting run go
 
     def reconcile(self) -> int:
         """Enqueue every point that needs a trial (one read of the phase, batched writes); returns how many.
@@ -293,9 +292,8 @@ class PointQueue:
         found = admit(self.ladders, budgets, decided, queued, reduction_factor=self.halving.reduction_factor,
                       maximize=self.halving.maximize, starts=0 if waiting else 1, stopped_before=never_ran,
                       keep_waiting=self.halving.keep_waiting)
-        if set(found.let_go) - self._let_go:  # a ladder let go at one rung may wait at the next one later
-            self.halving.on_let_go(sorted({self.ladders.of_point[point] for point in set(found.let_go) - self._let_go}))
-            self._let_go.update(found.let_go)
+        if found.let_go:  # each time: a process reaped after its rung ended may have saved the run since
+            self.halving.on_let_go(sorted({self.ladders.of_point[point] for point in found.let_go}))
         # a free process starts a new configuration only when it has nothing to promote
         self._first = found.promote or found.start
         if not found.promote and found.start:

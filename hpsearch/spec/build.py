@@ -20,7 +20,7 @@ from hpsearch.errors import SpecError
 from hpsearch.files import SPEC, FileTooLarge, NotRegularFile, read_bounded
 from hpsearch.plugins import allow_import_from_env, is_reference
 from hpsearch.search.grid import phase_size
-from hpsearch.spec.checks import check_budget, check_rungs
+from hpsearch.spec.checks import check_budget, check_proposals, check_rungs
 from hpsearch.spec.document import apply_override, parse_override, yaml_load
 from hpsearch.spec.models import StudySpec
 from hpsearch.validation import format_error, validation_message
@@ -99,9 +99,10 @@ def build_spec(raw: Any, source: str, base_dir: Path, allow_import: bool = False
     _validate_backend_params(spec)
     for index, phase in enumerate(spec.phases):
         where = f"phases[{index}] ({phase.name})"
-        if phase.sampler != "grid" and phase.schedule is not None and phase_size(phase) <= DRAWN_AT_LOAD:
-            # every configuration drawn at its top rung (a TPE phase's random stand-ins: its space's choices)
-            check_rungs(spec, phase, spec.drawn(phase), where=where)
+        if phase.sampler == "tpe" and phase.samples_under_asha:
+            check_proposals(spec, phase, where=where)  # each choice TPE may propose, at the top rung
+        elif phase.samples_under_asha and phase_size(phase) <= DRAWN_AT_LOAD:
+            check_rungs(spec, phase, spec.drawn(phase), where=where)  # every configuration drawn, at its top rung
         elif phase.budget is not None:  # a derived grid's points are checked when it is derived
             check_budget(spec, phase, phase.grid if isinstance(phase.grid, dict) else None, where=where)
     return spec

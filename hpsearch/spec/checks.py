@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from pydantic import ValidationError
 
 from hpsearch.errors import SpecError
-from hpsearch.search.asha import rung_ladders
+from hpsearch.search.asha import rung_ladders, rung_points
 from hpsearch.search.grid import MAX_POINTS, grid_points, phase_size, with_rungs
 from hpsearch.search.ladders import Ladders, ladders
 
 if TYPE_CHECKING:
     from hpsearch.spec.models import PhaseSpec, StudySpec
 
-__all__ = ["check_budget", "check_derived_size", "check_levels", "check_sizes", "rank_metric"]
+__all__ = ["check_budget", "check_derived_size", "check_levels", "check_proposals", "check_rungs", "check_sizes",
+           "rank_metric"]
 
 
 def _refuse_size(spec: Any, phase: Any, size: int, what: str, remedy: str) -> None:
@@ -108,6 +109,19 @@ def check_rungs(spec: StudySpec, phase: PhaseSpec, points: Sequence[Mapping[str,
     rungs = len(phase.schedule.rungs())
     return _stage_along(spec, phase, points, where=where,
                         found=rung_ladders(len(points) // rungs, phase.budget, rungs))
+
+
+def check_proposals(spec: StudySpec, phase: PhaseSpec, *, where: str) -> Ladders:
+    """The ladders of a TPE phase under asha, whose configurations are proposed as it runs; SpecError as
+    :func:`check_budget` says for the spec's defaults or any choice of a categorical parameter among them (each
+    choice TPE may propose, at the top rung)."""
+    check_budget(spec, phase, None, where=where)
+    choices = [{}, *({name: choice} for name, p in phase.space.items() if p.type == "categorical"
+                     for choice in p.choices)]
+    rungs = phase.schedule.rungs()
+    _stage_along(spec, phase, rung_points(choices, phase.budget, rungs), where=where,
+                 found=rung_ladders(len(choices), phase.budget, len(rungs)))
+    return rung_ladders(phase.n_trials, phase.budget, len(rungs))
 
 
 def _stage_along(spec: StudySpec, phase: PhaseSpec, points: Sequence[Mapping[str, Any]], *, where: str,

@@ -293,6 +293,11 @@ class PhaseSpec(_Strict):
         return self
 
     @property
+    def samples_under_asha(self) -> bool:
+        """Whether the phase samples its configurations (random, TPE) and trains them under ASHA."""
+        return self.sampler != "grid" and self.schedule is not None and self.schedule.type == "asha"
+
+    @property
     def asks_sampler(self) -> bool:
         """Whether each trial is asked of Optuna's sampler as it starts (TPE without a schedule), rather than taken
         from the phase's points (a grid's, a random phase's drawn, a TPE phase's proposed under ASHA)."""

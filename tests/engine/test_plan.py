@@ -128,3 +128,15 @@ def test_an_asha_phase_is_priced_by_the_rungs_its_configurations_climb(tmp_path,
     assert phase["estimate_from_sample"] == (sampler == "tpe")
     trained = 9 * 3 + 3 * 6 + 1 * 18  # 1 s: one configuration to 27
     assert phase["estimated_seconds"] == pytest.approx(trained / 27 + 13 * 1.0, abs=0.05)
+
+
+def test_a_derived_grid_that_halves_is_priced_from_stand_ins_of_its_source(tmp_path):
+    spec = load_spec(write_spec(tmp_path, phases=[
+        {"name": "random", "sampler": "random", "n_trials": 3,
+         "space": {"num_iters": {"type": "int", "low": 4, "high": 12}}},
+        {"name": "grid", "sampler": "grid", "budget": "num_iters", "schedule": {"type": "halving"},
+         "grid": {"from": "random", "top_k": 2, "points": 2}}]))
+    data = load_data(spec)
+    probe = Probe(train_seconds=1.0, cost=1.0, trial_overhead_seconds=0.0, fixed_seconds=0.0)
+    grid = plan(spec, data, probe)["phases"][1]
+    assert grid["trials_upper_bound"] and grid["estimate_from_sample"] and grid["trials"] == 2

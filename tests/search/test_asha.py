@@ -475,15 +475,17 @@ def test_an_asha_phase_whose_n_trials_is_raised_goes_on_with_the_new_configurati
     assert all(len(found) == 1 for found in seeds.values()) and len({s for found in seeds.values() for s in found}) == 9
 
 
-def test_a_configuration_the_trainable_cannot_train_in_stages_is_refused_before_anything_runs(tmp_path):
-    """Every configuration an asha phase will draw is held against the trainable as the spec loads: a Torch schedule
-    set by the total length, one of the choices, is refused then, not when the phase opens after others ran."""
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_configuration_the_trainable_cannot_train_in_stages_is_refused_before_anything_runs(tmp_path, sampler):
+    """Every configuration an asha phase will draw (each choice TPE may propose) is held against the trainable as the
+    spec loads: a Torch schedule set by the total length, one of the choices, is refused then, not when the phase
+    opens after others ran."""
     pytest.importorskip("torch")
     from hpsearch.errors import SpecError
     from hpsearch.spec.build import load_spec
     from tests.conftest import write_spec
 
-    phase = {**ASHA_PHASE, "budget": "num_epochs",
+    phase = {**ASHA_PHASE, "sampler": sampler, "budget": "num_epochs",
              "schedule": {"type": "asha", "reduction_factor": 3, "min_budget": 1, "max_budget": 3},
              "space": {"schedule": {"type": "categorical", "choices": ["step", "cosine"]}}}
     spec = write_spec(tmp_path, model={"backend": "torch"}, defaults={"hidden_sizes": [8], "device": "cpu"},
