@@ -168,7 +168,7 @@ def plan(spec: StudySpec, data: Dataset, probe: Probe | None = None, startup_sec
         configs, trials, estimated = _phase_configs(spec, phase)
         # a ladder trains once, to its top rung (see hpsearch.search.ladders); a derived grid's are known once it is
         # derived; a TPE phase's stand-ins train as the configurations it proposes will
-        staged = phase.budget is not None and (not estimated or phase.sampler == "tpe")
+        staged = phase.budget is not None and (not estimated or phase.samples_under_asha)
         found = ladders(configs, phase.budget) if staged else None
         if staged and phase.schedule is not None and phase.schedule.type == "asha":  # a ladder per configuration
             rungs = len(phase.schedule.rungs())

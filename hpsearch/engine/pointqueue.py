@@ -197,7 +197,7 @@ class PointQueue:
     order_seed: int  # the seed of the order points are queued in
     ladders: Ladders | None = None  # a phase with a budget: points that train as one
     halving: HalvingRule | None = None  # a phase with ``schedule: halving`` (needs ladders)
-    budgets: Sequence[int] | None = None  # with halving: each point's budget value (None: read from the points)
+    budgets: Sequence[int] | None = None  # with ladders: each point's budget (a TPE phase's points come later)
     check_interrupt: Callable[[], None] = lambda: None  # raises when the run was told to stop (SIGTERM, Ctrl-C)
     open: int = 0  # the phase's trials queued or running at the last reconcile, those it queued included
     _ranks: dict[int, float | None] = field(default_factory=dict)  # complete trial: its rank_by (never changes)
@@ -278,8 +278,7 @@ class PointQueue:
                 self._ranks[trial_id] = float(value) if number else None
             for point, trial_id in complete.items():
                 decided[point] = self._ranks[trial_id]
-        budgets = self.budgets if self.budgets is not None else [point.get(self.ladders.budget, 0)
-                                                                 for point in self.points]
+        budgets = self.budgets
         if not self.halving.asynchronous:
             return halve(self.ladders, budgets, decided, reduction_factor=self.halving.reduction_factor,
                          maximize=self.halving.maximize, levels=self.halving.levels)
