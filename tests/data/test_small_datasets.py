@@ -20,6 +20,22 @@ def test_digits_split_sizes_and_determinism():
     assert load_dataset("digits", seed=1).fingerprint != load_dataset("digits").fingerprint
 
 
+def test_digits_read_from_scikit_learn_s_file_are_what_its_loader_returns(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from hpsearch.data import digits
+
+    bunch = load_digits()
+    X, y = digits._images()
+    np.testing.assert_array_equal(X, bunch.data)
+    np.testing.assert_array_equal(y, bunch.target)
+    assert X.dtype == bunch.data.dtype and y.dtype == bunch.target.dtype
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)  # no file where it is read from
+    X, y = digits._images()
+    np.testing.assert_array_equal(X, bunch.data)
+    np.testing.assert_array_equal(y, bunch.target)
+
+
 def test_synthetic_is_seeded_and_configurable():
     a = load_dataset("synthetic", seed=5, num_classes=4, num_features=7)
     b = load_dataset("synthetic", seed=5, num_classes=4, num_features=7)
