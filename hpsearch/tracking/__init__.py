@@ -8,6 +8,7 @@ MLflow being down or slow never stops a study: the first failure is reported onc
 then tries again; what was missed is rebuilt from the Optuna storage, the source of truth, by ``hpsearch sync``.
 
 The rooms: :mod:`~hpsearch.tracking.client` (the client, the experiment, shared parent runs, batched writes),
+:mod:`~hpsearch.tracking.localstore` (a local SQLite store made whole before MLflow opens it),
 :mod:`~hpsearch.tracking.logger` (the hooks' work), :mod:`~hpsearch.tracking.mending` (sync and mending from the
 storage) and :mod:`~hpsearch.tracking.process` (the separate tracking process and the driver's listener).
 """

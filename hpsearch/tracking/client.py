@@ -17,6 +17,7 @@ from hpsearch.spec.models import StudySpec
 from hpsearch.storage.connections import storage_lock
 from hpsearch.storage.records import INTERRUPTED, REAPED, SharedState
 from hpsearch.storage.urls import expand_home, mask_url, register_secret_url, same_database, sqlite_path
+from hpsearch.tracking.localstore import artifact_location, made_whole
 
 __all__ = ["MlflowBase", "TrackingError", "resolve_tracking_uri"]
 
@@ -70,54 +71,11 @@ def resolve_tracking_uri(spec: StudySpec, storage_url: str, cli_uri: str | None 
     return uri
 
 
-def _artifact_location(uri: str) -> str | None:
-    """Artifacts of a local SQLite store go in ``mlartifacts/`` beside it, whatever the working directory."""
-    database = sqlite_path(uri)
-    return (database.parent.resolve() / "mlartifacts").as_uri() if database is not None else None
-
-
 def _run_status(state: str, reason: str | None) -> str:
     """MLflow's status for an Optuna trial state: KILLED when its process was stopped rather than the trial failing."""
     if reason in REAPED or reason == INTERRUPTED:
         return "KILLED"
     return STATUS.get(state, "FAILED")
-
-
-def _write_ahead_log(database: Path) -> None:
-    """A local MLflow store in SQLite's write-ahead-log mode: each commit syncs once instead of three times, which
-    halves what MLflow costs per trial; readers (`mlflow ui`) never wait for the writer. The mode stays with the file."""
-    import sqlite3
-
-    with contextlib.suppress(sqlite3.Error):
-        connection = sqlite3.connect(database, timeout=60)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-        finally:
-            connection.close()
-
-
-def _remove_half_made(database: Path) -> None:
-    """Remove a local MLflow store that a killed process left half made: MLflow's tables begun but never stamped
-    with their schema's version, and no run in them (a store with runs is never touched)."""
-    import sqlite3
-
-    if not database.is_file() or database.stat().st_size == 0:
-        return
-    try:
-        connection = sqlite3.connect(database, timeout=60)
-        try:
-            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if not tables or ("alembic_version" in tables
-                              and connection.execute("SELECT COUNT(*) FROM alembic_version").fetchone()[0]):
-                return
-            if "runs" in tables and connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0]:
-                return
-        finally:
-            connection.close()
-    except sqlite3.Error:
-        return  # not a database MLflow made: MLflow says what is wrong with it
-    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
-        path.unlink(missing_ok=True)
 
 
 def _echo_err(message: str) -> None:
@@ -220,8 +178,7 @@ class MlflowBase:
             # at once) leaves them half made, which the next one finds and makes again
             lock = storage_lock(self._state.url, "mlflow-init") if self._state else contextlib.nullcontext()
             with lock:
-                _remove_half_made(database)
-                _write_ahead_log(database)
+                made_whole(database)
                 client = MlflowClient(tracking_uri=uri)
                 client.search_experiments(max_results=1)  # the store, made whole under the lock
             self._client = client
@@ -244,7 +201,7 @@ class MlflowBase:
             if found is None:
                 try:
                     self._experiment_id = self.client.create_experiment(
-                        self.experiment, artifact_location=_artifact_location(self.uri), tags=EXPERIMENT_TAGS)
+                        self.experiment, artifact_location=artifact_location(self.uri), tags=EXPERIMENT_TAGS)
                     return
                 except Exception:  # another worker created it first
                     found = self.client.get_experiment_by_name(self.experiment)

@@ -18,7 +18,8 @@ from hpsearch.errors import UserError
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.records import SharedState
 from hpsearch.storage.urls import mask_url, register_secret_url
-from hpsearch.tracking.client import FLUSH_SECONDS, TrackingError, _artifact_location
+from hpsearch.tracking.client import FLUSH_SECONDS, TrackingError
+from hpsearch.tracking.localstore import artifact_location
 from hpsearch.tracking.logger import MlflowLogger
 
 __all__ = ["MlflowTracker"]
@@ -194,7 +195,7 @@ class MlflowTracker(StudyListener):
         """The study run's best model in a local artifact store, once the study logged it."""
         logger = MlflowLogger(self.spec, self.uri)
         run_id = state.get_or_create(logger._key(self.spec.name), lambda: None)
-        location = _artifact_location(self.uri)
+        location = artifact_location(self.uri)
         suffix = self.spec.trainable.model_suffix
         if not run_id or location is None or suffix is None:
             return None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -375,6 +377,49 @@ def test_an_mlflow_store_a_killed_tracking_process_left_half_made_is_made_again(
     logger = MlflowLogger(spec, f"sqlite:///{database}")
     logger.on_study_start(spec, driver.phases.shared())
     assert not logger._reported and runs_by_kind(f"sqlite:///{database}")["study"]
+
+
+def test_a_new_mlflow_store_is_a_copy_of_the_empty_one_mlflow_makes(tmp_path, monkeypatch):
+    """A new local store starts as a copy of an empty one MLflow made (kept in the cache folder): the same tables and
+    schema version as MLflow's own, its Default experiment's artifacts beside it, and a study logs to it; with no
+    cache folder to keep one, MLflow makes the store itself. In-process: two stores, one made by MLflow alone."""
+    import sqlite3
+
+    from hpsearch.engine.driver import Driver
+    from hpsearch.spec.build import load_spec
+    from hpsearch.tracking import localstore
+    from hpsearch.tracking.logger import MlflowLogger
+
+    def schema(database: Path) -> tuple:  # MLflow orders a table's constraints differently from run to run
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            tables = [(name, sorted((sql or "").splitlines()))
+                      for name, sql in connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name")]
+            return tables, connection.execute("SELECT * FROM alembic_version").fetchall()
+
+    def default_location(database: Path) -> str:
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            return connection.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()[0]
+
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    spec = load_spec(write_spec(tmp_path, "tracked", phases=[TINY_STUDY["phases"][0]], tracking=TRACKED))
+    driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
+    (tmp_path / "a").mkdir()
+    copied = tmp_path / "a" / "mlflow.db"
+    logger = MlflowLogger(spec, f"sqlite:///{copied}")
+    logger.on_study_start(spec, driver.phases.shared())
+    assert not logger._reported and runs_by_kind(f"sqlite:///{copied}")["study"]
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [f"mlflow-{mlflow.__version__}-empty.db"]
+    assert default_location(copied) == (tmp_path / "a" / "mlartifacts" / "0").as_uri()
+    own = tmp_path / "own.db"
+    MlflowClient(tracking_uri=f"sqlite:///{own}").search_experiments(max_results=1)
+    assert schema(copied) == schema(own)
+    monkeypatch.setattr(localstore, "cache_dir", lambda: Path("/proc/no-cache"))  # nothing can be kept
+    (tmp_path / "b").mkdir()
+    made = tmp_path / "b" / "mlflow.db"
+    logger = MlflowLogger(spec, f"sqlite:///{made}")
+    logger.on_study_start(spec, driver.phases.shared())
+    assert not logger._reported and runs_by_kind(f"sqlite:///{made}")["study"]
+    assert schema(made) == schema(own) and default_location(made) != (tmp_path / "b" / "mlartifacts" / "0").as_uri()
 
 
 def test_a_trial_s_run_has_the_same_tags_logged_live_or_rebuilt_by_sync(tmp_path):
