@@ -77,6 +77,7 @@ class PhaseRunner:
     def _run_points(self, phase: PhaseSpec, study: optuna.Study, record: dict[str, Any], view: PhaseView,
                     budget: Budget) -> bool:
         points = self._points(phase, record, study)
+        proposed = points if isinstance(points, ProposedPoints) else None  # a TPE phase's under ASHA
         found = self._ladders[phase.name] = self._ladders_of(phase, record, points)
         identity = self._seed_identity(phase, points, found, view)
 
@@ -85,7 +86,7 @@ class PhaseRunner:
 
         paused = self._paused_runs(phase, study, points, found)  # None unless the phase halves its ladders
         asynchronous = paused is not None and phase.schedule.type == "asha"
-        budgets = points.budgets if isinstance(points, ProposedPoints) else \
+        budgets = proposed.budgets if proposed is not None else \
             [point.get(found.budget) if found else None for point in points]
         if asynchronous:
             expected, trials = asha_work(len(found.rungs), phase.schedule.rungs(), phase.schedule.reduction_factor)
@@ -99,7 +100,6 @@ class PhaseRunner:
         if paused is not None:
             rank_by, maximize = rank_metric(self.spec, phase)
             levels = tuple(phase.schedule.levels) if phase.schedule.levels else None
-            proposed = points if isinstance(points, ProposedPoints) else None
 
             def fresh() -> None:  # nothing an earlier study of this name left is taken up
                 paused.clear()
