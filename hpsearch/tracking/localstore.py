@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 from hpsearch.data.cache import cache_dir
 from hpsearch.storage.urls import sqlite_path
@@ -72,11 +73,14 @@ def _from_template(database: Path) -> None:
     """A new local MLflow store made as a copy of an empty one (:func:`_template`): MLflow makes its tables through
     some fifty schema migrations, three seconds of a study's first run on two cores, a copy a few milliseconds. Its
     Default experiment keeps its artifacts in ``mlartifacts/`` beside the database, as the study's experiment does.
-    Where no template can be made (a read-only cache folder), MLflow makes the store itself."""
+    Where no template can be made (a read-only cache folder), MLflow makes the store itself. The copy is made under
+    a temporary name and linked into place, so a store that exists is never replaced; a template that cannot be read
+    or has no Default experiment is removed, and the next study makes it again."""
     import sqlite3
 
     if database.exists():
         return
+    _sweep(database.parent.glob(f".{database.name}.*.partial"))  # left by processes killed while copying
     template = _template()
     if template is None:
         return
@@ -84,35 +88,48 @@ def _from_template(database: Path) -> None:
     os.close(fd)
     try:
         shutil.copyfile(template, partial)
+        shutil.copymode(template, partial)  # the mode SQLite gave it (mkstemp's is the owner's alone)
         connection = sqlite3.connect(partial)
         try:
             with connection:
                 default, now = artifact_location(f"sqlite:///{database}") + "/0", int(time.time() * 1000)
-                connection.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, "
-                                   "last_update_time = ? WHERE experiment_id = 0", (default, now, now))
+                updated = connection.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, "
+                                             "last_update_time = ? WHERE experiment_id = 0", (default, now, now))
+                whole = updated.rowcount == 1
         finally:
             connection.close()
+        if not whole:
+            raise sqlite3.DatabaseError("the template has no Default experiment")
         with contextlib.suppress(FileExistsError):  # made meanwhile by a process without the storage's lock
             os.link(partial, database)
-    except (OSError, sqlite3.Error):
+    except sqlite3.Error:
+        template.unlink(missing_ok=True)  # damaged: MLflow makes this store, and the next study the template
+    except OSError:
         return  # MLflow makes the store, as it would without a template
     finally:
         Path(partial).unlink(missing_ok=True)
 
 
 def _template() -> Path | None:
-    """An empty MLflow store that this MLflow version made, kept in hpsearch's cache folder (made here the first
-    time, written atomically); None where it cannot be made."""
+    """An empty MLflow store that this MLflow made, kept in hpsearch's cache folder under MLflow's version and the
+    names of its schema migrations (made here the first time, written atomically); None where it cannot be made."""
     import sqlite3
+    import zlib
 
     import mlflow
     from mlflow import MlflowClient
 
-    template = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+    migrations = Path(mlflow.__file__).parent / "store" / "db_migrations" / "versions"
+    names = sorted(path.name for path in migrations.glob("*.py")) if migrations.is_dir() else []
+    if not names:
+        return None  # a layout of MLflow's other than the one this knows
+    schema = zlib.crc32("\n".join(names).encode())
+    template = cache_dir() / f"mlflow-{mlflow.__version__}-{schema:08x}-empty.db"
     if template.is_file():
         return template
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(template.parent.glob(".mlflow-template.*"))  # left by processes killed while making one
         with tempfile.TemporaryDirectory(dir=template.parent, prefix=".mlflow-template.") as folder:
             made = Path(folder) / "empty.db"
             MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments(max_results=1)
@@ -127,3 +144,15 @@ def _template() -> Path | None:
     except Exception:  # noqa: BLE001 - MLflow's errors vary: the caller's MLflow then makes the store and says them
         return None
     return template
+
+
+def _sweep(leftovers: Iterable[Path], age: float = 600.0) -> None:
+    """Remove what killed processes left (files or folders) once it is ``age`` seconds old: one younger may be a
+    live process's work."""
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            if time.time() - path.lstat().st_mtime > age:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
+import stat
+import time
 from pathlib import Path
 
 import mlflow
@@ -405,21 +408,33 @@ def test_a_new_mlflow_store_is_a_copy_of_the_empty_one_mlflow_makes(tmp_path, mo
     driver = Driver(spec, f"sqlite:///{tmp_path / 'study.db'}", echo=lambda line: None)
     (tmp_path / "a").mkdir()
     copied = tmp_path / "a" / "mlflow.db"
+    stale = tmp_path / "a" / ".mlflow.db.killed.partial"  # a copy a killed process left an hour ago
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 3600,) * 2)
     logger = MlflowLogger(spec, f"sqlite:///{copied}")
     logger.on_study_start(spec, driver.phases.shared())
     assert not logger._reported and runs_by_kind(f"sqlite:///{copied}")["study"]
-    assert [path.name for path in (tmp_path / "cache").iterdir()] == [f"mlflow-{mlflow.__version__}-empty.db"]
+    (template,) = (tmp_path / "cache").iterdir()
+    assert template.name.startswith(f"mlflow-{mlflow.__version__}-") and template.name.endswith("-empty.db")
+    assert not list((tmp_path / "a").glob("*.partial"))  # the stale one swept, this copy's linked and removed
     assert default_location(copied) == (tmp_path / "a" / "mlartifacts" / "0").as_uri()
     own = tmp_path / "own.db"
     MlflowClient(tracking_uri=f"sqlite:///{own}").search_experiments(max_results=1)
     assert schema(copied) == schema(own)
-    monkeypatch.setattr(localstore, "cache_dir", lambda: Path("/proc/no-cache"))  # nothing can be kept
+    assert stat.S_IMODE(copied.stat().st_mode) == stat.S_IMODE(own.stat().st_mode)  # not mkstemp's owner-only
+    template.write_bytes(template.read_bytes()[:4096])  # damaged: MLflow makes the store, the template goes
     (tmp_path / "b").mkdir()
     made = tmp_path / "b" / "mlflow.db"
     logger = MlflowLogger(spec, f"sqlite:///{made}")
     logger.on_study_start(spec, driver.phases.shared())
-    assert not logger._reported and runs_by_kind(f"sqlite:///{made}")["study"]
+    assert not logger._reported and runs_by_kind(f"sqlite:///{made}")["study"] and not template.exists()
     assert schema(made) == schema(own) and default_location(made) != (tmp_path / "b" / "mlartifacts" / "0").as_uri()
+    monkeypatch.setattr(localstore, "cache_dir", lambda: Path("/proc/no-cache"))  # nothing can be kept
+    (tmp_path / "c").mkdir()
+    made = tmp_path / "c" / "mlflow.db"
+    logger = MlflowLogger(spec, f"sqlite:///{made}")
+    logger.on_study_start(spec, driver.phases.shared())
+    assert not logger._reported and runs_by_kind(f"sqlite:///{made}")["study"] and schema(made) == schema(own)
 
 
 def test_a_trial_s_run_has_the_same_tags_logged_live_or_rebuilt_by_sync(tmp_path):
