@@ -36,6 +36,18 @@ def test_digits_read_from_scikit_learn_s_file_are_what_its_loader_returns(monkey
     np.testing.assert_array_equal(y, bunch.target)
 
 
+def test_loading_the_digits_imports_no_scikit_learn():
+    """Importing scikit-learn costs a process about two seconds; the digits come without it. In a fresh process:
+    this one has imported scikit-learn for other tests."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hpsearch.data import load_dataset; load_dataset('digits'); "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] == 'sklearn'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_synthetic_is_seeded_and_configurable():
     a = load_dataset("synthetic", seed=5, num_classes=4, num_features=7)
     b = load_dataset("synthetic", seed=5, num_classes=4, num_features=7)
