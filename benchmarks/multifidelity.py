@@ -7,8 +7,9 @@ halving pruners, and hpsearch's random and TPE searches under ASHA, on the same 
 
 A CIFAR-10 seed takes about an hour on 2 cores. ``--results DIR`` keeps each seed's results there as it ends
 (``<workload>-seed<N>.json``) and takes up the seeds it already holds, so seeds can run in processes of their own
-(``--seeds 1 --results DIR`` beside ``--seeds 2 --results DIR``) and one last run with every seed reports them
-together, or an interrupted run goes on from its last whole seed.
+(``--seeds 1 --results DIR`` beside ``--seeds 2 --results DIR``: their wall times then mean nothing, their
+examples the same) and one last run with every seed reports them together, each with when and on which commit it
+was measured; or an interrupted run goes on from its last whole seed.
 
 Workloads: ``twolayer``, the assignment's NumPy two-layer network on CIFAR-10 (48,000 training and 1,000 validation
 images, the last 1,000 training images held out as the test split no trial sees), over the ranges the assignment's
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -44,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from _common import HPSEARCH, report, timed
+from _common import HPSEARCH, REPO, report, timed
 
 WITHIN = 0.003  # "came within 0.3 points of the reference's best"
 STAGES = 27  # the Optuna methods' reports along the budget: ASHA's lowest rung is 1/27 of it
@@ -239,11 +241,17 @@ def plot(results: dict[str, dict[int, dict]], path: Path, workload: str) -> None
     figure.savefig(path, dpi=120)
 
 
-def run_seed(name: str, data: str | None, seed: int, kept: Path | None) -> dict[str, dict]:
-    """Every method's results for one seed, from ``kept`` where an earlier run left them there."""
+def run_seed(name: str, data: str | None, seed: int, kept: Path | None) -> dict[str, Any]:
+    """One seed: when and on which commit it was measured, and every method's results; from ``kept`` where an
+    earlier run left them there (refused when they were measured on other data or with other methods)."""
     saved = kept / f"{name}-seed{seed}.json" if kept is not None else None
     if saved is not None and saved.exists():
-        return json.loads(saved.read_text())["methods"]
+        found = json.loads(saved.read_text())
+        if found.get("data", data) != data or set(found["methods"]) != set(METHODS):
+            raise SystemExit(f"{saved} holds seed {seed} measured on {found.get('data')} with the methods "
+                             f"{sorted(found['methods'])}; move it away to measure {data or 'the bundled data'} with "
+                             f"{sorted(METHODS)}")
+        return found
     workload, results = WORKLOADS[name], {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -252,13 +260,25 @@ def run_seed(name: str, data: str | None, seed: int, kept: Path | None) -> dict[
         budget_examples = results["random"]["examples"]
         for method in ("optuna-hyperband", "optuna-halving"):
             results[method] = run_optuna(method, workload, data, seed, budget_examples, folder)
+    found = {"workload": name, "seed": seed, "data": data, "commit": _commit(),
+             "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "methods": results}
     if saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
-        measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        partial = saved.with_suffix(".partial")
-        partial.write_text(json.dumps({"workload": name, "seed": seed, "measured": measured, "methods": results}))
-        partial.replace(saved)
-    return results
+        fd, partial = tempfile.mkstemp(dir=saved.parent, prefix=f".{saved.name}.", suffix=".partial")
+        with os.fdopen(fd, "w") as f:
+            json.dump(found, f)
+        os.replace(partial, saved)
+    return found
+
+
+def _commit() -> str | None:
+    """The commit measured, with ``+changes`` when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                             capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+changes" if changed else "")
 
 
 def main() -> None:
@@ -274,8 +294,11 @@ def main() -> None:
     if workload["data"]["dataset"] == "cifar10" and data is None:
         raise SystemExit(f"--workload {args.workload} needs --data (python ../shared/data/make_cifar10.py data)")
     results: dict[str, dict[int, dict]] = {method: {} for method in METHODS}
+    measured = {}
     for seed in args.seeds:
-        for method, result in run_seed(args.workload, data, seed, args.results).items():
+        found = run_seed(args.workload, data, seed, args.results)
+        measured[seed] = {"measured": found["measured"], "commit": found.get("commit")}
+        for method, result in found["methods"].items():
             results[method][seed] = result
     rows, summary = [], {}
     for method, by_seed in results.items():
@@ -308,7 +331,7 @@ def main() -> None:
         plot(results, args.plot, args.workload)
         rows.append(("plot", str(args.plot)))
     report("multifidelity", rows, {"workload": args.workload, "seeds": args.seeds, "methods": summary,
-                                   "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+                                   "measured": measured})
 
 
 if __name__ == "__main__":
