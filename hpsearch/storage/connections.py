@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from hpsearch.data.cache import cache_dir
 from hpsearch.storage.urls import sqlite_path
 
 __all__ = ["dispose_engines", "engine_for", "runs_folder", "storage_files", "storage_lock"]
@@ -35,14 +36,13 @@ def _locks_folder(database: Path) -> Path:
 
 def runs_folder(url: str) -> Path:
     """Where runs paused between halving levels are kept for the storage at ``url``: ``.<database>.runs/`` beside a
-    SQLite database; for a server database, a folder per storage in the user's cache folder (``$XDG_CACHE_HOME`` or
-    ``~/.cache``, ``hpsearch/runs/``): a worker on another machine does not find the file and trains the run again
-    from its start, to the same numbers."""
+    SQLite database; for a server database, a folder per storage in ``runs/`` of hpsearch's cache folder
+    (``$HPSEARCH_CACHE_DIR``, default ``$XDG_CACHE_HOME/hpsearch``, else ``~/.cache/hpsearch``): a worker on another
+    machine does not find the file and trains the run again from its start, to the same numbers."""
     path = sqlite_path(url)
     if path is not None:
         return path.parent / f".{path.name}.runs"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "hpsearch" / "runs" / f"{zlib.crc32(url.encode()):08x}"
+    return cache_dir() / "runs" / f"{zlib.crc32(url.encode()):08x}"
 
 
 @contextlib.contextmanager
