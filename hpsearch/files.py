@@ -20,9 +20,11 @@ from typing import Any, BinaryIO, Iterator
 
 from hpsearch.formatting import format_bytes
 
-__all__ = ["SPEC", "FileRefused", "FileTooLarge", "NotRegularFile", "NpyHeader", "SizeBound", "data_bound",
-           "disk_use", "file_checksum", "machine_memory", "process_start", "open_regular", "read_bounded",
-           "read_npy_header"]
+CACHE_ENV = "HPSEARCH_CACHE_DIR"
+
+__all__ = ["CACHE_ENV", "SPEC", "FileRefused", "FileTooLarge", "NotRegularFile", "NpyHeader", "SizeBound",
+           "cache_dir", "data_bound", "disk_use", "file_checksum", "machine_memory", "process_start", "open_regular",
+           "read_bounded", "read_npy_header"]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder, not a file"),
@@ -162,6 +164,15 @@ def file_checksum(path: str | Path, payload: Any, *, what: str) -> str:
         digest = hashlib.file_digest(file, "sha256")
     digest.update(json.dumps(payload, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where hpsearch keeps what it can make again (derived data, MLflow's empty store, a server storage's paused
+    runs): ``$HPSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpsearch``, else ``~/.cache/hpsearch``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hpsearch"
 
 
 def disk_use(folder: Path) -> int:

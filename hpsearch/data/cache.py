@@ -15,17 +15,6 @@ import numpy as np
 
 from hpsearch.files import data_bound, open_regular, read_npy_header
 
-CACHE_ENV = "HPSEARCH_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """``$HPSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpsearch``, else ``~/.cache/hpsearch``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hpsearch"
-
-
 def save_atomically(target: Path, array: np.ndarray, mode: int = 0o644) -> None:
     """``np.save`` to a temporary name in ``target``'s folder (created if needed), then ``os.replace``: readers see
     no entry or a whole one. mode: the file's permission bits. Raises OSError (a read-only folder, a full disk)."""

@@ -26,9 +26,10 @@ import hashlib
 
 import numpy as np
 
-from hpsearch.data.cache import cache_dir, load_entry, locked, save_atomically
+from hpsearch.data.cache import load_entry, locked, save_atomically
 from hpsearch.data.dataset import Dataset
 from hpsearch.errors import DataError
+from hpsearch.files import cache_dir
 
 WHITENING = ("pca", "zca")
 DEFAULT_EPSILON = 0.1

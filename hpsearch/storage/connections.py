@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from hpsearch.data.cache import cache_dir
+from hpsearch.files import cache_dir
 from hpsearch.storage.urls import sqlite_path
 
 __all__ = ["dispose_engines", "engine_for", "runs_folder", "storage_files", "storage_lock"]

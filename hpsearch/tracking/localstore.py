@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from hpsearch.data.cache import cache_dir
+from hpsearch.files import cache_dir
 from hpsearch.storage.urls import sqlite_path
 
 __all__ = ["artifact_location", "made_whole"]
