@@ -183,7 +183,7 @@ def test_two_processes_on_one_sqlite_study(tmp_path):
 # 6: the tracking server down mid-study, and slow --------------------------------------------------------------------
 
 class Proxy:
-    """A TCP proxy to the MLflow server that can add latency or go down."""
+    """A TCP proxy to the MLflow server that can add latency or go down; either side's end of a connection ends it."""
 
     def __init__(self, upstream: int, delay: float = 0.0) -> None:
         self.upstream, self.delay = upstream, delay
@@ -213,11 +213,15 @@ class Proxy:
         except OSError:
             pass
         finally:
+            # shutdown, not close alone: the other direction's thread is blocked in recv() on one of these sockets,
+            # which keeps it open until that call returns, so the client would not see the server end a kept-alive
+            # connection and would send its next request into a socket no one reads
             for sock in (source, target):
                 try:
-                    sock.close()
+                    sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                sock.close()
 
     def down(self) -> None:
         self.up = False
@@ -241,7 +245,7 @@ def mlflow_server(tmp_path_factory):
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                f"sqlite:///{folder / 'm.db'}", "--artifacts-destination", str(folder / "art"),
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def healthy() -> bool:
         try:
@@ -253,7 +257,8 @@ def mlflow_server(tmp_path_factory):
 
     wait_for(healthy, timeout=90, step=0.5)
     yield port
-    server.terminate()
+    # the server starts job consumers of its own, which outlive it when only it is stopped
+    os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,10 @@ from hpsearch.tracking.localstore import artifact_location, made_whole
 
 __all__ = ["MlflowBase", "TrackingError", "resolve_tracking_uri"]
 
-# A dead server must cost seconds, not MLflow's default minutes of retries; users can still override both.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+# A dead server must cost seconds, not MLflow's default minutes of retries; users can still override both. One retry
+# (urllib3 makes the first at once): a server that ends a kept-alive connection just as a request goes out on it has
+# not lost tracking; without it, the first call after a few idle seconds (the study's plots) could fail so.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # MLflow 3 records usage telemetry around every client call: time the tracking process needs for the study's runs
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -35,6 +38,8 @@ RETRY_SECONDS = 60.0  # after a failure, how long tracking pauses before trying 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # MLflow 3's UI opens an experiment of this kind on its runs, not on the GenAI overview (traces)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# MLflow's REST errors start with the request's whole URL, which a notice already names by its server
+REQUEST_PREFIX = re.compile(r"^API request to (endpoint )?\S+ failed with (timeout exception |exception )?")
 
 
 class TrackingError(UserError):
@@ -155,7 +160,8 @@ class MlflowBase:
         if not self._reported:
             self._reported = True
             reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-            self.echo(f"tracking: MLflow at {mask_url(self.uri)} failed while {what} ({reason[:200]}); the study "
+            reason = REQUEST_PREFIX.sub("", reason) or reason
+            self.echo(f"tracking: MLflow at {mask_url(self.uri)} failed while {what} ({reason[:400]}); the study "
                       f"continues, and `hpsearch sync {self.spec.source}` fills MLflow in afterwards")
 
     @property

@@ -1,10 +1,14 @@
 """The MLflow plumbing (``hpsearch.tracking.client.MlflowBase``) in-process, against a recording client: batches of
 at most MLflow's 1000 metrics, a failure reported once and never raised, the write lock taken once however deep the
-calls nest. No MLflow store is made: what is checked is the calls."""
+calls nest; and MLflow's HTTP client as hpsearch sets it up, against a small server in a thread. No MLflow store is
+made: what is checked is the calls."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import math
+import threading
 
 import pytest
 
@@ -83,3 +87,58 @@ def test_the_write_lock_of_a_sqlite_store_is_taken_once_however_deep_the_calls_n
     monkeypatch.setattr(client, "storage_lock", counting)
     assert base._safe("outer", lambda: base._safe("inner", lambda: base._safe("innermost", lambda: 3))) == 3
     assert taken == ["mlflow-write"] and base._lock_depth == 0
+
+
+def test_a_notice_says_what_went_wrong_without_the_request_s_url(base):
+    from mlflow.exceptions import MlflowException
+
+    long_url = "http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/1/" + "0" * 200 + "/artifacts/plot.png"
+    failure = MlflowException(f"API request to {long_url} failed with exception HTTPConnectionPool(host='127.0.0.1', "
+                              "port=5000): Max retries exceeded (Caused by ProtocolError('Connection aborted.'))")
+    base._safe("logging the plots", lambda: (_ for _ in ()).throw(failure))
+    (line,) = base.lines
+    assert "failed while logging the plots (HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries" in line
+    assert "0" * 200 not in line
+
+
+class KeepAliveEnder(http.server.BaseHTTPRequestHandler):
+    """Answers a connection's first request, kept alive, and ends the connection when its second arrives, as a server
+    whose keep-alive time ran out just as the request went out."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[int] = []  # for each request, how many the connection had before it
+
+    def setup(self) -> None:
+        super().setup()
+        self.on_connection = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.seen.append(self.on_connection)
+        self.on_connection += 1
+        if self.on_connection > 1:
+            self.close_connection = True
+            return
+        body = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such experiment"}).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_kept_alive_connection_the_server_ended_costs_one_retry_not_tracking():
+    from mlflow import MlflowClient  # MLflow's HTTP retries as hpsearch.tracking.client, imported above, sets them
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveEnder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{server.server_address[1]}")
+        assert mlflow.get_experiment_by_name("a") is None
+        assert mlflow.get_experiment_by_name("b") is None  # ended on its kept-alive connection, answered on a new one
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert KeepAliveEnder.seen == [0, 1, 0]
