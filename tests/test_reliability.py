@@ -245,7 +245,9 @@ def mlflow_server(tmp_path_factory):
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                f"sqlite:///{folder / 'm.db'}", "--artifacts-destination", str(folder / "art"),
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              # its job runner (eight more processes importing MLflow) serves nothing hpsearch logs
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
     def healthy() -> bool:
         try:
@@ -257,7 +259,7 @@ def mlflow_server(tmp_path_factory):
 
     wait_for(healthy, timeout=90, step=0.5)
     yield port
-    # the server starts job consumers of its own, which outlive it when only it is stopped
+    # the whole group: a server with job execution on starts consumers that outlive it when only it is stopped
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
 
