@@ -271,6 +271,10 @@ def refuse_foreign_database(url: str) -> None:
             raise StorageError(f"storage {mask_url(url)!r}: {path} is not a SQLite database.") from None
         return
     if tables and not {"studies", "version_info"} <= tables:
+        from hpsearch.storage.trialstore import optuna_tables
+
+        if tables <= optuna_tables() | {"hpsearch_state"}:
+            return  # Optuna's own tables, half made: another process starting on the new database is making them
         shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
         raise StorageError(
             f"storage {mask_url(url)!r} holds {len(tables)} tables of another application ({shown}) and no Optuna "

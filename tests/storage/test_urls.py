@@ -220,6 +220,19 @@ def test_an_optuna_database_and_a_new_one_are_accepted(tmp_path):
     refuse_foreign_database(url)
 
 
+def test_optuna_s_tables_half_made_by_another_process_starting_on_the_database_are_accepted(tmp_path):
+    """Two workers starting on a new database: one finds the tables the other is making, only some of them yet."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    url = f"sqlite:///{tmp_path / 'st.db'}"
+    engine = sqlalchemy.create_engine(url)
+    models.BaseModel.metadata.tables["studies"].create(engine)  # Optuna makes this one first
+    engine.dispose()
+    refuse_foreign_database(url)
+    assert runner.invoke(app, ["run", str(spec_file(tmp_path)), "--storage", url]).exit_code == 0
+
+
 def test_a_file_that_is_no_database_is_refused(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not SQLite" * 100)
