@@ -243,6 +243,29 @@ def test_mlflow_gets_a_user_trainables_metrics_by_name_and_its_traceback(tmp_pat
     assert "best_val_error_final" in study_run.data.metrics
 
 
+ON_A_GPU = '''
+import hpsearch
+
+
+def train(config, data, *, seed, on_epoch):
+    return hpsearch.TrainResult(metrics={"val_error": config["scale"]}, device="cuda:" + str(int(config["scale"])))
+'''
+
+
+def test_the_device_a_trainable_says_it_trained_on_is_in_its_trial_line_and_the_export(tmp_path):
+    module = f"on_a_gpu_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(ON_A_GPU)
+    spec, _ = user_study(tmp_path, {"scale": [1.0, 3.0]}, model={"backend": f"{module}:train"})
+    result = runner.invoke(app, ["run", str(spec)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[grid]")]
+    assert [line.split(" val_error")[0] for line in lines] == ["[grid] 1/2 trial 0 on cuda:1",
+                                                              "[grid] 2/2 trial 1 on cuda:3"]
+    assert runner.invoke(app, ["export", str(spec), "--output", str(tmp_path / "t.json")]).exit_code == 0
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert sorted(row["device"] for row in rows) == ["cuda:1", "cuda:3"]
+
+
 RIDGE = '''
 import numpy as np
 import hpsearch

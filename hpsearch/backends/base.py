@@ -48,6 +48,7 @@ class TrainResult:
     history: one value per epoch, by metric name. loss_history: one training loss per iteration, where the trainable
     has iterations. config: the full resolved configuration it trained with. model: the trained model, if kept.
     examples: training examples processed (minibatch rows summed over the steps), where the trainable counts them.
+    device: what it trained on, as the machine names it (``cpu``, ``cuda:2``), where the trainable says.
     """
 
     metrics: dict[str, float]
@@ -57,6 +58,7 @@ class TrainResult:
     config: dict[str, Any] = field(default_factory=dict)
     model: Any = None
     examples: int | None = None
+    device: str | None = None
 
     @property
     def loss(self) -> float:

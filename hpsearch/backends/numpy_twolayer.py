@@ -233,6 +233,7 @@ class Training:
             config=config,
             model=net.copy(),
             examples=self.examples,
+            device="cpu",
         )
 
     def save(self, path: str | Path) -> None:

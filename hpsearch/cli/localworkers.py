@@ -10,6 +10,7 @@ import os
 import signal
 import stat
 import subprocess
+from collections.abc import Sequence
 
 from hpsearch.engine.interrupt import SIGNALS, started_without_signals
 from hpsearch.errors import UserError
@@ -19,9 +20,10 @@ __all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "check_workers", "re
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
 
-# workers are processes with a BLAS thread each: past a few per core they only add memory, connections and
-# contention (a 2-core machine runs 16 workers at 1.28x one worker), and a mistyped count can fork the machine to
-# its knees, so the bound follows the machine; --allow-many-workers lifts it to the ceiling, never past it
+# workers are processes sharing the cores (hpsearch.engine.resources): past a few per core they only add memory,
+# connections and contention (a 2-core machine runs 16 workers at 1.28x one worker), and a mistyped count can fork
+# the machine to its knees, so the bound follows the machine; --allow-many-workers lifts it to the ceiling, never
+# past it
 WORKERS_PER_CORE = 4
 MAX_WORKERS = 1024
 
@@ -62,9 +64,11 @@ def spawn(command: list[str], env: dict[str, str], stdout: int | None = None) ->
         command, env=env, pass_fds=(keep,), stdout=subprocess.DEVNULL if stdout is None else stdout))
 
 
-def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[list[int], bool, list[str]]:
-    """Run ``workers`` copies of ``command``; returns the exit codes of those started, whether a signal stopped them,
-    and the trials the signal stopped while they trained.
+def run_workers(command: list[str], env: dict[str, str], workers: int,
+                shares: Sequence[dict[str, str]] | None = None) -> tuple[list[int], bool, list[str]]:
+    """Run ``workers`` copies of ``command``, the i-th with ``shares[i]`` added to ``env`` (its GPUs and threads);
+    returns the exit codes of those started, whether a signal stopped them, and the trials the signal stopped while
+    they trained.
 
     The workers start one at a time. A SIGINT or SIGTERM to this process stops the starting at once and goes to
     every worker started (each ends its trial as interrupted and exits); this process waits for all of them, so
@@ -83,10 +87,11 @@ def run_workers(command: list[str], env: dict[str, str], workers: int) -> tuple[
     previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
     try:
         try:
-            for _ in range(workers):
+            for index in range(workers):
                 if received:
                     break
-                processes.append(spawn(command, {**env, STOPPED_FD: str(write_end)}))
+                share = shares[index] if shares else {}
+                processes.append(spawn(command, {**env, **share, STOPPED_FD: str(write_end)}))
                 if received:  # it came while this one started, before it was in the list the handler signals
                     processes[-1].send_signal(received[-1])
         except OSError as exc:  # no more processes or memory: the ones started are stopped, not left behind

@@ -21,6 +21,7 @@ from hpsearch.formatting import format_duration
 
 if TYPE_CHECKING:
     from hpsearch.cli.progress import StudyProgress
+    from hpsearch.engine.resources import WorkerResources
     from hpsearch.spec.models import StudySpec
 
 OWN_PROCESS = False  # True when this process is the `hpsearch` command, not a caller of its functions (see app.main)
@@ -102,10 +103,16 @@ def run(
     spec: SpecArg,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes, one BLAS thread each; at most 4 per "
-                                         "core unless --allow-many-workers.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes, the cores split between them; at most "
+                                         "4 per core unless --allow-many-workers.")] = 1,
     allow_many_workers: Annotated[bool, typer.Option(
         "--allow-many-workers", help="Let --workers go past 4 per core, up to 1024.")] = False,
+    gpus: Annotated[Optional[str], typer.Option(
+        help="GPUs to hand out, as CUDA_VISIBLE_DEVICES takes them (0,1,2,3): each worker sees its own "
+             "(resources.gpus_per_worker each, default 1).", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, max=1024, help="Threads of each worker's BLAS, OpenMP and torch (default: the cores split between "
+                              "the workers).", show_default=False)] = None,
     phase: PhaseOpt = None,
     timeout: TimeoutOpt = None,
     time_box: TimeBoxOpt = None,
@@ -119,14 +126,16 @@ def run(
     request = _Work(spec=spec, storage=storage, tracking_uri=tracking_uri, phase=phase, timeout=timeout,
                     time_box=time_box, max_trials=max_trials, force_new_phase=force_new_phase, overrides=set_,
                     allow_import=allow_import, json=json_)
-    if workers > 1:
+    if workers > 1 or gpus is not None or threads is not None:  # a worker's share is set before it starts
         from hpsearch.cli.localworkers import check_workers
+        from hpsearch.engine.resources import parse_gpus
 
         try:
             check_workers(workers, allow_many_workers)
+            devices = parse_gpus(gpus) if gpus is not None else None
         except UserError as exc:
             raise fail(str(exc)) from None
-        _run_local_workers(request, workers)
+        _run_local_workers(request, workers, devices, threads)
         return
     _work(request)
 
@@ -230,8 +239,9 @@ def _terminal_progress(study: StudySpec, request: _Work) -> StudyProgress | None
     return progress
 
 
-def _run_local_workers(request: _Work, workers: int) -> None:
-    """``run --workers N``: N ``hpsearch worker`` processes on this machine, each on one BLAS/OpenMP thread."""
+def _run_local_workers(request: _Work, workers: int, gpus: tuple[str, ...] | None, threads: int | None) -> None:
+    """``run --workers N``: N ``hpsearch worker`` processes on this machine, each with its share of the GPUs and
+    cores (see :mod:`hpsearch.engine.resources`)."""
     import os
     import sys
 
@@ -251,6 +261,7 @@ def _run_local_workers(request: _Work, workers: int) -> None:
             study = load_spec(request.spec, request.overrides, request.allow_import or None)
             # refused once, here, and before anything is created, rather than by N workers
             _, data = check_run(study, request.phase, lambda: load_data(study))
+            shares = [share.env() for share in _shares(study, workers, gpus, threads)]  # before anything is made
             interruption.check()
             tracking_database(study, chosen_storage_url(request.storage, study.storage, study.name),
                               request.tracking_uri)
@@ -285,11 +296,10 @@ def _run_local_workers(request: _Work, workers: int) -> None:
                         ("--max-trials", request.max_trials)):
         if value is not None:
             command += [flag, str(value)]
-    env = {**os.environ, "HPSEARCH_STORAGE": url, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "HPSEARCH_STORAGE": url}
     try:
         with progress.watching():
-            codes, interrupted, stopped = run_workers(command, env, workers)
+            codes, interrupted, stopped = run_workers(command, env, workers, shares)
         if not (interrupted or stopped):
             progress.update()  # the counts the workers ended with: what the summary below shows
     except UserError as exc:
@@ -309,3 +319,29 @@ def _run_local_workers(request: _Work, workers: int) -> None:
         raise fail(f"{sum(code != 0 for code in codes)} of {workers} workers failed (exit codes {codes}).")
     show_status(request.spec, url, request.overrides, request.allow_import, request.json, request.tracking_uri,
             only_phase=request.phase)
+
+
+def _shares(study: StudySpec, workers: int, gpus: tuple[str, ...] | None,
+            threads: int | None) -> list[WorkerResources]:
+    """Each worker's GPUs and threads: ``--gpus`` and ``--threads`` over the spec's ``resources``; the GPUs PyTorch
+    sees where the spec asks for GPUs and ``--gpus`` names none. UserError (one line) when they are too few; a
+    warning where PyTorch sees fewer GPUs than ``--gpus`` names, or the threads asked for exceed the cores."""
+    from hpsearch.backends.torch_model import visible_gpus, visible_gpus_if_installed
+    from hpsearch.cli.localworkers import usable_cores
+    from hpsearch.engine.resources import plan_workers
+
+    asked, source, cores = study.resources, "--gpus", usable_cores()
+    if gpus is None and asked.gpus_per_worker:
+        gpus, source = visible_gpus(), "PyTorch (the GPUs it sees here)"
+    shares = plan_workers(workers, cores, gpus=gpus, gpus_per_worker=asked.gpus_per_worker,
+                          threads=threads or asked.threads_per_worker, source=source)
+    seen = visible_gpus_if_installed() if source == "--gpus" and gpus else None
+    if seen is not None and len(seen) < len(gpus):
+        echo_err(f"warning: --gpus names {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} and PyTorch sees "
+                 f"{len(seen)} here; each worker gets the slice given all the same.")
+    if shares[0].threads * workers > cores:
+        echo_err(f"warning: {workers} workers of {shares[0].threads} threads each ask for "
+                 f"{shares[0].threads * workers} threads on {cores} cores; they will compete for them.")
+    if shares[0].gpus is not None:
+        echo_err("workers: " + "; ".join(f"{index} {share.describe()}" for index, share in enumerate(shares, 1)))
+    return shares

@@ -32,7 +32,7 @@ from hpsearch.files import disk_use
 from hpsearch.spec.build import best_fragment
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.connections import runs_folder
-from hpsearch.storage.records import EXAMPLES, decode_params
+from hpsearch.storage.records import DEVICE, EXAMPLES, decode_params
 from hpsearch.storage.trialstore import trial_id_of
 from hpsearch.storage.urls import mask_url
 
@@ -244,7 +244,7 @@ def _trial_row(phase: str, study_name: str, t: FrozenTrial) -> dict[str, Any]:
         "duration_seconds": t.duration.total_seconds() if t.duration else None,
         "point": t.user_attrs.get("point"), "attempt": t.user_attrs.get("attempt"),
         "seed": t.user_attrs.get("seed"), "failure": t.user_attrs.get("failure"),
-        "examples": t.user_attrs.get(EXAMPLES),
+        "examples": t.user_attrs.get(EXAMPLES), "device": t.user_attrs.get(DEVICE),
         "metrics": t.user_attrs.get("metrics"), "traceback": t.user_attrs.get("traceback"),
         "epoch_history": t.user_attrs.get("epoch_history"), "optuna_study": study_name,
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,

@@ -28,7 +28,8 @@ from hpsearch.engine.winner import KeptWinner, Trial, rank_of
 from hpsearch.errors import SpecError, UserError, format_traceback, one_line
 from hpsearch.formatting import format_duration
 from hpsearch.spec.models import PhaseSpec, StudySpec
-from hpsearch.storage.records import EXAMPLES, FAILURE, INTERRUPTED, LADDER_STOPPED, SEED, TRACEBACK, decode_params
+from hpsearch.storage.records import (DEVICE, EXAMPLES, FAILURE, INTERRUPTED, LADDER_STOPPED, SEED, TRACEBACK,
+                                      decode_params)
 from hpsearch.storage.trialstore import Row, TrialStore
 from hpsearch.storage.urls import mask_url
 
@@ -233,6 +234,8 @@ class TrialRunner:
         examples = stages.spent() if stages is not None else getattr(result, "examples", None)
         if examples is not None:
             attrs[EXAMPLES] = examples
+        if getattr(result, "device", None):
+            attrs[DEVICE] = str(result.device)[:100]
         if reason:
             attrs[FAILURE] = mask_url(reason)
         if current.traceback:
@@ -253,10 +256,11 @@ class TrialRunner:
         finished = TrialInfo(info.trial_id, info.number, info.point, info.params, info.seed, state.name, value,
                              attrs.get(FAILURE), attrs.get(TRACEBACK))
         self.listener.on_trial_end(phase, finished, result, reason, progress)
-        self._report_trial(phase, current.view, row, status)
+        self._report_trial(phase, current.view, row, status, attrs.get(DEVICE))
         return True
 
-    def _report_trial(self, phase: PhaseSpec, view: PhaseView, row: Row, status: dict[str, Any]) -> None:
+    def _report_trial(self, phase: PhaseSpec, view: PhaseView, row: Row, status: dict[str, Any],
+                      device: str | None = None) -> None:
         if not self.progress_lines:
             return
         if row.state == "COMPLETE":
@@ -267,7 +271,8 @@ class TrialRunner:
         done, total = status["done"], status["total"]
         eta = view.eta_seconds()
         eta = f", ETA {format_duration(eta)}" if eta is not None else ""
-        self.echo(f"[{phase.name}] {done}/{total} trial {row.number} {score}, {best}{eta}")
+        on = f" on {device}" if device and device != "cpu" else ""  # which GPU, where workers have one each
+        self.echo(f"[{phase.name}] {done}/{total} trial {row.number}{on} {score}, {best}{eta}")
 
 
 class _Stages:

@@ -104,6 +104,13 @@ class PrunerSpec(_Strict):
     reduction_factor: int = Field(3, ge=2)
 
 
+class ResourcesSpec(_Strict):
+    """What each worker of ``run --workers N`` may use (``--gpus`` and ``--threads`` override)."""
+
+    gpus_per_worker: int | None = Field(None, ge=0, le=64)  # default: 1 where --gpus names devices, else none
+    threads_per_worker: int | None = Field(None, ge=1, le=1024)  # default: the cores split between the workers
+
+
 class HeartbeatSpec(_Strict):
     """How often a running trial proves its process alive, and how long silence means it died."""
 
@@ -316,6 +323,7 @@ class StudySpec(_Strict):
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     phases: list[PhaseSpec] = Field(default_factory=list)
     heartbeat: HeartbeatSpec = Field(default_factory=HeartbeatSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     # seconds within which `hpsearch run` ends with a result (see hpsearch.engine.budget.Budget); None: no box
     time_box: float | None = None
     provenance: dict[str, Any] | None = None  # written by `hpsearch best`: where a configuration came from

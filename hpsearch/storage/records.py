@@ -20,8 +20,8 @@ from hpsearch.storage.connections import engine_for, storage_lock
 from hpsearch.storage.urls import sqlite_path
 
 __all__ = [
-    "ATTEMPT", "EXAMPLES", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED", "LADDER_STOPPED",
-    "NEVER_STARTED", "OWNER",
+    "ATTEMPT", "DEVICE", "EXAMPLES", "FAILURE", "FINISHED_STATES", "HEARTBEAT_LOST", "INTERRUPTED",
+    "LADDER_STOPPED", "NEVER_STARTED", "OWNER",
     "POINT", "REAPED", "SEED", "SharedState", "StateTable", "TRACEBACK", "WITHDRAWN", "WORKER_DIED", "decode_param",
     "decode_params", "encode_param", "has_state_table",
 ]
@@ -36,6 +36,7 @@ LADDER_STOPPED = "not run: a lower rung of its ladder failed"  # the rung goes b
 NOT_COUNTED = (INTERRUPTED, WITHDRAWN, LADDER_STOPPED)  # failures that use up no retry
 EXAMPLES = "examples"  # training examples a trial processed (a ladder's rung: what its run trained since the last)
 TRACEBACK = "traceback"  # where a trainable raised, beside the one-line FAILURE
+DEVICE = "device"  # what a trial trained on (cpu, cuda:2), where its trainable said
 
 
 def encode_param(value: Any) -> Any:

@@ -325,13 +325,15 @@ class MlflowBase:
         return self._safe("looking up a trial run",
                           lambda: self._state.get_or_create(self._key(f"trial:{key}"), lambda: None))
 
-    def _end_trial_run(self, run_id: str, state: str, reason: str | None) -> None:
-        """Pending metrics and params, the final tags, then the end: two calls."""
+    def _end_trial_run(self, run_id: str, state: str, reason: str | None, device: str | None = None) -> None:
+        """Pending metrics and params, the final tags (what it trained on among them), then the end: two calls."""
         from mlflow.entities import RunTag
 
         tags = [RunTag("state", state)]
         if reason:
             tags.append(RunTag("failure", mask_url(reason)[:5000]))
+        if device:
+            tags.append(RunTag("device", str(device)[:100]))
         metrics = self._pending.pop(run_id, [])
         params = self._pending_params.pop(run_id, [])
         self._last_flush.pop(run_id, None)

@@ -106,7 +106,7 @@ class MlflowLogger(Mending):
             if trial.traceback:
                 self._safe("logging the traceback",
                            lambda: self.client.log_text(run_id, trial.traceback, "traceback.txt"))
-            self._end_trial_run(run_id, trial.state, reason)
+            self._end_trial_run(run_id, trial.state, reason, getattr(result, "device", None))
         self._log_progress(phase, progress)
 
     def _log_progress(self, phase: PhaseSpec, progress: dict[str, Any]) -> None:

@@ -93,7 +93,7 @@ class Mending(MlflowBase):
             if run is None:
                 created += self._rebuild_trial_run(row)
             elif run.info.status == "RUNNING":
-                self._end_trial_run(run.info.run_id, row["state"], row.get("failure"))
+                self._end_trial_run(run.info.run_id, row["state"], row.get("failure"), row.get("device"))
                 ended += 1
         return {"created": created, "ended": ended}
 
@@ -104,6 +104,8 @@ class Mending(MlflowBase):
                                    row["state"]), "hpsearch.synced": "true"}
         if row.get("failure"):
             tags["failure"] = mask_url(str(row["failure"]))[:5000]
+        if row.get("device"):
+            tags["device"] = str(row["device"])[:100]
         start_ms = end_ms = _start_ms(row)  # the trial's own times, as its worker would have logged them
         if start_ms is not None:
             end_ms = start_ms + int((row.get("duration_seconds") or 0) * 1000)

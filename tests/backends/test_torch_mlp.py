@@ -34,6 +34,20 @@ def test_tiny_mlp_overfits_a_small_batch(blobs):
     assert result.train_acc == 1.0 and result.loss_history[-1] < 0.01
 
 
+def test_a_device_is_named_as_the_machine_numbers_it(monkeypatch):
+    from hpsearch.backends.torch_model import device_name
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert [device_name(d) for d in ("cpu", "cuda", "cuda:1")] == ["cpu", "cuda:0", "cuda:1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-8f6b")  # a worker given GPUs 2 and GPU-8f6b
+    assert [device_name(d) for d in ("cpu", "cuda", "cuda:0", "cuda:1")] == ["cpu", "cuda:2", "cuda:2", "cuda:GPU-8f6b"]
+
+
+def test_a_result_says_what_it_trained_on(blobs):
+    result = torch_mlp.train({"hidden_sizes": [8], "num_epochs": 1, "batch_size": 50, "device": "cpu"}, blobs, seed=0)
+    assert result.device == "cpu"
+
+
 def test_depth_width_dropout_batchnorm_and_reports(blobs):
     seen = []
     result = torch_mlp.train({"num_layers": 3, "width": 16, "dropout": 0.2, "batch_norm": True, "init": "kaiming",

@@ -416,7 +416,7 @@ def test_run_workers_pass_on_their_options_and_report_the_tracking_uri_they_used
 
     commands = []
 
-    def started(command, env, n):
+    def started(command, env, n, shares=None):
         commands.append(command)
         return [0] * n, False, []
 

@@ -83,20 +83,26 @@ def test_a_worker_starts_with_the_signals_blocked_and_the_dispositions_python_ch
     assert not has(masks["SigIgn"], signal.SIGPIPE) and not has(masks["SigIgn"], signal.SIGXFSZ)  # Python's ignore
 
 
+class Asked(list):
+    """The worker counts asked for, and the run_workers that counted them."""
+
+
 @pytest.fixture
 def two_cores(tmp_path, monkeypatch):
     """A spec in an empty working folder, on a machine of 2 cores whose workers are counted, not started."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(localworkers, "usable_cores", lambda: 2, raising=False)
-    asked: list[int] = []
+    asked = Asked()
 
-    def run_workers(command, env, workers):
+    def run_workers(command, env, workers, shares=None):
         asked.append(workers)
+        run_workers.shares = shares
         return [0] * workers, False, []
 
     monkeypatch.setattr(localworkers, "run_workers", run_workers)
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY_STUDY))
+    asked.run_workers = run_workers  # what each worker was given: run_workers.shares
     return spec, asked
 
 
@@ -123,3 +129,58 @@ def test_workers_up_to_the_bound_start(two_cores, args, workers):
     assert asked == [workers]
     # the counted workers trained nothing: the status that follows finds no study, and says so in one line
     assert result.exit_code == 2 and "no study stored" in result.stderr, result.output
+
+
+def shares_of(asked) -> list[tuple[str | None, str]]:
+    return [(share.get("CUDA_VISIBLE_DEVICES"), share["OMP_NUM_THREADS"]) for share in asked.run_workers.shares]
+
+
+@pytest.mark.parametrize("args, resources, shares", [
+    (["--workers", "2"], None, [(None, "1"), (None, "1")]),  # the 2 cores split
+    (["--workers", "2", "--gpus", "0,1"], None, [("0", "1"), ("1", "1")]),
+    (["--workers", "2", "--gpus", "3,2,1,0"], {"gpus_per_worker": 2}, [("3,2", "1"), ("1,0", "1")]),
+    (["--workers", "2", "--threads", "1"], {"threads_per_worker": 2}, [(None, "1"), (None, "1")]),  # the option wins
+    (["--gpus", "5"], None, [("5", "2")]),  # one worker of its own: the GPU and both cores
+])
+def test_each_worker_is_given_its_gpus_and_threads(two_cores, args, resources, shares):
+    spec, asked = two_cores
+    if resources:
+        spec.write_text(yaml.safe_dump({**TINY_STUDY, "resources": resources}))
+    runner.invoke(app, ["run", str(spec), *args])
+    assert shares_of(asked) == shares
+    given = asked.run_workers.shares[0]
+    assert given["OPENBLAS_NUM_THREADS"] == given["MKL_NUM_THREADS"] == given["OMP_NUM_THREADS"]
+
+
+def test_more_threads_than_cores_are_given_with_a_warning(two_cores):
+    spec, asked = two_cores
+    result = runner.invoke(app, ["run", str(spec), "--workers", "2", "--threads", "3"])
+    assert shares_of(asked) == [(None, "3"), (None, "3")]
+    assert ("warning: 2 workers of 3 threads each ask for 6 threads on 2 cores; they will compete for them."
+            in result.stderr.splitlines())
+
+
+@pytest.mark.parametrize("args, resources, message", [
+    (["--workers", "2", "--gpus", "0,0"], None, "error: --gpus names GPU 0 more than once: two workers would share "
+                                                "it. Got '0,0'."),
+    (["--gpus", "0,,1"], None, "error: --gpus must be a comma-separated list of GPU indices or UUIDs, as "
+                               "CUDA_VISIBLE_DEVICES takes them (e.g. 0,1,2,3). Got '0,,1' instead ('' is none)."),
+    (["--workers", "2", "--gpus", "0"], None, "error: 2 workers with 1 GPU each need 2 GPUs; --gpus gives 1. Ask for "
+                                              "fewer workers or fewer GPUs per worker."),
+    (["--workers", "2"], {"gpus_per_worker": 1}, "error: 2 workers with 1 GPU each need 2 GPUs; PyTorch (the GPUs it "
+                                                 "sees here) gives 0. Ask for fewer workers or fewer GPUs per "
+                                                 "worker."),
+    (["--workers", "2", "--threads", "0"], None, None),
+])
+def test_bad_gpus_or_threads_are_one_line_and_start_nothing(two_cores, tmp_path, monkeypatch, args, resources,
+                                                             message):
+    spec, asked = two_cores
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # this machine's PyTorch sees no GPU, whatever the machine has
+    if resources:
+        spec.write_text(yaml.safe_dump({**TINY_STUDY, "resources": resources}))
+    result = runner.invoke(app, ["run", str(spec), *args])
+    assert result.exit_code == 2 and asked == [], result.output
+    if message is not None:
+        assert result.stderr.splitlines() == [message]
+    assert not (tmp_path / "runs").exists()

@@ -87,6 +87,7 @@ def test_study_phase_and_trial_runs_are_nested_with_curves_and_artifacts(study, 
         assert {"hidden_size", "learning_rate", "reg", "num_iters", "batch_size", "seed"} <= run.data.params.keys()
         state = run.data.tags["state"]
         assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[state]
+        assert run.data.tags["device"] == "cpu"  # what the NumPy network trains on
         loss = client.get_metric_history(run.info.run_id, "loss")
         val = client.get_metric_history(run.info.run_id, "val_acc")
         assert len(loss) == 40 and [m.step for m in loss] == list(range(40))  # one point per iteration
@@ -461,7 +462,8 @@ def test_a_trial_s_run_has_the_same_tags_logged_live_or_rebuilt_by_sync(tmp_path
     row = rows[0]
     trial = TrialInfo(1, row["number"], row["point"], row["params"], row["seed"], row["state"], row["value"])
     live.on_trial_start(spec.phases[0], trial, {**spec.defaults, **row["params"]}, row["seed"], None)
-    live.on_trial_end(spec.phases[0], trial, TrainResult(metrics=row["metrics"], seconds=0.1), None, {"done": 1})
+    result = TrainResult(metrics=row["metrics"], seconds=0.1, device=row["device"])
+    live.on_trial_end(spec.phases[0], trial, result, None, {"done": 1})
     mender.on_study_start(spec, shared)
     mender.on_existing_trials(rows, phases)
 
@@ -470,5 +472,5 @@ def test_a_trial_s_run_has_the_same_tags_logged_live_or_rebuilt_by_sync(tmp_path
         return {key: value for key, value in run.data.tags.items()
                 if not key.startswith("mlflow.") and key != "hpsearch.synced"}
 
-    assert row["point"] is None and tags(live_uri)["grid_point"] == ""
+    assert row["point"] is None and tags(live_uri)["grid_point"] == "" and tags(live_uri)["device"] == "cpu"
     assert tags(live_uri) == tags(synced_uri)

@@ -1,0 +1,84 @@
+"""What each worker of a study may use: its slice of the GPUs and its thread count, as environment variables.
+
+A worker is a process of its own, so what it may use is decided before it starts, by the variables every library
+reads at its start: ``CUDA_VISIBLE_DEVICES`` (CUDA numbers the devices of a slice from 0, so a worker's ``cuda`` is
+its own first GPU) and the thread counts of OpenMP (which PyTorch's intra-op pool follows), OpenBLAS, MKL and
+Accelerate. Nothing here imports a library; :func:`plan_workers` is a pure function of what it is given.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hpsearch.errors import UserError
+
+__all__ = ["THREAD_VARIABLES", "WorkerResources", "default_threads", "parse_gpus", "plan_workers"]
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
+# what CUDA_VISIBLE_DEVICES takes: an index, or a device's UUID (GPU-..., MIG-... with or without its prefix)
+_DEVICE = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z/-]+)$")
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    """One worker's share: ``gpus`` the devices it sees (None: whatever the machine gives it), ``threads`` for each
+    of its numeric libraries."""
+
+    gpus: tuple[str, ...] | None
+    threads: int
+
+    def env(self) -> dict[str, str]:
+        env = dict.fromkeys(THREAD_VARIABLES, str(self.threads))
+        if self.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
+        return env
+
+    def describe(self) -> str:
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        if self.gpus is None:
+            return threads
+        return f"GPU {','.join(self.gpus)}, {threads}"
+
+
+def parse_gpus(text: str, option: str = "--gpus") -> tuple[str, ...]:
+    """The devices a ``--gpus`` list names, in its order; UserError (one line) for an empty entry, a name
+    CUDA_VISIBLE_DEVICES would not take, or a device named twice."""
+    entries = [entry.strip() for entry in text.split(",")]
+    bad = [entry for entry in entries if not _DEVICE.match(entry)]
+    if bad:
+        raise UserError(f"{option} must be a comma-separated list of GPU indices or UUIDs, as CUDA_VISIBLE_DEVICES "
+                        f"takes them (e.g. 0,1,2,3). Got {text!r} instead ({bad[0]!r} is none).")
+    twice = sorted({entry for entry in entries if entries.count(entry) > 1}, key=entries.index)
+    if twice:
+        raise UserError(f"{option} names GPU {twice[0]} more than once: two workers would share it. Got {text!r}.")
+    return tuple(entries)
+
+
+def default_threads(workers: int, cores: int) -> int:
+    """The cores split between the workers, at least one thread each: by default no run oversubscribes them."""
+    return max(1, cores // workers)
+
+
+def plan_workers(workers: int, cores: int, *, gpus: tuple[str, ...] | None = None, gpus_per_worker: int | None = None,
+                 threads: int | None = None, source: str = "--gpus") -> list[WorkerResources]:
+    """Each of ``workers`` workers' share.
+
+    gpus: the devices to hand out (``--gpus``, or those PyTorch sees); gpus_per_worker: each worker's slice (default
+    1 when there are devices to hand out, else none); threads: each worker's thread count (default: the cores split
+    between the workers). UserError (one line) when the devices are too few for the workers, or a slice asked for
+    has no devices to come from; ``source`` names where the devices came from in that line.
+    """
+    if threads is None:
+        threads = default_threads(workers, cores)
+    if gpus_per_worker is None:
+        gpus_per_worker = 1 if gpus else 0
+    if gpus_per_worker == 0:
+        return [WorkerResources(None, threads) for _ in range(workers)]
+    if gpus is None or len(gpus) < workers * gpus_per_worker:
+        have = 0 if gpus is None else len(gpus)
+        each = f"{gpus_per_worker} GPU{'s' if gpus_per_worker != 1 else ''} each"
+        raise UserError(f"{workers} workers with {each} need {workers * gpus_per_worker} GPUs; {source} gives {have}. "
+                        "Ask for fewer workers or fewer GPUs per worker.")
+    return [WorkerResources(gpus[i * gpus_per_worker:(i + 1) * gpus_per_worker], threads) for i in range(workers)]
