@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping, Protocol
 
-__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "Training", "add_epoch",
+__all__ = ["DivergedError", "device_name", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "Training", "add_epoch",
            "is_number", "metric_on_test", "replacing", "scores_on_test", "start_with", "trainable"]
 
 Direction = Literal["maximize", "minimize"]
@@ -40,6 +40,17 @@ class TrainableError(TypeError):
     """A trainable broke its contract: it returned something that is not a result, or a metric that is no number."""
 
 
+def device_name(device: str) -> str:
+    """A device as the machine numbers it: ``cuda:N`` of a process is the N-th GPU its CUDA_VISIBLE_DEVICES gives it,
+    named as that names it (``cuda:0`` of a worker given GPUs 2 and 3 is ``cuda:2``); anything else as it is."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index or "0").isdigit():
+        return device
+    given = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    position = int(index or 0)
+    return f"cuda:{given[position]}" if position < len(given) else f"cuda:{position}"
+
+
 @dataclass
 class TrainResult:
     """Metrics and histories of one training run.
@@ -48,7 +59,8 @@ class TrainResult:
     history: one value per epoch, by metric name. loss_history: one training loss per iteration, where the trainable
     has iterations. config: the full resolved configuration it trained with. model: the trained model, if kept.
     examples: training examples processed (minibatch rows summed over the steps), where the trainable counts them.
-    device: what it trained on, as the machine names it (``cpu``, ``cuda:2``), where the trainable says.
+    device: what it trained on as this process sees it (``cpu``, ``cuda``, ``cuda:1``), where the trainable says;
+    the study records it as the machine numbers it (see :func:`device_name`).
     """
 
     metrics: dict[str, float]

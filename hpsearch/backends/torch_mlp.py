@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from hpsearch.backends.base import DivergedError, Trainable, TrainResult, replacing, start_with
-from hpsearch.backends.torch_model import (TorchConfig, TorchModel, build_mlp, device_name, load_model, require,
-                                           resolve_device, save_model)
+from hpsearch.backends.torch_model import (TorchConfig, TorchModel, build_mlp, load_model, require, resolve_device,
+                                           save_model)
 from hpsearch.data import Dataset
 from hpsearch.errors import UserError, one_line
 
@@ -221,7 +221,7 @@ class Training:
             config={**cfg.model_dump(), "hidden_sizes": cfg.layers(), "num_layers": None, "width": None},
             model=TorchModel(copy.deepcopy(module), self.device),  # the run trains on; the rung keeps this state
             examples=self.examples,
-            device=device_name(self.device),
+            device=self.device,
         )
 
     def _epoch(self, cfg: TorchConfig, on_epoch: Callable[[int, dict[str, Any]], None] | None) -> None:

@@ -20,8 +20,8 @@ from hpsearch.backends.base import ModelFileError
 from hpsearch.errors import UserError
 from hpsearch.validation import UserConfig
 
-__all__ = ["INSTALL_HINT", "TorchConfig", "TorchModel", "build_mlp", "device_name", "load_model", "require",
-           "resolve_device", "save_model", "visible_gpus", "visible_gpus_if_installed"]
+__all__ = ["INSTALL_HINT", "TorchConfig", "TorchModel", "build_mlp", "load_model", "require", "resolve_device",
+           "save_model", "visible_gpus", "visible_gpus_if_installed"]
 
 INSTALL_HINT = "the torch backend needs PyTorch: pip install 'hpsearch[torch]' (CPU build: torch==2.13.0)"
 
@@ -85,7 +85,7 @@ def visible_gpus() -> tuple[str, ...]:
     """The GPUs PyTorch sees here, as CUDA_VISIBLE_DEVICES names them (its entries where it is set, else the
     indices); UserError (one line) without PyTorch."""
     torch = require()
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = torch.cuda.device_count()  # through NVML where it can: CUDA is not set up in this process for it
     given = os.environ.get("CUDA_VISIBLE_DEVICES")
     if given is not None:
         return tuple(entry.strip() for entry in given.split(",") if entry.strip())[:count]
@@ -98,16 +98,6 @@ def visible_gpus_if_installed() -> tuple[str, ...] | None:
         return visible_gpus()
     except UserError:
         return None
-
-
-def device_name(device: str) -> str:
-    """A device as the machine numbers it: ``cuda:N`` of this process is the N-th GPU CUDA_VISIBLE_DEVICES gave it,
-    named as that names it (``cuda:2`` for a worker given GPU 2)."""
-    if not device.startswith("cuda"):
-        return device
-    index = int(device.partition(":")[2] or 0)
-    given = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
-    return f"cuda:{given[index]}" if index < len(given) else f"cuda:{index}"
 
 
 def resolve_device(device: str) -> str:

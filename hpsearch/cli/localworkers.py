@@ -6,6 +6,7 @@ the parent handed it (``$HPSEARCH_STOPPED_FD``), and the parent says it once for
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import stat
@@ -15,8 +16,8 @@ from collections.abc import Sequence
 from hpsearch.engine.interrupt import SIGNALS, started_without_signals
 from hpsearch.errors import UserError
 
-__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "check_workers", "report_stopped", "run_workers", "spawn",
-           "unblock_signals", "usable_cores"]
+__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "cgroup_cpu_quota", "check_workers", "report_stopped",
+           "run_workers", "spawn", "unblock_signals", "usable_cores"]
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
 
@@ -29,11 +30,26 @@ MAX_WORKERS = 1024
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the system says, else the machine's count)."""
+    """The cores this process may run on: its CPU affinity where the system says (else the machine's count), and
+    no more than its cgroup's CPU quota (a container started with ``--cpus 2`` on a 64-core host has 2)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS has no sched_getaffinity
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota is not None else cores
+
+
+def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """The CPUs the cgroup v2 quota allows this process, rounded up; None where there is no quota."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            limit, _, period = handle.read().partition(" ")
+        if limit.strip() == "max":
+            return None
+        return max(1, math.ceil(int(limit) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 def check_workers(workers: int, allow_many: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -242,7 +243,6 @@ def _terminal_progress(study: StudySpec, request: _Work) -> StudyProgress | None
 def _run_local_workers(request: _Work, workers: int, gpus: tuple[str, ...] | None, threads: int | None) -> None:
     """``run --workers N``: N ``hpsearch worker`` processes on this machine, each with its share of the GPUs and
     cores (see :mod:`hpsearch.engine.resources`)."""
-    import os
     import sys
 
     from hpsearch.api import tracking_database
@@ -324,24 +324,29 @@ def _run_local_workers(request: _Work, workers: int, gpus: tuple[str, ...] | Non
 def _shares(study: StudySpec, workers: int, gpus: tuple[str, ...] | None,
             threads: int | None) -> list[WorkerResources]:
     """Each worker's GPUs and threads: ``--gpus`` and ``--threads`` over the spec's ``resources``; the GPUs PyTorch
-    sees where the spec asks for GPUs and ``--gpus`` names none. UserError (one line) when they are too few; a
-    warning where PyTorch sees fewer GPUs than ``--gpus`` names, or the threads asked for exceed the cores."""
+    sees where the spec asks for GPUs and ``--gpus`` names none. UserError (one line) when they are too few or
+    outside this process's own CUDA_VISIBLE_DEVICES; a warning for GPUs PyTorch does not see, or more threads asked
+    for than there are cores."""
     from hpsearch.backends.torch_model import visible_gpus, visible_gpus_if_installed
     from hpsearch.cli.localworkers import usable_cores
-    from hpsearch.engine.resources import plan_workers
+    from hpsearch.engine.resources import check_within, plan_workers
 
     asked, source, cores = study.resources, "--gpus", usable_cores()
+    threads = threads or asked.threads_per_worker
     if gpus is None and asked.gpus_per_worker:
         gpus, source = visible_gpus(), "PyTorch (the GPUs it sees here)"
-    shares = plan_workers(workers, cores, gpus=gpus, gpus_per_worker=asked.gpus_per_worker,
-                          threads=threads or asked.threads_per_worker, source=source)
-    seen = visible_gpus_if_installed() if source == "--gpus" and gpus else None
-    if seen is not None and len(seen) < len(gpus):
-        echo_err(f"warning: --gpus names {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} and PyTorch sees "
-                 f"{len(seen)} here; each worker gets the slice given all the same.")
-    if shares[0].threads * workers > cores:
-        echo_err(f"warning: {workers} workers of {shares[0].threads} threads each ask for "
-                 f"{shares[0].threads * workers} threads on {cores} cores; they will compete for them.")
+    shares = plan_workers(workers, cores, gpus=gpus, gpus_per_worker=asked.gpus_per_worker, threads=threads,
+                          source=source)
+    if source == "--gpus" and gpus:
+        check_within(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        seen = visible_gpus_if_installed()
+        unseen = [gpu for gpu in gpus if seen is not None and gpu not in seen]
+        if unseen:
+            echo_err(f"warning: PyTorch sees {'GPU ' + ','.join(seen) if seen else 'no GPU'} here, not GPU "
+                     f"{','.join(unseen)}; each worker gets the slice given all the same.")
+    if threads is not None and threads * workers > cores:
+        echo_err(f"warning: {workers} workers of {threads} threads each ask for {threads * workers} threads on "
+                 f"{cores} cores; they will compete for them.")
     if shares[0].gpus is not None:
         echo_err("workers: " + "; ".join(f"{index} {share.describe()}" for index, share in enumerate(shares, 1)))
     return shares

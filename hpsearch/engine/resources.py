@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from hpsearch.errors import UserError
 
-__all__ = ["THREAD_VARIABLES", "WorkerResources", "default_threads", "parse_gpus", "plan_workers"]
+__all__ = ["THREAD_VARIABLES", "WorkerResources", "check_within", "default_threads", "parse_gpus", "plan_workers"]
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
-# what CUDA_VISIBLE_DEVICES takes: an index, or a device's UUID (GPU-..., MIG-... with or without its prefix)
-_DEVICE = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z/-]+)$")
+# what CUDA_VISIBLE_DEVICES takes: an index, or a device's UUID (GPU-..., MIG-...)
+_DEVICE = re.compile(r"[0-9]+|(GPU|MIG)-[0-9A-Za-z/-]+")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def parse_gpus(text: str, option: str = "--gpus") -> tuple[str, ...]:
     """The devices a ``--gpus`` list names, in its order; UserError (one line) for an empty entry, a name
     CUDA_VISIBLE_DEVICES would not take, or a device named twice."""
     entries = [entry.strip() for entry in text.split(",")]
-    bad = [entry for entry in entries if not _DEVICE.match(entry)]
+    bad = [entry for entry in entries if not _DEVICE.fullmatch(entry)]
     if bad:
         raise UserError(f"{option} must be a comma-separated list of GPU indices or UUIDs, as CUDA_VISIBLE_DEVICES "
                         f"takes them (e.g. 0,1,2,3). Got {text!r} instead ({bad[0]!r} is none).")
@@ -54,6 +54,16 @@ def parse_gpus(text: str, option: str = "--gpus") -> tuple[str, ...]:
     if twice:
         raise UserError(f"{option} names GPU {twice[0]} more than once: two workers would share it. Got {text!r}.")
     return tuple(entries)
+
+
+def check_within(gpus: tuple[str, ...], given: str | None, option: str = "--gpus") -> None:
+    """UserError (one line) for a GPU outside ``given``, the CUDA_VISIBLE_DEVICES this process got (a scheduler's
+    allocation): a worker handed it would use another job's GPU. Nothing to check where none is set."""
+    allowed = [entry.strip() for entry in (given or "").split(",") if entry.strip()]
+    outside = [gpu for gpu in gpus if gpu not in allowed]
+    if allowed and outside:
+        raise UserError(f"{option} names GPU {outside[0]}, which this process's CUDA_VISIBLE_DEVICES ({given}) does "
+                        "not give it; name GPUs among those.")
 
 
 def default_threads(workers: int, cores: int) -> int:
@@ -72,6 +82,8 @@ def plan_workers(workers: int, cores: int, *, gpus: tuple[str, ...] | None = Non
     """
     if threads is None:
         threads = default_threads(workers, cores)
+    if gpus_per_worker == 0 and gpus and source == "--gpus":
+        raise UserError("--gpus hands out GPUs, and resources.gpus_per_worker is 0: leave out one or the other.")
     if gpus_per_worker is None:
         gpus_per_worker = 1 if gpus else 0
     if gpus_per_worker == 0:
@@ -79,6 +91,7 @@ def plan_workers(workers: int, cores: int, *, gpus: tuple[str, ...] | None = Non
     if gpus is None or len(gpus) < workers * gpus_per_worker:
         have = 0 if gpus is None else len(gpus)
         each = f"{gpus_per_worker} GPU{'s' if gpus_per_worker != 1 else ''} each"
-        raise UserError(f"{workers} workers with {each} need {workers * gpus_per_worker} GPUs; {source} gives {have}. "
-                        "Ask for fewer workers or fewer GPUs per worker.")
+        raise UserError(f"{workers} worker{'s' if workers != 1 else ''} with {each} need{'s' if workers == 1 else ''} "
+                        f"{workers * gpus_per_worker} GPUs; {source} gives {have}. Ask for fewer workers or fewer "
+                        "GPUs per worker.")
     return [WorkerResources(gpus[i * gpus_per_worker:(i + 1) * gpus_per_worker], threads) for i in range(workers)]

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.backends import DivergedError, TrainableError, TrainResult
-from hpsearch.backends.base import Training, add_epoch
+from hpsearch.backends.base import Training, add_epoch, device_name
 from hpsearch.data import Dataset
 from hpsearch.engine.interrupt import Interrupted, Interruption
 from hpsearch.engine.listener import StudyListener, TrialInfo
@@ -235,7 +235,8 @@ class TrialRunner:
         if examples is not None:
             attrs[EXAMPLES] = examples
         if getattr(result, "device", None):
-            attrs[DEVICE] = str(result.device)[:100]
+            # cuda:0 of a worker given GPU 2 is cuda:2, in the storage and for the listeners alike
+            result.device = attrs[DEVICE] = device_name(str(result.device))[:100]
         if reason:
             attrs[FAILURE] = mask_url(reason)
         if current.traceback:

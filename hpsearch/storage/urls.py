@@ -273,7 +273,8 @@ def refuse_foreign_database(url: str) -> None:
     if tables and not {"studies", "version_info"} <= tables:
         from hpsearch.storage.trialstore import optuna_tables
 
-        if tables <= optuna_tables() | {"hpsearch_state"}:
+        optuna = optuna_tables() - {"alembic_version"}  # a name many applications use
+        if tables & optuna and tables <= optuna | {"alembic_version", "hpsearch_state"}:
             return  # Optuna's own tables, half made: another process starting on the new database is making them
         shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
         raise StorageError(

@@ -22,11 +22,14 @@ from hpsearch.tracking.localstore import artifact_location, made_whole
 
 __all__ = ["MlflowBase", "TrackingError", "resolve_tracking_uri"]
 
-# A dead server must cost seconds, not MLflow's default minutes of retries; users can still override both. One retry
-# (urllib3 makes the first at once): a server that ends a kept-alive connection just as a request goes out on it has
-# not lost tracking; without it, the first call after a few idle seconds (the study's plots) could fail so.
+# A dead server must cost seconds, not MLflow's default minutes of retries; users can still override these. One
+# retry, made at once (urllib3 waits only before a second, and a server's Retry-After is not waited for): a server
+# that ends a kept-alive connection just as a request goes out on it has not lost tracking; without it, the first
+# call after a few idle seconds (the study's plots) could fail so. MLflow retries such a read error for idempotent
+# requests only: a POST that meets it still fails, and is reported once.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER", "false")
 # MLflow 3 records usage telemetry around every client call: time the tracking process needs for the study's runs
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

@@ -35,12 +35,13 @@ def test_tiny_mlp_overfits_a_small_batch(blobs):
 
 
 def test_a_device_is_named_as_the_machine_numbers_it(monkeypatch):
-    from hpsearch.backends.torch_model import device_name
+    from hpsearch.backends.base import device_name
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert [device_name(d) for d in ("cpu", "cuda", "cuda:1")] == ["cpu", "cuda:0", "cuda:1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-8f6b")  # a worker given GPUs 2 and GPU-8f6b
     assert [device_name(d) for d in ("cpu", "cuda", "cuda:0", "cuda:1")] == ["cpu", "cuda:2", "cuda:2", "cuda:GPU-8f6b"]
+    assert [device_name(d) for d in ("cuda:7", "mps", "cuda:x")] == ["cuda:7", "mps", "cuda:x"]  # as it is
 
 
 def test_a_result_says_what_it_trained_on(blobs):

@@ -152,12 +152,33 @@ def test_each_worker_is_given_its_gpus_and_threads(two_cores, args, resources, s
     assert given["OPENBLAS_NUM_THREADS"] == given["MKL_NUM_THREADS"] == given["OMP_NUM_THREADS"]
 
 
-def test_more_threads_than_cores_are_given_with_a_warning(two_cores):
+def test_more_threads_than_cores_are_given_with_a_warning_only_when_asked_for(two_cores):
     spec, asked = two_cores
     result = runner.invoke(app, ["run", str(spec), "--workers", "2", "--threads", "3"])
     assert shares_of(asked) == [(None, "3"), (None, "3")]
     assert ("warning: 2 workers of 3 threads each ask for 6 threads on 2 cores; they will compete for them."
             in result.stderr.splitlines())
+    result = runner.invoke(app, ["run", str(spec), "--workers", "3"])  # the default: one thread each, no warning
+    assert shares_of(asked) == [(None, "1")] * 3 and "warning" not in result.stderr
+
+
+def test_a_cgroup_s_cpu_quota_bounds_the_usable_cores(tmp_path):
+    quota = tmp_path / "cpu.max"
+    for text, cores in (("200000 100000\n", 2), ("150000 100000", 2), ("max 100000", None), ("junk", None)):
+        quota.write_text(text)
+        assert localworkers.cgroup_cpu_quota(str(quota)) == cores
+    assert localworkers.cgroup_cpu_quota(str(tmp_path / "none")) is None
+
+
+def test_gpus_outside_this_process_s_own_are_refused(two_cores, tmp_path, monkeypatch):
+    spec, asked = two_cores
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # what a scheduler gave this job
+    result = runner.invoke(app, ["run", str(spec), "--workers", "2", "--gpus", "0,1"])
+    assert result.exit_code == 2 and asked == [], result.output
+    assert result.stderr.splitlines() == ["error: --gpus names GPU 0, which this process's CUDA_VISIBLE_DEVICES (2,3) "
+                                          "does not give it; name GPUs among those."]
+    runner.invoke(app, ["run", str(spec), "--workers", "2", "--gpus", "3,2"])
+    assert shares_of(asked) == [("3", "1"), ("2", "1")]
 
 
 @pytest.mark.parametrize("args, resources, message", [
@@ -171,12 +192,15 @@ def test_more_threads_than_cores_are_given_with_a_warning(two_cores):
                                                  "sees here) gives 0. Ask for fewer workers or fewer GPUs per "
                                                  "worker."),
     (["--workers", "2", "--threads", "0"], None, None),
+    (["--gpus", "1"], {"gpus_per_worker": 0}, "error: --gpus hands out GPUs, and resources.gpus_per_worker is 0: "
+                                              "leave out one or the other."),
 ])
 def test_bad_gpus_or_threads_are_one_line_and_start_nothing(two_cores, tmp_path, monkeypatch, args, resources,
                                                              message):
     spec, asked = two_cores
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # this machine's PyTorch sees no GPU, whatever the machine has
+    if resources and resources.get("gpus_per_worker"):
+        pytest.importorskip("torch")  # the GPUs PyTorch sees are what is handed out
     if resources:
         spec.write_text(yaml.safe_dump({**TINY_STUDY, "resources": resources}))
     result = runner.invoke(app, ["run", str(spec), *args])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpsearch.engine.resources import THREAD_VARIABLES, WorkerResources, parse_gpus, plan_workers
+from hpsearch.engine.resources import THREAD_VARIABLES, WorkerResources, check_within, parse_gpus, plan_workers
 from hpsearch.errors import UserError
 
 
@@ -20,6 +20,7 @@ def test_a_list_of_gpus_is_taken_as_given(text, devices):
 @pytest.mark.parametrize("text, says", [
     ("", "('' is none)"), ("0,,1", "('' is none)"), ("0;1", "('0;1' is none)"), ("-1", "('-1' is none)"),
     ("cuda:0", "('cuda:0' is none)"), ("0,1,0", "names GPU 0 more than once"), ("2, 2", "names GPU 2 more than once"),
+    ("\u0663", "('\u0663' is none)"), ("8f6b2c1e", "('8f6b2c1e' is none)"),
 ])
 def test_a_malformed_or_overlapping_list_is_one_line(text, says):
     with pytest.raises(UserError) as refused:
@@ -49,14 +50,29 @@ def test_threads_asked_for_are_given_as_asked():
     assert [share.threads for share in plan_workers(2, 2, threads=3)] == [3, 3]
 
 
+def test_gpus_handed_out_must_be_among_those_this_process_was_given():
+    check_within(("2", "3"), "2,3,5")
+    check_within(("0", "1"), None)  # nothing set: the machine's GPUs
+    with pytest.raises(UserError) as refused:
+        check_within(("0", "2"), "2,3")  # a scheduler gave this job GPUs 2 and 3; GPU 0 is someone else's
+    assert str(refused.value) == ("--gpus names GPU 0, which this process's CUDA_VISIBLE_DEVICES (2,3) does not give "
+                                  "it; name GPUs among those.")
+
+
+def test_gpus_to_hand_out_and_none_per_worker_is_one_line():
+    with pytest.raises(UserError, match="--gpus hands out GPUs, and resources.gpus_per_worker is 0"):
+        plan_workers(2, 2, gpus=("0", "1"), gpus_per_worker=0)
+
+
 @pytest.mark.parametrize("gpus, per_worker, says", [
     (("0",), None, "2 workers with 1 GPU each need 2 GPUs; --gpus gives 1."),
     (("0", "1", "2"), 2, "2 workers with 2 GPUs each need 4 GPUs; --gpus gives 3."),
     (None, 1, "2 workers with 1 GPU each need 2 GPUs; --gpus gives 0."),
+    (("0",), 2, "1 worker with 2 GPUs each needs 2 GPUs; --gpus gives 1."),
 ])
 def test_too_few_gpus_for_the_workers_is_one_line(gpus, per_worker, says):
     with pytest.raises(UserError, match="Ask for fewer workers") as refused:
-        plan_workers(2, 4, gpus=gpus, gpus_per_worker=per_worker)
+        plan_workers(1 if "1 worker " in says else 2, 4, gpus=gpus, gpus_per_worker=per_worker)
     assert says in str(refused.value)
 
 

@@ -233,6 +233,15 @@ def test_optuna_s_tables_half_made_by_another_process_starting_on_the_database_a
     assert runner.invoke(app, ["run", str(spec_file(tmp_path)), "--storage", url]).exit_code == 0
 
 
+def test_a_database_of_only_a_schema_version_stamp_is_not_taken_for_optuna_s(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.db") as connection:  # what many applications' migrations make first
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    with pytest.raises(StorageError, match=r"holds 1 tables of another application \(alembic_version\)"):
+        refuse_foreign_database(f"sqlite:///{tmp_path / 'other.db'}")
+
+
 def test_a_file_that_is_no_database_is_refused(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not SQLite" * 100)

@@ -107,6 +107,7 @@ class KeepAliveEnder(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     seen: list[int] = []  # for each request, how many the connection had before it
+    end_all = False  # end every connection, its first request too
 
     def setup(self) -> None:
         super().setup()
@@ -115,7 +116,7 @@ class KeepAliveEnder(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self.seen.append(self.on_connection)
         self.on_connection += 1
-        if self.on_connection > 1:
+        if self.on_connection > 1 or self.end_all:
             self.close_connection = True
             return
         body = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such experiment"}).encode()
@@ -132,13 +133,19 @@ class KeepAliveEnder(http.server.BaseHTTPRequestHandler):
 def test_a_kept_alive_connection_the_server_ended_costs_one_retry_not_tracking():
     from mlflow import MlflowClient  # MLflow's HTTP retries as hpsearch.tracking.client, imported above, sets them
 
+    KeepAliveEnder.seen = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveEnder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{server.server_address[1]}")
         assert mlflow.get_experiment_by_name("a") is None
         assert mlflow.get_experiment_by_name("b") is None  # ended on its kept-alive connection, answered on a new one
+        assert KeepAliveEnder.seen == [0, 1, 0]
+        KeepAliveEnder.end_all = True  # a server that never answers: two attempts, not MLflow's default eight
+        with pytest.raises(Exception, match="Remote end closed connection without response"):
+            mlflow.get_experiment_by_name("c")
     finally:
+        KeepAliveEnder.end_all = False
         server.shutdown()
         server.server_close()
-    assert KeepAliveEnder.seen == [0, 1, 0]
+    assert len(KeepAliveEnder.seen) == 5
