@@ -1,10 +1,13 @@
-"""What can be checked of docker/ without a Docker engine: the files parse and their commands are valid."""
+"""What can be checked of docker/ without a Docker engine, Slurm or Kubernetes: the files parse and their commands are
+valid."""
 
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -56,7 +59,9 @@ def test_mlflow_server_command_is_valid():
 def test_image_installs_with_the_guide_s_command():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     install = next(line[len("RUN "):] for line in dockerfile.splitlines() if line.startswith("RUN pip install"))
-    assert "torch" in install and "cpu" in install  # CPU torch: no CUDA download in the image
+    assert "torch" in install and "--extra-index-url ${TORCH_INDEX}" in install
+    # CPU torch unless asked: no CUDA download in the image
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile.splitlines()
     assert install in (REPO / "docs" / "workers.md").read_text()
     assert 'ENTRYPOINT ["hpsearch"]' in dockerfile
     for source in re.findall(r"^COPY (\S+)", dockerfile, re.M):
@@ -121,3 +126,47 @@ def test_the_auth_override_puts_mlflow_behind_basic_auth():
     assert worker["MLFLOW_TRACKING_USERNAME"] == config["mlflow"]["admin_username"]
     assert worker["MLFLOW_TRACKING_PASSWORD"] == mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"]
     assert "docker/compose.auth.yaml" in (REPO / "docs" / "workers.md").read_text()
+
+
+# ---- Slurm and Kubernetes --------------------------------------------------------------------------------------------
+
+def test_the_slurm_array_task_runs_one_worker_on_its_cores(tmp_path):
+    """The script run as Slurm would run one array task (a subprocess: it is a shell script), with an `hpsearch` on
+    PATH that records how it was started."""
+    script = REPO / "docker" / "slurm-workers.sbatch"
+    directives = re.findall(r"^#SBATCH (\S+)", script.read_text(), re.M)
+    assert "--gres=gpu:1" in directives and "--cpus-per-task=4" in directives
+    fake = tmp_path / "bin" / "hpsearch"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$OMP_NUM_THREADS $OPENBLAS_NUM_THREADS $MKL_NUM_THREADS $*"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "SLURM_CPUS_PER_TASK": "4",
+           "HPSEARCH_STORAGE": "postgresql://user@db-host:5432/studies"}
+    done = subprocess.run(["bash", str(script), "studies/quickstart.yaml"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout == "4 4 4 worker studies/quickstart.yaml\n", done.stderr
+    words = done.stdout.split()[3:]
+    result = runner.invoke(app, [*words, "--help"])  # a valid hpsearch invocation
+    assert result.exit_code == 0 and (REPO / words[1]).exists(), result.output
+    del env["HPSEARCH_STORAGE"]  # no storage the workers share: refused before any starts
+    done = subprocess.run(["bash", str(script), "studies/quickstart.yaml"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and "HPSEARCH_STORAGE" in done.stderr and done.stdout == ""
+
+
+def test_the_kubernetes_job_runs_workers_on_a_secret_storage():
+    job = yaml.safe_load((REPO / "docker" / "kubernetes-workers.yaml").read_text())
+    assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] >= 1
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # as backoffLimitPerIndex needs
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["image"] == compose()["x-hpsearch"]["image"]
+    args = container["args"]
+    assert args[0] == "worker" and (REPO / args[1]).exists()
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    env = {item["name"]: item for item in container["env"]}
+    assert env["HPSEARCH_STORAGE"]["valueFrom"]["secretKeyRef"] == {"name": "hpsearch-storage", "key": "url"}
+    cpus = container["resources"]["limits"]["cpu"]
+    assert env["OMP_NUM_THREADS"]["value"] == env["OPENBLAS_NUM_THREADS"]["value"] == cpus  # one thread per core
