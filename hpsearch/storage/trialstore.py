@@ -28,19 +28,14 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hpsearch.errors import UserError
 
-__all__ = ["SCHEMA_VERSION", "Row", "SchemaMismatch", "TrialReader", "TrialStore", "optuna_tables", "trial_id_of"]
+__all__ = ["OPTUNA_TABLES", "SCHEMA_VERSION", "Row", "SchemaMismatch", "TrialReader", "TrialStore", "trial_id_of"]
 
 # The version of Optuna's storage schema (``optuna.storages._rdb.models.SCHEMA_VERSION``) these statements were
 # written and tested for; the columns they read and write, by table. tests/storage/test_trialstore.py holds both
 # against the installed Optuna, and a storage is refused at run time on any other schema version: a statement on a
 # schema it was not written for could write trials Optuna then misreads.
 SCHEMA_VERSION = 12
-
-
-def optuna_tables() -> set[str]:
-    """The tables Optuna makes in a storage, its schema's version stamp among them."""
-    return set(models.BaseModel.metadata.tables) | {"alembic_version"}
-
+OPTUNA_TABLES = frozenset(models.BaseModel.metadata.tables) | {"alembic_version"}  # its version stamp among them
 COLUMNS = {
     "trials": {"trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"},
     "trial_user_attributes": {"trial_id", "key", "value_json"},

@@ -271,9 +271,9 @@ def refuse_foreign_database(url: str) -> None:
             raise StorageError(f"storage {mask_url(url)!r}: {path} is not a SQLite database.") from None
         return
     if tables and not {"studies", "version_info"} <= tables:
-        from hpsearch.storage.trialstore import optuna_tables
+        from hpsearch.storage.trialstore import OPTUNA_TABLES
 
-        optuna = optuna_tables() - {"alembic_version"}  # a name many applications use
+        optuna = OPTUNA_TABLES - {"alembic_version"}  # a name many applications use
         if tables & optuna and tables <= optuna | {"alembic_version", "hpsearch_state"}:
             return  # Optuna's own tables, half made: another process starting on the new database is making them
         shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
