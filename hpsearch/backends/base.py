@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping, Protocol
 
-__all__ = ["DivergedError", "device_name", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "Training", "add_epoch",
-           "is_number", "metric_on_test", "replacing", "scores_on_test", "start_with", "trainable"]
+__all__ = ["DivergedError", "ModelFileError", "TrainResult", "Trainable", "TrainableError", "Training", "add_epoch",
+           "device_name", "is_number", "metric_on_test", "replacing", "scores_on_test", "start_with", "trainable",
+           "visible_devices"]
 
 Direction = Literal["maximize", "minimize"]
 Task = Literal["classification", "regression"]
@@ -40,13 +41,18 @@ class TrainableError(TypeError):
     """A trainable broke its contract: it returned something that is not a result, or a metric that is no number."""
 
 
+def visible_devices(value: str | None) -> list[str]:
+    """The devices a CUDA_VISIBLE_DEVICES value names, in its order (none for an unset or empty one)."""
+    return [entry.strip() for entry in (value or "").split(",") if entry.strip()]
+
+
 def device_name(device: str) -> str:
     """A device as the machine numbers it: ``cuda:N`` of a process is the N-th GPU its CUDA_VISIBLE_DEVICES gives it,
     named as that names it (``cuda:0`` of a worker given GPUs 2 and 3 is ``cuda:2``); anything else as it is."""
     kind, _, index = device.partition(":")
     if kind != "cuda" or not (index or "0").isdigit():
         return device
-    given = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    given = visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
     position = int(index or 0)
     return f"cuda:{given[position]}" if position < len(given) else f"cuda:{position}"
 

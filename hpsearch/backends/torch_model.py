@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from hpsearch.backends.base import ModelFileError
+from hpsearch.backends.base import ModelFileError, visible_devices
 from hpsearch.errors import UserError
 from hpsearch.validation import UserConfig
 
@@ -88,7 +88,7 @@ def visible_gpus() -> tuple[str, ...]:
     count = torch.cuda.device_count()  # through NVML where it can: CUDA is not set up in this process for it
     given = os.environ.get("CUDA_VISIBLE_DEVICES")
     if given is not None:
-        return tuple(entry.strip() for entry in given.split(",") if entry.strip())[:count]
+        return tuple(visible_devices(given))[:count]
     return tuple(str(index) for index in range(count))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hpsearch.backends.base import visible_devices
 from hpsearch.errors import UserError
 
 __all__ = ["THREAD_VARIABLES", "WorkerResources", "check_within", "default_threads", "parse_gpus", "plan_workers"]
@@ -59,7 +60,7 @@ def parse_gpus(text: str, option: str = "--gpus") -> tuple[str, ...]:
 def check_within(gpus: tuple[str, ...], given: str | None, option: str = "--gpus") -> None:
     """UserError (one line) for a GPU outside ``given``, the CUDA_VISIBLE_DEVICES this process got (a scheduler's
     allocation): a worker handed it would use another job's GPU. Nothing to check where none is set."""
-    allowed = [entry.strip() for entry in (given or "").split(",") if entry.strip()]
+    allowed = visible_devices(given)
     outside = [gpu for gpu in gpus if gpu not in allowed]
     if allowed and outside:
         raise UserError(f"{option} names GPU {outside[0]}, which this process's CUDA_VISIBLE_DEVICES ({given}) does "

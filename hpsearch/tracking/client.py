@@ -20,7 +20,7 @@ from hpsearch.storage.records import INTERRUPTED, REAPED, SharedState
 from hpsearch.storage.urls import expand_home, mask_url, register_secret_url, same_database, sqlite_path
 from hpsearch.tracking.localstore import artifact_location, made_whole
 
-__all__ = ["MlflowBase", "TrackingError", "resolve_tracking_uri"]
+__all__ = ["MlflowBase", "TrackingError", "failure_reason", "resolve_tracking_uri"]
 
 # A dead server must cost seconds, not MLflow's default minutes of retries; users can still override these. One
 # retry, made at once (urllib3 waits only before a second, and a server's Retry-After is not waited for): a server
@@ -43,6 +43,13 @@ STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's REST errors start with the request's whole URL, which a notice already names by its server
 REQUEST_PREFIX = re.compile(r"^API request to (endpoint )?\S+ failed with (timeout exception |exception )?")
+
+
+def failure_reason(exc: Exception) -> str:
+    """What went wrong in an MLflow call, in one line: the first of its message (its type where it has none), any
+    password masked, MLflow's copy of the request URL left out."""
+    reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return REQUEST_PREFIX.sub("", reason) or reason
 
 
 class TrackingError(UserError):
@@ -162,10 +169,8 @@ class MlflowBase:
         self._down_until = time.monotonic() + RETRY_SECONDS
         if not self._reported:
             self._reported = True
-            reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-            reason = REQUEST_PREFIX.sub("", reason) or reason
-            self.echo(f"tracking: MLflow at {mask_url(self.uri)} failed while {what} ({reason[:400]}); the study "
-                      f"continues, and `hpsearch sync {self.spec.source}` fills MLflow in afterwards")
+            self.echo(f"tracking: MLflow at {mask_url(self.uri)} failed while {what} ({failure_reason(exc)[:400]}); "
+                      f"the study continues, and `hpsearch sync {self.spec.source}` fills MLflow in afterwards")
 
     @property
     def client(self) -> Any:
@@ -336,7 +341,7 @@ class MlflowBase:
         if reason:
             tags.append(RunTag("failure", mask_url(reason)[:5000]))
         if device:
-            tags.append(RunTag("device", str(device)[:100]))
+            tags.append(RunTag("device", device))  # bounded where the trial stored it
         metrics = self._pending.pop(run_id, [])
         params = self._pending_params.pop(run_id, [])
         self._last_flush.pop(run_id, None)

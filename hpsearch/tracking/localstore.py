@@ -34,7 +34,8 @@ def made_whole(database: Path) -> None:
 
 def _write_ahead_log(database: Path) -> None:
     """A local MLflow store in SQLite's write-ahead-log mode: each commit syncs once instead of three times, which
-    halves what MLflow costs per trial; readers (`mlflow ui`) never wait for the writer. The mode stays with the file."""
+    halves what MLflow costs per trial; readers (`mlflow ui`) never wait for the writer. The mode stays with the
+    file."""
     import sqlite3
 
     with contextlib.suppress(sqlite3.Error):

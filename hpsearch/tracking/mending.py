@@ -105,7 +105,7 @@ class Mending(MlflowBase):
         if row.get("failure"):
             tags["failure"] = mask_url(str(row["failure"]))[:5000]
         if row.get("device"):
-            tags["device"] = str(row["device"])[:100]
+            tags["device"] = row["device"]
         start_ms = end_ms = _start_ms(row)  # the trial's own times, as its worker would have logged them
         if start_ms is not None:
             end_ms = start_ms + int((row.get("duration_seconds") or 0) * 1000)

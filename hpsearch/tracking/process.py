@@ -18,7 +18,7 @@ from hpsearch.errors import UserError
 from hpsearch.spec.models import PhaseSpec, StudySpec
 from hpsearch.storage.records import SharedState
 from hpsearch.storage.urls import mask_url, register_secret_url
-from hpsearch.tracking.client import FLUSH_SECONDS, REQUEST_PREFIX, TrackingError
+from hpsearch.tracking.client import FLUSH_SECONDS, TrackingError, failure_reason
 from hpsearch.tracking.localstore import artifact_location
 from hpsearch.tracking.logger import MlflowLogger
 
@@ -211,9 +211,8 @@ class MlflowTracker(StudyListener):
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow and network errors vary; all mean "MLflow unusable now"
-            reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-            reason = REQUEST_PREFIX.sub("", reason) or reason
-            raise TrackingError(f"sync to MLflow at {mask_url(self.uri)} failed: {reason[:300]}") from None
+            reason = failure_reason(exc)[:300]
+            raise TrackingError(f"sync to MLflow at {mask_url(self.uri)} failed: {reason}") from None
 
 
 for _name in MlflowTracker.FORWARDED:
