@@ -3,6 +3,7 @@
     python benchmarks/scale.py                                   # grids of 100, 1,000, 10,000; SQLite and PostgreSQL
     python benchmarks/scale.py --sizes 100 1000 --storages sqlite --workers  # a quick look
     python benchmarks/scale.py --workers 1 2 4 8 16 --worker-points 2000         # the scale-out part only
+    python benchmarks/scale.py --ray                   # 1 and 2 workers placed by Ray against as many local ones
 
 The trainable is trivial (synthetic data, ``num_iters: 2``), so what is measured is everything around training.
 Each measurement runs in a fresh process on a fresh database and times the study itself (not interpreter start-up):
@@ -144,7 +145,10 @@ def _machine_cpu() -> tuple[float, float]:
     return (sum(fields) - idle) / ticks, sum(fields) / ticks
 
 
-def workers_run(n: int, points: int) -> dict:
+def workers_run(n: int, points: int, ray: bool = False) -> dict:
+    """``run --workers n`` (``ray``: ``run --ray local --workers n``, each worker a Ray task) on a fresh PostgreSQL
+    database: trials per second from the first trial's start to the last one's end (Ray's start is not in it), and
+    whether every point finished exactly once."""
     import resource
 
     import optuna
@@ -157,8 +161,9 @@ def workers_run(n: int, points: int) -> dict:
         busy_before, all_before = _machine_cpu()
         ours_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         # --allow-many-workers: 16 workers on 2 cores is the oversubscription this measures
-        done = subprocess.run([*HPSEARCH, "run", str(path), "--workers", str(n), "--allow-many-workers"], cwd=folder,
-                              env=env, capture_output=True, text=True)
+        placed = ["--ray", "local"] if ray else ["--allow-many-workers"]
+        done = subprocess.run([*HPSEARCH, "run", str(path), "--workers", str(n), *placed], cwd=folder,
+                              env={**env, "RAY_USAGE_STATS_ENABLED": "0"}, capture_output=True, text=True)
         ours_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         busy_after, all_after = _machine_cpu()
         if done.returncode != 0:
@@ -172,9 +177,35 @@ def workers_run(n: int, points: int) -> dict:
     # where the machine's CPU went while they ran: the workers (and their parent), or PostgreSQL and the rest
     machine = busy_after - busy_before
     workers = (ours_after.ru_utime + ours_after.ru_stime) - (ours_before.ru_utime + ours_before.ru_stime)
-    return {"workers": n, "trials_per_s": len(complete) / (max(ends) - min(starts)), "exactly_once": exactly_once,
+    return {"workers": n, "ray": ray, "trials_per_s": len(complete) / (max(ends) - min(starts)),
+            "exactly_once": exactly_once,
             "cpu_busy": machine / (all_after - all_before), "workers_cpu_s": workers,
             "others_cpu_s": max(machine - workers, 0.0)}
+
+
+def ray_against_local(counts: list[int], points: int, repeats: int) -> None:
+    """Trials per second of n workers placed by Ray against n local workers, measured alternately (so that a
+    slower stretch of the machine falls on both), the median of ``repeats`` each; exactly once in every run."""
+    import statistics
+
+    rows: list[tuple[str, str]] = []
+    result: dict = {"points": points, "repeats": repeats, "ray": []}
+    for n in counts:
+        runs: dict[bool, list[dict]] = {False: [], True: []}
+        for _ in range(repeats):
+            for ray in (False, True):
+                runs[ray].append(workers_run(n, points, ray=ray))
+        local, placed = (statistics.median(run["trials_per_s"] for run in runs[ray]) for ray in (False, True))
+        once = all(run["exactly_once"] for ray in runs for run in runs[ray])
+        line = {"workers": n, "local_trials_per_s": round(local, 2), "ray_trials_per_s": round(placed, 2),
+                "ray_cost": round(1 - placed / local, 3), "exactly_once": once,
+                "local_runs": [round(run["trials_per_s"], 2) for run in runs[False]],
+                "ray_runs": [round(run["trials_per_s"], 2) for run in runs[True]]}
+        rows.append((f"postgresql {n} workers, {points} points",
+                     f"Ray {placed:6.1f} trials/s vs local {local:6.1f} ({line['ray_cost']:+.1%} cost; goal <= 10 %), "
+                     f"exactly once in all {2 * repeats} runs: {once}"))
+        result["ray"].append(line)
+    report("scale_ray", rows, result)
 
 
 def main() -> None:
@@ -188,7 +219,14 @@ def main() -> None:
     parser.add_argument("--tracking-up-to", type=int, default=1000, help="measure tracking on up to this size")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     parser.add_argument("--worker-points", type=int, default=2000)
+    parser.add_argument("--ray", action="store_true", help="only Ray's placement: 1 and 2 workers as Ray tasks "
+                        "(--ray local) beside as many local workers, alternately, --repeats times each")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.ray:
+        ray_against_local(args.workers if args.workers != [1, 2, 4, 8, 16] else [1, 2], args.worker_points,
+                          args.repeats)
+        return
 
     rows: list[tuple[str, str]] = []
     result: dict = {"per_trial": [], "workers": []}

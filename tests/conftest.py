@@ -52,8 +52,9 @@ TINY_STUDY: dict[str, Any] = {
 # The modules whose tests run whole studies in subprocesses (up to a minute each on 2 busy cores) go first: `make
 # test` hands tests out one at a time in this order, so its parallel processes start on the long ones and end on the
 # many short ones together, instead of one process left with a long test at the end.
-SLOW_FIRST = ("test_mlflow_ui.py", "test_workers.py", "test_signals.py", "test_reliability.py", "test_examples.py",
-              "tracking/test_tracking.py", "test_crash_windows.py", "search/test_halving.py", "search/test_ladders.py")
+SLOW_FIRST = ("test_mlflow_ui.py", "test_workers.py", "test_signals.py", "cli/test_rayworkers.py",
+              "test_reliability.py", "test_examples.py", "tracking/test_tracking.py", "test_crash_windows.py",
+              "search/test_halving.py", "search/test_ladders.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -234,6 +235,60 @@ def kill_at_the_gate_and_rerun(spec: Path, storage: str, gate: Gate, calls: int,
     again = subprocess.run(command, cwd=spec.parent, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     return again
+
+
+def wait_until(predicate, proc: subprocess.Popen, give_up_after: float | None = None):
+    """Poll the storage until ``predicate`` holds; fail (with the process's stderr) if the process ended without it.
+
+    The exit is seen before the storage is read, so a process that reached the state and ended between the two looks
+    is not taken for one that ended first. give_up_after: seconds after which a wait that can never end (a gated trial
+    that never came) fails instead of hanging; not a synchronisation: the state it waits for comes within seconds."""
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
+    while True:
+        ended = proc.poll() is not None
+        found = predicate()
+        if found:
+            return found
+        if ended:
+            pytest.fail(f"the process ended first (exit {proc.returncode}): {proc.communicate()[1][-2000:]}")
+        if deadline is not None and time.monotonic() > deadline:
+            pytest.fail(f"still waiting after {give_up_after} s")
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet waited for, does not)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):  # gone, also between the two looks
+        return False
+
+
+# a trainable that records what its worker was given in the folder shares/ beside it, and waits at its first trial
+# until both workers are at theirs
+RECORDS_ITS_SHARE = '''
+import json, os, time
+from pathlib import Path
+
+import hpsearch
+
+
+def train(config, data, *, seed, on_epoch):
+    from threadpoolctl import threadpool_info
+
+    folder = Path(__file__).parent / "shares"  # beside the plug-in: a Ray worker's environment is its node's
+    mine = folder / f"{os.getpid()}.json"
+    if not mine.exists():
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        share = {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        (folder / f"{os.getpid()}.tmp").write_text(json.dumps({**share, "blas": blas}))
+        (folder / f"{os.getpid()}.tmp").rename(mine)
+        give_up = time.monotonic() + 120  # not a synchronisation: the other worker's first trial comes in seconds
+        while len(list(folder.glob("*.json"))) < 2 and time.monotonic() < give_up:
+            time.sleep(0.05)
+    return hpsearch.TrainResult(metrics={"val_acc": config["x"] / 10},
+                                device="cuda:" + os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
+'''
 
 
 def study_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import TINY_STUDY, Gate, assert_exactly_once, gated_study, study_trials, write_spec
+from tests.conftest import (TINY_STUDY, Gate, alive, assert_exactly_once, gated_study, study_trials, wait_until,
+                            write_spec)
 
 RUNNING, COMPLETE, FAIL = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
                            optuna.trial.TrialState.FAIL)
@@ -37,26 +38,6 @@ def hpsearch(*args: str, **kwargs) -> subprocess.Popen:
 
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
     return study_trials(storage, "sig.grid")
-
-
-def wait_until(predicate, proc: subprocess.Popen, give_up_after: float | None = None):
-    """Poll the storage until ``predicate`` holds; fail (with the process's stderr) if the process ended without it.
-
-    The exit is seen before the storage is read, so a process that reached the state and ended between the two looks
-    is not taken for one that ended first. give_up_after: seconds after which a wait that can never end (a gated trial
-    that never came) fails instead of hanging; not a synchronisation: the state it waits for comes within seconds."""
-    import time
-
-    deadline = None if give_up_after is None else time.monotonic() + give_up_after
-    while True:
-        ended = proc.poll() is not None
-        found = predicate()
-        if found:
-            return found
-        if ended:
-            pytest.fail(f"the process ended first (exit {proc.returncode}): {proc.communicate()[1][-2000:]}")
-        if deadline is not None and time.monotonic() > deadline:
-            pytest.fail(f"still waiting after {give_up_after} s")
 
 
 def assert_resumed_exactly_once(storage: str, points: int) -> None:
@@ -148,14 +129,6 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
 def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, sig, to_group):
     spec = gated_study(tmp_path, "sig", points=8)
@@ -180,7 +153,7 @@ def test_a_signal_to_run_workers_stops_every_worker_and_is_reported(tmp_path, si
             proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
-    assert not [pid for pid in workers if _alive(pid)], "a worker outlived the run"
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived the run"
     trials = trials_of(storage)
     assert not [t for t in trials if t.state == RUNNING]
     stopped = [t for t in trials if t.state == FAIL]

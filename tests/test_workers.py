@@ -15,7 +15,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import TINY_STUDY, assert_exactly_once, gated_study, study_trials, write_spec
+from tests.conftest import (RECORDS_ITS_SHARE, TINY_STUDY, assert_exactly_once, gated_study, study_trials,
+                            write_spec)
 
 GRID = {"learning_rate": [0.02, 0.05, 0.1, 0.2], "hidden_size": [4, 8, 12], "batch_size": [25, 50]}  # 24 points
 
@@ -136,32 +137,6 @@ def test_run_with_local_workers_on_sqlite(tmp_path, monkeypatch):
     assert shown[-1].startswith(f"[grid] 24/24: {summary['complete']} complete, ") and ", 0 running" in shown[-1]
 
 
-# a trainable that records what its worker was given, and waits at its first trial until both workers are at theirs
-RECORDS_ITS_SHARE = '''
-import json, os, time
-from pathlib import Path
-
-import hpsearch
-
-
-def train(config, data, *, seed, on_epoch):
-    from threadpoolctl import threadpool_info
-
-    folder = Path(os.environ["SHARES_FOLDER"])
-    mine = folder / f"{os.getpid()}.json"
-    if not mine.exists():
-        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
-        share = {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-        (folder / f"{os.getpid()}.tmp").write_text(json.dumps({**share, "blas": blas}))
-        (folder / f"{os.getpid()}.tmp").rename(mine)
-        give_up = time.monotonic() + 120  # not a synchronisation: the other worker's first trial comes in seconds
-        while len(list(folder.glob("*.json"))) < 2 and time.monotonic() < give_up:
-            time.sleep(0.05)
-    return hpsearch.TrainResult(metrics={"val_acc": config["x"] / 10},
-                                device="cuda:" + os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
-'''
-
-
 def test_each_local_worker_trains_on_its_own_gpu_with_the_threads_it_was_given(tmp_path, monkeypatch):
     """`run --workers 2 --gpus 1,0 --threads 1`: each worker process (only a process shows what it started with)
     sees its own CUDA_VISIBLE_DEVICES and thread counts, and each trial's line and record name its GPU. The GPUs are
@@ -171,7 +146,6 @@ def test_each_local_worker_trains_on_its_own_gpu_with_the_threads_it_was_given(t
     spec = write_spec(tmp_path, "placed", model={"backend": "records_its_share:train"}, tracking={"enabled": False},
                       objective={"metric": "val_acc", "direction": "maximize"},
                       phases=[{"name": "grid", "sampler": "grid", "grid": {"x": list(range(6))}}])
-    monkeypatch.setenv("SHARES_FOLDER", str(tmp_path / "shares"))
     storage = f"sqlite:///{tmp_path / 'placed.db'}"
     done = subprocess.run([sys.executable, "-m", "hpsearch", "run", str(spec), "--workers", "2", "--gpus", "1,0",
                            "--threads", "1", "--storage", storage], capture_output=True, text=True, timeout=300)

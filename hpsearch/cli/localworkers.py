@@ -11,15 +11,26 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
+from hpsearch.cli.options import echo_err
 from hpsearch.engine.interrupt import SIGNALS, started_without_signals
 from hpsearch.errors import UserError
 
-__all__ = ["MAX_WORKERS", "STOPPED_FD", "WORKERS_PER_CORE", "cgroup_cpu_quota", "check_workers", "report_stopped",
-           "run_workers", "spawn", "unblock_signals", "usable_cores"]
+if TYPE_CHECKING:
+    from hpsearch.engine.resources import WorkerResources
+    from hpsearch.spec.models import StudySpec
+
+__all__ = ["MAX_WORKERS", "PARENT_PID", "STOPPED_FD", "WORKERS_PER_CORE", "LocalWorkers", "Placement", "WorkersEnded",
+           "cgroup_cpu_quota", "check_workers", "local_shares", "report_stopped", "run_workers", "spawn",
+           "unblock_signals", "usable_cores"]
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
+PARENT_PID = "HPSEARCH_PARENT_PID"  # set by a Ray task (hpsearch.cli.rayworkers): the worker stops when it dies
+PR_SET_PDEATHSIG = 1  # Linux's prctl option: the signal a process gets when the thread that started it ends
 
 # workers are processes sharing the cores (hpsearch.engine.resources): past a few per core they only add memory,
 # connections and contention (a 2-core machine runs 16 workers at 1.28x one worker), and a mistyped count can fork
@@ -27,6 +38,61 @@ STOPPED_FD = "HPSEARCH_STOPPED_FD"
 # past it
 WORKERS_PER_CORE = 4
 MAX_WORKERS = 1024
+
+
+@dataclass(frozen=True)
+class WorkersEnded:
+    """How the workers of ``run --workers`` ended: each one's exit code (None: it never ran, or was lost), whether a
+    signal to the parent stopped them, the trials a signal stopped while they trained, and lines to say first."""
+
+    codes: list[int | None]
+    interrupted: bool
+    stopped: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+class Placement(Protocol):
+    """Where the workers of ``run --workers N`` run: on this machine (:class:`LocalWorkers`) or where Ray places
+    them (:class:`hpsearch.cli.rayworkers.RayWorkers`)."""
+
+    workers: int
+
+    def plan(self, study: StudySpec, storage_url: str) -> None:
+        """Decide each worker's share, before anything is made; UserError (one line) for what cannot be placed."""
+
+    def check_tracking(self, tracking_uri: str | None) -> None:
+        """Say what the workers' MLflow tracking at ``tracking_uri`` would miss where they run."""
+
+    def run(self, args: list[str], env: dict[str, str]) -> WorkersEnded:
+        """Run ``hpsearch ARGS`` in each worker, with ``env`` added to its environment, until all have ended."""
+
+    def close(self) -> None:
+        """Let go of what :meth:`plan` took up."""
+
+
+@dataclass
+class LocalWorkers:
+    """``workers`` processes on this machine, each with its share of ``gpus`` (``--gpus``) and its ``threads``."""
+
+    workers: int
+    gpus: tuple[str, ...] | None
+    threads: int | None
+    shares: list[dict[str, str]] = field(default_factory=list)
+
+    def plan(self, study: StudySpec, storage_url: str) -> None:
+        self.shares = [share.env() for share in local_shares(study, self.workers, self.gpus, self.threads)]
+
+    def check_tracking(self, tracking_uri: str | None) -> None:
+        pass  # the workers share this machine's files
+
+    def run(self, args: list[str], env: dict[str, str]) -> WorkersEnded:
+        # -P: the working directory is not put first on sys.path, so workers import what `hpsearch` imports
+        codes, interrupted, stopped = run_workers([sys.executable, "-P", "-m", "hpsearch", *args],
+                                                  {**os.environ, **env}, self.workers, self.shares)
+        return WorkersEnded(list(codes), interrupted, stopped)
+
+    def close(self) -> None:
+        pass
 
 
 def usable_cores() -> int:
@@ -134,11 +200,26 @@ def unblock_signals() -> int | None:
     fd = os.environ.pop(STOPPED_FD, None)
     if fd is None:
         return None
+    _stop_with_parent(os.environ.pop(PARENT_PID, None))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     try:
         return int(fd) if stat.S_ISFIFO(os.fstat(int(fd)).st_mode) else None
     except (OSError, ValueError):
         return None
+
+
+def _stop_with_parent(parent: str | None) -> None:
+    """In a worker a Ray task started (``parent`` that task's pid): SIGTERM, which ends the trial as interrupted,
+    when the Ray worker process dies (Ray lost it, or cancelled it by force), rather than training on as an orphan
+    beside the worker Ray starts again; at once if it is already gone. Linux only: elsewhere the trial is reaped by
+    the heartbeat."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(parent):  # it died before the request: the signal, pending until unblocked, comes now
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def report_stopped(fd: int | None, stopped: list[str]) -> bool:
@@ -151,3 +232,33 @@ def report_stopped(fd: int | None, stopped: list[str]) -> bool:
     except OSError:
         return False
     return True
+
+
+def local_shares(study: StudySpec, workers: int, gpus: tuple[str, ...] | None,
+                 threads: int | None) -> list[WorkerResources]:
+    """Each worker's GPUs and threads: ``--gpus`` and ``--threads`` over the spec's ``resources``; the GPUs PyTorch
+    sees where the spec asks for GPUs and ``--gpus`` names none. UserError (one line) when they are too few or
+    outside this process's own CUDA_VISIBLE_DEVICES; a warning for GPUs PyTorch does not see, or more threads asked
+    for than there are cores."""
+    from hpsearch.backends.torch_model import visible_gpus, visible_gpus_if_installed
+    from hpsearch.engine.resources import check_within, plan_workers
+
+    asked, source, cores = study.resources, "--gpus", usable_cores()
+    threads = threads or asked.threads_per_worker
+    if gpus is None and asked.gpus_per_worker:
+        gpus, source = visible_gpus(), "PyTorch (the GPUs it sees here)"
+    shares = plan_workers(workers, cores, gpus=gpus, gpus_per_worker=asked.gpus_per_worker, threads=threads,
+                          source=source)
+    if source == "--gpus" and gpus:
+        check_within(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        seen = visible_gpus_if_installed()
+        unseen = [gpu for gpu in gpus if seen is not None and gpu not in seen]
+        if unseen:
+            echo_err(f"warning: PyTorch sees {'GPU ' + ','.join(seen) if seen else 'no GPU'} here, not GPU "
+                     f"{','.join(unseen)}; each worker gets the slice given all the same.")
+    if threads is not None and threads * workers > cores:
+        echo_err(f"warning: {workers} workers of {threads} threads each ask for {threads * workers} threads on "
+                 f"{cores} cores; they will compete for them.")
+    if shares[0].gpus is not None:
+        echo_err("workers: " + "; ".join(f"{index} {share.describe()}" for index, share in enumerate(shares, 1)))
+    return shares

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -21,8 +20,8 @@ from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
 
 if TYPE_CHECKING:
+    from hpsearch.cli.localworkers import Placement, WorkersEnded
     from hpsearch.cli.progress import StudyProgress
-    from hpsearch.engine.resources import WorkerResources
     from hpsearch.spec.models import StudySpec
 
 OWN_PROCESS = False  # True when this process is the `hpsearch` command, not a caller of its functions (see app.main)
@@ -104,8 +103,8 @@ def run(
     spec: SpecArg,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes, the cores split between them; at most "
-                                         "4 per core unless --allow-many-workers.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, the cores split between them; on this "
+                                         "machine at most 4 per core unless --allow-many-workers.")] = 1,
     allow_many_workers: Annotated[bool, typer.Option(
         "--allow-many-workers", help="Let --workers go past 4 per core, up to 1024.")] = False,
     gpus: Annotated[Optional[str], typer.Option(
@@ -114,6 +113,10 @@ def run(
     threads: Annotated[Optional[int], typer.Option(
         min=1, max=1024, help="Threads of each worker's BLAS, OpenMP and torch (default: the cores split between "
                               "the workers).", show_default=False)] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        help="Let Ray place the --workers, each a task asking for its threads and GPUs: `auto` (the cluster this "
+             "machine is part of), HOST:PORT, ray://HOST:10001, or `local` (an instance for this run). Needs "
+             "pip install 'hpsearch[ray]'.", show_default=False)] = None,
     phase: PhaseOpt = None,
     timeout: TimeoutOpt = None,
     time_box: TimeBoxOpt = None,
@@ -127,16 +130,22 @@ def run(
     request = _Work(spec=spec, storage=storage, tracking_uri=tracking_uri, phase=phase, timeout=timeout,
                     time_box=time_box, max_trials=max_trials, force_new_phase=force_new_phase, overrides=set_,
                     allow_import=allow_import, json=json_)
-    if workers > 1 or gpus is not None or threads is not None:  # a worker's share is set before it starts
-        from hpsearch.cli.localworkers import check_workers
+    if ray is not None or workers > 1 or gpus is not None or threads is not None:  # shares set before they start
+        from hpsearch.cli.localworkers import LocalWorkers, check_workers
         from hpsearch.engine.resources import parse_gpus
 
         try:
-            check_workers(workers, allow_many_workers)
             devices = parse_gpus(gpus) if gpus is not None else None
+            if ray is None:
+                check_workers(workers, allow_many_workers)
+                placement: Placement = LocalWorkers(workers, devices, threads)
+            else:
+                from hpsearch.cli.rayworkers import RayWorkers
+
+                placement = RayWorkers(ray, workers, devices, threads)
         except UserError as exc:
             raise fail(str(exc)) from None
-        _run_local_workers(request, workers, devices, threads)
+        _run_workers(request, placement)
         return
     _work(request)
 
@@ -240,13 +249,13 @@ def _terminal_progress(study: StudySpec, request: _Work) -> StudyProgress | None
     return progress
 
 
-def _run_local_workers(request: _Work, workers: int, gpus: tuple[str, ...] | None, threads: int | None) -> None:
-    """``run --workers N``: N ``hpsearch worker`` processes on this machine, each with its share of the GPUs and
-    cores (see :mod:`hpsearch.engine.resources`)."""
+def _run_workers(request: _Work, placement: Placement) -> None:
+    """``run --workers N`` (or ``--ray``): N ``hpsearch worker`` processes, placed on this machine (each with its
+    share of the GPUs and cores, see :mod:`hpsearch.engine.resources`) or by Ray; this process shows their progress
+    from the storage, and the study's status once they are done."""
     import sys
 
     from hpsearch.api import tracking_database
-    from hpsearch.cli.localworkers import run_workers
     from hpsearch.cli.progress import StudyProgress
     from hpsearch.engine.driver import Driver, check_run
     from hpsearch.engine.interrupt import Interruption
@@ -261,10 +270,10 @@ def _run_local_workers(request: _Work, workers: int, gpus: tuple[str, ...] | Non
             study = load_spec(request.spec, request.overrides, request.allow_import or None)
             # refused once, here, and before anything is created, rather than by N workers
             _, data = check_run(study, request.phase, lambda: load_data(study))
-            shares = [share.env() for share in _shares(study, workers, gpus, threads)]  # before anything is made
+            chosen = chosen_storage_url(request.storage, study.storage, study.name)
+            placement.plan(study, chosen)  # each worker's share, before anything is made
             interruption.check()
-            tracking_database(study, chosen_storage_url(request.storage, study.storage, study.name),
-                              request.tracking_uri)
+            placement.check_tracking(tracking_database(study, chosen, request.tracking_uri))
             url = resolve_storage_url(request.storage, study.storage, study.name)
             refuse_foreign_database(url)
             interruption.check()
@@ -278,37 +287,53 @@ def _run_local_workers(request: _Work, workers: int, gpus: tuple[str, ...] | Non
             progress.start()
             interruption.check()
     except UserError as exc:
+        placement.close()
         raise fail(str(exc)) from None
     except KeyboardInterrupt:  # Interrupted too
+        placement.close()
         if progress is not None:
             progress.close()
         typer.echo("Interrupted before any worker started; nothing was trained. Rerun the same command to resume.",
                    err=True)
         raise typer.Exit(code=130) from None
-    # -P: the working directory is not put first on sys.path, so workers import what the `hpsearch` command imports
-    command = [sys.executable, "-P", "-m", "hpsearch", "worker", str(request.spec)]
-    for item in request.overrides or []:
-        command += ["--set", item]
-    if request.allow_import:
-        command.append("--allow-import")
-    for flag, value in (("--tracking-uri", request.tracking_uri), ("--phase", request.phase),
-                        ("--timeout", request.timeout), ("--time-box", request.time_box),
-                        ("--max-trials", request.max_trials)):
-        if value is not None:
-            command += [flag, str(value)]
-    env = {**os.environ, "HPSEARCH_STORAGE": url}
     try:
         with progress.watching():
-            codes, interrupted, stopped = run_workers(command, env, workers, shares)
-        if not (interrupted or stopped):
+            ended = placement.run(_worker_args(request), {"HPSEARCH_STORAGE": url})
+        if not (ended.interrupted or ended.stopped):
             progress.update()  # the counts the workers ended with: what the summary below shows
     except UserError as exc:
         raise fail(str(exc)) from None
     finally:
         progress.close()
-    if interrupted or stopped:  # a signal to this process, or to a worker whose trial it stopped
-        others = [code for code in codes if code not in (0, 130)]
-        line = interrupted_message(stopped, workers=sum(code == 130 for code in codes))
+        placement.close()
+    _say_how_workers_ended(ended, placement.workers)
+    show_status(request.spec, url, request.overrides, request.allow_import, request.json, request.tracking_uri,
+                only_phase=request.phase)
+
+
+def _worker_args(request: _Work) -> list[str]:
+    """The arguments of ``hpsearch worker`` that do what ``request`` asks."""
+    args = ["worker", str(request.spec)]
+    for item in request.overrides or []:
+        args += ["--set", item]
+    if request.allow_import:
+        args.append("--allow-import")
+    for flag, value in (("--tracking-uri", request.tracking_uri), ("--phase", request.phase),
+                        ("--timeout", request.timeout), ("--time-box", request.time_box),
+                        ("--max-trials", request.max_trials)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _say_how_workers_ended(ended: WorkersEnded, workers: int) -> None:
+    """Nothing where every worker finished; else the one line that says how they ended, and the exit code."""
+    codes = ended.codes
+    for line in ended.notes:
+        echo_err(line)
+    if ended.interrupted or ended.stopped:  # a signal to this process, or to a worker whose trial it stopped
+        others = [code for code in codes if code not in (0, 130, None)]
+        line = interrupted_message(ended.stopped, workers=sum(code == 130 for code in codes))
         if others:
             line += f" {len(others)} other workers ended otherwise (exit codes {others}): see above."
         typer.echo(line, err=True)
@@ -317,36 +342,3 @@ def _run_local_workers(request: _Work, workers: int, gpus: tuple[str, ...] | Non
         raise typer.Exit(code=2)  # each worker already said why, in one line
     if any(code != 0 for code in codes):
         raise fail(f"{sum(code != 0 for code in codes)} of {workers} workers failed (exit codes {codes}).")
-    show_status(request.spec, url, request.overrides, request.allow_import, request.json, request.tracking_uri,
-            only_phase=request.phase)
-
-
-def _shares(study: StudySpec, workers: int, gpus: tuple[str, ...] | None,
-            threads: int | None) -> list[WorkerResources]:
-    """Each worker's GPUs and threads: ``--gpus`` and ``--threads`` over the spec's ``resources``; the GPUs PyTorch
-    sees where the spec asks for GPUs and ``--gpus`` names none. UserError (one line) when they are too few or
-    outside this process's own CUDA_VISIBLE_DEVICES; a warning for GPUs PyTorch does not see, or more threads asked
-    for than there are cores."""
-    from hpsearch.backends.torch_model import visible_gpus, visible_gpus_if_installed
-    from hpsearch.cli.localworkers import usable_cores
-    from hpsearch.engine.resources import check_within, plan_workers
-
-    asked, source, cores = study.resources, "--gpus", usable_cores()
-    threads = threads or asked.threads_per_worker
-    if gpus is None and asked.gpus_per_worker:
-        gpus, source = visible_gpus(), "PyTorch (the GPUs it sees here)"
-    shares = plan_workers(workers, cores, gpus=gpus, gpus_per_worker=asked.gpus_per_worker, threads=threads,
-                          source=source)
-    if source == "--gpus" and gpus:
-        check_within(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        seen = visible_gpus_if_installed()
-        unseen = [gpu for gpu in gpus if seen is not None and gpu not in seen]
-        if unseen:
-            echo_err(f"warning: PyTorch sees {'GPU ' + ','.join(seen) if seen else 'no GPU'} here, not GPU "
-                     f"{','.join(unseen)}; each worker gets the slice given all the same.")
-    if threads is not None and threads * workers > cores:
-        echo_err(f"warning: {workers} workers of {threads} threads each ask for {threads * workers} threads on "
-                 f"{cores} cores; they will compete for them.")
-    if shares[0].gpus is not None:
-        echo_err("workers: " + "; ".join(f"{index} {share.describe()}" for index, share in enumerate(shares, 1)))
-    return shares

@@ -9,12 +9,14 @@ Accelerate. Nothing here imports a library; :func:`plan_workers` is a pure funct
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpsearch.backends.base import visible_devices
 from hpsearch.errors import UserError
 
-__all__ = ["THREAD_VARIABLES", "WorkerResources", "check_within", "default_threads", "parse_gpus", "plan_workers"]
+__all__ = ["THREAD_VARIABLES", "WorkerResources", "check_within", "default_threads", "parse_gpus",
+           "plan_cluster_workers", "plan_workers"]
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
@@ -96,3 +98,26 @@ def plan_workers(workers: int, cores: int, *, gpus: tuple[str, ...] | None = Non
                         f"{workers * gpus_per_worker} GPUs; {source} gives {have}. Ask for fewer workers or fewer "
                         "GPUs per worker.")
     return [WorkerResources(gpus[i * gpus_per_worker:(i + 1) * gpus_per_worker], threads) for i in range(workers)]
+
+
+def plan_cluster_workers(workers: int, nodes: Sequence[tuple[float, float]], *, threads: int | None = None,
+                         gpus_per_worker: int | None = None) -> tuple[WorkerResources, int]:
+    """Each of ``workers`` workers' share of a cluster whose nodes have ``nodes`` (CPUs, GPUs) each, and how many of
+    them its nodes run at once.
+
+    threads: each worker's CPUs and threads (default: the cluster's CPUs split between the workers, no more than
+    its largest node has); gpus_per_worker: each worker's GPUs (default none). UserError (one line) for a share no
+    node has: its workers would wait for it forever.
+    """
+    gpus = gpus_per_worker or 0
+    if threads is None:
+        largest = max((cpus for cpus, _ in nodes), default=0)
+        threads = max(1, min(int(largest), int(sum(cpus for cpus, _ in nodes)) // workers))
+    fits = [min(int(cpus // threads), int(node_gpus // gpus) if gpus else workers) for cpus, node_gpus in nodes]
+    if not any(fits):
+        each = f"{threads} CPU{'s' if threads != 1 else ''}" + (f" and {gpus} GPU{'s' if gpus != 1 else ''}"
+                                                                 if gpus else "")
+        have = ", ".join(f"{cpus:g} CPUs/{node_gpus:g} GPUs" for cpus, node_gpus in nodes) or "no node"
+        raise UserError(f"Each worker asks for {each}, which no node of the Ray cluster has ({have}); ask for fewer "
+                        "with --threads or resources.")
+    return WorkerResources(None, threads), min(workers, sum(fits))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpsearch.engine.resources import THREAD_VARIABLES, WorkerResources, check_within, parse_gpus, plan_workers
+from hpsearch.engine.resources import (THREAD_VARIABLES, WorkerResources, check_within, parse_gpus,
+                                       plan_cluster_workers, plan_workers)
 from hpsearch.errors import UserError
 
 
@@ -82,3 +83,31 @@ def test_a_share_is_the_environment_every_library_reads_at_its_start():
     assert {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"} <= set(env)
     assert "CUDA_VISIBLE_DEVICES" not in WorkerResources(None, 1).env()
     assert WorkerResources(("2",), 1).describe() == "GPU 2, 1 thread"
+
+
+@pytest.mark.parametrize("workers, nodes, threads, gpus, share, at_once", [
+    (2, [(2, 0)], None, None, 1, 2),  # one node's 2 CPUs split between 2 workers
+    (2, [(16, 0), (4, 0)], None, None, 10, 1),  # 20 CPUs split, and a worker of 10 fits the larger node only
+    (4, [(16, 0), (4, 0)], None, None, 5, 3),
+    (8, [(2, 0)], None, None, 1, 2),  # more workers than CPUs: 1 each, 2 at a time
+    (3, [(8, 4), (8, 0)], 2, 1, 2, 3),  # GPU workers fit where the GPUs are: 4 GPUs, but 3 workers
+    (2, [(8, 1), (8, 1)], 8, 1, 8, 2),
+])
+def test_a_cluster_s_cpus_are_split_between_the_workers_within_its_nodes(workers, nodes, threads, gpus, share,
+                                                                         at_once):
+    resources, fits = plan_cluster_workers(workers, nodes, threads=threads, gpus_per_worker=gpus)
+    assert (resources.gpus, resources.threads, fits) == (None, share, at_once)
+
+
+@pytest.mark.parametrize("nodes, threads, gpus, message", [
+    ([(4, 0), (4, 0)], 8, None, "Each worker asks for 8 CPUs, which no node of the Ray cluster has (4 CPUs/0 GPUs, "
+                                "4 CPUs/0 GPUs); ask for fewer with --threads or resources."),
+    ([(8, 1), (2, 4)], 4, 2, "Each worker asks for 4 CPUs and 2 GPUs, which no node of the Ray cluster has (8 CPUs/1 "
+                             "GPUs, 2 CPUs/4 GPUs); ask for fewer with --threads or resources."),
+    ([], None, None, "Each worker asks for 1 CPU, which no node of the Ray cluster has (no node); ask for fewer with "
+                     "--threads or resources."),
+])
+def test_a_share_no_node_has_is_refused(nodes, threads, gpus, message):
+    with pytest.raises(UserError) as refused:
+        plan_cluster_workers(2, nodes, threads=threads, gpus_per_worker=gpus)
+    assert str(refused.value) == message

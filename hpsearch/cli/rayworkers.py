@@ -1,0 +1,262 @@
+"""``run --ray ADDRESS --workers N``: Ray places the workers, each a Ray task that runs ``hpsearch worker``.
+
+Ray only places and isolates processes: the study's truth stays in its storage, where a worker Ray placed claims
+its points as any other worker does. So a task Ray runs again after its worker process or node was lost, or one
+cancelled mid-trial, leaves every point finished exactly once. Each task asks Ray for one worker's share
+(``num_cpus`` its threads, ``num_gpus`` its GPUs, for which Ray sets the task's ``CUDA_VISIBLE_DEVICES``) and runs
+the worker as a process of its own, as ``run --workers`` does: its thread counts are set before its libraries start,
+it stops on SIGTERM as any worker does (ending its trial as interrupted), and it gets that SIGTERM when the Ray
+worker process that started it dies. Nothing imports Ray unless ``--ray`` is given.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.cli.localworkers import MAX_WORKERS, PARENT_PID, STOPPED_FD, WorkersEnded
+from hpsearch.cli.options import echo_err
+from hpsearch.engine.interrupt import SIGNALS
+from hpsearch.errors import UserError
+
+if TYPE_CHECKING:
+    from hpsearch.engine.resources import WorkerResources
+    from hpsearch.spec.models import StudySpec
+
+__all__ = ["FORWARDED", "LOCAL", "Outcome", "RayCluster", "RayWorkers", "connect", "worker_task"]
+
+LOCAL = "local"  # --ray local: a Ray instance started for this run, on this machine, ended with it
+# what a worker on another node needs from this process's environment besides the storage URL: the passwords and
+# MLflow settings the user gave here (a Ray worker's own environment is its node's)
+FORWARDED = ("PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+             "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
+RETRIES = 3  # times Ray starts a task again whose worker process or node was lost (Ray's own default)
+TAIL_LINES = 5  # lines of a failed worker's standard error the task hands back
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """The alive nodes of the Ray cluster this process is connected to: each one's CPUs and GPUs."""
+
+    address: str
+    nodes: tuple[tuple[float, float], ...]
+
+    @property
+    def cpus(self) -> float:
+        return sum(cpus for cpus, _ in self.nodes)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one worker task ended with: its worker's exit code (None: the task never ran, or Ray gave up on it),
+    the trials a signal stopped, the node it ran on, and its last lines of standard error when it failed."""
+
+    code: int | None
+    stopped: list[str]
+    node: str
+    tail: list[str]
+
+
+def connect(address: str, *, cpus: int | None = None, gpus: tuple[str, ...] | None = None) -> RayCluster:
+    """Connect this process to the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or
+    start one on this machine for this run (``local``, with ``cpus`` and the GPUs ``gpus`` names); UserError (one
+    line) without Ray installed or where no cluster answers."""
+    import logging
+
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--ray {address}: Ray is not installed here; pip install 'hpsearch[ray]'.") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray would otherwise ask to send usage data home
+    options: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
+    if address == LOCAL:
+        options.update(num_cpus=cpus, num_gpus=len(gpus) if gpus else 0)
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)  # the instance hands out these, a slice to each task
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        while exc.__cause__ is not None:  # Ray's own reason (a missing token, say) is the first cause
+            exc = exc.__cause__
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--ray {address}: no Ray cluster answers there ({reason}). Start one (ray start --head), "
+                        "give its address (auto, HOST:6379, ray://HOST:10001), or use --ray local.") from None
+    nodes = tuple((float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
+                  for node in ray.nodes() if node.get("Alive"))
+    return RayCluster(address, nodes)
+
+
+def worker_task(args: list[str], env: dict[str, str], folder: str) -> Outcome:
+    """In a Ray worker: run ``hpsearch ARGS`` (a ``worker`` command) to its end, with ``env`` added to this node's
+    environment, in ``folder`` (the calling process's working directory) where this node has it. Cancelled (Ray raises
+    KeyboardInterrupt here), it stops the worker as Ctrl-C stops one and waits for it."""
+    read_end, write_end = os.pipe()
+    child_env = {**os.environ, **env, STOPPED_FD: str(write_end), PARENT_PID: str(os.getpid())}
+    # held back in this thread while the worker starts: it unblocks them once its own handlers are in place. Not
+    # started from a thread of its own (as run --workers starts them): the kernel signals a child when the thread
+    # that started it ends, not the process
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        process = subprocess.Popen([sys.executable, "-P", "-m", "hpsearch", *args], env=child_env,
+                                   cwd=folder if os.path.isdir(folder) else None, pass_fds=(write_end,),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        os.close(write_end)
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    copier = threading.Thread(target=_copy_lines, args=(process.stderr, tail), name="hpsearch-stderr", daemon=True)
+    copier.start()
+    try:
+        code = _wait(process)
+    except KeyboardInterrupt:  # ray.cancel: stop the worker as a signal stops any, and let it end its trial
+        process.send_signal(signal.SIGTERM)
+        code = _wait(process, cancelled=True)
+    copier.join()
+    with os.fdopen(read_end, encoding="utf-8", errors="replace") as pipe:
+        stopped = [line.rstrip("\n") for line in pipe if line.strip()]
+    return Outcome(code, stopped, socket.gethostname(), list(tail) if code not in (0, 130) else [])
+
+
+def _wait(process: subprocess.Popen, cancelled: bool = False) -> int:
+    """The process's exit code. Waited for in short steps: Ray delivers a cancellation between two of Python's
+    instructions, never inside a blocking wait. Once ``cancelled``, a second cancellation only waits on."""
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:
+            if not cancelled:
+                raise
+
+
+def _copy_lines(stream: Any, tail: collections.deque[str]) -> None:
+    """The worker's standard error line by line to this task's (which Ray shows where ``run --ray`` was started),
+    its last lines kept."""
+    for line in stream:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        tail.append(line.rstrip("\n"))
+
+
+class RayWorkers:
+    """``workers`` worker tasks on the Ray cluster at ``address``; ``gpus`` (``--gpus``, with ``local`` only) the
+    GPUs of the instance started here, ``threads`` (``--threads``) each worker's CPUs and threads."""
+
+    def __init__(self, address: str, workers: int, gpus: tuple[str, ...] | None, threads: int | None) -> None:
+        if not address.strip():
+            raise UserError("--ray must name a Ray cluster (auto, HOST:PORT, ray://HOST:10001) or be local. Got '' "
+                            "instead.")
+        if workers > MAX_WORKERS:
+            raise UserError(f"--workers must be at most {MAX_WORKERS}. Got {workers} instead.")
+        if gpus is not None and address != LOCAL:
+            raise UserError(f"--gpus names GPUs of this machine, for the Ray instance --ray local starts; the GPUs of "
+                            f"the cluster at {address} are Ray's to hand out: ask for them with "
+                            "resources.gpus_per_worker.")
+        self.address, self.workers, self.gpus, self.threads = address, workers, gpus, threads
+        self.share: WorkerResources | None = None
+        self.gpus_per_worker = 0
+        self.connected = False
+
+    def plan(self, study: StudySpec, storage_url: str) -> None:
+        """Connect to the cluster (or start the local instance) and size each worker's task to its nodes."""
+        from hpsearch.cli.localworkers import usable_cores
+        from hpsearch.engine.resources import plan_cluster_workers
+        from hpsearch.storage.urls import mask_url, sqlite_path
+
+        if self.address != LOCAL and sqlite_path(storage_url) is not None:
+            raise UserError(f"--ray {self.address}: the storage {mask_url(storage_url)!r} is a SQLite file on this "
+                            "machine, which workers on other machines cannot share; give a PostgreSQL --storage (or "
+                            "$HPSEARCH_STORAGE), or use --ray local.")
+        asked = study.resources
+        self.gpus_per_worker = asked.gpus_per_worker if asked.gpus_per_worker is not None else (1 if self.gpus else 0)
+        if self.gpus is not None and self.gpus_per_worker == 0:
+            raise UserError("--gpus hands out GPUs, and resources.gpus_per_worker is 0: leave out one or the other.")
+        cluster = connect(self.address, cpus=usable_cores(), gpus=self.gpus)
+        self.connected = True
+        self.share, at_once = plan_cluster_workers(self.workers, cluster.nodes,
+                                                   threads=self.threads or asked.threads_per_worker,
+                                                   gpus_per_worker=self.gpus_per_worker)
+        gpus = f", {self.gpus_per_worker} GPU{'s' if self.gpus_per_worker != 1 else ''}" if self.gpus_per_worker else ""
+        echo_err(f"Ray workers: {self.workers}, each {self.share.describe()}{gpus}, on {len(cluster.nodes)} "
+                 f"node{'s' if len(cluster.nodes) != 1 else ''} ({cluster.cpus:g} CPUs)")
+        if at_once < self.workers:
+            echo_err(f"warning: the cluster runs {at_once} of the {self.workers} workers at a time; the others start "
+                     "as those end.")
+
+    def check_tracking(self, tracking_uri: str | None) -> None:
+        from hpsearch.storage.urls import mask_url
+
+        machines_own = tracking_uri is not None and (tracking_uri.startswith(("sqlite:", "file:"))
+                                                     or "://" not in tracking_uri)  # a path
+        if self.address == LOCAL or not machines_own:
+            return
+        echo_err(f"warning: MLflow tracking goes to {mask_url(tracking_uri)}, a file of each machine's own: workers "
+                 "on other nodes log there on their own node. Give --tracking-uri http://HOST:5000 (an MLflow "
+                 "server) to see every trial in one place.")
+
+    def run(self, args: list[str], env: dict[str, str]) -> WorkersEnded:
+        """Run the tasks to their end. SIGINT or SIGTERM cancels every task: each stops its worker, which ends its
+        trial as interrupted."""
+        import ray
+        from ray.exceptions import RayError
+
+        assert self.share is not None, "plan() first"
+        task = ray.remote(worker_task).options(name="hpsearch-worker", num_cpus=self.share.threads,
+                                               num_gpus=self.gpus_per_worker, max_retries=RETRIES)
+        env = {**{name: os.environ[name] for name in FORWARDED if name in os.environ}, **env, **self.share.env()}
+        received: list[int] = []
+
+        def stop(signum: int, frame: object) -> None:
+            received.append(signum)
+            raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
+        refs: list[Any] = []
+        try:
+            try:
+                for _ in range(self.workers):
+                    refs.append(task.remote(args, env, os.getcwd()))
+                outcomes = [_outcome(ref, ray, RayError) for ref in refs]
+            except KeyboardInterrupt:
+                for sig in SIGNALS:  # winding down: a second Ctrl-C must not cut the tasks' ending short
+                    signal.signal(sig, signal.SIG_IGN)
+                for ref in refs:
+                    ray.cancel(ref)
+                outcomes = [_outcome(ref, ray, RayError) for ref in refs]
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        ended: dict[tuple[int | None, str], list[str]] = {}  # the same error of several workers is said once
+        for outcome in outcomes:
+            if outcome.tail:
+                ended.setdefault((outcome.code, outcome.tail[-1]), []).append(outcome.node or "lost")
+        notes = [f"{len(nodes)} worker{'s' if len(nodes) != 1 else ''} ({', '.join(sorted(set(nodes)))}) ended "
+                 f"{f'with exit code {code}' if code is not None else 'without an exit code'}: {line}"
+                 for (code, line), nodes in ended.items()]
+        return WorkersEnded([outcome.code for outcome in outcomes], bool(received),
+                            [trial for outcome in outcomes for trial in outcome.stopped], notes)
+
+    def close(self) -> None:
+        """End this process's connection to Ray (and the instance ``--ray local`` started)."""
+        if self.connected:
+            import ray
+
+            ray.shutdown()
+            self.connected = False
+
+
+def _outcome(ref: Any, ray: Any, error: type[Exception]) -> Outcome:
+    """A task's outcome: what it returned once its worker ended; no exit code where it never started (cancelled
+    first) or Ray gave up on it (its retries spent), with Ray's reason."""
+    try:
+        return ray.get(ref)
+    except error as exc:
+        return Outcome(None, [], "", [str(exc).strip().splitlines()[0]] if str(exc).strip() else [])
