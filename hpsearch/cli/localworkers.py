@@ -12,7 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,8 +57,9 @@ class Placement(Protocol):
 
     workers: int
 
-    def plan(self, study: StudySpec, storage_url: str) -> None:
-        """Decide each worker's share, before anything is made; UserError (one line) for what cannot be placed."""
+    def plan(self, study: StudySpec, storage_url: str, check: Callable[[], None]) -> None:
+        """Decide each worker's share, before anything is made; UserError (one line) for what cannot be placed.
+        ``check`` raises where a signal came meanwhile (Ctrl-C while Ray connects)."""
 
     def check_tracking(self, tracking_uri: str | None) -> None:
         """Say what the workers' MLflow tracking at ``tracking_uri`` would miss where they run."""
@@ -79,7 +80,7 @@ class LocalWorkers:
     threads: int | None
     shares: list[dict[str, str]] = field(default_factory=list)
 
-    def plan(self, study: StudySpec, storage_url: str) -> None:
+    def plan(self, study: StudySpec, storage_url: str, check: Callable[[], None]) -> None:
         self.shares = [share.env() for share in local_shares(study, self.workers, self.gpus, self.threads)]
 
     def check_tracking(self, tracking_uri: str | None) -> None:

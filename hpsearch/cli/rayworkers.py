@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from hpsearch.cli.localworkers import MAX_WORKERS, PARENT_PID, STOPPED_FD, WorkersEnded
 from hpsearch.cli.options import echo_err
@@ -39,6 +40,8 @@ FORWARDED = ("PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "MLFLOW_TRACKING_URI", "ML
              "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
 RETRIES = 3  # times Ray starts a task again whose worker process or node was lost (Ray's own default)
 TAIL_LINES = 5  # lines of a failed worker's standard error the task hands back
+CONNECT_SECONDS = 5  # for the cluster's address to take a connection at all
+ANSWER_SECONDS = 60  # for Ray to connect there (a cluster answers in seconds; a token refused takes about 20)
 
 
 @dataclass(frozen=True)
@@ -64,33 +67,75 @@ class Outcome:
     tail: list[str]
 
 
-def connect(address: str, *, cpus: int | None = None, gpus: tuple[str, ...] | None = None) -> RayCluster:
+def connect(address: str, *, cpus: int | None = None, gpus: tuple[str, ...] | None = None,
+            check: Callable[[], None] = lambda: None) -> RayCluster:
     """Connect this process to the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``), or
     start one on this machine for this run (``local``, with ``cpus`` and the GPUs ``gpus`` names); UserError (one
-    line) without Ray installed or where no cluster answers."""
+    line) without Ray installed, or where no cluster answers within :data:`ANSWER_SECONDS`.
+
+    Ray waits for a cluster's address without end, in code that no signal interrupts, so it is asked from a thread
+    of its own while this one waits, calling ``check`` (which raises on Ctrl-C) as it does."""
     import logging
 
+    if address != LOCAL:
+        _check_reachable(address)
     try:
         import ray
     except ImportError:
         raise UserError(f"--ray {address}: Ray is not installed here; pip install 'hpsearch[ray]'.") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray would otherwise ask to send usage data home
-    options: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
+    options: dict[str, Any] = {"logging_level": logging.ERROR, "include_dashboard": False}  # its notices: noise here
     if address == LOCAL:
         options.update(num_cpus=cpus, num_gpus=len(gpus) if gpus else 0)
         if gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)  # the instance hands out these, a slice to each task
-    try:
-        ray.init(address=address, **options)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def init() -> None:
+        try:
+            ray.init(address=address, **options)
+        except BaseException as exc:  # noqa: BLE001 - said in the calling thread
+            failed.append(exc)
+        finally:
+            done.set()
+
+    if address == LOCAL:  # in this thread: the kernel ends the processes Ray starts with the thread that started them
+        init()
+    else:
+        threading.Thread(target=init, name="hpsearch-ray-init", daemon=True).start()
+    deadline = time.monotonic() + ANSWER_SECONDS
+    while not done.wait(0.2):
+        check()
+        if time.monotonic() > deadline:
+            raise UserError(f"--ray {address}: no Ray cluster answered there within {ANSWER_SECONDS} s (is it Ray's "
+                            "GCS port, 6379 by default?). Give the cluster's address (auto, HOST:6379, "
+                            "ray://HOST:10001), or use --ray local.")
+    if failed:
+        exc = failed[0]
         while exc.__cause__ is not None:  # Ray's own reason (a missing token, say) is the first cause
             exc = exc.__cause__
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--ray {address}: no Ray cluster answers there ({reason}). Start one (ray start --head), "
-                        "give its address (auto, HOST:6379, ray://HOST:10001), or use --ray local.") from None
+                        "give its address (auto, HOST:6379, ray://HOST:10001), or use --ray local.")
     nodes = tuple((float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
                   for node in ray.nodes() if node.get("Alive"))
     return RayCluster(address, nodes)
+
+
+def _check_reachable(address: str) -> None:
+    """UserError (one line) where nothing listens at the cluster's HOST:PORT (``auto``: $RAY_ADDRESS, where set):
+    Ray would wait for it for many minutes, deaf to Ctrl-C."""
+    given = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    host, colon, port = given.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        return  # auto without $RAY_ADDRESS, or an address Ray will say is malformed
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise UserError(f"--ray {address}: nothing answers at {host}:{port} ({reason}). Start the cluster (ray start "
+                        "--head) or give its address (HOST:6379, ray://HOST:10001), or use --ray local.") from None
 
 
 def worker_task(args: list[str], env: dict[str, str], folder: str) -> Outcome:
@@ -165,8 +210,9 @@ class RayWorkers:
         self.gpus_per_worker = 0
         self.connected = False
 
-    def plan(self, study: StudySpec, storage_url: str) -> None:
-        """Connect to the cluster (or start the local instance) and size each worker's task to its nodes."""
+    def plan(self, study: StudySpec, storage_url: str, check: Callable[[], None] = lambda: None) -> None:
+        """Connect to the cluster (or start the local instance) and size each worker's task to its nodes; ``check``
+        raises where a signal came meanwhile."""
         from hpsearch.cli.localworkers import usable_cores
         from hpsearch.engine.resources import plan_cluster_workers
         from hpsearch.storage.urls import mask_url, sqlite_path
@@ -179,7 +225,7 @@ class RayWorkers:
         self.gpus_per_worker = asked.gpus_per_worker if asked.gpus_per_worker is not None else (1 if self.gpus else 0)
         if self.gpus is not None and self.gpus_per_worker == 0:
             raise UserError("--gpus hands out GPUs, and resources.gpus_per_worker is 0: leave out one or the other.")
-        cluster = connect(self.address, cpus=usable_cores(), gpus=self.gpus)
+        cluster = connect(self.address, cpus=usable_cores(), gpus=self.gpus, check=check)
         self.connected = True
         self.share, at_once = plan_cluster_workers(self.workers, cluster.nodes,
                                                    threads=self.threads or asked.threads_per_worker,

@@ -271,7 +271,7 @@ def _run_workers(request: _Work, placement: Placement) -> None:
             # refused once, here, and before anything is created, rather than by N workers
             _, data = check_run(study, request.phase, lambda: load_data(study))
             chosen = chosen_storage_url(request.storage, study.storage, study.name)
-            placement.plan(study, chosen)  # each worker's share, before anything is made
+            placement.plan(study, chosen, interruption.check)  # each worker's share, before anything is made
             interruption.check()
             placement.check_tracking(tracking_database(study, chosen, request.tracking_uri))
             url = resolve_storage_url(request.storage, study.storage, study.name)

@@ -84,6 +84,9 @@ def _running_owners(storage: str, study: str) -> dict[int, int]:
     (["--ray", "ray://head:10001", "--gpus", "0"],
      "error: --gpus names GPUs of this machine, for the Ray instance --ray local starts; the GPUs of the cluster at "
      "ray://head:10001 are Ray's to hand out: ask for them with resources.gpus_per_worker."),
+    (["--ray", "127.0.0.1:1", "--storage", "postgresql://user@127.0.0.1:5432/studies"],
+     "error: --ray 127.0.0.1:1: nothing answers at 127.0.0.1:1 (Connection refused). Start the cluster (ray start "
+     "--head) or give its address (HOST:6379, ray://HOST:10001), or use --ray local."),
     (["--ray", "auto", "--workers", "2"],
      "error: --ray auto: the storage 'sqlite:///runs/tiny.db' is a SQLite file on this machine, which workers on "
      "other machines cannot share; give a PostgreSQL --storage (or $HPSEARCH_STORAGE), or use --ray local."),
