@@ -170,3 +170,17 @@ def test_the_kubernetes_job_runs_workers_on_a_secret_storage():
     assert env["HPSEARCH_STORAGE"]["valueFrom"]["secretKeyRef"] == {"name": "hpsearch-storage", "key": "url"}
     cpus = container["resources"]["limits"]["cpu"]
     assert env["OMP_NUM_THREADS"]["value"] == env["OPENBLAS_NUM_THREADS"]["value"] == cpus  # one thread per core
+
+
+def test_the_gpu_override_reserves_the_gpus_and_hands_each_worker_its_own():
+    """docker/compose.gpu.yaml: the worker reserves the host's GPUs (Compose's deploy.resources.reservations.devices)
+    and runs one worker process per GPU: a valid `run --workers N --gpus LIST`, on the CUDA image."""
+    worker = compose("compose.gpu.yaml")["services"]["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+    assert "whl/cu" in worker["build"]["args"]["TORCH_INDEX"] and worker["image"] != compose()["x-hpsearch"]["image"]
+    command = [expand(part) for part in worker["command"]]
+    assert command[0] == "run" and (REPO / command[1]).exists()
+    assert command[command.index("--workers") + 1] == "1" and command[command.index("--gpus") + 1] == "0"
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
