@@ -24,7 +24,7 @@ test: $(BIN)/python
 	$(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1
 
 # The signal, worker and crash-window tests 20 times in a row beside a CPU hog; stops at the first failure.
-# Run it before closing work that touches signals, workers or the driver (6 to 7 minutes a run on 2 cores).
+# Run it before closing work that touches signals, workers or the driver (7 to 8 minutes a run on 2 cores).
 STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_windows.py tests/test_generations.py \
 	tests/engine/test_pointqueue.py \
 	tests/cli/test_localworkers.py::test_a_signal_while_workers_start_starts_no_more_and_reaches_every_one_started \
@@ -36,7 +36,8 @@ STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_win
 	tests/search/test_halving.py::test_a_killed_halving_phase_resumes_its_schedule_and_its_saved_runs \
 	tests/search/test_halving.py::test_a_halving_phase_killed_inside_a_level_of_several_rungs_resumes_it \
 	tests/search/test_asha.py::test_two_processes_share_an_asha_phase_and_one_killed_inside_a_rung_loses_nothing \
-	tests/test_reliability.py::test_two_processes_on_one_sqlite_study
+	tests/test_reliability.py::test_two_processes_on_one_sqlite_study \
+	tests/cli/test_rayworkers.py
 stress: $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[torch,test]'
 	yes > /dev/null & hog=$$!; trap "kill $$hog" EXIT; \

@@ -14,9 +14,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from hpsearch.cli.options import echo_err
+from hpsearch.cli.placement import WorkersEnded
 from hpsearch.engine.interrupt import SIGNALS, started_without_signals
 from hpsearch.errors import UserError
 
@@ -24,9 +25,8 @@ if TYPE_CHECKING:
     from hpsearch.engine.resources import WorkerResources
     from hpsearch.spec.models import StudySpec
 
-__all__ = ["MAX_WORKERS", "PARENT_PID", "STOPPED_FD", "WORKERS_PER_CORE", "LocalWorkers", "Placement", "WorkersEnded",
-           "cgroup_cpu_quota", "check_workers", "local_shares", "report_stopped", "run_workers", "spawn",
-           "unblock_signals", "usable_cores"]
+__all__ = ["MAX_WORKERS", "PARENT_PID", "STOPPED_FD", "WORKERS_PER_CORE", "LocalWorkers", "cgroup_cpu_quota", "check_workers", "local_shares", "read_stopped", "report_stopped", "run_workers",
+           "spawn", "unblock_signals", "usable_cores", "worker_command"]
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
 PARENT_PID = "HPSEARCH_PARENT_PID"  # set by a Ray task (hpsearch.cli.rayworkers): the worker stops when it dies
@@ -38,37 +38,6 @@ PR_SET_PDEATHSIG = 1  # Linux's prctl option: the signal a process gets when the
 # past it
 WORKERS_PER_CORE = 4
 MAX_WORKERS = 1024
-
-
-@dataclass(frozen=True)
-class WorkersEnded:
-    """How the workers of ``run --workers`` ended: each one's exit code (None: it never ran, or was lost), whether a
-    signal to the parent stopped them, the trials a signal stopped while they trained, and lines to say first."""
-
-    codes: list[int | None]
-    interrupted: bool
-    stopped: list[str]
-    notes: list[str] = field(default_factory=list)
-
-
-class Placement(Protocol):
-    """Where the workers of ``run --workers N`` run: on this machine (:class:`LocalWorkers`) or where Ray places
-    them (:class:`hpsearch.cli.rayworkers.RayWorkers`)."""
-
-    workers: int
-
-    def plan(self, study: StudySpec, storage_url: str, check: Callable[[], None]) -> None:
-        """Decide each worker's share, before anything is made; UserError (one line) for what cannot be placed.
-        ``check`` raises where a signal came meanwhile (Ctrl-C while Ray connects)."""
-
-    def check_tracking(self, tracking_uri: str | None) -> None:
-        """Say what the workers' MLflow tracking at ``tracking_uri`` would miss where they run."""
-
-    def run(self, args: list[str], env: dict[str, str]) -> WorkersEnded:
-        """Run ``hpsearch ARGS`` in each worker, with ``env`` added to its environment, until all have ended."""
-
-    def close(self) -> None:
-        """Let go of what :meth:`plan` took up."""
 
 
 @dataclass
@@ -87,9 +56,8 @@ class LocalWorkers:
         pass  # the workers share this machine's files
 
     def run(self, args: list[str], env: dict[str, str]) -> WorkersEnded:
-        # -P: the working directory is not put first on sys.path, so workers import what `hpsearch` imports
-        codes, interrupted, stopped = run_workers([sys.executable, "-P", "-m", "hpsearch", *args],
-                                                  {**os.environ, **env}, self.workers, self.shares)
+        codes, interrupted, stopped = run_workers(worker_command(args), {**os.environ, **env}, self.workers,
+                                                  self.shares)
         return WorkersEnded(list(codes), interrupted, stopped)
 
     def close(self) -> None:
@@ -189,9 +157,20 @@ def run_workers(command: list[str], env: dict[str, str], workers: int,
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-    with os.fdopen(read_end, encoding="utf-8", errors="replace") as pipe:
-        stopped = [line.rstrip("\n") for line in pipe if line.strip()]
-    return codes, bool(received), stopped
+    return codes, bool(received), read_stopped(read_end)
+
+
+def worker_command(args: Sequence[str]) -> list[str]:
+    """``hpsearch ARGS`` run by this Python. -P: the working directory is not put first on sys.path, so a worker
+    imports what the `hpsearch` command imports."""
+    return [sys.executable, "-P", "-m", "hpsearch", *args]
+
+
+def read_stopped(fd: int) -> list[str]:
+    """The trials the workers said a signal stopped, one a line, from the read end of their pipe (closed here),
+    once every worker has ended."""
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as pipe:
+        return [line.rstrip("\n") for line in pipe if line.strip()]
 
 
 def unblock_signals() -> int | None:
@@ -211,9 +190,10 @@ def unblock_signals() -> int | None:
 
 def _stop_with_parent(parent: str | None) -> None:
     """In a worker a Ray task started (``parent`` that task's pid): SIGTERM, which ends the trial as interrupted,
-    when the Ray worker process dies (Ray lost it, or cancelled it by force), rather than training on as an orphan
-    beside the worker Ray starts again; at once if it is already gone. Linux only: elsewhere the trial is reaped by
-    the heartbeat."""
+    when the Ray worker process is killed (a signal, the out-of-memory killer), rather than training on as an
+    orphan beside the worker Ray starts again; at once if it is already gone. Where Ray ends that process itself (a
+    forced cancel), it kills its children with it, and the trial is reaped as any dead worker's. Linux only:
+    elsewhere the trial is reaped too (at once on the same host, else after the heartbeat's grace period)."""
     if parent is None or not sys.platform.startswith("linux"):
         return
     import ctypes

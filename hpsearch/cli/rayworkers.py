@@ -6,12 +6,13 @@ cancelled mid-trial, leaves every point finished exactly once. Each task asks Ra
 (``num_cpus`` its threads, ``num_gpus`` its GPUs, for which Ray sets the task's ``CUDA_VISIBLE_DEVICES``) and runs
 the worker as a process of its own, as ``run --workers`` does: its thread counts are set before its libraries start,
 it stops on SIGTERM as any worker does (ending its trial as interrupted), and it gets that SIGTERM when the Ray
-worker process that started it dies. Nothing imports Ray unless ``--ray`` is given.
+worker process that started it is killed. Nothing imports Ray unless ``--ray`` is given.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -20,9 +21,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from hpsearch.cli.localworkers import MAX_WORKERS, PARENT_PID, STOPPED_FD, WorkersEnded
+from hpsearch.cli.localworkers import MAX_WORKERS, PARENT_PID, STOPPED_FD, read_stopped, worker_command
+from hpsearch.cli.placement import WorkersEnded
 from hpsearch.cli.options import echo_err
 from hpsearch.engine.interrupt import SIGNALS
 from hpsearch.errors import UserError
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORWARDED", "LOCAL", "Outcome", "RayCluster", "RayWorkers", "connect", "worker_task"]
 
+T = TypeVar("T")
 LOCAL = "local"  # --ray local: a Ray instance started for this run, on this machine, ended with it
 # what a worker on another node needs from this process's environment besides the storage URL: the passwords and
 # MLflow settings the user gave here (a Ray worker's own environment is its node's)
@@ -41,6 +44,7 @@ FORWARDED = ("PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "MLFLOW_TRACKING_URI", "ML
 RETRIES = 3  # times Ray starts a task again whose worker process or node was lost (Ray's own default)
 TAIL_LINES = 5  # lines of a failed worker's standard error the task hands back
 CONNECT_SECONDS = 5  # for the cluster's address to take a connection at all
+WAIT_STEP = 0.5  # seconds between two looks at the tasks, for a signal to be taken up
 ANSWER_SECONDS = 60  # for Ray to connect there (a cluster answers in seconds; a token refused takes about 20)
 
 
@@ -87,8 +91,6 @@ def connect(address: str, *, cpus: int | None = None, gpus: tuple[str, ...] | No
     options: dict[str, Any] = {"logging_level": logging.ERROR, "include_dashboard": False}  # its notices: noise here
     if address == LOCAL:
         options.update(num_cpus=cpus, num_gpus=len(gpus) if gpus else 0)
-        if gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)  # the instance hands out these, a slice to each task
     failed: list[BaseException] = []
     done = threading.Event()
 
@@ -101,7 +103,8 @@ def connect(address: str, *, cpus: int | None = None, gpus: tuple[str, ...] | No
             done.set()
 
     if address == LOCAL:  # in this thread: the kernel ends the processes Ray starts with the thread that started them
-        init()
+        with _as_before(gpus):
+            init()
     else:
         threading.Thread(target=init, name="hpsearch-ray-init", daemon=True).start()
     deadline = time.monotonic() + ANSWER_SECONDS
@@ -123,6 +126,25 @@ def connect(address: str, *, cpus: int | None = None, gpus: tuple[str, ...] | No
     return RayCluster(address, nodes)
 
 
+@contextlib.contextmanager
+def _as_before(gpus: tuple[str, ...] | None) -> Iterator[None]:
+    """While a local instance starts: ``CUDA_VISIBLE_DEVICES`` set to the GPUs it hands out (a slice to each task),
+    and afterwards this process's own again, with its own handlers of SIGINT and SIGTERM (Ray puts its own in)."""
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+
+
 def _check_reachable(address: str) -> None:
     """UserError (one line) where nothing listens at the cluster's HOST:PORT (``auto``: $RAY_ADDRESS, where set):
     Ray would wait for it for many minutes, deaf to Ctrl-C."""
@@ -141,32 +163,53 @@ def _check_reachable(address: str) -> None:
 def worker_task(args: list[str], env: dict[str, str], folder: str) -> Outcome:
     """In a Ray worker: run ``hpsearch ARGS`` (a ``worker`` command) to its end, with ``env`` added to this node's
     environment, in ``folder`` (the calling process's working directory) where this node has it. Cancelled (Ray raises
-    KeyboardInterrupt here), it stops the worker as Ctrl-C stops one and waits for it."""
+    KeyboardInterrupt here, at any instruction, and again while the task has not answered), it stops the worker as
+    Ctrl-C stops one and waits for it."""
     read_end, write_end = os.pipe()
-    child_env = {**os.environ, **env, STOPPED_FD: str(write_end), PARENT_PID: str(os.getpid())}
-    # held back in this thread while the worker starts: it unblocks them once its own handlers are in place. Not
-    # started from a thread of its own (as run --workers starts them): the kernel signals a child when the thread
-    # that started it ends, not the process
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    try:
-        process = subprocess.Popen([sys.executable, "-P", "-m", "hpsearch", *args], env=child_env,
-                                   cwd=folder if os.path.isdir(folder) else None, pass_fds=(write_end,),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        os.close(write_end)
+    process: subprocess.Popen | None = None
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    copier = threading.Thread(target=_copy_lines, args=(process.stderr, tail), name="hpsearch-stderr", daemon=True)
-    copier.start()
+    copier = threading.Thread(target=lambda: _copy_lines(process, tail), name="hpsearch-stderr", daemon=True)
     try:
-        code = _wait(process)
-    except KeyboardInterrupt:  # ray.cancel: stop the worker as a signal stops any, and let it end its trial
-        process.send_signal(signal.SIGTERM)
-        code = _wait(process, cancelled=True)
-    copier.join()
-    with os.fdopen(read_end, encoding="utf-8", errors="replace") as pipe:
-        stopped = [line.rstrip("\n") for line in pipe if line.strip()]
+        try:
+            # held back in this thread while the worker starts: it unblocks them once its own handlers are in place.
+            # Not started from a thread of its own (as run --workers starts them): the kernel signals a child when
+            # the thread that started it ends, not the process
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            try:
+                process = subprocess.Popen(worker_command(args), env={**os.environ, **env, STOPPED_FD: str(write_end),
+                                                                      PARENT_PID: str(os.getpid())},
+                                           cwd=folder if os.path.isdir(folder) else None, pass_fds=(write_end,),
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                           errors="replace")
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+                os.close(write_end)
+            copier.start()
+            code = _wait(process)
+        except KeyboardInterrupt:  # ray.cancel: stop the worker as a signal stops any, and let it end its trial
+            if process is None:  # cancelled before its worker started
+                for fd in (read_end, write_end):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                return Outcome(None, [], socket.gethostname(), [])
+            process.send_signal(signal.SIGTERM)
+            code = _wait(process, cancelled=True)
+        if copier.ident is not None:  # started: it ends with the worker's standard error
+            _uninterrupted(copier.join)
+        stopped = _uninterrupted(lambda: read_stopped(read_end))
+    finally:
+        if process is not None and process.stderr is not None:
+            process.stderr.close()
     return Outcome(code, stopped, socket.gethostname(), list(tail) if code not in (0, 130) else [])
+
+
+def _uninterrupted(step: Callable[[], T]) -> T:
+    """``step()`` to its end, though Ray repeats a cancellation the task already took up."""
+    while True:
+        try:
+            return step()
+        except KeyboardInterrupt:
+            continue
 
 
 def _wait(process: subprocess.Popen, cancelled: bool = False) -> int:
@@ -182,10 +225,11 @@ def _wait(process: subprocess.Popen, cancelled: bool = False) -> int:
                 raise
 
 
-def _copy_lines(stream: Any, tail: collections.deque[str]) -> None:
+def _copy_lines(process: subprocess.Popen | None, tail: collections.deque[str]) -> None:
     """The worker's standard error line by line to this task's (which Ray shows where ``run --ray`` was started),
     its last lines kept."""
-    for line in stream:
+    assert process is not None and process.stderr is not None
+    for line in process.stderr:
         sys.stderr.write(line)
         sys.stderr.flush()
         tail.append(line.rstrip("\n"))
@@ -214,7 +258,7 @@ class RayWorkers:
         """Connect to the cluster (or start the local instance) and size each worker's task to its nodes; ``check``
         raises where a signal came meanwhile."""
         from hpsearch.cli.localworkers import usable_cores
-        from hpsearch.engine.resources import plan_cluster_workers
+        from hpsearch.engine.resources import check_within, plan_cluster_workers
         from hpsearch.storage.urls import mask_url, sqlite_path
 
         if self.address != LOCAL and sqlite_path(storage_url) is not None:
@@ -225,6 +269,8 @@ class RayWorkers:
         self.gpus_per_worker = asked.gpus_per_worker if asked.gpus_per_worker is not None else (1 if self.gpus else 0)
         if self.gpus is not None and self.gpus_per_worker == 0:
             raise UserError("--gpus hands out GPUs, and resources.gpus_per_worker is 0: leave out one or the other.")
+        if self.gpus:
+            check_within(self.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
         cluster = connect(self.address, cpus=usable_cores(), gpus=self.gpus, check=check)
         self.connected = True
         self.share, at_once = plan_cluster_workers(self.workers, cluster.nodes,
@@ -252,31 +298,26 @@ class RayWorkers:
         """Run the tasks to their end. SIGINT or SIGTERM cancels every task: each stops its worker, which ends its
         trial as interrupted."""
         import ray
-        from ray.exceptions import RayError
 
         assert self.share is not None, "plan() first"
         task = ray.remote(worker_task).options(name="hpsearch-worker", num_cpus=self.share.threads,
                                                num_gpus=self.gpus_per_worker, max_retries=RETRIES)
         env = {**{name: os.environ[name] for name in FORWARDED if name in os.environ}, **env, **self.share.env()}
         received: list[int] = []
-
-        def stop(signum: int, frame: object) -> None:
-            received.append(signum)
-            raise KeyboardInterrupt
-
-        previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
-        refs: list[Any] = []
+        previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in SIGNALS}
         try:
-            try:
-                for _ in range(self.workers):
-                    refs.append(task.remote(args, env, os.getcwd()))
-                outcomes = [_outcome(ref, ray, RayError) for ref in refs]
-            except KeyboardInterrupt:
+            # the spec by its full path: a node without the calling shell's working directory still finds it
+            args = [args[0], os.path.abspath(args[1]), *args[2:]]
+            refs = [task.remote(args, env, os.getcwd()) for _ in range(self.workers)]
+            pending = list(refs)
+            while pending and not received:  # in steps: a signal's handler runs between them
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_STEP)
+            if received:  # cancel every task: each stops its worker, which ends its trial as interrupted
                 for sig in SIGNALS:  # winding down: a second Ctrl-C must not cut the tasks' ending short
                     signal.signal(sig, signal.SIG_IGN)
                 for ref in refs:
                     ray.cancel(ref)
-                outcomes = [_outcome(ref, ray, RayError) for ref in refs]
+            outcomes = [_outcome(ref, ray) for ref in refs]
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
@@ -299,10 +340,16 @@ class RayWorkers:
             self.connected = False
 
 
-def _outcome(ref: Any, ray: Any, error: type[Exception]) -> Outcome:
-    """A task's outcome: what it returned once its worker ended; no exit code where it never started (cancelled
-    first) or Ray gave up on it (its retries spent), with Ray's reason."""
+def _outcome(ref: Any, ray: Any) -> Outcome:
+    """A task's outcome: what it returned once its worker ended; no exit code where it was cancelled before it
+    started, or where Ray gave up on it (its retries spent: Ray's reason kept)."""
+    from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
     try:
         return ray.get(ref)
-    except error as exc:
-        return Outcome(None, [], "", [str(exc).strip().splitlines()[0]] if str(exc).strip() else [])
+    except TaskCancelledError:
+        return Outcome(None, [], "", [])
+    except RayError as exc:
+        reason = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+        return Outcome(None, [], "", [str(reason).strip().splitlines()[0] if str(reason).strip() else
+                                      type(reason).__name__])

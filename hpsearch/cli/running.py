@@ -20,7 +20,7 @@ from hpsearch.errors import UserError
 from hpsearch.formatting import format_duration
 
 if TYPE_CHECKING:
-    from hpsearch.cli.localworkers import Placement, WorkersEnded
+    from hpsearch.cli.placement import Placement, WorkersEnded
     from hpsearch.cli.progress import StudyProgress
     from hpsearch.spec.models import StudySpec
 

@@ -105,19 +105,24 @@ def plan_cluster_workers(workers: int, nodes: Sequence[tuple[float, float]], *, 
     """Each of ``workers`` workers' share of a cluster whose nodes have ``nodes`` (CPUs, GPUs) each, and how many of
     them its nodes run at once.
 
-    threads: each worker's CPUs and threads (default: the cluster's CPUs split between the workers, no more than
-    its largest node has); gpus_per_worker: each worker's GPUs (default none). UserError (one line) for a share no
-    node has: its workers would wait for it forever.
+    threads: each worker's CPUs and threads (default: the CPUs of the nodes with the GPUs a worker asks for, split
+    between the workers, as many as still lets every worker run at once); gpus_per_worker: each worker's GPUs
+    (default none). UserError (one line) for a share no node has: its workers would wait for it forever.
     """
     gpus = gpus_per_worker or 0
-    if threads is None:
-        largest = max((cpus for cpus, _ in nodes), default=0)
-        threads = max(1, min(int(largest), int(sum(cpus for cpus, _ in nodes)) // workers))
-    fits = [min(int(cpus // threads), int(node_gpus // gpus) if gpus else workers) for cpus, node_gpus in nodes]
-    if not any(fits):
+
+    def fits(threads: int) -> list[int]:  # the workers of ``threads`` threads each node runs at once
+        return [min(int(cpus // threads), int(node_gpus // gpus) if gpus else workers) for cpus, node_gpus in nodes]
+
+    if threads is None:  # the most threads at which every worker runs at once, else 1 (the most at once)
+        hosts = [cpus for cpus, node_gpus in nodes if node_gpus >= gpus]
+        most = max(1, min(int(max(hosts, default=0)), int(sum(hosts)) // workers))
+        threads = next((t for t in range(most, 0, -1) if sum(fits(t)) >= workers), 1)
+    at_once = fits(threads)
+    if not any(at_once):
         each = f"{threads} CPU{'s' if threads != 1 else ''}" + (f" and {gpus} GPU{'s' if gpus != 1 else ''}"
                                                                  if gpus else "")
         have = ", ".join(f"{cpus:g} CPUs/{node_gpus:g} GPUs" for cpus, node_gpus in nodes) or "no node"
         raise UserError(f"Each worker asks for {each}, which no node of the Ray cluster has ({have}); ask for fewer "
                         "with --threads or resources.")
-    return WorkerResources(None, threads), min(workers, sum(fits))
+    return WorkerResources(None, threads), min(workers, sum(at_once))

@@ -112,6 +112,7 @@ def test_without_ray_installed_run_ray_says_how_to_install_it(tmp_path, monkeypa
 
 
 def test_a_share_no_node_of_the_cluster_has_is_refused_before_a_task_waits_for_it(tmp_path, monkeypatch):
+    needs_ray()  # the run lets go of Ray's connection, which it takes for made
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(rayworkers, "connect", lambda address, **_: rayworkers.RayCluster(address, ((4, 1), (8, 0))))
     spec = tmp_path / "tiny.yaml"
@@ -119,7 +120,7 @@ def test_a_share_no_node_of_the_cluster_has_is_refused_before_a_task_waits_for_i
     result = runner.invoke(app, ["run", str(spec), "--ray", "local", "--workers", "2"])
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines()[-1] == (
-        "error: Each worker asks for 6 CPUs and 2 GPUs, which no node of the Ray cluster has (4 CPUs/1 GPUs, 8 "
+        "error: Each worker asks for 1 CPU and 2 GPUs, which no node of the Ray cluster has (4 CPUs/1 GPUs, 8 "
         "CPUs/0 GPUs); ask for fewer with --threads or resources.")
     assert not (tmp_path / "runs").exists()
 
@@ -174,7 +175,8 @@ def test_a_signal_to_run_ray_cancels_every_task_and_their_trials_end_as_interrup
     needs_ray()
     spec = gated_study(tmp_path, "sig", points=6)
     storage = f"sqlite:///{tmp_path / 'sig.db'}"
-    run = hpsearch("run", str(spec), "--ray", "local", "--workers", "2", "--storage", storage, cwd=tmp_path,
+    # 3 workers on 2 CPUs: the third task waits in Ray's queue, and is cancelled before it starts
+    run = hpsearch("run", str(spec), "--ray", "local", "--workers", "3", "--storage", storage, cwd=tmp_path,
                    start_new_session=True)
     gate.watch(run)
     owners = wait_until(lambda: len(found := _running_owners(storage, "sig.grid")) == 2 and found, run,
@@ -191,6 +193,40 @@ def test_a_signal_to_run_ray_cancels_every_task_and_their_trials_end_as_interrup
     assert not [t for t in trials if t.state == RUNNING]
     assert sorted((t.number, t.user_attrs.get("failure")) for t in trials if t.state == FAIL) == [
         (number, "interrupted") for number in sorted(owners)]
+    assert "the cluster runs 2 of the 3 workers at a time; the others start as those end." in err, err
     (line,) = [line for line in err.splitlines() if "Interrupted" in line]
     assert line.startswith("Interrupted: 2 workers stopped; trial "), err
+    assert "ended" not in err, err  # the task cancelled in the queue is no failure to report
     assert sorted(int(n) for n in re.findall(r"trial (\d+) of phase 'grid'", line)) == sorted(owners), err
+
+
+def test_a_local_instance_leaves_this_process_s_signal_handlers_and_gpus_as_they_were(monkeypatch):
+    """Ray puts its own SIGTERM handler in when it starts an instance, and the GPUs it hands out are given to it as
+    CUDA_VISIBLE_DEVICES: the run's own handlers (Ctrl-C before the workers start: one line, exit 130) and
+    environment must be back once it has started."""
+    needs_ray()
+    import ray
+
+    for name, value in RAY_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cluster = rayworkers.connect("local", cpus=1, gpus=("7",))
+        assert cluster.nodes == ((1.0, 1.0),)
+        assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5,7"
+    finally:
+        ray.shutdown()
+
+
+def test_run_workers_never_imports_ray(tmp_path):
+    """In a process of its own: another test of this process may have imported Ray."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY_STUDY))
+    code = ("import sys; from typer.testing import CliRunner; from hpsearch.cli import localworkers; "
+            "localworkers.run_workers = lambda command, env, n, shares=None: ([0] * n, False, []); "
+            "from hpsearch.cli.app import app; "
+            f"CliRunner().invoke(app, ['run', {str(spec)!r}, '--workers', '2']); print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

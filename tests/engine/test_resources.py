@@ -87,8 +87,9 @@ def test_a_share_is_the_environment_every_library_reads_at_its_start():
 
 @pytest.mark.parametrize("workers, nodes, threads, gpus, share, at_once", [
     (2, [(2, 0)], None, None, 1, 2),  # one node's 2 CPUs split between 2 workers
-    (2, [(16, 0), (4, 0)], None, None, 10, 1),  # 20 CPUs split, and a worker of 10 fits the larger node only
-    (4, [(16, 0), (4, 0)], None, None, 5, 3),
+    (2, [(16, 0), (4, 0)], None, None, 8, 2),  # not 10 (20 CPUs split): only one worker of 10 fits at a time
+    (4, [(16, 0), (4, 0)], None, None, 4, 4),
+    (4, [(8, 4), (64, 0)], None, 1, 2, 4),  # GPU workers: the CPUs of the node with the GPUs split
     (8, [(2, 0)], None, None, 1, 2),  # more workers than CPUs: 1 each, 2 at a time
     (3, [(8, 4), (8, 0)], 2, 1, 2, 3),  # GPU workers fit where the GPUs are: 4 GPUs, but 3 workers
     (2, [(8, 1), (8, 1)], 8, 1, 8, 2),
