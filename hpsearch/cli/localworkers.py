@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from hpsearch.engine.resources import WorkerResources
     from hpsearch.spec.models import StudySpec
 
-__all__ = ["MAX_WORKERS", "PARENT_PID", "STOPPED_FD", "WORKERS_PER_CORE", "LocalWorkers", "cgroup_cpu_quota", "check_workers", "local_shares", "read_stopped", "report_stopped", "run_workers",
-           "spawn", "unblock_signals", "usable_cores", "worker_command"]
+__all__ = ["MAX_WORKERS", "PARENT_PID", "STOPPED_FD", "WORKERS_PER_CORE", "LocalWorkers", "cgroup_cpu_quota",
+           "check_workers", "local_shares", "read_stopped", "report_stopped", "run_workers", "spawn", "unblock_signals",
+           "usable_cores", "worker_command"]
 
 STOPPED_FD = "HPSEARCH_STOPPED_FD"
 PARENT_PID = "HPSEARCH_PARENT_PID"  # set by a Ray task (hpsearch.cli.rayworkers): the worker stops when it dies
