@@ -24,7 +24,7 @@ test: $(BIN)/python
 	$(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1
 
 # The signal, worker and crash-window tests 20 times in a row beside a CPU hog; stops at the first failure.
-# Run it before closing work that touches signals, workers or the driver (7 to 8 minutes a run on 2 cores).
+# Run it before closing work that touches signals, workers or the driver (6 to 7 minutes a run on 2 cores).
 STRESS_TESTS := tests/test_signals.py tests/test_workers.py tests/test_crash_windows.py tests/test_generations.py \
 	tests/engine/test_pointqueue.py \
 	tests/cli/test_localworkers.py::test_a_signal_while_workers_start_starts_no_more_and_reaches_every_one_started \
