@@ -118,8 +118,7 @@ def connect(address: str, *, cpus: int | None = None, gpus: tuple[str, ...] | No
         exc = failed[0]
         while exc.__cause__ is not None:  # Ray's own reason (a missing token, say) is the first cause
             exc = exc.__cause__
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--ray {address}: no Ray cluster answers there ({reason}). Start one (ray start --head), "
+        raise UserError(f"--ray {address}: no Ray cluster answers there ({_first_line(exc)}). Start one (ray start --head), "
                         "give its address (auto, HOST:6379, ray://HOST:10001), or use --ray local.")
     nodes = tuple((float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
                   for node in ray.nodes() if node.get("Alive"))
@@ -351,5 +350,10 @@ def _outcome(ref: Any, ray: Any) -> Outcome:
         return Outcome(None, [], "", [])
     except RayError as exc:
         reason = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
-        return Outcome(None, [], "", [str(reason).strip().splitlines()[0] if str(reason).strip() else
-                                      type(reason).__name__])
+        return Outcome(None, [], "", [_first_line(reason)])
+
+
+def _first_line(exc: BaseException) -> str:
+    """What went wrong, in one line: the first of the exception's message, else its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
