@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,13 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     return time.perf_counter() - start
+
+
+def trials_per_second(rows: list[dict]) -> float:
+    """Trials per second of ``hpsearch export``'s rows, from the first trial's start to the last one's end."""
+    starts = [datetime.fromisoformat(row["datetime_start"]).timestamp() for row in rows]
+    ends = [start + row["duration_seconds"] for start, row in zip(starts, rows)]
+    return len(rows) / (max(ends) - min(starts))
 
 
 def report(name: str, rows: list[tuple[str, str]], result: dict) -> None:

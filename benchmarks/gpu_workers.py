@@ -16,11 +16,10 @@ import argparse
 import json
 import math
 import tempfile
-import time
-from datetime import datetime
 from pathlib import Path
 
-from _common import HPSEARCH, REPO, report, timed
+from _common import HPSEARCH, REPO, report, timed, trials_per_second
+from torch_device import depth_study, timed_trial
 
 SPEC = REPO / "studies" / "cifar10-mlp-depth.yaml"
 
@@ -36,35 +35,22 @@ def workers_run(workers: int, gpus: list[str], data: Path, epochs: int) -> dict:
                       *sets], cwd=folder)
         timed([*HPSEARCH, "export", str(SPEC), *sets, "--output", "trials.json"], cwd=folder)
         rows = [row for row in json.loads((folder / "trials.json").read_text()) if row["state"] == "COMPLETE"]
-    starts = [datetime.fromisoformat(row["datetime_start"]).timestamp() for row in rows]
-    ends = [start + row["duration_seconds"] for start, row in zip(starts, rows)]
     return {"workers": workers, "trials": len(rows), "wall_s": round(wall, 2),
-            "trials_per_s": round(len(rows) / (max(ends) - min(starts)), 4),
+            "trials_per_s": round(trials_per_second(rows), 4),
             "devices": sorted({row["device"] for row in rows}),
             "best_val_acc": max(row["value"] for row in rows)}
 
 
 def step_times(data: Path, epochs: int, cuda: bool) -> dict:
     """Milliseconds per training step of the template's MLP on the CPU and, with CUDA, on the first GPU."""
-    import torch
-
-    from hpsearch.engine.training import load_data, train_once
-    from hpsearch.spec.build import load_spec
-
-    spec = load_spec(SPEC, [f"data.path={data}", f"defaults.num_epochs={epochs}"])
-    loaded = load_data(spec)
+    spec, loaded = depth_study(str(data), epochs)
     steps = epochs * math.ceil(len(loaded.y_train) / spec.defaults["batch_size"])
-    config = {"hidden_sizes": [75, 150]}
     if cuda:  # CUDA's context and kernels load on the first use: not a step's time
-        train_once(spec, loaded, {**config, "device": "cuda", "num_epochs": 1}, seed=0)
+        timed_trial(spec, loaded, "cuda", num_epochs=1)
     found = {}
     for device in ["cpu"] + (["cuda"] if cuda else []):
-        start = time.perf_counter()
-        result = train_once(spec, loaded, {**config, "device": device}, seed=0)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        found[device] = {"step_ms": round(1000 * (time.perf_counter() - start) / steps, 3),
-                         "val_acc": round(result.val_acc, 4)}
+        seconds, val_acc = timed_trial(spec, loaded, device)
+        found[device] = {"step_ms": round(1000 * seconds / steps, 3), "val_acc": round(val_acc, 4)}
     return found
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
 import yaml
 
-from _common import HPSEARCH, report, timed
+from _common import HPSEARCH, report, timed, trials_per_second
 
 
 def spec(points: int, tracking: bool) -> dict:
@@ -38,10 +37,7 @@ def run(workers: int, points: int, tracking: bool) -> tuple[float, float]:
         wall = timed([*HPSEARCH, "run", str(path), "--workers", str(workers)], cwd=Path(tmp),
                      env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         timed([*HPSEARCH, "export", str(path), "--output", "trials.json"], cwd=Path(tmp))
-        rows = json.loads((Path(tmp) / "trials.json").read_text())
-        starts = [datetime.fromisoformat(r["datetime_start"]).timestamp() for r in rows]
-        ends = [start + r["duration_seconds"] for start, r in zip(starts, rows)]
-        return wall, len(rows) / (max(ends) - min(starts))
+        return wall, trials_per_second(json.loads((Path(tmp) / "trials.json").read_text()))
 
 
 def main() -> None:

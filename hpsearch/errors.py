@@ -31,6 +31,12 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, else its type's name: a reason short enough for one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def format_traceback(exc: BaseException, limit: int = 20_000) -> str:
     """The traceback of ``exc`` as text, its end kept when it is longer than ``limit`` characters."""
     import traceback

@@ -27,7 +27,7 @@ from hpsearch.cli.localworkers import MAX_WORKERS, PARENT_PID, STOPPED_FD, read_
 from hpsearch.cli.placement import WorkersEnded
 from hpsearch.cli.options import echo_err
 from hpsearch.engine.interrupt import SIGNALS
-from hpsearch.errors import UserError
+from hpsearch.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from hpsearch.engine.resources import WorkerResources
@@ -118,8 +118,8 @@ def connect(address: str, *, cpus: int | None = None, gpus: tuple[str, ...] | No
         exc = failed[0]
         while exc.__cause__ is not None:  # Ray's own reason (a missing token, say) is the first cause
             exc = exc.__cause__
-        raise UserError(f"--ray {address}: no Ray cluster answers there ({_first_line(exc)}). Start one (ray start --head), "
-                        "give its address (auto, HOST:6379, ray://HOST:10001), or use --ray local.")
+        raise UserError(f"--ray {address}: no Ray cluster answers there ({first_line(exc)}). Start one "
+                        "(ray start --head), give its address (auto, HOST:6379, ray://HOST:10001), or use --ray local.")
     nodes = tuple((float(node["Resources"].get("CPU", 0)), float(node["Resources"].get("GPU", 0)))
                   for node in ray.nodes() if node.get("Alive"))
     return RayCluster(address, nodes)
@@ -350,10 +350,4 @@ def _outcome(ref: Any, ray: Any) -> Outcome:
         return Outcome(None, [], "", [])
     except RayError as exc:
         reason = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
-        return Outcome(None, [], "", [_first_line(reason)])
-
-
-def _first_line(exc: BaseException) -> str:
-    """What went wrong, in one line: the first of the exception's message, else its type's name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        return Outcome(None, [], "", [first_line(reason)])

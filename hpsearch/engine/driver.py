@@ -41,7 +41,7 @@ from hpsearch.engine.summary import StudySummary, TimeBox
 from hpsearch.engine.training import load_data, score_test_split
 from hpsearch.engine.trials import TrialRunner
 from hpsearch.engine.winner import KeptWinner
-from hpsearch.errors import SpecError, users_failure
+from hpsearch.errors import SpecError, first_line, users_failure
 from hpsearch.spec.build import best_fragment
 from hpsearch.spec.checks import check_sizes
 from hpsearch.spec.models import PhaseSpec, StudySpec
@@ -132,7 +132,7 @@ class Driver:
                     engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else None,
                 )
         except Exception as exc:  # SQLAlchemy and driver errors vary by database; all mean "cannot use it"
-            reason = mask_url(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+            reason = mask_url(first_line(exc))
             raise StorageError(f"storage {mask_url(storage_url)!r} cannot be opened: {reason}") from None
         self.store = TrialStore(self.storage)
         self.table = StateTable(storage_url, self.storage.engine)
